@@ -1,0 +1,29 @@
+"""Persistence adapters: the :class:`Store` contract and its implementations.
+
+``base`` is imported first and imports nothing from :mod:`fsm`, so ``import adapters`` and
+``import fsm`` work in either order.
+"""
+
+from adapters.base import (
+    HistoryEntry,
+    LockInfo,
+    Loaded,
+    QuarantineEntry,
+    Record,
+    SaveResult,
+    SaveStatus,
+    Store,
+)
+from adapters.memory import MemoryStore
+
+__all__ = [
+    "HistoryEntry",
+    "LockInfo",
+    "Loaded",
+    "MemoryStore",
+    "QuarantineEntry",
+    "Record",
+    "SaveResult",
+    "SaveStatus",
+    "Store",
+]

@@ -1,0 +1,236 @@
+"""The Store contract: what the engine needs from persistence, and nothing more.
+
+A store keeps, per user key:
+
+- the **session**: the encoded snapshot (opaque bytes) and its version, under one sliding TTL;
+- the **history**: a bounded list of the transitions that produced each version;
+- the **seen message ids**: a bounded set, so a re-delivered webhook is applied once;
+- a **lease lock** with an owner token and an expiry.
+
+and, store-wide, a **quarantine** of bytes that could not be decoded.
+
+Every write of a session is a compare-and-set on the version: :meth:`Store.save` succeeds only if
+the stored version is still the one the caller loaded. The version is the fencing token: a writer
+whose lock expired is still refused by the compare-and-set, so the lock is for efficiency (side
+effects do not run twice), the version for correctness.
+
+Stores do not decode snapshots (that is :mod:`fsm.snapshot`'s job); they move bytes. This module
+imports nothing from :mod:`fsm`, so either package can be imported first.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import itertools
+import random
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+import msgspec
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored session: the bytes exactly as stored and the version they were saved with."""
+
+    payload: bytes
+    version: int
+
+    def __repr__(self) -> str:  # the payload holds a JWT: never print it
+        return f"Record(version={self.version}, payload=<{len(self.payload)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What :meth:`Store.load` returns: the record (``None`` if absent or expired) and whether
+    the given message id was already applied for this user."""
+
+    record: Record | None
+    seen: bool = False
+
+
+class SaveStatus(enum.Enum):
+    SAVED = "saved"
+    CONFLICT = "conflict"  # the stored version is not the expected one
+    DUPLICATE = "duplicate"  # the message id was already applied
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """Outcome of a compare-and-set. On conflict or duplicate, ``current`` is what is stored now
+    (``None`` if nothing is), so a retry does not need another read."""
+
+    status: SaveStatus
+    current: Record | None = None
+
+    @property
+    def saved(self) -> bool:
+        return self.status is SaveStatus.SAVED
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One save of a conversation: which version it produced and what moved."""
+
+    version: int
+    from_stage: str
+    to_stage: str
+    event: str
+    update_from: str
+    at: float
+    from_step: str = ""
+    to_step: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    owner: str
+    ttl: float  # seconds left
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """Bytes taken out of a session because they could not be decoded, kept byte-for-byte."""
+
+    id: str
+    user_key: str
+    raw: bytes
+    reason: str
+    at: float
+
+    def __repr__(self) -> str:
+        return (
+            f"QuarantineEntry(id={self.id!r}, user_key={self.user_key!r}, "
+            f"raw=<{len(self.raw)} bytes>, reason={self.reason!r}, at={self.at!r})"
+        )
+
+
+_history_encoder = msgspec.msgpack.Encoder()
+_history_decoder = msgspec.msgpack.Decoder(HistoryEntry)
+
+
+def encode_history(entry: HistoryEntry) -> bytes:
+    return _history_encoder.encode(entry)
+
+
+def decode_history(raw: bytes) -> HistoryEntry:
+    return _history_decoder.decode(raw)
+
+
+class Store(abc.ABC):
+    """The persistence contract. Every adapter passes ``tests/adapters/test_store_contract.py``.
+
+    User keys are plain strings chosen by the transport (a phone number, a chat id); adapters
+    escape them as their key layout needs. TTLs are seconds (floats allowed).
+    """
+
+    # -- sessions --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def load(self, user_key: str, *, message_id: str | None = None) -> Loaded:
+        """The stored record, and whether ``message_id`` was already applied for this user."""
+
+    @abc.abstractmethod
+    def save(
+        self,
+        user_key: str,
+        payload: bytes,
+        *,
+        version: int,
+        expected_version: int,
+        ttl: float,
+        history: HistoryEntry | None = None,
+        message_id: str | None = None,
+    ) -> SaveResult:
+        """Atomically: if the stored version is ``expected_version`` (0: nothing stored) and
+        ``message_id`` was not applied yet, store ``payload`` as ``version`` with a fresh ``ttl``,
+        append ``history`` and record ``message_id``. Otherwise change nothing."""
+
+    @abc.abstractmethod
+    def delete(self, user_key: str) -> bool:
+        """Remove the session (not its history). True if there was one."""
+
+    @abc.abstractmethod
+    def ttl(self, user_key: str) -> float | None:
+        """Seconds before the session expires; None if there is no session."""
+
+    @abc.abstractmethod
+    def scan(self, *, batch: int = 500) -> Iterator[str]:
+        """Every user key with a session, streamed (never a blocking listing of all keys)."""
+
+    # -- history ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def history(self, user_key: str, *, limit: int | None = None) -> list[HistoryEntry]:
+        """The user's recent transitions, newest first (bounded by the store's history limit)."""
+
+    # -- lease lock ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def acquire_lock(self, user_key: str, owner: str, ttl: float) -> bool:
+        """Take the user's lock for ``ttl`` seconds if it is free (or expired)."""
+
+    @abc.abstractmethod
+    def release_lock(self, user_key: str, owner: str) -> bool:
+        """Release the lock only if ``owner`` holds it. True if it did."""
+
+    @abc.abstractmethod
+    def extend_lock(self, user_key: str, owner: str, ttl: float) -> bool:
+        """Reset the lock's expiry to ``ttl`` only if ``owner`` holds it. True if it did."""
+
+    @abc.abstractmethod
+    def lock_info(self, user_key: str) -> LockInfo | None:
+        """Who holds the lock and for how long, or None."""
+
+    # -- quarantine ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def quarantine(self, user_key: str, raw: bytes, reason: str) -> str | None:
+        """Atomically: if the session still holds exactly ``raw``, move it to the quarantine
+        (kept byte-for-byte) and remove the session. Returns the quarantine id, or None if the
+        session changed meanwhile (then nothing was moved)."""
+
+    @abc.abstractmethod
+    def quarantined(self) -> Iterator[QuarantineEntry]:
+        """Every quarantined entry, oldest first."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release connections; the store is unusable afterwards."""
+
+    # -- helpers built on the contract -----------------------------------------------------
+    def acquire_lease(self, user_key: str, *, ttl: float, wait: float) -> str:
+        """Take the user's lock, waiting up to ``wait`` seconds (jittered backoff).
+
+        Returns the owner token to release with. Raises ``TimeoutError`` if the lock stays
+        taken; the engine turns that into :class:`fsm.errors.LockTimeout`.
+        """
+        owner = new_owner_token()
+        # Waiting is real time even when the store runs on a fake clock: the holder is another
+        # thread or process that needs real time to finish.
+        deadline = time.monotonic() + wait
+        delays = _backoff()
+        while not self.acquire_lock(user_key, owner, ttl):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(user_key)
+            time.sleep(min(next(delays), left))
+        return owner
+
+    @contextmanager
+    def lease(self, user_key: str, *, ttl: float, wait: float) -> Iterator[str]:
+        """Hold the user's lock for the ``with`` block; yields the owner token. Releases only
+        its own lock, so a lease that outlived its TTL cannot free the next holder's lock."""
+        owner = self.acquire_lease(user_key, ttl=ttl, wait=wait)
+        try:
+            yield owner
+        finally:
+            self.release_lock(user_key, owner)
+
+
+def new_owner_token() -> str:
+    """A lock owner token unique across processes and hosts (os entropy: safe after fork)."""
+    return secrets.token_hex(16)
+
+
+def _backoff(start: float = 0.001, cap: float = 0.05) -> Iterator[float]:
+    for attempt in itertools.count():
+        yield random.uniform(0, min(cap, start * 2**attempt))

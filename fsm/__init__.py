@@ -1,0 +1,46 @@
+"""Explicit finite-state machines for conversational bots.
+
+The public API: declare a :class:`Flow`, run it with an :class:`Engine` on a store from
+:mod:`adapters`, read the :class:`Snapshot` it saves. Errors live in :mod:`fsm.errors`.
+"""
+
+from fsm import errors
+from fsm.auth import Claims, TokenVerifier
+from fsm.clock import Clock, FakeClock, SystemClock
+from fsm.engine import Engine, Result
+from fsm.flow import Flow, FlowSpec, Stage, on_enter, step
+from fsm.reply import Option, Reply, buttons, choices, pick, text
+from fsm.snapshot import SCHEMA_VERSION, Auth, Resume, Snapshot, decode_snapshot, encode_snapshot
+from fsm.step import Context, Login, Logout, Outcome
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Auth",
+    "Claims",
+    "Clock",
+    "Context",
+    "Engine",
+    "FakeClock",
+    "Flow",
+    "FlowSpec",
+    "Login",
+    "Logout",
+    "Option",
+    "Outcome",
+    "Reply",
+    "Result",
+    "Resume",
+    "Snapshot",
+    "Stage",
+    "SystemClock",
+    "TokenVerifier",
+    "buttons",
+    "choices",
+    "decode_snapshot",
+    "encode_snapshot",
+    "errors",
+    "on_enter",
+    "pick",
+    "step",
+    "text",
+]

@@ -1,0 +1,147 @@
+"""The error hierarchy: one root, :class:`FsmError`, and one class per way things go wrong.
+
+Every error names what it is about (the user key, stage, event, step or version) so a log line
+is enough to find the conversation. None of them ever carries a JWT or another secret: tokens are
+described by their claims at most, never by their text.
+"""
+
+from __future__ import annotations
+
+
+class FsmError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class InvalidFlowDefinition(FsmError):
+    """A flow declaration is inconsistent; raised when the flow class is built (import time)."""
+
+    def __init__(self, flow: str, problem: str) -> None:
+        self.flow = flow
+        self.problem = problem
+        super().__init__(f"flow {flow!r}: {problem}")
+
+
+class TransitionNotAllowed(FsmError):
+    """``event`` is not allowed from ``stage``; the stored snapshot was left unchanged."""
+
+    def __init__(
+        self, stage: str, event: str, *, user_key: str | None = None, reason: str = ""
+    ) -> None:
+        self.stage = stage
+        self.event = event
+        self.user_key = user_key
+        self.reason = reason
+        who = f" (user {user_key!r})" if user_key is not None else ""
+        why = f": {reason}" if reason else ""
+        super().__init__(f"event {event!r} is not allowed from stage {stage!r}{who}{why}")
+
+
+class StepNotFound(FsmError):
+    """A handler asked to go to a step that its stage does not declare."""
+
+    def __init__(self, stage: str, step: str, *, user_key: str | None = None) -> None:
+        self.stage = stage
+        self.step = step
+        self.user_key = user_key
+        who = f" (user {user_key!r})" if user_key is not None else ""
+        super().__init__(f"stage {stage!r} has no step {step!r}{who}")
+
+
+class StepFailed(FsmError):
+    """A step handler raised; nothing was saved. The original exception is ``__cause__``."""
+
+    def __init__(self, stage: str, step: str, *, user_key: str, version: int) -> None:
+        self.stage = stage
+        self.step = step
+        self.user_key = user_key
+        self.version = version
+        super().__init__(
+            f"step {stage}.{step} failed for user {user_key!r} at version {version}; "
+            "the stored snapshot is unchanged"
+        )
+
+
+class CorruptSnapshot(FsmError):
+    """Stored bytes could not be decoded into a valid snapshot.
+
+    ``raw`` holds the bytes exactly as read, ``detail`` the decoder's message (ending with the
+    ``$.path`` of the bad field when msgspec could locate it).
+    """
+
+    def __init__(self, detail: str, *, raw: bytes, user_key: str | None = None) -> None:
+        self.detail = detail
+        self.raw = raw
+        self.user_key = user_key
+        who = f"user {user_key!r}: " if user_key is not None else ""
+        super().__init__(f"{who}corrupt snapshot ({len(raw)} bytes): {detail}")
+
+    def __repr__(self) -> str:  # never dump the raw bytes: they may contain a token
+        return f"CorruptSnapshot({self.detail!r}, raw=<{len(self.raw)} bytes>)"
+
+
+class SchemaTooNew(FsmError):
+    """A snapshot uses a schema newer than this code knows; it is neither written nor reset.
+
+    An old worker that wrote it back would drop the fields it does not know.
+    """
+
+    def __init__(self, schema: int, supported: int, *, user_key: str | None = None) -> None:
+        self.schema = schema
+        self.supported = supported
+        self.user_key = user_key
+        who = f"user {user_key!r}: " if user_key is not None else ""
+        super().__init__(
+            f"{who}snapshot schema {schema} is newer than this code supports ({supported}); "
+            "upgrade this worker"
+        )
+
+
+class ConflictError(FsmError):
+    """Compare-and-set kept failing: other writers changed the conversation every time."""
+
+    def __init__(self, user_key: str, *, attempts: int, version: int) -> None:
+        self.user_key = user_key
+        self.attempts = attempts
+        self.version = version
+        super().__init__(
+            f"user {user_key!r}: gave up after {attempts} attempts, "
+            f"the stored version kept moving (last seen {version})"
+        )
+
+
+class StoreUnavailable(FsmError):
+    """The store could not be reached or answered with an error; wraps the driver's exception."""
+
+    def __init__(self, operation: str, *, user_key: str | None = None, detail: str = "") -> None:
+        self.operation = operation
+        self.user_key = user_key
+        who = f" for user {user_key!r}" if user_key is not None else ""
+        tail = f": {detail}" if detail else ""
+        super().__init__(f"store unavailable during {operation}{who}{tail}")
+
+
+class LockTimeout(FsmError):
+    """The user's lease lock stayed held by someone else for longer than we may wait."""
+
+    def __init__(self, user_key: str, *, waited: float) -> None:
+        self.user_key = user_key
+        self.waited = waited
+        super().__init__(f"user {user_key!r}: lock still held by another worker after {waited:.2f}s")
+
+
+class TokenRefused(FsmError):
+    """A JWT failed verification. ``reason`` says why; the token itself is never included."""
+
+    def __init__(self, reason: str, *, user_key: str | None = None) -> None:
+        self.reason = reason
+        self.user_key = user_key
+        who = f"user {user_key!r}: " if user_key is not None else ""
+        super().__init__(f"{who}token refused: {reason}")
+
+
+class InvalidUserKey(FsmError, ValueError):
+    """A user id that cannot be used as a conversation key (empty, too long, not text)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"invalid user key: {problem}")

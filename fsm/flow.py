@@ -1,0 +1,304 @@
+"""Declaring a flow: stages, the transitions between them, and a handler per step.
+
+A flow is a class that reads like its diagram::
+
+    class Survey(Flow):
+        name = "survey"
+        initial = "intro"
+        stages = (
+            Stage("intro", steps=("hello",)),
+            Stage("questions", steps=("age", "colour")),
+        )
+        transitions = (
+            # trigger   source     dest
+            ("begin",  "intro",   "questions"),
+            ("restart", "questions", "intro"),
+        )
+
+        @step("intro", "hello")
+        def hello(self, ctx: Context) -> Outcome:
+            return ctx.go("begin", "How old are you?")
+        ...
+
+The declaration is data. It is checked when the class is created, so a broken flow fails at
+import time with :class:`~fsm.errors.InvalidFlowDefinition` naming the problem: an unknown stage,
+a stage no transition reaches, a step without a handler (or a handler without a step), a
+duplicate trigger, a protected stage the auth stage cannot reach or be reached from. The class
+also builds the one :class:`~fsm.machine.StageMachine` the engine uses for every user.
+
+A stage is entered at its first step. "Stay" (any step change inside a stage) is always allowed;
+moving between stages needs an event declared in ``transitions``.
+"""
+
+from __future__ import annotations
+
+import keyword
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from fsm.errors import InvalidFlowDefinition
+from fsm.machine import StageMachine
+from fsm.reply import Reply
+from fsm.step import Context, Outcome
+
+Handler = Callable[[Any, Context], Outcome]
+EnterHook = Callable[[Any, Context], Sequence[Reply | str]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Names ``transitions`` puts on a model; a trigger called like one would clobber it.
+_RESERVED = frozenset({"state", "trigger", "move", "may_land", "token_preserved", "machine"})
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """A stage of the conversation. It is entered at ``steps[0]``.
+
+    ``protected`` stages need a verified, unexpired token; with an expired one the engine sends
+    the user to the flow's ``auth_stage`` and brings them back after login.
+    """
+
+    name: str
+    steps: tuple[str, ...]
+    protected: bool = False
+
+    def __init__(self, name: str, steps: Iterable[str], *, protected: bool = False) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "steps", tuple(steps))
+        object.__setattr__(self, "protected", protected)
+
+    @property
+    def entry(self) -> str:
+        return self.steps[0]
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    stage: str
+    step: str
+    handler: Handler
+    side_effects: bool
+    enter: EnterHook | None
+
+
+def step(stage: str, step_id: str, *, side_effects: bool = False) -> Callable[[F], F]:
+    """Mark a method as the handler of ``stage.step_id``.
+
+    ``side_effects=True`` (the handler calls an API that creates or changes something) makes the
+    engine run it under the user's lease lock, so two workers never run it at once.
+    """
+
+    def mark(fn: F) -> F:
+        fn.__dict__.setdefault("_fsm_steps", []).append((stage, step_id, side_effects))
+        return fn
+
+    return mark
+
+
+def on_enter(stage: str, step_id: str) -> Callable[[F], F]:
+    """Mark a method that renders the prompt of ``stage.step_id`` when the user arrives there
+    (by an event, a resume or a step change). It returns replies and changes nothing."""
+
+    def mark(fn: F) -> F:
+        fn.__dict__.setdefault("_fsm_enter", []).append((stage, step_id))
+        return fn
+
+    return mark
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSpec:
+    """The checked declaration; the engine, the graph export and the docs all read it."""
+
+    name: str
+    version: int
+    initial: str
+    safe_stage: str
+    auth_stage: str | None
+    stages: Mapping[str, Stage]
+    transitions: tuple[tuple[str, str, str], ...]
+    steps: Mapping[tuple[str, str], StepSpec]
+    machine: StageMachine
+
+    def path(self, source: str, dest: str) -> tuple[tuple[str, str], ...] | None:
+        """Shortest sequence of ``(event, stage reached)`` from ``source`` to ``dest``."""
+        if source == dest:
+            return ()
+        seen = {source}
+        queue: deque[tuple[str, tuple[tuple[str, str], ...]]] = deque([(source, ())])
+        while queue:
+            stage, route = queue.popleft()
+            for trigger, src, dst in self.transitions:
+                if src != stage or dst in seen:
+                    continue
+                hop = (*route, (trigger, dst))
+                if dst == dest:
+                    return hop
+                seen.add(dst)
+                queue.append((dst, hop))
+        return None
+
+    def is_protected(self, stage: str) -> bool:
+        return self.stages[stage].protected
+
+
+class Flow:
+    """Base class of every flow. Subclasses declare, this class checks and compiles.
+
+    Class attributes a subclass sets: ``name``, ``stages``, ``transitions``, ``initial``
+    (default: the first stage), and optionally ``version`` (bump it when steps change, with a
+    migration), ``auth_stage`` (required when a stage is protected) and ``safe_stage`` (where a
+    corrupt conversation restarts; default ``initial``). Instances carry the flow's
+    dependencies (an API client) and are what :class:`~fsm.engine.Engine` runs.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    stages: ClassVar[Sequence[Stage]]
+    transitions: ClassVar[Sequence[tuple[str, str | Sequence[str], str]]]
+    initial: ClassVar[str | None] = None
+    auth_stage: ClassVar[str | None] = None
+    safe_stage: ClassVar[str | None] = None
+    spec: ClassVar[FlowSpec]
+
+    def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if abstract:
+            return
+        cls.spec = _compile(cls)
+
+
+def _compile(cls: type[Flow]) -> FlowSpec:
+    name = getattr(cls, "name", None)
+    label = name if isinstance(name, str) and name else cls.__name__
+
+    def fail(problem: str) -> InvalidFlowDefinition:
+        return InvalidFlowDefinition(label, problem)
+
+    if not isinstance(name, str) or not name:
+        raise fail("set `name` to a non-empty string")
+    if not isinstance(cls.version, int) or cls.version < 1:
+        raise fail("`version` must be an int >= 1")
+    declared = list(getattr(cls, "stages", ()))
+    if not declared:
+        raise fail("declare at least one Stage in `stages`")
+    stages: dict[str, Stage] = {}
+    for stage in declared:
+        if not isinstance(stage, Stage):
+            raise fail(f"`stages` must hold Stage objects, got {stage!r}")
+        if stage.name in stages:
+            raise fail(f"stage {stage.name!r} is declared twice")
+        if not stage.steps:
+            raise fail(f"stage {stage.name!r} declares no steps")
+        if len(set(stage.steps)) != len(stage.steps):
+            raise fail(f"stage {stage.name!r} declares a step twice")
+        stages[stage.name] = stage
+
+    def known(stage: str | None, what: str) -> str:
+        if stage not in stages:
+            raise fail(f"{what} names unknown stage {stage!r}")
+        assert stage is not None
+        return stage
+
+    initial = known(cls.initial or declared[0].name, "`initial`")
+    safe = known(cls.safe_stage or initial, "`safe_stage`")
+    auth = known(cls.auth_stage, "`auth_stage`") if cls.auth_stage is not None else None
+    protected = frozenset(s.name for s in declared if s.protected)
+    if protected and auth is None:
+        raise fail(f"stages {sorted(protected)} are protected but no `auth_stage` is set")
+    if auth is not None and auth in protected:
+        raise fail(f"the auth stage {auth!r} cannot itself be protected")
+    if safe in protected:
+        raise fail(f"the safe stage {safe!r} cannot be protected")
+
+    rows: list[tuple[str, str, str]] = []
+    seen_pairs: set[tuple[str, str]] = set()
+    for row in getattr(cls, "transitions", ()):
+        if not (isinstance(row, tuple | list) and len(row) == 3):
+            raise fail(f"a transition is (trigger, source(s), dest), got {row!r}")
+        trigger, sources, dest = row
+        if not isinstance(trigger, str) or not trigger.isidentifier() or keyword.iskeyword(trigger):
+            raise fail(f"trigger {trigger!r} must be a Python identifier")
+        if trigger in _RESERVED or trigger.startswith(("_", "to_", "may_", "is_")):
+            raise fail(f"trigger {trigger!r} clashes with a name the machine reserves")
+        known(dest, f"transition {trigger!r}")
+        for source in [sources] if isinstance(sources, str) else list(sources):
+            known(source, f"transition {trigger!r}")
+            if (trigger, source) in seen_pairs:
+                raise fail(f"duplicate trigger {trigger!r} from stage {source!r}")
+            seen_pairs.add((trigger, source))
+            rows.append((trigger, source, dest))
+
+    steps = _collect_steps(cls, stages, fail)
+    machine = StageMachine(
+        name=name,
+        stages=list(stages),
+        initial=initial,
+        transitions=rows,
+        protected=protected,
+    )
+    spec = FlowSpec(
+        name=name,
+        version=cls.version,
+        initial=initial,
+        safe_stage=safe,
+        auth_stage=auth,
+        stages=stages,
+        transitions=tuple(rows),
+        steps=steps,
+        machine=machine,
+    )
+    unreachable = [s for s in stages if s != initial and spec.path(initial, s) is None]
+    if unreachable:
+        raise fail(f"stages {unreachable} are unreachable from {initial!r}")
+    for stage_name in sorted(protected):
+        assert auth is not None
+        if spec.path(stage_name, auth) is None:
+            raise fail(f"protected stage {stage_name!r} has no path to the auth stage {auth!r}")
+        if spec.path(auth, stage_name) is None:
+            raise fail(f"the auth stage {auth!r} has no path back to {stage_name!r}")
+    return spec
+
+
+def _collect_steps(
+    cls: type[Flow],
+    stages: Mapping[str, Stage],
+    fail: Callable[[str], InvalidFlowDefinition],
+) -> dict[tuple[str, str], StepSpec]:
+    handlers: dict[tuple[str, str], tuple[Handler, bool]] = {}
+    enters: dict[tuple[str, str], EnterHook] = {}
+    for klass in reversed(cls.__mro__):  # a subclass may override its base's handlers
+        own_handlers: set[tuple[str, str]] = set()
+        own_enters: set[tuple[str, str]] = set()
+        for attr in vars(klass).values():
+            fn = getattr(attr, "__func__", attr)
+            for stage, step_id, side_effects in getattr(fn, "_fsm_steps", ()):
+                if (stage, step_id) in own_handlers:
+                    raise fail(f"step {stage}.{step_id} has two handlers")
+                own_handlers.add((stage, step_id))
+                handlers[(stage, step_id)] = (fn, side_effects)
+            for stage, step_id in getattr(fn, "_fsm_enter", ()):
+                if (stage, step_id) in own_enters:
+                    raise fail(f"step {stage}.{step_id} has two @on_enter hooks")
+                own_enters.add((stage, step_id))
+                enters[(stage, step_id)] = fn
+    for stage, step_id in [*handlers, *enters]:
+        if stage not in stages:
+            raise fail(f"a handler names unknown stage {stage!r}")
+        if step_id not in stages[stage].steps:
+            raise fail(f"a handler names step {step_id!r}, which stage {stage!r} does not declare")
+    out: dict[tuple[str, str], StepSpec] = {}
+    for stage in stages.values():
+        for step_id in stage.steps:
+            found = handlers.get((stage.name, step_id))
+            if found is None:
+                raise fail(f"step {stage.name}.{step_id} has no handler (use @step)")
+            out[(stage.name, step_id)] = StepSpec(
+                stage=stage.name,
+                step=step_id,
+                handler=found[0],
+                side_effects=found[1],
+                enter=enters.get((stage.name, step_id)),
+            )
+    return out

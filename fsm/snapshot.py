@@ -1,0 +1,110 @@
+"""The snapshot: the single, atomic record of one conversation.
+
+State (stage, step, option), what the user typed so far (``data``), and the API token (``auth``)
+live in one document with one version and one TTL, so they cannot expire or roll back separately.
+It is encoded as msgpack; decoding is strict and typed, and anything that does not decode into a
+valid snapshot raises :class:`~fsm.errors.CorruptSnapshot` with the bytes and msgspec's message.
+
+``schema`` is the format version of this record. Code refuses to *write* a snapshot whose schema
+is newer than :data:`SCHEMA_VERSION`: an old worker must not drop fields it does not know.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from fsm.errors import CorruptSnapshot, SchemaTooNew
+
+#: The snapshot format this code reads and writes.
+SCHEMA_VERSION = 1
+
+
+class Auth(msgspec.Struct, frozen=True, kw_only=True):
+    """The auth slot: a verified JWT and what we know of it. Only auth events change it.
+
+    The token never shows in ``repr``/``str``; use :attr:`token` explicitly where it is needed
+    (an ``Authorization`` header).
+    """
+
+    token: str
+    subject: str = ""
+    expires_at: float | None = None
+    issued_at: float | None = None
+
+    def __repr__(self) -> str:
+        return f"Auth(subject={self.subject!r}, expires_at={self.expires_at!r}, token=<redacted>)"
+
+    __str__ = __repr__
+
+
+class Resume(msgspec.Struct, frozen=True, kw_only=True):
+    """Where to continue after a re-login that interrupted a protected stage."""
+
+    stage: str
+    step: str
+    option: str = ""
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """One conversation, as stored. Immutable: the engine derives a new one per save.
+
+    ``version`` starts at 1 on the first save and grows by exactly one per save; the store's
+    compare-and-set uses it as the fencing token.
+    """
+
+    flow: str
+    stage: str
+    step: str
+    option: str = ""
+    data: dict[str, Any] = {}
+    auth: Auth | None = None
+    resume: Resume | None = None
+    version: int = 0
+    schema: int = SCHEMA_VERSION
+    flow_version: int = 1
+    last_updated: float = 0.0
+    update_from: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"Snapshot(flow={self.flow!r}, stage={self.stage!r}, step={self.step!r}, "
+            f"option={self.option!r}, version={self.version}, schema={self.schema}, "
+            f"data_keys={sorted(self.data)!r}, auth={self.auth!r}, "
+            f"last_updated={self.last_updated!r}, update_from={self.update_from!r})"
+        )
+
+    __str__ = __repr__
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Snapshot)
+
+
+def encode_snapshot(snapshot: Snapshot, *, user_key: str | None = None) -> bytes:
+    """Encode for storage; refuses a schema newer than this code knows."""
+    if snapshot.schema > SCHEMA_VERSION:
+        raise SchemaTooNew(snapshot.schema, SCHEMA_VERSION, user_key=user_key)
+    return _encoder.encode(snapshot)
+
+
+def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
+    """Decode strictly; any failure is a :class:`CorruptSnapshot` carrying ``raw`` unchanged."""
+    try:
+        snapshot = _decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # ValidationError is a subclass: type errors land here too
+        raise CorruptSnapshot(str(exc), raw=bytes(raw), user_key=user_key) from None
+    if snapshot.version < 1:
+        raise CorruptSnapshot(
+            f"version must be >= 1, got {snapshot.version} - at `$.version`",
+            raw=bytes(raw),
+            user_key=user_key,
+        )
+    if snapshot.schema < 1:
+        raise CorruptSnapshot(
+            f"schema must be >= 1, got {snapshot.schema} - at `$.schema`",
+            raw=bytes(raw),
+            user_key=user_key,
+        )
+    return snapshot

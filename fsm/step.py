@@ -1,0 +1,144 @@
+"""What a step handler sees (:class:`Context`) and what it returns (:class:`Outcome`).
+
+A handler never mutates the snapshot. It reads the context and returns an outcome describing the
+change: replies, data to set, data to delete, the next step, an event to fire, an auth event. The
+engine checks the outcome against the flow (the machine decides whether the event is allowed),
+derives the next snapshot and saves it by compare-and-set; only then are the replies returned.
+
+Deleting a field (``unset``) is different from not supplying it: a cancelled sub-flow's data is
+removed explicitly and cannot come back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from fsm.reply import Reply
+
+ReplyLike = Reply | str
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """Auth event: store a newly issued token (login or refresh). The engine verifies it."""
+
+    token: str
+
+    def __repr__(self) -> str:
+        return "Login(token=<redacted>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Logout:
+    """Auth event: clear the auth slot."""
+
+
+AuthEvent = Login | Logout
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The change a handler asks for. Build it with :meth:`Context.stay` or :meth:`Context.go`."""
+
+    replies: tuple[Reply, ...] = ()
+    event: str | None = None
+    step: str | None = None
+    option: str | None = None
+    set: Mapping[str, Any] = field(default_factory=dict)
+    unset: frozenset[str] = frozenset()
+    clear: bool = False
+    auth: AuthEvent | None = None
+    resume: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Outcome(event={self.event!r}, step={self.step!r}, option={self.option!r}, "
+            f"set={sorted(self.set)!r}, unset={sorted(self.unset)!r}, clear={self.clear}, "
+            f"auth={self.auth!r}, resume={self.resume}, replies={len(self.replies)})"
+        )
+
+
+def _replies(items: Iterable[ReplyLike]) -> tuple[Reply, ...]:
+    return tuple(item if isinstance(item, Reply) else Reply(item) for item in items)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Read-only view of one message and the conversation it arrives in.
+
+    ``data`` is read-only; change it through the outcome. The token is readable (API calls need
+    it as a bearer token) but only an auth event in the outcome can change it.
+    """
+
+    user_key: str
+    text: str
+    stage: str
+    step: str
+    option: str
+    data: Mapping[str, Any]
+    subject: str
+    token_expires_at: float | None
+    now: float
+    message_id: str | None
+    _token: str | None = field(default=None, repr=False)
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    @staticmethod
+    def readonly(data: Mapping[str, Any]) -> Mapping[str, Any]:
+        return MappingProxyType(dict(data))
+
+    def stay(
+        self,
+        *replies: ReplyLike,
+        step: str | None = None,
+        option: str | None = None,
+        set: Mapping[str, Any] | None = None,
+        unset: Iterable[str] = (),
+        clear: bool = False,
+        auth: AuthEvent | None = None,
+    ) -> Outcome:
+        """Remain in this stage (optionally at another of its steps)."""
+        return Outcome(
+            replies=_replies(replies),
+            step=step,
+            option=option,
+            set=dict(set or {}),
+            unset=frozenset(unset),
+            clear=clear,
+            auth=auth,
+        )
+
+    def go(
+        self,
+        event: str,
+        *replies: ReplyLike,
+        step: str | None = None,
+        option: str | None = None,
+        set: Mapping[str, Any] | None = None,
+        unset: Iterable[str] = (),
+        clear: bool = False,
+        auth: AuthEvent | None = None,
+        resume: bool = False,
+    ) -> Outcome:
+        """Fire ``event``; the flow's machine decides whether it is allowed from here.
+
+        With ``resume=True`` and a pending resume point (set when an expired token interrupted
+        a protected stage), the engine returns the user there instead, along the flow's graph.
+        """
+        return Outcome(
+            replies=_replies(replies),
+            event=event,
+            step=step,
+            option=option,
+            set=dict(set or {}),
+            unset=frozenset(unset),
+            clear=clear,
+            auth=auth,
+            resume=resume,
+        )

@@ -1,0 +1,254 @@
+"""The engine's message path on the memory store, with the sample flows."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+import pytest
+
+from adapters import MemoryStore
+from fsm import Engine, Snapshot, decode_snapshot, encode_snapshot
+from fsm.errors import (
+    InvalidUserKey,
+    SchemaTooNew,
+    StepFailed,
+    StepNotFound,
+    TokenRefused,
+    TransitionNotAllowed,
+)
+from tests.fsm.conftest import VaultWorld
+from tests.fsm.sample_flows import SECRET, issue_token
+
+
+def test_first_message_starts_at_initial_stage_and_saves_version_1(vault: VaultWorld) -> None:
+    result = vault.engine.handle("ann", "hi")
+    assert result.snapshot.stage == "auth"
+    assert result.snapshot.version == 1
+    assert result.texts == ["password?"]
+    stored = decode_snapshot(vault.raw("ann") or b"")
+    assert stored == result.snapshot
+    assert stored.update_from == "test-worker"
+    assert stored.last_updated == vault.clock.now()
+
+
+def test_full_conversation_keeps_earlier_step_data(vault: VaultWorld) -> None:
+    vault.say("ann", "hi", "open sesame", "deposit", "12")
+    snap = vault.engine.peek("ann")
+    assert snap is not None and (snap.stage, snap.step) == ("deposit", "confirm")
+    assert snap.data == {"amount": 12}
+    assert vault.say("ann", "yes") == ["done", "menu (balance 12)"]
+    snap = vault.engine.peek("ann")
+    assert snap is not None and snap.data == {"balance": 12}  # amount deleted, not left over
+
+
+def test_versions_grow_by_one_and_history_records_each_move(vault: VaultWorld) -> None:
+    vault.say("ann", "hi", "wrong", "open sesame", "deposit")
+    history = vault.store.history("ann")
+    assert [h.version for h in history] == [4, 3, 2, 1]
+    assert [(h.from_stage, h.to_stage, h.event) for h in history] == [
+        ("home", "deposit", "open_deposit"),
+        ("auth", "home", "open_home"),
+        ("auth", "auth", ""),
+        ("start", "auth", "sign_in"),
+    ]
+    assert all(h.update_from == "test-worker" for h in history)
+
+
+def test_event_not_in_graph_raises_and_leaves_bytes_unchanged(vault: VaultWorld) -> None:
+    vault.say("ann", "bogus")  # start -> auth
+    before = vault.raw("ann")
+    # "teleport" fires open_deposit from start: not an edge of the graph.
+    with pytest.raises(TransitionNotAllowed) as info:
+        vault.engine.handle("dora", "teleport")
+    assert info.value.stage == "start" and info.value.event == "open_deposit"
+    assert vault.raw("dora") is None  # nothing was saved for the refused first message
+    assert vault.raw("ann") == before
+
+
+def test_guard_refuses_protected_stage_without_token(vault: VaultWorld) -> None:
+    with pytest.raises(TransitionNotAllowed) as info:
+        vault.engine.handle("eve", "sneak")
+    assert info.value.event == "sneak_in"
+    assert "valid token" in info.value.reason
+    assert vault.raw("eve") is None
+
+
+def test_handler_exception_is_wrapped_and_state_unchanged(counter_engine: Engine) -> None:
+    counter_engine.handle("u", "go")
+    counter_engine.handle("u", "+1")
+    before = counter_engine.store.load("u").record
+    with pytest.raises(StepFailed) as info:
+        counter_engine.handle("u", "boom")
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert (info.value.stage, info.value.step, info.value.version) == ("counting", "count", 2)
+    assert counter_engine.store.load("u").record == before
+    assert counter_engine.stats["step_failures"] == 1
+
+
+def test_unknown_step_is_refused(counter_engine: Engine) -> None:
+    counter_engine.handle("u", "go")
+    with pytest.raises(StepNotFound):
+        counter_engine.handle("u", "jump")
+    snap = counter_engine.peek("u")
+    assert snap is not None and snap.version == 1
+
+
+def test_redelivered_message_id_is_applied_once(counter_engine: Engine) -> None:
+    counter_engine.handle("u", "go", message_id="m0")
+    first = counter_engine.handle("u", "+1", message_id="m1")
+    again = counter_engine.handle("u", "+1", message_id="m1")
+    assert first.snapshot.data["count"] == 1 and not first.duplicate
+    assert again.duplicate and again.replies == ()
+    assert again.snapshot == first.snapshot
+    other_user = counter_engine.handle("v", "go", message_id="m1")  # ids are per user
+    assert not other_user.duplicate
+    assert counter_engine.stats["duplicates"] == 1
+
+
+def test_session_expiry_restarts_with_notice(vault: VaultWorld) -> None:
+    vault.say("ann", "hi", "open sesame")
+    vault.clock.advance(601)
+    assert vault.engine.peek("ann") is None
+    result = vault.engine.handle("ann", "hello again")
+    assert result.texts[0] == vault.engine.expired_notice
+    assert result.snapshot.stage == "auth" and result.snapshot.version == 1
+    assert vault.engine.stats["expired"] == 1
+
+
+def test_new_user_gets_no_expiry_notice(vault: VaultWorld) -> None:
+    result = vault.engine.handle("new", "hi")
+    assert vault.engine.expired_notice not in result.texts
+
+
+def test_sliding_ttl_is_refreshed_by_each_save(vault: VaultWorld) -> None:
+    vault.say("ann", "hi")
+    for _ in range(5):
+        vault.clock.advance(500)
+        vault.say("ann", "wrong")  # each save slides the TTL
+    assert vault.store.ttl("ann") == pytest.approx(600)
+    assert vault.engine.peek("ann") is not None
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"\xff\xfe\xfd",
+        b"\xc1",
+        msgspec.msgpack.encode({"flow": "vault", "stage": 7, "step": "x", "version": 1}),
+        msgspec.msgpack.encode({"flow": "vault", "stage": "nowhere", "step": "x", "version": 1}),
+        msgspec.msgpack.encode({"flow": "other", "stage": "auth", "step": "password",
+                                "version": 1}),
+        msgspec.msgpack.encode({"flow": "vault", "stage": "auth", "step": "nope", "version": 1}),
+    ],
+    ids=["empty", "junk", "reserved-byte", "mistyped", "unknown-stage", "other-flow", "bad-step"],
+)
+def test_corrupt_bytes_are_quarantined_unchanged_and_user_restarts(
+    vault: VaultWorld, garbage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    vault.store.save("ann", garbage, version=1, expected_version=0, ttl=600)
+    with caplog.at_level(logging.WARNING, logger="fsm.engine"):
+        result = vault.engine.handle("ann", "hi")
+    entries = list(vault.store.quarantined())
+    assert len(entries) == 1
+    assert entries[0].raw == garbage and entries[0].user_key == "ann"
+    assert result.texts[0] == vault.engine.reset_notice
+    assert result.snapshot.stage == "auth"  # the message then ran from the safe stage
+    assert vault.engine.stats["corrupt"] == 1
+    assert any("quarantined" in r.getMessage() for r in caplog.records)
+
+
+def test_newer_schema_is_not_overwritten(vault: VaultWorld) -> None:
+    newer = Snapshot(flow="vault", stage="auth", step="password", version=1, schema=99)
+    raw = msgspec.msgpack.encode(newer)
+    vault.store.save("ann", raw, version=1, expected_version=0, ttl=600)
+    with pytest.raises(SchemaTooNew):
+        vault.engine.handle("ann", "open sesame")
+    assert vault.raw("ann") == raw
+    with pytest.raises(SchemaTooNew):
+        encode_snapshot(newer)
+
+
+def test_expired_token_mid_flow_goes_to_auth_and_resumes(vault: VaultWorld) -> None:
+    vault.flow.token_ttl = 100
+    vault.say("ann", "hi", "open sesame", "deposit", "40")
+    vault.clock.advance(101)
+    result = vault.engine.handle("ann", "yes")  # would confirm, but the token has expired
+    assert result.snapshot.stage == "auth"
+    assert result.snapshot.resume is not None
+    assert (result.snapshot.resume.stage, result.snapshot.resume.step) == ("deposit", "confirm")
+    assert result.events == ("open_home", "sign_in")  # along the graph's own edges
+    assert result.snapshot.data == {"amount": 40}
+    back = vault.engine.handle("ann", "open sesame")
+    assert (back.snapshot.stage, back.snapshot.step) == ("deposit", "confirm")
+    assert back.snapshot.resume is None
+    assert back.snapshot.data == {"amount": 40}
+    assert vault.say("ann", "yes") == ["done", "menu (balance 40)"]
+
+
+def test_refreshed_token_replaces_and_stale_token_is_refused(vault: VaultWorld) -> None:
+    vault.say("ann", "hi", "open sesame")
+    vault.clock.advance(10)
+    old = issue_token(vault.clock, sub="ann", iat=vault.clock.now() - 5)
+    newer = issue_token(vault.clock, sub="ann")
+    vault.flow.next_token = newer
+    vault.say("ann", "refresh")
+    fresh = vault.engine.peek("ann")
+    assert fresh is not None and fresh.auth is not None
+    assert fresh.auth.token == newer
+    raw_before = vault.raw("ann")
+    vault.flow.next_token = old  # a slow response carrying an older token
+    with pytest.raises(TokenRefused, match="stale"):
+        vault.engine.handle("ann", "refresh")
+    assert vault.raw("ann") == raw_before
+
+
+def test_forged_login_token_is_refused(vault: VaultWorld) -> None:
+    vault.say("ann", "hi")
+    vault.flow.next_token = issue_token(vault.clock, key=b"not-the-secret-but-32-bytes-long!")
+    before = vault.raw("ann")
+    with pytest.raises(TokenRefused, match="bad signature"):
+        vault.engine.handle("ann", "open sesame")
+    assert vault.raw("ann") == before
+
+
+def test_logout_clears_the_token(vault: VaultWorld) -> None:
+    vault.say("ann", "hi", "open sesame", "logout")
+    snap = vault.engine.peek("ann")
+    assert snap is not None and snap.stage == "auth" and snap.auth is None
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "x" * 300, "a\x00b"])
+def test_invalid_user_keys_are_refused(vault: VaultWorld, bad: str) -> None:
+    with pytest.raises(InvalidUserKey):
+        vault.engine.handle(bad, "hi")
+
+
+def test_user_keys_are_exact(vault: VaultWorld) -> None:
+    for key in ["{a}", "a:b", "a*", "a b", "a\nb", "ü", "A"]:
+        vault.engine.handle(key, "hi")
+    assert sorted(vault.store.scan()) == sorted(["{a}", "a:b", "a*", "a b", "a\nb", "ü", "A"])
+
+
+def test_engine_requires_verifier_for_protected_flow() -> None:
+    from fsm import FakeClock
+    from tests.fsm.sample_flows import Vault
+
+    with pytest.raises(ValueError, match="TokenVerifier"):
+        Engine(Vault(FakeClock()), MemoryStore())
+
+
+def test_repr_and_errors_never_show_the_token(vault: VaultWorld) -> None:
+    vault.say("ann", "hi", "open sesame")
+    snap = vault.engine.peek("ann")
+    assert snap is not None and snap.auth is not None
+    token = snap.auth.token
+    assert token not in repr(snap) and token not in str(snap) and token not in repr(snap.auth)
+    vault.store.save("zed", b"\xff" + token.encode(), version=1, expected_version=0, ttl=60)
+    from fsm.errors import CorruptSnapshot
+
+    with pytest.raises(CorruptSnapshot) as info:
+        decode_snapshot(b"\xff" + token.encode())
+    assert token not in str(info.value) and token not in repr(info.value)
+    assert SECRET.decode() not in repr(vault.engine.verifier)
