@@ -6,8 +6,8 @@
 
 from adapters.base import (
     HistoryEntry,
-    LockInfo,
     Loaded,
+    LockInfo,
     QuarantineEntry,
     Record,
     SaveResult,
@@ -18,8 +18,8 @@ from adapters.memory import MemoryStore
 
 __all__ = [
     "HistoryEntry",
-    "LockInfo",
     "Loaded",
+    "LockInfo",
     "MemoryStore",
     "QuarantineEntry",
     "Record",

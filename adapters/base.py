@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
 import msgspec
 
 
@@ -145,7 +146,10 @@ class Store(abc.ABC):
     ) -> SaveResult:
         """Atomically: if the stored version is ``expected_version`` (0: nothing stored) and
         ``message_id`` was not applied yet, store ``payload`` as ``version`` with a fresh ``ttl``,
-        append ``history`` and record ``message_id``. Otherwise change nothing."""
+        append ``history`` and record ``message_id``. Otherwise change nothing and say why:
+        DUPLICATE (checked first: a re-delivered message is acknowledged, not retried) or
+        CONFLICT. Raises ``ValueError`` if ``ttl <= 0``, ``expected_version < 0`` or
+        ``version <= expected_version``."""
 
     @abc.abstractmethod
     def delete(self, user_key: str) -> bool:

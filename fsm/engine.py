@@ -126,9 +126,7 @@ class Engine:
         self.flow = flow
         self.spec: FlowSpec = type(flow).spec
         if self.spec.machine.protected and verifier is None:
-            raise ValueError(
-                f"flow {self.spec.name!r} has protected stages: pass a TokenVerifier"
-            )
+            raise ValueError(f"flow {self.spec.name!r} has protected stages: pass a TokenVerifier")
         self.store = store
         self.verifier = verifier
         self.session_ttl = float(session_ttl)
@@ -321,7 +319,11 @@ class Engine:
         stage, events = current.stage, []
         for event, _ in self.spec.path(current.stage, auth_stage) or ():
             stage = self.spec.machine.fire(
-                stage, event, token_preserved=True, token_valid=False, landing=auth_stage,
+                stage,
+                event,
+                token_preserved=True,
+                token_valid=False,
+                landing=auth_stage,
                 user_key=key,
             )
             events.append(event)
@@ -366,15 +368,22 @@ class Engine:
             target = resume
             for event, _ in self.spec.path(stage, target.stage) or ():
                 stage = machine.fire(
-                    stage, event, token_preserved=token_preserved, token_valid=token_valid,
-                    landing=target.stage, user_key=key,
+                    stage,
+                    event,
+                    token_preserved=token_preserved,
+                    token_valid=token_valid,
+                    landing=target.stage,
+                    user_key=key,
                 )
                 events.append(event)
             step, option, resume = target.step, target.option, None
         elif outcome.event is not None:
             stage = machine.fire(
-                stage, outcome.event, token_preserved=token_preserved,
-                token_valid=token_valid, user_key=key,
+                stage,
+                outcome.event,
+                token_preserved=token_preserved,
+                token_valid=token_valid,
+                user_key=key,
             )
             events.append(outcome.event)
             step = outcome.step or self.spec.stages[stage].entry

@@ -126,7 +126,9 @@ class LockTimeout(FsmError):
     def __init__(self, user_key: str, *, waited: float) -> None:
         self.user_key = user_key
         self.waited = waited
-        super().__init__(f"user {user_key!r}: lock still held by another worker after {waited:.2f}s")
+        super().__init__(
+            f"user {user_key!r}: lock still held by another worker after {waited:.2f}s"
+        )
 
 
 class TokenRefused(FsmError):

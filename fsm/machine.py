@@ -2,11 +2,11 @@
 
 Theory of operation: ``transitions`` binds state to *model* objects, and ``Machine.add_model`` is
 O(number of models) and keeps each model alive (~10 KB apiece). One model per user would leak.
-So each flow builds exactly one :class:`transitions.Machine` at class creation, and a small pool of
-probe models is attached to it. To decide a move, the engine borrows a probe, ``set_state``\\ s it to
-the snapshot's stage, fires the event and reads where the probe landed; the probe goes back to
-the pool. The pool grows only to the number of messages decided at the same instant, never with
-the number of users.
+So each flow builds exactly one :class:`transitions.Machine` at class creation, and a small
+pool of probe models is attached to it. To decide a move, the engine borrows a probe, sets its
+state to the snapshot's stage, fires the event and reads where the probe landed; the probe
+goes back to the pool. The pool grows only to the number of messages decided at the same
+instant, never with the number of users.
 
 Guards are the machine's ``conditions``: every transition checks that the JWT was preserved
 (unless the move carries an auth event), and a transition whose landing stage is protected checks

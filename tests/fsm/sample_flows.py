@@ -10,7 +10,7 @@ import time
 
 import jwt
 
-from fsm import Context, Flow, FakeClock, Login, Logout, Outcome, Stage, on_enter, step
+from fsm import Context, FakeClock, Flow, Login, Logout, Outcome, Stage, on_enter, step
 
 SECRET = b"vault-test-secret-0123456789abcdef"
 
@@ -59,8 +59,14 @@ class Counter(Flow):
         return ctx.stay(str(n), set={"count": n})
 
 
-def issue_token(clock: FakeClock, *, sub: str = "u1", ttl: float = 600, key: bytes = SECRET,
-                iat: float | None = None) -> str:
+def issue_token(
+    clock: FakeClock,
+    *,
+    sub: str = "u1",
+    ttl: float = 600,
+    key: bytes = SECRET,
+    iat: float | None = None,
+) -> str:
     issued = clock.now() if iat is None else iat
     return jwt.encode(
         {"sub": sub, "iat": int(issued), "exp": int(issued + ttl)}, key, algorithm="HS256"
@@ -134,7 +140,9 @@ class Vault(Flow):
     def amount(self, ctx: Context) -> Outcome:
         if not ctx.text.isdigit() or int(ctx.text) <= 0:
             return ctx.stay("a positive whole number, please")
-        return ctx.stay(f"deposit {ctx.text}? yes/no", step="confirm", set={"amount": int(ctx.text)})
+        return ctx.stay(
+            f"deposit {ctx.text}? yes/no", step="confirm", set={"amount": int(ctx.text)}
+        )
 
     @step("deposit", "confirm")
     def confirm(self, ctx: Context) -> Outcome:

@@ -138,8 +138,9 @@ def test_sliding_ttl_is_refreshed_by_each_save(vault: VaultWorld) -> None:
         b"\xc1",
         msgspec.msgpack.encode({"flow": "vault", "stage": 7, "step": "x", "version": 1}),
         msgspec.msgpack.encode({"flow": "vault", "stage": "nowhere", "step": "x", "version": 1}),
-        msgspec.msgpack.encode({"flow": "other", "stage": "auth", "step": "password",
-                                "version": 1}),
+        msgspec.msgpack.encode(
+            {"flow": "other", "stage": "auth", "step": "password", "version": 1}
+        ),
         msgspec.msgpack.encode({"flow": "vault", "stage": "auth", "step": "nope", "version": 1}),
     ],
     ids=["empty", "junk", "reserved-byte", "mistyped", "unknown-stage", "other-flow", "bad-step"],

@@ -1,0 +1,311 @@
+"""MemoryStore: the Store contract in one process, for tests and embedded use.
+
+Theory of operation: one lock guards all state, so every method is atomic. Everything that
+expires (sessions, history, seen message ids, locks) is read through its deadline, so an expired
+entry is invisible at once, and is also pushed on one heap of deadlines. Each call pops a bounded
+number of due heap entries and drops what really expired (an entry refreshed since it was pushed
+is left alone), so users who never come back leave no residue and no call pays for a full sweep.
+When refreshes leave the heap mostly stale it is rebuilt, which keeps it proportional to the
+live state.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+
+from adapters.base import (
+    HistoryEntry,
+    Loaded,
+    LockInfo,
+    QuarantineEntry,
+    Record,
+    SaveResult,
+    SaveStatus,
+    Store,
+)
+from fsm.clock import SYSTEM_CLOCK, Clock
+
+# Due entries dropped per call: bounds the latency any one call adds, while a steady write
+# rate still purges faster (hundreds per call) than it creates (a handful per call).
+_SWEEP_BUDGET = 512
+# The heap is rebuilt when it holds more than twice the live entries plus this slack.
+_COMPACT_SLACK = 1024
+
+_SESSION, _HISTORY, _SEEN, _LOCK = range(4)
+
+
+class _History:
+    __slots__ = ("entries", "expires")
+
+    def __init__(self, limit: int) -> None:
+        self.entries: deque[HistoryEntry] = deque(maxlen=limit)
+        self.expires = 0.0
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:  # also refuses NaN
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+class MemoryStore(Store):
+    """A thread-safe, in-process :class:`~adapters.base.Store` with expiry on an injected clock.
+
+    >>> store = MemoryStore()
+    >>> store.save("alice", b"snapshot", version=1, expected_version=0, ttl=60).status
+    <SaveStatus.SAVED: 'saved'>
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        history_limit: int = 50,
+        history_ttl: float = 7 * 24 * 3600,
+        dedupe_limit: int = 256,
+        dedupe_ttl: float = 24 * 3600,
+        quarantine_limit: int = 10_000,
+    ) -> None:
+        for name, value in [
+            ("history_limit", history_limit),
+            ("history_ttl", history_ttl),
+            ("dedupe_limit", dedupe_limit),
+            ("dedupe_ttl", dedupe_ttl),
+            ("quarantine_limit", quarantine_limit),
+        ]:
+            _positive(name, value)
+        self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self._history_limit = history_limit
+        self._history_ttl = history_ttl
+        self._dedupe_limit = dedupe_limit
+        self._dedupe_ttl = dedupe_ttl
+        self._quarantine_limit = quarantine_limit
+        self._mutex = threading.Lock()
+        self._sessions: dict[str, tuple[Record, float]] = {}
+        self._history: dict[str, _History] = {}
+        # message id -> deadline, in insertion order: the oldest is evicted first and the newest
+        # carries the latest deadline (the one the heap tracks for the user).
+        self._seen: dict[str, OrderedDict[str, float]] = {}
+        self._locks: dict[str, tuple[str, float]] = {}
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._quarantine: deque[QuarantineEntry] = deque()
+        self._quarantine_ids = itertools.count(1)
+        self.quarantine_dropped = 0
+        """Quarantined entries dropped (oldest first) to stay within ``quarantine_limit``."""
+
+    # -- expiry ----------------------------------------------------------------------------
+    def _tick(self) -> float:
+        """Read the clock and purge a bounded number of due entries (caller holds the mutex)."""
+        now = self._clock.now()
+        heap = self._deadlines
+        for _ in range(_SWEEP_BUDGET):
+            if not heap or heap[0][0] > now:
+                break
+            _, kind, key = heapq.heappop(heap)
+            self._purge(kind, key, now)
+        return now
+
+    def _purge(self, kind: int, key: str, now: float) -> None:
+        if kind == _SESSION:
+            session = self._sessions.get(key)
+            if session is not None and session[1] <= now:
+                del self._sessions[key]
+        elif kind == _HISTORY:
+            history = self._history.get(key)
+            if history is not None and history.expires <= now:
+                del self._history[key]
+        elif kind == _SEEN:
+            self._live_seen(key, now)
+        else:
+            lock = self._locks.get(key)
+            if lock is not None and lock[1] <= now:
+                del self._locks[key]
+
+    def _expire_at(self, deadline: float, kind: int, key: str) -> None:
+        heap = self._deadlines
+        heapq.heappush(heap, (deadline, kind, key))
+        live = len(self._sessions) + len(self._history) + len(self._seen) + len(self._locks)
+        if len(heap) > 2 * live + _COMPACT_SLACK:
+            # Mostly superseded deadlines: keep one per live entry (its current one).
+            heap[:] = [(exp, _SESSION, k) for k, (_, exp) in self._sessions.items()]
+            heap.extend((h.expires, _HISTORY, k) for k, h in self._history.items())
+            heap.extend((next(reversed(s.values())), _SEEN, k) for k, s in self._seen.items())
+            heap.extend((exp, _LOCK, k) for k, (_, exp) in self._locks.items())
+            heapq.heapify(heap)
+
+    def _live_session(self, user_key: str, now: float) -> Record | None:
+        session = self._sessions.get(user_key)
+        if session is None:
+            return None
+        if session[1] <= now:
+            del self._sessions[user_key]
+            return None
+        return session[0]
+
+    def _live_seen(self, user_key: str, now: float) -> OrderedDict[str, float] | None:
+        seen = self._seen.get(user_key)
+        if seen is None:
+            return None
+        while seen and next(iter(seen.values())) <= now:
+            seen.popitem(last=False)
+        if not seen:
+            del self._seen[user_key]
+            return None
+        return seen
+
+    def _live_lock(self, user_key: str, now: float) -> tuple[str, float] | None:
+        lock = self._locks.get(user_key)
+        if lock is not None and lock[1] <= now:
+            del self._locks[user_key]
+            return None
+        return lock
+
+    # -- sessions --------------------------------------------------------------------------
+    def load(self, user_key: str, *, message_id: str | None = None) -> Loaded:
+        with self._mutex:
+            now = self._tick()
+            seen = message_id is not None and message_id in (self._live_seen(user_key, now) or ())
+            return Loaded(self._live_session(user_key, now), seen)
+
+    def save(
+        self,
+        user_key: str,
+        payload: bytes,
+        *,
+        version: int,
+        expected_version: int,
+        ttl: float,
+        history: HistoryEntry | None = None,
+        message_id: str | None = None,
+    ) -> SaveResult:
+        _positive("ttl", ttl)
+        if expected_version < 0 or version <= expected_version:
+            raise ValueError(f"version {version} must follow expected_version {expected_version}")
+        with self._mutex:
+            now = self._tick()
+            current = self._live_session(user_key, now)
+            seen = self._live_seen(user_key, now)
+            # Duplicate wins over conflict: a re-delivered message must be acknowledged, not
+            # retried against a version that its first delivery already moved.
+            if message_id is not None and seen is not None and message_id in seen:
+                return SaveResult(SaveStatus.DUPLICATE, current)
+            if (current.version if current is not None else 0) != expected_version:
+                return SaveResult(SaveStatus.CONFLICT, current)
+            deadline = now + ttl
+            self._sessions[user_key] = (Record(bytes(payload), version), deadline)
+            self._expire_at(deadline, _SESSION, user_key)
+            if history is not None:
+                entries = self._history.get(user_key)
+                if entries is None:
+                    entries = self._history[user_key] = _History(self._history_limit)
+                entries.entries.append(history)  # maxlen drops the oldest
+                entries.expires = now + self._history_ttl
+                self._expire_at(entries.expires, _HISTORY, user_key)
+            if message_id is not None:
+                if seen is None:
+                    seen = self._seen[user_key] = OrderedDict()
+                seen[message_id] = now + self._dedupe_ttl
+                if len(seen) > self._dedupe_limit:
+                    seen.popitem(last=False)
+                self._expire_at(now + self._dedupe_ttl, _SEEN, user_key)
+            return SaveResult(SaveStatus.SAVED)
+
+    def delete(self, user_key: str) -> bool:
+        with self._mutex:
+            if self._live_session(user_key, self._tick()) is None:
+                return False
+            del self._sessions[user_key]
+            return True
+
+    def ttl(self, user_key: str) -> float | None:
+        with self._mutex:
+            now = self._tick()
+            if self._live_session(user_key, now) is None:
+                return None
+            return self._sessions[user_key][1] - now
+
+    def scan(self, *, batch: int = 500) -> Iterator[str]:
+        _positive("batch", batch)
+        with self._mutex:
+            keys = list(self._sessions)  # a snapshot: writers may change the dict meanwhile
+        for start in range(0, len(keys), batch):
+            with self._mutex:
+                now = self._tick()
+                live = [
+                    k for k in keys[start : start + batch] if self._live_session(k, now) is not None
+                ]
+            yield from live
+
+    # -- history ---------------------------------------------------------------------------
+    def history(self, user_key: str, *, limit: int | None = None) -> list[HistoryEntry]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        with self._mutex:
+            now = self._tick()
+            entries = self._history.get(user_key)
+            if entries is None or entries.expires <= now:
+                self._history.pop(user_key, None)
+                return []
+            newest_first = list(reversed(entries.entries))
+        return newest_first if limit is None else newest_first[:limit]
+
+    # -- lease lock ------------------------------------------------------------------------
+    def acquire_lock(self, user_key: str, owner: str, ttl: float) -> bool:
+        _positive("ttl", ttl)
+        with self._mutex:
+            now = self._tick()
+            if self._live_lock(user_key, now) is not None:
+                return False
+            self._locks[user_key] = (owner, now + ttl)
+            self._expire_at(now + ttl, _LOCK, user_key)
+            return True
+
+    def release_lock(self, user_key: str, owner: str) -> bool:
+        with self._mutex:
+            lock = self._live_lock(user_key, self._tick())
+            if lock is None or lock[0] != owner:
+                return False
+            del self._locks[user_key]
+            return True
+
+    def extend_lock(self, user_key: str, owner: str, ttl: float) -> bool:
+        _positive("ttl", ttl)
+        with self._mutex:
+            now = self._tick()
+            lock = self._live_lock(user_key, now)
+            if lock is None or lock[0] != owner:
+                return False
+            self._locks[user_key] = (owner, now + ttl)
+            self._expire_at(now + ttl, _LOCK, user_key)
+            return True
+
+    def lock_info(self, user_key: str) -> LockInfo | None:
+        with self._mutex:
+            now = self._tick()
+            lock = self._live_lock(user_key, now)
+            return None if lock is None else LockInfo(lock[0], lock[1] - now)
+
+    # -- quarantine ------------------------------------------------------------------------
+    def quarantine(self, user_key: str, raw: bytes, reason: str) -> str | None:
+        with self._mutex:
+            now = self._tick()
+            current = self._live_session(user_key, now)
+            if current is None or current.payload != raw:
+                return None
+            del self._sessions[user_key]
+            entry_id = f"{int(now * 1000)}-{next(self._quarantine_ids)}"
+            self._quarantine.append(
+                QuarantineEntry(entry_id, user_key, current.payload, reason, now)
+            )
+            if len(self._quarantine) > self._quarantine_limit:
+                self._quarantine.popleft()
+                self.quarantine_dropped += 1
+            return entry_id
+
+    def quarantined(self) -> Iterator[QuarantineEntry]:
+        with self._mutex:
+            entries = list(self._quarantine)
+        yield from entries

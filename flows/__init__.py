@@ -1,0 +1,1 @@
+"""Reference flows built on the fsm library."""

@@ -1,0 +1,535 @@
+"""An in-memory, deterministic :class:`~flows.credex.api.CredexApi` for the demo and the tests.
+
+It behaves like the real service where the bot can tell the difference:
+
+- tokens are real HS256 JWTs (PyJWT) with ``sub``, ``phone``, ``iat``, ``exp`` and ``jti``, and
+  every token-taking call verifies them for real, expiry read from the injected clock;
+- offers really move: ``create_credex`` adds a pending credex, accept / decline / cancel settle it,
+  and dashboards and ledgers are computed from that data;
+- responses are built as the camelCase JSON the API sends and decoded with
+  :func:`~flows.credex.api.decode_response`, exactly as an HTTP client would, so a test can change
+  a response's shape (:meth:`FakeCredexApi.raw_response_override`) and see ``ApiResponseError``.
+
+Seeded members, each with one owned personal account (``mem-000N`` owns ``acc-000N``):
+
+- 1 Alice Moyo, ``263770000001``, tier 1, ``alice``: incoming cx-0001, cx-0002; outgoing cx-0003
+- 2 Bob Dube, ``263770000002``, tier 3, ``bob``: no pending offers
+- 3 Carol Chirwa, ``263770000003``, tier 2, ``carol_c``: incoming cx-0003
+- 4 Dan Ncube, ``263770000004``, tier 1, ``dan``: outgoing cx-0001, cx-0002
+
+cx-0001 is 12.50 USD, cx-0002 100.00 ZWG, cx-0003 7.25 USD (all pending). Settled history for
+ledgers: cx-0004 (Bob -> Alice, 20.00 USD) and cx-0005 (Alice -> Dan, 3.00 USD), both accepted.
+New ids continue from there: cx-0006, tok-0001, rec-0001, mem-0005 / acc-0005.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import jwt
+
+from fsm.clock import SYSTEM_CLOCK, Clock
+
+from .api import (
+    CALLS,
+    DENOMINATIONS,
+    AccountNotFound,
+    AccountRef,
+    ApiError,
+    CredexCreated,
+    CredexUpdated,
+    Dashboard,
+    LedgerPage,
+    LoginResult,
+    MemberNotFound,
+    RecurringCreated,
+    Unauthorized,
+    decode_response,
+)
+
+__all__ = ["DEV_SECRET", "FakeCredexApi"]
+
+#: The default signing key: fixed so demo runs are reproducible; 32+ bytes as HS256 asks.
+DEV_SECRET = b"credex-fake-api-dev-secret-not-for-production"
+
+T = TypeVar("T")
+
+# What every createCredex / createRecurring request carries besides its arguments: the bot only
+# makes secured purchase offers, and only one subscription (member tier 3, $1 every 28 days).
+_CREDEX_KIND = {"credexType": "PURCHASE", "OFFERSorREQUESTS": "OFFERS", "securedCredex": True}
+_TIER_SUBSCRIPTION = {
+    "templateType": "MEMBERTIER_SUBSCRIPTION",
+    "memberTier": 3,
+    "payFrequency": 28,
+    "amount": 1.0,
+    "denomination": "USD",
+}
+
+# The fake derives the credit left today from the tier; it reports it but does not enforce it.
+_REMAINING_USD_BY_TIER = {1: 10.0, 2: 100.0, 3: 1000.0}
+
+
+@dataclass(slots=True)
+class _Member:
+    member_id: str
+    phone: str
+    firstname: str
+    lastname: str
+    handle: str
+    tier: int
+    default_denom: str
+    account_id: str
+
+
+@dataclass(slots=True)
+class _Account:
+    account_id: str
+    member_id: str
+    name: str
+    handle: str
+    default_denom: str
+
+
+@dataclass(slots=True)
+class _Credex:
+    credex_id: str
+    issuer: str  # account ids
+    receiver: str
+    denomination: str
+    amount: float
+    status: str = "PENDING"  # or ACCEPTED, DECLINED, CANCELLED
+    updated_at: float = 0.0  # when created, then when settled
+
+
+def _fmt(amount: float, denom: str) -> str:
+    return f"{amount:.2f} {denom}"
+
+
+class FakeCredexApi:
+    """The Credex API in memory. Thread-safe: one lock around every call.
+
+    >>> api = FakeCredexApi()
+    >>> api.login("263770000001").dashboard.member.member_handle
+    'alice'
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: bytes = DEV_SECRET,
+        token_ttl: float = 3600.0,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self._secret = secret
+        self._token_ttl = token_ttl
+        self._clock = clock
+        self._lock = threading.RLock()
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self._members: dict[str, _Member] = {}
+        self._accounts: dict[str, _Account] = {}
+        self._credexes: dict[str, _Credex] = {}
+        self._failures: dict[str, list[ApiError]] = {}
+        self._overrides: dict[str, list[Any]] = {}
+        self._issued: list[str] = []  # jti of every token issued, in order
+        self._expired: set[str] = set()
+        self._revoked: set[str] = set()
+        self._serials: dict[str, int] = {}
+        self._seed()
+
+    # --- test controls --------------------------------------------------------------------
+
+    @property
+    def verification_key(self) -> bytes:
+        """The HS256 key tokens are signed with, so the bot can verify tokens it receives."""
+        with self._lock:
+            return self._secret
+
+    def count(self, call: str) -> int:
+        """How many times ``call`` (an API name such as ``"createCredex"``) was made."""
+        with self._lock:
+            return sum(1 for name, _ in self.calls if name == call)
+
+    def fail_next(self, call: str, error: ApiError) -> None:
+        """Make the next ``call`` raise ``error`` (once, before doing anything)."""
+        with self._lock:
+            self._failures.setdefault(_known(call), []).append(error)
+
+    def raw_response_override(self, call: str, raw: Any) -> None:
+        """Make the next ``call`` answer ``raw`` instead of its usual JSON (its effect still
+        happens, as when a server changes its response shape)."""
+        with self._lock:
+            self._overrides.setdefault(_known(call), []).append(raw)
+
+    def expire_tokens(self) -> None:
+        """Make every token issued so far expired (401); new logins get valid tokens."""
+        with self._lock:
+            self._expired.update(self._issued)
+
+    def revoke(self, token: str) -> None:
+        """Revoke one token (401 from now on); raises Unauthorized if it is not a valid token."""
+        with self._lock:
+            self._revoked.add(self._claims("revoke", token)["jti"])
+
+    def rotate_secret(self, new_secret: bytes | None = None) -> None:
+        """Sign with a new key: every earlier token fails its signature check."""
+        with self._lock:
+            self._secret = new_secret or hashlib.sha256(self._secret).digest()
+
+    # --- the API --------------------------------------------------------------------------
+
+    def login(self, phone: str) -> LoginResult:
+        with self._lock:
+            self._begin("login", {"phone": phone})
+            member = self._member_by_phone(phone)
+            if member is None:
+                raise MemberNotFound("login")
+            return self._login_result("login", member)
+
+    def onboard_member(
+        self, firstname: str, lastname: str, phone: str, default_denom: str = "USD"
+    ) -> LoginResult:
+        call = "onboardMember"
+        with self._lock:
+            self._begin(
+                call,
+                {
+                    "firstname": firstname,
+                    "lastname": lastname,
+                    "phone": phone,
+                    "defaultDenom": default_denom,
+                },
+            )
+            if not firstname.strip() or not lastname.strip():
+                raise ApiError(400, call, "firstname and lastname are required")
+            if default_denom not in DENOMINATIONS:
+                raise ApiError(400, call, f"unknown denomination {default_denom!r}")
+            if self._member_by_phone(phone) is not None:
+                raise ApiError(409, call, "a member with this phone already exists")
+            member = self._add_member(phone, firstname.strip(), lastname.strip(), 1, default_denom)
+            return self._login_result(call, member)
+
+    def get_member_dashboard_by_phone(self, phone: str, *, token: str) -> Dashboard:
+        call = "getMemberDashboardByPhone"
+        with self._lock:
+            self._begin(call, {"phone": phone})
+            member = self._authenticate(call, token)
+            if member.phone != phone:
+                raise ApiError(403, call, "the token is not this member's")
+            return self._respond(call, self._dashboard_raw(member), Dashboard)
+
+    def get_account_by_handle(self, handle: str, *, token: str) -> AccountRef:
+        call = "getAccountByHandle"
+        handle = handle.strip().lower()  # handles are lower-case; the method normalises input
+        with self._lock:
+            self._begin(call, {"accountHandle": handle})
+            self._authenticate(call, token)
+            account = next((a for a in self._accounts.values() if a.handle == handle), None)
+            if account is None:
+                raise AccountNotFound(call, f"no account with handle {handle!r}")
+            raw = {
+                "accountID": account.account_id,
+                "accountName": account.name,
+                "accountHandle": account.handle,
+            }
+            return self._respond(call, raw, AccountRef)
+
+    def create_credex(
+        self,
+        issuer_account_id: str,
+        receiver_account_id: str,
+        denomination: str,
+        amount: float,
+        *,
+        token: str,
+    ) -> CredexCreated:
+        call = "createCredex"
+        with self._lock:
+            self._begin(
+                call,
+                {"issuerAccountID": issuer_account_id, "receiverAccountID": receiver_account_id}
+                | {"Denomination": denomination, "InitialAmount": amount, **_CREDEX_KIND},
+            )
+            member = self._authenticate(call, token)
+            self._owned(call, member, issuer_account_id)
+            if denomination not in DENOMINATIONS:
+                raise ApiError(400, call, f"unknown denomination {denomination!r}")
+            if isinstance(amount, bool) or not math.isfinite(amount) or amount <= 0:
+                raise ApiError(400, call, "the amount must be a positive number")
+            if receiver_account_id not in self._accounts:
+                raise ApiError(404, call, "receiver account not found")
+            if receiver_account_id == issuer_account_id:
+                raise ApiError(400, call, "an account cannot make an offer to itself")
+            credex_id = self._next_id("cx")
+            self._credexes[credex_id] = _Credex(
+                credex_id, issuer_account_id, receiver_account_id, denomination, float(amount)
+            )
+            self._credexes[credex_id].updated_at = self._clock.now()
+            return self._respond(call, {"credexID": credex_id}, CredexCreated)
+
+    def accept_credex(self, credex_id: str, *, token: str) -> CredexUpdated:
+        return self._settle("acceptCredex", credex_id, token, "ACCEPTED", incoming=True)
+
+    def decline_credex(self, credex_id: str, *, token: str) -> CredexUpdated:
+        return self._settle("declineCredex", credex_id, token, "DECLINED", incoming=True)
+
+    def cancel_credex(self, credex_id: str, *, token: str) -> CredexUpdated:
+        return self._settle("cancelCredex", credex_id, token, "CANCELLED", incoming=False)
+
+    def create_recurring(self, account_id: str, *, token: str) -> RecurringCreated:
+        call = "createRecurring"
+        with self._lock:
+            self._begin(
+                call,
+                {"sourceAccountID": account_id, **_TIER_SUBSCRIPTION},
+            )
+            member = self._authenticate(call, token)
+            self._owned(call, member, account_id)
+            if member.tier >= 3:
+                raise ApiError(409, call, "the member is already on tier 3")
+            member.tier = 3
+            return self._respond(call, {"recurringID": self._next_id("rec")}, RecurringCreated)
+
+    def get_ledger(
+        self, account_id: str, start_row: int, num_rows: int, *, token: str
+    ) -> LedgerPage:
+        call = "getLedger"
+        with self._lock:
+            self._begin(call, {"accountID": account_id, "startRow": start_row, "numRows": num_rows})
+            member = self._authenticate(call, token)
+            self._owned(call, member, account_id)
+            if start_row < 0 or num_rows <= 0:
+                raise ApiError(400, call, "startRow must be >= 0 and numRows > 0")
+            settled = sorted(
+                (
+                    c
+                    for c in self._credexes.values()
+                    if c.status == "ACCEPTED" and account_id in (c.issuer, c.receiver)
+                ),
+                key=lambda c: (c.updated_at, c.credex_id),
+                reverse=True,
+            )
+            entries = []
+            for c in settled[start_row : start_row + num_rows]:
+                incoming = c.receiver == account_id
+                other = self._accounts[c.issuer if incoming else c.receiver]
+                stamp = datetime.fromtimestamp(c.updated_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                entries.append(
+                    {
+                        "credexID": c.credex_id,
+                        "formattedAmount": ("+" if incoming else "-")
+                        + _fmt(c.amount, c.denomination),
+                        "counterparty": other.name,
+                        "timestamp": stamp,
+                    }
+                )
+            raw = {"entries": entries, "hasMore": start_row + num_rows < len(settled)}
+            return self._respond(call, raw, LedgerPage)
+
+    # --- internals (called with the lock held) --------------------------------------------
+
+    def _begin(self, call: str, params: dict[str, Any]) -> None:
+        """Record the call (its request body, never the token) and fire an injected failure."""
+        self.calls.append((call, params))
+        queued = self._failures.get(call)
+        if queued:
+            raise queued.pop(0)
+
+    def _claims(self, call: str, token: str | None) -> dict[str, Any]:
+        if not token:
+            raise Unauthorized(call, "missing bearer token")
+        try:
+            # PyJWT checks exp and iat against the real time; this fake runs on ``self._clock``,
+            # so it turns those checks off and checks exp itself below.
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                options={
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "require": ["sub", "phone", "iat", "exp", "jti"],
+                },
+            )
+        except jwt.InvalidTokenError:
+            raise Unauthorized(call, "invalid token") from None  # PyJWT's text is not needed
+        exp = claims["exp"]
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise Unauthorized(call, "invalid token")
+        if self._clock.now() >= exp or claims["jti"] in self._expired:
+            raise Unauthorized(call, "token expired")
+        return claims
+
+    def _authenticate(self, call: str, token: str | None) -> _Member:
+        claims = self._claims(call, token)
+        if claims["jti"] in self._revoked:
+            raise Unauthorized(call, "token revoked")
+        member = self._members.get(claims["sub"])
+        if member is None or member.phone != claims["phone"]:
+            raise Unauthorized(call, "the token's member does not exist")
+        return member
+
+    def _respond(self, call: str, raw: Any, type_: type[T]) -> T:
+        overrides = self._overrides.get(call)
+        if overrides:
+            raw = overrides.pop(0)
+        return decode_response(call, raw, type_)
+
+    def _login_result(self, call: str, member: _Member) -> LoginResult:
+        iat = math.floor(self._clock.now())
+        jti = self._next_id("tok")
+        claims = {
+            "sub": member.member_id,
+            "phone": member.phone,
+            "iat": iat,
+            "exp": iat + math.ceil(self._token_ttl),  # NumericDate: whole seconds
+            "jti": jti,  # makes every token distinct, so one can be revoked alone
+        }
+        self._issued.append(jti)
+        token = jwt.encode(claims, self._secret, algorithm="HS256")
+        return self._respond(
+            call, {"token": token, "dashboard": self._dashboard_raw(member)}, LoginResult
+        )
+
+    def _settle(
+        self, call: str, credex_id: str, token: str, status: str, *, incoming: bool
+    ) -> CredexUpdated:
+        with self._lock:
+            self._begin(call, {"credexID": credex_id})
+            member = self._authenticate(call, token)
+            credex = self._credexes.get(credex_id)
+            if credex is None:
+                raise ApiError(404, call, f"credex {credex_id!r} not found")
+            side = credex.receiver if incoming else credex.issuer
+            if self._accounts[side].member_id != member.member_id:
+                raise ApiError(
+                    403, call, f"credex {credex_id!r} is not yours to {call.removesuffix('Credex')}"
+                )
+            if credex.status != "PENDING":
+                raise ApiError(409, call, f"credex {credex_id!r} is {credex.status}, not PENDING")
+            credex.status, credex.updated_at = status, self._clock.now()
+            return self._respond(call, {"credexID": credex_id, "status": status}, CredexUpdated)
+
+    def _owned(self, call: str, member: _Member, account_id: str) -> None:
+        account = self._accounts.get(account_id)
+        if account is None or account.member_id != member.member_id:
+            raise ApiError(403, call, f"account {account_id!r} is not one of yours")
+
+    def _member_by_phone(self, phone: str) -> _Member | None:
+        return next((m for m in self._members.values() if m.phone == phone), None)
+
+    def _next_id(self, prefix: str) -> str:
+        # One counter per kind, so ids stay predictable: cx-0006 is the first credex a test makes.
+        self._serials[prefix] = n = self._serials.get(prefix, 0) + 1
+        return f"{prefix}-{n:04d}"
+
+    def _dashboard_raw(self, member: _Member) -> dict[str, Any]:
+        account = self._accounts[member.account_id]
+        pending = [c for c in self._credexes.values() if c.status == "PENDING"]
+        net: dict[str, float] = {}
+        for c in self._credexes.values():
+            if c.status == "ACCEPTED" and account.account_id in (c.issuer, c.receiver):
+                sign = 1.0 if c.receiver == account.account_id else -1.0
+                net[c.denomination] = net.get(c.denomination, 0.0) + sign * c.amount
+        return {
+            "member": {
+                "memberID": member.member_id,
+                "memberTier": member.tier,
+                "firstname": member.firstname,
+                "lastname": member.lastname,
+                "memberHandle": member.handle,
+                "defaultDenom": member.default_denom,
+                "remainingAvailableUSD": _REMAINING_USD_BY_TIER[member.tier],
+            },
+            "accounts": [
+                {
+                    "accountID": account.account_id,
+                    "accountName": account.name,
+                    "accountHandle": account.handle,
+                    "isOwnedAccount": True,
+                    "defaultDenom": account.default_denom,
+                    "balanceData": {
+                        "securedNetBalancesByDenom": [_fmt(v, d) for d, v in sorted(net.items())],
+                        # No currency conversion here: only the default denomination counts.
+                        "netCredexAssetsInDefaultDenom": _fmt(
+                            net.get(account.default_denom, 0.0), account.default_denom
+                        ),
+                    },
+                    "pendingInData": [
+                        self._offer_raw(c, c.issuer)
+                        for c in pending
+                        if c.receiver == account.account_id
+                    ],
+                    "pendingOutData": [
+                        self._offer_raw(c, c.receiver)
+                        for c in pending
+                        if c.issuer == account.account_id
+                    ],
+                }
+            ],
+        }
+
+    def _offer_raw(self, credex: _Credex, counterparty_account_id: str) -> dict[str, Any]:
+        other = self._accounts[counterparty_account_id]
+        return {
+            "credexID": credex.credex_id,
+            "formattedInitialAmount": _fmt(credex.amount, credex.denomination),
+            "counterpartyAccountName": other.name,
+            "counterpartyHandle": other.handle,
+            "denomination": credex.denomination,
+            "amount": credex.amount,
+            "secured": True,  # the API sends more than we read; unknown keys are ignored
+        }
+
+    def _add_member(
+        self, phone: str, first: str, last: str, tier: int, denom: str, handle: str | None = None
+    ) -> _Member:
+        n = len(self._members) + 1
+        if handle is None:
+            base = re.sub(r"[^a-z0-9]+", "_", f"{first} {last}".lower()).strip("_")[:27] or "member"
+            handle, k = base, 1
+            while any(a.handle == handle for a in self._accounts.values()):
+                k += 1
+                handle = f"{base}_{k}"
+        member = _Member(f"mem-{n:04d}", phone, first, last, handle, tier, denom, f"acc-{n:04d}")
+        self._members[member.member_id] = member
+        self._accounts[member.account_id] = _Account(
+            member.account_id, member.member_id, f"{first} {last} Personal", handle, denom
+        )
+        return member
+
+    def _seed(self) -> None:
+        for phone, first, last, tier, handle in [
+            ("263770000001", "Alice", "Moyo", 1, "alice"),
+            ("263770000002", "Bob", "Dube", 3, "bob"),
+            ("263770000003", "Carol", "Chirwa", 2, "carol_c"),
+            ("263770000004", "Dan", "Ncube", 1, "dan"),
+        ]:
+            self._add_member(phone, first, last, tier, "USD", handle)
+        day, now = 86_400.0, self._clock.now()
+        for n, (issuer, receiver, denom, amount, status, age_days) in enumerate(
+            [
+                ("acc-0004", "acc-0001", "USD", 12.50, "PENDING", 1),
+                ("acc-0004", "acc-0001", "ZWG", 100.0, "PENDING", 2),
+                ("acc-0001", "acc-0003", "USD", 7.25, "PENDING", 3),
+                ("acc-0002", "acc-0001", "USD", 20.0, "ACCEPTED", 10),
+                ("acc-0001", "acc-0004", "USD", 3.0, "ACCEPTED", 5),
+            ],
+            start=1,
+        ):
+            cid = f"cx-{n:04d}"
+            self._credexes[cid] = _Credex(
+                cid, issuer, receiver, denom, amount, status, now - age_days * day
+            )
+        self._serials["cx"] = len(self._credexes)  # credex ids continue after the seed
+
+
+def _known(call: str) -> str:
+    if call not in CALLS:
+        raise ValueError(f"unknown Credex call {call!r}; expected one of {', '.join(CALLS)}")
+    return call

@@ -1,0 +1,628 @@
+"""The Store contract: every adapter runs this whole module.
+
+Adding an adapter means adding one entry to ``ADAPTERS``: a context manager that opens a fresh
+store as a :class:`StoreEnv` (the store, the clock it runs on and how to move it), and the length
+of one test time unit. Every duration here is counted in ticks, so a real-time adapter can pick a
+short tick and sleep in ``advance``, while the memory store moves a fake clock.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import Any, NamedTuple
+
+import pytest
+
+from adapters.base import HistoryEntry, Loaded, Record, SaveStatus, Store
+from adapters.memory import MemoryStore
+from fsm.clock import FakeClock
+
+
+class StoreEnv:
+    """One store under test and control over the time it sees."""
+
+    def __init__(
+        self, store: Store, clock: FakeClock, *, tick: float, advance: Callable[[float], None]
+    ) -> None:
+        self.store = store
+        self.clock = clock  # the clock the store reads (or one that follows it)
+        self.tick = tick  # one test time unit, in seconds
+        self._advance = advance
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass for the store."""
+        self._advance(seconds)
+
+    def wait(self, ticks: float) -> None:
+        self.advance(ticks * self.tick)
+
+
+@contextmanager
+def memory_env(tick: float, **options: Any) -> Iterator[StoreEnv]:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock, **options)
+    try:
+        yield StoreEnv(store, clock, tick=tick, advance=clock.advance)
+    finally:
+        store.close()
+
+
+class Adapter(NamedTuple):
+    tick: float  # one test time unit for this adapter, in seconds
+    open: Callable[..., AbstractContextManager[StoreEnv]]  # (tick, **store options)
+
+
+# One entry per adapter; each opens a fresh, empty store.
+ADAPTERS: dict[str, Adapter] = {
+    "memory": Adapter(tick=1.0, open=memory_env),
+}
+
+
+class EnvMaker:
+    """Opens stores of one adapter with given limits (``history_limit=3``, ...)."""
+
+    def __init__(self, adapter: Adapter, stack: ExitStack) -> None:
+        self.tick = adapter.tick
+        self._adapter = adapter
+        self._stack = stack  # closes every store this maker opened, at teardown
+
+    def __call__(self, **options: Any) -> StoreEnv:
+        return self._stack.enter_context(self._adapter.open(self.tick, **options))
+
+
+@pytest.fixture(params=sorted(ADAPTERS))
+def make_store_env(request: pytest.FixtureRequest) -> Iterator[EnvMaker]:
+    with ExitStack() as stack:
+        yield EnvMaker(ADAPTERS[request.param], stack)
+
+
+@pytest.fixture
+def store_env(make_store_env: EnvMaker) -> StoreEnv:
+    return make_store_env()
+
+
+def entry(version: int, *, at: float = 0.0, event: str = "next") -> HistoryEntry:
+    return HistoryEntry(
+        version=version,
+        from_stage=f"S{version - 1}",
+        to_stage=f"S{version}",
+        event=event,
+        update_from="test",
+        at=at,
+    )
+
+
+def approx_ticks(env: StoreEnv, ticks: float) -> Any:
+    return pytest.approx(ticks * env.tick, abs=env.tick / 2)
+
+
+# -- sessions ------------------------------------------------------------------------------
+def test_load_of_missing_key_is_empty(store_env: StoreEnv) -> None:
+    store = store_env.store
+    assert store.load("nobody") == Loaded(None, False)
+    assert store.load("nobody", message_id="m1") == Loaded(None, False)
+    assert store.ttl("nobody") is None
+    assert store.history("nobody") == []
+
+
+def test_save_with_expected_version_zero_creates(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    result = store.save("u", b"\x00snap\xff", version=1, expected_version=0, ttl=10 * t)
+    assert result.saved and result.status is SaveStatus.SAVED
+    assert store.load("u").record == Record(b"\x00snap\xff", 1)
+
+
+def test_conflict_returns_current_record_and_changes_nothing(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    store.save("u", b"one", version=1, expected_version=0, ttl=10 * t, history=entry(1))
+    for expected in (0, 2, 5):
+        result = store.save(
+            "u",
+            b"other",
+            version=expected + 1,
+            expected_version=expected,
+            ttl=10 * t,
+            history=entry(expected + 1),
+            message_id=f"m{expected}",
+        )
+        assert result.status is SaveStatus.CONFLICT and not result.saved
+        assert result.current == Record(b"one", 1)
+    assert store.load("u").record == Record(b"one", 1)
+    assert store.history("u") == [entry(1)]
+    assert not any(store.load("u", message_id=f"m{n}").seen for n in (0, 2, 5))
+
+
+def test_conflict_on_missing_session_reports_nothing_stored(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    result = store.save("u", b"x", version=4, expected_version=3, ttl=10 * t)
+    assert result.status is SaveStatus.CONFLICT and result.current is None
+    assert store.load("u").record is None
+
+
+def test_version_chain(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    for version in range(1, 11):
+        result = store.save(
+            "u", b"v%d" % version, version=version, expected_version=version - 1, ttl=10 * t
+        )
+        assert result.saved
+    assert store.load("u").record == Record(b"v10", 10)
+    stale = store.save("u", b"stale", version=10, expected_version=9, ttl=10 * t)
+    assert stale.status is SaveStatus.CONFLICT and stale.current == Record(b"v10", 10)
+
+
+def test_save_refuses_nonsense_arguments(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    for ttl in (0, -1.0):
+        with pytest.raises(ValueError):
+            store.save("u", b"x", version=1, expected_version=0, ttl=ttl)
+    for version, expected in ((1, 1), (0, 0), (1, 2)):
+        with pytest.raises(ValueError):
+            store.save("u", b"x", version=version, expected_version=expected, ttl=t)
+    assert store.load("u").record is None
+
+
+# -- message ids ---------------------------------------------------------------------------
+def test_duplicate_message_id_is_refused_atomically(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    first = store.save(
+        "u", b"one", version=1, expected_version=0, ttl=10 * t, history=entry(1), message_id="m1"
+    )
+    assert first.saved
+    assert store.load("u", message_id="m1").seen
+    assert not store.load("u", message_id="m2").seen
+    assert not store.load("u").seen
+
+    again = store.save(
+        "u", b"two", version=2, expected_version=1, ttl=10 * t, history=entry(2), message_id="m1"
+    )
+    assert again.status is SaveStatus.DUPLICATE and again.current == Record(b"one", 1)
+    assert store.load("u").record == Record(b"one", 1)
+    assert store.history("u") == [entry(1)]
+
+    fresh = store.save("u", b"two", version=2, expected_version=1, ttl=10 * t, message_id="m2")
+    assert fresh.saved and store.load("u", message_id="m2") == Loaded(Record(b"two", 2), True)
+
+
+def test_duplicate_wins_over_conflict(store_env: StoreEnv) -> None:
+    # A re-delivered webhook carries the version its first delivery already moved past: the
+    # engine must learn "duplicate" (acknowledge) rather than "conflict" (retry and re-apply).
+    store, t = store_env.store, store_env.tick
+    store.save("u", b"one", version=1, expected_version=0, ttl=10 * t, message_id="m1")
+    store.save("u", b"two", version=2, expected_version=1, ttl=10 * t, message_id="m2")
+    result = store.save("u", b"x", version=1, expected_version=0, ttl=10 * t, message_id="m1")
+    assert result.status is SaveStatus.DUPLICATE and result.current == Record(b"two", 2)
+
+
+def test_message_ids_survive_session_delete(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    store.save("u", b"one", version=1, expected_version=0, ttl=10 * t, message_id="m1")
+    assert store.delete("u")
+    assert store.load("u", message_id="m1") == Loaded(None, True)
+    result = store.save("u", b"x", version=1, expected_version=0, ttl=10 * t, message_id="m1")
+    assert result.status is SaveStatus.DUPLICATE and result.current is None
+    assert store.load("u").record is None
+
+
+def test_message_id_of_another_user_is_not_a_duplicate(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    store.save("alice", b"a", version=1, expected_version=0, ttl=10 * t, message_id="m1")
+    assert not store.load("bob", message_id="m1").seen
+    result = store.save("bob", b"b", version=1, expected_version=0, ttl=10 * t, message_id="m1")
+    assert result.saved and store.load("bob", message_id="m1").seen
+
+
+def test_dedupe_limit_evicts_oldest_ids(make_store_env: EnvMaker) -> None:
+    env = make_store_env(dedupe_limit=3)
+    store, t = env.store, env.tick
+    for version in range(1, 5):
+        store.save(
+            "u", b"x", version=version, expected_version=version - 1, ttl=10 * t,
+            message_id=f"m{version}",
+        )  # fmt: skip
+    assert not store.load("u", message_id="m1").seen
+    assert all(store.load("u", message_id=f"m{n}").seen for n in (2, 3, 4))
+    assert store.save("u", b"y", version=5, expected_version=4, ttl=10 * t, message_id="m1").saved
+
+
+def test_seen_message_ids_expire(make_store_env: EnvMaker) -> None:
+    env = make_store_env(dedupe_ttl=5 * make_store_env.tick)
+    store, t = env.store, env.tick
+    store.save("u", b"x", version=1, expected_version=0, ttl=100 * t, message_id="m1")
+    env.wait(3)
+    assert store.load("u", message_id="m1").seen
+    env.wait(3)
+    assert not store.load("u", message_id="m1").seen
+    assert store.load("u").record == Record(b"x", 1)
+
+
+# -- TTL -----------------------------------------------------------------------------------
+def test_ttl_slides_on_save_and_expiry_hides_the_session(store_env: StoreEnv) -> None:
+    env, store, t = store_env, store_env.store, store_env.tick
+    store.save("u", b"one", version=1, expected_version=0, ttl=10 * t)
+    assert store.ttl("u") == approx_ticks(env, 10)
+    env.wait(6)
+    assert store.ttl("u") == approx_ticks(env, 4)
+    assert store.save("u", b"two", version=2, expected_version=1, ttl=10 * t).saved
+    assert store.ttl("u") == approx_ticks(env, 10)
+    env.wait(6)  # 12 ticks after the first save: alive only because the second save slid it
+    assert store.load("u").record == Record(b"two", 2)
+    env.wait(5)
+    assert store.load("u") == Loaded(None, False)
+    assert store.ttl("u") is None
+    assert "u" not in set(store.scan())
+    assert not store.delete("u")
+    stale = store.save("u", b"x", version=3, expected_version=2, ttl=10 * t)
+    assert stale.status is SaveStatus.CONFLICT and stale.current is None
+    assert store.save("u", b"new", version=1, expected_version=0, ttl=10 * t).saved
+    assert store.load("u").record == Record(b"new", 1)
+
+
+def test_conflict_does_not_refresh_ttl(store_env: StoreEnv) -> None:
+    env, store, t = store_env, store_env.store, store_env.tick
+    store.save("u", b"one", version=1, expected_version=0, ttl=10 * t)
+    env.wait(6)
+    store.save("u", b"x", version=6, expected_version=5, ttl=10 * t)
+    assert store.ttl("u") == approx_ticks(env, 4)
+
+
+# -- history -------------------------------------------------------------------------------
+def test_history_is_bounded_and_newest_first(make_store_env: EnvMaker) -> None:
+    env = make_store_env(history_limit=3)
+    store, t = env.store, env.tick
+    for version in range(1, 6):
+        store.save(
+            "u", b"x", version=version, expected_version=version - 1, ttl=10 * t,
+            history=entry(version),
+        )  # fmt: skip
+    store.save("u", b"x", version=6, expected_version=5, ttl=10 * t)  # no history: none added
+    assert [h.version for h in store.history("u")] == [5, 4, 3]
+    assert store.history("u")[0] == entry(5)
+    assert [h.version for h in store.history("u", limit=2)] == [5, 4]
+    assert [h.version for h in store.history("u", limit=10)] == [5, 4, 3]
+    assert store.history("u", limit=0) == []
+    assert store.history("someone else") == []
+
+
+def test_history_survives_session_expiry_and_delete(store_env: StoreEnv) -> None:
+    env, store, t = store_env, store_env.store, store_env.tick
+    store.save("u", b"x", version=1, expected_version=0, ttl=2 * t, history=entry(1))
+    env.wait(3)
+    assert store.load("u").record is None
+    assert store.history("u") == [entry(1)]
+    store.save("u", b"y", version=1, expected_version=0, ttl=2 * t, history=entry(1, event="b"))
+    assert store.delete("u")
+    assert store.history("u") == [entry(1, event="b"), entry(1)]
+
+
+def test_history_expires_on_its_own_ttl_refreshed_by_appends(make_store_env: EnvMaker) -> None:
+    env = make_store_env(history_ttl=20 * make_store_env.tick)
+    store, t = env.store, env.tick
+    store.save("u", b"x", version=1, expected_version=0, ttl=100 * t, history=entry(1))
+    env.wait(15)
+    store.save("u", b"x", version=2, expected_version=1, ttl=100 * t)  # no append: no refresh
+    env.wait(6)
+    assert store.history("u") == []
+    store.save("u", b"x", version=3, expected_version=2, ttl=100 * t, history=entry(3))
+    env.wait(15)
+    store.save("u", b"x", version=4, expected_version=3, ttl=100 * t, history=entry(4))
+    env.wait(15)  # 30 ticks after the first append, 15 after the last
+    assert [h.version for h in store.history("u")] == [4, 3]
+
+
+# -- delete and scan -----------------------------------------------------------------------
+def test_delete_removes_only_the_session(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    store.save("u", b"x", version=1, expected_version=0, ttl=10 * t, history=entry(1))
+    store.save("other", b"o", version=1, expected_version=0, ttl=10 * t)
+    assert store.acquire_lock("u", "owner", 10 * t)
+    assert store.delete("u") is True
+    assert store.load("u").record is None and store.ttl("u") is None
+    assert store.delete("u") is False
+    assert store.history("u") == [entry(1)]
+    lock = store.lock_info("u")
+    assert lock is not None and lock.owner == "owner"
+    assert store.load("other").record == Record(b"o", 1)
+    assert store.delete("never") is False
+
+
+def test_scan_lists_live_sessions_only(store_env: StoreEnv) -> None:
+    env, store, t = store_env, store_env.store, store_env.tick
+    for n in range(1200):
+        ttl = 2 * t if n % 3 == 0 else 100 * t  # a third will expire
+        store.save(f"user-{n}", b"x", version=1, expected_version=0, ttl=ttl)
+    for n in range(1, 1200, 10):
+        store.delete(f"user-{n}")
+    env.wait(3)
+    expected = {f"user-{n}" for n in range(1200) if n % 3 != 0 and n % 10 != 1}
+    for batch in (1, 7, 500, 5000):
+        keys = list(store.scan(batch=batch))
+        assert len(keys) == len(set(keys)) and set(keys) == expected
+    assert set(store.scan()) == expected
+
+
+def test_scan_survives_concurrent_writes(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    for n in range(300):
+        store.save(f"k{n}", b"x", version=1, expected_version=0, ttl=100 * t)
+    seen = []
+    for i, key in enumerate(store.scan(batch=16)):
+        seen.append(key)
+        if i == 10:  # writes and deletes in the middle of the iteration
+            for n in range(300, 400):
+                store.save(f"k{n}", b"x", version=1, expected_version=0, ttl=100 * t)
+            for n in range(0, 300, 2):
+                store.delete(f"k{n}")
+    survivors = {f"k{n}" for n in range(1, 300, 2)}
+    assert survivors <= set(seen)  # present throughout: always reported
+    assert set(seen) <= {f"k{n}" for n in range(400)}
+
+
+# -- keys ----------------------------------------------------------------------------------
+AWKWARD_KEYS = [
+    "",
+    "a",
+    "A",
+    " a",
+    "a ",
+    "a:b",
+    "a:b:c",
+    "{a}",
+    "a}b",
+    "{",
+    "}",
+    "fsm:{a}:session",
+    "a\nb",
+    "a\x00b",
+    "ä",
+    "日本語",
+    "😀",
+    "+44 7700 900123",
+    "*",
+    "a?",
+    "[ab]",
+]
+
+
+def test_awkward_user_keys_are_distinct(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    for i, key in enumerate(AWKWARD_KEYS):
+        payload = key.encode() + b"|%d" % i
+        saved = store.save(
+            key, payload, version=1, expected_version=0, ttl=10 * t, history=entry(1, event=key),
+            message_id="m",
+        )  # fmt: skip
+        assert saved.saved, key
+        assert store.acquire_lock(key, f"owner-{i}", 10 * t), key
+    for i, key in enumerate(AWKWARD_KEYS):
+        assert store.load(key, message_id="m") == Loaded(Record(key.encode() + b"|%d" % i, 1), True)
+        assert store.history(key) == [entry(1, event=key)]
+        lock = store.lock_info(key)
+        assert lock is not None and lock.owner == f"owner-{i}"
+    assert sorted(store.scan(batch=4)) == sorted(AWKWARD_KEYS)
+    assert store.delete("a:b")
+    assert store.load("a:b:c").record is not None and store.load("a").record is not None
+
+
+# -- lease lock ----------------------------------------------------------------------------
+def test_lock_acquire_release_owner_only(store_env: StoreEnv) -> None:
+    env, store, t = store_env, store_env.store, store_env.tick
+    assert store.lock_info("u") is None
+    assert store.acquire_lock("u", "a", 10 * t)
+    assert not store.acquire_lock("u", "b", 10 * t)
+    assert not store.acquire_lock("u", "a", 10 * t)  # not re-entrant
+    info = store.lock_info("u")
+    assert info is not None and info.owner == "a" and info.ttl == approx_ticks(env, 10)
+    assert store.acquire_lock("v", "b", 10 * t)  # locks are per user
+
+    assert not store.release_lock("u", "b")
+    assert not store.extend_lock("u", "b", 50 * t)
+    info = store.lock_info("u")
+    assert info is not None and info.owner == "a" and info.ttl == approx_ticks(env, 10)
+
+    assert store.release_lock("u", "a")
+    assert store.lock_info("u") is None
+    assert not store.release_lock("u", "a")
+    assert store.acquire_lock("u", "b", 10 * t)
+
+
+def test_lock_extend_and_expiry(store_env: StoreEnv) -> None:
+    env, store, t = store_env, store_env.store, store_env.tick
+    assert store.acquire_lock("u", "a", 10 * t)
+    env.wait(6)
+    assert store.extend_lock("u", "a", 10 * t)
+    info = store.lock_info("u")
+    assert info is not None and info.ttl == approx_ticks(env, 10)
+    env.wait(6)  # 12 ticks after acquiring: held only thanks to the extension
+    assert not store.acquire_lock("u", "b", 10 * t)
+    env.wait(5)
+    assert store.lock_info("u") is None
+    assert not store.extend_lock("u", "a", 10 * t)  # an expired lease cannot be revived
+    assert store.acquire_lock("u", "b", 10 * t)
+    assert not store.release_lock("u", "a")  # the old owner cannot free the new holder's lock
+    info = store.lock_info("u")
+    assert info is not None and info.owner == "b"
+
+
+def test_lease_helper(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    with store.lease("u", ttl=10 * t, wait=0.05) as owner:
+        info = store.lock_info("u")
+        assert info is not None and info.owner == owner
+        with pytest.raises(TimeoutError), store.lease("u", ttl=10 * t, wait=0.01):
+            pass
+    assert store.lock_info("u") is None
+
+
+# -- quarantine ----------------------------------------------------------------------------
+def test_quarantine_only_when_bytes_unchanged(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    raw = bytes(range(256)) + b"\x00\xc1 not msgpack"
+    store.save("u", raw, version=1, expected_version=0, ttl=10 * t, history=entry(1))
+    assert store.quarantine("u", raw + b"!", "bad") is None
+    assert store.quarantine("u", raw[:-1], "bad") is None
+    assert store.load("u").record == Record(raw, 1)
+    assert list(store.quarantined()) == []
+
+    qid = store.quarantine("u", raw, "decode failed at $.stage")
+    assert isinstance(qid, str) and qid
+    assert store.load("u").record is None
+    assert store.history("u") == [entry(1)]
+    [moved] = store.quarantined()
+    assert (moved.id, moved.user_key, moved.raw, moved.reason) == (
+        qid,
+        "u",
+        raw,
+        "decode failed at $.stage",
+    )
+    assert store.quarantine("u", raw, "again") is None  # nothing left to move
+    assert store.quarantine("missing", b"", "none") is None
+
+
+def test_quarantine_ignores_expired_session(store_env: StoreEnv) -> None:
+    env, store, t = store_env, store_env.store, store_env.tick
+    store.save("u", b"raw", version=1, expected_version=0, ttl=2 * t)
+    env.wait(3)
+    assert store.quarantine("u", b"raw", "bad") is None
+    assert list(store.quarantined()) == []
+
+
+def test_quarantined_oldest_first_with_unique_ids(store_env: StoreEnv) -> None:
+    env, store, t = store_env, store_env.store, store_env.tick
+    users = [f"u{n}" for n in range(5)]
+    for user in users:
+        store.save(user, user.encode(), version=1, expected_version=0, ttl=100 * t)
+    ids = []
+    for user in users:
+        qid = store.quarantine(user, user.encode(), f"reason {user}")
+        assert qid is not None
+        ids.append(qid)
+        env.wait(0.1)
+    entries = list(store.quarantined())
+    assert [e.user_key for e in entries] == users
+    assert [e.id for e in entries] == ids and len(set(ids)) == len(ids)
+    assert [e.raw for e in entries] == [u.encode() for u in users]
+    assert [e.at for e in entries] == sorted(e.at for e in entries)
+
+
+# -- concurrency ---------------------------------------------------------------------------
+@pytest.fixture
+def eager_thread_switches() -> Iterator[None]:
+    """Switch threads as often as possible, so a check-then-act race has a chance to show."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+@pytest.mark.usefixtures("eager_thread_switches")
+def test_threads_incrementing_one_key_produce_every_version_once(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    threads_n, loops = 8, 40
+    produced: list[list[int]] = [[] for _ in range(threads_n)]
+    start = threading.Barrier(threads_n)
+
+    def work(me: int) -> None:
+        start.wait()
+        for _ in range(loops):
+            current = store.load("hot").record
+            while True:
+                version = current.version if current is not None else 0
+                result = store.save(
+                    "hot", b"%d" % (version + 1), version=version + 1,
+                    expected_version=version, ttl=100 * t,
+                )  # fmt: skip
+                if result.saved:
+                    produced[me].append(version + 1)
+                    break
+                assert result.status is SaveStatus.CONFLICT
+                current = result.current  # the retry needs no second read
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    total = threads_n * loops
+    assert store.load("hot").record == Record(b"%d" % total, total)
+    every = sorted(v for versions in produced for v in versions)
+    assert every == list(range(1, total + 1))
+
+
+@pytest.mark.usefixtures("eager_thread_switches")
+def test_lock_gives_mutual_exclusion(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    threads_n, loops = 8, 40
+    counter = [0]
+    start = threading.Barrier(threads_n)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(loops):
+            with store.lease("shared", ttl=100 * t, wait=10):
+                value = counter[0]
+                time.sleep(0)  # invite a thread switch inside the critical section
+                counter[0] = value + 1
+
+    threads = [threading.Thread(target=work) for _ in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert counter[0] == threads_n * loops
+    assert store.lock_info("shared") is None
+
+
+def race(threads_n: int, rounds: int, attempt: Callable[[int, int], bool]) -> list[int]:
+    """Start ``attempt(round, thread)`` on every thread at once, round after round; returns how
+    many attempts succeeded in each round."""
+    wins = [0] * rounds
+    tally = threading.Lock()
+    start = threading.Barrier(threads_n)
+
+    def work(me: int) -> None:
+        for r in range(rounds):
+            start.wait()
+            if attempt(r, me):
+                with tally:
+                    wins[r] += 1
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return wins
+
+
+@pytest.mark.usefixtures("eager_thread_switches")
+def test_exactly_one_of_simultaneous_acquirers_wins(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    wins = race(8, 200, lambda r, me: store.acquire_lock(f"k{r}", f"owner-{me}", 100 * t))
+    assert wins == [1] * 200
+
+
+@pytest.mark.usefixtures("eager_thread_switches")
+def test_exactly_one_of_simultaneous_writers_wins(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+
+    def create(r: int, me: int) -> bool:
+        return store.save(f"k{r}", b"%d" % me, version=1, expected_version=0, ttl=100 * t).saved
+
+    def same_message(r: int, me: int) -> bool:
+        return store.save(
+            f"k{r}", b"again", version=2 + me, expected_version=1 + me, ttl=100 * t,
+            message_id="m",
+        ).saved  # fmt: skip
+
+    assert race(8, 200, create) == [1] * 200
+    # Writer n expects version n+1: writer 0 always succeeds, and a writer that read the stored
+    # version just after it must still be refused, by the message id that writer 0 recorded.
+    wins = race(8, 200, same_message)
+    assert wins == [1] * 200
