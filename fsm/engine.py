@@ -46,6 +46,7 @@ from fsm.errors import (
     StepFailed,
     StepNotFound,
     TokenRefused,
+    TransitionNotAllowed,
 )
 from fsm.flow import Flow, FlowSpec
 from fsm.reply import Reply
@@ -296,7 +297,7 @@ class Engine:
         spec = self.spec.steps[(current.stage, current.step)]
         ctx = self._context(key, current, text, now, message_id)
         try:
-            outcome = spec.handler(self.flow, ctx)
+            outcome = getattr(self.flow, spec.handler)(ctx)
         except FsmError:
             raise
         except Exception as exc:  # wrapped and raised, never swallowed
@@ -308,6 +309,12 @@ class Engine:
             raise StepFailed(
                 current.stage, current.step, user_key=key, version=current.version
             ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
+        if outcome.reauth:
+            if self.spec.auth_stage is None:
+                raise TransitionNotAllowed(
+                    current.stage, "reauth", user_key=key, reason="the flow has no auth stage"
+                )
+            return self._send_to_auth(key, current, now, (*notices, *outcome.replies))
         return self._apply(key, current, outcome, now, notices, spec.side_effects)
 
     def _send_to_auth(
@@ -316,8 +323,13 @@ class Engine:
         auth_stage = self.spec.auth_stage
         assert auth_stage is not None  # guaranteed by the flow check for protected stages
         self.stats.incr("token_refused")
+        route = self.spec.path(current.stage, auth_stage)
+        if route is None:
+            raise TransitionNotAllowed(
+                current.stage, "reauth", user_key=key, reason=f"no path to {auth_stage!r}"
+            )
         stage, events = current.stage, []
-        for event, _ in self.spec.path(current.stage, auth_stage) or ():
+        for event, _ in route:
             stage = self.spec.machine.fire(
                 stage,
                 event,
@@ -366,7 +378,12 @@ class Engine:
         events: list[str] = []
         if outcome.resume and resume is not None:
             target = resume
-            for event, _ in self.spec.path(stage, target.stage) or ():
+            route = self.spec.path(stage, target.stage)
+            if route is None:
+                raise TransitionNotAllowed(
+                    stage, "resume", user_key=key, reason=f"no path to {target.stage!r}"
+                )
+            for event, _ in route:
                 stage = machine.fire(
                     stage,
                     event,
@@ -446,7 +463,7 @@ class Engine:
             return ()
         ctx = self._context(key, snapshot, "", now, None)
         try:
-            replies: Sequence[Reply | str] = hook(self.flow, ctx)
+            replies: Sequence[Reply | str] = getattr(self.flow, hook)(ctx)
         except FsmError:
             raise
         except Exception as exc:

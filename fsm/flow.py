@@ -40,11 +40,7 @@ from typing import Any, ClassVar, TypeVar
 
 from fsm.errors import InvalidFlowDefinition
 from fsm.machine import StageMachine
-from fsm.reply import Reply
-from fsm.step import Context, Outcome
 
-Handler = Callable[[Any, Context], Outcome]
-EnterHook = Callable[[Any, Context], Sequence[Reply | str]]
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Names ``transitions`` puts on a model; a trigger called like one would clobber it.
@@ -75,11 +71,17 @@ class Stage:
 
 @dataclass(frozen=True, slots=True)
 class StepSpec:
+    """A step: the names of the flow methods that handle input and render its prompt.
+
+    Methods are looked up by name on the flow instance, so a subclass that overrides one
+    changes the behaviour as Python readers expect.
+    """
+
     stage: str
     step: str
-    handler: Handler
+    handler: str
     side_effects: bool
-    enter: EnterHook | None
+    enter: str | None
 
 
 def step(stage: str, step_id: str, *, side_effects: bool = False) -> Callable[[F], F]:
@@ -266,23 +268,23 @@ def _collect_steps(
     stages: Mapping[str, Stage],
     fail: Callable[[str], InvalidFlowDefinition],
 ) -> dict[tuple[str, str], StepSpec]:
-    handlers: dict[tuple[str, str], tuple[Handler, bool]] = {}
-    enters: dict[tuple[str, str], EnterHook] = {}
+    handlers: dict[tuple[str, str], tuple[str, bool]] = {}
+    enters: dict[tuple[str, str], str] = {}
     for klass in reversed(cls.__mro__):  # a subclass may override its base's handlers
         own_handlers: set[tuple[str, str]] = set()
         own_enters: set[tuple[str, str]] = set()
-        for attr in vars(klass).values():
+        for attr_name, attr in vars(klass).items():
             fn = getattr(attr, "__func__", attr)
             for stage, step_id, side_effects in getattr(fn, "_fsm_steps", ()):
                 if (stage, step_id) in own_handlers:
                     raise fail(f"step {stage}.{step_id} has two handlers")
                 own_handlers.add((stage, step_id))
-                handlers[(stage, step_id)] = (fn, side_effects)
+                handlers[(stage, step_id)] = (attr_name, side_effects)
             for stage, step_id in getattr(fn, "_fsm_enter", ()):
                 if (stage, step_id) in own_enters:
                     raise fail(f"step {stage}.{step_id} has two @on_enter hooks")
                 own_enters.add((stage, step_id))
-                enters[(stage, step_id)] = fn
+                enters[(stage, step_id)] = attr_name
     for stage, step_id in [*handlers, *enters]:
         if stage not in stages:
             raise fail(f"a handler names unknown stage {stage!r}")

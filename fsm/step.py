@@ -52,12 +52,14 @@ class Outcome:
     clear: bool = False
     auth: AuthEvent | None = None
     resume: bool = False
+    reauth: bool = False
 
     def __repr__(self) -> str:
         return (
             f"Outcome(event={self.event!r}, step={self.step!r}, option={self.option!r}, "
             f"set={sorted(self.set)!r}, unset={sorted(self.unset)!r}, clear={self.clear}, "
-            f"auth={self.auth!r}, resume={self.resume}, replies={len(self.replies)})"
+            f"auth={self.auth!r}, resume={self.resume}, reauth={self.reauth}, "
+            f"replies={len(self.replies)})"
         )
 
 
@@ -142,3 +144,8 @@ class Context:
             auth=auth,
             resume=resume,
         )
+
+    def reauth(self, *replies: ReplyLike) -> Outcome:
+        """The API refused our token (401): send the user to the flow's auth stage with a
+        resume point here, keeping the data, exactly as an expired token would."""
+        return Outcome(replies=_replies(replies), reauth=True)
