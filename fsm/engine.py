@@ -136,6 +136,7 @@ class Engine:
         self.lock_wait = float(lock_wait)
         self.clock = clock
         self._source = source
+        self._host = socket.gethostname()
         self.expired_notice = expired_notice
         self.reset_notice = reset_notice
         self.auth_notice = auth_notice
@@ -147,12 +148,18 @@ class Engine:
     @property
     def source(self) -> str:
         """What this engine writes into ``update_from``: host and pid unless configured."""
-        return self._source or f"{socket.gethostname()}:{os.getpid()}"
+        return self._source or f"{self._host}:{os.getpid()}"  # pid read now: forks differ
 
     # -- public API -------------------------------------------------------------------------
-    def handle(self, user_key: str, text: str, *, message_id: str | None = None) -> Result:
-        """Apply one user message and return the replies, after the new state is saved."""
-        key = _check_key(user_key)
+    def handle(self, user_id: str, text: str, *, message_id: str | None = None) -> Result:
+        """Apply one user message and return the replies, after the new state is saved.
+
+        ``user_id`` is the conversation key chosen by the transport (a phone number, a chat
+        id). ``message_id``, when the transport has one, makes re-deliveries harmless: a
+        message id already applied for this user is acknowledged (``result.duplicate``)
+        without being applied again.
+        """
+        key = _check_key(user_id)
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
         if message_id is not None and (not isinstance(message_id, str) or not message_id):
@@ -203,10 +210,10 @@ class Engine:
             if owner is not None:
                 self.store.release_lock(key, owner)
 
-    def peek(self, user_key: str) -> Snapshot | None:
+    def peek(self, user_id: str) -> Snapshot | None:
         """The stored snapshot, decoded, without changing anything (None if absent)."""
-        record = self.store.load(_check_key(user_key)).record
-        return None if record is None else decode_snapshot(record.payload, user_key=user_key)
+        record = self.store.load(_check_key(user_id)).record
+        return None if record is None else decode_snapshot(record.payload, user_key=user_id)
 
     # -- restore ----------------------------------------------------------------------------
     def _fresh(self, stage: str, auth: Auth | None = None) -> Snapshot:
