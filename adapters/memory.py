@@ -199,7 +199,7 @@ class MemoryStore(Store):
             self._expire_at(deadline, _SESSION, user_key)
             if history is not None:
                 entries = self._history.get(user_key)
-                if entries is None:
+                if entries is None or entries.expires <= now:  # expired, not yet swept
                     entries = self._history[user_key] = _History(self._history_limit)
                 entries.entries.append(history)  # maxlen drops the oldest
                 entries.expires = now + self._history_ttl

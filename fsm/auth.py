@@ -120,6 +120,26 @@ class TokenVerifier:
             issued_at=claims.issued_at,
         )
 
+    def replacement(self, current: Auth | None, token: str) -> Auth:
+        """The auth slot for a newly received ``token`` (login or refresh), after checking it
+        is valid and not older than the token held now.
+
+        A slow response to an earlier refresh carries an older token; it must never replace the
+        fresher one. Freshness is ``(iat, exp)``; a token without ``iat`` cannot prove it is
+        fresh and is refused while the held one has ``iat``.
+        """
+        fresh = self.auth_for(token)
+        if current is None or current.issued_at is None:
+            return fresh
+        if fresh.issued_at is None:
+            raise TokenRefused("stale token: no iat to compare with the one held")
+        if (fresh.issued_at, fresh.expires_at or 0.0) < (
+            current.issued_at,
+            current.expires_at or 0.0,
+        ):
+            raise TokenRefused("stale token: issued before the one held")
+        return fresh
+
     def is_valid(self, auth: Auth | None) -> bool:
         if auth is None:
             return False

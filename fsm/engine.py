@@ -59,7 +59,7 @@ from fsm.snapshot import (
     encode_snapshot,
 )
 from fsm.stats import EngineStats
-from fsm.step import Context, Login, Logout, Outcome
+from fsm.step import Context, Login, Logout, Outcome, thaw
 
 if TYPE_CHECKING:
     from adapters.base import Store
@@ -93,6 +93,22 @@ class _Decision:
     replies: tuple[Reply, ...]
     events: tuple[str, ...]
     side_effects: bool
+    reauth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Restored:
+    """The conversation a message applies to, and what the store holds now."""
+
+    snapshot: Snapshot
+    expected_version: int  # what the compare-and-set expects: 0 when nothing is stored
+    notices: tuple[Reply, ...] = ()
+    expired: bool = False
+
+
+#: After this many lost compare-and-sets in one message, take the user's lock for the rest:
+#: under heavy contention on one user, queueing beats retrying.
+LOCK_AFTER_CONFLICTS = 3
 
 
 class Engine:
@@ -165,47 +181,63 @@ class Engine:
         if message_id is not None and (not isinstance(message_id, str) or not message_id):
             raise ValueError("message_id must be a non-empty string or None")
         owner: str | None = None
-        notices: tuple[Reply, ...] = ()  # kept across retries: said once, not lost
-        after_reset = False
-        current: Snapshot | None = None
+        floor = 0  # versions never go back: a reset session continues above the old one
+        notices: tuple[Reply, ...] = ()  # said once even if the save is retried
+        conflicts = 0
+        version = 0
         try:
-            for attempt in range(1, self.max_attempts + 1):
+            # Each pass loads once; passes that reload under a new lock or after a lost
+            # quarantine race are bounded too, so this loop always ends.
+            for _ in range(3 * self.max_attempts + 2):
                 loaded = self.store.load(key, message_id=message_id)
                 if loaded.seen:
                     return self._duplicate(key, loaded.record)
-                restored = self._restore(key, loaded.record, after_reset=after_reset)
-                if restored is None:  # the bytes changed while we quarantined them: reload
-                    continue
-                current, fresh_notices, was_reset = restored
-                notices = fresh_notices or notices
-                after_reset = after_reset or was_reset
-                if owner is None and self._runs_side_effects(current):
+                try:
+                    restored = self._restore(key, loaded.record, floor)
+                except CorruptSnapshot as exc:
+                    assert loaded.record is not None
+                    if self._quarantine(key, loaded.record, exc):
+                        floor = max(floor, loaded.record.version)
+                        notices = (Reply(self.reset_notice),)
+                    continue  # reload: it is gone now, or someone rewrote it meanwhile
+                current = restored.snapshot
+                version = current.version
+                notices = restored.notices or notices
+                needs_lock = conflicts >= LOCK_AFTER_CONFLICTS or self._side_effects(current)
+                if owner is None and needs_lock:
                     owner = self._lock(key)
                     continue  # reload under the lock: the state may have moved meanwhile
                 decision = self._decide(key, current, text, message_id, notices)
+                if decision.side_effects and owner is not None:
+                    self._check_lease(key, owner)
+                payload = self._encode(key, decision)
                 saved = self.store.save(
                     key,
-                    self._encode(key, decision),
+                    payload,
                     version=decision.snapshot.version,
-                    expected_version=current.version,
+                    expected_version=restored.expected_version,
                     ttl=self.session_ttl,
                     history=self._history(current, decision),
                     message_id=message_id,
                 )
                 if saved.saved:
-                    self._count(current, decision)
-                    return Result(decision.replies, decision.snapshot, events=decision.events)
+                    self._count(current, decision, expired=restored.expired)
+                    # Decoded from the bytes just stored, so it equals what a later load sees.
+                    stored = decode_snapshot(payload, user_key=key)
+                    return Result(decision.replies, stored, events=decision.events)
+                if decision.side_effects:
+                    # The side effect already ran and someone else wrote meanwhile (our lease
+                    # had expired). Retrying could run it twice: report, do not retry.
+                    self.stats.incr("conflicts")
+                    raise ConflictError(key, attempts=conflicts + 1, version=version)
                 if saved.status is SaveStatus.DUPLICATE:
                     return self._duplicate(key, saved.current)
+                conflicts += 1
                 self.stats.incr("conflicts")
-                if decision.side_effects:
-                    # The side effect already ran; running it again could double it. Our lease
-                    # must have expired and someone else wrote: report it, do not retry.
-                    raise ConflictError(key, attempts=attempt, version=current.version)
-                time.sleep(random.uniform(0, 0.001 * attempt))
-            raise ConflictError(
-                key, attempts=self.max_attempts, version=current.version if current else 0
-            )
+                if conflicts >= self.max_attempts:
+                    break
+                time.sleep(random.uniform(0, 0.001 * conflicts))
+            raise ConflictError(key, attempts=conflicts, version=version)
         finally:
             if owner is not None:
                 self.store.release_lock(key, owner)
@@ -216,72 +248,76 @@ class Engine:
         return None if record is None else decode_snapshot(record.payload, user_key=user_id)
 
     # -- restore ----------------------------------------------------------------------------
-    def _fresh(self, stage: str, auth: Auth | None = None) -> Snapshot:
+    def _fresh(self, stage: str, version: int = 0) -> Snapshot:
         return Snapshot(
             flow=self.spec.name,
             stage=stage,
             step=self.spec.stages[stage].entry,
-            auth=auth,
-            version=0,
+            version=version,
             flow_version=self.spec.version,
             last_updated=self.clock.now(),
             update_from=self.source,
         )
 
-    def _restore(
-        self, key: str, record: Record | None, *, after_reset: bool
-    ) -> tuple[Snapshot, tuple[Reply, ...], bool] | None:
-        """(snapshot, notices, was_reset), or None when the record changed under us."""
+    def _restore(self, key: str, record: Record | None, floor: int) -> _Restored:
+        """The snapshot to apply the message to (:class:`CorruptSnapshot` if it is broken).
+
+        ``floor`` is the version of a record this message quarantined: the restarted
+        conversation continues above it, at the flow's safe stage."""
         if record is None:
-            if after_reset:  # we quarantined it ourselves on an earlier attempt
-                return self._fresh(self.spec.safe_stage), (), False
-            if self.store.history(key, limit=1):  # it existed: the session expired
-                self.stats.incr("expired")
-                return self._fresh(self.spec.initial), (Reply(self.expired_notice),), False
-            return self._fresh(self.spec.initial), (), False
-        try:
-            return self._validated(key, record), (), False
-        except CorruptSnapshot as exc:
-            quarantine_id = self.store.quarantine(key, record.payload, exc.detail)
-            if quarantine_id is None:
-                return None
-            self.stats.incr("corrupt")
-            log.warning(
-                "user %r: corrupt snapshot quarantined as %s: %s", key, quarantine_id, exc.detail
-            )
-            return self._fresh(self.spec.safe_stage), (Reply(self.reset_notice),), True
+            # Continue the version chain of an expired or reset session, so a worker that
+            # stalled on the old session can never compare-and-set onto the new one.
+            last = self.store.history(key, limit=1)
+            base = max(floor, last[0].version if last else 0)
+            if last and not floor:
+                notices: tuple[Reply, ...] = (Reply(self.expired_notice),)
+                stage, expired = self.spec.initial, True
+            else:
+                notices, stage, expired = (
+                    (),
+                    self.spec.safe_stage if floor else self.spec.initial,
+                    False,
+                )
+            return _Restored(self._fresh(stage, base), 0, notices, expired)
+        return _Restored(self._validated(key, record), record.version)
+
+    def _quarantine(self, key: str, record: Record, exc: CorruptSnapshot) -> bool:
+        """Move the bytes aside unchanged and report it; False if they changed meanwhile."""
+        quarantine_id = self.store.quarantine(key, record.payload, exc.detail)
+        if quarantine_id is None:
+            return False
+        self.stats.incr("corrupt")
+        log.warning(
+            "user %r: corrupt snapshot quarantined as %s: %s", key, quarantine_id, exc.detail
+        )
+        return True
 
     def _validated(self, key: str, record: Record) -> Snapshot:
         snapshot = decode_snapshot(record.payload, user_key=key)
         if snapshot.schema > SCHEMA_VERSION:
             raise SchemaTooNew(snapshot.schema, SCHEMA_VERSION, user_key=key)
-
-        def corrupt(detail: str) -> CorruptSnapshot:
-            return CorruptSnapshot(detail, raw=record.payload, user_key=key)
-
         if snapshot.version != record.version:
-            raise corrupt(
+            raise CorruptSnapshot(
                 f"snapshot version {snapshot.version} != stored version {record.version}"
-                " - at `$.version`"
+                " - at `$.version`",
+                raw=record.payload,
+                user_key=key,
             )
-        if snapshot.flow != self.spec.name:
-            raise corrupt(f"flow {snapshot.flow!r} is not {self.spec.name!r} - at `$.flow`")
-        stage = self.spec.stages.get(snapshot.stage)
-        if stage is None:
-            raise corrupt(f"unknown stage {snapshot.stage!r} - at `$.stage`")
-        if snapshot.step not in stage.steps:
-            raise corrupt(f"stage {stage.name!r} has no step {snapshot.step!r} - at `$.step`")
+        problem = self.spec.problem_with(snapshot)
+        if problem is not None:
+            raise CorruptSnapshot(problem, raw=record.payload, user_key=key)
         if snapshot.flow_version > self.spec.version:
-            raise corrupt(
-                f"flow version {snapshot.flow_version} is newer than {self.spec.version}"
-                " - at `$.flow_version`"
+            # Written by a newer deploy of this flow: not corrupt, just not ours to rewrite.
+            raise SchemaTooNew(
+                snapshot.flow_version, self.spec.version, user_key=key, what="flow version"
             )
         return snapshot
 
     # -- decide -----------------------------------------------------------------------------
-    def _runs_side_effects(self, current: Snapshot) -> bool:
-        if self._needs_reauth(current):
-            return False
+    def _side_effects(self, current: Snapshot) -> bool:
+        """Whether the user's current step runs side effects (then the message takes the lock).
+        This holds even when the token has expired and the message will only redirect to
+        auth: the redirect then waits for a side effect in flight instead of racing it."""
         return self.spec.steps[(current.stage, current.step)].side_effects
 
     def _needs_reauth(self, current: Snapshot) -> bool:
@@ -289,6 +325,18 @@ class Engine:
 
     def _token_ok(self, auth: Auth | None) -> bool:
         return self.verifier is not None and self.verifier.is_valid(auth)
+
+    def _call(self, key: str, snapshot: Snapshot, method: str, ctx: Context) -> Any:
+        """Run a flow method; its own exceptions are wrapped and raised, never swallowed."""
+        try:
+            return getattr(self.flow, method)(ctx)
+        except FsmError:
+            raise
+        except Exception as exc:
+            self.stats.incr("step_failures")
+            raise StepFailed(
+                snapshot.stage, snapshot.step, user_key=key, version=snapshot.version
+            ) from exc
 
     def _decide(
         self,
@@ -303,49 +351,62 @@ class Engine:
             return self._send_to_auth(key, current, now, notices)
         spec = self.spec.steps[(current.stage, current.step)]
         ctx = self._context(key, current, text, now, message_id)
-        try:
-            outcome = getattr(self.flow, spec.handler)(ctx)
-        except FsmError:
-            raise
-        except Exception as exc:  # wrapped and raised, never swallowed
-            self.stats.incr("step_failures")
-            raise StepFailed(
-                current.stage, current.step, user_key=key, version=current.version
-            ) from exc
+        outcome = self._call(key, current, spec.handler, ctx)
         if not isinstance(outcome, Outcome):
             raise StepFailed(
                 current.stage, current.step, user_key=key, version=current.version
             ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
         if outcome.reauth:
-            if self.spec.auth_stage is None:
-                raise TransitionNotAllowed(
-                    current.stage, "reauth", user_key=key, reason="the flow has no auth stage"
-                )
-            return self._send_to_auth(key, current, now, (*notices, *outcome.replies))
+            return self._send_to_auth(key, current, now, notices, said=outcome.replies)
         return self._apply(key, current, outcome, now, notices, spec.side_effects)
 
-    def _send_to_auth(
-        self, key: str, current: Snapshot, now: float, notices: tuple[Reply, ...]
-    ) -> _Decision:
-        auth_stage = self.spec.auth_stage
-        assert auth_stage is not None  # guaranteed by the flow check for protected stages
-        self.stats.incr("token_refused")
-        route = self.spec.path(current.stage, auth_stage)
+    def _walk(
+        self,
+        key: str,
+        stage: str,
+        target: str,
+        *,
+        event: str,
+        token_valid: bool,
+        token_preserved: bool = True,
+    ) -> tuple[str, list[str]]:
+        """Fire the declared events of the shortest path from ``stage`` to ``target``, each
+        checked by the machine. ``event`` names the move in the error if there is no path."""
+        route = self.spec.path(stage, target)
         if route is None:
-            raise TransitionNotAllowed(
-                current.stage, "reauth", user_key=key, reason=f"no path to {auth_stage!r}"
-            )
-        stage, events = current.stage, []
-        for event, _ in route:
+            raise TransitionNotAllowed(stage, event, user_key=key, reason=f"no path to {target!r}")
+        fired: list[str] = []
+        for hop, _ in route:
             stage = self.spec.machine.fire(
                 stage,
-                event,
-                token_preserved=True,
-                token_valid=False,
-                landing=auth_stage,
+                hop,
+                token_preserved=token_preserved,
+                token_valid=token_valid,
+                landing=target,
                 user_key=key,
             )
-            events.append(event)
+            fired.append(hop)
+        return stage, fired
+
+    def _send_to_auth(
+        self,
+        key: str,
+        current: Snapshot,
+        now: float,
+        notices: tuple[Reply, ...],
+        *,
+        said: tuple[Reply, ...] = (),
+    ) -> _Decision:
+        """Move to the auth stage along the graph, remembering where to resume. The user is
+        told why (``said`` by the handler, else the engine's ``auth_notice``), then prompted."""
+        auth_stage = self.spec.auth_stage
+        if auth_stage is None:
+            raise TransitionNotAllowed(
+                current.stage, "reauth", user_key=key, reason="the flow has no auth stage"
+            )
+        stage, events = self._walk(
+            key, current.stage, auth_stage, event="reauth", token_valid=False
+        )
         resume = current.resume or Resume(
             stage=current.stage, step=current.step, option=current.option
         )
@@ -359,9 +420,9 @@ class Engine:
             last_updated=now,
             update_from=self.source,
         )
-        entered = self._enter(key, new, now)
-        replies = (*notices, *(entered or (Reply(self.auth_notice),)))
-        return _Decision(new, replies, tuple(events), side_effects=False)
+        why = said or (Reply(self.auth_notice),)
+        replies = (*notices, *why, *self._enter(key, new, now))
+        return _Decision(new, replies, tuple(events), side_effects=False, reauth=True)
 
     def _apply(
         self,
@@ -374,35 +435,28 @@ class Engine:
     ) -> _Decision:
         auth = current.auth
         if isinstance(outcome.auth, Login):
-            auth = self._login(key, current.auth, outcome.auth.token)
+            auth = self._replace_token(key, current.auth, outcome.auth.token)
         elif isinstance(outcome.auth, Logout):
             auth = None
+        # The guard every transition checks. The engine alone builds ``auth``, so today this
+        # holds by construction; the machine re-checks it so a future change cannot slip.
         token_preserved = outcome.auth is not None or auth == current.auth
         token_valid = self._token_ok(auth)
-        machine = self.spec.machine
 
         stage, step, option, resume = current.stage, current.step, current.option, current.resume
         events: list[str] = []
         if outcome.resume and resume is not None:
-            target = resume
-            route = self.spec.path(stage, target.stage)
-            if route is None:
-                raise TransitionNotAllowed(
-                    stage, "resume", user_key=key, reason=f"no path to {target.stage!r}"
-                )
-            for event, _ in route:
-                stage = machine.fire(
-                    stage,
-                    event,
-                    token_preserved=token_preserved,
-                    token_valid=token_valid,
-                    landing=target.stage,
-                    user_key=key,
-                )
-                events.append(event)
-            step, option, resume = target.step, target.option, None
+            stage, events = self._walk(
+                key,
+                stage,
+                resume.stage,
+                event="resume",
+                token_valid=token_valid,
+                token_preserved=token_preserved,
+            )
+            step, option, resume = resume.step, resume.option, None
         elif outcome.event is not None:
-            stage = machine.fire(
+            stage = self.spec.machine.fire(
                 stage,
                 outcome.event,
                 token_preserved=token_preserved,
@@ -424,7 +478,7 @@ class Engine:
         data: dict[str, Any] = {} if outcome.clear else dict(current.data)
         for name in outcome.unset:
             data.pop(name, None)
-        data.update(outcome.set)
+        data.update({name: thaw(value) for name, value in outcome.set.items()})
         new = Snapshot(
             flow=self.spec.name,
             stage=stage,
@@ -444,40 +498,21 @@ class Engine:
             replies = (*replies, *self._enter(key, new, now))
         return _Decision(new, replies, tuple(events), side_effects)
 
-    def _login(self, key: str, current: Auth | None, token: str) -> Auth:
+    def _replace_token(self, key: str, current: Auth | None, token: str) -> Auth:
         if self.verifier is None:
             raise TokenRefused("no TokenVerifier configured", user_key=key)
         try:
-            fresh = self.verifier.auth_for(token)
+            return self.verifier.replacement(current, token)
         except TokenRefused as exc:
             self.stats.incr("token_refused")
             raise TokenRefused(exc.reason, user_key=key) from None
-        # A token issued before the one we hold is stale (a slow response to an old refresh);
-        # it must never replace the fresher one.
-        if (
-            current is not None
-            and current.issued_at is not None
-            and fresh.issued_at is not None
-            and fresh.issued_at < current.issued_at
-        ):
-            self.stats.incr("token_refused")
-            raise TokenRefused("stale token: issued before the one held", user_key=key)
-        return fresh
 
     def _enter(self, key: str, snapshot: Snapshot, now: float) -> tuple[Reply, ...]:
         hook = self.spec.steps[(snapshot.stage, snapshot.step)].enter
         if hook is None:
             return ()
         ctx = self._context(key, snapshot, "", now, None)
-        try:
-            replies: Sequence[Reply | str] = getattr(self.flow, hook)(ctx)
-        except FsmError:
-            raise
-        except Exception as exc:
-            self.stats.incr("step_failures")
-            raise StepFailed(
-                snapshot.stage, snapshot.step, user_key=key, version=snapshot.version - 1
-            ) from exc
+        replies: Sequence[Reply | str] = self._call(key, snapshot, hook, ctx)
         return tuple(r if isinstance(r, Reply) else Reply(r) for r in replies)
 
     def _context(
@@ -521,10 +556,26 @@ class Engine:
             to_step=new.step,
         )
 
-    def _count(self, current: Snapshot, decision: _Decision) -> None:
+    def _count(self, current: Snapshot, decision: _Decision, *, expired: bool) -> None:
         self.stats.incr("applied")
+        if expired:
+            self.stats.incr("expired")
+        if decision.reauth:
+            self.stats.incr("token_refused")
         if decision.events:
             self.stats.incr(f"transitions:{current.stage}->{decision.snapshot.stage}")
+
+    def _check_lease(self, key: str, owner: str) -> None:
+        """After a side effect: renew our lease. If it lapsed while the step ran, another
+        worker may be running the same step; the compare-and-set still decides whose state
+        lands, but the overlap is reported."""
+        if not self.store.extend_lock(key, owner, self.lock_ttl):
+            self.stats.incr("lease_lost")
+            log.warning(
+                "user %r: the lease expired while a side-effecting step ran (lock_ttl=%ss)",
+                key,
+                self.lock_ttl,
+            )
 
     def _duplicate(self, key: str, record: Record | None) -> Result:
         self.stats.incr("duplicates")

@@ -85,13 +85,16 @@ class SchemaTooNew(FsmError):
     An old worker that wrote it back would drop the fields it does not know.
     """
 
-    def __init__(self, schema: int, supported: int, *, user_key: str | None = None) -> None:
+    def __init__(
+        self, schema: int, supported: int, *, user_key: str | None = None, what: str = "schema"
+    ) -> None:
         self.schema = schema
         self.supported = supported
         self.user_key = user_key
+        self.what = what
         who = f"user {user_key!r}: " if user_key is not None else ""
         super().__init__(
-            f"{who}snapshot schema {schema} is newer than this code supports ({supported}); "
+            f"{who}snapshot {what} {schema} is newer than this code supports ({supported}); "
             "upgrade this worker"
         )
 

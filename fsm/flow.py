@@ -40,6 +40,7 @@ from typing import Any, ClassVar, TypeVar
 
 from fsm.errors import InvalidFlowDefinition
 from fsm.machine import StageMachine
+from fsm.snapshot import Snapshot
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -143,6 +144,27 @@ class FlowSpec:
 
     def is_protected(self, stage: str) -> bool:
         return self.stages[stage].protected
+
+    def problem_with(self, snapshot: Snapshot) -> str | None:
+        """Why a decoded snapshot cannot belong to this flow (msgspec-style ``$.path``), or
+        None. A newer ``flow_version`` is not a problem here: the engine refuses it."""
+        if snapshot.flow != self.name:
+            return f"flow {snapshot.flow!r} is not {self.name!r} - at `$.flow`"
+        if snapshot.flow_version > self.version:
+            return None
+        stage = self.stages.get(snapshot.stage)
+        if stage is None:
+            return f"unknown stage {snapshot.stage!r} - at `$.stage`"
+        if snapshot.step not in stage.steps:
+            return f"stage {stage.name!r} has no step {snapshot.step!r} - at `$.step`"
+        resume = snapshot.resume
+        if resume is not None:
+            target = self.stages.get(resume.stage)
+            if target is None or resume.step not in target.steps:
+                return (
+                    f"resume point {resume.stage}.{resume.step} is not in the flow - at `$.resume`"
+                )
+        return None
 
 
 class Flow:

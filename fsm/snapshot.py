@@ -38,6 +38,9 @@ class Auth(msgspec.Struct, frozen=True, kw_only=True):
 
     __str__ = __repr__
 
+    def __rich_repr__(self) -> list[tuple[str, Any]]:  # msgspec's default shows every field
+        return [("subject", self.subject), ("expires_at", self.expires_at), ("token", "<redacted>")]
+
 
 class Resume(msgspec.Struct, frozen=True, kw_only=True):
     """Where to continue after a re-login that interrupted a protected stage."""
@@ -77,9 +80,25 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
 
     __str__ = __repr__
 
+    def __rich_repr__(self) -> list[tuple[str, Any]]:  # data and auth may hold secrets
+        shown = ("flow", "stage", "step", "option", "version", "schema", "last_updated")
+        return [
+            *((name, getattr(self, name)) for name in shown),
+            ("data_keys", sorted(self.data)),
+            ("auth", self.auth),
+            ("update_from", self.update_from),
+        ]
+
+
+class _Header(msgspec.Struct):
+    """Just the format version: readable even when a newer schema changed other fields."""
+
+    schema: int = SCHEMA_VERSION
+
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Snapshot)
+_header_decoder = msgspec.msgpack.Decoder(_Header)
 
 
 def encode_snapshot(snapshot: Snapshot, *, user_key: str | None = None) -> bytes:
@@ -90,11 +109,20 @@ def encode_snapshot(snapshot: Snapshot, *, user_key: str | None = None) -> bytes
 
 
 def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
-    """Decode strictly; any failure is a :class:`CorruptSnapshot` carrying ``raw`` unchanged."""
+    """Decode strictly; any failure is a :class:`CorruptSnapshot` carrying ``raw`` unchanged.
+
+    A record written with a newer schema raises :class:`SchemaTooNew` instead, even when the
+    newer schema changed field types: it is not corrupt, only not ours to read.
+    """
     try:
         snapshot = _decoder.decode(raw)
-    except msgspec.DecodeError as exc:  # ValidationError is a subclass: type errors land here too
-        raise CorruptSnapshot(str(exc), raw=bytes(raw), user_key=user_key) from None
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure is corruption, raised
+        newer = _newer_schema(raw)
+        if newer is not None:
+            raise SchemaTooNew(newer, SCHEMA_VERSION, user_key=user_key) from None
+        raise CorruptSnapshot(
+            str(exc) or type(exc).__name__, raw=bytes(raw), user_key=user_key
+        ) from None
     if snapshot.version < 1:
         raise CorruptSnapshot(
             f"version must be >= 1, got {snapshot.version} - at `$.version`",
@@ -108,3 +136,11 @@ def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
             user_key=user_key,
         )
     return snapshot
+
+
+def _newer_schema(raw: bytes) -> int | None:
+    try:
+        schema = _header_decoder.decode(raw).schema
+    except Exception:  # noqa: BLE001 - not even a header: plain corruption, reported by caller
+        return None
+    return schema if schema > SCHEMA_VERSION else None

@@ -63,6 +63,28 @@ class Outcome:
         )
 
 
+def freeze(value: Any) -> Any:
+    """A read-only deep view: maps become ``MappingProxyType``, lists become tuples.
+
+    A handler that tries to change ``ctx.data`` in place fails loudly instead of changing the
+    next snapshot behind the outcome's back.
+    """
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The storable form of a value a handler passed back (possibly read from ``ctx.data``)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
 def _replies(items: Iterable[ReplyLike]) -> tuple[Reply, ...]:
     return tuple(item if isinstance(item, Reply) else Reply(item) for item in items)
 
@@ -93,7 +115,8 @@ class Context:
 
     @staticmethod
     def readonly(data: Mapping[str, Any]) -> Mapping[str, Any]:
-        return MappingProxyType(dict(data))
+        frozen: Mapping[str, Any] = freeze(data)
+        return frozen
 
     def stay(
         self,

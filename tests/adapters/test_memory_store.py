@@ -154,3 +154,23 @@ def test_quarantined_is_a_snapshot() -> None:
     store.quarantine("b", b"2", "bad")  # writing meanwhile does not break the iteration
     assert list(entries) == []
     assert len(list(store.quarantined())) == 2
+
+
+def test_expired_history_is_not_revived_by_a_save() -> None:
+    from adapters.base import HistoryEntry
+    from fsm.clock import FakeClock
+
+    clock = FakeClock()
+    store = MemoryStore(clock=clock, history_ttl=5)
+
+    def entry(v: int) -> HistoryEntry:
+        return HistoryEntry(version=v, from_stage="a", to_stage="a", event="", update_from="t",
+                            at=clock.now())  # fmt: skip
+
+    # Many expiries due at once, ours sorting last: one amortised sweep cannot reach it.
+    for n in range(2_000):
+        store.save(f"z{n}", b"1", version=1, expected_version=0, ttl=60, history=entry(1))
+    store.save("zz-last", b"1", version=1, expected_version=0, ttl=60, history=entry(1))
+    clock.advance(6)  # the history expired; nothing swept it yet
+    store.save("zz-last", b"2", version=2, expected_version=1, ttl=60, history=entry(2))
+    assert [h.version for h in store.history("zz-last")] == [2]

@@ -156,15 +156,16 @@ def test_failure_06_stale_jwt_never_overwrites_a_fresh_one() -> None:
 
 
 def test_failure_06_older_token_refused_even_without_a_race(bot: Bot) -> None:
+    from fsm.errors import TokenRefused
+
     old = bot.api.login(ALICE).token  # issued now
     bot.clock.advance(60)
     bot.engine.handle(ALICE, "hi")  # logs in with a newer token
-    from fsm.errors import TokenRefused
-
     current = bot.engine.peek(ALICE)
     assert current is not None and current.auth is not None
+    assert bot.engine.verifier is not None
     with pytest.raises(TokenRefused, match="stale"):
-        bot.engine._login(ALICE, current.auth, old)
+        bot.engine.verifier.replacement(current.auth, old)
 
 
 # -- 7. The JWT is lost, duplicated in several places, or expires separately from the state ---

@@ -49,4 +49,4 @@ def vault(clock: FakeClock) -> VaultWorld:
 
 @pytest.fixture
 def counter_engine(clock: FakeClock) -> Engine:
-    return Engine(Counter(), MemoryStore(clock=clock), clock=clock, max_attempts=50)
+    return Engine(Counter(), MemoryStore(clock=clock), clock=clock)

@@ -110,3 +110,18 @@ def test_refusal_never_contains_the_token(clock: FakeClock) -> None:
     with pytest.raises(TokenRefused) as info:
         TokenVerifier(SECRET, clock=clock, leeway=0).verify(token)
     assert token not in str(info.value) and token not in repr(info.value)
+
+
+def test_replacement_refuses_older_or_unprovable_tokens(clock: FakeClock) -> None:
+    verifier = TokenVerifier(SECRET, clock=clock)
+    held = verifier.auth_for(issue_token(clock, ttl=600))
+    same_second_shorter = issue_token(clock, ttl=300)
+    with pytest.raises(TokenRefused, match="stale"):
+        verifier.replacement(held, same_second_shorter)
+    no_iat = jwt.encode({"sub": "u1", "exp": int(clock.now() + 900)}, SECRET, algorithm="HS256")
+    with pytest.raises(TokenRefused, match="no iat"):
+        verifier.replacement(held, no_iat)
+    clock.advance(1)
+    newer = issue_token(clock, ttl=600)
+    assert verifier.replacement(held, newer).token == newer
+    assert verifier.replacement(None, no_iat).token == no_iat  # nothing held: any valid token

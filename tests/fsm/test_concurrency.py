@@ -115,3 +115,59 @@ def test_conflicts_are_bounded_then_reported(clock: FakeClock) -> None:
     after = store.load("u").record
     assert before is not None and after is not None
     assert after.version > before.version  # only the racing writer's saves landed
+
+
+def test_same_message_redelivered_to_a_side_effect_step_runs_it_once(clock: FakeClock) -> None:
+    flow = Counter()
+    engine = Engine(flow, MemoryStore(clock=clock), clock=clock, lock_wait=30)
+    engine.handle("u", "locked")
+
+    def worker(n: int) -> list[Result]:  # 8 deliveries of each of 20 messages, all at once
+        return [engine.handle("u", "+1", message_id=f"m{i}") for i in range(20)]
+
+    results = _run_threads(worker)
+    assert flow.side_effects == 20  # once per message, not once per delivery
+    assert sum(not r.duplicate for r in results) == 20
+    assert engine.peek("u").data["count"] == 20  # type: ignore[union-attr]
+
+
+class _SlowCounter(Counter):
+    """The first side effect outlives its lease: it moves the clock past lock_ttl and waits
+    while a re-delivery of the same message takes the lapsed lock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.lapsed = threading.Event()
+        self.resume = threading.Event()
+
+    def locked(self, ctx):  # type: ignore[no-untyped-def]
+        if not self.lapsed.is_set():
+            self.clock.advance(31)
+            self.lapsed.set()
+            assert self.resume.wait(10)
+        return super().locked(ctx)
+
+
+def test_side_effect_outliving_its_lease_is_reported_not_hidden(clock: FakeClock) -> None:
+    flow = _SlowCounter(clock)
+    engine = Engine(flow, MemoryStore(clock=clock), clock=clock, lock_ttl=30, lock_wait=5)
+    engine.handle("u", "locked")
+    errors: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            engine.handle("u", "+1", message_id="m1")
+        except ConflictError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    assert flow.lapsed.wait(10)
+    second = engine.handle("u", "+1", message_id="m1")  # the webhook re-delivers
+    flow.resume.set()
+    thread.join(10)
+    assert not second.duplicate and second.snapshot.data["count"] == 1
+    assert len(errors) == 1  # the late first delivery says so instead of acking a duplicate
+    assert engine.stats["lease_lost"] == 1
+    assert engine.peek("u").data["count"] == 1  # type: ignore[union-attr]

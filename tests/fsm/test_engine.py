@@ -10,6 +10,7 @@ import pytest
 from adapters import MemoryStore
 from fsm import Engine, Snapshot, decode_snapshot, encode_snapshot
 from fsm.errors import (
+    CorruptSnapshot,
     InvalidUserKey,
     SchemaTooNew,
     StepFailed,
@@ -112,7 +113,8 @@ def test_session_expiry_restarts_with_notice(vault: VaultWorld) -> None:
     assert vault.engine.peek("ann") is None
     result = vault.engine.handle("ann", "hello again")
     assert result.texts[0] == vault.engine.expired_notice
-    assert result.snapshot.stage == "auth" and result.snapshot.version == 1
+    assert result.snapshot.stage == "auth"
+    assert result.snapshot.version == 3  # the version chain continues: no version is reused
     assert vault.engine.stats["expired"] == 1
 
 
@@ -240,16 +242,82 @@ def test_engine_requires_verifier_for_protected_flow() -> None:
         Engine(Vault(FakeClock()), MemoryStore())
 
 
-def test_repr_and_errors_never_show_the_token(vault: VaultWorld) -> None:
+def test_repr_logs_and_errors_never_show_the_token(
+    vault: VaultWorld, caplog: pytest.LogCaptureFixture
+) -> None:
     vault.say("ann", "hi", "open sesame")
     snap = vault.engine.peek("ann")
     assert snap is not None and snap.auth is not None
     token = snap.auth.token
     assert token not in repr(snap) and token not in str(snap) and token not in repr(snap.auth)
-    vault.store.save("zed", b"\xff" + token.encode(), version=1, expected_version=0, ttl=60)
-    from fsm.errors import CorruptSnapshot
-
+    # Corrupt bytes that contain the token: quarantined and logged, the token not shown.
+    garbage = b"\xc1" + token.encode()
+    vault.store.save("zed", garbage, version=1, expected_version=0, ttl=60)
+    with caplog.at_level(logging.DEBUG):
+        result = vault.engine.handle("zed", "hi")
+    assert result.texts[0] == vault.engine.reset_notice
+    assert token not in caplog.text and token not in repr(result)
     with pytest.raises(CorruptSnapshot) as info:
-        decode_snapshot(b"\xff" + token.encode())
+        decode_snapshot(garbage)
     assert token not in str(info.value) and token not in repr(info.value)
     assert SECRET.decode() not in repr(vault.engine.verifier)
+
+
+def test_rich_pretty_printing_never_shows_the_token(vault: VaultWorld) -> None:
+    from rich.pretty import pretty_repr
+
+    result = vault.engine.handle("ann", "hi")
+    result = vault.engine.handle("ann", "open sesame")
+    assert result.snapshot.auth is not None
+    token = result.snapshot.auth.token
+    for thing in (result, result.snapshot, result.snapshot.auth):
+        assert token not in pretty_repr(thing)
+
+
+def test_nested_data_cannot_be_changed_behind_the_outcome(counter_engine: Engine) -> None:
+    from fsm.step import Context
+
+    frozen = Context.readonly({"cart": {"items": [1, 2]}})
+    with pytest.raises(TypeError):
+        frozen["cart"]["items"] += (3,)  # type: ignore[index]
+    with pytest.raises(TypeError):
+        frozen["cart"]["n"] = 1  # type: ignore[index]
+
+
+def test_result_snapshot_equals_what_a_later_load_returns(vault: VaultWorld) -> None:
+    for text in ["hi", "open sesame", "deposit", "5"]:
+        result = vault.engine.handle("ann", text)
+        assert result.snapshot == vault.engine.peek("ann")
+
+
+def test_newer_flow_version_is_refused_not_quarantined(vault: VaultWorld) -> None:
+    newer = Snapshot(flow="vault", stage="auth", step="password", version=1, flow_version=2)
+    raw = msgspec.msgpack.encode(newer)
+    vault.store.save("ann", raw, version=1, expected_version=0, ttl=600)
+    with pytest.raises(SchemaTooNew) as info:
+        vault.engine.handle("ann", "hi")
+    assert info.value.what == "flow version"
+    assert vault.raw("ann") == raw and list(vault.store.quarantined()) == []
+
+
+def test_handle_takes_the_contract_keyword_names(vault: VaultWorld) -> None:
+    result = vault.engine.handle(user_id="ann", text="hi", message_id="wamid.1")
+    assert result.snapshot.stage == "auth" and not result.duplicate
+
+
+def test_a_stalled_writer_cannot_land_on_a_restarted_session(vault: VaultWorld) -> None:
+    vault.say("ann", "hi", "wrong")  # v2
+    stalled = vault.store.load("ann").record  # a worker loads v2, then stalls
+    assert stalled is not None and stalled.version == 2
+    vault.clock.advance(601)  # the session expires
+    vault.say("ann", "hi", "wrong")  # the new conversation reaches v4, not v2 again
+    late = vault.store.save("ann", stalled.payload, version=3, expected_version=2, ttl=600)
+    assert not late.saved
+    assert vault.engine.peek("ann").version == 4  # type: ignore[union-attr]
+
+
+def test_quarantine_restart_continues_above_the_corrupt_version(vault: VaultWorld) -> None:
+    vault.store.save("ann", b"\xff", version=7, expected_version=0, ttl=600)
+    result = vault.engine.handle("ann", "hi")
+    assert result.snapshot.version == 8
+    assert result.texts[0] == vault.engine.reset_notice
