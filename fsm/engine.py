@@ -4,16 +4,18 @@ Theory of operation, per message (:meth:`Engine.handle`):
 
 1. **Load** the user's record; if the message id was already applied, acknowledge and stop.
 2. **Restore** the snapshot. Absent: a new conversation at the flow's initial stage (with a
-   notice when the history shows the session expired). Undecodable or inconsistent with the
-   flow: quarantine the bytes unchanged, reset to the safe stage, report it.
-3. **Decide**. In a protected stage without a valid token the user is sent to the auth stage
-   along the flow's own edges, with a resume point. Otherwise the current step's handler reads
-   the message and returns an :class:`~fsm.step.Outcome`; the flow's machine checks its event.
-   A handler marked ``side_effects`` runs under the user's lease lock, after a reload made under
-   that lock, so two workers never run it for the same state.
+   notice when the history shows the session expired), its version continuing the old chain so
+   no version is ever reused. Undecodable or inconsistent with the flow: quarantine the bytes
+   unchanged, reset to the safe stage, report it. Written by newer code: refuse, touch nothing.
+3. **Decide** (:mod:`fsm.decide`, no I/O of its own). In a protected stage without a valid
+   token the user is sent to the auth stage along the flow's own edges, with a resume point.
+   Otherwise the current step's handler reads the message and returns an
+   :class:`~fsm.step.Outcome`; the flow's machine checks its event. A handler marked
+   ``side_effects`` runs under the user's lease lock, after a reload made under that lock, so
+   two workers never run it for the same state.
 4. **Save** by compare-and-set on the version, with the history entry and the message id in the
-   same atomic write. On a version conflict, go back to 1 (bounded, with jitter), then
-   :class:`~fsm.errors.ConflictError`.
+   same atomic write. On a version conflict, go back to 1 (with jitter; after a few conflicts
+   under the user's lock), bounded by ``max_attempts``, then :class:`~fsm.errors.ConflictError`.
 5. **Return** the replies, only now that the state that expects the answer is stored.
 
 Nothing is swallowed: a handler's exception surfaces as :class:`~fsm.errors.StepFailed` with the
@@ -27,39 +29,32 @@ import os
 import random
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from adapters.base import HistoryEntry, Record, SaveStatus
 from fsm.auth import TokenVerifier
 from fsm.clock import SYSTEM_CLOCK, Clock
+from fsm.decide import Decider, Decision
 from fsm.errors import (
     ConflictError,
     CorruptSnapshot,
-    FsmError,
     InvalidUserKey,
     LockTimeout,
     SchemaTooNew,
     StepFailed,
-    StepNotFound,
-    TokenRefused,
-    TransitionNotAllowed,
 )
 from fsm.flow import Flow, FlowSpec
 from fsm.reply import Reply
 from fsm.snapshot import (
     SCHEMA_VERSION,
-    Auth,
-    Resume,
     Snapshot,
     decode_snapshot,
     encode_snapshot,
 )
 from fsm.stats import EngineStats
-from fsm.step import Context, Login, Logout, Outcome, thaw
 
 if TYPE_CHECKING:
     from adapters.base import Store
@@ -85,15 +80,6 @@ class Result:
     @property
     def texts(self) -> list[str]:
         return [reply.render() for reply in self.replies]
-
-
-@dataclass(frozen=True, slots=True)
-class _Decision:
-    snapshot: Snapshot
-    replies: tuple[Reply, ...]
-    events: tuple[str, ...]
-    side_effects: bool
-    reauth: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +143,13 @@ class Engine:
         self.reset_notice = reset_notice
         self.auth_notice = auth_notice
         self.stats = EngineStats()
+        self._decider = Decider(
+            flow,
+            verifier=verifier,
+            stats=self.stats,
+            source=lambda: self.source,
+            auth_notice=auth_notice,
+        )
 
     def __repr__(self) -> str:
         return f"Engine(flow={self.spec.name!r}, store={type(self.store).__name__})"
@@ -180,6 +173,7 @@ class Engine:
             raise TypeError(f"text must be str, got {type(text).__name__}")
         if message_id is not None and (not isinstance(message_id, str) or not message_id):
             raise ValueError("message_id must be a non-empty string or None")
+        decider = self._decider
         owner: str | None = None
         floor = 0  # versions never go back: a reset session continues above the old one
         notices: tuple[Reply, ...] = ()  # said once even if the save is retried
@@ -203,11 +197,13 @@ class Engine:
                 current = restored.snapshot
                 version = current.version
                 notices = restored.notices or notices
-                needs_lock = conflicts >= LOCK_AFTER_CONFLICTS or self._side_effects(current)
+                needs_lock = conflicts >= LOCK_AFTER_CONFLICTS or decider.side_effects(current)
                 if owner is None and needs_lock:
                     owner = self._lock(key)
                     continue  # reload under the lock: the state may have moved meanwhile
-                decision = self._decide(key, current, text, message_id, notices)
+                decision = decider.decide(
+                    key, current, text, message_id, notices, now=self.clock.now()
+                )
                 if decision.side_effects and owner is not None:
                     self._check_lease(key, owner)
                 payload = self._encode(key, decision)
@@ -313,228 +309,8 @@ class Engine:
             )
         return snapshot
 
-    # -- decide -----------------------------------------------------------------------------
-    def _side_effects(self, current: Snapshot) -> bool:
-        """Whether the user's current step runs side effects (then the message takes the lock).
-        This holds even when the token has expired and the message will only redirect to
-        auth: the redirect then waits for a side effect in flight instead of racing it."""
-        return self.spec.steps[(current.stage, current.step)].side_effects
-
-    def _needs_reauth(self, current: Snapshot) -> bool:
-        return self.spec.is_protected(current.stage) and not self._token_ok(current.auth)
-
-    def _token_ok(self, auth: Auth | None) -> bool:
-        return self.verifier is not None and self.verifier.is_valid(auth)
-
-    def _call(self, key: str, snapshot: Snapshot, method: str, ctx: Context) -> Any:
-        """Run a flow method; its own exceptions are wrapped and raised, never swallowed."""
-        try:
-            return getattr(self.flow, method)(ctx)
-        except FsmError:
-            raise
-        except Exception as exc:
-            self.stats.incr("step_failures")
-            raise StepFailed(
-                snapshot.stage, snapshot.step, user_key=key, version=snapshot.version
-            ) from exc
-
-    def _decide(
-        self,
-        key: str,
-        current: Snapshot,
-        text: str,
-        message_id: str | None,
-        notices: tuple[Reply, ...],
-    ) -> _Decision:
-        now = self.clock.now()
-        if self._needs_reauth(current):
-            return self._send_to_auth(key, current, now, notices)
-        spec = self.spec.steps[(current.stage, current.step)]
-        ctx = self._context(key, current, text, now, message_id)
-        outcome = self._call(key, current, spec.handler, ctx)
-        if not isinstance(outcome, Outcome):
-            raise StepFailed(
-                current.stage, current.step, user_key=key, version=current.version
-            ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
-        if outcome.reauth:
-            return self._send_to_auth(key, current, now, notices, said=outcome.replies)
-        return self._apply(key, current, outcome, now, notices, spec.side_effects)
-
-    def _walk(
-        self,
-        key: str,
-        stage: str,
-        target: str,
-        *,
-        event: str,
-        token_valid: bool,
-        token_preserved: bool = True,
-    ) -> tuple[str, list[str]]:
-        """Fire the declared events of the shortest path from ``stage`` to ``target``, each
-        checked by the machine. ``event`` names the move in the error if there is no path."""
-        route = self.spec.path(stage, target)
-        if route is None:
-            raise TransitionNotAllowed(stage, event, user_key=key, reason=f"no path to {target!r}")
-        fired: list[str] = []
-        for hop, _ in route:
-            stage = self.spec.machine.fire(
-                stage,
-                hop,
-                token_preserved=token_preserved,
-                token_valid=token_valid,
-                landing=target,
-                user_key=key,
-            )
-            fired.append(hop)
-        return stage, fired
-
-    def _send_to_auth(
-        self,
-        key: str,
-        current: Snapshot,
-        now: float,
-        notices: tuple[Reply, ...],
-        *,
-        said: tuple[Reply, ...] = (),
-    ) -> _Decision:
-        """Move to the auth stage along the graph, remembering where to resume. The user is
-        told why (``said`` by the handler, else the engine's ``auth_notice``), then prompted."""
-        auth_stage = self.spec.auth_stage
-        if auth_stage is None:
-            raise TransitionNotAllowed(
-                current.stage, "reauth", user_key=key, reason="the flow has no auth stage"
-            )
-        stage, events = self._walk(
-            key, current.stage, auth_stage, event="reauth", token_valid=False
-        )
-        resume = current.resume or Resume(
-            stage=current.stage, step=current.step, option=current.option
-        )
-        new = msgspec.structs.replace(
-            current,
-            stage=stage,
-            step=self.spec.stages[stage].entry,
-            option="",
-            resume=resume,
-            version=current.version + 1,
-            last_updated=now,
-            update_from=self.source,
-        )
-        why = said or (Reply(self.auth_notice),)
-        replies = (*notices, *why, *self._enter(key, new, now))
-        return _Decision(new, replies, tuple(events), side_effects=False, reauth=True)
-
-    def _apply(
-        self,
-        key: str,
-        current: Snapshot,
-        outcome: Outcome,
-        now: float,
-        notices: tuple[Reply, ...],
-        side_effects: bool,
-    ) -> _Decision:
-        auth = current.auth
-        if isinstance(outcome.auth, Login):
-            auth = self._replace_token(key, current.auth, outcome.auth.token)
-        elif isinstance(outcome.auth, Logout):
-            auth = None
-        # The guard every transition checks. The engine alone builds ``auth``, so today this
-        # holds by construction; the machine re-checks it so a future change cannot slip.
-        token_preserved = outcome.auth is not None or auth == current.auth
-        token_valid = self._token_ok(auth)
-
-        stage, step, option, resume = current.stage, current.step, current.option, current.resume
-        events: list[str] = []
-        if outcome.resume and resume is not None:
-            stage, events = self._walk(
-                key,
-                stage,
-                resume.stage,
-                event="resume",
-                token_valid=token_valid,
-                token_preserved=token_preserved,
-            )
-            step, option, resume = resume.step, resume.option, None
-        elif outcome.event is not None:
-            stage = self.spec.machine.fire(
-                stage,
-                outcome.event,
-                token_preserved=token_preserved,
-                token_valid=token_valid,
-                user_key=key,
-            )
-            events.append(outcome.event)
-            step = outcome.step or self.spec.stages[stage].entry
-            option = outcome.option if outcome.option is not None else ""
-            resume = None
-        else:
-            if self.spec.is_protected(stage) and not token_valid:
-                raise TokenRefused("this stage needs a valid token", user_key=key)
-            step = outcome.step or step
-            option = outcome.option if outcome.option is not None else option
-        if step not in self.spec.stages[stage].steps:
-            raise StepNotFound(stage, step, user_key=key)
-
-        data: dict[str, Any] = {} if outcome.clear else dict(current.data)
-        for name in outcome.unset:
-            data.pop(name, None)
-        data.update({name: thaw(value) for name, value in outcome.set.items()})
-        new = Snapshot(
-            flow=self.spec.name,
-            stage=stage,
-            step=step,
-            option=option,
-            data=data,
-            auth=auth,
-            resume=resume,
-            version=current.version + 1,
-            schema=SCHEMA_VERSION,
-            flow_version=current.flow_version,
-            last_updated=now,
-            update_from=self.source,
-        )
-        replies = (*notices, *outcome.replies)
-        if events or step != current.step:
-            replies = (*replies, *self._enter(key, new, now))
-        return _Decision(new, replies, tuple(events), side_effects)
-
-    def _replace_token(self, key: str, current: Auth | None, token: str) -> Auth:
-        if self.verifier is None:
-            raise TokenRefused("no TokenVerifier configured", user_key=key)
-        try:
-            return self.verifier.replacement(current, token)
-        except TokenRefused as exc:
-            self.stats.incr("token_refused")
-            raise TokenRefused(exc.reason, user_key=key) from None
-
-    def _enter(self, key: str, snapshot: Snapshot, now: float) -> tuple[Reply, ...]:
-        hook = self.spec.steps[(snapshot.stage, snapshot.step)].enter
-        if hook is None:
-            return ()
-        ctx = self._context(key, snapshot, "", now, None)
-        replies: Sequence[Reply | str] = self._call(key, snapshot, hook, ctx)
-        return tuple(r if isinstance(r, Reply) else Reply(r) for r in replies)
-
-    def _context(
-        self, key: str, snapshot: Snapshot, text: str, now: float, message_id: str | None
-    ) -> Context:
-        auth = snapshot.auth
-        return Context(
-            user_key=key,
-            text=text,
-            stage=snapshot.stage,
-            step=snapshot.step,
-            option=snapshot.option,
-            data=Context.readonly(snapshot.data),
-            subject=auth.subject if auth else "",
-            token_expires_at=auth.expires_at if auth else None,
-            now=now,
-            message_id=message_id,
-            _token=auth.token if auth else None,
-        )
-
     # -- save -------------------------------------------------------------------------------
-    def _encode(self, key: str, decision: _Decision) -> bytes:
+    def _encode(self, key: str, decision: Decision) -> bytes:
         snapshot = decision.snapshot
         try:
             return encode_snapshot(snapshot, user_key=key)
@@ -543,7 +319,7 @@ class Engine:
                 snapshot.stage, snapshot.step, user_key=key, version=snapshot.version - 1
             ) from exc
 
-    def _history(self, current: Snapshot, decision: _Decision) -> HistoryEntry:
+    def _history(self, current: Snapshot, decision: Decision) -> HistoryEntry:
         new = decision.snapshot
         return HistoryEntry(
             version=new.version,
@@ -556,7 +332,7 @@ class Engine:
             to_step=new.step,
         )
 
-    def _count(self, current: Snapshot, decision: _Decision, *, expired: bool) -> None:
+    def _count(self, current: Snapshot, decision: Decision, *, expired: bool) -> None:
         self.stats.incr("applied")
         if expired:
             self.stats.incr("expired")

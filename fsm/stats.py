@@ -11,7 +11,8 @@ from collections import Counter
 
 class EngineStats:
     """Named counters: ``applied``, ``conflicts``, ``duplicates``, ``corrupt``, ``expired``,
-    ``token_refused``, ``lock_waits``, ``step_failures``, ``transitions:<from>-><to>``."""
+    ``token_refused``, ``lock_acquisitions``, ``lock_timeouts``, ``lease_lost``,
+    ``step_failures``, ``transitions:<from>-><to>``."""
 
     def __init__(self) -> None:
         self._counts: Counter[str] = Counter()

@@ -73,7 +73,7 @@ def test_random_conversations_stay_in_the_graph_and_keep_the_token(
             dest = Vault.spec.machine.destination(stage, event)
             assert dest is not None and (stage, dest) in EDGES
             stage = dest
-        assert stage == snap.stage or not hops
+        assert stage == snap.stage  # where the fired events lead is where the user is
         if before_snap is not None and text not in AUTH_WORDS:
             old = before_snap.auth.token if before_snap.auth else None
             new = snap.auth.token if snap.auth else None

@@ -1,0 +1,278 @@
+"""Deciding one message: the pure core between loading a snapshot and saving the next one.
+
+Given the conversation as loaded and the user's text, :class:`Decider` runs the step handler,
+checks its outcome against the flow's machine (guards included) and derives the next snapshot,
+the replies and the events fired. It does no I/O of its own: the engine loads and saves around
+it, and may call it again on a fresh snapshot after a lost compare-and-set. Step handlers may
+call APIs; that is the flow's business, and such steps are marked ``side_effects``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from fsm.auth import TokenVerifier
+from fsm.errors import FsmError, StepFailed, StepNotFound, TokenRefused, TransitionNotAllowed
+from fsm.flow import Flow, FlowSpec
+from fsm.reply import Reply
+from fsm.snapshot import SCHEMA_VERSION, Auth, Resume, Snapshot
+from fsm.stats import EngineStats
+from fsm.step import Context, Login, Logout, Outcome, thaw
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The next snapshot, the replies to send once it is saved, and the events fired."""
+
+    snapshot: Snapshot
+    replies: tuple[Reply, ...]
+    events: tuple[str, ...]
+    side_effects: bool
+    reauth: bool = False
+
+
+class Decider:
+    """Decides messages for one flow instance. Shared by every user; holds no per-user state."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        *,
+        verifier: TokenVerifier | None,
+        stats: EngineStats,
+        source: Callable[[], str],
+        auth_notice: str,
+    ) -> None:
+        self.flow = flow
+        self.spec: FlowSpec = type(flow).spec
+        self.verifier = verifier
+        self.stats = stats
+        self._source = source
+        self.auth_notice = auth_notice
+
+    def side_effects(self, current: Snapshot) -> bool:
+        """Whether the user's current step runs side effects (then the message takes the lock).
+        This holds even when the token has expired and the message will only redirect to
+        auth: the redirect then waits for a side effect in flight instead of racing it."""
+        return self.spec.steps[(current.stage, current.step)].side_effects
+
+    def _needs_reauth(self, current: Snapshot) -> bool:
+        return self.spec.is_protected(current.stage) and not self._token_ok(current.auth)
+
+    def _token_ok(self, auth: Auth | None) -> bool:
+        return self.verifier is not None and self.verifier.is_valid(auth)
+
+    def _call(self, key: str, snapshot: Snapshot, method: str, ctx: Context) -> Any:
+        """Run a flow method; its own exceptions are wrapped and raised, never swallowed."""
+        try:
+            return getattr(self.flow, method)(ctx)
+        except FsmError:
+            raise
+        except Exception as exc:
+            self.stats.incr("step_failures")
+            raise StepFailed(
+                snapshot.stage, snapshot.step, user_key=key, version=snapshot.version
+            ) from exc
+
+    def decide(
+        self,
+        key: str,
+        current: Snapshot,
+        text: str,
+        message_id: str | None,
+        notices: tuple[Reply, ...],
+        now: float,
+    ) -> Decision:
+        """What ``text`` does to ``current``. Raises the flow's refusals (TransitionNotAllowed,
+        StepNotFound, TokenRefused) and StepFailed; nothing is changed when it raises."""
+        if self._needs_reauth(current):
+            return self._send_to_auth(key, current, now, notices)
+        spec = self.spec.steps[(current.stage, current.step)]
+        ctx = self._context(key, current, text, now, message_id)
+        outcome = self._call(key, current, spec.handler, ctx)
+        if not isinstance(outcome, Outcome):
+            raise StepFailed(
+                current.stage, current.step, user_key=key, version=current.version
+            ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
+        if outcome.reauth:
+            return self._send_to_auth(key, current, now, notices, said=outcome.replies)
+        return self._apply(key, current, outcome, now, notices, spec.side_effects)
+
+    def _walk(
+        self,
+        key: str,
+        stage: str,
+        target: str,
+        *,
+        event: str,
+        token_valid: bool,
+        token_preserved: bool = True,
+    ) -> tuple[str, list[str]]:
+        """Fire the declared events of the shortest path from ``stage`` to ``target``, each
+        checked by the machine. ``event`` names the move in the error if there is no path."""
+        route = self.spec.path(stage, target)
+        if route is None:
+            raise TransitionNotAllowed(stage, event, user_key=key, reason=f"no path to {target!r}")
+        fired: list[str] = []
+        for hop, _ in route:
+            stage = self.spec.machine.fire(
+                stage,
+                hop,
+                token_preserved=token_preserved,
+                token_valid=token_valid,
+                landing=target,
+                user_key=key,
+            )
+            fired.append(hop)
+        return stage, fired
+
+    def _send_to_auth(
+        self,
+        key: str,
+        current: Snapshot,
+        now: float,
+        notices: tuple[Reply, ...],
+        *,
+        said: tuple[Reply, ...] = (),
+    ) -> Decision:
+        """Move to the auth stage along the graph, remembering where to resume. The user is
+        told why (``said`` by the handler, else the engine's ``auth_notice``), then prompted."""
+        auth_stage = self.spec.auth_stage
+        if auth_stage is None:
+            raise TransitionNotAllowed(
+                current.stage, "reauth", user_key=key, reason="the flow has no auth stage"
+            )
+        stage, events = self._walk(
+            key, current.stage, auth_stage, event="reauth", token_valid=False
+        )
+        resume = current.resume or Resume(
+            stage=current.stage, step=current.step, option=current.option
+        )
+        new = msgspec.structs.replace(
+            current,
+            stage=stage,
+            step=self.spec.stages[stage].entry,
+            option="",
+            resume=resume,
+            version=current.version + 1,
+            last_updated=now,
+            update_from=self._source(),
+        )
+        why = said or (Reply(self.auth_notice),)
+        replies = (*notices, *why, *self._enter(key, new, now))
+        return Decision(new, replies, tuple(events), side_effects=False, reauth=True)
+
+    def _apply(
+        self,
+        key: str,
+        current: Snapshot,
+        outcome: Outcome,
+        now: float,
+        notices: tuple[Reply, ...],
+        side_effects: bool,
+    ) -> Decision:
+        auth = current.auth
+        if isinstance(outcome.auth, Login):
+            auth = self._replace_token(key, current.auth, outcome.auth.token)
+        elif isinstance(outcome.auth, Logout):
+            auth = None
+        # The guard every transition checks. The engine alone builds ``auth``, so today this
+        # holds by construction; the machine re-checks it so a future change cannot slip.
+        token_preserved = outcome.auth is not None or auth == current.auth
+        token_valid = self._token_ok(auth)
+
+        stage, step, option, resume = current.stage, current.step, current.option, current.resume
+        events: list[str] = []
+        if outcome.resume and resume is not None:
+            stage, events = self._walk(
+                key,
+                stage,
+                resume.stage,
+                event="resume",
+                token_valid=token_valid,
+                token_preserved=token_preserved,
+            )
+            step, option, resume = resume.step, resume.option, None
+        elif outcome.event is not None:
+            stage = self.spec.machine.fire(
+                stage,
+                outcome.event,
+                token_preserved=token_preserved,
+                token_valid=token_valid,
+                user_key=key,
+            )
+            events.append(outcome.event)
+            step = outcome.step or self.spec.stages[stage].entry
+            option = outcome.option if outcome.option is not None else ""
+            resume = None
+        else:
+            if self.spec.is_protected(stage) and not token_valid:
+                raise TokenRefused("this stage needs a valid token", user_key=key)
+            step = outcome.step or step
+            option = outcome.option if outcome.option is not None else option
+        if step not in self.spec.stages[stage].steps:
+            raise StepNotFound(stage, step, user_key=key)
+
+        data: dict[str, Any] = {} if outcome.clear else dict(current.data)
+        for name in outcome.unset:
+            data.pop(name, None)
+        data.update({name: thaw(value) for name, value in outcome.set.items()})
+        new = Snapshot(
+            flow=self.spec.name,
+            stage=stage,
+            step=step,
+            option=option,
+            data=data,
+            auth=auth,
+            resume=resume,
+            version=current.version + 1,
+            schema=SCHEMA_VERSION,
+            flow_version=current.flow_version,
+            last_updated=now,
+            update_from=self._source(),
+        )
+        replies = (*notices, *outcome.replies)
+        if events or step != current.step:
+            replies = (*replies, *self._enter(key, new, now))
+        return Decision(new, replies, tuple(events), side_effects)
+
+    def _replace_token(self, key: str, current: Auth | None, token: str) -> Auth:
+        if self.verifier is None:
+            raise TokenRefused("no TokenVerifier configured", user_key=key)
+        try:
+            return self.verifier.replacement(current, token)
+        except TokenRefused as exc:
+            self.stats.incr("token_refused")
+            raise TokenRefused(exc.reason, user_key=key) from None
+
+    def _enter(self, key: str, snapshot: Snapshot, now: float) -> tuple[Reply, ...]:
+        hook = self.spec.steps[(snapshot.stage, snapshot.step)].enter
+        if hook is None:
+            return ()
+        ctx = self._context(key, snapshot, "", now, None)
+        replies: Sequence[Reply | str] = self._call(key, snapshot, hook, ctx)
+        return tuple(r if isinstance(r, Reply) else Reply(r) for r in replies)
+
+    def _context(
+        self, key: str, snapshot: Snapshot, text: str, now: float, message_id: str | None
+    ) -> Context:
+        auth = snapshot.auth
+        return Context(
+            user_key=key,
+            text=text,
+            stage=snapshot.stage,
+            step=snapshot.step,
+            option=snapshot.option,
+            data=Context.readonly(snapshot.data),
+            subject=auth.subject if auth else "",
+            token_expires_at=auth.expires_at if auth else None,
+            now=now,
+            message_id=message_id,
+            _token=auth.token if auth else None,
+        )
+
+    # -- save -------------------------------------------------------------------------------
