@@ -33,9 +33,7 @@ def test_fsm_does_no_network_io() -> None:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [
-                f"{path.name}: {n}" for n in names if n.split(".")[0] in NETWORK_MODULES
-            ]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in NETWORK_MODULES]
     assert offenders == []
 
 
