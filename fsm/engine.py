@@ -69,7 +69,8 @@ class Result:
     """What :meth:`Engine.handle` returns: replies to send and the snapshot now stored.
 
     ``duplicate`` is true when the message id had already been applied: nothing changed and
-    there is nothing to send.
+    there is nothing to send; ``snapshot`` is then what is stored (or, if the session has since
+    expired or is unreadable, a fresh one at the initial stage with version 0).
     """
 
     replies: tuple[Reply, ...]
@@ -225,7 +226,13 @@ class Engine:
                     # The side effect already ran and someone else wrote meanwhile (our lease
                     # had expired). Retrying could run it twice: report, do not retry.
                     self.stats.incr("conflicts")
-                    raise ConflictError(key, attempts=conflicts + 1, version=version)
+                    raise ConflictError(
+                        key,
+                        attempts=conflicts + 1,
+                        version=version,
+                        detail="another worker wrote while a side-effecting step ran; "
+                        "its effect happened but this result was not saved",
+                    )
                 if saved.status is SaveStatus.DUPLICATE:
                     return self._duplicate(key, saved.current)
                 conflicts += 1

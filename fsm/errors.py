@@ -102,13 +102,13 @@ class SchemaTooNew(FsmError):
 class ConflictError(FsmError):
     """Compare-and-set kept failing: other writers changed the conversation every time."""
 
-    def __init__(self, user_key: str, *, attempts: int, version: int) -> None:
+    def __init__(self, user_key: str, *, attempts: int, version: int, detail: str = "") -> None:
         self.user_key = user_key
         self.attempts = attempts
         self.version = version
+        why = detail or "the stored version kept moving"
         super().__init__(
-            f"user {user_key!r}: gave up after {attempts} attempts, "
-            f"the stored version kept moving (last seen {version})"
+            f"user {user_key!r}: gave up after {attempts} attempts, {why} (last seen {version})"
         )
 
 
