@@ -1,0 +1,47 @@
+"""Per-message cost on the memory store (prints figures; not collected by pytest).
+
+Run: .venv/bin/python -m tests.benchmarks.bench_memory
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from adapters import MemoryStore
+from flows.credex import build_engine
+from fsm import Engine
+from tests.fsm.sample_flows import Counter
+
+N = 20_000  # bounded: about a second per line on one core
+
+
+def per_call(fn: Callable[[], object], n: int = N) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def main() -> None:
+    bob = "263770000002"
+    credex = build_engine()
+    credex.handle(bob, "hi")
+    menu = per_call(lambda: credex.handle(bob, "9"))  # an invalid choice: stays in the menu
+    counter = Engine(Counter(), MemoryStore())
+    counter.handle("u", "go")
+    stay = per_call(lambda: counter.handle("u", "+1"))
+    machine = Counter.spec.machine
+    fire = per_call(lambda: machine.fire("idle", "begin", token_preserved=True, token_valid=True))
+    alice = build_engine()
+    alice.handle("263770000001", "hi")
+    record = alice.store.load("263770000001").record
+    assert record is not None
+    print(f"credex menu step        {menu:7.1f} us/message  ({1e6 / menu:,.0f} messages/s)")
+    print(f"counter stay step       {stay:7.1f} us/message")
+    print(f"transitions trigger     {fire:7.1f} us/move")
+    print(f"Alice's session bytes   {len(record.payload):7d}")
+
+
+if __name__ == "__main__":
+    main()
