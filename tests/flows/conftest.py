@@ -8,6 +8,7 @@ from adapters import MemoryStore
 from flows.credex import build_engine
 from flows.credex.fake import FakeCredexApi
 from fsm import Engine, FakeClock
+from tests.support import stored_bytes
 
 ALICE = "263770000001"  # tier 1, incoming and outgoing offers
 BOB = "263770000002"  # tier 3, no offers
@@ -23,8 +24,7 @@ class Bot:
     engine: Engine
 
     def raw(self, user: str) -> bytes | None:
-        record = self.store.load(user).record
-        return None if record is None else record.payload
+        return stored_bytes(self.store, user)
 
 
 @pytest.fixture

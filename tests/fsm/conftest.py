@@ -7,6 +7,7 @@ import pytest
 from adapters import MemoryStore
 from fsm import Engine, FakeClock, TokenVerifier
 from tests.fsm.sample_flows import SECRET, Counter, Vault
+from tests.support import stored_bytes
 
 
 @dataclass
@@ -17,8 +18,7 @@ class VaultWorld:
     engine: Engine
 
     def raw(self, user: str) -> bytes | None:
-        record = self.store.load(user).record
-        return None if record is None else record.payload
+        return stored_bytes(self.store, user)
 
     def say(self, user: str, *texts: str) -> list[str]:
         out: list[str] = []
