@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from transitions import Machine, MachineError
+from transitions import EventData, Machine, MachineError
 
 from fsm.errors import TransitionNotAllowed
 
@@ -32,7 +32,7 @@ class Move:
 
     token_preserved: bool
     may_enter_protected: bool
-    landing: str
+    landing: str | None  # None: where this transition leads
 
 
 class _Probe:
@@ -45,15 +45,20 @@ class _Probe:
         self.move: Move | None = None
         self._protected = protected
 
-    # Guard callbacks named in the machine's ``conditions``.
-    def token_preserved(self) -> bool:
+    # Guard callbacks named in the machine's ``conditions``; ``transitions`` passes the event
+    # data (``send_event=True``), which names the transition being checked.
+    def token_preserved(self, event: EventData) -> bool:
         return self.move is not None and self.move.token_preserved
 
-    def may_land(self) -> bool:
+    def may_land(self, event: EventData) -> bool:
         move = self.move
         if move is None:
             return False
-        return move.may_enter_protected or move.landing not in self._protected
+        landing = move.landing
+        if landing is None:
+            assert event.transition is not None
+            landing = str(event.transition.dest)
+        return move.may_enter_protected or landing not in self._protected
 
 
 class StageMachine:
@@ -87,7 +92,7 @@ class StageMachine:
             initial=initial,
             auto_transitions=False,
             ignore_invalid_triggers=False,
-            send_event=False,
+            send_event=True,
         )
         self._initial = initial
         self._pool: list[_Probe] = []
@@ -118,8 +123,6 @@ class StageMachine:
         probe = self._borrow()
         try:
             self._machine.set_state(stage, model=probe)
-            if landing is None:
-                landing = self.destination(stage, event) or stage
             probe.move = Move(
                 token_preserved=token_preserved,
                 may_enter_protected=token_valid,
