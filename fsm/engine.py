@@ -49,7 +49,6 @@ from fsm.errors import (
 from fsm.flow import Flow, FlowSpec
 from fsm.reply import Reply
 from fsm.snapshot import (
-    SCHEMA_VERSION,
     Snapshot,
     decode_snapshot,
     encode_snapshot,
@@ -272,16 +271,12 @@ class Engine:
             # stalled on the old session can never compare-and-set onto the new one.
             last = self.store.history(key, limit=1)
             base = max(floor, last[0].version if last else 0)
-            if last and not floor:
-                notices: tuple[Reply, ...] = (Reply(self.expired_notice),)
-                stage, expired = self.spec.initial, True
-            else:
-                notices, stage, expired = (
-                    (),
-                    self.spec.safe_stage if floor else self.spec.initial,
-                    False,
-                )
-            return _Restored(self._fresh(stage, base), 0, notices, expired)
+            if floor:  # we quarantined it: the reset notice is already said
+                return _Restored(self._fresh(self.spec.safe_stage, base), 0)
+            fresh = self._fresh(self.spec.initial, base)
+            if last:  # it existed and is gone: the session expired
+                return _Restored(fresh, 0, (Reply(self.expired_notice),), expired=True)
+            return _Restored(fresh, 0)
         return _Restored(self._validated(key, record), record.version)
 
     def _quarantine(self, key: str, record: Record, exc: CorruptSnapshot) -> bool:
@@ -297,8 +292,6 @@ class Engine:
 
     def _validated(self, key: str, record: Record) -> Snapshot:
         snapshot = decode_snapshot(record.payload, user_key=key)
-        if snapshot.schema > SCHEMA_VERSION:
-            raise SchemaTooNew(snapshot.schema, SCHEMA_VERSION, user_key=key)
         if snapshot.version != record.version:
             raise CorruptSnapshot(
                 f"snapshot version {snapshot.version} != stored version {record.version}"

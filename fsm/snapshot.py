@@ -123,6 +123,8 @@ def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
         raise CorruptSnapshot(
             str(exc) or type(exc).__name__, raw=bytes(raw), user_key=user_key
         ) from None
+    if snapshot.schema > SCHEMA_VERSION:  # decoded, but fields we do not know were dropped
+        raise SchemaTooNew(snapshot.schema, SCHEMA_VERSION, user_key=user_key)
     if snapshot.version < 1:
         raise CorruptSnapshot(
             f"version must be >= 1, got {snapshot.version} - at `$.version`",

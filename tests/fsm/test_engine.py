@@ -169,6 +169,8 @@ def test_newer_schema_is_not_overwritten(vault: VaultWorld) -> None:
     with pytest.raises(SchemaTooNew):
         vault.engine.handle("ann", "open sesame")
     assert vault.raw("ann") == raw
+    with pytest.raises(SchemaTooNew):  # reading it is refused too: fields would be dropped
+        vault.engine.peek("ann")
     with pytest.raises(SchemaTooNew):
         encode_snapshot(newer)
 
