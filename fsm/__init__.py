@@ -8,7 +8,7 @@ from fsm import errors
 from fsm.auth import Claims, TokenVerifier
 from fsm.clock import Clock, FakeClock, SystemClock
 from fsm.engine import Engine, Result
-from fsm.flow import Flow, FlowSpec, Stage, on_enter, step
+from fsm.flow import Flow, FlowSpec, Stage, action, on_enter, step
 from fsm.reply import Option, Reply, buttons, choices, pick, text
 from fsm.snapshot import SCHEMA_VERSION, Auth, Resume, Snapshot, decode_snapshot, encode_snapshot
 from fsm.step import Context, Login, Logout, Outcome
@@ -34,6 +34,7 @@ __all__ = [
     "Stage",
     "SystemClock",
     "TokenVerifier",
+    "action",
     "buttons",
     "choices",
     "decode_snapshot",

@@ -10,7 +10,7 @@ call APIs; that is the flow's business, and such steps are marked ``side_effects
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -60,6 +60,10 @@ class Decider:
         auth: the redirect then waits for a side effect in flight instead of racing it."""
         return self.spec.steps[(current.stage, current.step)].side_effects
 
+    def is_action(self, current: Snapshot) -> bool:
+        """Whether the user's current step is an action the engine runs without input."""
+        return self.spec.steps[(current.stage, current.step)].action
+
     def _needs_reauth(self, current: Snapshot) -> bool:
         return self.spec.is_protected(current.stage) and not self._token_ok(current.auth)
 
@@ -93,6 +97,10 @@ class Decider:
             return self._send_to_auth(key, current, now, notices)
         spec = self.spec.steps[(current.stage, current.step)]
         ctx = self._context(key, current, text, now, message_id)
+        if spec.action:
+            # No input reaches an action; the key names this pending action, not the message.
+            pending = current.pending or f"{self.spec.name}:{key}:{current.version}"
+            ctx = replace(ctx, text="", idempotency_key=pending)
         outcome = self._call(key, current, spec.handler, ctx)
         if not isinstance(outcome, Outcome):
             raise StepFailed(
@@ -100,7 +108,13 @@ class Decider:
             ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
         if outcome.reauth:
             return self._send_to_auth(key, current, now, notices, said=outcome.replies)
-        return self._apply(key, current, outcome, now, notices, spec.side_effects)
+        decision = self._apply(key, current, outcome, now, notices, spec.side_effects)
+        new = decision.snapshot
+        if spec.action and (new.stage, new.step) == (current.stage, current.step):
+            raise StepFailed(
+                current.stage, current.step, user_key=key, version=current.version
+            ) from ValueError("an action must move the user to another step")
+        return decision
 
     def _walk(
         self,
@@ -150,7 +164,7 @@ class Decider:
             key, current.stage, auth_stage, event="reauth", token_valid=False
         )
         resume = current.resume or Resume(
-            stage=current.stage, step=current.step, option=current.option
+            stage=current.stage, step=current.step, option=current.option, pending=current.pending
         )
         new = msgspec.structs.replace(
             current,
@@ -186,8 +200,10 @@ class Decider:
         token_valid = self._token_ok(auth)
 
         stage, step, option, resume = current.stage, current.step, current.option, current.resume
+        pending = ""  # a resumed action keeps its key; any other lands with a new one
         events: list[str] = []
         if outcome.resume and resume is not None:
+            pending = resume.pending
             stage, events = self._walk(
                 key,
                 stage,
@@ -216,6 +232,10 @@ class Decider:
             option = outcome.option if outcome.option is not None else option
         if step not in self.spec.stages[stage].steps:
             raise StepNotFound(stage, step, user_key=key)
+        if not self.spec.steps[(stage, step)].action:
+            pending = ""
+        elif not pending:  # a new pending action: its key is fixed now, kept until it has run
+            pending = f"{self.spec.name}:{key}:{current.version + 1}"
 
         data: dict[str, Any] = {} if outcome.clear else dict(current.data)
         for name in outcome.unset:
@@ -234,6 +254,7 @@ class Decider:
             flow_version=current.flow_version,
             last_updated=now,
             update_from=self._source(),
+            pending=pending,
         )
         replies = (*notices, *outcome.replies)
         if events or step != current.step:

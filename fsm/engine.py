@@ -96,6 +96,10 @@ class _Restored:
 #: under heavy contention on one user, queueing beats retrying.
 LOCK_AFTER_CONFLICTS = 3
 
+#: Actions (:func:`fsm.flow.action`) may lead to further actions; more than this many in a row
+#: for one message is a flow bug (a loop), reported as :class:`~fsm.errors.StepFailed`.
+MAX_ACTIONS = 8
+
 
 class Engine:
     """Runs a flow against a store.
@@ -177,33 +181,53 @@ class Engine:
         owner: str | None = None
         floor = 0  # versions never go back: a reset session continues above the old one
         notices: tuple[Reply, ...] = ()  # said once even if the save is retried
-        conflicts = 0
-        version = 0
+        conflicts = actions = version = 0
+        message_due = True  # the message is not applied yet (False once saved, or if seen)
+        duplicate = False
+        said: list[Reply] = []  # replies of the saves this call made, in order
+        events: list[str] = []
+        stored: Snapshot | None = None  # the last snapshot this call saved
+        known: _Restored | None = None  # set when we hold the lease and just saved
         try:
-            # Each pass loads once; passes that reload under a new lock or after a lost
-            # quarantine race are bounded too, so this loop always ends.
-            for _ in range(3 * self.max_attempts + 2):
-                loaded = self.store.load(key, message_id=message_id)
-                if loaded.seen:
-                    return self._duplicate(key, loaded.record)
-                try:
-                    restored = self._restore(key, loaded.record, floor)
-                except CorruptSnapshot as exc:
-                    assert loaded.record is not None
-                    if self._quarantine(key, loaded.record, exc):
-                        floor = max(floor, loaded.record.version)
-                        notices = (Reply(self.reset_notice),)
-                    continue  # reload: it is gone now, or someone rewrote it meanwhile
+            # Each pass loads once (or reuses what it just saved under the lease); passes that
+            # reload under a new lock, after a lost quarantine race or after an action are
+            # bounded too, so this loop always ends.
+            for _ in range(3 * self.max_attempts + 2 * MAX_ACTIONS + 2):
+                if known is not None:
+                    restored, known = known, None
+                else:
+                    loaded = self.store.load(key, message_id=message_id if message_due else None)
+                    if loaded.seen and message_due:
+                        if said or self._pending_action(key, loaded.record) is None:
+                            return self._duplicate(key, loaded.record, said, stored, events)
+                        # Applied before, but the worker that applied it left an action
+                        # pending (it died or lost its lease): finish that, say its replies.
+                        message_due, duplicate = False, True
+                        self.stats.incr("duplicates")
+                    try:
+                        restored = self._restore(key, loaded.record, floor)
+                    except CorruptSnapshot as exc:
+                        assert loaded.record is not None
+                        if self._quarantine(key, loaded.record, exc):
+                            floor = max(floor, loaded.record.version)
+                            notices = (Reply(self.reset_notice),)
+                        continue  # reload: it is gone now, or someone rewrote it meanwhile
                 current = restored.snapshot
                 version = current.version
+                at_action = decider.is_action(current)
+                if not message_due and not at_action:
+                    return Result(tuple(said), stored or current, duplicate, tuple(events))
                 notices = restored.notices or notices
-                needs_lock = conflicts >= LOCK_AFTER_CONFLICTS or decider.side_effects(current)
+                needs_lock = (
+                    at_action or conflicts >= LOCK_AFTER_CONFLICTS or decider.side_effects(current)
+                )
                 if owner is None and needs_lock:
                     owner = self._lock(key)
                     continue  # reload under the lock: the state may have moved meanwhile
-                decision = decider.decide(
-                    key, current, text, message_id, notices, now=self.clock.now()
-                )
+                # A pending action runs before the message: the message was typed after the
+                # prompt that led to it, and is applied to the state the action leaves.
+                text_in, mid = ("", None) if at_action else (text, message_id)
+                decision = decider.decide(key, current, text_in, mid, notices, now=self.clock.now())
                 if decision.side_effects and owner is not None:
                     self._check_lease(key, owner)
                 payload = self._encode(key, decision)
@@ -214,13 +238,29 @@ class Engine:
                     expected_version=restored.expected_version,
                     ttl=self.session_ttl,
                     history=self._history(current, decision),
-                    message_id=message_id,
+                    message_id=mid,
                 )
                 if saved.saved:
                     self._count(current, decision, expired=restored.expired)
                     # Decoded from the bytes just stored, so it equals what a later load sees.
                     stored = decode_snapshot(payload, user_key=key)
-                    return Result(decision.replies, stored, events=decision.events)
+                    said.extend(decision.replies)
+                    events.extend(decision.events)
+                    notices = ()
+                    if at_action:
+                        actions += 1
+                        self.stats.incr("actions")
+                        if actions > MAX_ACTIONS:
+                            raise StepFailed(
+                                stored.stage, stored.step, user_key=key, version=stored.version
+                            ) from RuntimeError(f"more than {MAX_ACTIONS} actions in a row")
+                    else:
+                        message_due = False
+                    if not message_due and not decider.is_action(stored):
+                        return Result(tuple(said), stored, duplicate, tuple(events))
+                    if owner is not None:  # nobody else writes while we hold the lease
+                        known = _Restored(stored, stored.version)
+                    continue  # an action is pending now (or the message still is)
                 if decision.side_effects:
                     # The side effect already ran and someone else wrote meanwhile (our lease
                     # had expired). Retrying could run it twice: report, do not retry.
@@ -233,7 +273,7 @@ class Engine:
                         "its effect happened but this result was not saved",
                     )
                 if saved.status is SaveStatus.DUPLICATE:
-                    return self._duplicate(key, saved.current)
+                    return self._duplicate(key, saved.current, said, stored, events)
                 conflicts += 1
                 self.stats.incr("conflicts")
                 if conflicts >= self.max_attempts:
@@ -299,6 +339,7 @@ class Engine:
                 raw=record.payload,
                 user_key=key,
             )
+        snapshot = self._migrated(key, snapshot, record)
         problem = self.spec.problem_with(snapshot)
         if problem is not None:
             raise CorruptSnapshot(problem, raw=record.payload, user_key=key)
@@ -307,6 +348,38 @@ class Engine:
             raise SchemaTooNew(
                 snapshot.flow_version, self.spec.version, user_key=key, what="flow version"
             )
+        return snapshot
+
+    def _migrated(self, key: str, snapshot: Snapshot, record: Record) -> Snapshot:
+        """Apply the flow's migrations to a snapshot written by an older flow version. Steps
+        without a migration are taken as compatible; the result is still checked against the
+        flow. A migration that fails makes the record unreadable (quarantined, kept)."""
+        while snapshot.flow_version < self.spec.version:
+            start = snapshot.flow_version
+            migrate = self.spec.migrations.get(start)
+            if migrate is not None:
+                try:
+                    migrated = migrate(snapshot)
+                except Exception as exc:  # a migration bug: reported as corruption, bytes kept
+                    raise CorruptSnapshot(
+                        f"migration from flow version {start} failed: {type(exc).__name__}"
+                        " - at `$.flow_version`",
+                        raw=record.payload,
+                        user_key=key,
+                    ) from exc
+                if not isinstance(migrated, Snapshot):
+                    raise CorruptSnapshot(
+                        f"migration from flow version {start} returned "
+                        f"{type(migrated).__name__}, not Snapshot - at `$.flow_version`",
+                        raw=record.payload,
+                        user_key=key,
+                    )
+                snapshot = migrated
+            # The version chain is the store's, not the migration's to change.
+            snapshot = msgspec.structs.replace(
+                snapshot, flow_version=start + 1, version=record.version
+            )
+            self.stats.incr("migrated")
         return snapshot
 
     # -- save -------------------------------------------------------------------------------
@@ -353,15 +426,34 @@ class Engine:
                 self.lock_ttl,
             )
 
-    def _duplicate(self, key: str, record: Record | None) -> Result:
+    def _duplicate(
+        self,
+        key: str,
+        record: Record | None,
+        said: list[Reply],
+        stored: Snapshot | None,
+        events: list[str],
+    ) -> Result:
+        """The message was applied already (by another delivery). Replies this call produced
+        (finishing a pending action first) are still returned: they were saved and not said."""
         self.stats.incr("duplicates")
-        snapshot = None
-        if record is not None:
-            try:
-                snapshot = decode_snapshot(record.payload, user_key=key)
-            except CorruptSnapshot:
-                snapshot = None  # reported on the next real message, which quarantines it
-        return Result((), snapshot or self._fresh(self.spec.initial), duplicate=True)
+        snapshot = stored if record is None or stored is not None else self._readable(key, record)
+        return Result(tuple(said), snapshot or self._fresh(self.spec.initial), True, tuple(events))
+
+    def _readable(self, key: str, record: Record | None) -> Snapshot | None:
+        if record is None:
+            return None
+        try:
+            return decode_snapshot(record.payload, user_key=key)
+        except CorruptSnapshot:
+            return None  # reported on the next real message, which quarantines it
+
+    def _pending_action(self, key: str, record: Record | None) -> Snapshot | None:
+        """The stored snapshot if it waits at an action step of this flow, else None."""
+        snapshot = self._readable(key, record)
+        if snapshot is None or (snapshot.stage, snapshot.step) not in self.spec.steps:
+            return None
+        return snapshot if self._decider.is_action(snapshot) else None
 
     def _lock(self, key: str) -> str:
         self.stats.incr("lock_acquisitions")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import keyword
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from fsm.errors import InvalidFlowDefinition
@@ -43,6 +43,10 @@ from fsm.machine import StageMachine
 from fsm.snapshot import Snapshot
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: A migration takes a snapshot written by flow version N and returns it as version N+1 wants
+#: it (steps renamed or removed, data reshaped). Pure: no I/O, no clock.
+Migration = Callable[[Snapshot], Snapshot]
 
 # Names ``transitions`` puts on a model; a trigger called like one would clobber it.
 _RESERVED = frozenset({"state", "trigger", "move", "may_land", "token_preserved", "machine"})
@@ -83,6 +87,7 @@ class StepSpec:
     handler: str
     side_effects: bool
     enter: str | None
+    action: bool = False
 
 
 def step(stage: str, step_id: str, *, side_effects: bool = False) -> Callable[[F], F]:
@@ -94,6 +99,26 @@ def step(stage: str, step_id: str, *, side_effects: bool = False) -> Callable[[F
 
     def mark(fn: F) -> F:
         fn.__dict__.setdefault("_fsm_steps", []).append((stage, step_id, side_effects))
+        return fn
+
+    return mark
+
+
+def action(stage: str, step_id: str) -> Callable[[F], F]:
+    """Mark a method as the *action* of ``stage.step_id``: a step that takes no user input and
+    performs an external change (an API call that creates or changes something).
+
+    Another step moves the user to an action step with an ordinary outcome. The engine first
+    saves that state, so the pending action is on record, then takes the user's lease lock,
+    reloads, and runs the action once; its outcome (which must leave the action step) is saved
+    by compare-and-set like any other. If a worker dies in between, the next message for that
+    user (or a re-delivery of the same one) finishes the pending action first.
+    ``ctx.idempotency_key`` is the same for every attempt at one pending action: pass it to the
+    API so a retried call is applied once.
+    """
+
+    def mark(fn: F) -> F:
+        fn.__dict__.setdefault("_fsm_steps", []).append((stage, step_id, "action"))
         return fn
 
     return mark
@@ -123,6 +148,7 @@ class FlowSpec:
     transitions: tuple[tuple[str, str, str], ...]
     steps: Mapping[tuple[str, str], StepSpec]
     machine: StageMachine
+    migrations: Mapping[int, Migration] = field(default_factory=dict)
 
     def path(self, source: str, dest: str) -> tuple[tuple[str, str], ...] | None:
         """Shortest sequence of ``(event, stage reached)`` from ``source`` to ``dest``."""
@@ -175,6 +201,10 @@ class Flow:
     migration), ``auth_stage`` (required when a stage is protected) and ``safe_stage`` (where a
     corrupt conversation restarts; default ``initial``). Instances carry the flow's
     dependencies (an API client) and are what :class:`~fsm.engine.Engine` runs.
+
+    ``migrations`` maps a flow version N to a pure function that turns a snapshot written by
+    version N into one version N+1 can run; the engine applies them in order when it loads an
+    older conversation, so a deploy that renames or removes steps keeps old sessions.
     """
 
     name: ClassVar[str]
@@ -184,6 +214,7 @@ class Flow:
     initial: ClassVar[str | None] = None
     auth_stage: ClassVar[str | None] = None
     safe_stage: ClassVar[str | None] = None
+    migrations: ClassVar[Mapping[int, Migration]] = {}
     spec: ClassVar[FlowSpec]
 
     def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
@@ -255,6 +286,15 @@ def _compile(cls: type[Flow]) -> FlowSpec:
             rows.append((trigger, source, dest))
 
     steps = _collect_steps(cls, stages, fail)
+    migrations = dict(getattr(cls, "migrations", {}) or {})
+    for from_version, migrate in migrations.items():
+        if not isinstance(from_version, int) or not 1 <= from_version < cls.version:
+            raise fail(
+                f"migration key {from_version!r} must be a flow version from 1 to "
+                f"{cls.version - 1} (it migrates that version to the next)"
+            )
+        if not callable(migrate):
+            raise fail(f"migration from version {from_version} is not callable")
     machine = StageMachine(
         name=name,
         stages=list(stages),
@@ -272,6 +312,7 @@ def _compile(cls: type[Flow]) -> FlowSpec:
         transitions=tuple(rows),
         steps=steps,
         machine=machine,
+        migrations=migrations,
     )
     unreachable = [s for s in stages if s != initial and spec.path(initial, s) is None]
     if unreachable:
@@ -290,7 +331,7 @@ def _collect_steps(
     stages: Mapping[str, Stage],
     fail: Callable[[str], InvalidFlowDefinition],
 ) -> dict[tuple[str, str], StepSpec]:
-    handlers: dict[tuple[str, str], tuple[str, bool]] = {}
+    handlers: dict[tuple[str, str], tuple[str, bool | str]] = {}
     enters: dict[tuple[str, str], str] = {}
     for klass in reversed(cls.__mro__):  # a subclass may override its base's handlers
         own_handlers: set[tuple[str, str]] = set()
@@ -322,7 +363,8 @@ def _collect_steps(
                 stage=stage.name,
                 step=step_id,
                 handler=found[0],
-                side_effects=found[1],
+                side_effects=found[1] is not False,
                 enter=enters.get((stage.name, step_id)),
+                action=found[1] == "action",
             )
     return out

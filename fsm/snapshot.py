@@ -48,6 +48,7 @@ class Resume(msgspec.Struct, frozen=True, kw_only=True):
     stage: str
     step: str
     option: str = ""
+    pending: str = ""  # the idempotency key of an action interrupted by the sign-in
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +70,9 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     flow_version: int = 1
     last_updated: float = 0.0
     update_from: str = ""
+    #: At an action step: the idempotency key of the pending action, kept across retries and
+    #: a sign-in detour so the API applies it once. Empty elsewhere.
+    pending: str = ""
 
     def __repr__(self) -> str:
         return (

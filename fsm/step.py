@@ -108,6 +108,9 @@ class Context:
     now: float
     message_id: str | None
     _token: str | None = field(default=None, repr=False)
+    #: In an action (:func:`fsm.flow.action`): the same for every attempt at one pending
+    #: action, so an API that honours idempotency keys applies a retried call once.
+    idempotency_key: str = ""
 
     @property
     def token(self) -> str | None:

@@ -1,0 +1,246 @@
+"""Actions: steps that call an API after the state expecting their outcome is saved."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from adapters import MemoryStore
+from fsm import Context, Engine, FakeClock, Flow, Outcome, Stage, TokenVerifier, action, step
+from fsm.errors import InvalidFlowDefinition, StepFailed
+from tests.fsm.sample_flows import SECRET, issue_token
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing in the engine catches it."""
+
+
+class Kitchen:
+    """An order API that honours idempotency keys, and can die right after doing its work."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.orders: dict[str, str] = {}  # idempotency key -> order id
+        self.crash_after_next = False
+        self.seen_states: list[tuple[str, str] | None] = []
+        self.store: MemoryStore | None = None
+        self.lock = threading.Lock()
+
+    def place(self, size: str, key: str, user: str) -> str:
+        with self.lock:
+            self.calls.append(key)
+            if self.store is not None:  # what is stored when the API is called
+                record = self.store.load(user).record
+                from fsm import decode_snapshot
+
+                snap = decode_snapshot(record.payload) if record else None
+                self.seen_states.append((snap.stage, snap.step) if snap else None)
+            order = self.orders.setdefault(key, f"order-{len(self.orders) + 1}")
+            if self.crash_after_next:
+                self.crash_after_next = False
+                raise Crash
+            return order
+
+
+class Shop(Flow):
+    """menu -> order (size, placing*) -> menu; placing is an action."""
+
+    name = "shop"
+    auth_stage = "auth"
+    stages = (
+        Stage("auth", ("login",)),
+        Stage("menu", ("home",), protected=True),
+        Stage("order", ("size", "placing"), protected=True),
+    )
+    transitions = (
+        ("open_menu", ["auth", "menu", "order"], "menu"),
+        ("order_food", "menu", "order"),
+        ("sign_in", "menu", "auth"),
+    )
+
+    def __init__(self, kitchen: Kitchen, clock: FakeClock) -> None:
+        self.kitchen = kitchen
+        self.clock = clock
+        self.stay_in_action = False
+
+    @step("auth", "login")
+    def login(self, ctx: Context) -> Outcome:
+        from fsm import Login
+
+        token = issue_token(self.clock, sub=ctx.user_key, ttl=600)
+        return ctx.go("open_menu", "signed in", auth=Login(token), resume=True)
+
+    @step("menu", "home")
+    def home(self, ctx: Context) -> Outcome:
+        if ctx.text != "order":
+            return ctx.stay("say order")
+        return ctx.go("order_food", "what size?")
+
+    @step("order", "size")
+    def size(self, ctx: Context) -> Outcome:
+        if ctx.text not in {"small", "large"}:
+            return ctx.stay("small or large?")
+        return ctx.stay("placing your order", step="placing", set={"size": ctx.text})
+
+    @action("order", "placing")
+    def placing(self, ctx: Context) -> Outcome:
+        if self.stay_in_action:
+            return ctx.stay("still here")
+        order = self.kitchen.place(ctx.data["size"], ctx.idempotency_key, ctx.user_key)
+        return ctx.go("open_menu", f"placed {order}", unset=["size"], set={"last": order})
+
+
+@pytest.fixture
+def kitchen() -> Kitchen:
+    return Kitchen()
+
+
+@pytest.fixture
+def shop(clock: FakeClock, kitchen: Kitchen) -> Engine:
+    store = MemoryStore(clock=clock)
+    kitchen.store = store
+    verifier = TokenVerifier(SECRET, clock=clock, leeway=0)
+    return Engine(Shop(kitchen, clock), store, verifier=verifier, clock=clock, lock_ttl=5)
+
+
+def _to_size(engine: Engine, user: str = "u") -> None:
+    engine.handle(user, "hi")  # auth -> menu
+    engine.handle(user, "order")  # menu -> order.size
+
+
+def test_action_runs_after_the_state_expecting_it_is_saved(shop: Engine, kitchen: Kitchen) -> None:
+    _to_size(shop)
+    result = shop.handle("u", "large", message_id="m1")
+    assert result.texts == ["placing your order", "placed order-1"]
+    assert kitchen.seen_states == [("order", "placing")]  # the pending action was on record
+    assert (result.snapshot.stage, result.snapshot.step) == ("menu", "home")
+    assert result.snapshot.data == {"last": "order-1"}
+    history = shop.store.history("u", limit=2)
+    assert [(h.from_step, h.to_step) for h in history] == [("placing", "home"), ("size", "placing")]
+    assert shop.store.lock_info("u") is None
+    assert shop.stats["actions"] == 1
+
+
+def test_a_crash_after_the_call_is_finished_by_the_redelivery_once(
+    shop: Engine, kitchen: Kitchen, clock: FakeClock
+) -> None:
+    _to_size(shop)
+    kitchen.crash_after_next = True
+    with pytest.raises(Crash):
+        shop.handle("u", "large", message_id="m1")
+    pending = shop.peek("u")
+    assert pending is not None and pending.step == "placing"  # the intent survived the crash
+    clock.advance(10)  # the dead worker's lease runs out
+    again = shop.handle("u", "large", message_id="m1")  # the webhook re-delivers
+    assert again.duplicate
+    assert again.texts == ["placed order-1"]  # the replies the dead worker never sent
+    assert kitchen.calls == [kitchen.calls[0]] * 2  # retried with the same idempotency key
+    assert list(kitchen.orders.values()) == ["order-1"]  # and applied once
+    assert shop.handle("u", "large", message_id="m1").texts == []  # nothing left to finish
+
+
+def test_a_new_message_first_finishes_the_pending_action(
+    shop: Engine, kitchen: Kitchen, clock: FakeClock
+) -> None:
+    _to_size(shop)
+    kitchen.crash_after_next = True
+    with pytest.raises(Crash):
+        shop.handle("u", "large", message_id="m1")
+    clock.advance(10)
+    result = shop.handle("u", "order", message_id="m2")
+    assert result.texts == ["placed order-1", "what size?"]  # action, then the message
+    assert not result.duplicate
+    assert (result.snapshot.stage, result.snapshot.step) == ("order", "size")
+    assert len(kitchen.orders) == 1
+
+
+def test_racing_deliveries_of_one_message_call_the_api_once(shop: Engine, kitchen: Kitchen) -> None:
+    _to_size(shop)
+    barrier = threading.Barrier(8)
+
+    def deliver(_: int) -> list[str]:
+        barrier.wait()
+        return shop.handle("u", "small", message_id="m1").texts
+
+    with ThreadPoolExecutor(8) as pool:
+        outputs = list(pool.map(deliver, range(8)))
+    assert len(kitchen.calls) == 1
+    assert outputs.count(["placing your order", "placed order-1"]) == 1
+    assert outputs.count([]) == 7
+
+
+def test_different_messages_racing_into_the_action_call_it_once(
+    shop: Engine, kitchen: Kitchen
+) -> None:
+    _to_size(shop)
+    barrier = threading.Barrier(6)
+
+    def deliver(n: int) -> list[str]:
+        barrier.wait()
+        return shop.handle("u", "small", message_id=f"tap-{n}").texts
+
+    with ThreadPoolExecutor(6) as pool:
+        outputs = list(pool.map(deliver, range(6)))
+    assert len(kitchen.calls) == 1
+    assert sum("placed order-1" in out for out in outputs) == 1
+    assert sum(out == ["say order"] for out in outputs) == 5  # later taps land on the menu
+
+
+def test_an_action_that_does_not_move_on_fails_and_leaves_it_pending(
+    shop: Engine, kitchen: Kitchen
+) -> None:
+    _to_size(shop)
+    shop.flow.stay_in_action = True  # type: ignore[attr-defined]
+    with pytest.raises(StepFailed) as info:
+        shop.handle("u", "small")
+    assert (info.value.stage, info.value.step) == ("order", "placing")
+    assert "another step" in str(info.value.__cause__)
+    pending = shop.peek("u")
+    assert pending is not None and pending.step == "placing"
+    shop.flow.stay_in_action = False  # type: ignore[attr-defined]
+    assert shop.handle("u", "anything").texts[0] == "placed order-1"
+
+
+def test_an_expired_token_at_a_pending_action_signs_in_then_runs_it(
+    shop: Engine, kitchen: Kitchen, clock: FakeClock
+) -> None:
+    _to_size(shop)
+    kitchen.crash_after_next = True
+    with pytest.raises(Crash):
+        shop.handle("u", "large")
+    clock.advance(601)  # the token has expired while the action was pending
+    result = shop.handle("u", "hi")
+    # The pending action first goes to sign-in (the token guard), the message signs in, the
+    # resume lands on the action again and it runs with the key it had before the crash.
+    assert result.texts == [shop.auth_notice, "signed in", "placed order-1"]
+    assert kitchen.calls == [kitchen.calls[0]] * 2
+    assert len(kitchen.orders) == 1
+
+
+def test_action_decorator_is_checked_like_step() -> None:
+    with pytest.raises(InvalidFlowDefinition, match="two handlers"):
+
+        class Twice(Flow):
+            name = "twice"
+            stages = (Stage("a", ("x",)),)
+            transitions = ()
+
+            @step("a", "x")
+            def x(self, ctx: Context) -> Outcome:
+                return ctx.stay()
+
+            @action("a", "x")
+            def y(self, ctx: Context) -> Outcome:
+                return ctx.stay()
+
+    assert Shop.spec.steps[("order", "placing")].action
+    assert Shop.spec.steps[("order", "placing")].side_effects
+    assert not Shop.spec.steps[("order", "size")].action
+
+
+def test_token_is_issued_by_test_helper(clock: FakeClock) -> None:
+    # The sample tokens are real HS256 JWTs the verifier accepts.
+    verifier = TokenVerifier(SECRET, clock=clock, leeway=0)
+    assert verifier.verify(issue_token(clock, sub="u")).subject == "u"

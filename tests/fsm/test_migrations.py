@@ -1,0 +1,89 @@
+"""Flow versions: a session saved by an older version of a flow is migrated when loaded."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from adapters import MemoryStore
+from fsm import Context, Engine, FakeClock, Flow, Outcome, Snapshot, Stage, encode_snapshot, step
+from fsm.errors import InvalidFlowDefinition
+
+
+def _rename_ask_to_name(snap: Snapshot) -> Snapshot:
+    data = dict(snap.data)
+    if "nm" in data:
+        data["name"] = data.pop("nm")
+    step_id = "name" if snap.step == "ask" else snap.step
+    return msgspec.structs.replace(snap, step=step_id, data=data)
+
+
+class SurveyV3(Flow):
+    """v1 had step "ask" storing "nm"; v2 renamed them ("name"); v3 added "city" (no migration
+    needed: its steps are a superset)."""
+
+    name = "survey"
+    version = 3
+    stages = (Stage("q", ("name", "city")),)
+    transitions = ()
+    migrations = {1: _rename_ask_to_name}
+
+    @step("q", "name")
+    def name_step(self, ctx: Context) -> Outcome:
+        return ctx.stay(f"hello {ctx.text}", step="city", set={"name": ctx.text})
+
+    @step("q", "city")
+    def city(self, ctx: Context) -> Outcome:
+        return ctx.stay(f"{ctx.data['name']} from {ctx.text}", set={"city": ctx.text})
+
+
+def _saved(store: MemoryStore, snap: Snapshot) -> None:
+    store.save("u", encode_snapshot(snap), version=snap.version, expected_version=0, ttl=60)
+
+
+def test_a_session_of_flow_version_1_is_migrated_and_continues(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    old = Snapshot(flow="survey", stage="q", step="ask", data={"nm": "Ann"}, version=7)
+    _saved(store, old)
+    engine = Engine(SurveyV3(), store, clock=clock)
+    # "ask" is gone from v3, but the v1 -> v2 migration renamed it; v2 -> v3 is compatible.
+    result = engine.handle("u", "Harare")
+    assert result.texts == ["hello Harare"]  # now at "name", so the text answers it
+    assert result.snapshot.flow_version == 3
+    assert result.snapshot.version == 8  # the version chain continues
+    assert engine.stats["migrated"] == 2
+    assert list(store.quarantined()) == []
+
+
+def test_data_kept_by_the_migration_is_used_by_later_steps(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    old = Snapshot(flow="survey", stage="q", step="city", data={"name": "Bo"}, version=3)
+    _saved(store, msgspec.structs.replace(old, flow_version=2))
+    engine = Engine(SurveyV3(), store, clock=clock)
+    assert engine.handle("u", "Bulawayo").texts == ["Bo from Bulawayo"]
+
+
+def test_a_failing_migration_quarantines_the_bytes_and_restarts(clock: FakeClock) -> None:
+    def broken(snap: Snapshot) -> Snapshot:
+        raise KeyError("nm")
+
+    class Broken(SurveyV3):
+        migrations = {1: broken}
+
+    store = MemoryStore(clock=clock)
+    old = Snapshot(flow="survey", stage="q", step="ask", data={"nm": "Ann"}, version=2)
+    _saved(store, old)
+    engine = Engine(Broken(), store, clock=clock)
+    result = engine.handle("u", "Zed")
+    assert result.texts[0] == engine.reset_notice
+    [entry] = list(store.quarantined())
+    assert "migration from flow version 1 failed: KeyError" in entry.reason
+    assert entry.raw == encode_snapshot(old)  # kept byte for byte
+
+
+@pytest.mark.parametrize("key", [0, 3, "1"])
+def test_migration_keys_must_be_older_flow_versions(key: object) -> None:
+    with pytest.raises(InvalidFlowDefinition, match="migration key"):
+
+        class Bad(SurveyV3):
+            migrations = {key: _rename_ask_to_name}  # type: ignore[dict-item]
