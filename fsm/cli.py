@@ -1,14 +1,17 @@
 """The ``fsm`` command line.
 
 ``fsm chat`` talks to the reference Credex bot in the terminal, on the embedded memory store and
-the fake Credex API. It never prints a token.
+the fake Credex API. It never prints a token. ``fsm graph`` prints a flow's stage graph as Mermaid.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import click
@@ -17,6 +20,7 @@ from fsm.errors import FsmError
 
 if TYPE_CHECKING:
     from fsm.engine import Engine
+    from fsm.flow import FlowSpec
 
 DEFAULT_USER = "263770000001"  # Alice, a seeded member of the fake Credex API
 
@@ -96,6 +100,78 @@ def _converse(engine: Engine, user: str, messages: Iterable[str], *, echo_input:
         snap = result.snapshot
         click.echo(click.style(f"     [{snap.stage}.{snap.step} v{snap.version}]", dim=True))
     return failures
+
+
+DEFAULT_FLOW = "flows.credex.flow:CredexBot"
+
+
+@main.command()
+@click.option(
+    "--flow",
+    "flow_ref",
+    default=DEFAULT_FLOW,
+    show_default=True,
+    metavar="MODULE:NAME",
+    help="The flow to draw: a Flow subclass (or instance) NAME in the importable MODULE.",
+)
+@click.option(
+    "--steps/--no-steps", default=True, help="Show the steps inside each stage (default: yes)."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write the diagram to FILE instead of stdout.",
+)
+def graph(flow_ref: str, steps: bool, output: Path | None) -> None:
+    """Print a flow's stage graph (and the steps in each stage) as Mermaid text."""
+    from fsm.graph import mermaid
+
+    diagram = mermaid(_flow_spec(flow_ref), steps=steps)  # a bad flow leaves FILE untouched
+    if output is None:
+        click.echo(diagram, nl=False)
+    else:
+        output.write_text(diagram, encoding="utf-8")
+
+
+def _flow_spec(ref: str) -> FlowSpec:
+    """The spec of the flow ``ref`` (``package.module:Name``) names; a click error if none."""
+    from fsm.flow import Flow, FlowSpec
+
+    def bad(problem: str) -> click.BadParameter:
+        return click.BadParameter(problem, param_hint="'--flow'")
+
+    module_name, _, attr_path = ref.partition(":")
+    if not (
+        all(part.isidentifier() for part in module_name.split("."))
+        and all(part.isidentifier() for part in attr_path.split("."))
+    ):
+        raise bad(f"{ref!r} is not of the form package.module:FlowClass (e.g. {DEFAULT_FLOW})")
+    if os.getcwd() not in sys.path:  # as `python -m` would: flows in the current project import
+        sys.path.insert(0, os.getcwd())
+    try:
+        found: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise bad(f"cannot import module {module_name!r}: {exc}") from exc
+    except FsmError as exc:  # e.g. a flow in it fails its definition check
+        raise bad(f"module {module_name!r} failed to import: {exc}") from exc
+    for part in attr_path.split("."):
+        if not hasattr(found, part):
+            raise bad(f"{module_name!r} has no attribute {attr_path!r}")
+        found = getattr(found, part)
+    flow_class = found if isinstance(found, type) else type(found)
+    if not issubclass(flow_class, Flow):
+        what = (
+            f"the class {found.__qualname__}"
+            if isinstance(found, type)
+            else f"a {type(found).__name__}"
+        )
+        raise bad(f"{ref} is {what}, not a Flow subclass")
+    spec = getattr(flow_class, "spec", None)
+    if not isinstance(spec, FlowSpec):
+        raise bad(f"{ref} is an abstract Flow: it declares no stages")
+    return spec
 
 
 if __name__ == "__main__":  # pragma: no cover
