@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
+from fsm.clock import FakeClock
 from fsm.errors import FsmError
+from fsm.transcript import Runner, TranscriptError
 
 if TYPE_CHECKING:
     from fsm.engine import Engine
@@ -50,28 +53,40 @@ def main() -> None:
     "script",
     type=click.File("r"),
     default=None,
-    help="Read one message per line from FILE ('-' for stdin) and print the conversation. "
-    "Blank lines and lines starting with '#' are skipped.",
+    help="Play a transcript from FILE ('-' for stdin) and print the conversation: one message "
+    "per line, or the transcript format ('> message', '< expected reply', '= stage.step', "
+    "'! directive'; see docs/testing.md). Exits 1 if an expectation fails.",
 )
 def chat(user: str, script: TextIO | None) -> None:
-    """Chat with the reference Credex bot on the in-memory store."""
-    from flows.credex import build_engine  # the CLI depends on flows, not the other way round
+    """Chat with the reference Credex bot on the in-memory store and the fake Credex API."""
+    # The CLI depends on flows, not the other way round.
+    from flows.credex import build_engine
+    from flows.credex.directives import directives
+    from flows.credex.fake import FakeCredexApi
 
-    engine = build_engine()
     if script is not None:
-        failures = _converse(engine, user, _script_lines(script), echo_input=True)
-        if failures:
+        # A script runs on a fake clock (starting now) so '! clock +2h' can move time.
+        clock = FakeClock(time.time())
+        api = FakeCredexApi(clock=clock)
+        engine = build_engine(api=api, clock=clock)
+        runner = Runner(engine, user, clock=clock, directives=directives(api), echo=click.echo)
+        name = getattr(script, "name", "script")
+        try:
+            run = runner.run(script.read(), source=str(name))
+        except TranscriptError as exc:
+            raise click.UsageError(str(exc)) from None
+        except FsmError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(1) from None
+        if not run.ok:
+            click.echo(f"{len(run.failures)} expectation(s) failed:", err=True)
+            for failure in run.failures:
+                click.echo(failure, err=True)
             raise SystemExit(1)
         return
     click.echo(f"Chatting as {user} with the Credex bot. Say 'hi' to start; Ctrl-D to quit.")
-    _converse(engine, user, _prompt_lines(), echo_input=False)
-
-
-def _script_lines(stream: TextIO) -> Iterator[str]:
-    for line in stream:
-        message = line.rstrip("\n")
-        if message.strip() and not message.lstrip().startswith("#"):
-            yield message
+    click.echo("Answer a list by number or by title.")
+    _converse(build_engine(), user, _prompt_lines())
 
 
 def _prompt_lines() -> Iterator[str]:
@@ -83,11 +98,9 @@ def _prompt_lines() -> Iterator[str]:
             return
 
 
-def _converse(engine: Engine, user: str, messages: Iterable[str], *, echo_input: bool) -> int:
+def _converse(engine: Engine, user: str, messages: Iterable[str]) -> int:
     failures = 0
     for message in messages:
-        if echo_input:
-            click.echo(f"you> {message}")
         try:
             result = engine.handle(user, message)
         except FsmError as exc:

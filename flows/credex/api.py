@@ -243,6 +243,10 @@ class CredexApi(Protocol):
     """The Credex calls the bot makes. Every call but ``login`` and ``onboard_member`` takes the
     member's JWT as ``token``; a bad one raises :class:`Unauthorized`. Any call may raise
     :class:`ApiError` (and :class:`ApiResponseError` for a response of an unexpected shape).
+
+    Calls that create or change something take ``idempotency_key``: a retry with the same key
+    must return the first result without changing anything again (an HTTP client sends it as
+    the ``Idempotency-Key`` header). The bot passes the key of the engine's pending action.
     """
 
     def login(self, phone: str) -> LoginResult:
@@ -250,7 +254,13 @@ class CredexApi(Protocol):
         ...
 
     def onboard_member(
-        self, firstname: str, lastname: str, phone: str, default_denom: str = "USD"
+        self,
+        firstname: str,
+        lastname: str,
+        phone: str,
+        default_denom: str = "USD",
+        *,
+        idempotency_key: str | None = None,
     ) -> LoginResult:
         """Create a member (and an account) and log them in."""
         ...
@@ -272,24 +282,33 @@ class CredexApi(Protocol):
         amount: float,
         *,
         token: str,
+        idempotency_key: str | None = None,
     ) -> CredexCreated:
         """Offer ``amount`` from the issuer's account (owned by the token's member) to the
         receiver. The kind is fixed: credexType PURCHASE, OFFERS, securedCredex true."""
         ...
 
-    def accept_credex(self, credex_id: str, *, token: str) -> CredexUpdated:
+    def accept_credex(
+        self, credex_id: str, *, token: str, idempotency_key: str | None = None
+    ) -> CredexUpdated:
         """Accept an incoming offer of the token's member."""
         ...
 
-    def decline_credex(self, credex_id: str, *, token: str) -> CredexUpdated:
+    def decline_credex(
+        self, credex_id: str, *, token: str, idempotency_key: str | None = None
+    ) -> CredexUpdated:
         """Decline an incoming offer of the token's member."""
         ...
 
-    def cancel_credex(self, credex_id: str, *, token: str) -> CredexUpdated:
+    def cancel_credex(
+        self, credex_id: str, *, token: str, idempotency_key: str | None = None
+    ) -> CredexUpdated:
         """Cancel an outgoing offer of the token's member."""
         ...
 
-    def create_recurring(self, account_id: str, *, token: str) -> RecurringCreated:
+    def create_recurring(
+        self, account_id: str, *, token: str, idempotency_key: str | None = None
+    ) -> RecurringCreated:
         """Subscribe to member tier 3: MEMBERTIER_SUBSCRIPTION, 1.00 USD every 28 days."""
         ...
 

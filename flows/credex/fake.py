@@ -28,6 +28,7 @@ import hashlib
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -140,6 +141,8 @@ class FakeCredexApi:
         self._expired: set[str] = set()
         self._revoked: set[str] = set()
         self._serials: dict[str, int] = {}
+        self._done: dict[str, tuple[str, Any]] = {}  # idempotency key -> (call, result)
+        self.replays: list[tuple[str, str]] = []  # (call, idempotency key) answered from _done
         self._seed()
 
     # --- test controls --------------------------------------------------------------------
@@ -181,6 +184,24 @@ class FakeCredexApi:
         with self._lock:
             self._secret = new_secret or hashlib.sha256(self._secret).digest()
 
+    def _once(self, call: str, key: str | None, token: str | None, run: Callable[[], T]) -> T:
+        """Run a changing call once per idempotency key: a retry with the same key gets the
+        first result back (after the usual token check) without changing anything again."""
+        with self._lock:
+            if key is not None and key in self._done:
+                first_call, result = self._done[key]
+                self.calls.append((call, {"idempotencyKey": key}))
+                if token is not None:
+                    self._authenticate(call, token)
+                if first_call != call:
+                    raise ApiError(422, call, "idempotency key already used by another call")
+                self.replays.append((call, key))
+                return result  # type: ignore[no-any-return]
+            result = run()
+            if key is not None:
+                self._done[key] = (call, result)
+            return result
+
     # --- the API --------------------------------------------------------------------------
 
     def login(self, phone: str) -> LoginResult:
@@ -192,7 +213,23 @@ class FakeCredexApi:
             return self._login_result("login", member)
 
     def onboard_member(
-        self, firstname: str, lastname: str, phone: str, default_denom: str = "USD"
+        self,
+        firstname: str,
+        lastname: str,
+        phone: str,
+        default_denom: str = "USD",
+        *,
+        idempotency_key: str | None = None,
+    ) -> LoginResult:
+        return self._once(
+            "onboardMember",
+            idempotency_key,
+            None,
+            lambda: self._onboard(firstname, lastname, phone, default_denom),
+        )
+
+    def _onboard(
+        self, firstname: str, lastname: str, phone: str, default_denom: str
     ) -> LoginResult:
         call = "onboardMember"
         with self._lock:
@@ -247,6 +284,24 @@ class FakeCredexApi:
         amount: float,
         *,
         token: str,
+        idempotency_key: str | None = None,
+    ) -> CredexCreated:
+        return self._once(
+            "createCredex",
+            idempotency_key,
+            token,
+            lambda: self._create(
+                issuer_account_id, receiver_account_id, denomination, amount, token
+            ),
+        )
+
+    def _create(
+        self,
+        issuer_account_id: str,
+        receiver_account_id: str,
+        denomination: str,
+        amount: float,
+        token: str,
     ) -> CredexCreated:
         call = "createCredex"
         with self._lock:
@@ -272,16 +327,44 @@ class FakeCredexApi:
             self._credexes[credex_id].updated_at = self._clock.now()
             return self._respond(call, {"credexID": credex_id}, CredexCreated)
 
-    def accept_credex(self, credex_id: str, *, token: str) -> CredexUpdated:
-        return self._settle("acceptCredex", credex_id, token, "ACCEPTED", incoming=True)
+    def accept_credex(
+        self, credex_id: str, *, token: str, idempotency_key: str | None = None
+    ) -> CredexUpdated:
+        return self._once(
+            "acceptCredex",
+            idempotency_key,
+            token,
+            lambda: self._settle("acceptCredex", credex_id, token, "ACCEPTED", incoming=True),
+        )
 
-    def decline_credex(self, credex_id: str, *, token: str) -> CredexUpdated:
-        return self._settle("declineCredex", credex_id, token, "DECLINED", incoming=True)
+    def decline_credex(
+        self, credex_id: str, *, token: str, idempotency_key: str | None = None
+    ) -> CredexUpdated:
+        return self._once(
+            "declineCredex",
+            idempotency_key,
+            token,
+            lambda: self._settle("declineCredex", credex_id, token, "DECLINED", incoming=True),
+        )
 
-    def cancel_credex(self, credex_id: str, *, token: str) -> CredexUpdated:
-        return self._settle("cancelCredex", credex_id, token, "CANCELLED", incoming=False)
+    def cancel_credex(
+        self, credex_id: str, *, token: str, idempotency_key: str | None = None
+    ) -> CredexUpdated:
+        return self._once(
+            "cancelCredex",
+            idempotency_key,
+            token,
+            lambda: self._settle("cancelCredex", credex_id, token, "CANCELLED", incoming=False),
+        )
 
-    def create_recurring(self, account_id: str, *, token: str) -> RecurringCreated:
+    def create_recurring(
+        self, account_id: str, *, token: str, idempotency_key: str | None = None
+    ) -> RecurringCreated:
+        return self._once(
+            "createRecurring", idempotency_key, token, lambda: self._recurring(account_id, token)
+        )
+
+    def _recurring(self, account_id: str, token: str) -> RecurringCreated:
         call = "createRecurring"
         with self._lock:
             self._begin(

@@ -5,119 +5,57 @@ Stages and the moves between them are exactly the reference graph::
     init -> auth | menu | registration      auth -> menu | registration
     menu -> credex | account | auth | menu   credex | account | registration -> menu
 
-Login is by the sender's phone number (the user key). The dashboard the menu shows is kept in the
-snapshot as a compact summary (balances, offer counts, what the menu needs), not as the API's full
-response, so a session stays small; lists of offers are fetched when a sub-flow needs them.
+Login is by the sender's phone number (the user key). The sub-flows live in their own modules
+and are combined here: :mod:`.offers` (the credex stage), :mod:`.account` (upgrade, ledger) and
+:mod:`.registration`. API calls that change something are actions (:func:`fsm.action`): they
+run after the state that expects their outcome is saved, once, with an idempotency key.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
-from flows.credex.api import (
-    ApiError,
-    CredexApi,
-    Dashboard,
-    LoginResult,
-    MemberNotFound,
-    Unauthorized,
-)
-from fsm import Context, Flow, Login, Option, Outcome, Reply, Stage, choices, on_enter, pick, step
-
-GREETINGS = frozenset(
-    {
-        "hi",
-        "hello",
-        "hey",
-        "hie",
-        "hola",
-        "howzit",
-        "start",
-        "menu",
-        "good morning",
-        "good afternoon",
-        "good evening",
-    }
-)
-
-UNREACHABLE = "Credex is not reachable right now. Please try again in a moment."
+from flows.credex.account import AccountSteps
+from flows.credex.api import ApiError, CredexApi, LoginResult, MemberNotFound, Unauthorized
+from flows.credex.base import UNREACHABLE, problem
+from flows.credex.dashboard import Summary, menu_reply, summary_in
+from flows.credex.inputs import is_greeting
+from flows.credex.offers import OfferSteps
+from flows.credex.registration import RegistrationSteps
+from fsm import Context, Login, Outcome, Reply, Snapshot, Stage, on_enter, pick, step
 
 
-class Summary(msgspec.Struct, frozen=True, kw_only=True):
-    """What the menu needs from the dashboard, stored under data["dashboard"]."""
-
-    member_id: str
-    firstname: str
-    handle: str
-    tier: int
-    account_id: str
-    account_name: str
-    balances: tuple[str, ...]
-    net: str
-    pending_in: int
-    pending_out: int
-
-    @classmethod
-    def of(cls, dashboard: Dashboard) -> Summary:
-        member = dashboard.member
-        owned = [a for a in dashboard.accounts if a.is_owned_account] or list(dashboard.accounts)
-        if not owned:
-            raise ApiError(502, "getMemberDashboardByPhone", "the dashboard lists no account")
-        account = owned[0]
-        return cls(
-            member_id=member.member_id,
-            firstname=member.firstname,
-            handle=member.member_handle,
-            tier=member.member_tier,
-            account_id=account.account_id,
-            account_name=account.account_name,
-            balances=account.balance_data.secured_net_balances_by_denom,
-            net=account.balance_data.net_credex_assets_in_default_denom,
-            pending_in=len(account.pending_in),
-            pending_out=len(account.pending_out),
-        )
+def _from_v1(snap: Snapshot) -> Snapshot:
+    """Version 1 had placeholder "soon" steps where the sub-flows are now."""
+    stage, step_id, option = snap.stage, snap.step, snap.option
+    if step_id == "soon" and stage in ("credex", "account"):
+        stage, step_id, option = "menu", "dashboard", ""  # the menu offers the real thing now
+    elif step_id == "soon" and stage == "registration":
+        step_id = "welcome"
+    resume = snap.resume
+    if resume is not None and resume.step == "soon":
+        resume = None  # nothing to resume: the user lands on the menu after signing in
+    return msgspec.structs.replace(snap, stage=stage, step=step_id, option=option, resume=resume)
 
 
-def menu_options(summary: Summary) -> list[Option]:
-    """The options that apply to this member now, with counts."""
-    options = [Option("offer", "Offer credex")]
-    if summary.pending_in:
-        options.append(Option("accept", f"Accept offers ({summary.pending_in})"))
-        options.append(Option("decline", f"Decline offers ({summary.pending_in})"))
-    if summary.pending_out:
-        options.append(Option("cancel", f"Cancel my offers ({summary.pending_out})"))
-    if summary.tier <= 2:
-        options.append(Option("upgrade", "Upgrade membership"))
-    options.append(Option("ledger", "My ledger"))
-    return options
-
-
-def menu_reply(summary: Summary) -> Reply:
-    balances = ", ".join(summary.balances) or "no balance yet"
-    body = (
-        f"Welcome {summary.firstname} (@{summary.handle}).\n"
-        f"{summary.account_name}: {balances}. Net: {summary.net}.\n"
-        "What would you like to do?"
-    )
-    return choices(body, menu_options(summary))
-
-
-class CredexBot(Flow):
-    """The Credex WhatsApp bot: login and dashboard menu; sub-flows land in the next release."""
+class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):
+    """The Credex WhatsApp bot: login, the dashboard menu and every sub-flow."""
 
     name = "credex"
-    version = 1
+    version = 2
     initial = "init"
     auth_stage = "auth"
     stages = (
         Stage("init", ("greeting",)),
         Stage("auth", ("login",)),
         Stage("menu", ("dashboard",), protected=True),
-        Stage("credex", ("soon",), protected=True),
-        Stage("account", ("soon",), protected=True),
-        Stage("registration", ("soon",)),
+        Stage(
+            "credex",
+            ("amount", "recipient", "confirm", "create", "pick", "settle"),
+            protected=True,
+        ),
+        Stage("account", ("upgrade", "subscribe", "ledger"), protected=True),
+        Stage("registration", ("welcome", "first_name", "last_name", "confirm", "onboard")),
     )
     transitions = (
         # trigger       source(s)                                                 dest
@@ -127,6 +65,7 @@ class CredexBot(Flow):
         ("open_credex", "menu", "credex"),
         ("open_account", "menu", "account"),
     )
+    migrations = {1: _from_v1}
 
     def __init__(self, api: CredexApi) -> None:
         self.api = api
@@ -137,7 +76,7 @@ class CredexBot(Flow):
     # -- init: a greeting signs the member in by phone ---------------------------------------
     @step("init", "greeting")
     def greeting(self, ctx: Context) -> Outcome:
-        if ctx.text.strip().casefold() not in GREETINGS:
+        if not is_greeting(ctx.text):
             return ctx.stay("Hi! Send *hi* to start.")
         return self._sign_in(
             ctx, unknown=ctx.go("register"), unreachable=ctx.go("sign_in", UNREACHABLE)
@@ -153,7 +92,9 @@ class CredexBot(Flow):
         return self._sign_in(ctx, unknown=ctx.go("register"), unreachable=ctx.stay(UNREACHABLE))
 
     def _sign_in(self, ctx: Context, *, unknown: Outcome, unreachable: Outcome) -> Outcome:
-        """Log in by phone; on success go to the menu (or back to where a re-login began)."""
+        """Log in by phone; on success go to the menu (or back to where a re-login began).
+        The dashboard is refreshed on the way, but a refresh never picks the stage: a resume
+        point, when there is one, does."""
         try:
             result: LoginResult = self.api.login(ctx.user_key)
             summary = Summary.of(result.dashboard)
@@ -164,76 +105,40 @@ class CredexBot(Flow):
         return ctx.go(
             "show_menu",
             auth=Login(result.token),
-            set={"dashboard": msgspec.to_builtins(summary)},
+            set={"dashboard": summary.stored()},
             resume=True,
         )
 
     # -- menu: the dashboard and the options that apply ---------------------------------------
     @on_enter("menu", "dashboard")
     def show_dashboard(self, ctx: Context) -> list[Reply]:
-        summary = _summary(ctx.data)
+        summary = summary_in(ctx.data)
         if summary is None:
             return [Reply("Your dashboard is loading; reply *menu* to refresh it.")]
         return [menu_reply(summary)]
 
     @step("menu", "dashboard")
     def dashboard(self, ctx: Context) -> Outcome:
-        answer = ctx.text.strip()
-        summary = _summary(ctx.data)
-        if answer.casefold() in GREETINGS or summary is None:
+        summary = summary_in(ctx.data)
+        if is_greeting(ctx.text) or summary is None:
             return self._refresh(ctx)
-        chosen = pick(menu_reply(summary), answer)
+        shown = menu_reply(summary)
+        chosen = pick(shown, ctx.text)
         if chosen is None:
-            return ctx.stay("Please choose one of the options.", menu_reply(summary))
-        if chosen.id in {"ledger", "upgrade"}:
-            return ctx.go("open_account", option=chosen.id)
-        return ctx.go("open_credex", option=chosen.id)
+            return ctx.stay("Please choose one of the options (its number or its name).", shown)
+        if chosen.id == "offer":
+            return ctx.go("open_credex", step="amount", option="offer")
+        if chosen.id in ("accept", "decline", "cancel"):
+            return self.open_list(ctx, chosen.id)
+        if chosen.id == "upgrade":
+            return ctx.go("open_account", step="upgrade", option="upgrade")
+        return self.open_ledger(ctx)
 
     def _refresh(self, ctx: Context) -> Outcome:
         try:
-            dashboard = self.api.get_member_dashboard_by_phone(ctx.user_key, token=ctx.token or "")
-            summary = Summary.of(dashboard)
+            summary = self.refreshed_summary(ctx)
         except Unauthorized:
             return ctx.reauth()
-        except ApiError:
-            return ctx.stay(UNREACHABLE)
-        return ctx.go("show_menu", set={"dashboard": msgspec.to_builtins(summary)})
-
-    # -- sub-flows not built yet: say so and go back ----------------------------------------
-    @on_enter("credex", "soon")
-    @on_enter("account", "soon")
-    def coming_soon(self, ctx: Context) -> list[str]:
-        what = ctx.option or ctx.stage
-        return [f"'{what}' is coming soon. Reply with anything to go back to the menu."]
-
-    @step("credex", "soon")
-    @step("account", "soon")
-    def back_to_menu(self, ctx: Context) -> Outcome:
-        return ctx.go("show_menu")
-
-    @on_enter("registration", "soon")
-    def welcome_new_member(self, ctx: Context) -> list[str]:
-        return [
-            "Welcome to Credex! We could not find an account for this number. "
-            "Registration is coming soon; send *hi* to try signing in again."
-        ]
-
-    @step("registration", "soon")
-    def registration_soon(self, ctx: Context) -> Outcome:
-        if ctx.text.strip().casefold() in GREETINGS:
-            return self._sign_in(
-                ctx,
-                unknown=ctx.stay("Registration is coming soon."),
-                unreachable=ctx.stay(UNREACHABLE),
-            )
-        return ctx.stay("Registration is coming soon; send *hi* to try signing in again.")
-
-
-def _summary(data: Any) -> Summary | None:
-    raw = data.get("dashboard")
-    if raw is None:
-        return None
-    try:
-        return msgspec.convert(raw, Summary)
-    except msgspec.ValidationError:
-        return None  # an older or damaged summary: the handler refreshes it from the API
+        except ApiError as exc:
+            return ctx.stay(problem(exc))
+        return ctx.go("show_menu", set={"dashboard": summary.stored()})

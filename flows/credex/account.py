@@ -1,0 +1,122 @@
+"""The account stage: upgrade the membership, and read the ledger page by page.
+
+Upgrade: ``upgrade`` (confirm "$1 per 28 days") -> ``subscribe`` (action: createRecurring) ->
+menu. Ledger: ``ledger`` shows ``LEDGER_PAGE`` settled credexes at a time, with next/previous.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.credex.api import ApiError, ApiResponseError, Unauthorized
+from flows.credex.base import CONFIRM, CredexSteps, confirmed, problem
+from flows.credex.dashboard import summary_in
+from flows.credex.inputs import is_exit
+from fsm import Context, Option, Outcome, Reply, action, buttons, on_enter, pick, step
+
+LEDGER_PAGE = 5
+UPGRADE = (
+    "Upgrade to the tier 3 membership for $1.00 every 28 days, paid from your account? "
+    "It raises how much you can offer."
+)
+
+
+def ledger_reply(page: Any) -> Reply:
+    """One ledger page as text, with the moves that apply as buttons (at most 3)."""
+    start, rows = page["start"], page["rows"]
+    if not rows:
+        body = "Your ledger is empty: no settled credexes yet."
+    else:
+        lines = [f"{r['amount']}  {r['counterparty']}  {r['date']}" for r in rows]
+        span = f"{start + 1}-{start + len(rows)}"
+        body = "\n".join([f"Your ledger, newest first ({span}):", *lines])
+    moves = []
+    if page["more"]:
+        moves.append(Option("next", "Next page"))
+    if start > 0:
+        moves.append(Option("previous", "Previous page"))
+    moves.append(Option("menu", "Back to menu"))
+    return buttons(body, moves)
+
+
+class AccountSteps(CredexSteps, abstract=True):
+    # -- upgrade ------------------------------------------------------------------------------
+    @on_enter("account", "upgrade")
+    def ask_upgrade(self, ctx: Context) -> list[Reply]:
+        return [Reply(UPGRADE, CONFIRM.kind, CONFIRM.options)]
+
+    @step("account", "upgrade")
+    def upgrade(self, ctx: Context) -> Outcome:
+        answer = confirmed(ctx.text)
+        if answer is None and not is_exit(ctx.text):
+            return ctx.stay("Please choose *Confirm* or *Cancel*.", CONFIRM)
+        if not answer:
+            return self.to_menu(ctx, "Upgrade cancelled.")
+        return ctx.stay(step="subscribe")
+
+    @action("account", "subscribe")
+    def subscribe(self, ctx: Context) -> Outcome:
+        summary = summary_in(ctx.data)
+        if summary is None:
+            return self.to_menu(ctx, "Please try the upgrade again from the menu.", refresh=True)
+        try:
+            self.api.create_recurring(
+                summary.account_id, token=ctx.token or "", idempotency_key=ctx.idempotency_key
+            )
+        except Unauthorized:
+            return ctx.reauth("Please sign in again; your upgrade is kept and made after that.")
+        except ApiResponseError as exc:
+            return self.to_menu(ctx, problem(exc), refresh=True)
+        except ApiError as exc:
+            if exc.status == 409:
+                return self.to_menu(ctx, "You already have the tier 3 membership.", refresh=True)
+            return ctx.stay(problem(exc), step="upgrade")
+        return self.to_menu(
+            ctx, "Done: you are now a tier 3 member ($1.00 every 28 days).", refresh=True
+        )
+
+    # -- ledger -------------------------------------------------------------------------------
+    def ledger_page(self, ctx: Context, start: int) -> dict[str, Any]:
+        """Fetch one page; raises ApiError (the caller says so and keeps the member where
+        they are)."""
+        summary = summary_in(ctx.data)
+        if summary is None:
+            summary = self.refreshed_summary(ctx)
+        page = self.api.get_ledger(summary.account_id, start, LEDGER_PAGE, token=ctx.token or "")
+        rows = [
+            {"amount": e.formatted_amount, "counterparty": e.counterparty, "date": e.timestamp[:10]}
+            for e in page.entries
+        ]
+        return {"start": start, "rows": rows, "more": page.has_more}
+
+    def open_ledger(self, ctx: Context) -> Outcome:
+        """From the menu: the first page of the ledger."""
+        try:
+            page = self.ledger_page(ctx, 0)
+        except Unauthorized:
+            return ctx.reauth()
+        except ApiError as exc:
+            return ctx.stay(problem(exc))
+        return ctx.go("open_account", step="ledger", option="ledger", set={"ledger": page})
+
+    @on_enter("account", "ledger")
+    def show_ledger(self, ctx: Context) -> list[Reply]:
+        return [ledger_reply(ctx.data["ledger"])]
+
+    @step("account", "ledger")
+    def ledger(self, ctx: Context) -> Outcome:
+        page = ctx.data["ledger"]
+        shown = ledger_reply(page)
+        chosen = pick(shown, ctx.text)
+        if (chosen is None and is_exit(ctx.text)) or (chosen is not None and chosen.id == "menu"):
+            return self.to_menu(ctx, unset=["ledger"])
+        if chosen is None:
+            return ctx.stay("Please choose one of the buttons.", shown)
+        start = page["start"] + (LEDGER_PAGE if chosen.id == "next" else -LEDGER_PAGE)
+        try:
+            new_page = self.ledger_page(ctx, max(0, start))
+        except Unauthorized:
+            return ctx.reauth()
+        except ApiError as exc:
+            return ctx.stay(problem(exc), shown)
+        return ctx.stay(ledger_reply(new_page), set={"ledger": new_page})

@@ -1,0 +1,74 @@
+"""What every Credex sub-flow shares: the API client, the dashboard refresh, leaving to the menu,
+and turning API errors into replies. The sub-flows (:mod:`.offers`, :mod:`.account`,
+:mod:`.registration`) are abstract flows that :class:`~flows.credex.flow.CredexBot` combines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flows.credex.api import ApiError, ApiResponseError, CredexApi, Dashboard
+from flows.credex.dashboard import Summary, summary_in
+from fsm import Context, Flow, Outcome, buttons
+from fsm.step import ReplyLike
+
+UNREACHABLE = "Credex is not reachable right now. Please try again in a moment."
+UNCLEAR = (
+    "Credex answered in a way this bot does not understand, so it cannot tell whether that "
+    "worked. Please check the menu before trying again."
+)
+CONFIRM = buttons("Confirm?", [("confirm", "Confirm"), ("cancel", "Cancel")])
+YES = frozenset({"yes", "y", "ok", "okay", "sure"})
+NO = frozenset({"no", "n", "nope"})
+
+
+def problem(exc: ApiError) -> str:
+    """A short reply for an API error: the API's own words for a refused request, a general
+    message when the service failed (its details belong in logs, not in a chat)."""
+    if isinstance(exc, ApiResponseError):
+        return UNCLEAR
+    if exc.status >= 500:
+        return UNREACHABLE
+    return f"Credex could not do that: {exc.message}."
+
+
+def confirmed(text: str) -> bool | None:
+    """True for Confirm (1, "confirm", "yes"), False for Cancel (2, "cancel", "no"), else None."""
+    folded = " ".join(text.split()).casefold()
+    if folded in {"1", "confirm"} | YES:
+        return True
+    if folded in {"2", "cancel"} | NO:
+        return False
+    return None
+
+
+class CredexSteps(Flow, abstract=True):
+    """Shared helpers of the Credex sub-flows."""
+
+    api: CredexApi
+
+    def fetch_dashboard(self, ctx: Context) -> Dashboard:
+        return self.api.get_member_dashboard_by_phone(ctx.user_key, token=ctx.token or "")
+
+    def refreshed_summary(self, ctx: Context) -> Summary:
+        return Summary.of(self.fetch_dashboard(ctx))
+
+    def to_menu(
+        self,
+        ctx: Context,
+        *replies: ReplyLike,
+        unset: Iterable[str] = (),
+        refresh: bool = False,
+    ) -> Outcome:
+        """Back to the menu, dropping this sub-flow's data (``unset``: deleted, so it cannot
+        come back). With ``refresh`` the dashboard is reloaded first; if that fails the menu
+        shows the last known one and says so."""
+        summary: dict[str, object] = {}
+        said = list(replies)
+        if refresh:
+            try:
+                summary = {"dashboard": Summary.of(self.fetch_dashboard(ctx)).stored()}
+            except ApiError:
+                if summary_in(ctx.data) is not None:
+                    said.append("(Your balances may be out of date; send *menu* to refresh.)")
+        return ctx.go("show_menu", *said, set=summary, unset=unset)

@@ -1,0 +1,219 @@
+"""The credex stage: make an offer; accept, decline or cancel pending ones.
+
+Offer: ``amount`` -> ``recipient`` -> ``confirm`` -> ``create`` (action: createCredex) -> menu.
+Accept / decline / cancel: ``pick`` (a list of offers) -> ``settle`` (action) -> the list again,
+or the menu when none are left. Answers are stored under step ids (``amount``, ``recipient``,
+``offers``, ``chosen``) and deleted when the sub-flow ends, so a cancelled offer cannot come back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.credex.api import ApiError, ApiResponseError, Unauthorized
+from flows.credex.base import CONFIRM, UNREACHABLE, CredexSteps, confirmed, problem
+from flows.credex.dashboard import BACK, Summary, offer_list, offer_rows, summary_in
+from flows.credex.inputs import (
+    Amount,
+    is_exit,
+    parse_amount,
+    parse_handle,
+    unknown_denomination,
+)
+from fsm import Context, Outcome, Reply, action, on_enter, pick, step
+
+OFFER_KEYS = ("amount", "recipient")
+LIST_KEYS = ("offers", "chosen")
+DONE = {"accept": "Accepted", "decline": "Declined", "cancel": "Cancelled"}
+NONE_LEFT = {
+    "accept": "You have no incoming offers.",
+    "decline": "You have no incoming offers.",
+    "cancel": "You have no outgoing offers.",
+}
+ASK_AMOUNT = (
+    "How much do you want to offer? For example *25*, *12.50* or *100 ZWG* "
+    "(USD unless you name CXX, XAU, CAD or ZWG). Send *cancel* to stop."
+)
+
+
+def _amount(data: Any) -> Amount:
+    raw = data["amount"]
+    return Amount(raw["value"], raw["denom"])
+
+
+class OfferSteps(CredexSteps, abstract=True):
+    # -- offer: amount -----------------------------------------------------------------------
+    @on_enter("credex", "amount")
+    def ask_amount(self, ctx: Context) -> list[str]:
+        return [ASK_AMOUNT]
+
+    @step("credex", "amount")
+    def amount(self, ctx: Context) -> Outcome:
+        if is_exit(ctx.text):  # an amount is never a word: plain "cancel" is a way out here
+            return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
+        amount = parse_amount(ctx.text)
+        if amount is None:
+            code = unknown_denomination(ctx.text)
+            why = f"*{code}* is not a denomination we know." if code else "That is not an amount."
+            return ctx.stay(f"{why} {ASK_AMOUNT}")
+        return ctx.stay(
+            step="recipient", set={"amount": {"value": amount.value, "denom": amount.denom}}
+        )
+
+    # -- offer: recipient ----------------------------------------------------------------------
+    @on_enter("credex", "recipient")
+    def ask_recipient(self, ctx: Context) -> list[str]:
+        return [
+            f"Who should receive {_amount(ctx.data)}? Send their Credex handle, like *bob*. "
+            "(Send /cancel to stop.)"
+        ]
+
+    @step("credex", "recipient")
+    def recipient(self, ctx: Context) -> Outcome:
+        if is_exit(ctx.text, free_text=True):  # a handle may be any word: only /cancel, /menu
+            return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
+        amount = _amount(ctx.data)
+        handle = parse_handle(ctx.text)
+        if handle is None:
+            return ctx.stay(
+                "A handle is letters, digits and underscores, at most 30. "
+                f"Who should receive {amount}? (Send /cancel to stop.)"
+            )
+        summary = summary_in(ctx.data)
+        if summary is not None and handle == summary.handle.lower():
+            return ctx.stay(f"That is your own handle. Who should receive {amount}?")
+        try:
+            account = self.api.get_account_by_handle(handle, token=ctx.token or "")
+        except Unauthorized:
+            return ctx.reauth()
+        except ApiError as exc:
+            if exc.status == 404:
+                return ctx.stay(
+                    f"No member has the handle @{handle}. Check it and send it again; "
+                    f"your amount ({amount}) is kept. (Send /cancel to stop.)"
+                )
+            return ctx.stay(f"{problem(exc)} Send the handle again when you are ready.")
+        if summary is not None and account.account_id == summary.account_id:
+            return ctx.stay(f"That is your own account. Who should receive {amount}?")
+        chosen = {
+            "account_id": account.account_id,
+            "name": account.account_name,
+            "handle": account.account_handle,
+        }
+        return ctx.stay(step="confirm", set={"recipient": chosen})
+
+    # -- offer: confirm and create -------------------------------------------------------------
+    @on_enter("credex", "confirm")
+    def ask_confirm(self, ctx: Context) -> list[Reply]:
+        to = ctx.data["recipient"]
+        summary = summary_in(ctx.data)
+        source = summary.account_name if summary else "your account"
+        body = f"Offer {_amount(ctx.data)} from {source} to {to['name']} (@{to['handle']})?"
+        return [Reply(body, CONFIRM.kind, CONFIRM.options)]
+
+    @step("credex", "confirm")
+    def confirm(self, ctx: Context) -> Outcome:
+        answer = confirmed(ctx.text)
+        if answer is None:
+            if is_exit(ctx.text):
+                return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
+            return ctx.stay("Please choose *Confirm* or *Cancel*.", CONFIRM)
+        if not answer:
+            return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
+        return ctx.stay(step="create")
+
+    @action("credex", "create")
+    def create(self, ctx: Context) -> Outcome:
+        summary = summary_in(ctx.data)
+        amount, to = _amount(ctx.data), ctx.data["recipient"]
+        if summary is None:  # cannot happen from the menu; refuse rather than guess an account
+            return self.to_menu(ctx, UNREACHABLE, unset=OFFER_KEYS, refresh=True)
+        try:
+            self.api.create_credex(
+                summary.account_id,
+                to["account_id"],
+                amount.denom,
+                amount.value,
+                token=ctx.token or "",
+                idempotency_key=ctx.idempotency_key,
+            )
+        except Unauthorized:
+            return ctx.reauth("Please sign in again; your offer is kept and sent after that.")
+        except ApiResponseError as exc:
+            return self.to_menu(ctx, problem(exc), unset=OFFER_KEYS, refresh=True)
+        except ApiError as exc:
+            return ctx.stay(problem(exc), step="confirm")
+        return self.to_menu(
+            ctx, f"Offer of {amount} sent to @{to['handle']}.", unset=OFFER_KEYS, refresh=True
+        )
+
+    # -- accept / decline / cancel ----------------------------------------------------------------
+    @on_enter("credex", "pick")
+    def show_offers(self, ctx: Context) -> list[Reply]:
+        return [offer_list(ctx.data["offers"], ctx.option)]
+
+    @step("credex", "pick")
+    def pick_offer(self, ctx: Context) -> Outcome:
+        listed = offer_list(ctx.data["offers"], ctx.option)
+        chosen = pick(listed, ctx.text)
+        if chosen == BACK or (chosen is None and is_exit(ctx.text)):
+            return self.to_menu(ctx, unset=LIST_KEYS)
+        if chosen is None:
+            return ctx.stay("Please choose an offer from the list.", listed)
+        return ctx.stay(step="settle", set={"chosen": {"id": chosen.id, "title": chosen.title}})
+
+    @action("credex", "settle")
+    def settle(self, ctx: Context) -> Outcome:
+        which, chosen = ctx.option, ctx.data["chosen"]
+        call = {
+            "accept": self.api.accept_credex,
+            "decline": self.api.decline_credex,
+            "cancel": self.api.cancel_credex,
+        }[which]
+        try:
+            call(chosen["id"], token=ctx.token or "", idempotency_key=ctx.idempotency_key)
+            said = f"{DONE[which]}: {chosen['title']}."
+        except Unauthorized:
+            return ctx.reauth()
+        except ApiResponseError as exc:
+            return self.to_menu(ctx, problem(exc), unset=LIST_KEYS, refresh=True)
+        except ApiError as exc:
+            if exc.status not in (404, 409):
+                return ctx.stay(problem(exc), step="pick", unset=["chosen"])
+            said = "That offer is no longer pending."
+        return self.back_to_list(ctx, said)
+
+    def back_to_list(self, ctx: Context, said: str) -> Outcome:
+        """The refreshed list (a data refresh never moves the member elsewhere), or the menu
+        when no offers are left."""
+        try:
+            dashboard = self.fetch_dashboard(ctx)
+            rows = offer_rows(dashboard, ctx.option)
+            summary = Summary.of(dashboard).stored()
+        except ApiError:
+            left = [r for r in ctx.data["offers"] if r["id"] != ctx.data["chosen"]["id"]]
+            rows, summary = left, dict(ctx.data.get("dashboard") or {})
+        if not rows:
+            return self.to_menu(ctx, said, NONE_LEFT[ctx.option], unset=LIST_KEYS, refresh=True)
+        return ctx.stay(
+            said, step="pick", set={"offers": rows, "dashboard": summary}, unset=["chosen"]
+        )
+
+    def open_list(self, ctx: Context, which: str) -> Outcome:
+        """From the menu: fetch the current offers and show them, or say there are none."""
+        try:
+            dashboard = self.fetch_dashboard(ctx)
+            rows = offer_rows(dashboard, which)
+            summary = Summary.of(dashboard).stored()
+        except Unauthorized:
+            return ctx.reauth()
+        except ApiError as exc:
+            return ctx.stay(problem(exc))
+        if not rows:
+            return ctx.go("show_menu", NONE_LEFT[which], set={"dashboard": summary})
+        return ctx.go(
+            "open_credex",
+            step="pick",
+            option=which,
+            set={"offers": rows, "dashboard": summary},
+        )

@@ -1,0 +1,134 @@
+"""The registration stage: onboarding for a phone number Credex does not know.
+
+``welcome`` (register or not now) -> ``first_name`` -> ``last_name`` -> ``confirm`` ->
+``onboard`` (action: onboardMember) -> menu, signed in with the token onboarding returns.
+Names are free text, so only the explicit ``/cancel`` leaves while one is asked for.
+"""
+
+from __future__ import annotations
+
+from flows.credex.api import ApiError, ApiResponseError, LoginResult, MemberNotFound
+from flows.credex.base import UNREACHABLE, CredexSteps, problem
+from flows.credex.dashboard import Summary
+from flows.credex.inputs import DEFAULT_DENOM, is_exit, is_greeting, parse_name, words
+from fsm import Context, Login, Outcome, Reply, action, buttons, on_enter, pick, step
+
+NAME_KEYS = ("first_name", "last_name")
+NAME_RULE = "3 to 50 letters; spaces, hyphens and apostrophes are fine"
+WELCOME = buttons(
+    "Welcome to Credex! This number has no Credex account yet. Would you like to register?",
+    [("register", "Register"), ("later", "Not now")],
+)
+REGISTER = buttons(
+    "Register?", [("confirm", "Confirm"), ("change", "Change names"), ("cancel", "Cancel")]
+)
+
+
+class RegistrationSteps(CredexSteps, abstract=True):
+    def signed_in(self, ctx: Context, result: LoginResult, *said: str) -> Outcome:
+        """To the menu with a new token (the engine verifies it) and a fresh dashboard."""
+        return ctx.go(
+            "show_menu",
+            *said,
+            auth=Login(result.token),
+            set={"dashboard": Summary.of(result.dashboard).stored()},
+            unset=NAME_KEYS,
+            resume=True,
+        )
+
+    @on_enter("registration", "welcome")
+    def show_welcome(self, ctx: Context) -> list[Reply]:
+        return [WELCOME]
+
+    @step("registration", "welcome")
+    def welcome(self, ctx: Context) -> Outcome:
+        if is_greeting(ctx.text):  # maybe registered elsewhere meanwhile: try to sign in
+            try:
+                return self.signed_in(ctx, self.api.login(ctx.user_key))
+            except MemberNotFound:
+                return ctx.stay(WELCOME)
+            except ApiError as exc:
+                return ctx.stay(problem(exc))
+        chosen = pick(WELCOME, ctx.text)
+        if chosen is None and words(ctx.text) in {"yes", "register", "ok"}:
+            chosen = WELCOME.options[0]
+        if chosen is None:
+            return ctx.stay("Please choose *Register* or *Not now*.", WELCOME)
+        if chosen.id == "later":
+            return ctx.stay("No problem. Send *hi* whenever you want to register.")
+        return ctx.stay(step="first_name")
+
+    @on_enter("registration", "first_name")
+    def ask_first_name(self, ctx: Context) -> list[str]:
+        return ["What is your first name? (Send /cancel to stop.)"]
+
+    @step("registration", "first_name")
+    def first_name(self, ctx: Context) -> Outcome:
+        if is_exit(ctx.text, free_text=True):
+            return self.cancelled(ctx)
+        name = parse_name(ctx.text)
+        if name is None:
+            return ctx.stay(f"A first name is {NAME_RULE}. What is your first name?")
+        return ctx.stay(step="last_name", set={"first_name": name})
+
+    @on_enter("registration", "last_name")
+    def ask_last_name(self, ctx: Context) -> list[str]:
+        return [f"Thanks, {ctx.data['first_name']}. What is your last name?"]
+
+    @step("registration", "last_name")
+    def last_name(self, ctx: Context) -> Outcome:
+        if is_exit(ctx.text, free_text=True):
+            return self.cancelled(ctx)
+        name = parse_name(ctx.text)
+        if name is None:
+            first = ctx.data["first_name"]
+            return ctx.stay(
+                f"A last name is {NAME_RULE}. What is your last name? (First name kept: {first}.)"
+            )
+        return ctx.stay(step="confirm", set={"last_name": name})
+
+    @on_enter("registration", "confirm")
+    def ask_register(self, ctx: Context) -> list[Reply]:
+        full = f"{ctx.data['first_name']} {ctx.data['last_name']}"
+        return [Reply(f"Register as *{full}*?", REGISTER.kind, REGISTER.options)]
+
+    @step("registration", "confirm")
+    def confirm_registration(self, ctx: Context) -> Outcome:
+        chosen = pick(REGISTER, ctx.text)
+        folded = words(ctx.text)
+        if chosen is None and folded in {"yes", "y", "ok"}:
+            chosen = REGISTER.options[0]
+        if chosen is None and (folded in {"no", "n"} or is_exit(ctx.text)):
+            chosen = REGISTER.options[2]
+        if chosen is None:
+            return ctx.stay("Please choose *Confirm*, *Change names* or *Cancel*.", REGISTER)
+        if chosen.id == "change":
+            return ctx.stay(step="first_name", unset=NAME_KEYS)
+        if chosen.id == "cancel":
+            return self.cancelled(ctx)
+        return ctx.stay(step="onboard")
+
+    def cancelled(self, ctx: Context) -> Outcome:
+        return ctx.stay(
+            "Registration cancelled. Send *hi* whenever you want to start again.",
+            step="welcome",
+            unset=NAME_KEYS,
+        )
+
+    @action("registration", "onboard")
+    def onboard(self, ctx: Context) -> Outcome:
+        first, last = ctx.data["first_name"], ctx.data["last_name"]
+        try:
+            result = self.api.onboard_member(
+                first, last, ctx.user_key, DEFAULT_DENOM, idempotency_key=ctx.idempotency_key
+            )
+            return self.signed_in(ctx, result, f"Welcome to Credex, {first}!")
+        except ApiResponseError as exc:
+            return ctx.stay(problem(exc), step="welcome", unset=NAME_KEYS)
+        except ApiError as exc:
+            if exc.status == 409:  # registered meanwhile (another device): sign in instead
+                try:
+                    return self.signed_in(ctx, self.api.login(ctx.user_key))
+                except ApiError:
+                    return ctx.stay(UNREACHABLE, step="welcome", unset=NAME_KEYS)
+            return ctx.stay(problem(exc), step="confirm")

@@ -1,0 +1,198 @@
+"""A conversation testing kit for people who declare flows.
+
+>>> from fsm.testing import Conversation
+>>> chat = Conversation(engine, "263770000001", clock=clock)      # doctest: +SKIP
+>>> chat.say("hi").expect("Welcome Alice", stage="menu")          # doctest: +SKIP
+>>> chat.advance("2h")                                            # doctest: +SKIP
+>>> first, again = chat.twice("yes")                              # doctest: +SKIP
+>>> chat.run('''
+... > 1
+... < How much
+... = credex.amount
+... ''')                                                          # doctest: +SKIP
+
+Every message gets a fresh message id (as a transport would give it), so re-delivery
+(:meth:`Conversation.twice`) and races (:meth:`Conversation.concurrently`) are real: they go
+through the engine's dedupe, locking and compare-and-set like production traffic.
+Expectations raise ``AssertionError`` that quotes what the bot said. See ``docs/testing.md``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from fsm.clock import FakeClock
+from fsm.engine import Engine, Result
+from fsm.snapshot import Snapshot
+from fsm.transcript import Directive, Runner, contains_in_order, duration
+
+__all__ = ["Conversation", "Turn"]
+
+
+class Turn:
+    """One message and what came back; ``expect`` checks it and returns it for chaining."""
+
+    def __init__(self, text: str, result: Result) -> None:
+        self.text = text
+        self.result = result
+
+    @property
+    def texts(self) -> list[str]:
+        return self.result.texts
+
+    @property
+    def said(self) -> str:
+        """Every reply rendered as the terminal shows it, one after another."""
+        return "\n".join(self.result.texts)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.result.snapshot
+
+    @property
+    def stage(self) -> str:
+        return self.result.snapshot.stage
+
+    @property
+    def step(self) -> str:
+        return self.result.snapshot.step
+
+    def expect(
+        self,
+        *fragments: str,
+        stage: str | None = None,
+        step: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        absent: tuple[str, ...] = (),
+    ) -> Turn:
+        """The replies contain ``fragments`` in this order (and none of ``absent``); the
+        conversation is at ``stage``/``step``; ``data`` holds these items (others may exist)."""
+        problems: list[str] = []
+        missing = contains_in_order(self.said, fragments)
+        if missing is not None:
+            problems.append(f"expected {missing!r} in the replies")
+        problems += [
+            f"did not expect {text!r} in the replies" for text in absent if text in self.said
+        ]
+        if stage is not None and self.stage != stage:
+            problems.append(f"expected stage {stage!r}, at {self.stage!r}")
+        if step is not None and self.step != step:
+            problems.append(f"expected step {step!r}, at {self.step!r}")
+        for key, value in (data or {}).items():
+            if self.snapshot.data.get(key, _MISSING) != value:
+                got = self.snapshot.data.get(key, "<absent>")
+                problems.append(f"expected data[{key!r}] == {value!r}, got {got!r}")
+        if problems:
+            raise AssertionError(self._report(problems))
+        return self
+
+    def _report(self, problems: list[str]) -> str:
+        quoted = "\n".join(f"    | {line}" for line in (self.said or "(no reply)").splitlines())
+        at = f"{self.stage}.{self.step} v{self.snapshot.version}"
+        return (
+            f"after {self.text!r} ({at}):\n  " + "\n  ".join(problems) + f"\n  bot said:\n{quoted}"
+        )
+
+    def __repr__(self) -> str:
+        return f"Turn({self.text!r} -> {self.stage}.{self.step}, {len(self.texts)} replies)"
+
+
+_MISSING = object()
+
+
+class Conversation:
+    """One user talking to ``engine``. Pass the :class:`FakeClock` the engine (and any fake
+    API) runs on to move time with :meth:`advance`; ``directives`` add transcript commands."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        user: str = "user-1",
+        *,
+        clock: FakeClock | None = None,
+        directives: Mapping[str, Directive] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.user = user
+        self.clock = clock
+        self.directives = dict(directives or {})
+        self.turns: list[Turn] = []
+        self._ids = 0
+        self._id_lock = threading.Lock()
+
+    def next_message_id(self) -> str:
+        with self._id_lock:
+            self._ids += 1
+            return f"{self.user}-msg-{self._ids}"
+
+    def say(self, text: str, *, message_id: str | None = None) -> Turn:
+        """Send ``text`` as a new message (or with ``message_id`` to re-deliver one)."""
+        result = self.engine.handle(
+            self.user, text, message_id=message_id or self.next_message_id()
+        )
+        turn = Turn(text, result)
+        self.turns.append(turn)
+        return turn
+
+    def twice(self, text: str) -> tuple[Turn, Turn]:
+        """Deliver one message twice in a row, as a webhook retry would."""
+        message_id = self.next_message_id()
+        return self.say(text, message_id=message_id), self.say(text, message_id=message_id)
+
+    def concurrently(self, text: str, *, workers: int = 4, same_message: bool = True) -> list[Turn]:
+        """Deliver ``text`` from ``workers`` threads at once: the same message re-delivered
+        (``same_message``) or as that many separate taps. Threads start together (a barrier)."""
+        if workers < 2:
+            raise ValueError("workers must be >= 2")
+        shared = self.next_message_id()
+        ids = [shared if same_message else self.next_message_id() for _ in range(workers)]
+        start = threading.Barrier(workers)
+
+        def deliver(message_id: str) -> Result:
+            start.wait()
+            return self.engine.handle(self.user, text, message_id=message_id)
+
+        with ThreadPoolExecutor(workers) as pool:
+            turns = [Turn(text, r) for r in pool.map(deliver, ids)]
+        self.turns.extend(turns)
+        return turns
+
+    def advance(self, seconds: float | str) -> None:
+        """Move the fake clock: ``90``, ``"30m"``, ``"2h"``, ``"1d"``."""
+        if self.clock is None:
+            raise RuntimeError("pass clock=FakeClock(...) (the engine's clock) to move time")
+        self.clock.advance(duration(seconds) if isinstance(seconds, str) else float(seconds))
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """What is stored for this user now."""
+        return self.engine.peek(self.user)
+
+    def run(self, transcript: str, *, source: str = "transcript") -> None:
+        """Play a transcript (see :mod:`fsm.transcript`); raise AssertionError listing every
+        expectation that failed."""
+        runner = Runner(
+            self.engine,
+            self.user,
+            clock=self.clock,
+            directives=self.directives,
+            send=self._send,
+            next_id=self.next_message_id,
+        )
+        outcome = runner.run(transcript, source=source)
+        self.user = runner.user
+        if not outcome.ok:
+            raise AssertionError("\n".join(outcome.failures))
+
+    def run_file(self, path: str | Path) -> None:
+        path = Path(path)
+        self.run(path.read_text(encoding="utf-8"), source=path.name)
+
+    def _send(self, user: str, text: str, message_id: str) -> Result:
+        result = self.engine.handle(user, text, message_id=message_id)
+        self.turns.append(Turn(text, result))
+        return result
