@@ -31,16 +31,41 @@ def test_chat_script_runs_the_login_transcript() -> None:
     assert "you> hi" in out
     assert "Welcome Alice (@alice)." in out
     assert "6. My ledger" in out
-    assert "[account.soon v2]" in out
-    assert out.count("[menu.dashboard") == 2
+    assert "(! clock +31m)" in out
+    assert "[credex.amount v" in out
     assert "# Login" not in out  # comments are skipped
+    assert "!!" not in out  # no expectation failed
     assert "eyJ" not in out  # no JWT is ever printed
+
+
+def test_every_transcript_passes_through_fsm_chat() -> None:
+    for path in sorted(LOGIN.parent.glob("*.txt")):
+        proc = _run("chat", "--script", str(path))
+        assert proc.returncode == 0, f"{path.name}:\n{proc.stdout[-3000:]}\n{proc.stderr}"
+        assert "eyJ" not in proc.stdout + proc.stderr
+
+
+def test_a_failed_expectation_exits_1_and_says_where(tmp_path: Path) -> None:
+    script = tmp_path / "wrong.txt"
+    script.write_text("> hi\n< Welcome Bob\n= credex\n")
+    proc = _run("chat", "--script", str(script))
+    assert proc.returncode == 1
+    assert "wrong.txt:2: expected 'Welcome Bob'" in proc.stderr
+    assert "wrong.txt:3: expected to be at credex, at menu" in proc.stderr
+
+
+def test_a_bad_directive_is_a_usage_error(tmp_path: Path) -> None:
+    script = tmp_path / "bad.txt"
+    script.write_text("> hi\n! api fail nosuchCall 500\n")
+    proc = _run("chat", "--script", str(script))
+    assert proc.returncode == 2
+    assert "bad.txt:2: unknown Credex call 'nosuchCall'" in proc.stderr
 
 
 def test_chat_as_unknown_member_reaches_registration() -> None:
     proc = _run("chat", "--user", "263779999999", "--script", "-", stdin="hello\n")
     assert proc.returncode == 0, proc.stderr
-    assert "[registration.soon v1]" in proc.stdout
+    assert "[registration.welcome v1]" in proc.stdout
 
 
 def test_chat_interactive_reads_until_eof() -> None:

@@ -51,9 +51,10 @@ def test_unknown_member_goes_to_registration(bot: Bot) -> None:
     result = bot.engine.handle(STRANGER, "hi")
     assert result.snapshot.stage == "registration"
     assert result.snapshot.auth is None
-    assert "coming soon" in result.texts[0]
+    assert "Would you like to register?" in result.texts[0]
+    assert result.snapshot.step == "welcome"
     again = bot.engine.handle(STRANGER, "hi")  # still unknown: stays, does not crash
-    assert again.snapshot.stage == "registration"
+    assert (again.snapshot.stage, again.snapshot.step) == ("registration", "welcome")
 
 
 @pytest.mark.parametrize(
@@ -81,8 +82,8 @@ def test_menu_selection_by_number_or_title(bot: Bot, answer: str) -> None:
     bot.engine.handle(ALICE, "hi")
     result = bot.engine.handle(ALICE, answer)
     assert (result.snapshot.stage, result.snapshot.option) == ("account", "ledger")
-    assert "coming soon" in result.texts[0]
-    back = bot.engine.handle(ALICE, "ok")
+    assert "Your ledger, newest first (1-2):" in result.texts[0]
+    back = bot.engine.handle(ALICE, "Back to menu")
     assert back.snapshot.stage == "menu"
 
 
@@ -92,7 +93,7 @@ def test_menu_refuses_options_not_shown(bot: Bot, answer: str) -> None:
     before = bot.engine.peek(BOB)
     result = bot.engine.handle(BOB, answer)
     assert result.snapshot.stage == "menu"
-    assert result.texts[0] == "Please choose one of the options."
+    assert result.texts[0].startswith("Please choose one of the options")
     assert pick(result.replies[1], "1") is not None  # the menu is shown again
     assert before is not None and result.snapshot.data == before.data
 
@@ -112,7 +113,7 @@ def test_changed_dashboard_shape_gets_a_clear_reply(bot: Bot) -> None:
     before = bot.raw(ALICE)
     bot.api.raw_response_override("getMemberDashboardByPhone", {"member": "gone"})
     result = bot.engine.handle(ALICE, "menu")
-    assert "not reachable" in result.texts[0]
+    assert "does not understand" in result.texts[0]
     assert result.snapshot.stage == "menu"
     snap = bot.engine.peek(ALICE)
     assert snap is not None and before is not None
@@ -133,17 +134,20 @@ def test_expired_token_mid_flow_resumes_the_interrupted_step(bot: Bot) -> None:
     for _ in range(3):  # keep the 30-minute session alive until the token's hour is up
         bot.clock.advance(1100)
         bot.engine.handle(ALICE, "menu")
-    bot.engine.handle(ALICE, "ledger")
+    bot.engine.handle(ALICE, "offer credex")
+    bot.engine.handle(ALICE, "12.50 ZWG")
     bot.clock.advance(1000)  # the token (one hour) has now expired; the session has not
-    result = bot.engine.handle(ALICE, "next page")
+    result = bot.engine.handle(ALICE, "bob")
     assert result.snapshot.stage == "auth"
     assert result.events == ("show_menu", "sign_in")
     assert result.snapshot.resume is not None
-    assert (result.snapshot.resume.stage, result.snapshot.resume.option) == ("account", "ledger")
+    assert (result.snapshot.resume.stage, result.snapshot.resume.step) == ("credex", "recipient")
+    assert bot.api.count("getAccountByHandle") == 0  # the expired token was not used
     back = bot.engine.handle(ALICE, "hi")
-    assert (back.snapshot.stage, back.snapshot.option) == ("account", "ledger")
-    assert back.events == ("show_menu", "open_account")
-    assert "coming soon" in back.texts[-1]
+    assert (back.snapshot.stage, back.snapshot.step) == ("credex", "recipient")
+    assert back.events == ("show_menu", "open_credex")
+    assert back.snapshot.data["amount"] == {"value": 12.5, "denom": "ZWG"}  # kept
+    assert "Who should receive 12.50 ZWG?" in back.texts[-1]
     assert back.snapshot.auth is not None
     assert back.snapshot.auth.issued_at == bot.clock.now() // 1
 

@@ -203,7 +203,7 @@ def test_failure_08_one_record_one_ttl(bot: Bot) -> None:
     assert list(bot.store.scan()) == [ALICE]
     assert bot.store.ttl(ALICE) == pytest.approx(1800)
     bot.clock.advance(1000)
-    bot.engine.handle(ALICE, "ok")  # a save refreshes the TTL of everything at once
+    bot.engine.handle(ALICE, "menu")  # a save refreshes the TTL of everything at once
     assert bot.store.ttl(ALICE) == pytest.approx(1800)
     snap = bot.engine.peek(ALICE)
     assert snap is not None
