@@ -49,7 +49,7 @@ class AccountSteps(CredexSteps, abstract=True):
     def upgrade(self, ctx: Context) -> Outcome:
         answer = confirmed(ctx.text)
         if answer is None and not is_exit(ctx.text):
-            return ctx.stay("Please choose *Confirm* or *Cancel*.", CONFIRM)
+            return ctx.stay("Please choose *Confirm* or *Cancel*.", *self.ask_upgrade(ctx))
         if not answer:
             return self.to_menu(ctx, "Upgrade cancelled.")
         return ctx.stay(step="subscribe")

@@ -117,7 +117,7 @@ class OfferSteps(CredexSteps, abstract=True):
         if answer is None:
             if is_exit(ctx.text):
                 return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
-            return ctx.stay("Please choose *Confirm* or *Cancel*.", CONFIRM)
+            return ctx.stay("Please choose *Confirm* or *Cancel*.", *self.ask_confirm(ctx))
         if not answer:
             return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
         return ctx.stay(step="create")
