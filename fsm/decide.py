@@ -4,7 +4,9 @@ Given the conversation as loaded and the user's text, :class:`Decider` runs the 
 checks its outcome against the flow's machine (guards included) and derives the next snapshot,
 the replies and the events fired. It does no I/O of its own: the engine loads and saves around
 it, and may call it again on a fresh snapshot after a lost compare-and-set. Step handlers may
-call APIs; that is the flow's business, and such steps are marked ``side_effects``.
+call APIs that read; calls that change something belong in actions (steps marked with
+:func:`fsm.flow.action`), which the engine decides only under the user's lease, with the
+pending action's idempotency key in the context.
 """
 
 from __future__ import annotations

@@ -16,7 +16,13 @@ Theory of operation, per message (:meth:`Engine.handle`):
 4. **Save** by compare-and-set on the version, with the history entry and the message id in the
    same atomic write. On a version conflict, go back to 1 (with jitter; after a few conflicts
    under the user's lock), bounded by ``max_attempts``, then :class:`~fsm.errors.ConflictError`.
-5. **Return** the replies, only now that the state that expects the answer is stored.
+5. **Act.** If the saved state is at an *action* step (:func:`fsm.flow.action`: an API call
+   that changes something), take the user's lease, and run the action on that state with its
+   idempotency key; save its outcome by compare-and-set like any other (step 4). An action left
+   pending by a worker that died is run first by the next message for that user, or by a
+   re-delivery of the same one, before the message itself is applied.
+6. **Return** the replies of every save, only now that the state that expects the answer is
+   stored.
 
 Nothing is swallowed: a handler's exception surfaces as :class:`~fsm.errors.StepFailed` with the
 stored snapshot unchanged; store failures surface as :class:`~fsm.errors.StoreUnavailable`.

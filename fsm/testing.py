@@ -30,7 +30,16 @@ from fsm.engine import Engine, Result
 from fsm.snapshot import Snapshot
 from fsm.transcript import Directive, Runner, contains_in_order, duration
 
-__all__ = ["Conversation", "Turn"]
+__all__ = ["ABSENT", "Conversation", "Turn"]
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+#: ``expect(data={"amount": ABSENT})``: the key must not be in the snapshot's data (deleted).
+ABSENT: Any = _Absent()
 
 
 class Turn:
@@ -70,7 +79,8 @@ class Turn:
         absent: tuple[str, ...] = (),
     ) -> Turn:
         """The replies contain ``fragments`` in this order (and none of ``absent``); the
-        conversation is at ``stage``/``step``; ``data`` holds these items (others may exist)."""
+        conversation is at ``stage``/``step``; ``data`` holds these items (others may exist;
+        a value of :data:`ABSENT` means the key must not be there)."""
         problems: list[str] = []
         missing = contains_in_order(self.said, fragments)
         if missing is not None:
@@ -83,9 +93,10 @@ class Turn:
         if step is not None and self.step != step:
             problems.append(f"expected step {step!r}, at {self.step!r}")
         for key, value in (data or {}).items():
-            if self.snapshot.data.get(key, _MISSING) != value:
-                got = self.snapshot.data.get(key, "<absent>")
-                problems.append(f"expected data[{key!r}] == {value!r}, got {got!r}")
+            got = self.snapshot.data.get(key, ABSENT)
+            if got != value:
+                want = "to be absent" if value is ABSENT else f"== {value!r}"
+                problems.append(f"expected data[{key!r}] {want}, got {got!r}")
         if problems:
             raise AssertionError(self._report(problems))
         return self
@@ -99,9 +110,6 @@ class Turn:
 
     def __repr__(self) -> str:
         return f"Turn({self.text!r} -> {self.stage}.{self.step}, {len(self.texts)} replies)"
-
-
-_MISSING = object()
 
 
 class Conversation:

@@ -167,8 +167,10 @@ def test_racing_deliveries_of_one_message_call_the_api_once(shop: Engine, kitche
     with ThreadPoolExecutor(8) as pool:
         outputs = list(pool.map(deliver, range(8)))
     assert len(kitchen.calls) == 1
-    assert outputs.count(["placing your order", "placed order-1"]) == 1
-    assert outputs.count([]) == 7
+    # Whichever delivery applied the message says its prompt; whichever took the lease first
+    # ran the action and says its outcome (possibly a delivery that found the message seen).
+    said = [text for out in outputs for text in out]
+    assert sorted(said) == ["placed order-1", "placing your order"]
 
 
 def test_different_messages_racing_into_the_action_call_it_once(

@@ -6,7 +6,7 @@ import pytest
 
 from adapters import MemoryStore
 from fsm import Engine, FakeClock
-from fsm.testing import Conversation
+from fsm.testing import ABSENT, Conversation
 from fsm.transcript import TranscriptError, contains_in_order, duration, parse
 from tests.fsm.conftest import VaultWorld
 from tests.fsm.sample_flows import Counter
@@ -34,8 +34,15 @@ def test_a_failed_expectation_quotes_the_bot(counter: Conversation) -> None:
     assert "expected '2' in the replies" in message
     assert "expected stage 'idle', at 'counting'" in message
     assert "expected data['count'] == 5, got 1" in message
-    assert "expected data['missing'] == 1, got '<absent>'" in message
+    assert "expected data['missing'] == 1, got <absent>" in message
     assert "    | 1" in message
+
+
+def test_absent_data(counter: Conversation) -> None:
+    counter.say("go")
+    counter.say("stop").expect("stopped", stage="idle", data={"count": ABSENT})
+    with pytest.raises(AssertionError, match=r"expected data\['count'\] to be absent, got 0"):
+        counter.say("go").expect(data={"count": ABSENT})
 
 
 def test_fragments_must_appear_in_order() -> None:
