@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from fsm.clock import FakeClock
+from fsm.clock import SYSTEM_CLOCK, Clock, FakeClock
 from fsm.errors import FsmError
-from fsm.transcript import Runner, TranscriptError
+from fsm.transcript import Directive, Runner, TranscriptError
 
 if TYPE_CHECKING:
     from fsm.engine import Engine
@@ -57,19 +57,22 @@ def main() -> None:
     "per line, or the transcript format ('> message', '< expected reply', '= stage.step', "
     "'! directive'; see docs/testing.md). Exits 1 if an expectation fails.",
 )
-def chat(user: str, script: TextIO | None) -> None:
+@click.option(
+    "--engine",
+    "engine_ref",
+    default=None,
+    metavar="MODULE:FACTORY",
+    help="Chat with your own bot instead: a callable taking clock= (an fsm.Clock) and returning "
+    "an fsm.Engine, e.g. mybot.wiring:build_engine. Default: the reference Credex bot.",
+)
+def chat(user: str, script: TextIO | None, engine_ref: str | None) -> None:
     """Chat with the reference Credex bot on the in-memory store and the fake Credex API."""
-    # The CLI depends on flows, not the other way round.
-    from flows.credex import build_engine
-    from flows.credex.directives import directives
-    from flows.credex.fake import FakeCredexApi
-
+    # A script runs on a fake clock (starting now) so '! clock +2h' can move time.
+    clock: Clock = FakeClock(time.time()) if script is not None else SYSTEM_CLOCK
+    engine, directives = _chat_engine(engine_ref, clock)
     if script is not None:
-        # A script runs on a fake clock (starting now) so '! clock +2h' can move time.
-        clock = FakeClock(time.time())
-        api = FakeCredexApi(clock=clock)
-        engine = build_engine(api=api, clock=clock)
-        runner = Runner(engine, user, clock=clock, directives=directives(api), echo=click.echo)
+        assert isinstance(clock, FakeClock)
+        runner = Runner(engine, user, clock=clock, directives=directives, echo=click.echo)
         name = getattr(script, "name", "script")
         try:
             run = runner.run(script.read(), source=str(name))
@@ -84,9 +87,38 @@ def chat(user: str, script: TextIO | None) -> None:
                 click.echo(failure, err=True)
             raise SystemExit(1)
         return
-    click.echo(f"Chatting as {user} with the Credex bot. Say 'hi' to start; Ctrl-D to quit.")
+    bot = "the Credex bot" if engine_ref is None else f"the {engine.spec.name!r} flow"
+    click.echo(f"Chatting as {user} with {bot}. Say 'hi' to start; Ctrl-D to quit.")
     click.echo("Answer a list by number or by title.")
-    _converse(build_engine(), user, _prompt_lines())
+    _converse(engine, user, _prompt_lines())
+
+
+def _chat_engine(ref: str | None, clock: Clock) -> tuple[Engine, dict[str, Directive]]:
+    """The engine to chat with, and the transcript directives it supports."""
+    from fsm.engine import Engine
+
+    if ref is None:  # the CLI depends on flows, not the other way round: import here
+        from flows.credex import build_engine
+        from flows.credex.directives import directives
+        from flows.credex.fake import FakeCredexApi
+
+        api = FakeCredexApi(clock=clock)
+        return build_engine(api=api, clock=clock), directives(api)
+    factory = _resolve(ref, "--engine", example="mybot.wiring:build_engine")
+    if not callable(factory):
+        raise click.BadParameter(f"{ref} is not callable", param_hint="'--engine'")
+    try:
+        engine = factory(clock=clock)
+    except TypeError as exc:  # most often: it does not take clock=
+        raise click.BadParameter(
+            f"calling {ref}(clock=...) failed: {exc}", param_hint="'--engine'"
+        ) from exc
+    if not isinstance(engine, Engine):
+        raise click.BadParameter(
+            f"{ref}(clock=...) returned a {type(engine).__name__}, not an fsm.Engine",
+            param_hint="'--engine'",
+        )
+    return engine, {}
 
 
 def _prompt_lines() -> Iterator[str]:
@@ -148,20 +180,20 @@ def graph(flow_ref: str, steps: bool, output: Path | None) -> None:
         output.write_text(diagram, encoding="utf-8")
 
 
-def _flow_spec(ref: str) -> FlowSpec:
-    """The spec of the flow ``ref`` (``package.module:Name``) names; a click error if none."""
-    from fsm.flow import Flow, FlowSpec
+def _resolve(ref: str, option: str, *, example: str) -> object:
+    """Import ``package.module:name`` (``name`` may be dotted); a click error naming
+    ``option`` if that fails."""
 
     def bad(problem: str) -> click.BadParameter:
-        return click.BadParameter(problem, param_hint="'--flow'")
+        return click.BadParameter(problem, param_hint=f"'{option}'")
 
     module_name, _, attr_path = ref.partition(":")
     if not (
         all(part.isidentifier() for part in module_name.split("."))
         and all(part.isidentifier() for part in attr_path.split("."))
     ):
-        raise bad(f"{ref!r} is not of the form package.module:FlowClass (e.g. {DEFAULT_FLOW})")
-    if os.getcwd() not in sys.path:  # as `python -m` would: flows in the current project import
+        raise bad(f"{ref!r} is not of the form package.module:name (e.g. {example})")
+    if os.getcwd() not in sys.path:  # as `python -m` would: modules of the current project
         sys.path.insert(0, os.getcwd())
     try:
         found: object = importlib.import_module(module_name)
@@ -173,6 +205,14 @@ def _flow_spec(ref: str) -> FlowSpec:
         if not hasattr(found, part):
             raise bad(f"{module_name!r} has no attribute {attr_path!r}")
         found = getattr(found, part)
+    return found
+
+
+def _flow_spec(ref: str) -> FlowSpec:
+    """The spec of the flow ``ref`` (``package.module:Name``) names; a click error if none."""
+    from fsm.flow import Flow, FlowSpec
+
+    found = _resolve(ref, "--flow", example=DEFAULT_FLOW)
     flow_class = found if isinstance(found, type) else type(found)
     if not issubclass(flow_class, Flow):
         what = (
@@ -180,10 +220,12 @@ def _flow_spec(ref: str) -> FlowSpec:
             if isinstance(found, type)
             else f"a {type(found).__name__}"
         )
-        raise bad(f"{ref} is {what}, not a Flow subclass")
+        raise click.BadParameter(f"{ref} is {what}, not a Flow subclass", param_hint="'--flow'")
     spec = getattr(flow_class, "spec", None)
     if not isinstance(spec, FlowSpec):
-        raise bad(f"{ref} is an abstract Flow: it declares no stages")
+        raise click.BadParameter(
+            f"{ref} is an abstract Flow: it declares no stages", param_hint="'--flow'"
+        )
     return spec
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,51 @@ def test_version_and_help() -> None:
     assert runner.invoke(main, ["--version"]).output.startswith("fsm, version ")
     helped = runner.invoke(main, ["chat", "--help"])
     assert "--script" in helped.output and "--user" in helped.output
+
+
+def test_chat_with_your_own_engine_plays_a_transcript(tmp_path: Path) -> None:
+    (tmp_path / "mybot.py").write_text(
+        "from adapters import MemoryStore\n"
+        "from fsm import Engine\n"
+        "from tests.fsm.sample_flows import Counter\n"
+        "def build(clock):\n"
+        "    return Engine(Counter(), MemoryStore(clock=clock), clock=clock, session_ttl=60)\n"
+    )
+    (tmp_path / "count.txt").write_text(
+        "> go\n< counting\n> +1\n< 1\n! clock +2m\n> +1\n< Your session expired\n= counting\n"
+    )
+    root = str(Path(__file__).parents[1])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fsm.cli",
+            "chat",
+            "--engine",
+            "mybot:build",
+            "--script",
+            "count.txt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[counting.count v2]" in proc.stdout
+
+
+def test_chat_with_a_bad_engine_reference_is_a_usage_error(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for ref, problem in [
+        ("nope", "is not of the form"),
+        ("no_such_module:x", "cannot import module"),
+        ("fsm:Engine", "calling fsm:Engine(clock=...) failed"),
+        ("builtins:dict", "returned a dict, not an fsm.Engine"),
+        ("fsm:SCHEMA_VERSION", "is not callable"),
+    ]:
+        result = runner.invoke(main, ["chat", "--engine", ref, "--script", "-"], input="hi\n")
+        assert result.exit_code == 2, (ref, result.output)
+        assert problem in result.output, (ref, result.output)

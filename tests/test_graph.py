@@ -255,8 +255,8 @@ def test_graph_writes_to_a_file(tmp_path: Path) -> None:
         ("tests.fsm.sample_flows:issue_token", "is a function, not a Flow subclass"),
         ("fsm:Stage", "is the class Stage, not a Flow subclass"),
         ("fsm:Flow", "fsm:Flow is an abstract Flow"),
-        ("tests.fsm.sample_flows", "is not of the form package.module:FlowClass"),
-        ("tests/fsm/sample_flows.py:Vault", "is not of the form package.module:FlowClass"),
+        ("tests.fsm.sample_flows", "is not of the form package.module:name"),
+        ("tests/fsm/sample_flows.py:Vault", "is not of the form package.module:name"),
     ],
 )
 def test_a_bad_flow_is_a_usage_error(tmp_path: Path, ref: str, message: str) -> None:
