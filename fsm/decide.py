@@ -11,6 +11,7 @@ pending action's idempotency key in the context.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -62,6 +63,11 @@ class Decider:
         auth: the redirect then waits for a side effect in flight instead of racing it."""
         return self.spec.steps[(current.stage, current.step)].side_effects
 
+    def new_key(self) -> str:
+        """A fresh idempotency key: random, so it is never reused (not even when a version
+        chain restarts after the history expired), and free of the user's id."""
+        return f"{self.spec.name}-{secrets.token_hex(12)}"
+
     def is_action(self, current: Snapshot) -> bool:
         """Whether the user's current step is an action the engine runs without input."""
         return self.spec.steps[(current.stage, current.step)].action
@@ -101,7 +107,8 @@ class Decider:
         ctx = self._context(key, current, text, now, message_id)
         if spec.action:
             # No input reaches an action; the key names this pending action, not the message.
-            pending = current.pending or f"{self.spec.name}:{key}:{current.version}"
+            # A snapshot from before ``pending`` existed has none: derive one from its version.
+            pending = current.pending or f"{self.spec.name}:{key}:v{current.version}"
             ctx = replace(ctx, text="", idempotency_key=pending)
         outcome = self._call(key, current, spec.handler, ctx)
         if not isinstance(outcome, Outcome):
@@ -168,12 +175,15 @@ class Decider:
         resume = current.resume or Resume(
             stage=current.stage, step=current.step, option=current.option, pending=current.pending
         )
+        entry = self.spec.stages[stage].entry
         new = msgspec.structs.replace(
             current,
             stage=stage,
-            step=self.spec.stages[stage].entry,
+            step=entry,
             option="",
             resume=resume,
+            # The interrupted action's key travels in the resume point, not here.
+            pending=self.new_key() if self.spec.steps[(stage, entry)].action else "",
             version=current.version + 1,
             last_updated=now,
             update_from=self._source(),
@@ -237,7 +247,7 @@ class Decider:
         if not self.spec.steps[(stage, step)].action:
             pending = ""
         elif not pending:  # a new pending action: its key is fixed now, kept until it has run
-            pending = f"{self.spec.name}:{key}:{current.version + 1}"
+            pending = self.new_key()
 
         data: dict[str, Any] = {} if outcome.clear else dict(current.data)
         for name in outcome.unset:

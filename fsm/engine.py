@@ -47,6 +47,7 @@ from fsm.decide import Decider, Decision
 from fsm.errors import (
     ConflictError,
     CorruptSnapshot,
+    FsmError,
     InvalidUserKey,
     LockTimeout,
     SchemaTooNew,
@@ -73,9 +74,11 @@ MAX_USER_KEY = 256
 class Result:
     """What :meth:`Engine.handle` returns: replies to send and the snapshot now stored.
 
-    ``duplicate`` is true when the message id had already been applied: nothing changed and
-    there is nothing to send; ``snapshot`` is then what is stored (or, if the session has since
-    expired or is unreadable, a fresh one at the initial stage with version 0).
+    ``duplicate`` is true when the message id had already been applied; ``snapshot`` is then
+    what is stored (or, if the session has since expired or is unreadable, a fresh one at the
+    initial stage with version 0). A duplicate usually has no replies, but not always: if the
+    worker that applied it died before its action ran, this delivery ran the action and
+    returns its replies. Send ``replies`` whenever there are any, duplicate or not.
     """
 
     replies: tuple[Reply, ...]
@@ -198,7 +201,7 @@ class Engine:
             # Each pass loads once (or reuses what it just saved under the lease); passes that
             # reload under a new lock, after a lost quarantine race or after an action are
             # bounded too, so this loop always ends.
-            for _ in range(3 * self.max_attempts + 2 * MAX_ACTIONS + 2):
+            for _ in range(3 * self.max_attempts + 3 * MAX_ACTIONS + 2):
                 if known is not None:
                     restored, known = known, None
                 else:
@@ -222,7 +225,10 @@ class Engine:
                 version = current.version
                 at_action = decider.is_action(current)
                 if not message_due and not at_action:
-                    return Result(tuple(said), stored or current, duplicate, tuple(events))
+                    latest = (
+                        current if stored is None or current.version >= stored.version else stored
+                    )
+                    return Result(tuple(said), latest, duplicate, tuple(events))
                 notices = restored.notices or notices
                 needs_lock = (
                     at_action or conflicts >= LOCK_AFTER_CONFLICTS or decider.side_effects(current)
@@ -230,12 +236,22 @@ class Engine:
                 if owner is None and needs_lock:
                     owner = self._lock(key)
                     continue  # reload under the lock: the state may have moved meanwhile
+                if at_action and owner is not None and not self._lease_held(key, owner):
+                    owner = None  # it lapsed: someone else may be running this action; re-lock
+                    continue
                 # A pending action runs before the message: the message was typed after the
                 # prompt that led to it, and is applied to the state the action leaves.
                 text_in, mid = ("", None) if at_action else (text, message_id)
-                decision = decider.decide(key, current, text_in, mid, notices, now=self.clock.now())
-                if decision.side_effects and owner is not None:
-                    self._check_lease(key, owner)
+                try:
+                    decision = decider.decide(key, current, text_in, mid, notices, self.clock.now())
+                except StepFailed as exc:
+                    if not (at_action and message_due):
+                        raise
+                    # A new message waits behind an action that fails: give up the action
+                    # rather than lock the user out of their conversation.
+                    decision = self._abandon(key, current, exc, notices)
+                if decision.side_effects and owner is not None and not self._lease_held(key, owner):
+                    owner = None  # the compare-and-set below still decides; never trust the lease
                 payload = self._encode(key, decision)
                 saved = self.store.save(
                     key,
@@ -286,6 +302,11 @@ class Engine:
                     break
                 time.sleep(random.uniform(0, 0.001 * conflicts))
             raise ConflictError(key, attempts=conflicts, version=version)
+        except FsmError as exc:
+            # Earlier saves of this call (an action finished first) happened and were not said:
+            # the error carries their replies so the transport can still send them.
+            exc.replies = tuple(said)
+            raise
         finally:
             if owner is not None:
                 self.store.release_lock(key, owner)
@@ -360,6 +381,7 @@ class Engine:
         """Apply the flow's migrations to a snapshot written by an older flow version. Steps
         without a migration are taken as compatible; the result is still checked against the
         flow. A migration that fails makes the record unreadable (quarantined, kept)."""
+        auth = snapshot.auth
         while snapshot.flow_version < self.spec.version:
             start = snapshot.flow_version
             migrate = self.spec.migrations.get(start)
@@ -381,9 +403,10 @@ class Engine:
                         user_key=key,
                     )
                 snapshot = migrated
-            # The version chain is the store's, not the migration's to change.
+            # The version chain is the store's and the token is the auth events', not the
+            # migration's to change.
             snapshot = msgspec.structs.replace(
-                snapshot, flow_version=start + 1, version=record.version
+                snapshot, flow_version=start + 1, version=record.version, auth=auth
             )
             self.stats.incr("migrated")
         return snapshot
@@ -420,17 +443,46 @@ class Engine:
         if decision.events:
             self.stats.incr(f"transitions:{current.stage}->{decision.snapshot.stage}")
 
-    def _check_lease(self, key: str, owner: str) -> None:
-        """After a side effect: renew our lease. If it lapsed while the step ran, another
-        worker may be running the same step; the compare-and-set still decides whose state
-        lands, but the overlap is reported."""
-        if not self.store.extend_lock(key, owner, self.lock_ttl):
-            self.stats.incr("lease_lost")
-            log.warning(
-                "user %r: the lease expired while a side-effecting step ran (lock_ttl=%ss)",
-                key,
-                self.lock_ttl,
-            )
+    def _lease_held(self, key: str, owner: str) -> bool:
+        """Renew our lease (before an action, and after a side effect ran). False if it lapsed
+        meanwhile: another worker may have taken the lock, so the caller must stop relying on
+        it (the compare-and-set still decides whose state lands); the overlap is reported."""
+        if self.store.extend_lock(key, owner, self.lock_ttl):
+            return True
+        self.stats.incr("lease_lost")
+        log.warning("user %r: the lease expired during a step (lock_ttl=%ss)", key, self.lock_ttl)
+        return False
+
+    def _abandon(
+        self, key: str, current: Snapshot, exc: StepFailed, notices: tuple[Reply, ...]
+    ) -> Decision:
+        """Give up a pending action that keeps failing: the conversation restarts at the safe
+        stage (the token kept, the data of the abandoned request dropped), the user is told,
+        and the error is logged with the action's idempotency key for follow-up."""
+        self.stats.incr("actions_abandoned")
+        log.error(
+            "user %r: action %s.%s (idempotency key %s) failed again and was abandoned: %r",
+            key,
+            current.stage,
+            current.step,
+            current.pending or "-",
+            exc.__cause__,
+        )
+        safe = self.spec.safe_stage
+        new = msgspec.structs.replace(
+            current,
+            stage=safe,
+            step=self.spec.stages[safe].entry,
+            option="",
+            data={},
+            resume=None,
+            pending="",
+            version=current.version + 1,
+            last_updated=self.clock.now(),
+            update_from=self.source,
+        )
+        replies = (*notices, Reply(self.reset_notice))
+        return Decision(new, replies, (), side_effects=False)
 
     def _duplicate(
         self,
@@ -455,9 +507,13 @@ class Engine:
             return None  # reported on the next real message, which quarantines it
 
     def _pending_action(self, key: str, record: Record | None) -> Snapshot | None:
-        """The stored snapshot if it waits at an action step of this flow, else None."""
-        snapshot = self._readable(key, record)
-        if snapshot is None or (snapshot.stage, snapshot.step) not in self.spec.steps:
+        """The stored snapshot if it is valid and waits at an action step, else None (a broken
+        one is quarantined, with its notice, by the next new message)."""
+        if record is None:
+            return None
+        try:
+            snapshot = self._validated(key, record)
+        except (CorruptSnapshot, SchemaTooNew):
             return None
         return snapshot if self._decider.is_action(snapshot) else None
 

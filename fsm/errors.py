@@ -7,9 +7,18 @@ described by their claims at most, never by their text.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FsmError(Exception):
-    """Root of every error this library raises on purpose."""
+    """Root of every error this library raises on purpose.
+
+    ``replies`` is set when :meth:`fsm.engine.Engine.handle` raises after it already saved
+    something in the same call (a pending action finished before the message failed): those
+    replies were stored but not returned, so a transport should still send them.
+    """
+
+    replies: tuple[Any, ...] = ()
 
 
 class InvalidFlowDefinition(FsmError):

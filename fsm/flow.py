@@ -286,9 +286,20 @@ def _compile(cls: type[Flow]) -> FlowSpec:
             rows.append((trigger, source, dest))
 
     steps = _collect_steps(cls, stages, fail)
+    for role, stage_name in (("initial", initial), ("safe", safe)):
+        entry = stages[stage_name].entry
+        if steps[(stage_name, entry)].action:
+            raise fail(
+                f"the {role} stage {stage_name!r} starts at action {entry!r}: an action runs "
+                "only after a saved state leads to it; start with a step that takes input"
+            )
     migrations = dict(getattr(cls, "migrations", {}) or {})
     for from_version, migrate in migrations.items():
-        if not isinstance(from_version, int) or not 1 <= from_version < cls.version:
+        if (
+            not isinstance(from_version, int)
+            or isinstance(from_version, bool)
+            or not 1 <= from_version < cls.version
+        ):
             raise fail(
                 f"migration key {from_version!r} must be a flow version from 1 to "
                 f"{cls.version - 1} (it migrates that version to the next)"

@@ -28,7 +28,7 @@ from typing import Any
 from fsm.clock import FakeClock
 from fsm.engine import Engine, Result
 from fsm.snapshot import Snapshot
-from fsm.transcript import Directive, Runner, contains_in_order, duration
+from fsm.transcript import Directive, Run, Runner, contains_in_order, duration
 
 __all__ = ["ABSENT", "Conversation", "Turn"]
 
@@ -126,6 +126,8 @@ class Conversation:
     ) -> None:
         self.engine = engine
         self.user = user
+        if clock is None and isinstance(engine.clock, FakeClock):
+            clock = engine.clock  # the usual case: move the clock the engine runs on
         self.clock = clock
         self.directives = dict(directives or {})
         self.turns: list[Turn] = []
@@ -139,9 +141,9 @@ class Conversation:
 
     def say(self, text: str, *, message_id: str | None = None) -> Turn:
         """Send ``text`` as a new message (or with ``message_id`` to re-deliver one)."""
-        result = self.engine.handle(
-            self.user, text, message_id=message_id or self.next_message_id()
-        )
+        if message_id is None:
+            message_id = self.next_message_id()
+        result = self.engine.handle(self.user, text, message_id=message_id)
         turn = Turn(text, result)
         self.turns.append(turn)
         return turn
@@ -180,9 +182,9 @@ class Conversation:
         """What is stored for this user now."""
         return self.engine.peek(self.user)
 
-    def run(self, transcript: str, *, source: str = "transcript") -> None:
-        """Play a transcript (see :mod:`fsm.transcript`); raise AssertionError listing every
-        expectation that failed."""
+    def run(self, transcript: str, *, source: str = "transcript") -> Run:
+        """Play a transcript (see :mod:`fsm.transcript`) and return what happened; raise
+        AssertionError listing every expectation that failed."""
         runner = Runner(
             self.engine,
             self.user,
@@ -191,14 +193,17 @@ class Conversation:
             send=self._send,
             next_id=self.next_message_id,
         )
-        outcome = runner.run(transcript, source=source)
-        self.user = runner.user
+        try:
+            outcome = runner.run(transcript, source=source)
+        finally:
+            self.user = runner.user  # a "! user" line switches this conversation's user too
         if not outcome.ok:
             raise AssertionError("\n".join(outcome.failures))
+        return outcome
 
-    def run_file(self, path: str | Path) -> None:
+    def run_file(self, path: str | Path) -> Run:
         path = Path(path)
-        self.run(path.read_text(encoding="utf-8"), source=path.name)
+        return self.run(path.read_text(encoding="utf-8"), source=path.name)
 
     def _send(self, user: str, text: str, message_id: str) -> Result:
         result = self.engine.handle(user, text, message_id=message_id)

@@ -133,20 +133,21 @@ class Runner:
     def run(self, text: str, *, source: str = "transcript") -> Run:
         run = Run()
         said = ""
+        cursor = 0  # "<" lines match in order: each one after the previous match
         result: Result | None = None
         for line in parse(text):
             where = f"{source}:{line.number}"
             if line.kind == "say":
                 self._last = (line.text, self._next_id())
                 result = self._say(line.text, self._last[1], run)
-                said = _rendered(result)
+                said, cursor = _rendered(result), 0
             elif line.kind == "directive":
                 name, *args = line.text.split()
                 if name == "again":
                     if self._last is None:
                         raise TranscriptError(f"{where}: '! again' before any message")
                     result = self._say(self._last[0], self._last[1], run)
-                    said = _rendered(result)
+                    said, cursor = _rendered(result), 0
                     if not result.duplicate:
                         run.failures.append(f"{where}: the re-delivery was applied again")
                 else:
@@ -154,9 +155,14 @@ class Runner:
             elif result is None:
                 raise TranscriptError(f"{where}: an expectation before any message")
             elif line.kind == "expect":
-                missing = contains_in_order(said, [line.text])
-                if missing is not None:
-                    run.failures.append(f"{where}: expected {line.text!r} in:\n{_quote(said)}")
+                found = said.find(line.text, cursor)
+                if found < 0:
+                    later = " after the previous expectation" if cursor else ""
+                    run.failures.append(
+                        f"{where}: expected {line.text!r}{later} in:\n{_quote(said)}"
+                    )
+                else:
+                    cursor = found + len(line.text)
             elif line.kind == "refuse":
                 if line.text in said:
                     run.failures.append(

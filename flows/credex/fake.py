@@ -141,7 +141,8 @@ class FakeCredexApi:
         self._expired: set[str] = set()
         self._revoked: set[str] = set()
         self._serials: dict[str, int] = {}
-        self._done: dict[str, tuple[str, Any]] = {}  # idempotency key -> (call, result)
+        # idempotency key -> ((call, request), result)
+        self._done: dict[str, tuple[tuple[str, tuple[Any, ...]], Any]] = {}
         self.replays: list[tuple[str, str]] = []  # (call, idempotency key) answered from _done
         self._seed()
 
@@ -184,22 +185,30 @@ class FakeCredexApi:
         with self._lock:
             self._secret = new_secret or hashlib.sha256(self._secret).digest()
 
-    def _once(self, call: str, key: str | None, token: str | None, run: Callable[[], T]) -> T:
-        """Run a changing call once per idempotency key: a retry with the same key gets the
-        first result back (after the usual token check) without changing anything again."""
+    def _once(
+        self,
+        call: str,
+        key: str | None,
+        token: str | None,
+        request: tuple[Any, ...],
+        run: Callable[[], T],
+    ) -> T:
+        """Run a changing call once per idempotency key: a retry with the same key and the same
+        request gets the first result back (after the usual token check) without changing
+        anything again; the same key with another request is refused (422), as real APIs do."""
         with self._lock:
             if key is not None and key in self._done:
-                first_call, result = self._done[key]
+                first, result = self._done[key]
                 self.calls.append((call, {"idempotencyKey": key}))
                 if token is not None:
                     self._authenticate(call, token)
-                if first_call != call:
-                    raise ApiError(422, call, "idempotency key already used by another call")
+                if first != (call, request):
+                    raise ApiError(422, call, "idempotency key already used for another request")
                 self.replays.append((call, key))
                 return result  # type: ignore[no-any-return]
             result = run()
             if key is not None:
-                self._done[key] = (call, result)
+                self._done[key] = ((call, request), result)
             return result
 
     # --- the API --------------------------------------------------------------------------
@@ -225,6 +234,7 @@ class FakeCredexApi:
             "onboardMember",
             idempotency_key,
             None,
+            (firstname, lastname, phone, default_denom),
             lambda: self._onboard(firstname, lastname, phone, default_denom),
         )
 
@@ -290,6 +300,7 @@ class FakeCredexApi:
             "createCredex",
             idempotency_key,
             token,
+            (issuer_account_id, receiver_account_id, denomination, amount),
             lambda: self._create(
                 issuer_account_id, receiver_account_id, denomination, amount, token
             ),
@@ -334,6 +345,7 @@ class FakeCredexApi:
             "acceptCredex",
             idempotency_key,
             token,
+            (credex_id,),
             lambda: self._settle("acceptCredex", credex_id, token, "ACCEPTED", incoming=True),
         )
 
@@ -344,6 +356,7 @@ class FakeCredexApi:
             "declineCredex",
             idempotency_key,
             token,
+            (credex_id,),
             lambda: self._settle("declineCredex", credex_id, token, "DECLINED", incoming=True),
         )
 
@@ -354,6 +367,7 @@ class FakeCredexApi:
             "cancelCredex",
             idempotency_key,
             token,
+            (credex_id,),
             lambda: self._settle("cancelCredex", credex_id, token, "CANCELLED", incoming=False),
         )
 
@@ -361,7 +375,11 @@ class FakeCredexApi:
         self, account_id: str, *, token: str, idempotency_key: str | None = None
     ) -> RecurringCreated:
         return self._once(
-            "createRecurring", idempotency_key, token, lambda: self._recurring(account_id, token)
+            "createRecurring",
+            idempotency_key,
+            token,
+            (account_id,),
+            lambda: self._recurring(account_id, token),
         )
 
     def _recurring(self, account_id: str, token: str) -> RecurringCreated:

@@ -22,7 +22,7 @@ from flows.credex.inputs import (
 )
 from fsm import Context, Outcome, Reply, action, on_enter, pick, step
 
-OFFER_KEYS = ("amount", "recipient")
+OFFER_KEYS = ("amount", "recipient", "retry_key")
 LIST_KEYS = ("offers", "chosen")
 DONE = {"accept": "Accepted", "decline": "Declined", "cancel": "Cancelled"}
 NONE_LEFT = {
@@ -126,6 +126,7 @@ class OfferSteps(CredexSteps, abstract=True):
     def create(self, ctx: Context) -> Outcome:
         summary = summary_in(ctx.data)
         amount, to = _amount(ctx.data), ctx.data["recipient"]
+        key = ctx.data.get("retry_key") or ctx.idempotency_key
         if summary is None:  # cannot happen from the menu; refuse rather than guess an account
             return self.to_menu(ctx, UNREACHABLE, unset=OFFER_KEYS, refresh=True)
         try:
@@ -135,14 +136,18 @@ class OfferSteps(CredexSteps, abstract=True):
                 amount.denom,
                 amount.value,
                 token=ctx.token or "",
-                idempotency_key=ctx.idempotency_key,
+                idempotency_key=key,
             )
         except Unauthorized:
             return ctx.reauth("Please sign in again; your offer is kept and sent after that.")
         except ApiResponseError as exc:
             return self.to_menu(ctx, problem(exc), unset=OFFER_KEYS, refresh=True)
         except ApiError as exc:
-            return ctx.stay(problem(exc), step="confirm")
+            if exc.status >= 500:
+                # The service failed: it may or may not have created the offer. Confirming
+                # again retries with the same key, so it is created at most once.
+                return ctx.stay(problem(exc), step="confirm", set={"retry_key": key})
+            return ctx.stay(problem(exc), step="confirm", unset=["retry_key"])
         return self.to_menu(
             ctx, f"Offer of {amount} sent to @{to['handle']}.", unset=OFFER_KEYS, refresh=True
         )

@@ -407,3 +407,50 @@ def test_failure_12_the_version_1_layout_still_decodes(bot: Bot) -> None:
         {"flow": "credex", "stage": "init", "step": "greeting", "version": 1}
     )
     assert decode_snapshot(raw).pending == ""
+
+
+class _TimesOutAfterCreating(FakeCredexApi):
+    """createCredex creates the offer, then the gateway answers 504 (the bot cannot know)."""
+
+    timeouts = 1
+
+    def create_credex(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().create_credex(*args, **kwargs)
+        if self.timeouts:
+            self.timeouts -= 1
+            raise ApiError(504, "createCredex", "gateway timeout")
+        return result
+
+
+def _pending_out(api: FakeCredexApi, user: str) -> list[str]:
+    dashboard = api.get_member_dashboard_by_phone(user, token=api.login(user).token)
+    return [o.formatted_initial_amount for o in dashboard.accounts[0].pending_out]
+
+
+def test_failure_13_confirming_again_after_a_timeout_creates_the_offer_once() -> None:
+    clock = FakeClock()
+    api = _TimesOutAfterCreating(clock=clock)
+    alice = Conversation(build_engine(MemoryStore(clock=clock), api, clock=clock), ALICE)
+    alice.run("> hi\n> 1\n> 10\n> bob\n")
+    alice.say("yes").expect("not reachable", step="confirm")
+    alice.say("yes").expect("Offer of 10.00 USD sent to @bob.", stage="menu")
+    assert api.count("createCredex") == 2 and len(api.replays) == 1  # the retry reused the key
+    assert _pending_out(api, ALICE).count("10.00 USD") == 1
+    assert "retry_key" not in alice.snapshot.data  # type: ignore[union-attr]
+
+
+def test_failure_13_keys_are_never_reused_even_after_the_history_expired(bot: Bot) -> None:
+    alice = chat(bot)
+    alice.run("> hi\n> 1\n> 10\n> bob\n> yes\n")
+    bot.clock.advance(8 * 86_400)  # session and history gone: the version chain starts again
+    alice.run("> hi\n> 1\n> 25\n> bob\n> yes\n< Offer of 25.00 USD sent to @bob.\n")
+    assert bot.api.replays == []  # the second offer was not answered from the first one's key
+    assert _pending_out(bot.api, ALICE)[-2:] == ["10.00 USD", "25.00 USD"]
+
+
+def test_the_fake_refuses_a_key_reused_for_another_request(bot: Bot) -> None:
+    token = bot.api.login(ALICE).token
+    bot.api.create_credex("acc-0001", "acc-0002", "USD", 1.0, token=token, idempotency_key="k1")
+    with pytest.raises(ApiError) as info:
+        bot.api.create_credex("acc-0001", "acc-0002", "USD", 2.0, token=token, idempotency_key="k1")
+    assert info.value.status == 422

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from adapters import MemoryStore
 from fsm import Context, Engine, FakeClock, Flow, Outcome, Stage, TokenVerifier, action, step
-from fsm.errors import InvalidFlowDefinition, StepFailed
+from fsm.errors import ConflictError, InvalidFlowDefinition, StepFailed
 from tests.fsm.sample_flows import SECRET, issue_token
 
 
@@ -246,3 +247,145 @@ def test_token_is_issued_by_test_helper(clock: FakeClock) -> None:
     # The sample tokens are real HS256 JWTs the verifier accepts.
     verifier = TokenVerifier(SECRET, clock=clock, leeway=0)
     assert verifier.verify(issue_token(clock, sub="u")).subject == "u"
+
+
+def test_a_flow_cannot_start_at_an_action() -> None:
+    with pytest.raises(InvalidFlowDefinition, match="initial stage 'a' starts at action 'go'"):
+
+        class StartsActing(Flow):
+            name = "starts_acting"
+            stages = (Stage("a", ("go", "wait")),)
+            transitions = ()
+
+            @action("a", "go")
+            def go(self, ctx: Context) -> Outcome:
+                return ctx.stay(step="wait")
+
+            @step("a", "wait")
+            def wait(self, ctx: Context) -> Outcome:
+                return ctx.stay()
+
+
+class Api:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.broken = False
+        self.during: Callable[[], None] | None = None
+
+    def do(self, what: str, key: str) -> None:
+        self.calls.append((what, key))
+        if self.during is not None:
+            hook, self.during = self.during, None
+            hook()
+        if self.broken:
+            raise RuntimeError("API client bug")
+
+
+class Chain(Flow):
+    """idle -(go)-> a1 (action) -> a2 (action) -> idle."""
+
+    name = "chain"
+    stages = (Stage("home", ("idle", "a1", "a2")),)
+    transitions = ()
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    @step("home", "idle")
+    def idle(self, ctx: Context) -> Outcome:
+        if ctx.text == "go":
+            return ctx.stay("starting", step="a1", set={"job": 1})
+        if ctx.text == "boom":
+            raise ValueError("a bug in input handling")
+        return ctx.stay(f"idle got {ctx.text}")
+
+    @action("home", "a1")
+    def a1(self, ctx: Context) -> Outcome:
+        self.api.do("a1", ctx.idempotency_key)
+        return ctx.stay("a1 done", step="a2")
+
+    @action("home", "a2")
+    def a2(self, ctx: Context) -> Outcome:
+        self.api.do("a2", ctx.idempotency_key)
+        return ctx.stay("a2 done", step="idle")
+
+
+def _chain(clock: FakeClock, store: MemoryStore | None = None, api: Api | None = None) -> Engine:
+    return Engine(Chain(api or Api()), store or MemoryStore(clock=clock), clock=clock, lock_ttl=5)
+
+
+def test_chained_actions_run_in_order_each_with_its_own_random_key(clock: FakeClock) -> None:
+    engine = _chain(clock)
+    api: Api = engine.flow.api  # type: ignore[attr-defined]
+    engine.handle("u", "hi")
+    assert engine.handle("u", "go").texts == ["starting", "a1 done", "a2 done"]
+    engine.handle("u", "go")
+    keys = [k for _, k in api.calls]
+    assert len(set(keys)) == 4  # never reused, not even for the same step later
+    assert all(k.startswith("chain-") and "u" not in k.removeprefix("chain-") for k in keys[:1])
+
+
+def test_a_new_message_unwedges_a_failing_action(clock: FakeClock) -> None:
+    engine = _chain(clock)
+    api: Api = engine.flow.api  # type: ignore[attr-defined]
+    engine.handle("u", "hi")
+    api.broken = True
+    with pytest.raises(StepFailed):  # reported to the caller, the pending state is kept
+        engine.handle("u", "go", message_id="m1")
+    with pytest.raises(StepFailed):  # a re-delivery of the same message retries it, once more
+        engine.handle("u", "go", message_id="m1")
+    # A new message: the action fails again, so it is given up; the user is told and goes on.
+    result = engine.handle("u", "hello", message_id="m2")
+    assert result.texts == [engine.reset_notice, "idle got hello"]
+    assert (result.snapshot.step, result.snapshot.data, result.snapshot.pending) == ("idle", {}, "")
+    assert engine.stats["actions_abandoned"] == 1
+    assert len(api.calls) == 3 and len({k for _, k in api.calls}) == 1  # one key throughout
+
+
+def test_replies_of_saves_made_before_an_error_travel_on_the_error(clock: FakeClock) -> None:
+    engine = _chain(clock)
+    api: Api = engine.flow.api  # type: ignore[attr-defined]
+    engine.handle("u", "hi")
+    api.broken = True
+    with pytest.raises(StepFailed):
+        engine.handle("u", "go")
+    api.broken = False
+    with pytest.raises(StepFailed) as info:
+        engine.handle("u", "boom")  # the pending actions finish and are saved, then "boom" fails
+    assert [r.body for r in info.value.replies] == ["a1 done", "a2 done"]
+    assert engine.peek("u").step == "idle"  # type: ignore[union-attr]
+
+
+def test_a_lapsed_lease_is_never_trusted_for_the_next_action(clock: FakeClock) -> None:
+    store = MemoryStore(clock=clock)
+    api = Api()
+    worker1, worker2 = _chain(clock, store, api), _chain(clock, store, api)
+    worker1.handle("u", "hi")
+
+    def slow_then_race() -> None:  # a1 outlives the 5 s lease; worker 2 arrives meanwhile
+        clock.advance(6)
+        worker2.handle("u", "other")  # finds a1 pending, takes the lapsed lock, runs a1 and a2
+
+    api.during = slow_then_race
+    with pytest.raises(ConflictError):  # worker 1's a1 result loses the compare-and-set
+        worker1.handle("u", "go")
+    assert [what for what, _ in api.calls] == ["a1", "a1", "a2"]  # a2 ran once
+    assert len({k for what, k in api.calls if what == "a1"}) == 1  # a1 retried with its key
+    assert worker1.stats["lease_lost"] == 1
+    assert store.lock_info("u") is None
+
+
+def test_the_interrupted_actions_key_rides_in_the_resume_point_only(
+    shop: Engine, kitchen: Kitchen, clock: FakeClock
+) -> None:
+    _to_size(shop)
+    kitchen.crash_after_next = True
+    with pytest.raises(Crash):
+        shop.handle("u", "large")
+    key = shop.peek("u").pending  # type: ignore[union-attr]
+    assert key.startswith("shop-")
+    shop.flow.login = lambda ctx: ctx.stay("password?")  # type: ignore[attr-defined, method-assign]
+    clock.advance(601)
+    at_auth = shop.handle("u", "hi").snapshot
+    assert at_auth.stage == "auth" and at_auth.pending == ""  # not offered to the auth step
+    assert at_auth.resume is not None and at_auth.resume.pending == key

@@ -81,9 +81,26 @@ def test_a_failing_migration_quarantines_the_bytes_and_restarts(clock: FakeClock
     assert entry.raw == encode_snapshot(old)  # kept byte for byte
 
 
-@pytest.mark.parametrize("key", [0, 3, "1"])
+@pytest.mark.parametrize("key", [0, 3, "1", True])
 def test_migration_keys_must_be_older_flow_versions(key: object) -> None:
     with pytest.raises(InvalidFlowDefinition, match="migration key"):
 
         class Bad(SurveyV3):
             migrations = {key: _rename_ask_to_name}  # type: ignore[dict-item]
+
+
+def test_a_migration_cannot_change_the_token(clock: FakeClock) -> None:
+    from fsm import Auth
+
+    def steals(snap: Snapshot) -> Snapshot:
+        return msgspec.structs.replace(_rename_ask_to_name(snap), auth=None)
+
+    class Thief(SurveyV3):
+        migrations = {1: steals}
+
+    store = MemoryStore(clock=clock)
+    auth = Auth(token="header.payload.sig", subject="u")
+    old = Snapshot(flow="survey", stage="q", step="ask", auth=auth, version=2)
+    _saved(store, old)
+    result = Engine(Thief(), store, clock=clock).handle("u", "Ann")
+    assert result.snapshot.auth == auth

@@ -77,7 +77,7 @@ def test_advance_moves_the_engines_clock(counter: Conversation) -> None:
     counter.say("go")
     counter.advance("2m")  # past the 60 s session TTL
     counter.say("+1").expect(counter.engine.expired_notice, "counting", data={"count": 0})
-    without = Conversation(counter.engine, "bo")
+    without = Conversation(Engine(Counter(), MemoryStore()), "bo")  # the system clock
     with pytest.raises(RuntimeError, match="clock"):
         without.advance(5)
 
@@ -139,3 +139,23 @@ def test_parse_classifies_lines() -> None:
     ]
     with pytest.raises(TranscriptError, match="line 2"):
         parse("hi\n=\n")
+
+
+def test_the_engines_fake_clock_is_used_by_default(clock: FakeClock) -> None:
+    engine = Engine(Counter(), MemoryStore(clock=clock), clock=clock, session_ttl=60)
+    chat = Conversation(engine, "ann")
+    assert chat.clock is clock
+    run = chat.run("> go\n! clock +2m\n> +1\n< Your session expired\n")
+    assert len(run.turns) == 2
+
+
+def test_an_empty_message_id_is_refused(counter: Conversation) -> None:
+    with pytest.raises(ValueError, match="message_id"):
+        counter.say("go", message_id="")
+
+
+def test_expectations_within_one_message_match_in_order(counter: Conversation) -> None:
+    counter.say("go")
+    counter.run("> stop\n< stopped\n")
+    with pytest.raises(AssertionError, match="after the previous expectation"):
+        counter.run("> go\n< counting\n< counting\n")
