@@ -29,6 +29,14 @@ class Reply(msgspec.Struct, frozen=True):
     kind: Literal["text", "buttons", "list"] = "text"
     options: tuple[Option, ...] = ()
 
+    def with_body(self, body: str) -> Reply:
+        """The same options with another text: one set of buttons, asked in several ways.
+
+        >>> buttons("Confirm?", ["Yes", "No"]).with_body("Send 5 USD to @bob?").body
+        'Send 5 USD to @bob?'
+        """
+        return Reply(body, self.kind, self.options)
+
     def render(self) -> str:
         """Plain-text rendering: the body, then numbered options."""
         lines = [self.body]

@@ -43,7 +43,7 @@ class AccountSteps(CredexSteps, abstract=True):
     # -- upgrade ------------------------------------------------------------------------------
     @on_enter("account", "upgrade")
     def ask_upgrade(self, ctx: Context) -> list[Reply]:
-        return [Reply(UPGRADE, CONFIRM.kind, CONFIRM.options)]
+        return [CONFIRM.with_body(UPGRADE)]
 
     @step("account", "upgrade")
     def upgrade(self, ctx: Context) -> Outcome:

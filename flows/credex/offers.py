@@ -109,7 +109,7 @@ class OfferSteps(CredexSteps, abstract=True):
         summary = summary_in(ctx.data)
         source = summary.account_name if summary else "your account"
         body = f"Offer {_amount(ctx.data)} from {source} to {to['name']} (@{to['handle']})?"
-        return [Reply(body, CONFIRM.kind, CONFIRM.options)]
+        return [CONFIRM.with_body(body)]
 
     @step("credex", "confirm")
     def confirm(self, ctx: Context) -> Outcome:

@@ -90,7 +90,7 @@ class RegistrationSteps(CredexSteps, abstract=True):
     @on_enter("registration", "confirm")
     def ask_register(self, ctx: Context) -> list[Reply]:
         full = f"{ctx.data['first_name']} {ctx.data['last_name']}"
-        return [Reply(f"Register as *{full}*?", REGISTER.kind, REGISTER.options)]
+        return [REGISTER.with_body(f"Register as *{full}*?")]
 
     @step("registration", "confirm")
     def confirm_registration(self, ctx: Context) -> Outcome:
