@@ -73,6 +73,12 @@ _TIER_SUBSCRIPTION = {
 }
 
 # The fake derives the credit left today from the tier; it reports it but does not enforce it.
+#: accept / decline / cancel: the status each sets, and whether the member must be the receiver.
+_SETTLE = {
+    "acceptCredex": ("ACCEPTED", True),
+    "declineCredex": ("DECLINED", True),
+    "cancelCredex": ("CANCELLED", False),
+}
 _REMAINING_USD_BY_TIER = {1: 10.0, 2: 100.0, 3: 1000.0}
 
 
@@ -341,34 +347,26 @@ class FakeCredexApi:
     def accept_credex(
         self, credex_id: str, *, token: str, idempotency_key: str | None = None
     ) -> CredexUpdated:
-        return self._once(
-            "acceptCredex",
-            idempotency_key,
-            token,
-            (credex_id,),
-            lambda: self._settle("acceptCredex", credex_id, token, "ACCEPTED", incoming=True),
-        )
+        return self._settle_once("acceptCredex", credex_id, token, idempotency_key)
 
     def decline_credex(
         self, credex_id: str, *, token: str, idempotency_key: str | None = None
     ) -> CredexUpdated:
-        return self._once(
-            "declineCredex",
-            idempotency_key,
-            token,
-            (credex_id,),
-            lambda: self._settle("declineCredex", credex_id, token, "DECLINED", incoming=True),
-        )
+        return self._settle_once("declineCredex", credex_id, token, idempotency_key)
 
     def cancel_credex(
         self, credex_id: str, *, token: str, idempotency_key: str | None = None
     ) -> CredexUpdated:
+        return self._settle_once("cancelCredex", credex_id, token, idempotency_key)
+
+    def _settle_once(self, call: str, credex_id: str, token: str, key: str | None) -> CredexUpdated:
+        status, incoming = _SETTLE[call]
         return self._once(
-            "cancelCredex",
-            idempotency_key,
+            call,
+            key,
             token,
             (credex_id,),
-            lambda: self._settle("cancelCredex", credex_id, token, "CANCELLED", incoming=False),
+            lambda: self._settle(call, credex_id, token, status, incoming=incoming),
         )
 
     def create_recurring(

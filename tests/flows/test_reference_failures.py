@@ -12,15 +12,16 @@ import msgspec
 import pytest
 
 from adapters import MemoryStore
-from adapters.base import HistoryEntry, SaveResult
+from adapters.base import HistoryEntry
 from flows.credex import build_engine
 from flows.credex.api import LoginResult
 from flows.credex.fake import FakeCredexApi
 from flows.credex.flow import CredexBot
 from fsm import FakeClock, Snapshot, decode_snapshot
-from fsm.errors import FsmError, StepFailed, StoreUnavailable, TransitionNotAllowed
+from fsm.errors import FsmError, StepFailed, TransitionNotAllowed
 from tests.flows.conftest import ALICE, BOB, Bot
 from tests.flows.test_credex_bot import REFERENCE_EDGES
+from tests.support import FailingSaves
 
 # -- 1. An unknown stage, or a transition not in the graph, is accepted ----------------------
 
@@ -217,21 +218,9 @@ def test_failure_08_one_record_one_ttl(bot: Bot) -> None:
 # -- 14. Any error leaves the state half-updated ------------------------------------------------
 
 
-class _FailingSaveStore(MemoryStore):
-    """A memory store whose next save fails as a lost connection would."""
-
-    fail = False
-
-    def save(self, user_key: str, payload: bytes, **kw: Any) -> SaveResult:
-        if self.fail:
-            self.fail = False
-            raise StoreUnavailable("save", user_key=user_key, detail="connection reset")
-        return super().save(user_key, payload, **kw)
-
-
 def test_failure_14_no_error_leaves_a_half_updated_state() -> None:
     clock = FakeClock()
-    store = _FailingSaveStore(clock=clock)
+    store = FailingSaves(clock=clock)
     api = FakeCredexApi(clock=clock)
     engine = build_engine(store, api, clock=clock)
     engine.handle(ALICE, "hi")
@@ -242,7 +231,7 @@ def test_failure_14_no_error_leaves_a_half_updated_state() -> None:
         return decode_snapshot(rec.payload)
 
     cases = {
-        "store down during save": lambda: setattr(store, "fail", True),
+        "store down during save": lambda: setattr(store, "failing", 1),
         "API changed its shape": lambda: api.raw_response_override(
             "getMemberDashboardByPhone", {"unexpected": True}
         ),
@@ -252,9 +241,11 @@ def test_failure_14_no_error_leaves_a_half_updated_state() -> None:
         arrange()
         try:
             result = engine.handle(ALICE, "menu")
-        except FsmError:
+        except FsmError as exc:
+            assert isinstance(exc, StoreUnavailable), label  # only the store case raises
             assert store.load(ALICE).record == before, label  # all or nothing
         else:
+            assert label == "API changed its shape", label
             # Handled as a clear reply: the new snapshot is whole and consistent.
             snap = stored()
             assert snap.version == before.version + 1, label  # type: ignore[union-attr]

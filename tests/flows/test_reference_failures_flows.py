@@ -13,7 +13,6 @@ import msgspec
 import pytest
 
 from adapters import MemoryStore
-from adapters.base import SaveResult
 from flows.credex import build_engine
 from flows.credex.api import ApiError
 from flows.credex.fake import FakeCredexApi
@@ -21,6 +20,7 @@ from fsm import Engine, FakeClock, Snapshot, TokenVerifier, decode_snapshot, enc
 from fsm.errors import StoreUnavailable
 from fsm.testing import Conversation
 from tests.flows.conftest import ALICE, STRANGER, Bot
+from tests.support import FailingSaves
 
 
 def chat(bot: Bot, user: str = ALICE) -> Conversation:
@@ -111,27 +111,18 @@ def test_failure_03_changing_calls_happen_only_after_the_pending_state_is_saved(
     assert api.seen[2][3]["last_name"] == "Moyo"
 
 
-class _BrokenSaves(MemoryStore):
-    broken = False
-
-    def save(self, user_key: str, payload: bytes, **kw: Any) -> SaveResult:
-        if self.broken:
-            raise StoreUnavailable("save", user_key=user_key, detail="connection reset")
-        return super().save(user_key, payload, **kw)
-
-
 def test_failure_03_no_prompt_and_no_call_when_the_save_fails() -> None:
     clock = FakeClock()
-    store = _BrokenSaves(clock=clock)
+    store = FailingSaves(clock=clock)
     api = FakeCredexApi(clock=clock)
     engine = build_engine(store, api, clock=clock)
     alice = Conversation(engine, ALICE)
     alice.run("> hi\n> 1\n> 7\n> bob\n= credex.confirm\n")
-    store.broken = True
+    store.failing = -1
     with pytest.raises(StoreUnavailable):  # raised: no reply is returned to be sent
         alice.say("yes")
     assert api.count("createCredex") == 0  # the pending state was not saved, so no call
-    store.broken = False
+    store.failing = 0
     alice.say("yes").expect("Offer of 7.00 USD sent to @bob.")
     assert api.count("createCredex") == 1
 

@@ -111,6 +111,14 @@ def _to_size(engine: Engine, user: str = "u") -> None:
     engine.handle(user, "order")  # menu -> order.size
 
 
+def _crash_in_action(shop: Engine, kitchen: Kitchen, message_id: str | None = None) -> None:
+    """Order, and let the worker die right after the kitchen took the order."""
+    _to_size(shop)
+    kitchen.crash_after_next = True
+    with pytest.raises(Crash):
+        shop.handle("u", "large", message_id=message_id)
+
+
 def test_action_runs_after_the_state_expecting_it_is_saved(shop: Engine, kitchen: Kitchen) -> None:
     _to_size(shop)
     result = shop.handle("u", "large", message_id="m1")
@@ -127,10 +135,7 @@ def test_action_runs_after_the_state_expecting_it_is_saved(shop: Engine, kitchen
 def test_a_crash_after_the_call_is_finished_by_the_redelivery_once(
     shop: Engine, kitchen: Kitchen, clock: FakeClock
 ) -> None:
-    _to_size(shop)
-    kitchen.crash_after_next = True
-    with pytest.raises(Crash):
-        shop.handle("u", "large", message_id="m1")
+    _crash_in_action(shop, kitchen, "m1")
     pending = shop.peek("u")
     assert pending is not None and pending.step == "placing"  # the intent survived the crash
     clock.advance(10)  # the dead worker's lease runs out
@@ -145,10 +150,7 @@ def test_a_crash_after_the_call_is_finished_by_the_redelivery_once(
 def test_a_new_message_first_finishes_the_pending_action(
     shop: Engine, kitchen: Kitchen, clock: FakeClock
 ) -> None:
-    _to_size(shop)
-    kitchen.crash_after_next = True
-    with pytest.raises(Crash):
-        shop.handle("u", "large", message_id="m1")
+    _crash_in_action(shop, kitchen, "m1")
     clock.advance(10)
     result = shop.handle("u", "order", message_id="m2")
     assert result.texts == ["placed order-1", "what size?"]  # action, then the message
@@ -209,10 +211,7 @@ def test_an_action_that_does_not_move_on_fails_and_leaves_it_pending(
 def test_an_expired_token_at_a_pending_action_signs_in_then_runs_it(
     shop: Engine, kitchen: Kitchen, clock: FakeClock
 ) -> None:
-    _to_size(shop)
-    kitchen.crash_after_next = True
-    with pytest.raises(Crash):
-        shop.handle("u", "large")
+    _crash_in_action(shop, kitchen)
     clock.advance(601)  # the token has expired while the action was pending
     result = shop.handle("u", "hi")
     # The pending action first goes to sign-in (the token guard), the message signs in, the
@@ -378,10 +377,7 @@ def test_a_lapsed_lease_is_never_trusted_for_the_next_action(clock: FakeClock) -
 def test_the_interrupted_actions_key_rides_in_the_resume_point_only(
     shop: Engine, kitchen: Kitchen, clock: FakeClock
 ) -> None:
-    _to_size(shop)
-    kitchen.crash_after_next = True
-    with pytest.raises(Crash):
-        shop.handle("u", "large")
+    _crash_in_action(shop, kitchen)
     key = shop.peek("u").pending  # type: ignore[union-attr]
     assert key.startswith("shop-")
     shop.flow.login = lambda ctx: ctx.stay("password?")  # type: ignore[attr-defined, method-assign]
