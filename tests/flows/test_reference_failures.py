@@ -18,7 +18,7 @@ from flows.credex.api import LoginResult
 from flows.credex.fake import FakeCredexApi
 from flows.credex.flow import CredexBot
 from fsm import FakeClock, Snapshot, decode_snapshot
-from fsm.errors import FsmError, StepFailed, TransitionNotAllowed
+from fsm.errors import FsmError, StepFailed, StoreUnavailable, TransitionNotAllowed
 from tests.flows.conftest import ALICE, BOB, Bot
 from tests.flows.test_credex_bot import REFERENCE_EDGES
 from tests.support import FailingSaves
