@@ -69,11 +69,17 @@ def freeze(value: Any) -> Any:
     A handler that tries to change ``ctx.data`` in place fails loudly instead of changing the
     next snapshot behind the outcome's back.
     """
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind in _SCALARS:  # the common case, checked first: ABC checks are slow
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return MappingProxyType({k: freeze(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(freeze(v) for v in value)
+    if kind is list or kind is tuple:
+        return tuple([freeze(v) for v in value])
     return value
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def thaw(value: Any) -> Any:
