@@ -70,9 +70,15 @@ def test_chat_as_unknown_member_reaches_registration() -> None:
 
 
 def test_chat_interactive_reads_until_eof() -> None:
-    result = CliRunner().invoke(main, ["chat", "--user", "263770000002"], input="hi\n")
+    typed = "hi\nOffer credex\n12.50\nalice\n1\n"  # by title, then by number
+    result = CliRunner().invoke(main, ["chat", "--user", "263770000002"], input=typed)
     assert result.exit_code == 0, result.output
     assert "Welcome Bob (@bob)." in result.output
+    assert "  1. Offer credex" in result.output  # lists are numbered
+    assert (
+        "Offer 12.50 USD from Bob Dube Personal to Alice Moyo Personal (@alice)?" in result.output
+    )
+    assert "Offer of 12.50 USD sent to @alice." in result.output
 
 
 def test_version_and_help() -> None:
