@@ -46,11 +46,17 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """What :meth:`Store.load` returns: the record (``None`` if absent or expired) and whether
-    the given message id was already applied for this user."""
+    """What :meth:`Store.load` returns: the record (``None`` if absent or expired), whether
+    the given message id was already applied for this user, and whether a worker holds the
+    user's lease lock right now.
+
+    ``locked`` is a hint read in the same round trip: a writer that sees it queues behind the
+    lock instead of racing its holder (the compare-and-set, not the hint, keeps data safe).
+    """
 
     record: Record | None
     seen: bool = False
+    locked: bool = False
 
 
 class SaveStatus(enum.Enum):

@@ -168,7 +168,8 @@ class MemoryStore(Store):
         with self._mutex:
             now = self._tick()
             seen = message_id is not None and message_id in (self._live_seen(user_key, now) or ())
-            return Loaded(self._live_session(user_key, now), seen)
+            locked = self._live_lock(user_key, now) is not None
+            return Loaded(self._live_session(user_key, now), seen, locked)
 
     def save(
         self,

@@ -204,8 +204,10 @@ class Engine:
             for _ in range(3 * self.max_attempts + 3 * MAX_ACTIONS + 2):
                 if known is not None:
                     restored, known = known, None
+                    locked = False
                 else:
                     loaded = self.store.load(key, message_id=message_id if message_due else None)
+                    locked = loaded.locked
                     if loaded.seen and message_due:
                         if said or self._pending_action(key, loaded.record) is None:
                             return self._duplicate(key, loaded.record, said, stored, events)
@@ -231,7 +233,10 @@ class Engine:
                     return Result(tuple(said), latest, duplicate, tuple(events))
                 notices = restored.notices or notices
                 needs_lock = (
-                    at_action or conflicts >= LOCK_AFTER_CONFLICTS or decider.side_effects(current)
+                    at_action
+                    or conflicts >= LOCK_AFTER_CONFLICTS
+                    or decider.side_effects(current)
+                    or locked  # someone holds the lease: queue behind them, do not race
                 )
                 if owner is None and needs_lock:
                     owner = self._lock(key)

@@ -399,7 +399,8 @@ def test_awkward_user_keys_are_distinct(store_env: StoreEnv) -> None:
         assert saved.saved, key
         assert store.acquire_lock(key, f"owner-{i}", 10 * t), key
     for i, key in enumerate(AWKWARD_KEYS):
-        assert store.load(key, message_id="m") == Loaded(Record(key.encode() + b"|%d" % i, 1), True)
+        expected = Loaded(Record(key.encode() + b"|%d" % i, 1), seen=True, locked=True)
+        assert store.load(key, message_id="m") == expected
         assert store.history(key) == [entry(1, event=key)]
         lock = store.lock_info(key)
         assert lock is not None and lock.owner == f"owner-{i}"
@@ -446,6 +447,20 @@ def test_lock_extend_and_expiry(store_env: StoreEnv) -> None:
     assert not store.release_lock("u", "a")  # the old owner cannot free the new holder's lock
     info = store.lock_info("u")
     assert info is not None and info.owner == "b"
+
+
+def test_load_says_whether_the_user_is_locked(store_env: StoreEnv) -> None:
+    env, store, t = store_env, store_env.store, store_env.tick
+    assert not store.load("u").locked
+    assert store.acquire_lock("u", "a", 10 * t)
+    assert store.load("u").locked and store.load("u", message_id="m").locked
+    assert store.load("u").record is None  # a lock alone is not a session
+    assert not store.load("v").locked  # per user
+    assert store.release_lock("u", "a")
+    assert not store.load("u").locked
+    assert store.acquire_lock("u", "b", 5 * t)
+    env.wait(6)
+    assert not store.load("u").locked  # an expired lease is not a lock
 
 
 def test_lease_helper(store_env: StoreEnv) -> None:

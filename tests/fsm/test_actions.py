@@ -190,7 +190,8 @@ def test_different_messages_racing_into_the_action_call_it_once(
         outputs = list(pool.map(deliver, range(6)))
     assert len(kitchen.calls) == 1
     assert sum("placed order-1" in out for out in outputs) == 1
-    assert sum(out == ["say order"] for out in outputs) == 5  # later taps land on the menu
+    said = [text for out in outputs for text in out]
+    assert said.count("say order") == 5  # later taps land on the menu, each answered once
 
 
 def test_an_action_that_does_not_move_on_fails_and_leaves_it_pending(
