@@ -24,6 +24,7 @@ from fsm.transcript import Directive, Runner, TranscriptError
 if TYPE_CHECKING:
     from fsm.engine import Engine
     from fsm.flow import FlowSpec
+    from fsm.reply import Reply
 
 DEFAULT_USER = "263770000001"  # Alice, a seeded member of the fake Credex API
 
@@ -79,6 +80,7 @@ def chat(user: str, script: TextIO | None, engine_ref: str | None) -> None:
         except TranscriptError as exc:
             raise click.UsageError(str(exc)) from None
         except FsmError as exc:
+            _echo_replies(exc.replies)  # saved before the error: still the bot's answer
             click.echo(f"error: {exc}", err=True)
             raise SystemExit(1) from None
         if not run.ok:
@@ -121,6 +123,12 @@ def _chat_engine(ref: str | None, clock: Clock) -> tuple[Engine, dict[str, Direc
     return engine, {}
 
 
+def _echo_replies(replies: Iterable[Reply]) -> None:
+    for reply in replies:
+        lines = reply.render().splitlines() or [""]
+        click.echo("bot> " + "\n     ".join(lines))
+
+
 def _prompt_lines() -> Iterator[str]:
     while True:
         try:
@@ -137,11 +145,10 @@ def _converse(engine: Engine, user: str, messages: Iterable[str]) -> int:
             result = engine.handle(user, message)
         except FsmError as exc:
             failures += 1
+            _echo_replies(exc.replies)
             click.echo(f"error: {exc}", err=True)
             continue
-        for reply in result.replies:
-            lines = reply.render().splitlines() or [""]
-            click.echo("bot> " + "\n     ".join(lines))
+        _echo_replies(result.replies)
         snap = result.snapshot
         click.echo(click.style(f"     [{snap.stage}.{snap.step} v{snap.version}]", dim=True))
     return failures

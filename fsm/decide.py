@@ -36,6 +36,8 @@ class Decision:
     events: tuple[str, ...]
     side_effects: bool
     reauth: bool = False
+    #: What the history entry names when no event was fired (e.g. "abandon").
+    note: str = ""
 
 
 class Decider:

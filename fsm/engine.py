@@ -52,6 +52,9 @@ from fsm.errors import (
     LockTimeout,
     SchemaTooNew,
     StepFailed,
+    StepNotFound,
+    TokenRefused,
+    TransitionNotAllowed,
 )
 from fsm.flow import Flow, FlowSpec
 from fsm.reply import Reply
@@ -134,6 +137,10 @@ class Engine:
         expired_notice: str = "Your session expired, so we are starting again.",
         reset_notice: str = "Something went wrong with your conversation; we are starting again.",
         auth_notice: str = "Your sign-in has expired. Please sign in again to continue.",
+        abandon_notice: str = (
+            "We could not finish your last request and cannot tell whether it went through. "
+            "Please check before you try again."
+        ),
     ) -> None:
         if session_ttl <= 0 or lock_ttl <= 0 or lock_wait < 0:
             raise ValueError("session_ttl and lock_ttl must be > 0, lock_wait >= 0")
@@ -155,6 +162,7 @@ class Engine:
         self.expired_notice = expired_notice
         self.reset_notice = reset_notice
         self.auth_notice = auth_notice
+        self.abandon_notice = abandon_notice
         self.stats = EngineStats()
         self._decider = Decider(
             flow,
@@ -249,7 +257,7 @@ class Engine:
                 text_in, mid = ("", None) if at_action else (text, message_id)
                 try:
                     decision = decider.decide(key, current, text_in, mid, notices, self.clock.now())
-                except StepFailed as exc:
+                except (StepFailed, StepNotFound, TransitionNotAllowed, TokenRefused) as exc:
                     if not (at_action and message_due):
                         raise
                     # A new message waits behind an action that fails: give up the action
@@ -432,7 +440,7 @@ class Engine:
             version=new.version,
             from_stage=current.stage,
             to_stage=new.stage,
-            event=",".join(decision.events),
+            event=",".join(decision.events) or decision.note,
             update_from=new.update_from,
             at=new.last_updated,
             from_step=current.step,
@@ -459,11 +467,13 @@ class Engine:
         return False
 
     def _abandon(
-        self, key: str, current: Snapshot, exc: StepFailed, notices: tuple[Reply, ...]
+        self, key: str, current: Snapshot, exc: FsmError, notices: tuple[Reply, ...]
     ) -> Decision:
         """Give up a pending action that keeps failing: the conversation restarts at the safe
-        stage (the token kept, the data of the abandoned request dropped), the user is told,
-        and the error is logged with the action's idempotency key for follow-up."""
+        stage (the token kept, the conversation's data cleared so no half-done request comes
+        back), the user is told that the request may or may not have gone through, and the
+        error is logged with the action's idempotency key for follow-up. The history entry
+        says "abandon"."""
         self.stats.incr("actions_abandoned")
         log.error(
             "user %r: action %s.%s (idempotency key %s) failed again and was abandoned: %r",
@@ -471,7 +481,7 @@ class Engine:
             current.stage,
             current.step,
             current.pending or "-",
-            exc.__cause__,
+            exc.__cause__ or exc,
         )
         safe = self.spec.safe_stage
         new = msgspec.structs.replace(
@@ -486,8 +496,8 @@ class Engine:
             last_updated=self.clock.now(),
             update_from=self.source,
         )
-        replies = (*notices, Reply(self.reset_notice))
-        return Decision(new, replies, (), side_effects=False)
+        replies = (*notices, Reply(self.abandon_notice))
+        return Decision(new, replies, (), side_effects=False, note="abandon")
 
     def _duplicate(
         self,
@@ -500,8 +510,9 @@ class Engine:
         """The message was applied already (by another delivery). Replies this call produced
         (finishing a pending action first) are still returned: they were saved and not said."""
         self.stats.incr("duplicates")
-        snapshot = stored if record is None or stored is not None else self._readable(key, record)
-        return Result(tuple(said), snapshot or self._fresh(self.spec.initial), True, tuple(events))
+        found = [s for s in (stored, self._readable(key, record)) if s is not None]
+        latest = max(found, key=lambda s: s.version) if found else self._fresh(self.spec.initial)
+        return Result(tuple(said), latest, True, tuple(events))
 
     def _readable(self, key: str, record: Record | None) -> Snapshot | None:
         if record is None:

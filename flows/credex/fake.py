@@ -43,6 +43,7 @@ from .api import (
     AccountNotFound,
     AccountRef,
     ApiError,
+    ApiResponseError,
     CredexCreated,
     CredexUpdated,
     Dashboard,
@@ -205,14 +206,23 @@ class FakeCredexApi:
         with self._lock:
             if key is not None and key in self._done:
                 first, result = self._done[key]
-                self.calls.append((call, {"idempotencyKey": key}))
+                self._begin(call, {"idempotencyKey": key})  # an injected failure fires first
                 if token is not None:
                     self._authenticate(call, token)
                 if first != (call, request):
                     raise ApiError(422, call, "idempotency key already used for another request")
                 self.replays.append((call, key))
+                if isinstance(result, ApiResponseError):
+                    raise ApiResponseError(call, result.message)
                 return result  # type: ignore[no-any-return]
-            result = run()
+            try:
+                result = run()
+            except ApiResponseError as exc:
+                # The change was made; only the answer was garbled (raw_response_override).
+                # An idempotent API replays that same answer, and does not change it again.
+                if key is not None:
+                    self._done[key] = ((call, request), exc)
+                raise
             if key is not None:
                 self._done[key] = ((call, request), result)
             return result

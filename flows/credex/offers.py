@@ -23,6 +23,8 @@ from flows.credex.inputs import (
 from fsm import Context, Outcome, Reply, action, on_enter, pick, step
 
 OFFER_KEYS = ("amount", "recipient", "retry_key")
+#: Statuses that say the request was refused and nothing happened (a retry is a new request).
+FINAL = frozenset({400, 403, 404, 422})
 LIST_KEYS = ("offers", "chosen")
 DONE = {"accept": "Accepted", "decline": "Declined", "cancel": "Cancelled"}
 NONE_LEFT = {
@@ -143,11 +145,11 @@ class OfferSteps(CredexSteps, abstract=True):
         except ApiResponseError as exc:
             return self.to_menu(ctx, problem(exc), unset=OFFER_KEYS, refresh=True)
         except ApiError as exc:
-            if exc.status >= 500:
-                # The service failed: it may or may not have created the offer. Confirming
-                # again retries with the same key, so it is created at most once.
-                return ctx.stay(problem(exc), step="confirm", set={"retry_key": key})
-            return ctx.stay(problem(exc), step="confirm", unset=["retry_key"])
+            if exc.status in FINAL:  # refused for good: a new attempt is a new request
+                return ctx.stay(problem(exc), step="confirm", unset=["retry_key"])
+            # Failed, timed out or throttled: the offer may or may not exist. Confirming again
+            # retries with the same key, so it is created at most once.
+            return ctx.stay(problem(exc), step="confirm", set={"retry_key": key})
         return self.to_menu(
             ctx, f"Offer of {amount} sent to @{to['handle']}.", unset=OFFER_KEYS, refresh=True
         )

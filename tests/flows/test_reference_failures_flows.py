@@ -446,3 +446,28 @@ def test_the_fake_refuses_a_key_reused_for_another_request(bot: Bot) -> None:
     with pytest.raises(ApiError) as info:
         bot.api.create_credex("acc-0001", "acc-0002", "USD", 2.0, token=token, idempotency_key="k1")
     assert info.value.status == 422
+
+
+def test_failure_13_a_throttled_retry_keeps_the_key_until_the_offer_is_sent() -> None:
+    clock = FakeClock()
+    api = _TimesOutAfterCreating(clock=clock)
+    alice = Conversation(build_engine(MemoryStore(clock=clock), api, clock=clock), ALICE)
+    alice.run("> hi\n> 1\n> 10\n> bob\n")
+    alice.say("yes").expect("not reachable", step="confirm")  # created, but answered 504
+    api.fail_next("createCredex", ApiError(429, "createCredex", "slow down"))
+    alice.say("yes").expect("Credex could not do that: slow down.", step="confirm")
+    alice.say("yes").expect("Offer of 10.00 USD sent to @bob.")
+    assert _pending_out(api, ALICE).count("10.00 USD") == 1
+
+
+def test_the_fake_replays_a_garbled_answer_without_changing_anything_again(bot: Bot) -> None:
+    token = bot.api.login(ALICE).token
+    before = len(_pending_out(bot.api, ALICE))
+    bot.api.raw_response_override("createCredex", {"unexpected": "shape"})
+    for _ in range(2):
+        with pytest.raises(ApiError) as info:
+            bot.api.create_credex(
+                "acc-0001", "acc-0002", "USD", 3.0, token=token, idempotency_key="k9"
+            )
+        assert info.value.status == 502
+    assert len(_pending_out(bot.api, ALICE)) == before + 1  # created once

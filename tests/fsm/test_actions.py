@@ -10,7 +10,7 @@ import pytest
 
 from adapters import MemoryStore
 from fsm import Context, Engine, FakeClock, Flow, Outcome, Stage, TokenVerifier, action, step
-from fsm.errors import ConflictError, InvalidFlowDefinition, StepFailed
+from fsm.errors import ConflictError, InvalidFlowDefinition, StepFailed, TransitionNotAllowed
 from tests.fsm.sample_flows import SECRET, issue_token
 
 
@@ -336,10 +336,26 @@ def test_a_new_message_unwedges_a_failing_action(clock: FakeClock) -> None:
         engine.handle("u", "go", message_id="m1")
     # A new message: the action fails again, so it is given up; the user is told and goes on.
     result = engine.handle("u", "hello", message_id="m2")
-    assert result.texts == [engine.reset_notice, "idle got hello"]
+    assert result.texts == [engine.abandon_notice, "idle got hello"]
+    abandoned = engine.store.history("u", limit=2)[1]
+    assert (abandoned.from_step, abandoned.to_step, abandoned.event) == ("a1", "idle", "abandon")
     assert (result.snapshot.step, result.snapshot.data, result.snapshot.pending) == ("idle", {}, "")
     assert engine.stats["actions_abandoned"] == 1
     assert len(api.calls) == 3 and len({k for _, k in api.calls}) == 1  # one key throughout
+
+
+def test_an_action_refused_by_the_flow_is_given_up_too(clock: FakeClock) -> None:
+    class Lost(Chain):
+        @action("home", "a1")
+        def a1(self, ctx: Context) -> Outcome:
+            self.api.do("a1", ctx.idempotency_key)
+            return ctx.go("nowhere")  # not a declared event: TransitionNotAllowed
+
+    engine = Engine(Lost(Api()), MemoryStore(clock=clock), clock=clock)
+    engine.handle("u", "hi")
+    with pytest.raises(TransitionNotAllowed):
+        engine.handle("u", "go")
+    assert engine.handle("u", "hello").texts == [engine.abandon_notice, "idle got hello"]
 
 
 def test_replies_of_saves_made_before_an_error_travel_on_the_error(clock: FakeClock) -> None:
