@@ -63,6 +63,7 @@ class SaveStatus(enum.Enum):
     SAVED = "saved"
     CONFLICT = "conflict"  # the stored version is not the expected one
     DUPLICATE = "duplicate"  # the message id was already applied
+    LOCKED = "locked"  # another worker holds the user's lease: queue behind it
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,13 +150,17 @@ class Store(abc.ABC):
         ttl: float,
         history: HistoryEntry | None = None,
         message_id: str | None = None,
+        owner: str | None = None,
+        release: bool = False,
     ) -> SaveResult:
-        """Atomically: if the stored version is ``expected_version`` (0: nothing stored) and
-        ``message_id`` was not applied yet, store ``payload`` as ``version`` with a fresh ``ttl``,
-        append ``history`` and record ``message_id``. Otherwise change nothing and say why:
-        DUPLICATE (checked first: a re-delivered message is acknowledged, not retried) or
-        CONFLICT. Raises ``ValueError`` if ``ttl <= 0``, ``expected_version < 0`` or
-        ``version <= expected_version``."""
+        """Atomically: if the stored version is ``expected_version`` (0: nothing stored),
+               ``message_id`` was not applied yet and no worker but ``owner`` holds the user's lease,
+               store ``payload`` as ``version`` with a fresh ``ttl``, append ``history``, record
+               ``message_id``, and with ``release`` free ``owner``'s lease. Otherwise change nothing
+               and say why, in this order: DUPLICATE (a re-delivered message is acknowledged, not
+               retried), LOCKED (another worker holds the lease: queue behind it), CONFLICT.
+        Raises ``ValueError`` if ``ttl <= 0``, ``expected_version < 0``,
+               ``version <= expected_version``, or ``release`` without ``owner``."""
 
     @abc.abstractmethod
     def delete(self, user_key: str) -> bool:
@@ -191,6 +196,15 @@ class Store(abc.ABC):
     def lock_info(self, user_key: str) -> LockInfo | None:
         """Who holds the lock and for how long, or None."""
 
+    def lock_and_load(
+        self, user_key: str, owner: str, ttl: float, *, message_id: str | None = None
+    ) -> Loaded | None:
+        """Take the user's lock if it is free and load, as one step where the store can (one
+        round trip on Redis); None if the lock is taken. The default composes the two."""
+        if not self.acquire_lock(user_key, owner, ttl):
+            return None
+        return self.load(user_key, message_id=message_id)
+
     # -- quarantine ------------------------------------------------------------------------
     @abc.abstractmethod
     def quarantine(self, user_key: str, raw: bytes, reason: str) -> str | None:
@@ -225,6 +239,20 @@ class Store(abc.ABC):
             time.sleep(min(next(delays), left))
         return owner
 
+    def acquire_lease_loaded(
+        self, user_key: str, *, ttl: float, wait: float, message_id: str | None = None
+    ) -> tuple[str, Loaded]:
+        """:meth:`acquire_lease`, returning the record loaded under the new lease as well."""
+        owner = new_owner_token()
+        deadline = time.monotonic() + wait
+        delays = _backoff()
+        while (loaded := self.lock_and_load(user_key, owner, ttl, message_id=message_id)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(user_key)
+            time.sleep(min(next(delays), left))
+        return owner, loaded
+
     @contextmanager
     def lease(self, user_key: str, *, ttl: float, wait: float) -> Iterator[str]:
         """Hold the user's lock for the ``with`` block; yields the owner token. Releases only
@@ -234,6 +262,18 @@ class Store(abc.ABC):
             yield owner
         finally:
             self.release_lock(user_key, owner)
+
+
+def check_save_arguments(
+    ttl: float, version: int, expected_version: int, owner: str | None, release: bool
+) -> None:
+    """The argument checks every :meth:`Store.save` makes (``ValueError``)."""
+    if not ttl > 0:
+        raise ValueError(f"ttl must be > 0, got {ttl!r}")
+    if expected_version < 0 or version <= expected_version:
+        raise ValueError(f"version {version} must follow expected_version {expected_version}")
+    if release and owner is None:
+        raise ValueError("release=True needs the owner whose lease to release")
 
 
 def new_owner_token() -> str:

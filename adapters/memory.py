@@ -26,6 +26,7 @@ from adapters.base import (
     SaveResult,
     SaveStatus,
     Store,
+    check_save_arguments,
 )
 from fsm.clock import SYSTEM_CLOCK, Clock
 
@@ -181,10 +182,10 @@ class MemoryStore(Store):
         ttl: float,
         history: HistoryEntry | None = None,
         message_id: str | None = None,
+        owner: str | None = None,
+        release: bool = False,
     ) -> SaveResult:
-        _positive("ttl", ttl)
-        if expected_version < 0 or version <= expected_version:
-            raise ValueError(f"version {version} must follow expected_version {expected_version}")
+        check_save_arguments(ttl, version, expected_version, owner, release)
         with self._mutex:
             now = self._tick()
             current = self._live_session(user_key, now)
@@ -193,8 +194,13 @@ class MemoryStore(Store):
             # retried against a version that its first delivery already moved.
             if message_id is not None and seen is not None and message_id in seen:
                 return SaveResult(SaveStatus.DUPLICATE, current)
+            lock = self._live_lock(user_key, now)
+            if lock is not None and lock[0] != owner:
+                return SaveResult(SaveStatus.LOCKED, current)
             if (current.version if current is not None else 0) != expected_version:
                 return SaveResult(SaveStatus.CONFLICT, current)
+            if release and lock is not None:
+                del self._locks[user_key]
             deadline = now + ttl
             self._sessions[user_key] = (Record(bytes(payload), version), deadline)
             self._expire_at(deadline, _SESSION, user_key)
@@ -282,6 +288,19 @@ class MemoryStore(Store):
             self._locks[user_key] = (owner, now + ttl)
             self._expire_at(now + ttl, _LOCK, user_key)
             return True
+
+    def lock_and_load(
+        self, user_key: str, owner: str, ttl: float, *, message_id: str | None = None
+    ) -> Loaded | None:
+        _positive("ttl", ttl)
+        with self._mutex:
+            now = self._tick()
+            if self._live_lock(user_key, now) is not None:
+                return None
+            self._locks[user_key] = (owner, now + ttl)
+            self._expire_at(now + ttl, _LOCK, user_key)
+            seen = message_id is not None and message_id in (self._live_seen(user_key, now) or ())
+            return Loaded(self._live_session(user_key, now), seen, locked=True)
 
     def lock_info(self, user_key: str) -> LockInfo | None:
         with self._mutex:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from adapters.base import HistoryEntry, Record, SaveStatus
+from adapters.base import HistoryEntry, Loaded, Record, SaveStatus
 from fsm.auth import TokenVerifier
 from fsm.clock import SYSTEM_CLOCK, Clock
 from fsm.decide import Decider, Decision
@@ -57,6 +57,7 @@ from fsm.errors import (
     TransitionNotAllowed,
 )
 from fsm.flow import Flow, FlowSpec
+from fsm.recent import RecentRecords
 from fsm.reply import Reply
 from fsm.snapshot import (
     Snapshot,
@@ -137,6 +138,7 @@ class Engine:
         expired_notice: str = "Your session expired, so we are starting again.",
         reset_notice: str = "Something went wrong with your conversation; we are starting again.",
         auth_notice: str = "Your sign-in has expired. Please sign in again to continue.",
+        recent: int = 10_000,
         abandon_notice: str = (
             "We could not finish your last request and cannot tell whether it went through. "
             "Please check before you try again."
@@ -164,6 +166,7 @@ class Engine:
         self.auth_notice = auth_notice
         self.abandon_notice = abandon_notice
         self.stats = EngineStats()
+        self._recent = RecentRecords(recent)
         self._decider = Decider(
             flow,
             verifier=verifier,
@@ -205,17 +208,25 @@ class Engine:
         events: list[str] = []
         stored: Snapshot | None = None  # the last snapshot this call saved
         known: _Restored | None = None  # set when we hold the lease and just saved
+        # What the next pass works on without asking the store: the record this process saw
+        # last (the compare-and-set makes a stale one harmless), a conflict reply's current
+        # record, or what the lock was taken with. None: load it.
+        ready = self._recent.get(key)
         try:
-            # Each pass loads once (or reuses what it just saved under the lease); passes that
-            # reload under a new lock, after a lost quarantine race or after an action are
-            # bounded too, so this loop always ends.
+            # Each pass loads at most once (or reuses what it just saved under the lease);
+            # passes that reload under a new lock, after a lost quarantine race or after an
+            # action are bounded too, so this loop always ends.
             for _ in range(3 * self.max_attempts + 3 * MAX_ACTIONS + 2):
+                locked = False
                 if known is not None:
                     restored, known = known, None
-                    locked = False
                 else:
-                    loaded = self.store.load(key, message_id=message_id if message_due else None)
-                    locked = loaded.locked
+                    if ready is None:
+                        mid = message_id if message_due else None
+                        ready = self.store.load(key, message_id=mid)
+                        self._remember(key, ready.record)
+                    loaded, ready = ready, None
+                    locked = loaded.locked and owner is None
                     if loaded.seen and message_due:
                         if said or self._pending_action(key, loaded.record) is None:
                             return self._duplicate(key, loaded.record, said, stored, events)
@@ -227,6 +238,7 @@ class Engine:
                         restored = self._restore(key, loaded.record, floor)
                     except CorruptSnapshot as exc:
                         assert loaded.record is not None
+                        self._recent.forget(key)
                         if self._quarantine(key, loaded.record, exc):
                             floor = max(floor, loaded.record.version)
                             notices = (Reply(self.reset_notice),)
@@ -247,8 +259,10 @@ class Engine:
                     or locked  # someone holds the lease: queue behind them, do not race
                 )
                 if owner is None and needs_lock:
-                    owner = self._lock(key)
-                    continue  # reload under the lock: the state may have moved meanwhile
+                    # Lock and load in one step: the state may have moved meanwhile.
+                    owner, ready = self._lock(key, message_id if message_due else None)
+                    self._remember(key, ready.record)
+                    continue
                 if at_action and owner is not None and not self._lease_held(key, owner):
                     owner = None  # it lapsed: someone else may be running this action; re-lock
                     continue
@@ -265,17 +279,26 @@ class Engine:
                     decision = self._abandon(key, current, exc, notices)
                 if decision.side_effects and owner is not None and not self._lease_held(key, owner):
                     owner = None  # the compare-and-set below still decides; never trust the lease
+                new = decision.snapshot
+                # The last save of this call (the message applied, no action next) frees the
+                # lease in the same step.
+                last = (not message_due or not at_action) and not decider.is_action(new)
                 payload = self._encode(key, decision)
                 saved = self.store.save(
                     key,
                     payload,
-                    version=decision.snapshot.version,
+                    version=new.version,
                     expected_version=restored.expected_version,
                     ttl=self.session_ttl,
                     history=self._history(current, decision),
                     message_id=mid,
+                    owner=owner,
+                    release=last and owner is not None,
                 )
                 if saved.saved:
+                    self._remember(key, Record(payload, new.version))
+                    if last:
+                        owner = None  # released with the save
                     self._count(current, decision, expired=restored.expired)
                     # Decoded from the bytes just stored, so it equals what a later load sees.
                     stored = decode_snapshot(payload, user_key=key)
@@ -296,6 +319,7 @@ class Engine:
                     if owner is not None:  # nobody else writes while we hold the lease
                         known = _Restored(stored, stored.version)
                     continue  # an action is pending now (or the message still is)
+                self._remember(key, saved.current)
                 if decision.side_effects:
                     # The side effect already ran and someone else wrote meanwhile (our lease
                     # had expired). Retrying could run it twice: report, do not retry.
@@ -309,10 +333,18 @@ class Engine:
                     )
                 if saved.status is SaveStatus.DUPLICATE:
                     return self._duplicate(key, saved.current, said, stored, events)
+                if saved.status is SaveStatus.LOCKED:
+                    # Another worker holds the lease (running a side effect): queue behind it.
+                    self.stats.incr("lock_waits")
+                    ready = Loaded(saved.current, locked=owner is None)
+                    if owner is not None:  # our lease lapsed and was taken: start over
+                        owner = None
+                    continue
                 conflicts += 1
                 self.stats.incr("conflicts")
                 if conflicts >= self.max_attempts:
                     break
+                ready = Loaded(saved.current)  # the reply carries the current record: no read
                 time.sleep(random.uniform(0, 0.001 * conflicts))
             raise ConflictError(key, attempts=conflicts, version=version)
         except FsmError as exc:
@@ -456,6 +488,22 @@ class Engine:
         if decision.events:
             self.stats.incr(f"transitions:{current.stage}->{decision.snapshot.stage}")
 
+    def _remember(self, key: str, record: Record | None) -> None:
+        """Keep the record this process saw last for ``key``; report a version that went
+        backwards (a failover lost acknowledged writes, or someone restored an old copy)."""
+        seen = self._recent.get(key)
+        if record is not None and seen is not None and seen.record is not None:  # noqa: SIM102
+            if record.version < seen.record.version:
+                self.stats.incr("version_regressions")
+                log.error(
+                    "user %r: the stored version went back from %d to %d (failover with lost "
+                    "writes, or an old copy restored); continuing from what is stored",
+                    key,
+                    seen.record.version,
+                    record.version,
+                )
+        self._recent.put(key, record)
+
     def _lease_held(self, key: str, owner: str) -> bool:
         """Renew our lease (before an action, and after a side effect ran). False if it lapsed
         meanwhile: another worker may have taken the lock, so the caller must stop relying on
@@ -533,10 +581,13 @@ class Engine:
             return None
         return snapshot if self._decider.is_action(snapshot) else None
 
-    def _lock(self, key: str) -> str:
+    def _lock(self, key: str, message_id: str | None) -> tuple[str, Loaded]:
+        """Take the user's lease (waiting up to ``lock_wait``) and load under it."""
         self.stats.incr("lock_acquisitions")
         try:
-            return self.store.acquire_lease(key, ttl=self.lock_ttl, wait=self.lock_wait)
+            return self.store.acquire_lease_loaded(
+                key, ttl=self.lock_ttl, wait=self.lock_wait, message_id=message_id
+            )
         except TimeoutError:
             self.stats.incr("lock_timeouts")
             raise LockTimeout(key, waited=self.lock_wait) from None

@@ -463,6 +463,56 @@ def test_load_says_whether_the_user_is_locked(store_env: StoreEnv) -> None:
     assert not store.load("u").locked  # an expired lease is not a lock
 
 
+def test_save_respects_another_workers_lease(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    store.save("u", b"one", version=1, expected_version=0, ttl=10 * t)
+    assert store.acquire_lock("u", "a", 10 * t)
+    for owner in (None, "b"):
+        refused = store.save(
+            "u", b"two", version=2, expected_version=1, ttl=10 * t, history=entry(2),
+            message_id="m", owner=owner,
+        )  # fmt: skip
+        assert refused.status is SaveStatus.LOCKED and refused.current == Record(b"one", 1)
+    assert store.history("u") == [] and not store.load("u", message_id="m").seen
+    stale = store.save("u", b"two", version=3, expected_version=2, ttl=10 * t, owner="a")
+    assert stale.status is SaveStatus.CONFLICT  # the lease does not bypass the version check
+    kept = store.save("u", b"two", version=2, expected_version=1, ttl=10 * t, owner="a")
+    assert kept.saved
+    info = store.lock_info("u")
+    assert info is not None and info.owner == "a"  # still held: no release asked
+    done = store.save("u", b"three", version=3, expected_version=2, ttl=10 * t, owner="a",
+                      release=True)  # fmt: skip
+    assert done.saved and store.lock_info("u") is None  # released in the same step
+    assert store.save("u", b"four", version=4, expected_version=3, ttl=10 * t).saved
+
+
+def test_duplicate_is_reported_before_locked(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    store.save("u", b"one", version=1, expected_version=0, ttl=10 * t, message_id="m1")
+    assert store.acquire_lock("u", "a", 10 * t)
+    again = store.save("u", b"x", version=2, expected_version=1, ttl=10 * t, message_id="m1")
+    assert again.status is SaveStatus.DUPLICATE
+
+
+def test_release_needs_an_owner(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    with pytest.raises(ValueError):
+        store.save("u", b"x", version=1, expected_version=0, ttl=t, release=True)
+
+
+def test_lock_and_load_in_one_step(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    store.save("u", b"one", version=1, expected_version=0, ttl=10 * t, message_id="m1")
+    loaded = store.lock_and_load("u", "a", 10 * t, message_id="m1")
+    assert loaded == Loaded(Record(b"one", 1), seen=True, locked=True)
+    assert store.lock_and_load("u", "b", 10 * t) is None  # taken
+    info = store.lock_info("u")
+    assert info is not None and info.owner == "a"
+    assert store.lock_and_load("nobody", "c", 10 * t) == Loaded(None, seen=False, locked=True)
+    owner, fresh = store.acquire_lease_loaded("nobody-else", ttl=10 * t, wait=0.05)
+    assert fresh.record is None and store.release_lock("nobody-else", owner)
+
+
 def test_lease_helper(store_env: StoreEnv) -> None:
     store, t = store_env.store, store_env.tick
     with store.lease("u", ttl=10 * t, wait=0.05) as owner:

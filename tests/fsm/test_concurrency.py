@@ -5,13 +5,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import msgspec
 import pytest
 
 from adapters import MemoryStore
-from adapters.base import Loaded
+from adapters.base import SaveResult
 from fsm import Engine, FakeClock, Result, decode_snapshot, encode_snapshot
+from fsm.engine import LOCK_AFTER_CONFLICTS
 from fsm.errors import ConflictError
 from tests.fsm.sample_flows import Counter
 
@@ -85,12 +87,13 @@ def test_side_effect_step_runs_under_the_lock_once_per_message(clock: FakeClock)
 
 
 class _RacingStore(MemoryStore):
-    """A store where another writer saves between every load and save of ours."""
+    """A store where another writer saves just before every save of ours."""
 
-    def load(self, user_key: str, *, message_id: str | None = None) -> Loaded:
-        loaded = super().load(user_key, message_id=message_id)
-        if loaded.record is not None:
-            rec = loaded.record
+    racing = False
+
+    def save(self, user_key: str, payload: bytes, **kw: Any) -> SaveResult:
+        rec = super().load(user_key).record
+        if self.racing and rec is not None:
             other = decode_snapshot(rec.payload)
             bumped = msgspec.structs.replace(other, version=rec.version + 1)
             super().save(
@@ -100,21 +103,36 @@ class _RacingStore(MemoryStore):
                 expected_version=rec.version,
                 ttl=60,
             )
-        return loaded
+        return super().save(user_key, payload, **kw)
 
 
 def test_conflicts_are_bounded_then_reported(clock: FakeClock) -> None:
     store = _RacingStore(clock=clock)
-    engine = Engine(Counter(), store, clock=clock, max_attempts=4)
+    engine = Engine(Counter(), store, clock=clock, max_attempts=LOCK_AFTER_CONFLICTS)
     engine.handle("u", "go")
+    store.racing = True
     before = store.load("u").record
     with pytest.raises(ConflictError) as info:
         engine.handle("u", "+1")
-    assert info.value.attempts == 4 and info.value.user_key == "u"
-    assert engine.stats["conflicts"] == 4
+    assert info.value.attempts == LOCK_AFTER_CONFLICTS and info.value.user_key == "u"
+    assert engine.stats["conflicts"] == LOCK_AFTER_CONFLICTS
+    assert engine.stats["lock_acquisitions"] == 0
     after = store.load("u").record
     assert before is not None and after is not None
     assert after.version > before.version  # only the racing writer's saves landed
+
+
+def test_after_a_few_conflicts_the_lease_wins_because_every_writer_respects_it(
+    clock: FakeClock,
+) -> None:
+    store = _RacingStore(clock=clock)
+    engine = Engine(Counter(), store, clock=clock)
+    engine.handle("u", "go")
+    store.racing = True
+    result = engine.handle("u", "+1")  # the racer is refused (LOCKED) once we hold the lease
+    assert engine.stats["conflicts"] == LOCK_AFTER_CONFLICTS
+    assert engine.stats["lock_acquisitions"] == 1
+    assert result.snapshot == engine.peek("u") and store.lock_info("u") is None
 
 
 def test_same_message_redelivered_to_a_side_effect_step_runs_it_once(clock: FakeClock) -> None:

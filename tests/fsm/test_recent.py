@@ -1,0 +1,69 @@
+"""The engine's cache of recent records: bounded, and a stale entry is harmless."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters import MemoryStore
+from adapters.base import Record
+from fsm import Engine, FakeClock
+from fsm.recent import RecentRecords
+from tests.fsm.sample_flows import Counter
+
+
+def test_bounded_least_recently_used_first_out() -> None:
+    recent = RecentRecords(2)
+    recent.put("a", Record(b"a", 1))
+    recent.put("b", Record(b"b", 1))
+    assert recent.get("a") is not None  # a is now the most recent
+    recent.put("c", Record(b"c", 1))
+    assert recent.get("b") is None and len(recent) == 2
+    recent.put("a", None)  # gone from the store: forgotten
+    assert recent.get("a") is None
+    off = RecentRecords(0)
+    off.put("a", Record(b"a", 1))
+    assert off.get("a") is None
+    with pytest.raises(ValueError):
+        RecentRecords(-1)
+
+
+class _CountingStore(MemoryStore):
+    loads = 0
+
+    def load(self, user_key: str, **kw: object) -> object:  # type: ignore[override]
+        self.loads += 1
+        return super().load(user_key, **kw)  # type: ignore[arg-type]
+
+
+def test_a_warm_message_skips_the_read_and_a_stale_one_costs_one_retry(clock: FakeClock) -> None:
+    store = _CountingStore(clock=clock)
+    one, two = (Engine(Counter(), store, clock=clock) for _ in range(2))
+    one.handle("u", "go")
+    loads = store.loads
+    one.handle("u", "+1")
+    assert store.loads == loads  # warm: straight to the compare-and-set
+    two.handle("u", "+1")  # another worker moves the conversation on
+    result = one.handle("u", "+1")  # one's record is stale now
+    assert result.snapshot.data["count"] == 3  # nothing lost
+    assert one.stats["conflicts"] == 1  # the refused write's reply carried the current record
+    assert store.loads == loads + 1  # only worker two's first (cold) load
+
+
+def test_a_version_that_went_back_is_reported(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryStore(clock=clock)
+    engine = Engine(Counter(), store, clock=clock)
+    engine.handle("u", "go")
+    engine.handle("u", "+1")
+    v2 = store.load("u").record
+    engine.handle("u", "+1")
+    engine.handle("u", "+1")  # this process has seen version 4
+    assert v2 is not None and v2.version == 2
+    # As after a failover that lost the last writes: the primary now holds version 2.
+    store.delete("u")
+    store.save("u", v2.payload, version=2, expected_version=0, ttl=60)
+    result = engine.handle("u", "+1")
+    assert engine.stats["version_regressions"] == 1
+    assert "went back from 4 to 2" in caplog.text
+    assert result.snapshot.version == 3 and result.snapshot.data["count"] == 2
