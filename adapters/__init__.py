@@ -15,6 +15,7 @@ from adapters.base import (
     Store,
 )
 from adapters.memory import MemoryStore
+from adapters.redis import RedisStore
 
 __all__ = [
     "HistoryEntry",
@@ -23,6 +24,7 @@ __all__ = [
     "MemoryStore",
     "QuarantineEntry",
     "Record",
+    "RedisStore",
     "SaveResult",
     "SaveStatus",
     "Store",

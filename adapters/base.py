@@ -154,13 +154,13 @@ class Store(abc.ABC):
         release: bool = False,
     ) -> SaveResult:
         """Atomically: if the stored version is ``expected_version`` (0: nothing stored),
-               ``message_id`` was not applied yet and no worker but ``owner`` holds the user's lease,
-               store ``payload`` as ``version`` with a fresh ``ttl``, append ``history``, record
-               ``message_id``, and with ``release`` free ``owner``'s lease. Otherwise change nothing
-               and say why, in this order: DUPLICATE (a re-delivered message is acknowledged, not
-               retried), LOCKED (another worker holds the lease: queue behind it), CONFLICT.
-        Raises ``ValueError`` if ``ttl <= 0``, ``expected_version < 0``,
-               ``version <= expected_version``, or ``release`` without ``owner``."""
+        ``message_id`` was not applied yet and no worker but ``owner`` holds the user's lease,
+        store ``payload`` as ``version`` with a fresh ``ttl``, append ``history``, record
+        ``message_id``, and with ``release`` free ``owner``'s lease. Otherwise change
+        nothing and say why, in this order: DUPLICATE (a re-delivered message is
+        acknowledged, not retried), LOCKED (another worker holds the lease: queue behind it),
+        CONFLICT. Raises ``ValueError`` if ``ttl <= 0``, ``expected_version < 0``,
+        ``version <= expected_version``, or ``release`` without ``owner``."""
 
     @abc.abstractmethod
     def delete(self, user_key: str) -> bool:

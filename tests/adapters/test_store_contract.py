@@ -8,6 +8,8 @@ short tick and sleep in ``advance``, while the memory store moves a fake clock.
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 import threading
 import time
@@ -19,7 +21,9 @@ import pytest
 
 from adapters.base import HistoryEntry, Loaded, Record, SaveStatus, Store
 from adapters.memory import MemoryStore
+from adapters.redis import RedisStore
 from fsm.clock import FakeClock
+from tests import redis_servers
 
 
 class StoreEnv:
@@ -51,6 +55,30 @@ def memory_env(tick: float, **options: Any) -> Iterator[StoreEnv]:
         store.close()
 
 
+_namespaces = itertools.count(1)
+
+
+def _redis_env(url: Callable[[], str]) -> Callable[..., AbstractContextManager[StoreEnv]]:
+    """A fresh namespace on a real redis-server deployment per store; time is real time."""
+
+    @contextmanager
+    def open_env(tick: float, **options: Any) -> Iterator[StoreEnv]:
+        namespace = f"contract{next(_namespaces)}-{os.getpid()}"
+        store = RedisStore.from_url(url(), namespace=namespace, **options)
+        clock = FakeClock(time.time())
+
+        def advance(seconds: float) -> None:
+            time.sleep(seconds)
+            clock.advance(seconds)
+
+        try:
+            yield StoreEnv(store, clock, tick=tick, advance=advance)
+        finally:
+            store.close()
+
+    return open_env
+
+
 class Adapter(NamedTuple):
     tick: float  # one test time unit for this adapter, in seconds
     open: Callable[..., AbstractContextManager[StoreEnv]]  # (tick, **store options)
@@ -59,6 +87,9 @@ class Adapter(NamedTuple):
 # One entry per adapter; each opens a fresh, empty store.
 ADAPTERS: dict[str, Adapter] = {
     "memory": Adapter(tick=1.0, open=memory_env),
+    "redis": Adapter(tick=0.1, open=_redis_env(lambda: redis_servers.standalone().url)),
+    "redis-cluster": Adapter(tick=0.1, open=_redis_env(lambda: redis_servers.cluster().url)),
+    "redis-sentinel": Adapter(tick=0.1, open=_redis_env(lambda: redis_servers.sentinel().url)),
 }
 
 

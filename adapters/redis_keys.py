@@ -1,0 +1,62 @@
+"""Where a user's data lives in Redis: key building, kept apart from the storage code.
+
+Every key of one user shares one Redis Cluster hash tag, so every script touches one slot and
+runs unchanged on standalone, Sentinel and Cluster::
+
+    <namespace>:{u<escaped user key>}:s   the session: b"<version>:" + encoded snapshot
+    <namespace>:{u<escaped user key>}:h   history, a list of msgpack entries, newest first
+    <namespace>:{u<escaped user key>}:m   seen message ids, a sorted set scored by time (ms)
+    <namespace>:{u<escaped user key>}:l   the lease lock: the owner token, with a PX expiry
+    <namespace>:{u<escaped user key>}:q   quarantined bytes, a list of msgpack entries
+
+The user key is percent-encoded (UTF-8, every byte outside ``A-Z a-z 0-9 _ . - ~``), so the
+escaped form never holds ``{``, ``}``, ``:``, ``*``, spaces or newlines: no user key can end the
+tag early, reach into another namespace, match a SCAN pattern it should not, or collide with
+another user key (the encoding is one-to-one).
+
+>>> layout = KeyLayout("bot")
+>>> layout.session("263 77{x}")
+'bot:{u263%2077%7Bx%7D}:s'
+>>> layout.user_of("bot:{u263%2077%7Bx%7D}:s")
+'263 77{x}'
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote
+
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+class KeyLayout:
+    """Builds the keys of one namespace (bots sharing a server use different namespaces)."""
+
+    def __init__(self, namespace: str = "fsm") -> None:
+        if not _NAMESPACE.match(namespace):
+            raise ValueError(
+                f"namespace must be 1-64 of A-Z a-z 0-9 _ . - (no braces, colons or globs), "
+                f"got {namespace!r}"
+            )
+        self.namespace = namespace
+        self.session_pattern = f"{namespace}:{{*}}:s"
+        self.quarantine_pattern = f"{namespace}:{{*}}:q"
+
+    def tag(self, user_key: str) -> str:
+        """The user's hash tag, braces included. It starts with ``u`` so that even the empty
+        user key has a non-empty tag (Redis hashes the whole key for ``{}``)."""
+        return "{u" + quote(user_key, safe="") + "}"
+
+    def session(self, user_key: str) -> str:
+        return f"{self.namespace}:{self.tag(user_key)}:s"
+
+    def keys(self, user_key: str) -> tuple[str, str, str, str, str]:
+        """(session, history, seen, lock, quarantine) of one user: one slot."""
+        base = f"{self.namespace}:{self.tag(user_key)}:"
+        return base + "s", base + "h", base + "m", base + "l", base + "q"
+
+    def user_of(self, key: str | bytes) -> str:
+        """The user key a session (or quarantine) key belongs to."""
+        text = key.decode() if isinstance(key, bytes) else key
+        start, end = text.index("{"), text.rindex("}")
+        return unquote(text[start + 2 : end])

@@ -1,0 +1,132 @@
+"""The Lua scripts of :class:`adapters.redis.RedisStore`: one atomic script per operation.
+
+Each touches the keys of one user only (one Cluster slot), reads the time from the server (so
+every worker agrees on expiry) and is registered once per client; redis-py reloads a script
+that a ``SCRIPT FLUSH``, a restart or a failover removed (NOSCRIPT) transparently.
+
+A session value is ``b"<version>:" + payload``: a script reads the version with one
+``string.find`` and never decodes msgpack.
+"""
+
+from __future__ import annotations
+
+# Shared Lua: the server's time in ms, and the version of a session value (0 for none).
+_PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- A value is "<version>:<payload>"; bytes without that prefix (written by something else) are
+-- version 0 with the whole value as payload, exactly as RedisStore reads them.
+local function split(value)
+  local digits = string.match(value, '^([1-9][0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?'
+    .. '[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?):')
+  if digits then return tonumber(digits), string.sub(value, #digits + 2) end
+  return 0, value
+end
+local function version_of(value)
+  if not value then return 0 end
+  local version = split(value)
+  return version
+end
+local function seen(key, message_id, ttl_ms, now)
+  if message_id == '' then return false end
+  local at = redis.call('ZSCORE', key, message_id)
+  return at ~= false and tonumber(at) > now - ttl_ms
+end
+"""
+
+# KEYS[1] session, KEYS[2] seen, KEYS[3] lock
+# ARGV[1] message id ('' for none), ARGV[2] dedupe ttl (ms)
+# returns {session value or nil, 1 if the message id was seen else 0, 1 if locked else 0}
+LOAD = (
+    _PRELUDE
+    + """
+local value = redis.call('GET', KEYS[1])
+local was_seen = seen(KEYS[2], ARGV[1], tonumber(ARGV[2]), now_ms()) and 1 or 0
+return {value, was_seen, redis.call('EXISTS', KEYS[3])}
+"""
+)
+
+# KEYS[1] session, KEYS[2] seen, KEYS[3] lock
+# ARGV[1] owner token, ARGV[2] lock ttl (ms), ARGV[3] message id ('' for none),
+# ARGV[4] dedupe ttl (ms)
+# returns nil if the lock is taken, else LOAD's reply (taken now, so locked = 1)
+LOCK_AND_LOAD = (
+    _PRELUDE
+    + """
+if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local value = redis.call('GET', KEYS[1])
+local was_seen = seen(KEYS[2], ARGV[3], tonumber(ARGV[4]), now_ms()) and 1 or 0
+return {value, was_seen, 1}
+"""
+)
+
+# KEYS[1] session, KEYS[2] history, KEYS[3] seen, KEYS[4] lock
+# ARGV[1] expected version, ARGV[2] new value (b"<version>:" + payload), ARGV[3] ttl (ms),
+# ARGV[4] history entry ('' for none), ARGV[5] history limit, ARGV[6] history ttl (ms),
+# ARGV[7] message id ('' for none), ARGV[8] dedupe limit, ARGV[9] dedupe ttl (ms),
+# ARGV[10] owner token ('' for none), ARGV[11] '1' to release the owner's lock after saving
+# returns {status, current value or nil}: status 'saved', 'duplicate', 'locked' or 'conflict'
+# (checked in that order; on anything but 'saved' nothing changed)
+SAVE = (
+    _PRELUDE
+    + """
+local current = redis.call('GET', KEYS[1])
+local now = now_ms()
+local dedupe_ttl = tonumber(ARGV[9])
+if seen(KEYS[3], ARGV[7], dedupe_ttl, now) then return {'duplicate', current} end
+local holder = redis.call('GET', KEYS[4])
+if holder and holder ~= ARGV[10] then return {'locked', current} end
+if version_of(current) ~= tonumber(ARGV[1]) then return {'conflict', current} end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('LPUSH', KEYS[2], ARGV[4])
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[3], now, ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - dedupe_ttl)
+  local extra = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[8])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, extra - 1) end
+  redis.call('PEXPIRE', KEYS[3], ARGV[9])
+end
+if ARGV[11] == '1' and holder == ARGV[10] then redis.call('DEL', KEYS[4]) end
+return {'saved', false}
+"""
+)
+
+# KEYS[1] lock; ARGV[1] owner token. Returns 1 if released, 0 if the lock is not the owner's.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] lock; ARGV[1] owner token, ARGV[2] ttl (ms). Returns 1 if extended, else 0.
+EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS[1] lock. Returns {owner or nil, ttl left (ms)}.
+LOCK_INFO = """
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+"""
+
+# KEYS[1] session, KEYS[2] quarantine
+# ARGV[1] the payload the caller read, ARGV[2] quarantine entry, ARGV[3] per-user limit
+# returns 1 if the session still held exactly that payload and was moved, else 0
+QUARANTINE = (
+    _PRELUDE
+    + """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+local _, payload = split(current)
+if payload ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+return 1
+"""
+)

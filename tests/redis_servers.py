@@ -1,0 +1,237 @@
+"""Real redis-server processes for the tests: standalone, a 3-primary Cluster, and a primary
+with one replica behind a Sentinel.
+
+Each server runs from the ``redis-server`` binary on a free loopback port, in its own temp
+directory, and is stopped by its PID. Nothing here talks to a Redis the tests did not start.
+Deployments start on first use and stop at the end of the session (``stop_all``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(*, bus: bool = False) -> int:
+    """A free loopback port; with ``bus``, one below 55536 whose +10000 is free too."""
+    if not bus:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    for _ in range(1000):
+        port = random.randint(20000, 45000)
+        if _free(port) and _free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisServer:
+    """One redis-server process on 127.0.0.1, in a temp dir, stopped by PID."""
+
+    def __init__(self, *args: str, name: str = "redis", port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"fsm-{name}-"))
+        self.args = list(args)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, *, config: Sequence[str] = ()) -> RedisServer:
+        command = [REDIS_SERVER, *config, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--dir", str(self.dir), "--save", "", "--protected-mode", "no"]
+        command += ["--logfile", str(self.dir / "redis.log"), *self.args]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.wait_ready()
+        return self
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **kwargs)  # type: ignore[arg-type]
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                log = (
+                    (self.dir / "redis.log").read_text()
+                    if (self.dir / "redis.log").exists()
+                    else ""
+                )
+                raise RuntimeError(
+                    f"redis-server exited ({self.process.returncode}): {log[-2000:]}"
+                )
+            try:
+                with self.client() as client:
+                    if client.ping():
+                        return
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout}s")
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would, and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Cluster:
+    """Three primaries, slots split evenly, no replicas."""
+
+    def __init__(self) -> None:
+        flags = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        flags += ["--cluster-node-timeout", "2000"]
+        # A cluster node also listens on port + 10000 (the cluster bus): keep both free.
+        self.nodes = [
+            RedisServer(*flags, name="cluster", port=free_port(bus=True)) for _ in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> Cluster:
+        for node in self.nodes:
+            node.start()
+        bounds = [0, 5461, 10923, 16384]
+        for i, node in enumerate(self.nodes):
+            with node.client() as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", bounds[i], bounds[i + 1] - 1)
+        with self.nodes[0].client() as first:
+            for node in self.nodes[1:]:
+                first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = []
+            for node in self.nodes:
+                with node.client() as client:
+                    info = client.execute_command("CLUSTER", "INFO").decode()
+                    states.append("cluster_state:ok" in info and "cluster_known_nodes:3" in info)
+            if all(states):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("the test cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+class SentinelSetup:
+    """A primary, one replica, and one Sentinel watching them as ``mymaster``."""
+
+    service = "mymaster"
+
+    def __init__(self) -> None:
+        self.primary = RedisServer(name="primary")
+        self.replica = RedisServer(name="replica")
+        self.sentinel = RedisServer(name="sentinel")
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.service}"
+
+    def start(self) -> SentinelSetup:
+        self.primary.start()
+        self.replica.args += ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.replica.start()
+        conf = self.sentinel.dir / "sentinel.conf"
+        conf.write_text(
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 3000\n"
+        )
+        self.sentinel.start(config=[str(conf), "--sentinel"])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with self.sentinel.client() as client:
+                try:
+                    master = client.execute_command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
+                    )
+                except redis.RedisError:
+                    master = None
+            if master and int(master[1]) == self.primary.port:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("the test Sentinel did not report its primary")
+
+    def stop(self) -> None:
+        for server in (self.sentinel, self.replica, self.primary):
+            server.stop()
+
+
+_started: dict[str, object] = {}
+_mutex = threading.Lock()
+
+
+def standalone() -> RedisServer:
+    with _mutex:
+        if "standalone" not in _started:
+            _started["standalone"] = RedisServer(name="standalone").start()
+        return _started["standalone"]  # type: ignore[return-value]
+
+
+def cluster() -> Cluster:
+    with _mutex:
+        if "cluster" not in _started:
+            _started["cluster"] = Cluster().start()
+        return _started["cluster"]  # type: ignore[return-value]
+
+
+def sentinel() -> SentinelSetup:
+    with _mutex:
+        if "sentinel" not in _started:
+            _started["sentinel"] = SentinelSetup().start()
+        return _started["sentinel"]  # type: ignore[return-value]
+
+
+def stop_all() -> None:
+    with _mutex:
+        for deployment in _started.values():
+            deployment.stop()  # type: ignore[attr-defined]
+        _started.clear()
+
+
+atexit.register(stop_all)
