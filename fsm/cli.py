@@ -22,6 +22,7 @@ from fsm.errors import FsmError
 from fsm.transcript import Directive, Runner, TranscriptError
 
 if TYPE_CHECKING:
+    from adapters import Store
     from fsm.engine import Engine
     from fsm.flow import FlowSpec
     from fsm.reply import Reply
@@ -66,11 +67,33 @@ def main() -> None:
     help="Chat with your own bot instead: a callable taking clock= (an fsm.Clock) and returning "
     "an fsm.Engine, e.g. mybot.wiring:build_engine. Default: the reference Credex bot.",
 )
-def chat(user: str, script: TextIO | None, engine_ref: str | None) -> None:
+@click.option(
+    "--store",
+    "store_url",
+    default="memory",
+    show_default=True,
+    metavar="URL",
+    help="Where conversations live: 'memory' (this process only) or a Redis URL "
+    "(redis://host:port/db, rediss://, unix://, redis+cluster://, redis+sentinel://); "
+    "several chats on one Redis share each user's conversation.",
+)
+@click.option(
+    "--namespace",
+    default="credex",
+    show_default=True,
+    help="Key namespace on Redis, so bots sharing a server stay apart.",
+)
+def chat(
+    user: str, script: TextIO | None, engine_ref: str | None, store_url: str, namespace: str
+) -> None:
     """Chat with the reference Credex bot on the in-memory store and the fake Credex API."""
     # A script runs on a fake clock (starting now) so '! clock +2h' can move time.
     clock: Clock = FakeClock(time.time()) if script is not None else SYSTEM_CLOCK
-    engine, directives = _chat_engine(engine_ref, clock)
+    if engine_ref is not None and store_url != "memory":
+        raise click.UsageError(
+            "--store is for the reference bot; an --engine factory builds its own"
+        )
+    engine, directives = _chat_engine(engine_ref, clock, _chat_store(store_url, namespace))
     if script is not None:
         assert isinstance(clock, FakeClock)
         runner = Runner(engine, user, clock=clock, directives=directives, echo=click.echo)
@@ -95,7 +118,23 @@ def chat(user: str, script: TextIO | None, engine_ref: str | None) -> None:
     _converse(engine, user, _prompt_lines())
 
 
-def _chat_engine(ref: str | None, clock: Clock) -> tuple[Engine, dict[str, Directive]]:
+def _chat_store(url: str, namespace: str) -> Store | None:
+    """None for the embedded memory store, else a RedisStore (a usage error if unusable)."""
+    if url == "memory":
+        return None
+    from adapters import RedisStore
+
+    try:
+        store = RedisStore.from_url(url, namespace=namespace)
+        store.lock_info("-")  # one round trip: fail now, clearly, if Redis is not there
+    except (ValueError, FsmError) as exc:
+        raise click.BadParameter(str(exc), param_hint="'--store'") from None
+    return store
+
+
+def _chat_engine(
+    ref: str | None, clock: Clock, store: Store | None
+) -> tuple[Engine, dict[str, Directive]]:
     """The engine to chat with, and the transcript directives it supports."""
     from fsm.engine import Engine
 
@@ -105,7 +144,7 @@ def _chat_engine(ref: str | None, clock: Clock) -> tuple[Engine, dict[str, Direc
         from flows.credex.fake import FakeCredexApi
 
         api = FakeCredexApi(clock=clock)
-        return build_engine(api=api, clock=clock), directives(api)
+        return build_engine(store, api, clock=clock), directives(api)
     factory = _resolve(ref, "--engine", example="mybot.wiring:build_engine")
     if not callable(factory):
         raise click.BadParameter(f"{ref} is not callable", param_hint="'--engine'")

@@ -22,6 +22,7 @@ against the rendered replies (:meth:`fsm.reply.Reply.render`), so numbered optio
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -127,6 +128,7 @@ class Runner:
         self.echo = echo
         self._send = send or (lambda user, text, mid: engine.handle(user, text, message_id=mid))
         self._count = 0
+        self._run_id = secrets.token_hex(4)
         self._next_id = next_id or self._counted_id
         self._last: tuple[str, str] | None = None  # (text, message id) of the last message
 
@@ -178,8 +180,9 @@ class Runner:
         return run
 
     def _counted_id(self) -> str:
+        # Unique across runs too: two chats on one shared store must not dedupe each other.
         self._count += 1
-        return f"transcript-{self._count}"
+        return f"transcript-{self._run_id}-{self._count}"
 
     def _say(self, text: str, message_id: str, run: Run) -> Result:
         if self.echo is not None:

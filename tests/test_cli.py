@@ -134,3 +134,23 @@ def test_chat_with_a_bad_engine_reference_is_a_usage_error(tmp_path: Path) -> No
         result = runner.invoke(main, ["chat", "--engine", ref, "--script", "-"], input="hi\n")
         assert result.exit_code == 2, (ref, result.output)
         assert problem in result.output, (ref, result.output)
+
+
+def test_two_chats_on_one_redis_share_the_conversation() -> None:
+    from tests import redis_servers
+
+    url = redis_servers.standalone().url
+    user = "263770000002"
+    namespace = f"chat-{os.getpid()}"
+    args = ["chat", "--user", user, "--store", url, "--namespace", namespace, "--script", "-"]
+    first = _run(*args, stdin="> hi\n= menu.dashboard\n")
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = _run(*args, stdin="> Offer credex\n< How much\n= credex.amount\n")
+    assert second.returncode == 0, second.stdout + second.stderr  # it went on from the menu
+    assert "[credex.amount v2]" in second.stdout
+
+
+def test_chat_with_an_unreachable_store_is_a_usage_error() -> None:
+    proc = _run("chat", "--store", "redis://127.0.0.1:1/0", "--script", "-", stdin="hi\n")
+    assert proc.returncode == 2
+    assert "store unavailable" in proc.stderr and "Connection refused" in proc.stderr
