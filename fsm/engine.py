@@ -199,7 +199,9 @@ class Engine:
             raise ValueError("message_id must be a non-empty string or None")
         decider = self._decider
         owner: str | None = None
-        floor = 0  # versions never go back: a reset session continues above the old one
+        # Versions never go back: a session restarted after this call quarantined its record
+        # continues above that record's version (None: nothing quarantined).
+        floor: int | None = None
         notices: tuple[Reply, ...] = ()  # said once even if the save is retried
         conflicts = actions = version = 0
         message_due = True  # the message is not applied yet (False once saved, or if seen)
@@ -208,6 +210,7 @@ class Engine:
         events: list[str] = []
         stored: Snapshot | None = None  # the last snapshot this call saved
         known: _Restored | None = None  # set when we hold the lease and just saved
+        leased_at = 0.0  # when our lease was taken or last renewed (monotonic)
         # What the next pass works on without asking the store: the record this process saw
         # last (the compare-and-set makes a stale one harmless), a conflict reply's current
         # record, or what the lock was taken with. None: load it.
@@ -240,7 +243,7 @@ class Engine:
                         assert loaded.record is not None
                         self._recent.forget(key)
                         if self._quarantine(key, loaded.record, exc):
-                            floor = max(floor, loaded.record.version)
+                            floor = max(floor or 0, loaded.record.version)
                             notices = (Reply(self.reset_notice),)
                         continue  # reload: it is gone now, or someone rewrote it meanwhile
                 current = restored.snapshot
@@ -261,11 +264,15 @@ class Engine:
                 if owner is None and needs_lock:
                     # Lock and load in one step: the state may have moved meanwhile.
                     owner, ready = self._lock(key, message_id if message_due else None)
+                    leased_at = time.monotonic()
                     self._remember(key, ready.record)
                     continue
-                if at_action and owner is not None and not self._lease_held(key, owner):
-                    owner = None  # it lapsed: someone else may be running this action; re-lock
-                    continue
+                if at_action and owner is not None and self._lease_aging(leased_at):
+                    # Renew a lease taken a while ago before running an action under it.
+                    if not self._lease_held(key, owner):
+                        owner = None  # it lapsed: someone else may be running it; re-lock
+                        continue
+                    leased_at = time.monotonic()
                 # A pending action runs before the message: the message was typed after the
                 # prompt that led to it, and is applied to the state the action leaves.
                 text_in, mid = ("", None) if at_action else (text, message_id)
@@ -277,8 +284,6 @@ class Engine:
                     # A new message waits behind an action that fails: give up the action
                     # rather than lock the user out of their conversation.
                     decision = self._abandon(key, current, exc, notices)
-                if decision.side_effects and owner is not None and not self._lease_held(key, owner):
-                    owner = None  # the compare-and-set below still decides; never trust the lease
                 new = decision.snapshot
                 # The last save of this call (the message applied, no action next) frees the
                 # lease in the same step.
@@ -296,7 +301,8 @@ class Engine:
                     release=last and owner is not None,
                 )
                 if saved.saved:
-                    self._remember(key, Record(payload, new.version))
+                    stored_record = Record(payload, new.version)
+                    self._remember(key, stored_record)
                     if last:
                         owner = None  # released with the save
                     self._count(current, decision, expired=restored.expired)
@@ -318,12 +324,16 @@ class Engine:
                         return Result(tuple(said), stored, duplicate, tuple(events))
                     if owner is not None:  # nobody else writes while we hold the lease
                         known = _Restored(stored, stored.version)
+                    else:  # an action is pending: lock next, with no read before
+                        ready = Loaded(stored_record)
                     continue  # an action is pending now (or the message still is)
                 self._remember(key, saved.current)
                 if decision.side_effects:
-                    # The side effect already ran and someone else wrote meanwhile (our lease
-                    # had expired). Retrying could run it twice: report, do not retry.
+                    # The side effect already ran and someone else wrote meanwhile, or holds
+                    # the lease now (ours had expired). Retrying could run it twice: report,
+                    # do not retry.
                     self.stats.incr("conflicts")
+                    self._lease_lost(key)
                     raise ConflictError(
                         key,
                         attempts=conflicts + 1,
@@ -373,7 +383,7 @@ class Engine:
             update_from=self.source,
         )
 
-    def _restore(self, key: str, record: Record | None, floor: int) -> _Restored:
+    def _restore(self, key: str, record: Record | None, floor: int | None) -> _Restored:
         """The snapshot to apply the message to (:class:`CorruptSnapshot` if it is broken).
 
         ``floor`` is the version of a record this message quarantined: the restarted
@@ -382,8 +392,8 @@ class Engine:
             # Continue the version chain of an expired or reset session, so a worker that
             # stalled on the old session can never compare-and-set onto the new one.
             last = self.store.history(key, limit=1)
-            base = max(floor, last[0].version if last else 0)
-            if floor:  # we quarantined it: the reset notice is already said
+            base = max(floor or 0, last[0].version if last else 0)
+            if floor is not None:  # we quarantined it: the reset notice is already said
                 return _Restored(self._fresh(self.spec.safe_stage, base), 0)
             fresh = self._fresh(self.spec.initial, base)
             if last:  # it existed and is gone: the session expired
@@ -504,15 +514,23 @@ class Engine:
                 )
         self._recent.put(key, record)
 
+    def _lease_aging(self, leased_at: float) -> bool:
+        """Whether a lease taken (or renewed) at ``leased_at`` is old enough to renew before
+        another action runs under it. A fresh one is not: that saves a round trip."""
+        return time.monotonic() - leased_at > self.lock_ttl / 3
+
     def _lease_held(self, key: str, owner: str) -> bool:
-        """Renew our lease (before an action, and after a side effect ran). False if it lapsed
-        meanwhile: another worker may have taken the lock, so the caller must stop relying on
-        it (the compare-and-set still decides whose state lands); the overlap is reported."""
+        """Renew our lease. False if it lapsed meanwhile: another worker may have taken the
+        lock, so the caller must stop relying on it (the compare-and-set still decides whose
+        state lands); the overlap is reported."""
         if self.store.extend_lock(key, owner, self.lock_ttl):
             return True
+        self._lease_lost(key)
+        return False
+
+    def _lease_lost(self, key: str) -> None:
         self.stats.incr("lease_lost")
         log.warning("user %r: the lease expired during a step (lock_ttl=%ss)", key, self.lock_ttl)
-        return False
 
     def _abandon(
         self, key: str, current: Snapshot, exc: FsmError, notices: tuple[Reply, ...]

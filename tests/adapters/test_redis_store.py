@@ -1,0 +1,243 @@
+"""What the Redis store adds to the contract: layout, slots, round trips, scripts, bad bytes.
+
+Every test runs against a real redis-server started by the tests (tests/redis_servers.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from adapters.redis import RedisStore, split_value
+from adapters.redis_keys import KeyLayout
+from flows.credex import build_engine
+from flows.credex.fake import FakeCredexApi
+from fsm import Engine, FakeClock, decode_snapshot
+from fsm.errors import SchemaTooNew, StoreUnavailable
+from tests import redis_servers
+from tests.fsm.sample_flows import Counter
+
+_names = itertools.count(1)
+NASTY = ["", "{", "}", "{}", "a}b{c", "fsm:{x}:s", "*", "?", "[a]", "a b", "a\nb", "a\x00b",
+         "ü", "日本", "🙂", "%7B", "%", "u", "~", "a:b:c", " " * 3, "x" * 300]  # fmt: skip
+
+
+def _namespace() -> str:
+    return f"t{next(_names)}-{os.getpid()}"
+
+
+@pytest.fixture
+def server() -> redis_servers.RedisServer:
+    return redis_servers.standalone()
+
+
+@pytest.fixture
+def store(server: redis_servers.RedisServer) -> Iterator[RedisStore]:
+    s = RedisStore.from_url(server.url, namespace=_namespace())
+    yield s
+    s.close()
+
+
+# -- layout ----------------------------------------------------------------------------------
+@given(st.text(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_every_key_of_a_user_is_in_one_slot_and_maps_back(user: str) -> None:
+    layout = KeyLayout("bot")
+    keys = layout.keys(user)
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert layout.user_of(layout.session(user)) == user
+    for key in keys:
+        tag = key[key.index("{") + 1 : key.index("}")]
+        assert tag and "{" not in tag and "}" not in tag  # the tag is exactly the escaped id
+        assert not any(c in key.split("{", 1)[1] for c in "* ?[]\n")
+
+
+@given(st.text(max_size=20), st.text(max_size=20))
+@settings(max_examples=300, deadline=None)
+def test_distinct_users_never_share_a_key(a: str, b: str) -> None:
+    layout = KeyLayout("bot")
+    if a != b:
+        assert not set(layout.keys(a)) & set(layout.keys(b))
+
+
+def test_namespaces_are_checked_and_isolate_bots(server: redis_servers.RedisServer) -> None:
+    for bad in ("", "a{b", "a:b", "a*", "x" * 65, "sp ace"):
+        with pytest.raises(ValueError, match="namespace"):
+            KeyLayout(bad)
+    one = RedisStore.from_url(server.url, namespace=_namespace())
+    two = RedisStore.from_url(server.url, namespace=_namespace())
+    one.save("u", b"one", version=1, expected_version=0, ttl=60)
+    assert two.load("u").record is None and list(two.scan()) == []
+    assert list(one.scan()) == ["u"]
+
+
+def test_adversarial_ids_on_the_cluster(
+    server: redis_servers.RedisServer,
+) -> None:
+    cluster = redis_servers.cluster()
+    store = RedisStore.from_url(cluster.url, namespace=_namespace())
+    for n, user in enumerate(NASTY):
+        assert store.save(user, b"%d" % n, version=1, expected_version=0, ttl=60).saved
+        assert store.acquire_lock(user, f"o{n}", 60)
+        assert store.quarantine(user, b"%d" % n, "test") is not None  # a 2-key script
+    assert sorted(e.user_key for e in store.quarantined()) == sorted(NASTY)
+    for n, user in enumerate(NASTY):
+        store.save(user, b"again %d" % n, version=2, expected_version=0, ttl=60, owner=f"o{n}")
+    assert sorted(store.scan()) == sorted(NASTY)  # across all three primaries, no collision
+    assert {store.load(u).record.payload for u in NASTY} == {  # type: ignore[union-attr]
+        b"again %d" % n for n in range(len(NASTY))
+    }
+
+
+# -- the stored value ------------------------------------------------------------------------
+def test_the_version_is_readable_without_decoding(store: RedisStore) -> None:
+    store.save("u", b"\x93msgpack", version=7, expected_version=0, ttl=60)
+    raw = store.client.get(store.layout.session("u"))
+    assert raw == b"7:\x93msgpack"
+    assert split_value(b"12:x") == split_value(b"12:x") and split_value(b"12:x").version == 12
+    for foreign in (b"", b"x", b"0:x", b":x", b"01:x", b"1" * 16 + b":x", b"\xff\x00"):
+        assert split_value(foreign).version == 0 and split_value(foreign).payload == foreign
+
+
+class _CountingRedis(redis.Redis):
+    """A redis-py client that counts its round trips (one per command it sends)."""
+
+    sent = 0
+
+    def execute_command(self, *args: object, **options: object) -> object:
+        self.sent += 1
+        return super().execute_command(*args, **options)
+
+
+def test_round_trips_per_message(server: redis_servers.RedisServer) -> None:
+    client = _CountingRedis(host="127.0.0.1", port=server.port)
+    store = RedisStore(client, namespace=_namespace())
+    bob = "263770000002"
+    first = build_engine(store, FakeCredexApi())
+    first.handle(bob, "hi")  # scripts loaded, session created
+
+    def cost(engine: Engine, text: str) -> int:
+        before = client.sent
+        engine.handle(bob, text)
+        return client.sent - before
+
+    assert cost(first, "9") == 1  # warm: this process saved the last version, no read
+    assert cost(build_engine(store, FakeCredexApi()), "9") == 2  # cold: read, then write
+    assert cost(first, "9") == 2  # stale: refused write whose reply is the state, then write
+    carol = "263770000003"
+    first.handle(carol, "hi")
+    first.handle(carol, "Upgrade membership")
+    store.lock_and_load("warm-up", "o", 5)  # have the server load that script first
+    before = client.sent
+    result = first.handle(carol, "Confirm")  # the upgrade is an action
+    assert "tier 3 member" in result.texts[0]
+    # The pending state is saved (1), then lock+read (1), the action runs, its outcome is
+    # saved with the lock released in the same script (1).
+    assert client.sent - before == 3
+
+
+def test_script_flush_between_calls_is_invisible(store: RedisStore) -> None:
+    assert store.save("u", b"one", version=1, expected_version=0, ttl=60).saved
+    store.client.script_flush()
+    assert store.load("u").record is not None  # NOSCRIPT: reloaded and run, transparently
+    store.client.script_flush()
+    assert store.save("u", b"two", version=2, expected_version=1, ttl=60).saved
+    store.client.script_flush()
+    assert store.lock_and_load("u", "o", 60) is not None
+    store.client.script_flush()
+    assert store.release_lock("u", "o")
+
+
+def test_an_unreachable_server_raises_store_unavailable_naming_the_operation() -> None:
+    server = redis_servers.RedisServer(name="gone").start()
+    store = RedisStore.from_url(server.url, namespace="gone", retries=1)
+    store.save("u", b"secret-token-bytes", version=1, expected_version=0, ttl=60)
+    server.kill()
+    try:
+        for operation, call in [
+            ("load", lambda: store.load("u")),
+            ("save", lambda: store.save("u", b"x", version=2, expected_version=1, ttl=60)),
+            ("lock_and_load", lambda: store.lock_and_load("u", "o", 5)),
+            ("history", lambda: store.history("u")),
+        ]:
+            with pytest.raises(StoreUnavailable) as info:
+                call()
+            assert info.value.operation == operation and info.value.user_key == "u"
+            assert "secret-token-bytes" not in str(info.value)
+        with pytest.raises(StoreUnavailable):
+            list(store.scan())
+    finally:
+        server.stop()
+
+
+# -- bytes written by something else ------------------------------------------------------------
+def _corruptions(valid: bytes) -> list[bytes]:
+    rng = random.Random(7)
+    flipped = bytearray(valid)
+    flipped[len(flipped) // 2] ^= 0x40
+    return [
+        bytes(rng.getrandbits(8) for _ in range(64)),  # random
+        valid[: len(valid) // 2],  # truncated
+        bytes(flipped),  # a bit flipped
+        valid.replace(b"\xa6schema\x01", b"\xa6schema\x09"),  # a newer schema than ours
+        b"\xdb\xff\xff\xff\xf0" + b"x" * 10,  # a str8/32 length prefix far past the end
+        b"",
+    ]
+
+
+def test_foreign_bytes_are_quarantined_byte_for_byte_and_the_user_restarts(
+    server: redis_servers.RedisServer,
+) -> None:
+    store = RedisStore.from_url(server.url, namespace=_namespace(), quarantine_limit=3)
+    clock = FakeClock()
+    engine = Engine(Counter(), store, clock=clock, recent=0)
+    engine.handle("u", "go")
+    record = store.load("u").record
+    assert record is not None
+    key = store.layout.session("u")
+    kept: list[bytes] = []
+    for raw in _corruptions(record.payload):
+        with_prefix = random.choice([raw, b"5:" + raw])  # with or without our version prefix
+        store.client.set(key, with_prefix)
+        if b"schema\x09" in raw:  # not corrupt: written by newer code, so refused, untouched
+            with pytest.raises(SchemaTooNew):
+                engine.handle("u", "+1")
+            assert store.client.get(key) == with_prefix
+            store.client.delete(key)
+            engine.handle("u", "go")
+            continue
+        try:
+            result = engine.handle("u", "+1")
+        except Exception as exc:  # noqa: BLE001 - the test reports what it was
+            pytest.fail(f"{type(exc).__name__}: {exc} for {raw[:20]!r}")
+        assert result.texts[0] == engine.reset_notice
+        assert decode_snapshot(store.load("u").record.payload).stage == "counting"  # type: ignore[union-attr]
+        kept.append(split_value(with_prefix).payload)
+    entries = [e.raw for e in store.quarantined()]
+    assert entries == kept[-3:]  # byte for byte, and bounded per user (oldest dropped)
+    assert store.client.llen(store.layout.keys("u")[4]) == 3
+
+
+def test_a_json_session_from_the_old_bot_is_quarantined(store: RedisStore) -> None:
+    engine = Engine(Counter(), store, recent=0)
+    store.client.set(store.layout.session("u"), b'{"stage": "MENU", "jwt": "eyJ..."}')
+    result = engine.handle("u", "go")
+    assert result.texts[0] == engine.reset_notice
+    [entry] = store.quarantined()
+    assert entry.raw == b'{"stage": "MENU", "jwt": "eyJ..."}'
+    assert "eyJ" not in repr(entry)
+
+
+def test_redis_errors_never_leak_raw(store: RedisStore) -> None:
+    store.client.set(store.layout.keys("u")[2], b"not a sorted set")  # wrong type for seen ids
+    with pytest.raises(StoreUnavailable) as info:
+        store.load("u", message_id="m")
+    assert isinstance(info.value.__cause__, redis.ResponseError)
