@@ -20,8 +20,9 @@ MAX_OFFER_ROWS = 9
 BACK = Option("back", "Back to menu")
 
 
-class Summary(msgspec.Struct, frozen=True, kw_only=True):
-    """What the menu needs from the dashboard, stored under data["dashboard"]."""
+class Summary(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """What the menu needs from the dashboard, stored under data["dashboard"] as an array in
+    field order (compact: no field names in every session)."""
 
     member_id: str
     firstname: str

@@ -15,6 +15,7 @@ import pytest
 from adapters import MemoryStore
 from flows.credex import build_engine
 from flows.credex.api import ApiError
+from flows.credex.dashboard import summary_in
 from flows.credex.fake import FakeCredexApi
 from fsm import Engine, FakeClock, Snapshot, TokenVerifier, decode_snapshot, encode_snapshot
 from fsm.errors import StoreUnavailable
@@ -42,7 +43,8 @@ def test_failure_02_refresh_after_accepting_keeps_the_member_in_the_list(bot: Bo
     alice.say("Accept offers (2)").expect(stage="credex", step="pick")
     turn = alice.say("1").expect("Accepted: 12.50 USD from @dan.", stage="credex", step="pick")
     # The dashboard was reloaded (one offer fewer), and the member is still where they were.
-    assert turn.snapshot.data["dashboard"]["pending_in"] == 1
+    summary = summary_in(turn.snapshot.data)
+    assert summary is not None and summary.pending_in == 1
     assert bot.api.count("getMemberDashboardByPhone") == 2
 
 

@@ -104,3 +104,37 @@ def test_a_migration_cannot_change_the_token(clock: FakeClock) -> None:
     _saved(store, old)
     result = Engine(Thief(), store, clock=clock).handle("u", "Ann")
     assert result.snapshot.auth == auth
+
+
+def test_a_schema_1_record_is_read_and_rewritten_in_the_current_layout(clock: FakeClock) -> None:
+    from fsm import SCHEMA_VERSION, Auth, Resume, decode_snapshot
+
+    v1 = {
+        "flow": "survey", "stage": "q", "step": "city", "option": "o", "data": {"name": "Bo"},
+        "auth": {"token": "a.b.c", "subject": "s", "expires_at": 5.0, "issued_at": 1.0},
+        "resume": {"stage": "q", "step": "name", "option": "", "pending": ""},
+        "version": 4, "schema": 1, "flow_version": 3, "last_updated": 9.0, "update_from": "w",
+    }  # fmt: skip
+    raw = msgspec.msgpack.encode(v1)
+    snap = decode_snapshot(raw)
+    assert snap.schema == SCHEMA_VERSION == 2
+    assert snap.auth == Auth(token="a.b.c", subject="s", expires_at=5.0, issued_at=1.0)
+    assert snap.resume == Resume(stage="q", step="name")
+    assert (snap.data, snap.version, snap.flow_version) == ({"name": "Bo"}, 4, 3)
+    store = MemoryStore(clock=clock)
+    store.save("u", raw, version=4, expected_version=0, ttl=60)
+    Engine(SurveyV3(), store, clock=clock).handle("u", "Harare")
+    rewritten = store.load("u").record
+    assert rewritten is not None and 0x90 <= rewritten.payload[0] <= 0x9F  # now an array
+    assert decode_snapshot(rewritten.payload).auth == snap.auth  # the token came through
+    assert len(rewritten.payload) < len(raw)
+
+
+def test_a_newer_schema_is_refused_even_if_its_fields_changed_type() -> None:
+    from fsm import decode_snapshot
+    from fsm.errors import SchemaTooNew
+
+    fields = ["survey", "q", "name", "", {}, None, None, 1, 3, 1, 0.0, ""]
+    fields[0] = {"renamed": True}  # a type this code cannot read
+    with pytest.raises(SchemaTooNew):
+        decode_snapshot(msgspec.msgpack.encode(fields))

@@ -1,0 +1,185 @@
+"""Per-message cost on Redis, against raw redis-py baselines measured in the same run.
+
+Starts its own redis-server on a free loopback port, prints a table, stops the server.
+Run: ``.venv/bin/python -m tests.benchmarks.bench_redis`` (``--quick`` for a smoke run).
+Every loop is bounded in count; figures are the best of five rounds (least disturbed by
+other work on the machine). See docs/performance.md for what was measured and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from adapters.redis import RedisStore
+from flows.credex import build_engine
+from flows.credex.fake import FakeCredexApi
+from fsm import Context, Engine, Flow, Outcome, Stage, action, step
+from tests.redis_servers import RedisServer
+
+# A script doing what our compare-and-set does at its core (read, compare, write with a TTL).
+FLOOR_SCRIPT = """
+local v = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', 60000)
+return v
+"""
+BOB = "263770000002"  # tier 3, no offers: the menu step stays in the menu
+
+
+class Ping(Flow):
+    """Every message moves to an action step, which moves back: a side-effecting step."""
+
+    name = "ping"
+    stages = (Stage("s", ("ask", "do")),)
+    transitions = ()
+
+    @step("s", "ask")
+    def ask(self, ctx: Context) -> Outcome:
+        return ctx.stay(step="do")
+
+    @action("s", "do")
+    def do(self, ctx: Context) -> Outcome:
+        return ctx.stay("done", step="ask")
+
+
+def per_call(fn: Callable[[], object], n: int, rounds: int = 5) -> float:
+    """Microseconds per call, best of ``rounds`` rounds of ``n // rounds`` calls."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(max(1, n // rounds)):
+            fn()
+        best = min(best, (time.perf_counter() - start) / max(1, n // rounds))
+    return best * 1e6
+
+
+def concurrent_throughput(store: RedisStore, users: int, per_user: int) -> float:
+    """Messages per second with ``users`` conversations, one thread each, one process."""
+    engine = build_engine(store, FakeCredexApi())
+    names = [f"bench-{n}" for n in range(users)]
+    for name in names:
+        engine.handle(name, "hi")
+    start_line = threading.Barrier(users + 1)
+
+    def talk(name: str) -> None:
+        start_line.wait()
+        for _ in range(per_user):
+            engine.handle(name, "9")
+
+    threads = [threading.Thread(target=talk, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    start_line.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return users * per_user / (time.perf_counter() - began)
+
+
+def bytes_per_session(server: RedisServer, sessions: int) -> tuple[float, float]:
+    """Redis ``used_memory`` per session, for the session key alone and with its history and
+    seen-message entries, over ``sessions`` copies of Alice's session at the menu."""
+    client = server.client()
+    store = RedisStore(client, namespace="mem")
+    engine = build_engine(store, FakeCredexApi())
+    engine.handle("263770000001", "hi", message_id="wamid.1")
+    record = store.load("263770000001").record
+    assert record is not None
+    history = store.history("263770000001")[0]
+    client.flushall()
+    results = []
+    for with_extras in (False, True):
+        client.flushall()
+        before = int(client.info("memory")["used_memory"])
+        for start in range(0, sessions, 1000):
+            pipe = client.pipeline(transaction=False)
+            for n in range(start, min(start + 1000, sessions)):
+                keys = store.layout.keys(f"2637{n:08d}")
+                pipe.set(keys[0], b"1:" + record.payload, px=1_800_000)
+                if with_extras:
+                    from adapters.base import encode_history
+
+                    pipe.lpush(keys[1], encode_history(history))
+                    pipe.zadd(keys[2], {f"wamid.{n}": time.time() * 1000})
+            pipe.execute()
+        after = int(client.info("memory")["used_memory"])
+        results.append((after - before) / sessions)
+    client.flushall()
+    return results[0], results[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    args = parser.parse_args()
+    n = 500 if args.quick else 5000
+    sessions = 2000 if args.quick else 100_000
+
+    server = RedisServer(name="bench").start()
+    try:
+        client = redis.Redis(host="127.0.0.1", port=server.port)
+        floor = client.register_script(FLOOR_SCRIPT)
+        floor(keys=["floor"], args=["x"])
+        single = per_call(lambda: floor(keys=["floor"], args=["x" * 500]), n)
+
+        def get_eval() -> None:
+            client.get("floor2")
+            floor(keys=["floor2"], args=["x" * 500])
+
+        get_and_eval = per_call(get_eval, n)
+
+        def lock_get_set_unlock() -> None:  # the original bot's pattern
+            client.set("orig:lock", "me", nx=True, px=30000)
+            client.get("orig:state")
+            client.set("orig:state", "x" * 500, ex=1800)
+            client.delete("orig:lock")
+
+        original = per_call(lock_get_set_unlock, n)
+
+        def two_keys() -> None:  # aiogram's RedisStorage cycle: state and data apart
+            client.get("fsm:chat:user:state")
+            client.get("fsm:chat:user:data")
+            client.set("fsm:chat:user:state", "menu")
+            client.set("fsm:chat:user:data", "x" * 500)
+
+        two_key = per_call(two_keys, n)
+
+        store = RedisStore.from_url(server.url, namespace="bench")
+        warm_engine = build_engine(store, FakeCredexApi())
+        warm_engine.handle(BOB, "hi")
+        warm = per_call(lambda: warm_engine.handle(BOB, "9"), n)
+        cold_engine = build_engine(store, FakeCredexApi(), recent=0)  # never holds a version
+        cold = per_call(lambda: cold_engine.handle(BOB, "9"), n)
+        acting = Engine(Ping(), store)
+        acting.handle("ping", "x")
+        side_effect = per_call(lambda: acting.handle("ping", "x"), n)
+        concurrent = concurrent_throughput(store, 50, max(4, n // 50))
+        session_bytes, with_extras = bytes_per_session(server, sessions)
+    finally:
+        server.stop()
+
+    rows = [
+        ("raw EVALSHA (the floor)", single, single, "1.00"),
+        ("raw GET + EVALSHA", get_and_eval, single, ""),
+        ("engine, warm (menu step)", warm, single, "<= 1.3x EVALSHA"),
+        ("engine, cold (menu step)", cold, get_and_eval, "<= 1.3x GET+EVALSHA"),
+        ("engine, side-effecting step (action)", side_effect, single, ""),
+        ("original bot: lock/GET/SET/unlock", original, single, ""),
+        ("two-key store: 2 GET + 2 SET", two_key, single, ""),
+    ]
+    print(f"{'what':40} {'us/msg':>8} {'msg/s':>8} {'ratio':>7}  target")
+    for label, cost, base, target in rows:
+        ratio = cost / base
+        print(f"{label:40} {cost:8.1f} {1e6 / cost:8.0f} {ratio:6.2f}x  {target}")
+    print(f"{'engine warm vs two-key cycle':40} {'':8} {'':8} {two_key / warm:6.2f}x  >= 3x faster")
+    print(f"{'50 concurrent conversations, 1 process':40} {'':8} {concurrent:8.0f}")
+    print(f"{'Redis bytes per session (key only)':40} {session_bytes:8.0f}")
+    print(f"{'  with its history entry and seen id':40} {with_extras:8.0f}   <= 600 bytes")
+
+
+if __name__ == "__main__":
+    main()
