@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import redis_servers
+
 ROOT = Path(__file__).resolve().parent.parent
 GUIDES = ("concepts.md", "declaring-flows.md", "testing.md")  # each must show runnable code
 BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
@@ -33,6 +35,8 @@ def test_guide_shows_python(name: str) -> None:
 def test_python_blocks_run(path: Path) -> None:
     name = path.relative_to(ROOT).as_posix()
     namespace: dict[str, object] = {"__name__": f"docs_{path.stem.replace('-', '_')}"}
+    if "REDIS_URL" in path.read_text():  # pages about Redis run against a server we started
+        namespace["REDIS_URL"] = redis_servers.standalone().url
     for line, source in blocks(path):
         # Padding keeps traceback line numbers equal to the Markdown file's own.
         code = compile("\n" * line + source, name, "exec")
