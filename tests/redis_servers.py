@@ -18,8 +18,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -206,25 +207,32 @@ _started: dict[str, object] = {}
 _mutex = threading.Lock()
 
 
-def standalone() -> RedisServer:
+def _ensure(name: str, make: Callable[[], Any]) -> Any:
     with _mutex:
-        if "standalone" not in _started:
-            _started["standalone"] = RedisServer(name="standalone").start()
-        return _started["standalone"]  # type: ignore[return-value]
+        if name not in _started:
+            deployment = make()
+            try:
+                deployment.start()
+            except BaseException:
+                deployment.stop()  # a half-started deployment leaves no process behind
+                raise
+            _started[name] = deployment
+        return _started[name]
+
+
+def standalone() -> RedisServer:
+    server: RedisServer = _ensure("standalone", lambda: RedisServer(name="standalone"))
+    return server
 
 
 def cluster() -> Cluster:
-    with _mutex:
-        if "cluster" not in _started:
-            _started["cluster"] = Cluster().start()
-        return _started["cluster"]  # type: ignore[return-value]
+    deployment: Cluster = _ensure("cluster", Cluster)
+    return deployment
 
 
 def sentinel() -> SentinelSetup:
-    with _mutex:
-        if "sentinel" not in _started:
-            _started["sentinel"] = SentinelSetup().start()
-        return _started["sentinel"]  # type: ignore[return-value]
+    deployment: SentinelSetup = _ensure("sentinel", SentinelSetup)
+    return deployment
 
 
 def stop_all() -> None:
