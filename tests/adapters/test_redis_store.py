@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
+from adapters.base import HistoryEntry
 from adapters.redis import RedisStore, split_value
 from adapters.redis_keys import KeyLayout
 from flows.credex import build_engine
@@ -249,3 +250,53 @@ def test_redis_errors_never_leak_raw(store: RedisStore) -> None:
     with pytest.raises(StoreUnavailable) as info:
         store.load("u", message_id="m")
     assert isinstance(info.value.__cause__, redis.ResponseError)
+
+
+class _LosesOneReply(redis.Redis):
+    """Runs the next command of a kind, then loses its reply, as a dropped connection would."""
+
+    lose: str | None = None
+
+    def execute_command(self, *args: object, **options: object) -> object:
+        result = super().execute_command(*args, **options)
+        name = args[0] if args[0] != "EVALSHA" else f"EVALSHA:{str(args[1])[:8]}"
+        if self.lose is not None and str(name).startswith(self.lose):
+            self.lose = None
+            raise redis.ConnectionError("reply lost")
+        return result
+
+
+def test_a_write_whose_reply_was_lost_is_applied_once(server: redis_servers.RedisServer) -> None:
+    client = _LosesOneReply(host="127.0.0.1", port=server.port)
+    store = RedisStore(client, namespace=_namespace())
+    store.save("u", b"one", version=1, expected_version=0, ttl=60)
+    client.lose = f"EVALSHA:{store._save.sha[:8]}"
+    history = HistoryEntry(
+        version=2, from_stage="a", to_stage="b", event="e", update_from="t", at=1
+    )
+    result = store.save(
+        "u", b"two", version=2, expected_version=1, ttl=60, history=history, message_id="m1"
+    )
+    assert result.saved  # the retry found its own bytes: not a conflict, not a duplicate
+    assert store.load("u").record.payload == b"two"  # type: ignore[union-attr]
+    assert store.history("u") == [history]  # appended once
+    assert client.zcard(store.layout.keys("u")[2]) == 1  # the message id recorded once
+
+    client.lose = "SET"  # the lock's SET NX landed, its reply did not
+    assert store.acquire_lock("u", "me", 60)  # the retry recognises its own token
+    assert store.lock_info("u").owner == "me"  # type: ignore[union-attr]
+
+
+def test_a_version_that_went_back_on_redis_is_reported(
+    store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = Engine(Counter(), store)
+    engine.handle("u", "go")
+    engine.handle("u", "+1")
+    older = store.client.get(store.layout.session("u"))
+    engine.handle("u", "+1")
+    engine.handle("u", "+1")
+    store.client.set(store.layout.session("u"), older)  # as a promoted replica that lagged
+    result = engine.handle("u", "+1")
+    assert engine.stats["version_regressions"] == 1 and "went back from 4 to 2" in caplog.text
+    assert result.snapshot.version == 3
