@@ -300,3 +300,36 @@ def test_a_version_that_went_back_on_redis_is_reported(
     result = engine.handle("u", "+1")
     assert engine.stats["version_regressions"] == 1 and "went back from 4 to 2" in caplog.text
     assert result.snapshot.version == 3
+
+
+def test_a_unix_socket_url() -> None:
+    server = redis_servers.RedisServer(name="unix")
+    sock = server.dir / "redis.sock"
+    server.args += ["--unixsocket", str(sock), "--unixsocketperm", "700"]
+    server.start()
+    try:
+        store = RedisStore.from_url(f"unix://{sock}?db=0", namespace="unix")
+        assert store.save("u", b"x", version=1, expected_version=0, ttl=60).saved
+        assert store.load("u").record is not None
+        store.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://localhost", "unsupported Redis URL scheme 'http'"),
+        ("redis+sentinel://127.0.0.1:26379", "names the service"),
+        ("redis+cluster://nohostport", "expected host:port"),
+    ],
+)
+def test_bad_urls_are_refused_clearly(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        RedisStore.from_url(url)
+
+
+def test_a_password_never_shows_in_a_url_error() -> None:
+    with pytest.raises(ValueError) as info:
+        RedisStore.from_url("ftp://user:hunter2@host/x")
+    assert "hunter2" not in str(info.value)
