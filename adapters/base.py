@@ -28,17 +28,23 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A stored session: the bytes exactly as stored and the version they were saved with."""
+    """A stored session: the bytes exactly as stored and the version they were saved with.
+
+    ``tag`` is an opaque id of the write that stored it, for stores that keep one (RedisStore
+    does): passed back as ``expected_tag``, it lets the compare-and-set tell apart two writes
+    of the same version, as after a failover lost one. It takes no part in equality.
+    """
 
     payload: bytes
     version: int
+    tag: str = field(default="", compare=False)
 
     def __repr__(self) -> str:  # the payload holds a JWT: never print it
         return f"Record(version={self.version}, payload=<{len(self.payload)} bytes>)"
@@ -73,6 +79,7 @@ class SaveResult:
 
     status: SaveStatus
     current: Record | None = None
+    tag: str = ""  # on SAVED, the tag of the record just written (stores that keep tags)
 
     @property
     def saved(self) -> bool:
@@ -152,8 +159,10 @@ class Store(abc.ABC):
         message_id: str | None = None,
         owner: str | None = None,
         release: bool = False,
+        expected_tag: str = "",
     ) -> SaveResult:
-        """Atomically: if the stored version is ``expected_version`` (0: nothing stored),
+        """Atomically: if the stored version is ``expected_version`` (0: nothing stored; with
+        ``expected_tag``, in a store that keeps tags, the stored tag must be that too),
         ``message_id`` was not applied yet and no worker but ``owner`` holds the user's lease,
         store ``payload`` as ``version`` with a fresh ``ttl``, append ``history``, record
         ``message_id``, and with ``release`` free ``owner``'s lease. Otherwise change

@@ -184,6 +184,7 @@ class MemoryStore(Store):
         message_id: str | None = None,
         owner: str | None = None,
         release: bool = False,
+        expected_tag: str = "",  # this store keeps no tags: one process cannot lose a write
     ) -> SaveResult:
         check_save_arguments(ttl, version, expected_version, owner, release)
         with self._mutex:

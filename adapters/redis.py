@@ -17,7 +17,9 @@ lost) is recognised by its exact bytes.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -87,14 +89,18 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+_PREFIX = re.compile(rb"^([1-9][0-9]{0,14})\.([0-9a-f]{8}):")
+_TAG = 8  # hex digits of a write's tag; history entries are stored behind theirs
+
+
 def split_value(value: bytes) -> Record:
-    """A session value as a record: ``b"<version>:<payload>"``; bytes without that prefix (not
-    written by this store) are version 0 with the whole value as payload, so the engine
-    quarantines them byte for byte. The scripts read values the same way."""
-    head, sep, rest = value.partition(b":")
-    if sep and 1 <= len(head) <= 15 and head.isdigit() and head[:1] != b"0":
-        return Record(rest, int(head))
-    return Record(value, 0)
+    """A session value as a record: ``b"<version>.<tag>:<payload>"``; bytes without that
+    prefix (not written by this store) are version 0 with the whole value as payload, so the
+    engine quarantines them byte for byte. The scripts read values the same way."""
+    match = _PREFIX.match(value)
+    if match is None:
+        return Record(value, 0)
+    return Record(value[match.end() :], int(match[1]), match[2].decode())
 
 
 class RedisStore(Store):
@@ -244,15 +250,17 @@ class RedisStore(Store):
         message_id: str | None = None,
         owner: str | None = None,
         release: bool = False,
+        expected_tag: str = "",
     ) -> SaveResult:
         check_save_arguments(ttl, version, expected_version, owner, release)
         session, hist, seen, lock, _ = self.layout.keys(user_key)
-        value = b"%d:" % version + payload
+        tag = secrets.token_hex(_TAG // 2)
+        value = b"%d.%s:" % (version, tag.encode()) + payload
         args: list[Any] = [
             expected_version,
             value,
             _ms(ttl),
-            encode_history(history) if history is not None else b"",
+            tag.encode() + encode_history(history) if history is not None else b"",
             self.history_limit,
             _ms(self.history_ttl),
             message_id or "",
@@ -260,16 +268,18 @@ class RedisStore(Store):
             _ms(self.dedupe_ttl),
             owner or "",
             "1" if release else "0",
+            expected_tag,
         ]
 
         def attempt(retried: bool) -> SaveResult:
-            status, current = self._save([session, hist, seen, lock], args)
-            result = SaveResult(_STATUS[status], None if current is None else split_value(current))
-            if retried and not result.saved and current == value:
-                # The first attempt landed and only its reply was lost: these exact bytes at
-                # this version are ours. (A lock it should have released expires on its own.)
-                return SaveResult(SaveStatus.SAVED)
-            return result
+            # On a retry the script first looks for this very write (its tagged value or
+            # history entry): if the first attempt landed and only its reply was lost, it is
+            # SAVED, never applied twice nor mistaken for someone else's.
+            reply = self._save([session, hist, seen, lock], [*args, "1" if retried else "0"])
+            status, current = reply
+            if _STATUS[status] is SaveStatus.SAVED:
+                return SaveResult(SaveStatus.SAVED, tag=tag)
+            return SaveResult(_STATUS[status], None if current is None else split_value(current))
 
         return self._call("save", user_key, attempt)
 
@@ -311,7 +321,7 @@ class RedisStore(Store):
             user_key,
             lambda _: self.client.lrange(hist, 0, end),  # type: ignore[arg-type, return-value]
         )
-        return [decode_history(item) for item in raw]
+        return [decode_history(item[_TAG:]) for item in raw]
 
     # -- lease lock ------------------------------------------------------------------------
     def acquire_lock(self, user_key: str, owner: str, ttl: float) -> bool:
@@ -325,7 +335,11 @@ class RedisStore(Store):
             # A retry after a lost reply finds the lock already ours.
             return retried and self.client.get(lock) == owner.encode()
 
-        return bool(self._call("acquire_lock", user_key, attempt))
+        try:
+            return bool(self._call("acquire_lock", user_key, attempt))
+        except StoreUnavailable:
+            self._forget_lock(user_key, owner)
+            raise
 
     def lock_and_load(
         self, user_key: str, owner: str, ttl: float, *, message_id: str | None = None
@@ -344,7 +358,19 @@ class RedisStore(Store):
                 return Loaded(loaded.record, loaded.seen, locked=True)
             return None
 
-        return self._call("lock_and_load", user_key, attempt)
+        try:
+            return self._call("lock_and_load", user_key, attempt)
+        except StoreUnavailable:
+            self._forget_lock(user_key, owner)
+            raise
+
+    def _forget_lock(self, user_key: str, owner: str) -> None:
+        """After a lock attempt whose outcome is unknown: free the lock if it is ours, so a
+        lost reply does not lock the user out for the lease's TTL. Best effort: the TTL
+        frees it anyway if Redis stays away."""
+        _, _, _, lock, _ = self.layout.keys(user_key)
+        with contextlib.suppress(redis.RedisError, RedisClusterException):
+            self._release([lock], [owner])
 
     def release_lock(self, user_key: str, owner: str) -> bool:
         _, _, _, lock, _ = self.layout.keys(user_key)
@@ -408,11 +434,10 @@ def _hosts(netloc: str) -> list[tuple[str, int]]:
 
 
 def _safe(url: str) -> str:
-    """The URL without its password, for error messages."""
+    """The URL's scheme and hosts only, for error messages: never a password or a query."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{hosts}/..."
 
 
 def _describe(exc: BaseException) -> str:

@@ -4,8 +4,8 @@ Each touches the keys of one user only (one Cluster slot), reads the time from t
 every worker agrees on expiry) and is registered once per client; redis-py reloads a script
 that a ``SCRIPT FLUSH``, a restart or a failover removed (NOSCRIPT) transparently.
 
-A session value is ``b"<version>:" + payload``: a script reads the version with one
-``string.find`` and never decodes msgpack.
+A session value is ``b"<version>.<tag>:" + payload`` (the tag names the write): a script reads
+the version with one ``string.match`` and never decodes msgpack.
 """
 
 from __future__ import annotations
@@ -16,18 +16,15 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- A value is "<version>:<payload>"; bytes without that prefix (written by something else) are
--- version 0 with the whole value as payload, exactly as RedisStore reads them.
+-- A value is "<version>.<tag>:<payload>" (tag: 8 hex digits naming the write). Bytes without
+-- that prefix (written by something else) are version 0, no tag, the whole value as payload,
+-- exactly as RedisStore reads them.
 local function split(value)
-  local digits = string.match(value, '^([1-9][0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?'
-    .. '[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?):')
-  if digits then return tonumber(digits), string.sub(value, #digits + 2) end
-  return 0, value
-end
-local function version_of(value)
-  if not value then return 0 end
-  local version = split(value)
-  return version
+  local digits, tag = string.match(value, '^([1-9]%d*)%.(%x%x%x%x%x%x%x%x):')
+  if digits and #digits <= 15 then
+    return tonumber(digits), tag, string.sub(value, #digits + 11)
+  end
+  return 0, '', value
 end
 local function seen(key, message_id, ttl_ms, now)
   if message_id == '' then return false end
@@ -63,22 +60,36 @@ return {value, was_seen, 1}
 )
 
 # KEYS[1] session, KEYS[2] history, KEYS[3] seen, KEYS[4] lock
-# ARGV[1] expected version, ARGV[2] new value (b"<version>:" + payload), ARGV[3] ttl (ms),
-# ARGV[4] history entry ('' for none), ARGV[5] history limit, ARGV[6] history ttl (ms),
+# ARGV[1] expected version, ARGV[2] new value (b"<version>.<tag>:" + payload), ARGV[3] ttl (ms),
+# ARGV[4] history entry, tagged ('' for none), ARGV[5] history limit, ARGV[6] history ttl (ms),
 # ARGV[7] message id ('' for none), ARGV[8] dedupe limit, ARGV[9] dedupe ttl (ms),
-# ARGV[10] owner token ('' for none), ARGV[11] '1' to release the owner's lock after saving
+# ARGV[10] owner token ('' for none), ARGV[11] '1' to release the owner's lock after saving,
+# ARGV[12] expected tag ('' for any), ARGV[13] '1' if this is a retry of the same write
 # returns {status, current value or nil}: status 'saved', 'duplicate', 'locked' or 'conflict'
-# (checked in that order; on anything but 'saved' nothing changed)
+# (checked in that order; on anything but 'saved' nothing changed). A retry whose first attempt
+# landed (its value is stored, or its tagged history entry is listed) is 'saved' again.
 SAVE = (
     _PRELUDE
     + """
 local current = redis.call('GET', KEYS[1])
+if ARGV[13] == '1' and (current == ARGV[2]
+    or (ARGV[4] ~= '' and redis.call('LPOS', KEYS[2], ARGV[4]))) then
+  return {'saved', false}
+end
 local now = now_ms()
 local dedupe_ttl = tonumber(ARGV[9])
 if seen(KEYS[3], ARGV[7], dedupe_ttl, now) then return {'duplicate', current} end
 local holder = redis.call('GET', KEYS[4])
 if holder and holder ~= ARGV[10] then return {'locked', current} end
-if version_of(current) ~= tonumber(ARGV[1]) then return {'conflict', current} end
+local expected = tonumber(ARGV[1])
+if expected == 0 then
+  if current then return {'conflict', current} end  -- even bytes this store did not write
+else
+  local version, tag = split(current or '')
+  if version ~= expected or (ARGV[12] ~= '' and tag ~= ARGV[12]) then
+    return {'conflict', current}
+  end
+end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('LPUSH', KEYS[2], ARGV[4])
@@ -120,9 +131,10 @@ return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 QUARANTINE = (
     _PRELUDE
     + """
+if redis.call('LPOS', KEYS[2], ARGV[2]) then return 1 end  -- a retry: it is done already
 local current = redis.call('GET', KEYS[1])
 if not current then return 0 end
-local _, payload = split(current)
+local _, _, payload = split(current)
 if payload ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('RPUSH', KEYS[2], ARGV[2])

@@ -101,6 +101,7 @@ class _Restored:
 
     snapshot: Snapshot
     expected_version: int  # what the compare-and-set expects: 0 when nothing is stored
+    expected_tag: str = ""  # and the write that stored it, where the store keeps tags
     notices: tuple[Reply, ...] = ()
     expired: bool = False
 
@@ -294,6 +295,7 @@ class Engine:
                     payload,
                     version=new.version,
                     expected_version=restored.expected_version,
+                    expected_tag=restored.expected_tag,
                     ttl=self.session_ttl,
                     history=self._history(current, decision),
                     message_id=mid,
@@ -301,7 +303,7 @@ class Engine:
                     release=last and owner is not None,
                 )
                 if saved.saved:
-                    stored_record = Record(payload, new.version)
+                    stored_record = Record(payload, new.version, saved.tag)
                     self._remember(key, stored_record)
                     if last:
                         owner = None  # released with the save
@@ -323,7 +325,7 @@ class Engine:
                     if not message_due and not decider.is_action(stored):
                         return Result(tuple(said), stored, duplicate, tuple(events))
                     if owner is not None:  # nobody else writes while we hold the lease
-                        known = _Restored(stored, stored.version)
+                        known = _Restored(stored, stored.version, expected_tag=saved.tag)
                     else:  # an action is pending: lock next, with no read before
                         ready = Loaded(stored_record)
                     continue  # an action is pending now (or the message still is)
@@ -342,13 +344,20 @@ class Engine:
                         "its effect happened but this result was not saved",
                     )
                 if saved.status is SaveStatus.DUPLICATE:
-                    return self._duplicate(key, saved.current, said, stored, events)
+                    if said or self._pending_action(key, saved.current) is None:
+                        return self._duplicate(key, saved.current, said, stored, events)
+                    # Applied before by a worker that left its action pending: finish it.
+                    message_due, duplicate = False, True
+                    self.stats.incr("duplicates")
+                    ready = Loaded(saved.current)
+                    continue
                 if saved.status is SaveStatus.LOCKED:
                     # Another worker holds the lease (running a side effect): queue behind it.
                     self.stats.incr("lock_waits")
-                    ready = Loaded(saved.current, locked=owner is None)
-                    if owner is not None:  # our lease lapsed and was taken: start over
+                    if owner is not None:  # ours lapsed and was taken: start over, re-locking
+                        self._lease_lost(key)
                         owner = None
+                    ready = Loaded(saved.current, locked=True)
                     continue
                 conflicts += 1
                 self.stats.incr("conflicts")
@@ -364,7 +373,7 @@ class Engine:
             raise
         finally:
             if owner is not None:
-                self.store.release_lock(key, owner)
+                self._release(key, owner)
 
     def peek(self, user_id: str) -> Snapshot | None:
         """The stored snapshot, decoded, without changing anything (None if absent)."""
@@ -397,9 +406,9 @@ class Engine:
                 return _Restored(self._fresh(self.spec.safe_stage, base), 0)
             fresh = self._fresh(self.spec.initial, base)
             if last:  # it existed and is gone: the session expired
-                return _Restored(fresh, 0, (Reply(self.expired_notice),), expired=True)
+                return _Restored(fresh, 0, notices=(Reply(self.expired_notice),), expired=True)
             return _Restored(fresh, 0)
-        return _Restored(self._validated(key, record), record.version)
+        return _Restored(self._validated(key, record), record.version, expected_tag=record.tag)
 
     def _quarantine(self, key: str, record: Record, exc: CorruptSnapshot) -> bool:
         """Move the bytes aside unchanged and report it; False if they changed meanwhile."""
@@ -502,17 +511,29 @@ class Engine:
         """Keep the record this process saw last for ``key``; report a version that went
         backwards (a failover lost acknowledged writes, or someone restored an old copy)."""
         seen = self._recent.get(key)
-        if record is not None and seen is not None and seen.record is not None:  # noqa: SIM102
-            if record.version < seen.record.version:
+        old = seen.record if seen is not None else None
+        if record is not None and old is not None:  # noqa: SIM102
+            # Lower, or the same version written by another write: a write we saw was lost.
+            if record.version < old.version or (
+                record.version == old.version and record.tag and old.tag and record.tag != old.tag
+            ):
                 self.stats.incr("version_regressions")
                 log.error(
                     "user %r: the stored version went back from %d to %d (failover with lost "
                     "writes, or an old copy restored); continuing from what is stored",
                     key,
-                    seen.record.version,
+                    old.version,
                     record.version,
                 )
         self._recent.put(key, record)
+
+    def _release(self, key: str, owner: str) -> None:
+        """Free our lease on the way out. A store error here must not replace the result or
+        the error being returned: it is logged, and the lease expires on its own."""
+        try:
+            self.store.release_lock(key, owner)
+        except FsmError as exc:
+            log.warning("user %r: could not release the lease (%s); it expires by itself", key, exc)
 
     def _lease_aging(self, leased_at: float) -> bool:
         """Whether a lease taken (or renewed) at ``leased_at`` is old enough to renew before

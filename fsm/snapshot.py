@@ -178,6 +178,12 @@ def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
             raw=bytes(raw),
             user_key=user_key,
         )
+    if snapshot.schema < SCHEMA_VERSION and not _is_map(raw):
+        raise CorruptSnapshot(
+            f"schema {snapshot.schema} records are maps, this is an array - at `$.schema`",
+            raw=bytes(raw),
+            user_key=user_key,
+        )
     if snapshot.schema < 1:
         raise CorruptSnapshot(
             f"schema must be >= 1, got {snapshot.schema} - at `$.schema`",
@@ -187,9 +193,15 @@ def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
     return snapshot
 
 
+#: A record larger than this is not probed for a newer schema (the probe decodes it untyped).
+_PROBE_LIMIT = 1 << 20
+
+
 def _newer_schema(raw: bytes) -> int | None:
     """The schema a record says it has, when newer than ours (its other fields may have
     changed type: only the position of ``schema`` is relied on)."""
+    if len(raw) > _PROBE_LIMIT:
+        return None
     try:
         value = msgspec.msgpack.decode(raw)
     except Exception:  # noqa: BLE001 - not even msgpack: plain corruption, reported by caller

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from adapters.base import HistoryEntry
+from adapters.base import HistoryEntry, Record
 from adapters.redis import RedisStore, split_value
 from adapters.redis_keys import KeyLayout
 from flows.credex import build_engine
@@ -101,12 +101,31 @@ def test_adversarial_ids_on_the_cluster(
 
 # -- the stored value ------------------------------------------------------------------------
 def test_the_version_is_readable_without_decoding(store: RedisStore) -> None:
-    store.save("u", b"\x93msgpack", version=7, expected_version=0, ttl=60)
+    saved = store.save("u", b"\x93msgpack", version=7, expected_version=0, ttl=60)
     raw = store.client.get(store.layout.session("u"))
-    assert raw == b"7:\x93msgpack"
-    assert split_value(b"12:x") == split_value(b"12:x") and split_value(b"12:x").version == 12
-    for foreign in (b"", b"x", b"0:x", b":x", b"01:x", b"1" * 16 + b":x", b"\xff\x00"):
-        assert split_value(foreign).version == 0 and split_value(foreign).payload == foreign
+    assert raw == b"7.%s:\x93msgpack" % saved.tag.encode()  # version, then the write's tag
+    record = store.load("u").record
+    assert record is not None and (record.version, record.tag) == (7, saved.tag)
+    assert split_value(b"12.0123abcd:x") == Record(b"x", 12, "0123abcd")
+    foreign = [b"", b"x", b"0.0123abcd:x", b"12:x", b"1.0123abcX:x", b"01.0123abcd:x",
+               b"1" * 16 + b".0123abcd:x", b"\xff\x00"]  # fmt: skip
+    for value in foreign:
+        assert split_value(value).version == 0 and split_value(value).payload == value
+
+
+def test_a_save_expecting_nothing_never_overwrites_foreign_bytes(store: RedisStore) -> None:
+    store.client.set(store.layout.session("u"), b'{"stage": "MENU"}')
+    refused = store.save("u", b"new", version=1, expected_version=0, ttl=60)
+    assert refused.status.value == "conflict"
+    assert refused.current == Record(b'{"stage": "MENU"}', 0)  # for the engine to quarantine
+
+
+def test_the_same_version_written_by_another_write_is_a_conflict(store: RedisStore) -> None:
+    first = store.save("u", b"mine", version=3, expected_version=0, ttl=60)
+    store.client.delete(store.layout.session("u"))  # a failover lost it...
+    store.save("u", b"theirs", version=3, expected_version=0, ttl=60)  # ...another wrote v3
+    stale = store.save("u", b"x", version=4, expected_version=3, ttl=60, expected_tag=first.tag)
+    assert stale.status.value == "conflict" and stale.current.payload == b"theirs"  # type: ignore[union-attr]
 
 
 class _CountingRedis(redis.Redis):
@@ -214,7 +233,7 @@ def test_foreign_bytes_are_quarantined_byte_for_byte_and_the_user_restarts(
     kept: list[bytes] = []
     newer = _newer_schema(record.payload)
     for raw in _corruptions(record.payload):
-        with_prefix = random.choice([raw, b"5:" + raw])  # with or without our version prefix
+        with_prefix = random.choice([raw, b"5.0123abcd:" + raw])  # with or without our prefix
         store.client.set(key, with_prefix)
         if raw == newer:  # not corrupt: written by newer code, so refused, untouched
             with pytest.raises(SchemaTooNew):
@@ -333,3 +352,57 @@ def test_a_password_never_shows_in_a_url_error() -> None:
     with pytest.raises(ValueError) as info:
         RedisStore.from_url("ftp://user:hunter2@host/x")
     assert "hunter2" not in str(info.value)
+
+
+def test_a_retried_save_overtaken_by_another_writer_is_still_applied_once(
+    server: redis_servers.RedisServer,
+) -> None:
+    namespace = _namespace()
+    other = RedisStore.from_url(server.url, namespace=namespace)
+
+    class Overtaken(_LosesOneReply):
+        def execute_command(self, *args: object, **options: object) -> object:
+            try:
+                return super().execute_command(*args, **options)
+            except redis.ConnectionError:  # before our retry, someone else writes on top
+                other.save("u", b"three", version=3, expected_version=2, ttl=60)
+                raise
+
+    client = Overtaken(host="127.0.0.1", port=server.port)
+    store = RedisStore(client, namespace=namespace)
+    store.save("u", b"one", version=1, expected_version=0, ttl=60)
+    client.lose = f"EVALSHA:{store._save.sha[:8]}"
+    history = HistoryEntry(
+        version=2, from_stage="a", to_stage="b", event="e", update_from="t", at=1.0
+    )
+    result = store.save("u", b"two", version=2, expected_version=1, ttl=60, history=history)
+    assert result.saved  # found by its tagged history entry: not a conflict to re-apply
+    assert store.load("u").record == Record(b"three", 3)
+
+
+def test_after_a_failover_a_cached_version_cannot_overwrite_another_write(
+    store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = Engine(Counter(), store), Engine(Counter(), store, recent=0)
+    a.handle("u", "go")
+    a.handle("u", "+1")
+    v2 = store.client.get(store.layout.session("u"))
+    a.handle("u", "+1")  # a holds version 3 (count 2)
+    store.client.set(store.layout.session("u"), v2)  # failover: version 3 lost
+    b.handle("u", "stop")  # b writes another version 3 (stage idle)
+    result = a.handle("u", "go")  # a's cached version 3 is not b's version 3
+    assert a.stats["version_regressions"] == 1 and "went back" in caplog.text
+    assert result.snapshot.version == 4 and result.snapshot.stage == "counting"
+    assert result.snapshot.data == {"count": 0}  # applied to b's state (idle -> go), not a's
+
+
+def test_a_lock_whose_reply_was_lost_for_good_is_released(
+    server: redis_servers.RedisServer,
+) -> None:
+    client = _LosesOneReply(host="127.0.0.1", port=server.port)
+    store = RedisStore(client, namespace=_namespace(), retries=0)
+    store.lock_and_load("warm", "o", 5)  # the script is loaded
+    client.lose = f"EVALSHA:{store._lock_and_load.sha[:8]}"
+    with pytest.raises(StoreUnavailable):
+        store.lock_and_load("u", "me", 30)  # it landed; its reply did not
+    assert store.lock_info("u") is None  # not left holding the user for 30 s

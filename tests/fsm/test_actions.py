@@ -402,3 +402,21 @@ def test_the_interrupted_actions_key_rides_in_the_resume_point_only(
     at_auth = shop.handle("u", "hi").snapshot
     assert at_auth.stage == "auth" and at_auth.pending == ""  # not offered to the auth step
     assert at_auth.resume is not None and at_auth.resume.pending == key
+
+
+def test_a_redelivery_to_a_worker_with_an_older_record_finishes_the_pending_action(
+    clock: FakeClock, kitchen: Kitchen
+) -> None:
+    store = MemoryStore(clock=clock)
+    kitchen.store = store
+    verifier = TokenVerifier(SECRET, clock=clock, leeway=0)
+    flow = Shop(kitchen, clock)
+    a, b = (Engine(flow, store, verifier=verifier, clock=clock, lock_ttl=5) for _ in range(2))
+    _to_size(a)  # a's cache: the conversation at order.size
+    kitchen.crash_after_next = True
+    with pytest.raises(Crash):  # b takes the message and dies after the kitchen call
+        b.handle("u", "large", message_id="m1")
+    clock.advance(10)
+    again = a.handle("u", "large", message_id="m1")  # the re-delivery lands on a
+    assert again.duplicate  # a's older record led to a refused write that said so...
+    assert again.texts == ["placed order-1"] and len(kitchen.orders) == 1  # ...and a finished it
