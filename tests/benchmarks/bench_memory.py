@@ -5,43 +5,11 @@ Run: .venv/bin/python -m tests.benchmarks.bench_memory
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from adapters import MemoryStore
 from flows.credex import build_engine
-from fsm import Context, Engine, Flow, Outcome, Stage, action, step
+from fsm import Engine
+from tests.benchmarks.common import Ping, per_call
 from tests.fsm.sample_flows import Counter
-
-N = 20_000  # bounded: about a second per line on one core
-
-
-class Ping(Flow):
-    """Every message moves to an action step, which moves back: the action path's overhead."""
-
-    name = "ping"
-    stages = (Stage("s", ("ask", "do")),)
-    transitions = ()
-
-    @step("s", "ask")
-    def ask(self, ctx: Context) -> Outcome:
-        return ctx.stay(step="do")
-
-    @action("s", "do")
-    def do(self, ctx: Context) -> Outcome:
-        return ctx.stay("done", step="ask")
-
-
-def per_call(fn: Callable[[], object], n: int = N, rounds: int = 5) -> float:
-    """Microseconds per call: the best of ``rounds`` rounds of ``n // rounds`` calls (the
-    minimum is the figure least disturbed by other work on the machine)."""
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(n // rounds):
-            fn()
-        best = min(best, (time.perf_counter() - start) / (n // rounds))
-    return best * 1e6
 
 
 def main() -> None:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from collections.abc import Callable
 
 import redis
 
 from adapters.redis import RedisStore
 from flows.credex import build_engine
 from flows.credex.fake import FakeCredexApi
-from fsm import Context, Engine, Flow, Outcome, Stage, action, step
+from fsm import Engine
+from tests.benchmarks.common import Ping, per_call
 from tests.redis_servers import RedisServer
 
 # A script doing what our compare-and-set does at its core (read, compare, write with a TTL).
@@ -28,33 +28,6 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', 60000)
 return v
 """
 BOB = "263770000002"  # tier 3, no offers: the menu step stays in the menu
-
-
-class Ping(Flow):
-    """Every message moves to an action step, which moves back: a side-effecting step."""
-
-    name = "ping"
-    stages = (Stage("s", ("ask", "do")),)
-    transitions = ()
-
-    @step("s", "ask")
-    def ask(self, ctx: Context) -> Outcome:
-        return ctx.stay(step="do")
-
-    @action("s", "do")
-    def do(self, ctx: Context) -> Outcome:
-        return ctx.stay("done", step="ask")
-
-
-def per_call(fn: Callable[[], object], n: int, rounds: int = 5) -> float:
-    """Microseconds per call, best of ``rounds`` rounds of ``n // rounds`` calls."""
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(max(1, n // rounds)):
-            fn()
-        best = min(best, (time.perf_counter() - start) / max(1, n // rounds))
-    return best * 1e6
 
 
 def concurrent_throughput(store: RedisStore, users: int, per_user: int) -> float:
