@@ -344,12 +344,9 @@ class Engine:
                         "its effect happened but this result was not saved",
                     )
                 if saved.status is SaveStatus.DUPLICATE:
-                    if said or self._pending_action(key, saved.current) is None:
-                        return self._duplicate(key, saved.current, said, stored, events)
-                    # Applied before by a worker that left its action pending: finish it.
-                    message_due, duplicate = False, True
-                    self.stats.incr("duplicates")
-                    ready = Loaded(saved.current)
+                    # As if a load had said so: the next pass acknowledges it, or finishes an
+                    # action the worker that applied it left pending.
+                    ready = Loaded(saved.current, seen=True)
                     continue
                 if saved.status is SaveStatus.LOCKED:
                     # Another worker holds the lease (running a side effect): queue behind it.
