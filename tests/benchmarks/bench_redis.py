@@ -43,6 +43,17 @@ def interleaved(
     return best
 
 
+def cpu_per_call(fn: Callable[[], object], n: int, rounds: int = 5) -> float:
+    """Microseconds of this process's CPU per call, best of ``rounds``."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(max(1, n // rounds)):
+            fn()
+        best = min(best, (time.process_time() - start) / max(1, n // rounds))
+    return best * 1e6
+
+
 def concurrent_throughput(store: RedisStore, users: int, per_user: int) -> float:
     """Messages per second with ``users`` conversations, one thread each, one process."""
     engine = build_engine(store, FakeCredexApi())
@@ -148,6 +159,9 @@ def main() -> None:
         single, get_and_eval = measured["single"], measured["get_eval"]
         original, two_key = measured["original"], measured["two_key"]
         warm, cold, side_effect = measured["warm"], measured["cold"], measured["side_effect"]
+        # Worker CPU per message (process time): steadier than wall time on a noisy machine.
+        cpu_floor = cpu_per_call(lambda: floor(keys=["floor"], args=["x" * 500]), n)
+        cpu_warm = cpu_per_call(lambda: warm_engine.handle(BOB, "9"), n)
         concurrent = concurrent_throughput(store, 50, max(4, n // 50))
         session_bytes, with_extras = bytes_per_session(server, sessions)
     finally:
@@ -167,6 +181,7 @@ def main() -> None:
         ratio = cost / base
         print(f"{label:40} {cost:8.1f} {1e6 / cost:8.0f} {ratio:6.2f}x  {target}")
     print(f"{'engine warm vs two-key cycle':40} {'':8} {'':8} {two_key / warm:6.2f}x  >= 3x faster")
+    print(f"{'worker CPU, raw EVALSHA / engine warm':40} {cpu_floor:8.1f} {cpu_warm:8.1f}  us")
     print(f"{'50 concurrent conversations, 1 process':40} {'':8} {concurrent:8.0f}")
     print(f"{'Redis bytes per session (key only)':40} {session_bytes:8.0f}")
     print(f"{'  with its history entry and seen id':40} {with_extras:8.0f}   <= 600 bytes")
