@@ -52,10 +52,17 @@ def free_port(*, bus: bool = False) -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1, in a temp dir, stopped by PID."""
 
-    def __init__(self, *args: str, name: str = "redis", port: int | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        name: str = "redis",
+        port: int | None = None,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix=f"fsm-{name}-"))
         self.args = list(args)
+        self.client_options = client_options or {}  # e.g. TLS settings to reach it
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,8 +82,9 @@ class RedisServer:
         self.wait_ready()
         return self
 
-    def client(self, **kwargs: object) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **kwargs)  # type: ignore[arg-type]
+    def client(self, **kwargs: Any) -> redis.Redis:
+        options = {**self.client_options, **kwargs}
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **options)
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
