@@ -193,6 +193,14 @@ class SentinelSetup:
         )
         self.sentinel.start(config=[str(conf), "--sentinel"])
         deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the replica has synced and follows the primary
+            with self.replica.client() as replica:
+                if replica.info("replication").get("master_link_status") == "up":
+                    break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("the test replica did not sync with its primary")
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             with self.sentinel.client() as client:
                 try:

@@ -240,3 +240,34 @@ def test_store_unavailable_carries_no_secret(tmp_path: Any) -> None:
     with pytest.raises(StoreUnavailable) as info:
         store.load("u")
     assert "hunter2" not in str(info.value) and "hunter2" not in repr(store)
+
+
+def test_a_sentinel_failover_is_followed_and_nothing_replicated_is_lost() -> None:
+    setup = redis_servers.SentinelSetup()
+    setup.start()
+    try:
+        store = RedisStore.from_url(setup.url, namespace="failover", retries=3)
+        engine = Engine(Counter(), store)
+        engine.handle("u", "go")
+        for _ in range(20):
+            engine.handle("u", "+1")
+        with setup.primary.client() as primary:
+            assert primary.execute_command("WAIT", 1, 5000) == 1  # the replica has all 21
+        setup.primary.kill()
+        deadline = time.monotonic() + 30
+        result = None
+        while time.monotonic() < deadline:  # unavailable until the Sentinel promotes
+            try:
+                result = engine.handle("u", "+1")
+                break
+            except StoreUnavailable:
+                time.sleep(0.2)
+        assert result is not None, "no failover within 30 s"
+        assert result.snapshot.data["count"] == 21  # every write acknowledged before it, +1
+        with setup.sentinel.client() as sentinel:
+            primary_port = int(
+                sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")[1]
+            )
+        assert primary_port == setup.replica.port  # the replica took over
+    finally:
+        setup.stop()
