@@ -1,6 +1,6 @@
 """In-process counters of the message path (what happened, how often), cheap and thread-safe.
 
-They cost no store round trip. ``fsm.metrics`` (later) exports them; tests read them directly.
+They cost no store round trip; read them from ``engine.stats`` (tests do).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The reference Credex bot, declared as a flow (see REFERENCE_BOT.md for the stage graph).
+"""The reference Credex bot, declared as a flow (the stage graph below is the reference one).
 
 Stages and the moves between them are exactly the reference graph::
 

@@ -2,8 +2,9 @@
 
 Starts its own redis-server on a free loopback port, prints a table, stops the server.
 Run: ``.venv/bin/python -m tests.benchmarks.bench_redis`` (``--quick`` for a smoke run).
-Every loop is bounded in count; figures are the best of five rounds (least disturbed by
-other work on the machine). See docs/performance.md for what was measured and why.
+Every loop is bounded in count; cases are measured in ten alternating rounds and each
+reports its best round (least disturbed by other work on the machine). See
+docs/performance.md for what was measured and why.
 """
 
 from __future__ import annotations
