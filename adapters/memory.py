@@ -167,10 +167,13 @@ class MemoryStore(Store):
     # -- sessions --------------------------------------------------------------------------
     def load(self, user_key: str, *, message_id: str | None = None) -> Loaded:
         with self._mutex:
-            now = self._tick()
-            seen = message_id is not None and message_id in (self._live_seen(user_key, now) or ())
-            locked = self._live_lock(user_key, now) is not None
-            return Loaded(self._live_session(user_key, now), seen, locked)
+            return self._loaded(user_key, message_id, self._tick())
+
+    def _loaded(self, user_key: str, message_id: str | None, now: float) -> Loaded:
+        """What a load sees now (the mutex is held by the caller)."""
+        seen = message_id is not None and message_id in (self._live_seen(user_key, now) or ())
+        locked = self._live_lock(user_key, now) is not None
+        return Loaded(self._live_session(user_key, now), seen, locked)
 
     def save(
         self,
@@ -264,12 +267,15 @@ class MemoryStore(Store):
     def acquire_lock(self, user_key: str, owner: str, ttl: float) -> bool:
         _positive("ttl", ttl)
         with self._mutex:
-            now = self._tick()
-            if self._live_lock(user_key, now) is not None:
-                return False
-            self._locks[user_key] = (owner, now + ttl)
-            self._expire_at(now + ttl, _LOCK, user_key)
-            return True
+            return self._take_lock(user_key, owner, ttl, self._tick())
+
+    def _take_lock(self, user_key: str, owner: str, ttl: float, now: float) -> bool:
+        """Take the lock if it is free (the mutex is held by the caller)."""
+        if self._live_lock(user_key, now) is not None:
+            return False
+        self._locks[user_key] = (owner, now + ttl)
+        self._expire_at(now + ttl, _LOCK, user_key)
+        return True
 
     def release_lock(self, user_key: str, owner: str) -> bool:
         with self._mutex:
@@ -296,12 +302,9 @@ class MemoryStore(Store):
         _positive("ttl", ttl)
         with self._mutex:
             now = self._tick()
-            if self._live_lock(user_key, now) is not None:
+            if not self._take_lock(user_key, owner, ttl, now):
                 return None
-            self._locks[user_key] = (owner, now + ttl)
-            self._expire_at(now + ttl, _LOCK, user_key)
-            seen = message_id is not None and message_id in (self._live_seen(user_key, now) or ())
-            return Loaded(self._live_session(user_key, now), seen, locked=True)
+            return self._loaded(user_key, message_id, now)
 
     def lock_info(self, user_key: str) -> LockInfo | None:
         with self._mutex:

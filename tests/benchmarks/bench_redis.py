@@ -44,17 +44,6 @@ def interleaved(
     return best
 
 
-def cpu_per_call(fn: Callable[[], object], n: int, rounds: int = 5) -> float:
-    """Microseconds of this process's CPU per call, best of ``rounds``."""
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.process_time()
-        for _ in range(max(1, n // rounds)):
-            fn()
-        best = min(best, (time.process_time() - start) / max(1, n // rounds))
-    return best * 1e6
-
-
 def concurrent_throughput(store: RedisStore, users: int, per_user: int) -> float:
     """Messages per second with ``users`` conversations, one thread each, one process."""
     engine = build_engine(store, FakeCredexApi())
@@ -161,8 +150,9 @@ def main() -> None:
         original, two_key = measured["original"], measured["two_key"]
         warm, cold, side_effect = measured["warm"], measured["cold"], measured["side_effect"]
         # Worker CPU per message (process time): steadier than wall time on a noisy machine.
-        cpu_floor = cpu_per_call(lambda: floor(keys=["floor"], args=["x" * 500]), n)
-        cpu_warm = cpu_per_call(lambda: warm_engine.handle(BOB, "9"), n)
+        cpu = time.process_time
+        cpu_floor = per_call(lambda: floor(keys=["floor"], args=["x" * 500]), n, timer=cpu)
+        cpu_warm = per_call(lambda: warm_engine.handle(BOB, "9"), n, timer=cpu)
         concurrent = concurrent_throughput(store, 50, max(4, n // 50))
         session_bytes, with_extras = bytes_per_session(server, sessions)
     finally:
