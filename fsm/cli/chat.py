@@ -1,22 +1,15 @@
-"""The ``fsm`` command line.
-
-``fsm chat`` talks to the reference Credex bot in the terminal, on the embedded memory store and
-the fake Credex API. It never prints a token. ``fsm graph`` prints a flow's stage graph as Mermaid.
-"""
+"""``fsm chat``: talk to the reference Credex bot (or your own) in the terminal, or play a
+transcript and check it. It never prints a token."""
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 import time
 from collections.abc import Iterable, Iterator
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import click
 
+from fsm.cli.common import main, resolve
 from fsm.clock import SYSTEM_CLOCK, Clock, FakeClock
 from fsm.errors import FsmError
 from fsm.transcript import Directive, Runner, TranscriptError
@@ -24,23 +17,9 @@ from fsm.transcript import Directive, Runner, TranscriptError
 if TYPE_CHECKING:
     from adapters import Store
     from fsm.engine import Engine
-    from fsm.flow import FlowSpec
     from fsm.reply import Reply
 
 DEFAULT_USER = "263770000001"  # Alice, a seeded member of the fake Credex API
-
-
-def _version() -> str:
-    try:
-        return version("convo-fsm")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "0+unknown"
-
-
-@click.group()
-@click.version_option(_version(), prog_name="fsm")
-def main() -> None:
-    """Explicit conversation state machines: run, inspect and operate bots built on them."""
 
 
 @main.command()
@@ -145,7 +124,7 @@ def _chat_engine(
 
         api = FakeCredexApi(clock=clock)
         return build_engine(store, api, clock=clock), directives(api)
-    factory = _resolve(ref, "--engine", example="mybot.wiring:build_engine")
+    factory = resolve(ref, "--engine", example="mybot.wiring:build_engine")
     if not callable(factory):
         raise click.BadParameter(f"{ref} is not callable", param_hint="'--engine'")
     try:
@@ -191,89 +170,3 @@ def _converse(engine: Engine, user: str, messages: Iterable[str]) -> int:
         snap = result.snapshot
         click.echo(click.style(f"     [{snap.stage}.{snap.step} v{snap.version}]", dim=True))
     return failures
-
-
-DEFAULT_FLOW = "flows.credex.flow:CredexBot"
-
-
-@main.command()
-@click.option(
-    "--flow",
-    "flow_ref",
-    default=DEFAULT_FLOW,
-    show_default=True,
-    metavar="MODULE:NAME",
-    help="The flow to draw: a Flow subclass (or instance) NAME in the importable MODULE.",
-)
-@click.option(
-    "--steps/--no-steps", default=True, help="Show the steps inside each stage (default: yes)."
-)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    default=None,
-    help="Write the diagram to FILE instead of stdout.",
-)
-def graph(flow_ref: str, steps: bool, output: Path | None) -> None:
-    """Print a flow's stage graph (and the steps in each stage) as Mermaid text."""
-    from fsm.graph import mermaid
-
-    diagram = mermaid(_flow_spec(flow_ref), steps=steps)  # a bad flow leaves FILE untouched
-    if output is None:
-        click.echo(diagram, nl=False)
-    else:
-        output.write_text(diagram, encoding="utf-8")
-
-
-def _resolve(ref: str, option: str, *, example: str) -> object:
-    """Import ``package.module:name`` (``name`` may be dotted); a click error naming
-    ``option`` if that fails."""
-
-    def bad(problem: str) -> click.BadParameter:
-        return click.BadParameter(problem, param_hint=f"'{option}'")
-
-    module_name, _, attr_path = ref.partition(":")
-    if not (
-        all(part.isidentifier() for part in module_name.split("."))
-        and all(part.isidentifier() for part in attr_path.split("."))
-    ):
-        raise bad(f"{ref!r} is not of the form package.module:name (e.g. {example})")
-    if os.getcwd() not in sys.path:  # as `python -m` would: modules of the current project
-        sys.path.insert(0, os.getcwd())
-    try:
-        found: object = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise bad(f"cannot import module {module_name!r}: {exc}") from exc
-    except FsmError as exc:  # e.g. a flow in it fails its definition check
-        raise bad(f"module {module_name!r} failed to import: {exc}") from exc
-    for part in attr_path.split("."):
-        if not hasattr(found, part):
-            raise bad(f"{module_name!r} has no attribute {attr_path!r}")
-        found = getattr(found, part)
-    return found
-
-
-def _flow_spec(ref: str) -> FlowSpec:
-    """The spec of the flow ``ref`` (``package.module:Name``) names; a click error if none."""
-    from fsm.flow import Flow, FlowSpec
-
-    found = _resolve(ref, "--flow", example=DEFAULT_FLOW)
-    flow_class = found if isinstance(found, type) else type(found)
-    if not issubclass(flow_class, Flow):
-        what = (
-            f"the class {found.__qualname__}"
-            if isinstance(found, type)
-            else f"a {type(found).__name__}"
-        )
-        raise click.BadParameter(f"{ref} is {what}, not a Flow subclass", param_hint="'--flow'")
-    spec = getattr(flow_class, "spec", None)
-    if not isinstance(spec, FlowSpec):
-        raise click.BadParameter(
-            f"{ref} is an abstract Flow: it declares no stages", param_hint="'--flow'"
-        )
-    return spec
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

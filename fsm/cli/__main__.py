@@ -1,0 +1,5 @@
+"""``python -m fsm.cli``: the same as the ``fsm`` command."""
+
+from fsm.cli import main
+
+main()

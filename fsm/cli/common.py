@@ -1,0 +1,220 @@
+"""What the ``fsm`` commands share: the command group, importing a flow or engine named on the
+command line, opening the store, durations, and how errors end a command."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import re
+import sys
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import click
+
+from fsm.errors import FsmError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from adapters import Store
+    from fsm.flow import FlowSpec
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_FLOW = "flows.credex.flow:CredexBot"
+DEFAULT_NAMESPACE = "credex"
+
+#: Exit status of a command that ran and found a problem (unknown user, invalid sessions, ...).
+EXIT_PROBLEM = 1
+#: Exit status of bad usage or a store that cannot be reached (click uses 2 for usage errors).
+EXIT_UNAVAILABLE = 2
+
+
+def _version() -> str:
+    try:
+        return version("convo-fsm")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+class _Main(click.Group):
+    """The ``fsm`` group: a store that cannot be reached ends any command with status 2 and
+    one clear line (the driver's error names the host; never a password)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StoreUnavailable as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_UNAVAILABLE)
+
+
+@click.group(cls=_Main)
+@click.version_option(_version(), prog_name="fsm")
+def main() -> None:
+    """Explicit conversation state machines: run, inspect and operate bots built on them."""
+
+
+def resolve(ref: str, option: str, *, example: str) -> object:
+    """Import ``package.module:name`` (``name`` may be dotted); a click error naming
+    ``option`` if that fails."""
+
+    def bad(problem: str) -> click.BadParameter:
+        return click.BadParameter(problem, param_hint=f"'{option}'")
+
+    module_name, _, attr_path = ref.partition(":")
+    if not (
+        all(part.isidentifier() for part in module_name.split("."))
+        and all(part.isidentifier() for part in attr_path.split("."))
+    ):
+        raise bad(f"{ref!r} is not of the form package.module:name (e.g. {example})")
+    if os.getcwd() not in sys.path:  # as `python -m` would: modules of the current project
+        sys.path.insert(0, os.getcwd())
+    try:
+        found: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise bad(f"cannot import module {module_name!r}: {exc}") from exc
+    except FsmError as exc:  # e.g. a flow in it fails its definition check
+        raise bad(f"module {module_name!r} failed to import: {exc}") from exc
+    for part in attr_path.split("."):
+        if not hasattr(found, part):
+            raise bad(f"{module_name!r} has no attribute {attr_path!r}")
+        found = getattr(found, part)
+    return found
+
+
+def flow_spec(ref: str, option: str = "--flow") -> FlowSpec:
+    """The spec of the flow ``ref`` (``package.module:Name``) names; a click error if none."""
+    from fsm.flow import Flow, FlowSpec
+
+    found = resolve(ref, option, example=DEFAULT_FLOW)
+    flow_class = found if isinstance(found, type) else type(found)
+    if not issubclass(flow_class, Flow):
+        what = (
+            f"the class {found.__qualname__}"
+            if isinstance(found, type)
+            else f"a {type(found).__name__}"
+        )
+        raise click.BadParameter(f"{ref} is {what}, not a Flow subclass", param_hint=f"'{option}'")
+    spec = getattr(flow_class, "spec", None)
+    if not isinstance(spec, FlowSpec):
+        raise click.BadParameter(
+            f"{ref} is an abstract Flow: it declares no stages", param_hint=f"'{option}'"
+        )
+    return spec
+
+
+def store_options(fn: Callable[P, R]) -> Callable[P, R]:
+    """``--store URL`` (``FSM_STORE``) and ``--namespace`` (``FSM_NAMESPACE``)."""
+    fn = click.option(
+        "--namespace",
+        envvar="FSM_NAMESPACE",
+        default=DEFAULT_NAMESPACE,
+        show_default=True,
+        help="Key namespace of the bot on Redis [env FSM_NAMESPACE].",
+    )(fn)
+    return click.option(
+        "--store",
+        "store_url",
+        envvar="FSM_STORE",
+        default=None,
+        metavar="URL",
+        help="The bot's store: a Redis URL (redis://host:port/db, rediss://, unix://, "
+        "redis+cluster://h:p,h:p, redis+sentinel://h:p/service) [env FSM_STORE].",
+    )(fn)
+
+
+def flow_option(fn: Callable[P, R]) -> Callable[P, R]:
+    """``--flow MODULE:NAME`` (``FSM_FLOW``): the flow whose sessions the store holds."""
+    return click.option(
+        "--flow",
+        "flow_ref",
+        envvar="FSM_FLOW",
+        default=DEFAULT_FLOW,
+        show_default=True,
+        metavar="MODULE:NAME",
+        help="The flow the sessions belong to (a Flow subclass) [env FSM_FLOW].",
+    )(fn)
+
+
+def json_option(fn: Callable[P, R]) -> Callable[P, R]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(fn)
+
+
+def open_store(url: str | None, namespace: str) -> Store:
+    """The store to operate on: the one a caller embedded (``obj={"store": ...}``), else the
+    one ``--store`` names, checked with one round trip so an unreachable server fails now."""
+    ctx = click.get_current_context()
+    if isinstance(ctx.obj, dict) and ctx.obj.get("store") is not None:
+        store: Store = ctx.obj["store"]
+        return store
+    if not url:
+        raise click.UsageError("say which store to use: --store URL or FSM_STORE=URL")
+    from adapters import RedisStore
+
+    try:
+        store = RedisStore.from_url(url, namespace=namespace)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--store'") from None
+    store.lock_info("\x00connect")  # raises StoreUnavailable (exit 2) if Redis is not there
+    ctx.call_on_close(store.close)
+    return store
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """``90``, ``90s``, ``5m``, ``2h``, ``1d`` as seconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        match = _DURATION.match(str(value))
+        if match is None:
+            self.fail(f"{value!r} is not a duration such as 30s, 5m, 2h or 1d", param, ctx)
+        return float(match[1]) * _UNITS[match[2]]
+
+
+def human_seconds(seconds: float | None) -> str:
+    """``1h02m``, ``4m05s``, ``12.3s``; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    return f"{hours // 24}d{hours % 24:02d}h"
+
+
+def problem_exit(message: str) -> None:
+    """End the command with status 1 after saying what was found."""
+    click.echo(message, err=True)
+    raise SystemExit(EXIT_PROBLEM)
+
+
+def wraps_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Report any other library error as one line with status 1 (never a traceback)."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except StoreUnavailable:
+            raise
+        except FsmError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(EXIT_PROBLEM) from None
+
+    return run
