@@ -12,6 +12,7 @@ from adapters.base import (
     Record,
     SaveResult,
     SaveStatus,
+    SessionView,
     Store,
 )
 from adapters.memory import MemoryStore
@@ -27,5 +28,6 @@ __all__ = [
     "RedisStore",
     "SaveResult",
     "SaveStatus",
+    "SessionView",
     "Store",
 ]

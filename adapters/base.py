@@ -106,6 +106,17 @@ class LockInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionView:
+    """One stored session as an operator sees it: the record, its TTL left and its lock,
+    read together (:meth:`Store.sessions`, :meth:`Store.session_view`)."""
+
+    user_key: str
+    record: Record
+    ttl: float | None  # seconds left; None if the session never expires
+    lock: LockInfo | None
+
+
+@dataclass(frozen=True, slots=True)
 class QuarantineEntry:
     """Bytes taken out of a session because they could not be decoded, kept byte-for-byte."""
 
@@ -222,8 +233,41 @@ class Store(abc.ABC):
         session changed meanwhile (then nothing was moved)."""
 
     @abc.abstractmethod
-    def quarantined(self) -> Iterator[QuarantineEntry]:
-        """Every quarantined entry, oldest first."""
+    def quarantined(self, user_key: str | None = None) -> Iterator[QuarantineEntry]:
+        """Every quarantined entry (only ``user_key``'s if given), oldest first."""
+
+    @abc.abstractmethod
+    def remove_quarantined(self, user_key: str, entry_id: str) -> QuarantineEntry | None:
+        """Take one entry out of the quarantine (after it was restored or is no longer
+        wanted); returns it, or None if there is no such entry."""
+
+    # -- operations ------------------------------------------------------------------------
+    def session_view(self, user_key: str) -> SessionView | None:
+        """The user's session with its TTL and lock, or None. Not one atomic read: for
+        operators, who read, not decide (the default composes load, ttl and lock_info)."""
+        record = self.load(user_key).record
+        if record is None:
+            return None
+        return SessionView(user_key, record, self.ttl(user_key), self.lock_info(user_key))
+
+    def sessions(self, *, batch: int = 500) -> Iterator[SessionView]:
+        """Every session with its TTL and lock, streamed in batches of about ``batch`` (a
+        session that vanishes while the scan runs is left out). Stores override this to read a
+        batch in one round trip."""
+        for user_key in self.scan(batch=batch):
+            view = self.session_view(user_key)
+            if view is not None:
+                yield view
+
+    def server_stats(self) -> dict[str, int | float]:
+        """Store-wide figures the store keeps itself: ``expired_keys`` (sessions and other keys
+        expired since the server started), ``used_memory`` (bytes), when known."""
+        return {}
+
+    def script_cache(self) -> tuple[int, int] | None:
+        """For stores that run server-side scripts: (cached, total) of this store's scripts,
+        loading the missing ones. None for stores without scripts."""
+        return None
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default

@@ -25,6 +25,7 @@ from adapters.base import (
     Record,
     SaveResult,
     SaveStatus,
+    SessionView,
     Store,
     check_save_arguments,
 )
@@ -94,6 +95,8 @@ class MemoryStore(Store):
         self._deadlines: list[tuple[float, int, str]] = []
         self._quarantine: deque[QuarantineEntry] = deque()
         self._quarantine_ids = itertools.count(1)
+        self.expired_sessions = 0
+        """Sessions that expired (and were purged) since this store was made."""
         self.quarantine_dropped = 0
         """Quarantined entries dropped (oldest first) to stay within ``quarantine_limit``."""
 
@@ -114,6 +117,7 @@ class MemoryStore(Store):
             session = self._sessions.get(key)
             if session is not None and session[1] <= now:
                 del self._sessions[key]
+                self.expired_sessions += 1
         elif kind == _HISTORY:
             history = self._history.get(key)
             if history is not None and history.expires <= now:
@@ -143,6 +147,7 @@ class MemoryStore(Store):
             return None
         if session[1] <= now:
             del self._sessions[user_key]
+            self.expired_sessions += 1
             return None
         return session[0]
 
@@ -329,7 +334,46 @@ class MemoryStore(Store):
                 self.quarantine_dropped += 1
             return entry_id
 
-    def quarantined(self) -> Iterator[QuarantineEntry]:
+    def quarantined(self, user_key: str | None = None) -> Iterator[QuarantineEntry]:
         with self._mutex:
-            entries = list(self._quarantine)
+            entries = [e for e in self._quarantine if user_key is None or e.user_key == user_key]
         yield from entries
+
+    def remove_quarantined(self, user_key: str, entry_id: str) -> QuarantineEntry | None:
+        with self._mutex:
+            for entry in self._quarantine:
+                if entry.id == entry_id and entry.user_key == user_key:
+                    self._quarantine.remove(entry)
+                    return entry
+        return None
+
+    # -- operations ------------------------------------------------------------------------
+    def session_view(self, user_key: str) -> SessionView | None:
+        with self._mutex:
+            return self._view(user_key, self._tick())
+
+    def _view(self, user_key: str, now: float) -> SessionView | None:
+        record = self._live_session(user_key, now)
+        if record is None:
+            return None
+        lock = self._live_lock(user_key, now)
+        return SessionView(
+            user_key,
+            record,
+            self._sessions[user_key][1] - now,
+            None if lock is None else LockInfo(lock[0], lock[1] - now),
+        )
+
+    def sessions(self, *, batch: int = 500) -> Iterator[SessionView]:
+        _positive("batch", batch)
+        with self._mutex:
+            keys = list(self._sessions)
+        for start in range(0, len(keys), batch):
+            with self._mutex:
+                now = self._tick()
+                views = [self._view(k, now) for k in keys[start : start + batch]]
+            yield from (v for v in views if v is not None)
+
+    def server_stats(self) -> dict[str, int | float]:
+        with self._mutex:
+            return {"expired_keys": self.expired_sessions}

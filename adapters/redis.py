@@ -22,7 +22,7 @@ import itertools
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -42,6 +42,7 @@ from adapters.base import (
     Record,
     SaveResult,
     SaveStatus,
+    SessionView,
     Store,
     check_save_arguments,
     decode_history,
@@ -402,20 +403,121 @@ class RedisStore(Store):
         )
         return entry_id if moved else None
 
-    def quarantined(self) -> Iterator[QuarantineEntry]:
+    def quarantined(self, user_key: str | None = None) -> Iterator[QuarantineEntry]:
         entries: list[_Quarantined] = []
         pattern = self.layout.quarantine_pattern
 
         def collect(_: bool) -> None:
             entries.clear()
-            for key in self.client.scan_iter(match=pattern, count=500):
+            keys: Iterable[Any] = (
+                [self.layout.keys(user_key)[4]]
+                if user_key is not None
+                else self.client.scan_iter(match=pattern, count=500)
+            )
+            for key in keys:
                 items: list[bytes] = self.client.lrange(key, 0, -1)  # type: ignore[assignment]
                 entries.extend(_quarantine_decoder.decode(item) for item in items)
 
-        self._call("quarantined", None, collect)
+        self._call("quarantined", user_key, collect)
         entries.sort(key=lambda e: (e.at, e.id))
         for e in entries:
             yield QuarantineEntry(e.id, e.user_key, e.raw, e.reason, e.at)
+
+    def remove_quarantined(self, user_key: str, entry_id: str) -> QuarantineEntry | None:
+        qkey = self.layout.keys(user_key)[4]
+
+        def remove(_: bool) -> QuarantineEntry | None:
+            items: list[bytes] = self.client.lrange(qkey, 0, -1)  # type: ignore[assignment]
+            for item in items:
+                e = _quarantine_decoder.decode(item)
+                if e.id == entry_id:
+                    # LREM of the exact bytes: atomic, and a second remover finds nothing.
+                    if not self.client.lrem(qkey, 1, item):  # type: ignore[arg-type]
+                        return None
+                    return QuarantineEntry(e.id, e.user_key, e.raw, e.reason, e.at)
+            return None
+
+        return self._call("remove_quarantined", user_key, remove)
+
+    # -- operations ------------------------------------------------------------------------
+    def session_view(self, user_key: str) -> SessionView | None:
+        views = self._call("session_view", user_key, lambda _: self._views([user_key]))
+        return views[0] if views else None
+
+    def _views(self, user_keys: list[str]) -> list[SessionView]:
+        """Session, TTL and lock of each user in one pipelined round trip (per Cluster node:
+        redis-py splits a non-transactional pipeline by slot)."""
+        pipe = self.client.pipeline(transaction=False)
+        for user_key in user_keys:
+            session, _, _, lock, _ = self.layout.keys(user_key)
+            pipe.get(session)
+            pipe.pttl(session)
+            pipe.get(lock)
+            pipe.pttl(lock)
+        replies = pipe.execute()
+        views = []
+        for i, user_key in enumerate(user_keys):
+            value, ttl_ms, holder, lock_ms = replies[4 * i : 4 * i + 4]
+            if value is None:
+                continue  # expired or deleted since the scan saw it
+            lease = (
+                None if holder is None or lock_ms < 0 else LockInfo(holder.decode(), lock_ms / 1000)
+            )
+            ttl = None if ttl_ms < 0 else ttl_ms / 1000
+            views.append(SessionView(user_key, split_value(value), ttl, lease))
+        return views
+
+    def sessions(self, *, batch: int = 500) -> Iterator[SessionView]:
+        def views(keys: list[str]) -> list[SessionView]:
+            return self._call("sessions", None, lambda _: self._views(keys))
+
+        pending: list[str] = []
+        for user_key in self.scan(batch=batch):
+            pending.append(user_key)
+            if len(pending) >= batch:
+                yield from views(pending)
+                pending = []
+        if pending:
+            yield from views(pending)
+
+    def server_stats(self) -> dict[str, int | float]:
+        def read(_: bool) -> dict[str, int | float]:
+            if isinstance(self.client, RedisCluster):
+                per_node: dict[str, dict[str, Any]] = self.client.info(
+                    target_nodes=RedisCluster.PRIMARIES
+                )
+                infos = list(per_node.values())
+            else:
+                infos = [self.client.info()]
+            totals: dict[str, int | float] = {}
+            for name in ("expired_keys", "evicted_keys", "used_memory", "keyspace_hits"):
+                values = [info[name] for info in infos if isinstance(info.get(name), int | float)]
+                if values:
+                    totals[name] = sum(values)
+            return totals
+
+        return self._call("server_stats", None, read)
+
+    def script_cache(self) -> tuple[int, int] | None:
+        scripts = [
+            self._load,
+            self._lock_and_load,
+            self._save,
+            self._release,
+            self._extend,
+            self._lock_info,
+            self._quarantine,
+        ]
+
+        def check(_: bool) -> tuple[int, int]:
+            # On Cluster a script counts as cached only if every primary has it.
+            cached: list[bool] = self.client.script_exists(*(s.sha for s in scripts))
+            for script, present in zip(scripts, cached, strict=True):
+                if not present:
+                    self.client.script_load(script.script)
+            return sum(cached), len(scripts)
+
+        return self._call("script_cache", None, check)
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:

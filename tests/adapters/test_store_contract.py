@@ -605,6 +605,87 @@ def test_quarantined_oldest_first_with_unique_ids(store_env: StoreEnv) -> None:
     assert [e.at for e in entries] == sorted(e.at for e in entries)
 
 
+def test_quarantine_per_user_and_removal(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    for user in ("a", "b", "a"):
+        store.save(user, b"x" + user.encode(), version=1, expected_version=0, ttl=10 * t)
+        assert store.quarantine(user, b"x" + user.encode(), f"bad {user}") is not None
+    assert [e.user_key for e in store.quarantined("a")] == ["a", "a"]
+    assert [e.reason for e in store.quarantined("b")] == ["bad b"]
+    assert list(store.quarantined("nobody")) == []
+    first, second = store.quarantined("a")
+    assert store.remove_quarantined("b", first.id) is None  # ids are looked up per user
+    removed = store.remove_quarantined("a", first.id)
+    assert removed is not None and (removed.id, removed.raw) == (first.id, b"xa")
+    assert store.remove_quarantined("a", first.id) is None  # already gone
+    assert {e.id for e in store.quarantined()} == {
+        second.id,
+        *(e.id for e in store.quarantined("b")),
+    }
+
+
+# -- operations ----------------------------------------------------------------------------
+def test_session_view_reads_record_ttl_and_lock(store_env: StoreEnv) -> None:
+    store, t = store_env.store, store_env.tick
+    assert store.session_view("u") is None
+    store.save("u", b"p1", version=1, expected_version=0, ttl=50 * t)
+    view = store.session_view("u")
+    assert view is not None
+    assert (view.user_key, view.record, view.lock) == ("u", Record(b"p1", 1), None)
+    assert view.ttl == approx_ticks(store_env, 50)
+    assert store.acquire_lock("u", "worker-1", 20 * t)
+    view = store.session_view("u")
+    assert view is not None and view.lock is not None
+    assert view.lock.owner == "worker-1"
+    assert view.lock.ttl == approx_ticks(store_env, 20)
+    assert store.acquire_lock("nosession", "w", 20 * t)
+    assert store.session_view("nosession") is None  # a lock alone is not a session
+
+
+def test_sessions_stream_every_live_session_with_ttl_and_lock(store_env: StoreEnv) -> None:
+    env, store, t = store_env, store_env.store, store_env.tick
+    users = [f"user {n}" for n in range(23)] + ["{odd}:*", "ünï"]
+    for n, user in enumerate(users):
+        store.save(user, f"p{n}".encode(), version=1, expected_version=0, ttl=(100 + n) * t)
+    store.save("short", b"gone soon", version=1, expected_version=0, ttl=2 * t)
+    store.acquire_lock("user 3", "holder", 30 * t)
+    env.wait(3)
+    views = {v.user_key: v for v in store.sessions(batch=4)}
+    assert sorted(views) == sorted(users)
+    for n, user in enumerate(users):
+        assert views[user].record == Record(f"p{n}".encode(), 1)
+        assert views[user].ttl == pytest.approx((100 + n - 3) * t, abs=t)
+    locked = {u for u, v in views.items() if v.lock is not None}
+    assert locked == {"user 3"}
+    with pytest.raises(ValueError):
+        list(store.sessions(batch=0))
+
+
+def test_server_stats_count_expired_sessions(store_env: StoreEnv) -> None:
+    env, store, t = store_env, store_env.store, store_env.tick
+    before = store.server_stats().get("expired_keys", 0)
+    for n in range(3):
+        store.save(f"e{n}", b"x", version=1, expected_version=0, ttl=1 * t)
+    env.wait(3)
+    for n in range(3):  # reading an expired key makes every store notice it
+        assert store.load(f"e{n}").record is None
+    assert store.server_stats()["expired_keys"] - before >= 3
+
+
+def test_script_cache_reports_and_reloads(store_env: StoreEnv) -> None:
+    store = store_env.store
+    status = store.script_cache()
+    if not isinstance(store, RedisStore):
+        assert status is None
+        return
+    assert status is not None
+    cached, total = status
+    assert total >= 7 and 0 <= cached <= total
+    store.client.script_flush()
+    assert store.script_cache() == (0, total)  # reported missing, and loaded again
+    assert store.script_cache() == (total, total)
+
+
 # -- concurrency ---------------------------------------------------------------------------
 @pytest.fixture
 def eager_thread_switches() -> Iterator[None]:
