@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from fsm.errors import CorruptSnapshot, SchemaTooNew
+from fsm.migrations import upgrade
 
 #: The snapshot format this code writes. 2: each struct is a msgpack array in field order
 #: (field names are not stored: a session is ~130 bytes smaller). 1: maps; still read.
@@ -98,50 +99,57 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
         ]
 
 
-# -- schema 1: the same fields as maps; read, and upgraded to the current schema ------------
-class _AuthV1(msgspec.Struct, frozen=True, kw_only=True):
+# -- older schemas: read as plain data, upgraded by fsm.migrations, then typed -------------
+class _AuthMap(msgspec.Struct, frozen=True, kw_only=True):
     token: str
     subject: str = ""
     expires_at: float | None = None
     issued_at: float | None = None
 
 
-class _ResumeV1(msgspec.Struct, frozen=True, kw_only=True):
+class _ResumeMap(msgspec.Struct, frozen=True, kw_only=True):
     stage: str
     step: str
     option: str = ""
     pending: str = ""
 
 
-class _SnapshotV1(msgspec.Struct, frozen=True, kw_only=True):
+class _SnapshotMap(msgspec.Struct, frozen=True, kw_only=True):
+    """The current fields as a map: what a migrated older record is checked against."""
+
     flow: str
     stage: str
     step: str
     option: str = ""
     data: dict[str, Any] = {}
-    auth: _AuthV1 | None = None
-    resume: _ResumeV1 | None = None
+    auth: _AuthMap | None = None
+    resume: _ResumeMap | None = None
     version: int = 0
-    schema: int = 1
+    schema: int = SCHEMA_VERSION
     flow_version: int = 1
     last_updated: float = 0.0
     update_from: str = ""
     pending: str = ""
 
 
-def _upgrade_v1(old: _SnapshotV1) -> Snapshot:
-    fields = {name: getattr(old, name) for name in old.__struct_fields__}
-    fields["auth"] = None if old.auth is None else Auth(**msgspec.structs.asdict(old.auth))
-    fields["resume"] = None if old.resume is None else Resume(**msgspec.structs.asdict(old.resume))
-    if old.schema == 1:  # a map is schema 1; anything else in a map is for the checks below
-        fields["schema"] = SCHEMA_VERSION
-    return Snapshot(**fields)
+def _from_map(raw: bytes) -> Snapshot:
+    """A record stored as a map (schema 1): migrated to the current schema, then typed."""
+    fields = msgspec.msgpack.decode(raw)
+    if not isinstance(fields, dict):
+        raise msgspec.ValidationError("Expected `object`, got another type")
+    schema = fields.get("schema", 1)
+    if isinstance(schema, int) and not isinstance(schema, bool) and 1 <= schema < SCHEMA_VERSION:
+        fields = upgrade(fields, schema)
+    old = msgspec.convert(fields, _SnapshotMap)
+    values = {name: getattr(old, name) for name in old.__struct_fields__}
+    values["auth"] = None if old.auth is None else Auth(**msgspec.structs.asdict(old.auth))
+    values["resume"] = None if old.resume is None else Resume(**msgspec.structs.asdict(old.resume))
+    return Snapshot(**values)
 
 
 _SCHEMA_INDEX = Snapshot.__struct_fields__.index("schema")
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Snapshot)
-_v1_decoder = msgspec.msgpack.Decoder(_SnapshotV1)
 
 
 def _is_map(raw: bytes) -> bool:
@@ -162,7 +170,7 @@ def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
     newer schema changed field types: it is not corrupt, only not ours to read.
     """
     try:
-        snapshot = _upgrade_v1(_v1_decoder.decode(raw)) if _is_map(raw) else _decoder.decode(raw)
+        snapshot = _from_map(raw) if _is_map(raw) else _decoder.decode(raw)
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure is corruption, raised
         newer = _newer_schema(raw)
         if newer is not None:
@@ -214,3 +222,26 @@ def _newer_schema(raw: bytes) -> int | None:
         return None
     ok = isinstance(schema, int) and not isinstance(schema, bool)
     return schema if ok and schema > SCHEMA_VERSION else None
+
+
+def stored_schema(raw: bytes) -> int | None:
+    """The schema a stored record was written with (before any migration), or None if the
+    bytes do not say. Cheap for current records: their schema sits at a fixed position."""
+    if not _is_map(raw):
+        try:
+            return _decoder.decode(raw).schema
+        except Exception:  # noqa: BLE001 - probed below, untyped
+            pass
+    if len(raw) > _PROBE_LIMIT:
+        return None
+    try:
+        value = msgspec.msgpack.decode(raw)
+    except Exception:  # noqa: BLE001 - not msgpack: no schema to tell
+        return None
+    if isinstance(value, dict):
+        schema = value.get("schema", 1)
+    elif isinstance(value, list) and len(value) > _SCHEMA_INDEX:
+        schema = value[_SCHEMA_INDEX]
+    else:
+        return None
+    return schema if isinstance(schema, int) and not isinstance(schema, bool) else None
