@@ -57,6 +57,7 @@ from fsm.errors import (
     TransitionNotAllowed,
 )
 from fsm.flow import Flow, FlowSpec
+from fsm.migrations import MigrationError, apply_flow_migrations
 from fsm.recent import RecentRecords
 from fsm.reply import Reply
 from fsm.snapshot import (
@@ -227,7 +228,9 @@ class Engine:
                 else:
                     if ready is None:
                         mid = message_id if message_due else None
+                        started = time.perf_counter()
                         ready = self.store.load(key, message_id=mid)
+                        self.stats.observe("load", time.perf_counter() - started)
                         self._remember(key, ready.record)
                     loaded, ready = ready, None
                     locked = loaded.locked and owner is None
@@ -290,6 +293,7 @@ class Engine:
                 # lease in the same step.
                 last = (not message_due or not at_action) and not decider.is_action(new)
                 payload = self._encode(key, decision)
+                started = time.perf_counter()
                 saved = self.store.save(
                     key,
                     payload,
@@ -302,6 +306,7 @@ class Engine:
                     owner=owner,
                     release=last and owner is not None,
                 )
+                self.stats.observe("save", time.perf_counter() - started)
                 if saved.saved:
                     stored_record = Record(payload, new.version, saved.tag)
                     self._remember(key, stored_record)
@@ -439,37 +444,15 @@ class Engine:
         return snapshot
 
     def _migrated(self, key: str, snapshot: Snapshot, record: Record) -> Snapshot:
-        """Apply the flow's migrations to a snapshot written by an older flow version. Steps
-        without a migration are taken as compatible; the result is still checked against the
+        """Apply the flow's migrations (:func:`fsm.migrations.apply_flow_migrations`) to a
+        snapshot written by an older flow version; the result is still checked against the
         flow. A migration that fails makes the record unreadable (quarantined, kept)."""
-        auth = snapshot.auth
-        while snapshot.flow_version < self.spec.version:
-            start = snapshot.flow_version
-            migrate = self.spec.migrations.get(start)
-            if migrate is not None:
-                try:
-                    migrated = migrate(snapshot)
-                except Exception as exc:  # a migration bug: reported as corruption, bytes kept
-                    raise CorruptSnapshot(
-                        f"migration from flow version {start} failed: {type(exc).__name__}"
-                        " - at `$.flow_version`",
-                        raw=record.payload,
-                        user_key=key,
-                    ) from exc
-                if not isinstance(migrated, Snapshot):
-                    raise CorruptSnapshot(
-                        f"migration from flow version {start} returned "
-                        f"{type(migrated).__name__}, not Snapshot - at `$.flow_version`",
-                        raw=record.payload,
-                        user_key=key,
-                    )
-                snapshot = migrated
-            # The version chain is the store's and the token is the auth events', not the
-            # migration's to change.
-            snapshot = msgspec.structs.replace(
-                snapshot, flow_version=start + 1, version=record.version, auth=auth
-            )
-            self.stats.incr("migrated")
+        try:
+            snapshot, moved = apply_flow_migrations(snapshot, self.spec)
+        except MigrationError as exc:
+            raise CorruptSnapshot(str(exc), raw=record.payload, user_key=key) from exc
+        if moved:
+            self.stats.incr("migrated", moved)
         return snapshot
 
     # -- save -------------------------------------------------------------------------------
@@ -620,10 +603,13 @@ class Engine:
     def _lock(self, key: str, message_id: str | None) -> tuple[str, Loaded]:
         """Take the user's lease (waiting up to ``lock_wait``) and load under it."""
         self.stats.incr("lock_acquisitions")
+        started = time.perf_counter()
         try:
-            return self.store.acquire_lease_loaded(
+            leased = self.store.acquire_lease_loaded(
                 key, ttl=self.lock_ttl, wait=self.lock_wait, message_id=message_id
             )
+            self.stats.observe("lock", time.perf_counter() - started)
+            return leased
         except TimeoutError:
             self.stats.incr("lock_timeouts")
             raise LockTimeout(key, waited=self.lock_wait) from None

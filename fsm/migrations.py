@@ -20,9 +20,15 @@ loaded, and in bulk by ``fsm migrate`` (:mod:`fsm.ops.migrate`):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from fsm.errors import FsmError
+
+if TYPE_CHECKING:
+    from fsm.flow import FlowSpec
+    from fsm.snapshot import Snapshot
 
 #: A schema migration: the snapshot of schema N as plain data, to schema N+1's.
 SchemaMigration = Callable[[dict[str, Any]], dict[str, Any]]
@@ -85,3 +91,36 @@ def _maps_to_arrays(fields: dict[str, Any]) -> dict[str, Any]:
     """Schema 2 stores each struct as an array instead of a map (the field names are not
     stored: a session is ~130 bytes smaller). The fields are the same."""
     return {**fields, "schema": 2}
+
+
+def apply_flow_migrations(snapshot: Snapshot, spec: FlowSpec) -> tuple[Snapshot, int]:
+    """Bring a snapshot written by an older version of ``spec``'s flow up to date with the
+    flow's migrations; returns it and how many versions it moved. Versions without a migration
+    are taken as compatible. A migration cannot change the version chain (the store's) or the
+    token (the auth events'). :class:`MigrationError` if one fails or returns a non-snapshot.
+    """
+    from fsm.snapshot import Snapshot
+
+    auth, version, moved = snapshot.auth, snapshot.version, 0
+    while snapshot.flow_version < spec.version:
+        start = snapshot.flow_version
+        migrate = spec.migrations.get(start)
+        if migrate is not None:
+            try:
+                migrated = migrate(snapshot)
+            except Exception as exc:  # a migration bug: reported as such, the record is kept
+                raise MigrationError(
+                    f"migration from flow version {start} failed: {type(exc).__name__}"
+                    " - at `$.flow_version`"
+                ) from exc
+            if not isinstance(migrated, Snapshot):
+                raise MigrationError(
+                    f"migration from flow version {start} returned "
+                    f"{type(migrated).__name__}, not Snapshot - at `$.flow_version`"
+                )
+            snapshot = migrated
+        snapshot = msgspec.structs.replace(
+            snapshot, flow_version=start + 1, version=version, auth=auth
+        )
+        moved += 1
+    return snapshot, moved
