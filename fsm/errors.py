@@ -127,6 +127,7 @@ class StoreUnavailable(FsmError):
     def __init__(self, operation: str, *, user_key: str | None = None, detail: str = "") -> None:
         self.operation = operation
         self.user_key = user_key
+        self.detail = detail
         who = f" for user {user_key!r}" if user_key is not None else ""
         tail = f": {detail}" if detail else ""
         super().__init__(f"store unavailable during {operation}{who}{tail}")

@@ -26,14 +26,18 @@ def test_packages_import_in_any_order(first: str) -> None:
 
 def test_fsm_does_no_network_io() -> None:
     offenders = []
-    for path in sorted((ROOT / "fsm").glob("*.py")):
+    for path in sorted((ROOT / "fsm").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in NETWORK_MODULES]
+            offenders += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[0] in NETWORK_MODULES and n != "urllib.parse"  # parsing only
+            ]
     assert offenders == []
 
 

@@ -21,8 +21,13 @@ import sys
 from fsm.cli.common import main
 
 # Importing the modules registers their commands on ``main``.
+from fsm.cli import backup as _backup  # noqa: F401  isort: skip
 from fsm.cli import chat as _chat  # noqa: F401  isort: skip
 from fsm.cli import graph as _graph  # noqa: F401  isort: skip
+from fsm.cli import migrate as _migrate  # noqa: F401  isort: skip
+from fsm.cli import monitor as _monitor  # noqa: F401  isort: skip
+from fsm.cli import repair as _repair  # noqa: F401  isort: skip
+from fsm.cli import sessions as _sessions  # noqa: F401  isort: skip
 
 __all__ = ["main"]
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 import re
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
@@ -18,6 +21,7 @@ from fsm.errors import FsmError, StoreUnavailable
 
 if TYPE_CHECKING:
     from adapters import Store
+    from fsm.clock import Clock
     from fsm.flow import FlowSpec
 
 P = ParamSpec("P")
@@ -158,9 +162,19 @@ def open_store(url: str | None, namespace: str) -> Store:
         store = RedisStore.from_url(url, namespace=namespace)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--store'") from None
-    store.lock_info("\x00connect")  # raises StoreUnavailable (exit 2) if Redis is not there
     ctx.call_on_close(store.close)
+    try:
+        store.lock_info("\x00connect")  # one round trip: fail now, clearly, if Redis is not there
+    except StoreUnavailable as exc:
+        click.echo(f"error: cannot reach the store at {safe_url(url)}: {exc.detail}", err=True)
+        ctx.exit(EXIT_UNAVAILABLE)
     return store
+
+
+def safe_url(url: str) -> str:
+    """The URL's scheme and hosts, for messages: never a password, path or query."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -218,3 +232,98 @@ def wraps_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise SystemExit(EXIT_PROBLEM) from None
 
     return run
+
+
+def open_store_unchecked(url: str | None, namespace: str) -> Store:
+    """:func:`open_store` without the connection check (``fsm health`` reports it instead)."""
+    ctx = click.get_current_context()
+    if isinstance(ctx.obj, dict) and ctx.obj.get("store") is not None:
+        store: Store = ctx.obj["store"]
+        return store
+    if not url:
+        raise click.UsageError("say which store to use: --store URL or FSM_STORE=URL")
+    from adapters import RedisStore
+
+    try:
+        store = RedisStore.from_url(url, namespace=namespace)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--store'") from None
+    ctx.call_on_close(store.close)
+    return store
+
+
+def clock() -> Clock:
+    """The clock commands judge expiry by: the embedding caller's (``obj={"clock": ...}``),
+    else the system clock."""
+    from fsm.clock import SYSTEM_CLOCK
+
+    ctx = click.get_current_context()
+    if isinstance(ctx.obj, dict) and ctx.obj.get("clock") is not None:
+        given: Clock = ctx.obj["clock"]
+        return given
+    return SYSTEM_CLOCK
+
+
+def echo_json(value: object) -> None:
+    """One JSON document (or JSON Lines item) on stdout; bytes never reach here."""
+    click.echo(json.dumps(value, ensure_ascii=False, sort_keys=False, default=str))
+
+
+def when(epoch: float | None, now: float | None = None) -> str:
+    """``2026-11-25 05:10:03 UTC (3m12s ago)``."""
+    if epoch is None:
+        return "-"
+    text = datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if now is None:
+        return text
+    delta = now - epoch
+    return f"{text} ({human_seconds(abs(delta))} {'ago' if delta >= 0 else 'from now'})"
+
+
+class Progress:
+    """Progress of a long scan on stderr: a live rich bar on a terminal, else a line every
+    ``every`` items; always a final count. Never on stdout, so ``--json`` output stays clean."""
+
+    def __init__(self, what: str, *, every: int = 1000) -> None:
+        self.what = what
+        self.every = every
+        self.done = 0
+        self._live = sys.stderr.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Progress:
+        if self._live:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.what, total=None)
+        return self
+
+    def advance(self, label: str = "") -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1)
+        elif self.done % self.every == 0:
+            click.echo(f"... {self.what}: {self.done}{label}", err=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,112 @@
+"""``fsm backup`` and ``fsm restore``: every session to a file and back."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from fsm.cli.common import (
+    EXIT_PROBLEM,
+    Progress,
+    clock,
+    echo_json,
+    json_option,
+    main,
+    open_store,
+    store_options,
+)
+from fsm.ops.backup import BackupError, Entry, Restored, private_file
+from fsm.ops.backup import backup as write_backup
+from fsm.ops.backup import restore as read_restore
+
+WARNING = (
+    "warning: the backup holds every user's API token. It is readable by you only (mode "
+    "0600); keep it that way and store it encrypted (see docs/operations.md)."
+)
+
+
+@main.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The backup file to write (replaced whole when the backup is complete).",
+)
+@store_options
+def backup(output: Path, store_url: str | None, namespace: str) -> None:
+    """Stream every session (snapshot bytes, version, TTL left) to a JSON Lines file. Sessions
+    that do not decode are kept as raw bytes, reported, and not fatal."""
+    store = open_store(store_url, namespace)
+    if not output.parent.exists():
+        raise click.BadParameter(f"folder {output.parent} does not exist", param_hint="'-o'")
+    with Progress("sessions backed up") as progress, private_file(output) as out:
+
+        def seen(entry: Entry) -> None:
+            progress.advance()
+            if entry.corrupt is not None:
+                click.echo(f"corrupt: {entry.user}: {entry.corrupt} (kept as raw bytes)", err=True)
+
+        report = write_backup(store, out, clock=clock(), progress=seen)
+    click.echo(
+        f"backed up {report.sessions} session(s) to {output}"
+        + (f"; {len(report.corrupt)} corrupt kept as raw bytes" if report.corrupt else "")
+    )
+    click.echo(WARNING, err=True)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace sessions the store holds in a newer version (default: keep them).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be restored; write nothing.")
+@store_options
+@json_option
+def restore(
+    file: Path, overwrite: bool, dry_run: bool, store_url: str | None, namespace: str, as_json: bool
+) -> None:
+    """Write the sessions of a backup back by compare-and-set, each with the TTL it had left.
+    A newer session in the store is kept unless --overwrite. Exit 1 if the file is truncated
+    or a session could not be written (a worker held it)."""
+    store = open_store(store_url, namespace)
+    with Progress("sessions restored") as progress, file.open("rb") as lines:
+        try:
+            report = read_restore(
+                store,
+                lines,
+                clock=clock(),
+                overwrite=overwrite,
+                dry_run=dry_run,
+                progress=lambda _entry, _outcome: progress.advance(),
+            )
+        except BackupError as exc:
+            click.echo(f"error: {file}: {exc}", err=True)
+            raise SystemExit(EXIT_PROBLEM) from None
+    counts = {o.value: report.counts.get(o, 0) for o in Restored}
+    if as_json:
+        echo_json(
+            {
+                "dry_run": dry_run,
+                "entries": report.entries,
+                "complete": report.complete,
+                **counts,
+                "skipped": [{"user": u, "why": o.value, "detail": d} for u, o, d in report.skipped],
+            }
+        )
+    else:
+        for user, outcome, detail in report.skipped:
+            click.echo(f"{outcome.value}: {user}: {detail}", err=True)
+        prefix = "dry run: " if dry_run else ""
+        click.echo(
+            prefix + ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+            or prefix + "nothing to restore"
+        )
+    if not report.complete:
+        click.echo(f"error: {file} is truncated (no end line): restored what it holds", err=True)
+    if not report.complete or report.counts.get(Restored.BUSY):
+        sys.exit(EXIT_PROBLEM)

@@ -1,0 +1,97 @@
+"""``fsm metrics`` and ``fsm health``: the store's figures, and a probe."""
+
+from __future__ import annotations
+
+import click
+
+from fsm.cli.common import (
+    EXIT_PROBLEM,
+    Duration,
+    echo_json,
+    human_seconds,
+    json_option,
+    main,
+    open_store,
+    open_store_unchecked,
+    store_options,
+)
+from fsm.ops.health import health_check
+from fsm.ops.metrics import collect_metrics
+
+
+@main.command()
+@store_options
+@json_option
+@click.option(
+    "--prometheus", is_flag=True, help="Print the Prometheus text exposition format instead."
+)
+@click.option(
+    "--expiring-within",
+    type=Duration(),
+    default=300.0,
+    show_default="5m",
+    metavar="DURATION",
+    help="What counts as expiring soon.",
+)
+def metrics(
+    store_url: str | None, namespace: str, as_json: bool, prometheus: bool, expiring_within: float
+) -> None:
+    """Store-wide figures: sessions in all and by stage, locked, average TTL left, expiring
+    soon, expired since the server started (Redis INFO), unreadable and quarantined. One scan
+    of the store. The message path's counters live in the bot process: see
+    fsm.ops.prometheus.engine_registry."""
+    store = open_store(store_url, namespace)
+    if prometheus:
+        from prometheus_client import generate_latest
+
+        from fsm.ops.prometheus import store_registry
+
+        click.echo(
+            generate_latest(store_registry(store, expiring_within=expiring_within)).decode(),
+            nl=False,
+        )
+        return
+    m = collect_metrics(store, expiring_within=expiring_within)
+    if as_json:
+        echo_json(m.as_dict())
+        return
+    click.echo(f"sessions              {m.sessions}")
+    for stage, n in m.by_stage.items():
+        click.echo(f"  {stage:<20}{n}")
+    click.echo(f"locked                {m.locked}")
+    click.echo(f"average TTL left      {human_seconds(m.average_ttl)}")
+    click.echo(f"expiring within {human_seconds(expiring_within):<6}{m.expiring_soon}")
+    expired = "-" if m.expired_since_start is None else str(m.expired_since_start)
+    click.echo(f"expired since start   {expired}  (the server's count, all keys)")
+    click.echo(f"unreadable            {m.unreadable}")
+    click.echo(f"quarantined           {m.quarantined}")
+    if m.used_memory is not None:
+        click.echo(f"server memory         {m.used_memory / 1048576:.1f} MiB")
+
+
+@main.command()
+@store_options
+@json_option
+@click.option(
+    "--max-latency",
+    type=Duration(),
+    default=0.5,
+    show_default="500ms",
+    metavar="DURATION",
+    help="Slowest operation allowed before the store counts as unhealthy.",
+)
+def health(store_url: str | None, namespace: str, as_json: bool, max_latency: float) -> None:
+    """Probe the store: connection, state operations (a real write/read/delete on a reserved
+    key), the lock, the script cache, latency. Exit 0 healthy, 1 unhealthy (an unreachable
+    store included: that is the probe's answer)."""
+    store = open_store_unchecked(store_url, namespace)
+    report = health_check(store, max_latency=max_latency)
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        for c in report.checks:
+            mark = click.style("ok  ", fg="green") if c.ok else click.style("FAIL", fg="red")
+            click.echo(f"{mark}  {c.name:<11} {c.detail}")
+        click.echo("healthy" if report.healthy else "UNHEALTHY")
+    if not report.healthy:
+        raise SystemExit(EXIT_PROBLEM)

@@ -1,0 +1,312 @@
+"""``fsm check``, ``fsm recover`` and ``fsm quarantine``: find broken sessions, repair them,
+and look after the bytes that were taken out of them."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from fsm.cli.common import (
+    EXIT_PROBLEM,
+    Progress,
+    clock,
+    echo_json,
+    flow_option,
+    flow_spec,
+    json_option,
+    main,
+    open_store,
+    problem_exit,
+    store_options,
+    when,
+)
+from fsm.ops.backup import private_file
+from fsm.ops.recover import Outcome, recover_session, restore_quarantined
+from fsm.ops.sessions import REDACTED, redact
+from fsm.ops.validate import NOT_REPAIRABLE, Problem, is_reserved
+from fsm.ops.validate import diagnose as judge
+
+
+@main.command()
+@store_options
+@flow_option
+@json_option
+def check(store_url: str | None, namespace: str, flow_ref: str, as_json: bool) -> None:
+    """Scan every session and report the invalid ones with the reason: undecodable or wrong
+    types, a newer schema, a stage or step the flow does not have, an expired token in a
+    protected stage. Exit 1 if any is invalid."""
+    spec = flow_spec(flow_ref)
+    store = open_store(store_url, namespace)
+    now = clock().now()
+    kinds: Counter[str] = Counter()
+    checked = 0
+    with Progress("checking sessions") as progress:
+        for view in store.sessions():
+            if is_reserved(view.user_key):
+                continue
+            checked += 1
+            progress.advance()
+            found = judge(view.user_key, view.record, spec, now=now)
+            if found.problem is None:
+                continue
+            kinds[found.problem.value] += 1
+            if as_json:
+                echo_json(
+                    {
+                        "user": view.user_key,
+                        "version": view.record.version,
+                        "problem": found.problem.value,
+                        "reason": found.reason,
+                    }
+                )
+            else:
+                click.echo(f"{view.user_key:<24}  {found.problem.value:<17}  {found.reason}")
+    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    invalid = sum(kinds.values())
+    click.echo(
+        f"checked {checked} session(s): {invalid} invalid" + (f" ({summary})" if summary else ""),
+        err=True,
+    )
+    if invalid:
+        if kinds.get(Problem.EXPIRED_TOKEN.value):
+            click.echo(
+                "expired tokens are handled by the bot: the user is asked to sign in again "
+                "and brought back; fsm recover USER moves one to the safe stage now",
+                err=True,
+            )
+        raise SystemExit(EXIT_PROBLEM)
+
+
+@main.command()
+@click.argument("user", required=False)
+@click.option("--all", "every", is_flag=True, help="Recover every invalid session.")
+@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@click.option(
+    "--force", is_flag=True, help="Move USER to the safe stage even if the session is valid."
+)
+@store_options
+@flow_option
+@json_option
+def recover(
+    user: str | None,
+    every: bool,
+    dry_run: bool,
+    force: bool,
+    store_url: str | None,
+    namespace: str,
+    flow_ref: str,
+    as_json: bool,
+) -> None:
+    """Move a broken session to the flow's safe stage, keeping the token if it is still valid
+    (and the data, if the snapshot decodes); the original bytes go to the quarantine. Safe
+    while the bot runs. --all skips expired tokens (the bot handles those). Exit 1 if a
+    session could not be recovered."""
+    if (user is None) == (not every):
+        raise click.UsageError("give a USER or --all (not both)")
+    if force and every:
+        raise click.UsageError("--force is for one USER")
+    spec = flow_spec(flow_ref)
+    store = open_store(store_url, namespace)
+    clk = clock()
+    if user is not None:
+        users = [user]
+    else:
+        now = clk.now()
+        users = [
+            v.user_key
+            for v in store.sessions()
+            if not is_reserved(v.user_key)
+            and (p := judge(v.user_key, v.record, spec, now=now).problem) is not None
+            and p not in NOT_REPAIRABLE
+            and p is not Problem.EXPIRED_TOKEN
+        ]
+    failed = 0
+    for key in users:
+        if dry_run:
+            view = store.session_view(key)
+            if view is None:
+                outcome, reason = "missing", "no session"
+            else:
+                found = judge(key, view.record, spec, now=clk.now())
+                outcome = "would-recover" if not found.ok or force else "valid"
+                if found.problem in NOT_REPAIRABLE:
+                    outcome = Outcome.NOT_REPAIRABLE.value
+                reason = found.reason
+            _say(as_json, {"user": key, "outcome": outcome, "reason": reason})
+            failed += outcome in ("missing", Outcome.NOT_REPAIRABLE.value)
+            continue
+        result = recover_session(store, spec, key, clock=clk, force=force)
+        _say(
+            as_json,
+            {
+                "user": key,
+                "outcome": result.outcome.value,
+                "reason": result.reason,
+                "quarantine_id": result.quarantine_id,
+                "kept_token": result.kept_token,
+                "kept_data": result.kept_data,
+                "version": result.version or None,
+            },
+        )
+        failed += result.outcome not in (Outcome.RECOVERED, Outcome.VALID)
+    if every and not as_json:
+        click.echo(f"{len(users)} invalid session(s) handled, {failed} not recovered", err=True)
+    if failed:
+        raise SystemExit(EXIT_PROBLEM)
+
+
+def _say(as_json: bool, info: dict[str, Any]) -> None:
+    if as_json:
+        echo_json(info)
+        return
+    line = f"{info['user']}: {info['outcome']} - {info['reason']}"
+    if info.get("quarantine_id"):
+        line += f"; original bytes in quarantine {info['quarantine_id']}"
+    if info.get("outcome") == Outcome.RECOVERED.value:
+        kept = [n for n in ("token", "data") if info.get(f"kept_{n}")]
+        line += f"; kept: {', '.join(kept) or 'nothing'}; now version {info['version']}"
+    click.echo(line)
+
+
+@main.group()
+def quarantine() -> None:
+    """Bytes taken out of sessions because they could not be read (kept byte for byte)."""
+
+
+@quarantine.command(name="ls")
+@click.argument("user", required=False)
+@store_options
+@json_option
+def quarantine_ls(user: str | None, store_url: str | None, namespace: str, as_json: bool) -> None:
+    """List quarantined entries (only USER's if given), oldest first."""
+    store = open_store(store_url, namespace)
+    now = clock().now()
+    count = 0
+    if not as_json:
+        click.echo(f"{'ID':<30}  {'USER':<20}  {'AT':<38}  {'BYTES':>6}  REASON")
+    for e in store.quarantined(user):
+        count += 1
+        if as_json:
+            echo_json(
+                {
+                    "id": e.id,
+                    "user": e.user_key,
+                    "at": e.at,
+                    "bytes": len(e.raw),
+                    "reason": e.reason,
+                }
+            )
+        else:
+            click.echo(
+                f"{e.id:<30}  {e.user_key:<20}  {when(e.at, now):<38}  {len(e.raw):>6}  {e.reason}"
+            )
+    click.echo(f"{count} quarantined entr{'y' if count == 1 else 'ies'}", err=True)
+
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def _readable(raw: bytes, show_secrets: bool) -> Any:
+    """What the bytes hold, as far as they decode as msgpack, with secrets hidden."""
+    try:
+        value = msgspec.msgpack.decode(raw)
+    except Exception:  # noqa: BLE001 - not msgpack: shown as text, tokens hidden
+        value = raw.decode("utf-8", "replace")
+    if show_secrets:
+        return value
+    return _hide_tokens(redact(value))
+
+
+def _hide_tokens(value: Any) -> Any:
+    if isinstance(value, str):
+        return _JWT.sub(REDACTED, value)
+    if isinstance(value, bytes):
+        return _JWT.sub(REDACTED, value.decode("utf-8", "replace"))
+    if isinstance(value, dict):
+        return {k: _hide_tokens(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_tokens(v) for v in value]
+    return value
+
+
+@quarantine.command(name="show")
+@click.argument("entry_id")
+@click.option("--user", default=None, help="The entry's user (faster on a large store).")
+@click.option(
+    "--raw",
+    "raw_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the exact bytes to FILE (mode 0600: they may hold a token).",
+)
+@click.option("--show-secrets", is_flag=True, help="Do not hide tokens in what is shown.")
+@store_options
+@json_option
+def quarantine_show(
+    entry_id: str,
+    user: str | None,
+    raw_out: Path | None,
+    show_secrets: bool,
+    store_url: str | None,
+    namespace: str,
+    as_json: bool,
+) -> None:
+    """One quarantined entry: who, when, why, and what the bytes hold (tokens hidden)."""
+    store = open_store(store_url, namespace)
+    entry = next((e for e in store.quarantined(user) if e.id == entry_id), None)
+    if entry is None:
+        problem_exit(f"no quarantined entry {entry_id!r}")
+        return
+    content = _readable(entry.raw, show_secrets)
+    if raw_out is not None:
+        with private_file(raw_out) as out:
+            out.write(entry.raw)
+    if as_json:
+        echo_json(
+            {
+                "id": entry.id,
+                "user": entry.user_key,
+                "at": entry.at,
+                "reason": entry.reason,
+                "bytes": len(entry.raw),
+                "content": content,
+            }
+        )
+        return
+    now = clock().now()
+    click.echo(f"id          {entry.id}")
+    click.echo(f"user        {entry.user_key}")
+    click.echo(f"at          {when(entry.at, now)}")
+    click.echo(f"reason      {entry.reason}")
+    click.echo(f"bytes       {len(entry.raw)}")
+    click.echo(f"content     {content!r}")
+    if raw_out is not None:
+        click.echo(f"raw bytes written to {raw_out} (mode 0600)")
+
+
+@quarantine.command(name="restore")
+@click.argument("entry_id")
+@click.option("--user", default=None, help="The entry's user (faster on a large store).")
+@click.option("--replace", is_flag=True, help="Write it over the session the user has now.")
+@store_options
+def quarantine_restore(
+    entry_id: str, user: str | None, replace: bool, store_url: str | None, namespace: str
+) -> None:
+    """Put quarantined bytes back as the user's session (once a fix makes them readable),
+    by compare-and-set, and drop them from the quarantine. Exit 1 if not restored."""
+    store = open_store(store_url, namespace)
+    entry = next((e for e in store.quarantined(user) if e.id == entry_id), None)
+    if entry is None:
+        problem_exit(f"no quarantined entry {entry_id!r}")
+        return
+    done, _, detail = restore_quarantined(
+        store, entry.user_key, entry_id, clock=clock(), replace=replace
+    )
+    if not done:
+        problem_exit(f"{entry.user_key}: {detail}")
+    click.echo(f"{entry.user_key}: {detail}")

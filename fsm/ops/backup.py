@@ -1,0 +1,261 @@
+"""``fsm backup`` / ``fsm restore``: every session to a file and back, on any store.
+
+The file is JSON Lines, one object per line, written as the store is scanned (never the whole
+store in memory)::
+
+    {"format": "convo-fsm-backup", "format_version": 1, "created_at": 1764000000.0}
+    {"user": "263770000001", "version": 7, "ttl": 1712.5, "payload": "<base64 of the snapshot>"}
+    {"user": "263770000009", "version": 3, "ttl": 60.0, "raw": "<base64>", "corrupt": "why"}
+    {"end": true, "sessions": 1, "corrupt": 1}
+
+``payload`` is the encoded snapshot exactly as stored, so a round trip through any stores is
+byte-identical. A session that does not decode is kept as ``raw`` with the reason (nothing is
+lost) and is not restored. ``ttl`` is the seconds the session had left when it was read; a
+restore gives it that long again. The end line tells a complete file from a truncated one.
+
+A backup holds every user's API token: it is created with mode 0600 (owner only), and should be
+stored encrypted; see docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from adapters.base import HistoryEntry, SaveStatus, Store
+from fsm.clock import Clock
+from fsm.errors import FsmError
+from fsm.ops.recover import DEFAULT_TTL
+from fsm.ops.validate import is_reserved
+from fsm.snapshot import decode_snapshot, encode_snapshot
+
+FORMAT = "convo-fsm-backup"
+FORMAT_VERSION = 1
+
+
+class BackupError(FsmError):
+    """A backup file that cannot be read (not a backup, a newer format, a broken line)."""
+
+
+class _Header(msgspec.Struct, forbid_unknown_fields=False):
+    format: str
+    format_version: int
+    created_at: float = 0.0
+
+
+class Entry(msgspec.Struct, omit_defaults=True):
+    """One session in a backup file."""
+
+    user: str
+    version: int
+    ttl: float | None = None
+    payload: bytes | None = None  # the snapshot as stored (valid sessions)
+    raw: bytes | None = None  # the bytes as stored (sessions that do not decode)
+    corrupt: str | None = None
+
+    def __repr__(self) -> str:  # payloads hold tokens
+        return f"Entry(user={self.user!r}, version={self.version}, corrupt={self.corrupt!r})"
+
+
+class _End(msgspec.Struct):
+    end: bool
+    sessions: int
+    corrupt: int = 0
+
+
+@dataclass
+class BackupReport:
+    sessions: int = 0
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (user, reason)
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def backup(
+    store: Store,
+    out: IO[bytes],
+    *,
+    clock: Clock,
+    batch: int = 500,
+    progress: Callable[[Entry], None] | None = None,
+) -> BackupReport:
+    """Write every session of ``store`` to ``out`` (a binary file), as the scan goes."""
+    report = BackupReport()
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_at": clock.now()}
+    out.write(_encoder.encode(header) + b"\n")
+    for view in store.sessions(batch=batch):
+        if is_reserved(view.user_key):
+            continue
+        record = view.record
+        try:
+            decode_snapshot(record.payload, user_key=view.user_key)
+            entry = Entry(view.user_key, record.version, view.ttl, payload=record.payload)
+            report.sessions += 1
+        except FsmError as exc:  # CorruptSnapshot, SchemaTooNew: kept, marked, not fatal
+            reason = getattr(exc, "detail", None) or str(exc)
+            entry = Entry(
+                view.user_key, record.version, view.ttl, raw=record.payload, corrupt=reason
+            )
+            report.corrupt.append((view.user_key, reason))
+        out.write(_encoder.encode(entry) + b"\n")
+        if progress is not None:
+            progress(entry)
+    end = _End(True, report.sessions, len(report.corrupt))
+    out.write(_encoder.encode(end) + b"\n")
+    return report
+
+
+@contextlib.contextmanager
+def private_file(path: Path) -> Iterator[IO[bytes]]:
+    """A new file readable by its owner only (0600), written under a temporary name and
+    renamed into place when the block succeeds, so a failed backup never looks complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent or ".")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class Restored(enum.Enum):
+    RESTORED = "restored"  # written (nothing stored, or the stored version was older)
+    UNCHANGED = "unchanged"  # the store holds exactly this already
+    SKIPPED_NEWER = "skipped-newer"  # the store holds a newer (or diverged) version
+    OVERWRITTEN = "overwritten"  # ... and it was overwritten (``overwrite=True``)
+    BUSY = "busy"  # a worker held the lease, or the session kept changing
+    CORRUPT = "corrupt"  # kept in the file as raw bytes; not restored
+
+
+@dataclass
+class RestoreReport:
+    counts: Counter[Restored] = field(default_factory=Counter)
+    skipped: list[tuple[str, Restored, str]] = field(default_factory=list)
+    complete: bool = False  # the file's end line was read
+    entries: int = 0
+
+
+def read_backup(lines: IO[bytes]) -> Iterator[Entry | _End]:
+    """The entries of a backup file (and its end line), checking the header first."""
+    first = lines.readline()
+    try:
+        header = msgspec.json.decode(first, type=_Header)
+    except msgspec.DecodeError:
+        raise BackupError("not a convo-fsm backup file (bad first line)") from None
+    if header.format != FORMAT:
+        raise BackupError(f"not a convo-fsm backup file (format {header.format!r})")
+    if header.format_version > FORMAT_VERSION:
+        raise BackupError(
+            f"backup format {header.format_version} is newer than this code reads "
+            f"({FORMAT_VERSION})"
+        )
+    for number, line in enumerate(lines, start=2):
+        if not line.strip():
+            continue
+        try:
+            value: Any = msgspec.json.decode(line)
+            if isinstance(value, dict) and value.get("end") is True:
+                yield msgspec.convert(value, _End)
+            else:
+                yield msgspec.convert(value, Entry)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise BackupError(f"line {number}: {exc}") from None
+
+
+def restore(
+    store: Store,
+    lines: IO[bytes],
+    *,
+    clock: Clock,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    source: str = "fsm restore",
+    progress: Callable[[Entry, Restored], None] | None = None,
+) -> RestoreReport:
+    """Write the sessions of a backup back by compare-and-set. A session the store holds in a
+    newer version is skipped, or with ``overwrite`` replaced (written one version above the
+    stored one, so no worker holding the newer version can write over the restore)."""
+    report = RestoreReport()
+    for item in read_backup(lines):
+        if isinstance(item, _End):
+            report.complete = True
+            break
+        report.entries += 1
+        outcome, why = _restore_one(store, item, clock, overwrite, dry_run, source)
+        report.counts[outcome] += 1
+        if outcome in (Restored.SKIPPED_NEWER, Restored.BUSY, Restored.CORRUPT):
+            report.skipped.append((item.user, outcome, why))
+        if progress is not None:
+            progress(item, outcome)
+    return report
+
+
+def _restore_one(
+    store: Store, entry: Entry, clock: Clock, overwrite: bool, dry_run: bool, source: str
+) -> tuple[Restored, str]:
+    if entry.payload is None:
+        return Restored.CORRUPT, entry.corrupt or "no payload"
+    try:
+        snapshot = decode_snapshot(entry.payload, user_key=entry.user)
+    except FsmError as exc:
+        return Restored.CORRUPT, str(exc)
+    ttl = entry.ttl if entry.ttl is not None and entry.ttl > 0 else DEFAULT_TTL
+    for _ in range(3):
+        current = store.session_view(entry.user)
+        payload, version, expected, tag = entry.payload, entry.version, 0, ""
+        if current is not None:
+            stored = current.record
+            if stored.version == entry.version and stored.payload == entry.payload:
+                return Restored.UNCHANGED, ""
+            expected, tag = stored.version, stored.tag
+            if stored.version >= entry.version:
+                if not overwrite:
+                    return (
+                        Restored.SKIPPED_NEWER,
+                        f"stored version {stored.version} >= backup's {entry.version}",
+                    )
+                version = stored.version + 1
+                payload = encode_snapshot(
+                    msgspec.structs.replace(snapshot, version=version), user_key=entry.user
+                )
+        outcome = Restored.OVERWRITTEN if version != entry.version else Restored.RESTORED
+        if dry_run:
+            return outcome, "dry run"
+        result = store.save(
+            entry.user,
+            payload,
+            version=version,
+            expected_version=expected,
+            expected_tag=tag,
+            ttl=ttl,
+            history=HistoryEntry(
+                version=version,
+                from_stage="",
+                to_stage=snapshot.stage,
+                event="restore",
+                update_from=source,
+                at=clock.now(),
+                to_step=snapshot.step,
+            ),
+        )
+        if result.status is SaveStatus.SAVED:
+            return outcome, ""
+        if result.status is SaveStatus.LOCKED:
+            return Restored.BUSY, "a worker holds the user's lease"
+    return Restored.BUSY, "the session kept changing"

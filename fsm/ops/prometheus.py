@@ -1,0 +1,152 @@
+"""Prometheus export (prometheus-client): the message path's in-process counters, and the
+store-wide figures.
+
+In the bot process, mount the engine's counters; they are read at scrape time from
+:class:`~fsm.stats.EngineStats`, so counting costs the message path no store round trip::
+
+    from prometheus_client import make_wsgi_app
+    registry = engine_registry(engine)
+    app = make_wsgi_app(registry)          # mount at /metrics in your WSGI app, or:
+    prometheus_client.start_http_server(9108, addr="127.0.0.1", registry=registry)
+
+The store-wide gauges (:class:`StoreCollector`) scan every session on each scrape: run them in
+one place (``fsm metrics --prometheus``, or a small exporter), not in every worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from adapters.base import Store
+from fsm.engine import Engine
+from fsm.ops.metrics import collect_metrics
+from fsm.stats import LATENCY_BUCKETS
+
+#: EngineStats counter -> (metric name without ``fsm_`` and ``_total``, help).
+COUNTERS = {
+    "applied": ("messages_applied", "Messages applied (a new snapshot saved)."),
+    "conflicts": ("conflicts", "Compare-and-set conflicts (each one is retried)."),
+    "lock_waits": ("lock_waits", "Messages that queued behind another worker's lease."),
+    "lock_acquisitions": ("lock_acquisitions", "Leases taken (actions, contention)."),
+    "lock_timeouts": ("lock_timeouts", "Leases not obtained within lock_wait."),
+    "duplicates": ("dedupe_hits", "Re-delivered messages acknowledged, not re-applied."),
+    "corrupt": ("corrupt_snapshots", "Snapshots quarantined because they did not decode."),
+    "token_refused": ("token_refusals", "Messages sent to sign in again (token refused)."),
+    "expired": ("sessions_expired", "Messages that found their session expired."),
+    "migrated": ("flow_migrations", "Flow-version migrations applied on load."),
+    "version_regressions": ("version_regressions", "Stored versions seen going backwards."),
+    "actions": ("actions", "Actions (side-effect steps) run."),
+    "actions_abandoned": ("actions_abandoned", "Actions given up after repeated failure."),
+    "lease_lost": ("leases_lost", "Leases that expired under a running step."),
+    "step_failures": ("step_failures", "Steps that raised."),
+}
+
+
+class EngineCollector(Collector):
+    """The counters and store latency of one or more engines (summed), read at scrape time."""
+
+    def __init__(self, *engines: Engine) -> None:
+        self.engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        counts: dict[str, int] = {}
+        for engine in self.engines:
+            for name, value in engine.stats.as_dict().items():
+                counts[name] = counts.get(name, 0) + value
+        for key, (name, text) in COUNTERS.items():
+            family = CounterMetricFamily(f"fsm_{name}", text)
+            family.add_metric([], counts.get(key, 0))
+            yield family
+        transitions = CounterMetricFamily(
+            "fsm_transitions", "Stage transitions applied.", labels=["from_stage", "to_stage"]
+        )
+        for name, value in sorted(counts.items()):
+            if name.startswith("transitions:"):
+                source, _, dest = name.removeprefix("transitions:").partition("->")
+                transitions.add_metric([source, dest], value)
+        yield transitions
+        latency = HistogramMetricFamily(
+            "fsm_store_seconds",
+            "Store latency on the message path by operation (lock includes waiting).",
+            labels=["operation"],
+        )
+        merged: dict[str, tuple[list[int], float]] = {}
+        for engine in self.engines:
+            for op, hist in engine.stats.latencies().items():
+                buckets, total = merged.get(op, ([0] * len(hist.buckets), 0.0))
+                merged[op] = (
+                    [a + b for a, b in zip(buckets, hist.buckets, strict=True)],
+                    total + hist.sum,
+                )
+        for op, (buckets, total) in sorted(merged.items()):
+            cumulative, running = [], 0
+            for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], buckets, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            latency.add_metric([op], cumulative, total)
+        yield latency
+
+
+class StoreCollector(Collector):
+    """Store-wide gauges from :func:`~fsm.ops.metrics.collect_metrics` (a scan per scrape)."""
+
+    def __init__(self, store: Store, *, expiring_within: float = 300.0) -> None:
+        self.store = store
+        self.expiring_within = expiring_within
+
+    def collect(self) -> Iterator[Metric]:
+        m = collect_metrics(self.store, expiring_within=self.expiring_within)
+
+        def gauge(name: str, text: str, value: float | None) -> GaugeMetricFamily | None:
+            if value is None:
+                return None
+            return GaugeMetricFamily(f"fsm_{name}", text, value=value)
+
+        by_stage = GaugeMetricFamily(
+            "fsm_sessions_by_stage", "Sessions per stage.", labels=["stage"]
+        )
+        for stage, count in m.by_stage.items():
+            by_stage.add_metric([stage], count)
+        families: list[Metric | None] = [
+            gauge("sessions", "Sessions stored.", m.sessions),
+            by_stage,
+            gauge("sessions_locked", "Sessions whose lease a worker holds.", m.locked),
+            gauge("session_ttl_average_seconds", "Average TTL left.", m.average_ttl),
+            gauge(
+                "sessions_expiring_soon",
+                f"Sessions with at most {m.expiring_within:g}s left.",
+                m.expiring_soon,
+            ),
+            gauge("sessions_unreadable", "Sessions that do not decode.", m.unreadable),
+            gauge("quarantined", "Entries in the quarantine.", m.quarantined),
+        ]
+        if m.expired_since_start is not None:
+            expired = CounterMetricFamily(
+                "fsm_store_expired_keys", "Keys expired since the server started."
+            )
+            expired.add_metric([], m.expired_since_start)
+            families.append(expired)
+        yield from (f for f in families if f is not None)
+
+
+def engine_registry(*engines: Engine) -> CollectorRegistry:
+    """A registry with the engines' counters, for the bot's /metrics endpoint."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(EngineCollector(*engines))
+    return registry
+
+
+def store_registry(store: Store, *, expiring_within: float = 300.0) -> CollectorRegistry:
+    """A registry with the store-wide gauges (scans the store on each scrape)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StoreCollector(store, expiring_within=expiring_within))
+    return registry

@@ -1,0 +1,130 @@
+"""Reading sessions as an operator: one in full (``fsm inspect``), or all of them, filtered and
+streamed (``fsm ls``). Nothing here writes, and nothing here shows a token unless asked to."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.base import SessionView, Store
+from fsm.flow import FlowSpec
+from fsm.ops.validate import Diagnosis, diagnose, is_reserved
+
+#: Data keys whose values are hidden like the token (unless secrets are asked for).
+SECRET_KEYS = re.compile(r"token|secret|password|passwd|jwt|pin|otp|api_?key", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionReport:
+    """One session as ``fsm inspect`` shows it: the view (record, TTL, lock) and the verdict."""
+
+    view: SessionView
+    diagnosis: Diagnosis
+
+    @property
+    def user_key(self) -> str:
+        return self.view.user_key
+
+    def to_dict(self, *, now: float, show_secrets: bool = False) -> dict[str, Any]:
+        """Plain data for JSON or a table; the token (and secret-looking data) only with
+        ``show_secrets``."""
+        view, found = self.view, self.diagnosis
+        snap = found.snapshot
+        out: dict[str, Any] = {
+            "user": view.user_key,
+            "version": view.record.version,
+            "valid": found.ok,
+            "problem": None
+            if found.problem is None
+            else {"kind": found.problem.value, "reason": found.reason},
+            "schema": found.stored_schema,
+            "ttl": view.ttl,
+            "lock": None if view.lock is None else {"owner": view.lock.owner, "ttl": view.lock.ttl},
+            "bytes": len(view.record.payload),
+        }
+        if snap is None:
+            return out
+        auth = snap.auth
+        token: dict[str, Any] | None = None
+        if auth is not None:
+            token = {
+                "subject": auth.subject,
+                "expires_at": auth.expires_at,
+                "issued_at": auth.issued_at,
+                "expires_in": None if auth.expires_at is None else auth.expires_at - now,
+                "expired": auth.expires_at is not None and auth.expires_at <= now,
+            }
+            if show_secrets:
+                token["token"] = auth.token
+        out.update(
+            {
+                "flow": snap.flow,
+                "flow_version": found.stored_flow_version,
+                "stage": snap.stage,
+                "step": snap.step,
+                "option": snap.option,
+                "pending_action": bool(snap.pending),
+                "resume": None
+                if snap.resume is None
+                else {"stage": snap.resume.stage, "step": snap.resume.step},
+                "last_updated": snap.last_updated,
+                "update_from": snap.update_from,
+                "data": snap.data if show_secrets else redact(snap.data),
+                "auth": token,
+            }
+        )
+        return out
+
+
+def redact(value: Any) -> Any:
+    """``value`` with the values of secret-looking keys replaced, at any depth."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if isinstance(k, str) and SECRET_KEYS.search(k) else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def inspect_session(
+    store: Store, spec: FlowSpec, user_key: str, *, now: float
+) -> SessionReport | None:
+    """The user's session with its verdict, or None if there is none."""
+    view = store.session_view(user_key)
+    if view is None:
+        return None
+    return SessionReport(view, diagnose(user_key, view.record, spec, now=now))
+
+
+def list_sessions(
+    store: Store,
+    spec: FlowSpec,
+    *,
+    now: float,
+    stage: str | None = None,
+    locked: bool | None = None,
+    expiring_within: float | None = None,
+    invalid: bool | None = None,
+    batch: int = 500,
+) -> Iterator[SessionReport]:
+    """Every session that passes the filters, streamed as the store scans (SCAN on Redis,
+    across every Cluster primary): ``stage`` (its stage is this one), ``locked`` (a worker
+    holds its lease, or not), ``expiring_within`` (seconds of TTL left at most), ``invalid``."""
+    for view in store.sessions(batch=batch):
+        if is_reserved(view.user_key):
+            continue
+        if locked is not None and (view.lock is not None) != locked:
+            continue
+        if expiring_within is not None and (view.ttl is None or view.ttl > expiring_within):
+            continue
+        found = diagnose(view.user_key, view.record, spec, now=now)
+        if stage is not None and (found.snapshot is None or found.snapshot.stage != stage):
+            continue
+        if invalid is not None and (not found.ok) != invalid:
+            continue
+        yield SessionReport(view, found)
