@@ -79,6 +79,18 @@ def _print_session(info: dict[str, Any], now: float) -> None:
     row("flow", f"{info['flow']} (flow version {info['flow_version']}, schema {info['schema']})")
     option = f"  option {info['option']!r}" if info["option"] else ""
     row("stage", f"{info['stage']}.{info['step']}{option}")
+    if info["on_load"] is not None:
+        moved = info["on_load"]
+        row(
+            "",
+            f"(written by flow version {info['flow_version']}: "
+            f"runs as {moved['stage']}.{moved['step']})",
+        )
+    if info["needs_migration"]:
+        row(
+            "migrate",
+            "older format: fsm migrate rewrites it (the bot does on the user's next message)",
+        )
     row("version", f"{info['version']} ({info['bytes']} bytes)")
     row("updated", f"{when(info['last_updated'], now)} by {info['update_from'] or '?'}")
     row("expires in", human_seconds(info["ttl"]))
@@ -194,7 +206,7 @@ def ls(
         invalid=invalid,
     ):
         count += 1
-        view, snap = report.view, report.diagnosis.snapshot
+        view, snap = report.view, report.diagnosis.stored
         where = f"{snap.stage}.{snap.step}" if snap is not None else "<unreadable>"
         if as_json:
             echo_json(
@@ -211,6 +223,8 @@ def ls(
             continue
         problem = report.diagnosis.problem
         flag = "" if problem is None else f"  [invalid: {problem.value}]"
+        if report.diagnosis.needs_migration:
+            flag += "  [older format: fsm migrate]"
         lock = "held" if view.lock is not None else "-"
         click.echo(
             f"{view.user_key:<24}  {where:<32}  {view.record.version:>7}  "

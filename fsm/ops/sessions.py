@@ -32,7 +32,7 @@ class SessionReport:
         """Plain data for JSON or a table; the token (and secret-looking data) only with
         ``show_secrets``."""
         view, found = self.view, self.diagnosis
-        snap = found.snapshot
+        snap, runs = found.stored, found.snapshot
         out: dict[str, Any] = {
             "user": view.user_key,
             "version": view.record.version,
@@ -66,6 +66,10 @@ class SessionReport:
                 "stage": snap.stage,
                 "step": snap.step,
                 "option": snap.option,
+                "needs_migration": found.needs_migration,
+                "on_load": None
+                if runs is None or (runs.stage, runs.step) == (snap.stage, snap.step)
+                else {"stage": runs.stage, "step": runs.step},
                 "pending_action": bool(snap.pending),
                 "resume": None
                 if snap.resume is None
@@ -123,7 +127,7 @@ def list_sessions(
         if expiring_within is not None and (view.ttl is None or view.ttl > expiring_within):
             continue
         found = diagnose(view.user_key, view.record, spec, now=now)
-        if stage is not None and (found.snapshot is None or found.snapshot.stage != stage):
+        if stage is not None and (found.stored is None or found.stored.stage != stage):
             continue
         if invalid is not None and (not found.ok) != invalid:
             continue

@@ -9,6 +9,7 @@ protected stage. Nothing here writes.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 
 from adapters.base import Record
@@ -48,8 +49,12 @@ MIGRATABLE = frozenset({None, Problem.EXPIRED_TOKEN})
 
 @dataclass(frozen=True, slots=True)
 class Diagnosis:
-    """The verdict on one stored session. ``snapshot`` is the decoded (and flow-migrated)
-    snapshot when the bytes decode; ``stored_schema`` the schema it was written with."""
+    """The verdict on one stored session.
+
+    ``stored`` is the snapshot as written (decoded; older schemas read through the schema
+    migrations), ``snapshot`` the same after the flow's migrations: what the engine would run
+    on. Both are None when the bytes do not decode. ``stored_schema`` is the schema the bytes
+    were written with."""
 
     user_key: str
     version: int
@@ -57,57 +62,61 @@ class Diagnosis:
     reason: str
     snapshot: Snapshot | None
     stored_schema: int | None
-
-    stored_flow_version: int | None = None
+    stored: Snapshot | None = None
 
     @property
     def ok(self) -> bool:
         return self.problem is None
 
     @property
+    def stored_flow_version(self) -> int | None:
+        return None if self.stored is None else self.stored.flow_version
+
+    @property
     def needs_migration(self) -> bool:
-        """Valid, but written by an older schema or flow version: ``fsm migrate`` rewrites it."""
-        if self.snapshot is None or self.problem not in MIGRATABLE:
+        """Readable, but written by an older schema or flow version: ``fsm migrate`` rewrites
+        it (an expired token does not stop that: the engine handles those)."""
+        if self.snapshot is None or self.stored is None or self.problem not in MIGRATABLE:
             return False
         return (self.stored_schema or 0) < SCHEMA_VERSION or (
-            self.stored_flow_version or 0
-        ) < self.snapshot.flow_version
+            self.stored.flow_version < self.snapshot.flow_version
+        )
 
 
 def diagnose(user_key: str, record: Record, spec: FlowSpec, *, now: float) -> Diagnosis:
     """Check one stored record against ``spec`` at time ``now``."""
     schema = stored_schema(record.payload)
+    stored: Snapshot | None = None
 
-    def bad(problem: Problem, reason: str, snapshot: Snapshot | None = None) -> Diagnosis:
-        flow_version = None if snapshot is None else written_with
-        return Diagnosis(user_key, record.version, problem, reason, snapshot, schema, flow_version)
-
-    written_with: int | None = None
+    def verdict(
+        problem: Problem | None, reason: str, snapshot: Snapshot | None = None
+    ) -> Diagnosis:
+        return Diagnosis(user_key, record.version, problem, reason, snapshot, schema, stored)
 
     try:
-        snapshot = decode_snapshot(record.payload, user_key=user_key)
+        stored = decode_snapshot(record.payload, user_key=user_key)
     except SchemaTooNew as exc:
-        return bad(Problem.SCHEMA_TOO_NEW, str(exc).split(": ", 1)[-1])
+        return verdict(Problem.SCHEMA_TOO_NEW, str(exc).split(": ", 1)[-1])
     except CorruptSnapshot as exc:
-        return bad(Problem.UNDECODABLE, exc.detail)
-    if snapshot.version != record.version:
-        return bad(
+        return verdict(Problem.UNDECODABLE, exc.detail + _looks_like(record.payload))
+    if stored.version != record.version:
+        return verdict(
             Problem.VERSION_MISMATCH,
-            f"snapshot version {snapshot.version} != stored version {record.version}",
-            snapshot,
+            f"snapshot version {stored.version} != stored version {record.version}",
+            stored,
         )
-    if snapshot.flow_version > spec.version:
-        return bad(
+    if stored.flow_version > spec.version:
+        return verdict(
             Problem.SCHEMA_TOO_NEW,
-            f"flow version {snapshot.flow_version} is newer than this code's {spec.version}",
-            snapshot,
+            f"flow version {stored.flow_version} is newer than this code's {spec.version}",
+            stored,
         )
-    written_with = snapshot.flow_version
+    snapshot = stored
     if snapshot.flow == spec.name:
         try:
             snapshot, _ = apply_flow_migrations(snapshot, spec)
         except MigrationError as exc:
-            return bad(Problem.MIGRATION_FAILED, str(exc), snapshot)
+            return verdict(Problem.MIGRATION_FAILED, str(exc), stored)
     problem = spec.problem_with(snapshot)
     if problem is not None:
         kind = (
@@ -117,16 +126,31 @@ def diagnose(user_key: str, record: Record, spec: FlowSpec, *, now: float) -> Di
             if "`$.stage`" in problem
             else Problem.IMPOSSIBLE_STEP
         )
-        return bad(kind, problem, snapshot)
+        return verdict(kind, problem, snapshot)
     if spec.is_protected(snapshot.stage):
         auth = snapshot.auth
         if auth is None:
-            return bad(Problem.EXPIRED_TOKEN, f"protected stage {snapshot.stage!r} without a token")
+            return verdict(
+                Problem.EXPIRED_TOKEN,
+                f"protected stage {snapshot.stage!r} without a token",
+                snapshot,
+            )
         if auth.expires_at is not None and auth.expires_at <= now:
-            return bad(
+            return verdict(
                 Problem.EXPIRED_TOKEN,
                 f"token expired {now - auth.expires_at:.0f}s ago in protected stage "
                 f"{snapshot.stage!r}",
                 snapshot,
             )
-    return Diagnosis(user_key, record.version, None, "ok", snapshot, schema, written_with)
+    return verdict(None, "ok", snapshot)
+
+
+def _looks_like(raw: bytes) -> str:
+    """A hint for bytes that are not msgpack at all: most often another program's JSON."""
+    if raw[:1] in (b"{", b"["):
+        try:
+            json.loads(raw)
+        except ValueError:
+            return ""
+        return " (the bytes are JSON, not a snapshot: written by another program?)"
+    return ""

@@ -31,6 +31,16 @@ def test_an_old_schema_and_flow_version_session_is_read_correctly(ops_all: Ops) 
     payload, version = _old_session(ops, ALICE)
     token = ops.snapshot(ALICE).auth
     assert stored_schema(payload) == 1
+    listed = ops.fsm("ls").stdout  # shown as stored, and marked
+    assert "credex.soon" in listed and "[older format: fsm migrate]" in listed
+    info = json.loads(ops.fsm("inspect", ALICE, "--json").stdout)
+    assert (info["stage"], info["step"], info["schema"], info["flow_version"]) == (
+        "credex",
+        "soon",
+        1,
+        1,
+    )
+    assert info["needs_migration"] and info["on_load"] == {"stage": "menu", "step": "dashboard"}
     turn = ops.engine.handle(ALICE, "hi")  # lazily: migrated on load, then the step runs
     assert (turn.snapshot.stage, turn.snapshot.step) == ("menu", "dashboard")
     assert turn.snapshot.flow_version == 2 and turn.snapshot.schema == SCHEMA_VERSION

@@ -60,6 +60,7 @@ def test_check_reports_every_invalid_session_with_its_reason(ops: Ops) -> None:
     assert "has no step 'nowhere'" in found[CAROL]["reason"]
     assert found[DAVE]["reason"] == "token expired 60s ago in protected stage 'menu'"
     assert "`$" in found[STRANGER]["reason"] or "Expected" in found[STRANGER]["reason"]
+    assert "the bytes are JSON, not a snapshot" in found[ERIN]["reason"]
     assert "checked 7 session(s): 6 invalid" in result.stderr
     text = ops.fsm("check").stdout
     assert f"{BOB:<24}  unknown-stage" in text and ALICE not in text
