@@ -46,3 +46,24 @@ def test_python_blocks_run(path: Path) -> None:
             raise AssertionError(
                 f"{name}: the python block at line {line} failed: {exc!r}"
             ) from exc
+
+
+def test_every_fsm_command_in_the_runbook_parses() -> None:
+    """The commands docs/operations.md shows exist, with the options it uses."""
+    import shlex
+
+    import click
+
+    from fsm.cli import main
+
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    commands = re.findall(r"^\$ fsm (.+)$", text, re.MULTILINE)
+    assert len(commands) >= 15
+    for line in commands:
+        args = shlex.split(line)
+        command: click.Command = main
+        while isinstance(command, click.Group):
+            found = command.get_command(click.Context(command), args[0])
+            assert found is not None, f"fsm {line}: no command {args[0]!r}"
+            command, args = found, args[1:]
+        command.make_context(command.name or "", list(args))  # UsageError if an option is wrong

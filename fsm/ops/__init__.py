@@ -21,12 +21,13 @@ from fsm.ops.metrics import collect_metrics
 from fsm.ops.migrate import migrate_sessions
 from fsm.ops.recover import recover_session, restore_quarantined
 from fsm.ops.sessions import inspect_session, list_sessions
-from fsm.ops.validate import Diagnosis, Problem, diagnose
+from fsm.ops.validate import Diagnosis, Problem, check_store, diagnose
 
 __all__ = [
     "Diagnosis",
     "Problem",
     "backup",
+    "check_store",
     "collect_metrics",
     "diagnose",
     "health_check",

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from adapters.base import Record
+from adapters.base import Record, Store
 from fsm.errors import CorruptSnapshot, SchemaTooNew
 from fsm.flow import FlowSpec
 from fsm.migrations import MigrationError, apply_flow_migrations
@@ -154,3 +155,15 @@ def _looks_like(raw: bytes) -> str:
             return ""
         return " (the bytes are JSON, not a snapshot: written by another program?)"
     return ""
+
+
+def check_store(
+    store: Store, spec: FlowSpec, *, now: float, batch: int = 500
+) -> Iterator[Diagnosis]:
+    """The verdict on every invalid session, streamed as the store is scanned."""
+    for view in store.sessions(batch=batch):
+        if is_reserved(view.user_key):
+            continue
+        found = diagnose(view.user_key, view.record, spec, now=now)
+        if not found.ok:
+            yield found
