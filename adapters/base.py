@@ -114,6 +114,9 @@ class SessionView:
     record: Record
     ttl: float | None  # seconds left; None if the session never expires
     lock: LockInfo | None
+    #: Set when the key holds something no session value can be (a Redis hash, say): the
+    #: record is then empty, and this says what was found instead.
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,12 +179,15 @@ class RedisStore(Store):
                 ClusterNode(host, port)  # type: ignore[no-untyped-call]
                 for host, port in _hosts(parts.netloc)
             ]
-            client = RedisCluster(
-                startup_nodes=nodes,
-                password=unquote(parts.password) if parts.password else None,
-                ssl=scheme.startswith("rediss"),
-                **connection,
-            )
+            try:  # a Cluster client discovers the nodes now: it fails here if none answers
+                client = RedisCluster(
+                    startup_nodes=nodes,
+                    password=unquote(parts.password) if parts.password else None,
+                    ssl=scheme.startswith("rediss"),
+                    **connection,
+                )
+            except (redis.RedisError, RedisClusterException) as exc:
+                raise StoreUnavailable("connect", detail=_describe(exc)) from exc
         elif scheme in ("redis+sentinel", "rediss+sentinel"):
             path = [p for p in parts.path.split("/") if p]
             if not path:
@@ -454,10 +457,23 @@ class RedisStore(Store):
             pipe.pttl(session)
             pipe.get(lock)
             pipe.pttl(lock)
-        replies = pipe.execute()
+        # One key of the wrong type must not hide every other session: errors come back per
+        # command, and connection errors are raised all the same.
+        replies = pipe.execute(raise_on_error=False)
         views = []
         for i, user_key in enumerate(user_keys):
             value, ttl_ms, holder, lock_ms = replies[4 * i : 4 * i + 4]
+            if isinstance(value, redis.ResponseError):
+                ttl = None if isinstance(ttl_ms, Exception) or ttl_ms < 0 else ttl_ms / 1000
+                views.append(
+                    SessionView(
+                        user_key, Record(b"", 0), ttl, None, error=f"{value} (not a session value)"
+                    )
+                )
+                continue
+            failed = next((r for r in (ttl_ms, holder, lock_ms) if isinstance(r, Exception)), None)
+            if failed is not None:
+                raise failed
             if value is None:
                 continue  # expired or deleted since the scan saw it
             lease = (
@@ -483,10 +499,9 @@ class RedisStore(Store):
     def server_stats(self) -> dict[str, int | float]:
         def read(_: bool) -> dict[str, int | float]:
             if isinstance(self.client, RedisCluster):
-                per_node: dict[str, dict[str, Any]] = self.client.info(
-                    target_nodes=RedisCluster.PRIMARIES
-                )
-                infos = list(per_node.values())
+                per_node: dict[str, Any] = self.client.info(target_nodes=RedisCluster.PRIMARIES)
+                # One primary: redis-py returns its INFO itself, not a dict per node.
+                infos = [per_node] if "redis_version" in per_node else list(per_node.values())
             else:
                 infos = [self.client.info()]
             totals: dict[str, int | float] = {}
@@ -543,4 +558,8 @@ def _safe(url: str) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """One line naming the error; long driver messages (a Sentinel's repr of its whole
+    configuration) are cut, so error output stays readable."""
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    text = text.split(" : <", 1)[0]  # redis-py appends a client's repr to some messages
+    return text if len(text) <= 300 else text[:297] + "..."

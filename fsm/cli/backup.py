@@ -71,8 +71,9 @@ def restore(
     file: Path, overwrite: bool, dry_run: bool, store_url: str | None, namespace: str, as_json: bool
 ) -> None:
     """Write the sessions of a backup back by compare-and-set, each with the TTL it had left.
-    A newer session in the store is kept unless --overwrite. Exit 1 if the file is truncated
-    or a session could not be written (a worker held it)."""
+    A newer session in the store is kept unless --overwrite; versions never go backwards.
+    Exit 1 if the file is truncated, or an entry was not written (a worker held the session,
+    or the entry holds bytes that are not a session)."""
     store = open_store(store_url, namespace)
     with Progress("sessions restored") as progress, file.open("rb") as lines:
         try:
@@ -108,5 +109,15 @@ def restore(
         )
     if not report.complete:
         click.echo(f"error: {file} is truncated (no end line): restored what it holds", err=True)
-    if not report.complete or report.counts.get(Restored.BUSY):
+    if report.counts.get(Restored.CORRUPT):
+        click.echo(
+            f"{report.counts[Restored.CORRUPT]} entr(ies) held bytes that are not a session "
+            "and were not restored (their raw bytes stay in the file)",
+            err=True,
+        )
+    if (
+        not report.complete
+        or report.counts.get(Restored.BUSY)
+        or report.counts.get(Restored.CORRUPT)
+    ):
         sys.exit(EXIT_PROBLEM)

@@ -3,7 +3,6 @@ command line, opening the store, durations, and how errors end a command."""
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 import os
@@ -45,7 +44,8 @@ def _version() -> str:
 
 class _Main(click.Group):
     """The ``fsm`` group: a store that cannot be reached ends any command with status 2 and
-    one clear line (the driver's error names the host; never a password)."""
+    one clear line (the driver's error names the host; never a password); any other library
+    error with status 1 and one line."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -53,6 +53,9 @@ class _Main(click.Group):
         except StoreUnavailable as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_UNAVAILABLE)
+        except FsmError as exc:  # any other library error: one line, never a traceback
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_PROBLEM)
 
 
 @click.group(cls=_Main)
@@ -160,11 +163,10 @@ def open_store(url: str | None, namespace: str) -> Store:
 
     try:
         store = RedisStore.from_url(url, namespace=namespace)
+        ctx.call_on_close(store.close)
+        store.lock_info("\x00connect")  # one round trip: fail now, clearly, if Redis is not there
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--store'") from None
-    ctx.call_on_close(store.close)
-    try:
-        store.lock_info("\x00connect")  # one round trip: fail now, clearly, if Redis is not there
     except StoreUnavailable as exc:
         click.echo(f"error: cannot reach the store at {safe_url(url)}: {exc.detail}", err=True)
         ctx.exit(EXIT_UNAVAILABLE)
@@ -216,22 +218,6 @@ def problem_exit(message: str) -> None:
     """End the command with status 1 after saying what was found."""
     click.echo(message, err=True)
     raise SystemExit(EXIT_PROBLEM)
-
-
-def wraps_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Report any other library error as one line with status 1 (never a traceback)."""
-
-    @functools.wraps(fn)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except StoreUnavailable:
-            raise
-        except FsmError as exc:
-            click.echo(f"error: {exc}", err=True)
-            raise SystemExit(EXIT_PROBLEM) from None
-
-    return run
 
 
 def open_store_unchecked(url: str | None, namespace: str) -> Store:

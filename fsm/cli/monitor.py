@@ -15,7 +15,8 @@ from fsm.cli.common import (
     open_store_unchecked,
     store_options,
 )
-from fsm.ops.health import health_check
+from fsm.errors import StoreUnavailable
+from fsm.ops.health import Check, HealthReport, health_check
 from fsm.ops.metrics import collect_metrics
 
 
@@ -84,8 +85,12 @@ def health(store_url: str | None, namespace: str, as_json: bool, max_latency: fl
     """Probe the store: connection, state operations (a real write/read/delete on a reserved
     key), the lock, the script cache, latency. Exit 0 healthy, 1 unhealthy (an unreachable
     store included: that is the probe's answer)."""
-    store = open_store_unchecked(store_url, namespace)
-    report = health_check(store, max_latency=max_latency)
+    try:
+        store = open_store_unchecked(store_url, namespace)
+    except StoreUnavailable as exc:  # a Cluster client connects as it is made
+        report = HealthReport([Check("connection", False, f"cannot connect: {exc.detail}")])
+    else:
+        report = health_check(store, max_latency=max_latency)
     if as_json:
         echo_json(report.as_dict())
     else:

@@ -29,7 +29,7 @@ from fsm.ops.backup import private_file
 from fsm.ops.recover import Outcome, recover_session, restore_quarantined
 from fsm.ops.sessions import REDACTED, redact
 from fsm.ops.validate import NOT_REPAIRABLE, Problem, is_reserved
-from fsm.ops.validate import diagnose as judge
+from fsm.ops.validate import diagnose_view as judge
 
 
 @main.command()
@@ -51,7 +51,7 @@ def check(store_url: str | None, namespace: str, flow_ref: str, as_json: bool) -
                 continue
             checked += 1
             progress.advance()
-            found = judge(view.user_key, view.record, spec, now=now)
+            found = judge(view, spec, now=now)
             if found.problem is None:
                 continue
             kinds[found.problem.value] += 1
@@ -121,7 +121,7 @@ def recover(
             v.user_key
             for v in store.sessions()
             if not is_reserved(v.user_key)
-            and (p := judge(v.user_key, v.record, spec, now=now).problem) is not None
+            and (p := judge(v, spec, now=now).problem) is not None
             and p not in NOT_REPAIRABLE
             and p is not Problem.EXPIRED_TOKEN
         ]
@@ -132,7 +132,7 @@ def recover(
             if view is None:
                 outcome, reason = "missing", "no session"
             else:
-                found = judge(key, view.record, spec, now=clk.now())
+                found = judge(view, spec, now=clk.now())
                 outcome = "would-recover" if not found.ok or force else "valid"
                 if found.problem in NOT_REPAIRABLE:
                     outcome = Outcome.NOT_REPAIRABLE.value
@@ -294,18 +294,25 @@ def quarantine_show(
 @click.option("--user", default=None, help="The entry's user (faster on a large store).")
 @click.option("--replace", is_flag=True, help="Write it over the session the user has now.")
 @store_options
+@flow_option
 def quarantine_restore(
-    entry_id: str, user: str | None, replace: bool, store_url: str | None, namespace: str
+    entry_id: str,
+    user: str | None,
+    replace: bool,
+    store_url: str | None,
+    namespace: str,
+    flow_ref: str,
 ) -> None:
-    """Put quarantined bytes back as the user's session (once a fix makes them readable),
-    by compare-and-set, and drop them from the quarantine. Exit 1 if not restored."""
+    """Put quarantined bytes back as the user's session (once a fix makes them valid for the
+    flow), by compare-and-set, and drop them from the quarantine. Exit 1 if not restored."""
+    spec = flow_spec(flow_ref)
     store = open_store(store_url, namespace)
     entry = next((e for e in store.quarantined(user) if e.id == entry_id), None)
     if entry is None:
         problem_exit(f"no quarantined entry {entry_id!r}")
         return
     done, _, detail = restore_quarantined(
-        store, entry.user_key, entry_id, clock=clock(), replace=replace
+        store, spec, entry.user_key, entry_id, clock=clock(), replace=replace
     )
     if not done:
         problem_exit(f"{entry.user_key}: {detail}")

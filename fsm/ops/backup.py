@@ -31,12 +31,12 @@ from typing import IO, Any
 
 import msgspec
 
-from adapters.base import HistoryEntry, SaveStatus, Store
+from adapters.base import HistoryEntry, SaveStatus, SessionView, Store
 from fsm.clock import Clock
-from fsm.errors import FsmError
+from fsm.errors import CorruptSnapshot, FsmError, SchemaTooNew
 from fsm.ops.recover import DEFAULT_TTL
 from fsm.ops.validate import is_reserved
-from fsm.snapshot import decode_snapshot, encode_snapshot
+from fsm.snapshot import Snapshot, decode_snapshot, encode_snapshot
 
 FORMAT = "convo-fsm-backup"
 FORMAT_VERSION = 1
@@ -61,6 +61,7 @@ class Entry(msgspec.Struct, omit_defaults=True):
     payload: bytes | None = None  # the snapshot as stored (valid sessions)
     raw: bytes | None = None  # the bytes as stored (sessions that do not decode)
     corrupt: str | None = None
+    newer: bool = False  # written by newer code (a newer schema): restored byte for byte
 
     def __repr__(self) -> str:  # payloads hold tokens
         return f"Entry(user={self.user!r}, version={self.version}, corrupt={self.corrupt!r})"
@@ -96,23 +97,38 @@ def backup(
     for view in store.sessions(batch=batch):
         if is_reserved(view.user_key):
             continue
-        record = view.record
-        try:
-            decode_snapshot(record.payload, user_key=view.user_key)
-            entry = Entry(view.user_key, record.version, view.ttl, payload=record.payload)
+        entry = _entry(view)
+        if entry.corrupt is None:
             report.sessions += 1
-        except FsmError as exc:  # CorruptSnapshot, SchemaTooNew: kept, marked, not fatal
-            reason = getattr(exc, "detail", None) or str(exc)
-            entry = Entry(
-                view.user_key, record.version, view.ttl, raw=record.payload, corrupt=reason
-            )
-            report.corrupt.append((view.user_key, reason))
+        else:
+            report.corrupt.append((view.user_key, entry.corrupt))
         out.write(_encoder.encode(entry) + b"\n")
         if progress is not None:
             progress(entry)
     end = _End(True, report.sessions, len(report.corrupt))
     out.write(_encoder.encode(end) + b"\n")
     return report
+
+
+def _entry(view: SessionView) -> Entry:
+    """A session as a backup entry: its bytes as ``payload`` if they are a snapshot of the
+    stored version (or one written by newer code, kept as is), else as ``raw`` with why."""
+    record = view.record
+    reason = view.error
+    if not reason:
+        try:
+            snapshot = decode_snapshot(record.payload, user_key=view.user_key)
+        except SchemaTooNew:
+            if record.version >= 1:  # valid, only not ours to read: restored unchanged
+                return Entry(view.user_key, record.version, view.ttl, record.payload, newer=True)
+            reason = "written by newer code, stored without a version"
+        except CorruptSnapshot as exc:
+            reason = exc.detail
+        else:
+            if snapshot.version == record.version >= 1:
+                return Entry(view.user_key, record.version, view.ttl, payload=record.payload)
+            reason = f"snapshot version {snapshot.version} != stored version {record.version}"
+    return Entry(view.user_key, record.version, view.ttl, raw=record.payload, corrupt=reason)
 
 
 @contextlib.contextmanager
@@ -188,10 +204,33 @@ def restore(
     source: str = "fsm restore",
     progress: Callable[[Entry, Restored], None] | None = None,
 ) -> RestoreReport:
-    """Write the sessions of a backup back by compare-and-set. A session the store holds in a
-    newer version is skipped, or with ``overwrite`` replaced (written one version above the
-    stored one, so no worker holding the newer version can write over the restore)."""
+    """Write the sessions of a backup back by compare-and-set, each with the TTL it had left.
+
+    A session the store holds in the same or a newer version is kept (``skipped-newer``), or
+    with ``overwrite`` replaced. A snapshot goes back byte for byte unless the user's
+    conversation already reached its version (a newer session, or a history above it after
+    the session expired): then it is written one version above all of that, so no worker
+    holding a later version can write over the restore, and versions never go backwards.
+    Bytes another program left in the slot are moved to the quarantine, not overwritten."""
     report = RestoreReport()
+    try:
+        _restore_all(store, lines, report, clock, overwrite, dry_run, source, progress)
+    except BackupError as exc:
+        done = ", ".join(f"{n} {o.value}" for o, n in report.counts.items() if n) or "none"
+        raise BackupError(f"{exc} (entries before it were processed: {done})") from None
+    return report
+
+
+def _restore_all(
+    store: Store,
+    lines: IO[bytes],
+    report: RestoreReport,
+    clock: Clock,
+    overwrite: bool,
+    dry_run: bool,
+    source: str,
+    progress: Callable[[Entry, Restored], None] | None,
+) -> None:
     for item in read_backup(lines):
         if isinstance(item, _End):
             report.complete = True
@@ -203,7 +242,6 @@ def restore(
             report.skipped.append((item.user, outcome, why))
         if progress is not None:
             progress(item, outcome)
-    return report
 
 
 def _restore_one(
@@ -211,32 +249,59 @@ def _restore_one(
 ) -> tuple[Restored, str]:
     if entry.payload is None:
         return Restored.CORRUPT, entry.corrupt or "no payload"
-    try:
-        snapshot = decode_snapshot(entry.payload, user_key=entry.user)
-    except FsmError as exc:
-        return Restored.CORRUPT, str(exc)
+    if entry.version < 1:
+        return Restored.CORRUPT, f"version {entry.version} < 1"
+    snapshot: Snapshot | None = None
+    if not entry.newer:
+        try:
+            snapshot = decode_snapshot(entry.payload, user_key=entry.user)
+        except FsmError as exc:
+            return Restored.CORRUPT, str(exc)
+        if snapshot.version != entry.version:
+            return Restored.CORRUPT, f"snapshot version {snapshot.version} != {entry.version}"
     ttl = entry.ttl if entry.ttl is not None and entry.ttl > 0 else DEFAULT_TTL
     for _ in range(3):
         current = store.session_view(entry.user)
-        payload, version, expected, tag = entry.payload, entry.version, 0, ""
-        if current is not None:
-            stored = current.record
-            if stored.version == entry.version and stored.payload == entry.payload:
-                return Restored.UNCHANGED, ""
-            expected, tag = stored.version, stored.tag
-            if stored.version >= entry.version:
-                if not overwrite:
-                    return (
-                        Restored.SKIPPED_NEWER,
-                        f"stored version {stored.version} >= backup's {entry.version}",
-                    )
-                version = stored.version + 1
-                payload = encode_snapshot(
-                    msgspec.structs.replace(snapshot, version=version), user_key=entry.user
+        if current is not None and current.error:
+            return Restored.BUSY, f"the key holds something else: {current.error}"
+        stored = current.record if current is not None else None
+        if stored is not None and (stored.version, stored.payload) == (
+            entry.version,
+            entry.payload,
+        ):
+            return Restored.UNCHANGED, ""
+        last = store.history(entry.user, limit=1)
+        floor = max(stored.version if stored else 0, last[0].version if last else 0)
+        payload, version = entry.payload, entry.version
+        outcome = Restored.RESTORED
+        if stored is not None and stored.version >= entry.version:
+            if not overwrite:
+                return (
+                    Restored.SKIPPED_NEWER,
+                    f"stored version {stored.version} >= backup's {entry.version}",
                 )
-        outcome = Restored.OVERWRITTEN if version != entry.version else Restored.RESTORED
+            outcome = Restored.OVERWRITTEN
+        if floor >= entry.version:
+            # Continue the version chain above everything this user's conversation reached,
+            # so a worker holding a later version can never write over the restore.
+            if snapshot is None:
+                return (
+                    Restored.SKIPPED_NEWER,
+                    "written by newer code: it cannot be re-versioned above "
+                    f"version {floor} by this code",
+                )
+            version = floor + 1
+            payload = encode_snapshot(
+                msgspec.structs.replace(snapshot, version=version), user_key=entry.user
+            )
         if dry_run:
             return outcome, "dry run"
+        expected, tag = (stored.version, stored.tag) if stored is not None else (0, "")
+        if stored is not None and stored.version == 0:
+            # Bytes some other program wrote: kept in the quarantine, not overwritten.
+            if store.quarantine(entry.user, stored.payload, "fsm restore: replaced") is None:
+                continue
+            expected, tag = 0, ""
         result = store.save(
             entry.user,
             payload,
@@ -247,15 +312,15 @@ def _restore_one(
             history=HistoryEntry(
                 version=version,
                 from_stage="",
-                to_stage=snapshot.stage,
+                to_stage=snapshot.stage if snapshot is not None else "?",
                 event="restore",
                 update_from=source,
                 at=clock.now(),
-                to_step=snapshot.step,
+                to_step=snapshot.step if snapshot is not None else "",
             ),
         )
         if result.status is SaveStatus.SAVED:
-            return outcome, ""
+            return outcome, "" if version == entry.version else f"as version {version}"
         if result.status is SaveStatus.LOCKED:
             return Restored.BUSY, "a worker holds the user's lease"
     return Restored.BUSY, "the session kept changing"

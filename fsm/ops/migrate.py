@@ -23,7 +23,7 @@ from adapters.base import HistoryEntry, SaveStatus, SessionView, Store
 from fsm.clock import Clock
 from fsm.flow import FlowSpec
 from fsm.ops.recover import DEFAULT_TTL
-from fsm.ops.validate import MIGRATABLE, diagnose, is_reserved
+from fsm.ops.validate import MIGRATABLE, diagnose_view, is_reserved
 from fsm.snapshot import encode_snapshot
 
 
@@ -67,7 +67,7 @@ def migrate_one(
     """Migrate one session (read as ``view``) if it needs it."""
     user_key = view.user_key
     for _ in range(attempts):
-        found = diagnose(user_key, view.record, spec, now=clock.now())
+        found = diagnose_view(view, spec, now=clock.now())
         if found.snapshot is None or found.problem not in MIGRATABLE:
             return Migrated(user_key, Step.INVALID, found.reason)
         if not found.needs_migration:

@@ -15,15 +15,25 @@ from typing import Any
 
 import msgspec
 
-from adapters.base import HistoryEntry, QuarantineEntry, SaveStatus, SessionView, Store
+from adapters.base import (
+    HistoryEntry,
+    QuarantineEntry,
+    Record,
+    SaveStatus,
+    SessionView,
+    Store,
+    new_owner_token,
+)
 from fsm.auth import TokenVerifier
 from fsm.clock import Clock
 from fsm.flow import FlowSpec
-from fsm.ops.validate import NOT_REPAIRABLE, Diagnosis, diagnose
+from fsm.ops.validate import MIGRATABLE, NOT_REPAIRABLE, Diagnosis, diagnose, diagnose_view
 from fsm.snapshot import Auth, Snapshot, decode_snapshot, encode_snapshot
 
 #: TTL of a repaired session whose broken one had none.
 DEFAULT_TTL = 30 * 60.0
+#: How long recovery holds the user's lease (it needs a few round trips).
+LEASE = 30.0
 
 
 class Outcome(enum.Enum):
@@ -62,7 +72,7 @@ def salvage_auth(raw: bytes) -> Auth | None:
         return None
     try:
         if isinstance(slot, dict):
-            return Auth(**msgspec.convert(slot, _AuthFields).__dict__)
+            return Auth(**msgspec.structs.asdict(msgspec.convert(slot, _AuthFields)))
         if isinstance(slot, list):
             return msgspec.convert(slot, Auth)
     except (msgspec.ValidationError, TypeError):
@@ -70,7 +80,7 @@ def salvage_auth(raw: bytes) -> Auth | None:
     return None
 
 
-class _AuthFields(msgspec.Struct, dict=True):
+class _AuthFields(msgspec.Struct):
     token: str
     subject: str = ""
     expires_at: float | None = None
@@ -107,7 +117,13 @@ def recover_session(
     if view is None:
         return Recovery(user_key, Outcome.MISSING, "no session")
     now = clock.now()
-    found = diagnose(user_key, view.record, spec, now=now)
+    found = diagnose_view(view, spec, now=now)
+    if view.error:
+        return Recovery(
+            user_key,
+            Outcome.NOT_REPAIRABLE,
+            f"{view.error}: written by something else; inspect and delete the key by hand",
+        )
     if found.ok and not force:
         return Recovery(user_key, Outcome.VALID, "valid")
     if found.problem in NOT_REPAIRABLE:
@@ -120,38 +136,47 @@ def recover_session(
         )
     reason = found.reason if not found.ok else "forced: moved to the safe stage"
     repaired, kept_token, kept_data = _repaired(found, view.record.payload, spec, now, verifier)
-    qid = store.quarantine(user_key, view.record.payload, f"fsm recover: {reason}")
-    if qid is None:
-        return Recovery(user_key, Outcome.CHANGED, "the session changed meanwhile; run again")
-    last = store.history(user_key, limit=1)
-    version = max(view.record.version, last[0].version if last else 0) + 1
-    repaired = msgspec.structs.replace(
-        repaired, version=version, last_updated=now, update_from=source
-    )
-    result = store.save(
-        user_key,
-        encode_snapshot(repaired, user_key=user_key),
-        version=version,
-        expected_version=0,
-        ttl=view.ttl if view.ttl and view.ttl > 0 else DEFAULT_TTL,
-        history=HistoryEntry(
+    # Under the user's lease, so no message slips in between taking the bytes out and writing
+    # the repair (it would start a fresh session without the token): it queues behind us.
+    owner = new_owner_token()
+    if not store.acquire_lock(user_key, owner, LEASE):
+        return Recovery(user_key, Outcome.LOCKED, "a worker took the user's lease; try again")
+    try:
+        qid = store.quarantine(user_key, view.record.payload, f"fsm recover: {reason}")
+        if qid is None:
+            return Recovery(user_key, Outcome.CHANGED, "the session changed meanwhile; run again")
+        last = store.history(user_key, limit=1)
+        version = max(view.record.version, last[0].version if last else 0) + 1
+        repaired = msgspec.structs.replace(
+            repaired, version=version, last_updated=now, update_from=source
+        )
+        result = store.save(
+            user_key,
+            encode_snapshot(repaired, user_key=user_key),
             version=version,
-            from_stage=found.snapshot.stage if found.snapshot is not None else "?",
-            to_stage=repaired.stage,
-            event="recover",
-            update_from=source,
-            at=now,
-            from_step=found.snapshot.step if found.snapshot is not None else "",
-            to_step=repaired.step,
-        ),
-    )
+            expected_version=0,
+            ttl=view.ttl if view.ttl and view.ttl > 0 else DEFAULT_TTL,
+            history=HistoryEntry(
+                version=version,
+                from_stage=found.stored.stage if found.stored is not None else "?",
+                to_stage=repaired.stage,
+                event="recover",
+                update_from=source,
+                at=now,
+                from_step=found.stored.step if found.stored is not None else "",
+                to_step=repaired.step,
+            ),
+            owner=owner,
+            release=True,
+        )
+    finally:
+        store.release_lock(user_key, owner)  # a no-op when the save released it
     if result.status is not SaveStatus.SAVED:
-        # The user wrote again in the moment between: their new session stands; the old bytes
-        # are safe in the quarantine either way.
+        # Only a write that ignored the lease gets here; the old bytes are in the quarantine.
         return Recovery(
             user_key,
             Outcome.CHANGED,
-            f"quarantined; the user started a new session meanwhile ({result.status.value})",
+            f"quarantined; another write came first ({result.status.value})",
             quarantine_id=qid,
         )
     return Recovery(user_key, Outcome.RECOVERED, reason, qid, kept_token, kept_data, version)
@@ -180,6 +205,7 @@ def _repaired(
 
 def restore_quarantined(
     store: Store,
+    spec: FlowSpec,
     user_key: str,
     entry_id: str,
     *,
@@ -203,6 +229,9 @@ def restore_quarantined(
         snapshot = decode_snapshot(entry.raw, user_key=user_key)
     except Exception as exc:  # noqa: BLE001 - CorruptSnapshot or SchemaTooNew: said, not raised
         return False, entry, f"still unreadable, not restored: {exc}"
+    found = diagnose(user_key, Record(entry.raw, snapshot.version), spec, now=clock.now())
+    if found.problem not in MIGRATABLE:
+        return False, entry, f"still invalid for flow {spec.name!r}, not restored: {found.reason}"
     view = store.session_view(user_key)
     last = store.history(user_key, limit=1)
     floor = max(view.record.version if view else 0, last[0].version if last else 0)

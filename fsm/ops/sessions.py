@@ -10,7 +10,7 @@ from typing import Any
 
 from adapters.base import SessionView, Store
 from fsm.flow import FlowSpec
-from fsm.ops.validate import Diagnosis, diagnose, is_reserved
+from fsm.ops.validate import Diagnosis, diagnose_view, is_reserved
 
 #: Data keys whose values are hidden like the token (unless secrets are asked for).
 SECRET_KEYS = re.compile(r"token|secret|password|passwd|jwt|pin|otp|api_?key", re.IGNORECASE)
@@ -102,7 +102,7 @@ def inspect_session(
     view = store.session_view(user_key)
     if view is None:
         return None
-    return SessionReport(view, diagnose(user_key, view.record, spec, now=now))
+    return SessionReport(view, diagnose_view(view, spec, now=now))
 
 
 def list_sessions(
@@ -126,7 +126,7 @@ def list_sessions(
             continue
         if expiring_within is not None and (view.ttl is None or view.ttl > expiring_within):
             continue
-        found = diagnose(view.user_key, view.record, spec, now=now)
+        found = diagnose_view(view, spec, now=now)
         if stage is not None and (found.stored is None or found.stored.stage != stage):
             continue
         if invalid is not None and (not found.ok) != invalid:

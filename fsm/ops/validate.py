@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from adapters.base import Record, Store
+from adapters.base import Record, SessionView, Store
 from fsm.errors import CorruptSnapshot, SchemaTooNew
 from fsm.flow import FlowSpec
 from fsm.migrations import MigrationError, apply_flow_migrations
@@ -82,6 +82,14 @@ class Diagnosis:
         return (self.stored_schema or 0) < SCHEMA_VERSION or (
             self.stored.flow_version < self.snapshot.flow_version
         )
+
+
+def diagnose_view(view: SessionView, spec: FlowSpec, *, now: float) -> Diagnosis:
+    """:func:`diagnose` for a session read with :meth:`~adapters.base.Store.sessions`: a key
+    that holds no session value at all (``view.error``) is undecodable, and says why."""
+    if view.error:
+        return Diagnosis(view.user_key, 0, Problem.UNDECODABLE, view.error, None, None)
+    return diagnose(view.user_key, view.record, spec, now=now)
 
 
 def diagnose(user_key: str, record: Record, spec: FlowSpec, *, now: float) -> Diagnosis:
@@ -164,6 +172,6 @@ def check_store(
     for view in store.sessions(batch=batch):
         if is_reserved(view.user_key):
             continue
-        found = diagnose(view.user_key, view.record, spec, now=now)
+        found = diagnose_view(view, spec, now=now)
         if not found.ok:
             yield found

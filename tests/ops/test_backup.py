@@ -12,7 +12,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from adapters import RedisStore
+from fsm import Snapshot
 from fsm.ops.backup import BackupError, Restored, backup, read_backup, restore
+from fsm.snapshot import encode_snapshot
 from tests.ops.conftest import ALICE, BOB, CAROL, DAVE, STRANGER, Ops, make_ops
 
 
@@ -107,9 +110,14 @@ def test_restore_keeps_newer_sessions_unless_overwrite(ops: Ops, tmp_path: Path)
     result = ops.fsm("restore", str(out))
     assert result.exit_code == 0 and "1 restored, 2 unchanged, 1 skipped-newer" in result.stdout
     assert f"skipped-newer: {ALICE}: stored version {newer[0]} >= backup's" in result.stderr
-    assert _sessions(ops)[ALICE] == newer and _sessions(ops)[BOB] == backed_up[BOB]
+    assert _sessions(ops)[ALICE] == newer
+    # Bob's conversation had reached the backed-up version before it was deleted: the restore
+    # continues above it (same state, next version), never going back.
+    bob_version, bob_payload = _sessions(ops)[BOB]
+    assert bob_version == backed_up[BOB][0] + 1
+    assert msgspec.msgpack.decode(bob_payload)[:7] == msgspec.msgpack.decode(backed_up[BOB][1])[:7]
     forced = ops.fsm("restore", str(out), "--overwrite")
-    assert "1 overwritten" in forced.stdout
+    assert "2 overwritten" in forced.stdout  # Alice, and Bob as restored above
     version, payload = _sessions(ops)[ALICE]
     assert version == newer[0] + 1  # above the newer one: a worker holding it cannot win
     old = msgspec.msgpack.decode(backed_up[ALICE][1])
@@ -175,3 +183,71 @@ def test_backup_streams_without_holding_the_store(ops: Ops) -> None:
     assert report.sessions == 120 and len(seen) == len(set(seen)) == 120
     restored = restore(ops.store, io.BytesIO(out.getvalue()), clock=ops.clock)
     assert restored.counts[Restored.UNCHANGED] == 120 and restored.complete
+
+
+def test_restore_never_takes_a_version_backwards(ops: Ops, tmp_path: Path) -> None:
+    ops.say(BOB, "hi")
+    out = tmp_path / "b.jsonl"
+    ops.fsm("backup", "-o", str(out))
+    ops.say(BOB, "9", "9", "9")  # on to version 4
+    reached = ops.snapshot(BOB).version
+    ops.store.delete(BOB)  # lost (expired, deleted)
+    assert ops.fsm("restore", str(out)).exit_code == 0
+    assert ops.snapshot(BOB).version == reached + 1
+    ops.say(BOB, "9")
+    versions = [h.version for h in ops.store.history(BOB)]
+    assert versions == sorted(set(versions), reverse=True)  # no number reused
+    assert ops.engine.stats["version_regressions"] == 0
+
+
+def test_sessions_of_newer_code_and_foreign_bytes_survive_a_round_trip(
+    ops: Ops, tmp_path: Path
+) -> None:
+    snap = ops.say(CAROL, "hi")
+    fields = list(msgspec.msgpack.decode(msgspec.msgpack.encode(snap)))
+    fields[Snapshot.__struct_fields__.index("schema")] = 99  # newer code's format
+    newer = msgspec.msgpack.encode(fields)
+    ops.put(CAROL, newer, version=snap.version)
+    ops.put(DAVE, encode_snapshot(msgspec.structs.replace(snap, version=7)), version=3)  # mismatch
+    out = tmp_path / "b.jsonl"
+    result = ops.fsm("backup", "-o", str(out))
+    assert (
+        "backed up 1 session(s)" in result.stdout and "1 corrupt kept as raw bytes" in result.stdout
+    )
+    assert "snapshot version 7 != stored version 3" in result.stderr
+    for memory in make_ops("memory"):
+        restored = memory.fsm("restore", str(out), "--json")
+        report = json.loads(restored.stdout)
+        assert restored.exit_code == 1  # an entry could not be restored: said, and status 1
+        assert (report["restored"], report["corrupt"]) == (1, 1)
+        assert memory.store.load(CAROL).record.payload == newer  # type: ignore[union-attr]
+
+
+def test_restore_keeps_foreign_bytes_in_the_quarantine(tmp_path: Path) -> None:
+    for ops in make_ops("redis"):  # bytes written by another program: Redis reads version 0
+        assert isinstance(ops.store, RedisStore)
+        ops.say(ALICE, "hi")
+        out = tmp_path / "b.jsonl"
+        ops.fsm("backup", "-o", str(out))
+        ops.store.client.set(ops.store.layout.session(ALICE), b'{"stage": "MENU"}')
+        result = ops.fsm("restore", str(out))
+        assert result.exit_code == 0 and "1 restored" in result.stdout
+        [kept] = ops.store.quarantined(ALICE)
+        assert kept.raw == b'{"stage": "MENU"}' and kept.reason == "fsm restore: replaced"
+        assert ops.snapshot(ALICE).stage == "menu"
+
+
+def test_a_bad_line_mid_file_says_what_was_done_before_it(ops: Ops, tmp_path: Path) -> None:
+    ops.say(ALICE, "hi")
+    ops.say(BOB, "hi")
+    out = tmp_path / "b.jsonl"
+    ops.fsm("backup", "-o", str(out))
+    lines = out.read_bytes().splitlines()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b"\n".join([lines[0], lines[1], b"{not json", *lines[2:]]) + b"\n")
+    result = ops.fsm("restore", str(broken))
+    assert result.exit_code == 1
+    assert (
+        "line 3" in result.stderr
+        and "entries before it were processed: 1 unchanged" in result.stderr
+    )
