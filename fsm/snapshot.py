@@ -132,12 +132,52 @@ class _SnapshotMap(msgspec.Struct, frozen=True, kw_only=True):
     pending: str = ""
 
 
+#: How each schema that stores arrays lays its fields out, by position: the top level, and
+#: the nested structs by field name. Frozen per schema (a new schema adds its own entry, and
+#: ``schema`` stays at the same position in every layout), so that records of an older array
+#: schema can be read as plain data and migrated (:mod:`fsm.migrations`).
+ARRAY_LAYOUTS: dict[int, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
+    2: (
+        (
+            "flow", "stage", "step", "option", "data", "auth", "resume", "version", "schema",
+            "flow_version", "last_updated", "update_from", "pending",
+        ),
+        {
+            "auth": ("token", "subject", "expires_at", "issued_at"),
+            "resume": ("stage", "step", "option", "pending"),
+        },
+    ),
+}  # fmt: skip
+
+
 def _from_map(raw: bytes) -> Snapshot:
     """A record stored as a map (schema 1): migrated to the current schema, then typed."""
     fields = msgspec.msgpack.decode(raw)
     if not isinstance(fields, dict):
         raise msgspec.ValidationError("Expected `object`, got another type")
-    schema = fields.get("schema", 1)
+    return _typed(fields, fields.get("schema", 1))
+
+
+def _from_older_array(raw: bytes) -> Snapshot:
+    """A record of an older array schema: read by its layout, migrated, then typed."""
+    value = msgspec.msgpack.decode(raw)
+    if not isinstance(value, list) or len(value) <= _SCHEMA_INDEX:
+        raise msgspec.ValidationError("Expected `array` of a snapshot's fields")
+    schema = value[_SCHEMA_INDEX]
+    layout = ARRAY_LAYOUTS.get(schema) if isinstance(schema, int) else None
+    if layout is None:
+        raise msgspec.ValidationError(
+            f"schema {schema} records are maps, this is an array - at `$.schema`"
+        )
+    names, nested = layout
+    fields: dict[str, Any] = dict(zip(names, value, strict=False))
+    for name, inner in nested.items():
+        if isinstance(fields.get(name), list):
+            fields[name] = dict(zip(inner, fields[name], strict=False))
+    return _typed(fields, schema)
+
+
+def _typed(fields: dict[str, Any], schema: object) -> Snapshot:
     if isinstance(schema, int) and not isinstance(schema, bool) and 1 <= schema < SCHEMA_VERSION:
         fields = upgrade(fields, schema)
     old = msgspec.convert(fields, _SnapshotMap)
@@ -170,7 +210,19 @@ def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
     newer schema changed field types: it is not corrupt, only not ours to read.
     """
     try:
-        snapshot = _from_map(raw) if _is_map(raw) else _decoder.decode(raw)
+        if _is_map(raw):
+            snapshot = _from_map(raw)
+        else:
+            try:
+                snapshot = _decoder.decode(raw)  # the fast path: the current schema
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                older = _older_array_schema(raw)
+                if older is None:
+                    raise
+                snapshot = _from_older_array(raw)  # an older schema's types may differ
+            else:
+                if 1 <= snapshot.schema < SCHEMA_VERSION:
+                    snapshot = _from_older_array(raw)
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure is corruption, raised
         newer = _newer_schema(raw)
         if newer is not None:
@@ -186,12 +238,6 @@ def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
             raw=bytes(raw),
             user_key=user_key,
         )
-    if snapshot.schema < SCHEMA_VERSION and not _is_map(raw):
-        raise CorruptSnapshot(
-            f"schema {snapshot.schema} records are maps, this is an array - at `$.schema`",
-            raw=bytes(raw),
-            user_key=user_key,
-        )
     if snapshot.schema < 1:
         raise CorruptSnapshot(
             f"schema must be >= 1, got {snapshot.schema} - at `$.schema`",
@@ -203,6 +249,21 @@ def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
 
 #: A record larger than this is not probed for a newer schema (the probe decodes it untyped).
 _PROBE_LIMIT = 1 << 20
+
+
+def _older_array_schema(raw: bytes) -> int | None:
+    """The schema an array record says it has, when older than ours and readable by layout."""
+    if len(raw) > _PROBE_LIMIT:
+        return None
+    try:
+        value = msgspec.msgpack.decode(raw)
+    except Exception:  # noqa: BLE001 - not msgpack: plain corruption, reported by the caller
+        return None
+    if isinstance(value, list) and len(value) > _SCHEMA_INDEX:
+        schema = value[_SCHEMA_INDEX]
+        if isinstance(schema, int) and schema < SCHEMA_VERSION and schema in ARRAY_LAYOUTS:
+            return schema
+    return None
 
 
 def _newer_schema(raw: bytes) -> int | None:

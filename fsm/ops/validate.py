@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from adapters.base import Record, SessionView, Store
+from fsm import snapshot as snapshots
 from fsm.errors import CorruptSnapshot, SchemaTooNew
 from fsm.flow import FlowSpec
 from fsm.migrations import MigrationError, apply_flow_migrations
-from fsm.snapshot import SCHEMA_VERSION, Snapshot, decode_snapshot, stored_schema
+from fsm.snapshot import Snapshot, decode_snapshot, stored_schema
 
 #: User keys that start with NUL are the library's own (the health probe's); the engine refuses
 #: them as user ids, so no conversation can have one.
@@ -79,7 +80,7 @@ class Diagnosis:
         it (an expired token does not stop that: the engine handles those)."""
         if self.snapshot is None or self.stored is None or self.problem not in MIGRATABLE:
             return False
-        return (self.stored_schema or 0) < SCHEMA_VERSION or (
+        return (self.stored_schema or 0) < snapshots.SCHEMA_VERSION or (
             self.stored.flow_version < self.snapshot.flow_version
         )
 

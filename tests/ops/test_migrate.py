@@ -192,3 +192,47 @@ def test_a_schema_migration_that_fails_is_reported_not_applied() -> None:
             decode_snapshot(raw)
     finally:
         migrations._REGISTRY[1] = saved
+
+
+def test_the_array_layout_of_the_current_schema_is_the_structs(ops: Ops) -> None:
+    from fsm import Auth, Resume, Snapshot
+    from fsm.snapshot import ARRAY_LAYOUTS
+
+    names, nested = ARRAY_LAYOUTS[SCHEMA_VERSION]
+    # Fields may only be appended (with defaults) within a schema: a layout is a prefix.
+    assert Snapshot.__struct_fields__[: len(names)] == names
+    assert Auth.__struct_fields__[: len(nested["auth"])] == nested["auth"]
+    assert Resume.__struct_fields__[: len(nested["resume"])] == nested["resume"]
+
+
+def test_a_future_schema_3_migrates_every_stored_schema_2_session(
+    ops: Ops, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the next format change will do: register 2 -> 3, and every session written today
+    is read through it (lazily, and by fsm migrate), not taken for corruption."""
+    from fsm import migrations, snapshot
+
+    snap = ops.say(ALICE, "hi")
+    before = ops.store.load(ALICE).record
+    assert before is not None
+
+    def rename_dashboard(fields: dict[str, object]) -> dict[str, object]:
+        data = dict(fields["data"])  # type: ignore[call-overload]
+        data["summary"] = data.pop("dashboard", None)
+        return {**fields, "data": data, "schema": 3}
+
+    monkeypatch.setattr(snapshot, "SCHEMA_VERSION", 3)
+    monkeypatch.setitem(migrations._REGISTRY, 2, rename_dashboard)
+    read = decode_snapshot(before.payload)
+    assert read.schema == 3 and "summary" in read.data and "dashboard" not in read.data
+    assert read.auth == snap.auth and read.version == snap.version
+    assert stored_schema(before.payload) == 2
+    from fsm.ops.validate import diagnose
+
+    found = diagnose(ALICE, before, ops.engine.spec, now=ops.clock.now())
+    assert found.ok and found.needs_migration
+    report = migrate_sessions(ops.store, ops.engine.spec, clock=ops.clock)
+    assert report.counts[Step.MIGRATED] == 1
+    after = ops.store.load(ALICE).record
+    assert after is not None and stored_schema(after.payload) == 3
+    assert decode_snapshot(after.payload).data["summary"] == snap.data["dashboard"]
