@@ -194,7 +194,9 @@ class RedisStore(Store):
                 raise ValueError(f"a Sentinel URL names the service: {_safe(url)}")
             password = unquote(parts.password) if parts.password else None
             sentinel = Sentinel(  # type: ignore[no-untyped-call]
-                _hosts(parts.netloc), sentinel_kwargs={"socket_timeout": 5.0}, **connection
+                _hosts(parts.netloc),
+                sentinel_kwargs={"socket_timeout": 5.0, "retry": Retry(NoBackoff(), 0)},
+                **connection,
             )
             client = sentinel.master_for(  # type: ignore[no-untyped-call]
                 path[0],

@@ -3,6 +3,7 @@ and look after the bytes that were taken out of them."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -27,7 +28,7 @@ from fsm.cli.common import (
 )
 from fsm.ops.backup import private_file
 from fsm.ops.recover import Outcome, recover_session, restore_quarantined
-from fsm.ops.sessions import REDACTED, redact
+from fsm.ops.sessions import JWT, REDACTED, redact
 from fsm.ops.validate import NOT_REPAIRABLE, Problem, is_reserved
 from fsm.ops.validate import diagnose_view as judge
 
@@ -208,30 +209,29 @@ def quarantine_ls(user: str | None, store_url: str | None, namespace: str, as_js
     click.echo(f"{count} quarantined entr{'y' if count == 1 else 'ies'}", err=True)
 
 
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+#: In text that is neither msgpack nor JSON: ``"password": "..."``, ``token=...`` and the like.
+_SECRET_PAIR = re.compile(
+    r"""(?ix)(["']?[A-Za-z0-9_\-]*(?:token|secret|password|passwd|pwd|jwt|pin|otp|api_?key|
+    authorization|credentials?|cookie|bearer)[A-Za-z0-9_\-]*["']?\s*[:=]\s*)
+    ("[^"]*"|'[^']*'|[^\s,;&}]+)"""
+)
 
 
 def _readable(raw: bytes, show_secrets: bool) -> Any:
-    """What the bytes hold, as far as they decode as msgpack, with secrets hidden."""
+    """What the bytes hold (msgpack, JSON or text), with secrets hidden unless asked."""
     try:
-        value = msgspec.msgpack.decode(raw)
-    except Exception:  # noqa: BLE001 - not msgpack: shown as text, tokens hidden
-        value = raw.decode("utf-8", "replace")
-    if show_secrets:
-        return value
-    return _hide_tokens(redact(value))
-
-
-def _hide_tokens(value: Any) -> Any:
-    if isinstance(value, str):
-        return _JWT.sub(REDACTED, value)
-    if isinstance(value, bytes):
-        return _JWT.sub(REDACTED, value.decode("utf-8", "replace"))
-    if isinstance(value, dict):
-        return {k: _hide_tokens(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_hide_tokens(v) for v in value]
-    return value
+        value: Any = msgspec.msgpack.decode(raw)
+        if isinstance(value, int) and raw[:1] in (b"{", b"["):
+            raise ValueError("JSON, not msgpack")  # a JSON text starts like a msgpack int
+    except Exception:  # noqa: BLE001 - not msgpack: JSON, or text
+        text = raw.decode("utf-8", "replace")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            if show_secrets:
+                return text
+            return JWT.sub(REDACTED, _SECRET_PAIR.sub(lambda m: m[1] + REDACTED, text))
+    return value if show_secrets else redact(value)
 
 
 @quarantine.command(name="show")

@@ -89,13 +89,13 @@ def migrate_one(
             ttl=view.ttl if view.ttl and view.ttl > 0 else DEFAULT_TTL,
             history=HistoryEntry(
                 version=version,
-                from_stage=snapshot.stage,
+                from_stage=found.stored.stage if found.stored is not None else "?",
                 to_stage=snapshot.stage,
                 event=f"migrate schema {old_schema}->{snapshot.schema} "
                 f"flow {old_flow}->{snapshot.flow_version}",
                 update_from=source,
                 at=now,
-                from_step=snapshot.step,
+                from_step=found.stored.step if found.stored is not None else "",
                 to_step=snapshot.step,
             ),
         )

@@ -140,13 +140,13 @@ class StoreCollector(Collector):
 
 def engine_registry(*engines: Engine) -> CollectorRegistry:
     """A registry with the engines' counters, for the bot's /metrics endpoint."""
-    registry = CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry(auto_describe=False)  # describing would scan/read now
     registry.register(EngineCollector(*engines))
     return registry
 
 
 def store_registry(store: Store, *, expiring_within: float = 300.0) -> CollectorRegistry:
     """A registry with the store-wide gauges (scans the store on each scrape)."""
-    registry = CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry(auto_describe=False)  # describing would scan/read now
     registry.register(StoreCollector(store, expiring_within=expiring_within))
     return registry

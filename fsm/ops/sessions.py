@@ -3,6 +3,7 @@ streamed (``fsm ls``). Nothing here writes, and nothing here shows a token unles
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,9 +13,22 @@ from adapters.base import SessionView, Store
 from fsm.flow import FlowSpec
 from fsm.ops.validate import Diagnosis, diagnose_view, is_reserved
 
-#: Data keys whose values are hidden like the token (unless secrets are asked for).
-SECRET_KEYS = re.compile(r"token|secret|password|passwd|jwt|pin|otp|api_?key", re.IGNORECASE)
+#: Words that make a data key secret (matched as whole words of snake_case, kebab-case or
+#: camelCase keys: ``accessToken``, ``api_key``, ``PIN``; not ``shipping`` or ``footprint``).
+SECRET_WORDS = frozenset(
+    {"token", "secret", "password", "passwd", "pwd", "jwt", "pin", "otp", "authorization",
+     "credential", "credentials", "cookie", "apikey", "bearer"}
+)  # fmt: skip
+#: A JWT anywhere in a string: three base64url parts, the first a JSON header (``eyJ``).
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 REDACTED = "<redacted>"
+_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+
+
+def is_secret_key(key: str) -> bool:
+    words = [w.lower() for w in _WORDS.findall(key)]
+    pairs = {a + b for a, b in itertools.pairwise(words)}  # api_key -> apikey
+    return bool(SECRET_WORDS.intersection(words) or SECRET_WORDS.intersection(pairs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +98,19 @@ class SessionReport:
 
 
 def redact(value: Any) -> Any:
-    """``value`` with the values of secret-looking keys replaced, at any depth."""
+    """``value`` with secrets hidden at any depth: the values of secret-looking keys, and any
+    JWT inside a string (wherever it is kept)."""
     if isinstance(value, dict):
         return {
-            k: REDACTED if isinstance(k, str) and SECRET_KEYS.search(k) else redact(v)
+            k: REDACTED if isinstance(k, str) and is_secret_key(k) else redact(v)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
+    if isinstance(value, str):
+        return JWT.sub(REDACTED, value)
+    if isinstance(value, bytes):
+        return JWT.sub(REDACTED, value.decode("utf-8", "replace"))
     return value
 
 
