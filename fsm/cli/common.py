@@ -159,6 +159,11 @@ def open_store(url: str | None, namespace: str) -> Store:
         return store
     if not url:
         raise click.UsageError("say which store to use: --store URL or FSM_STORE=URL")
+    if url == "memory":
+        raise click.UsageError(
+            "a memory store lives inside one process: run the command in that process, "
+            "fsm.cli.main(args, obj={'store': store}); --store takes a Redis URL"
+        )
     from adapters import RedisStore
 
     try:
@@ -228,6 +233,11 @@ def open_store_unchecked(url: str | None, namespace: str) -> Store:
         return store
     if not url:
         raise click.UsageError("say which store to use: --store URL or FSM_STORE=URL")
+    if url == "memory":
+        raise click.UsageError(
+            "a memory store lives inside one process: run the command in that process, "
+            "fsm.cli.main(args, obj={'store': store}); --store takes a Redis URL"
+        )
     from adapters import RedisStore
 
     try:

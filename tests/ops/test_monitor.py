@@ -213,6 +213,8 @@ def test_restore_to_an_unreachable_server_is_status_2(tmp_path: Path) -> None:
 def test_a_missing_store_is_a_usage_error() -> None:
     proc = _fsm("ls")
     assert proc.returncode == 2 and "--store URL or FSM_STORE" in proc.stderr
+    memory = _fsm("ls", "--store", "memory")
+    assert memory.returncode == 2 and "obj={'store': store}" in memory.stderr
     bad = _fsm("ls", "--store", "http://example.invalid")
     assert bad.returncode == 2 and "unsupported Redis URL scheme" in bad.stderr
 
