@@ -467,10 +467,14 @@ class RedisStore(Store):
         views = []
         for i, user_key in enumerate(user_keys):
             value, ttl_ms, holder, lock_ms = replies[4 * i : 4 * i + 4]
-            if isinstance(value, redis.ResponseError):
-                views.append(_not_a_session(user_key, ttl_ms, str(value)))
+            if isinstance(value, redis.ResponseError) and str(value).startswith("WRONGTYPE"):
+                views.append(_not_a_session(user_key, ttl_ms, "WRONGTYPE"))
                 continue
-            failed = next((r for r in (ttl_ms, holder, lock_ms) if isinstance(r, Exception)), None)
+            # Anything else (CLUSTERDOWN, TRYAGAIN, a lost node) is the store's trouble, not
+            # the session's: raised, so the caller sees StoreUnavailable.
+            failed = next(
+                (r for r in (value, ttl_ms, holder, lock_ms) if isinstance(r, Exception)), None
+            )
             if failed is not None:
                 raise failed
             if value is None:
@@ -486,7 +490,9 @@ class RedisStore(Store):
         """:meth:`_views` with two MGETs and a PTTL per session (N + 2 commands, not 4N); the
         lock's TTL is read only for the few users whose lock is held."""
         keys = [self.layout.keys(user_key) for user_key in user_keys]
-        pipe = self.client.pipeline(transaction=False)
+        # MULTI/EXEC (same round trip): the value and the TTL are read at one instant, so a key
+        # replaced between two reads is never mistaken for one of another type.
+        pipe = self.client.pipeline(transaction=True)
         pipe.mget([k[0] for k in keys])
         pipe.mget([k[3] for k in keys])
         for k in keys:

@@ -229,8 +229,10 @@ class Engine:
                     if ready is None:
                         mid = message_id if message_due else None
                         started = time.perf_counter()
-                        ready = self.store.load(key, message_id=mid)
-                        self.stats.observe("load", time.perf_counter() - started)
+                        try:
+                            ready = self.store.load(key, message_id=mid)
+                        finally:  # failures too: they are the slowest, and the ones to see
+                            self.stats.observe("load", time.perf_counter() - started)
                         self._remember(key, ready.record)
                     loaded, ready = ready, None
                     locked = loaded.locked and owner is None
@@ -294,19 +296,21 @@ class Engine:
                 last = (not message_due or not at_action) and not decider.is_action(new)
                 payload = self._encode(key, decision)
                 started = time.perf_counter()
-                saved = self.store.save(
-                    key,
-                    payload,
-                    version=new.version,
-                    expected_version=restored.expected_version,
-                    expected_tag=restored.expected_tag,
-                    ttl=self.session_ttl,
-                    history=self._history(current, decision),
-                    message_id=mid,
-                    owner=owner,
-                    release=last and owner is not None,
-                )
-                self.stats.observe("save", time.perf_counter() - started)
+                try:
+                    saved = self.store.save(
+                        key,
+                        payload,
+                        version=new.version,
+                        expected_version=restored.expected_version,
+                        expected_tag=restored.expected_tag,
+                        ttl=self.session_ttl,
+                        history=self._history(current, decision),
+                        message_id=mid,
+                        owner=owner,
+                        release=last and owner is not None,
+                    )
+                finally:
+                    self.stats.observe("save", time.perf_counter() - started)
                 if saved.saved:
                     stored_record = Record(payload, new.version, saved.tag)
                     self._remember(key, stored_record)
@@ -605,14 +609,14 @@ class Engine:
         self.stats.incr("lock_acquisitions")
         started = time.perf_counter()
         try:
-            leased = self.store.acquire_lease_loaded(
+            return self.store.acquire_lease_loaded(
                 key, ttl=self.lock_ttl, wait=self.lock_wait, message_id=message_id
             )
-            self.stats.observe("lock", time.perf_counter() - started)
-            return leased
         except TimeoutError:
             self.stats.incr("lock_timeouts")
             raise LockTimeout(key, waited=self.lock_wait) from None
+        finally:
+            self.stats.observe("lock", time.perf_counter() - started)
 
 
 def _check_key(user_key: str) -> str:

@@ -161,20 +161,32 @@ def _from_map(raw: bytes) -> Snapshot:
 def _from_older_array(raw: bytes) -> Snapshot:
     """A record of an older array schema: read by its layout, migrated, then typed."""
     value = msgspec.msgpack.decode(raw)
-    if not isinstance(value, list) or len(value) <= _SCHEMA_INDEX:
-        raise msgspec.ValidationError("Expected `array` of a snapshot's fields")
-    schema = value[_SCHEMA_INDEX]
-    layout = ARRAY_LAYOUTS.get(schema) if isinstance(schema, int) else None
-    if layout is None:
+    fields = named_fields(value)
+    if fields is None:
+        schema = (
+            value[_SCHEMA_INDEX] if isinstance(value, list) and len(value) > _SCHEMA_INDEX else "?"
+        )
         raise msgspec.ValidationError(
             f"schema {schema} records are maps, this is an array - at `$.schema`"
         )
+    return _typed(fields, fields["schema"])
+
+
+def named_fields(value: Any) -> dict[str, Any] | None:
+    """An array record (decoded untyped) as field name -> value, nested structs included, by
+    the layout of the schema it says it has; None if it is not such an array."""
+    if not isinstance(value, list) or len(value) <= _SCHEMA_INDEX:
+        return None
+    schema = value[_SCHEMA_INDEX]
+    layout = ARRAY_LAYOUTS.get(schema) if isinstance(schema, int) else None
+    if layout is None:
+        return None
     names, nested = layout
     fields: dict[str, Any] = dict(zip(names, value, strict=False))
     for name, inner in nested.items():
         if isinstance(fields.get(name), list):
             fields[name] = dict(zip(inner, fields[name], strict=False))
-    return _typed(fields, schema)
+    return fields
 
 
 def _typed(fields: dict[str, Any], schema: object) -> Snapshot:

@@ -56,6 +56,10 @@ class _Main(click.Group):
         except FsmError as exc:  # any other library error: one line, never a traceback
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_PROBLEM)
+        except OSError as exc:  # a file that cannot be read or written: say which, and why
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            ctx.exit(EXIT_UNAVAILABLE)
 
 
 @click.group(cls=_Main)
@@ -170,8 +174,8 @@ def open_store(url: str | None, namespace: str) -> Store:
         store = RedisStore.from_url(url, namespace=namespace)
         ctx.call_on_close(store.close)
         store.lock_info("\x00connect")  # one round trip: fail now, clearly, if Redis is not there
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--store'") from None
+    except (ValueError, TypeError) as exc:  # TypeError: redis-py refusing a URL's ?option=
+        raise click.BadParameter(f"{safe_url(url)}: {exc}", param_hint="'--store'") from None
     except StoreUnavailable as exc:
         click.echo(f"error: cannot reach the store at {safe_url(url)}: {exc.detail}", err=True)
         ctx.exit(EXIT_UNAVAILABLE)
@@ -242,8 +246,8 @@ def open_store_unchecked(url: str | None, namespace: str) -> Store:
 
     try:
         store = RedisStore.from_url(url, namespace=namespace)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--store'") from None
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(f"{safe_url(url)}: {exc}", param_hint="'--store'") from None
     ctx.call_on_close(store.close)
     return store
 

@@ -24,7 +24,7 @@ from fsm.snapshot import SCHEMA_VERSION
 @click.option("--dry-run", is_flag=True, help="Count what would be migrated; write nothing.")
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=10**12),
     default=None,
     help="Stop after migrating N sessions (a canary; run again to go on).",
 )

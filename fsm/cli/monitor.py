@@ -65,6 +65,8 @@ def metrics(
     expired = "-" if m.expired_since_start is None else str(m.expired_since_start)
     click.echo(f"expired since start   {expired}  (the server's count, all keys)")
     click.echo(f"unreadable            {m.unreadable}")
+    if m.newer_schema:
+        click.echo(f"newer schema          {m.newer_schema}  (written by newer code)")
     click.echo(f"quarantined           {m.quarantined}")
     if m.used_memory is not None:
         click.echo(f"server memory         {m.used_memory / 1048576:.1f} MiB")

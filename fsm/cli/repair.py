@@ -27,10 +27,11 @@ from fsm.cli.common import (
     when,
 )
 from fsm.ops.backup import private_file
-from fsm.ops.recover import Outcome, recover_session, restore_quarantined
+from fsm.ops.recover import Outcome, plan_recovery, recover_session, restore_quarantined
 from fsm.ops.sessions import JWT, REDACTED, redact
 from fsm.ops.validate import NOT_REPAIRABLE, Problem, is_reserved
 from fsm.ops.validate import diagnose_view as judge
+from fsm.snapshot import named_fields
 
 
 @main.command()
@@ -129,17 +130,16 @@ def recover(
     failed = 0
     for key in users:
         if dry_run:
-            view = store.session_view(key)
-            if view is None:
-                outcome, reason = "missing", "no session"
+            found, decided = plan_recovery(
+                store.session_view(key), key, spec, now=clk.now(), force=force
+            )
+            if decided is None:
+                assert found is not None
+                outcome, reason = "would-recover", found.reason
             else:
-                found = judge(view, spec, now=clk.now())
-                outcome = "would-recover" if not found.ok or force else "valid"
-                if found.problem in NOT_REPAIRABLE:
-                    outcome = Outcome.NOT_REPAIRABLE.value
-                reason = found.reason
+                outcome, reason = decided.outcome.value, decided.reason
+                failed += decided.outcome not in (Outcome.RECOVERED, Outcome.VALID)
             _say(as_json, {"user": key, "outcome": outcome, "reason": reason})
-            failed += outcome in ("missing", Outcome.NOT_REPAIRABLE.value)
             continue
         result = recover_session(store, spec, key, clock=clk, force=force)
         _say(
@@ -211,8 +211,8 @@ def quarantine_ls(user: str | None, store_url: str | None, namespace: str, as_js
 
 #: In text that is neither msgpack nor JSON: ``"password": "..."``, ``token=...`` and the like.
 _SECRET_PAIR = re.compile(
-    r"""(?ix)(["']?[A-Za-z0-9_\-]*(?:token|secret|password|passwd|pwd|jwt|pin|otp|api_?key|
-    authorization|credentials?|cookie|bearer)[A-Za-z0-9_\-]*["']?\s*[:=]\s*)
+    r"""(?ix)(["']?[A-Za-z0-9_\-]*(?:token|secret|password|passwd|pwd|jwt|pin|otp|api[_-]?key|
+    authorization|credentials?|cookie|bearer)[A-Za-z0-9_\-]*["']?\s*[:=]\s*(?:bearer\s+)?)
     ("[^"]*"|'[^']*'|[^\s,;&}]+)"""
 )
 
@@ -227,10 +227,13 @@ def _readable(raw: bytes, show_secrets: bool) -> Any:
         text = raw.decode("utf-8", "replace")
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             if show_secrets:
                 return text
             return JWT.sub(REDACTED, _SECRET_PAIR.sub(lambda m: m[1] + REDACTED, text))
+    fields = named_fields(value)  # a snapshot array: show (and redact) by field name
+    if fields is not None:
+        value = fields
     return value if show_secrets else redact(value)
 
 

@@ -123,7 +123,9 @@ def _lock(lock: dict[str, Any] | None) -> str:
 @click.argument("user")
 @store_options
 @json_option
-@click.option("-n", "--limit", type=click.IntRange(min=1), default=None, help="Newest N only.")
+@click.option(
+    "-n", "--limit", type=click.IntRange(min=1, max=100_000), default=None, help="Newest N only."
+)
 def history(
     user: str, store_url: str | None, namespace: str, as_json: bool, limit: int | None
 ) -> None:

@@ -244,6 +244,21 @@ def _restore_all(
             progress(item, outcome)
 
 
+#: The longest TTL a backup entry may carry (ten years): anything above is a damaged file.
+MAX_TTL = 10 * 365 * 24 * 3600.0
+
+
+def _same_state(payload: bytes, version: int, entry: Entry, snapshot: Snapshot | None) -> bool:
+    """The store holds this entry already: the same bytes, or (after a restore that continued
+    the version chain) the same snapshot at the stored version. Restoring twice changes
+    nothing."""
+    if (version, payload) == (entry.version, entry.payload):
+        return True
+    if snapshot is None or version <= entry.version:
+        return False
+    return payload == encode_snapshot(msgspec.structs.replace(snapshot, version=version))
+
+
 def _restore_one(
     store: Store, entry: Entry, clock: Clock, overwrite: bool, dry_run: bool, source: str
 ) -> tuple[Restored, str]:
@@ -251,24 +266,24 @@ def _restore_one(
         return Restored.CORRUPT, entry.corrupt or "no payload"
     if entry.version < 1:
         return Restored.CORRUPT, f"version {entry.version} < 1"
+    if entry.ttl is not None and not 0 <= entry.ttl <= MAX_TTL:
+        return Restored.CORRUPT, f"ttl {entry.ttl!r} out of range"
     snapshot: Snapshot | None = None
-    if not entry.newer:
-        try:
-            snapshot = decode_snapshot(entry.payload, user_key=entry.user)
-        except FsmError as exc:
-            return Restored.CORRUPT, str(exc)
-        if snapshot.version != entry.version:
-            return Restored.CORRUPT, f"snapshot version {snapshot.version} != {entry.version}"
+    try:  # the entry's own "newer" flag is not trusted: what decodes is restored as such
+        snapshot = decode_snapshot(entry.payload, user_key=entry.user)
+    except SchemaTooNew:
+        pass  # written by newer code: restored byte for byte, never re-encoded
+    except FsmError as exc:
+        return Restored.CORRUPT, str(exc)
+    if snapshot is not None and snapshot.version != entry.version:
+        return Restored.CORRUPT, f"snapshot version {snapshot.version} != {entry.version}"
     ttl = entry.ttl if entry.ttl is not None and entry.ttl > 0 else DEFAULT_TTL
     for _ in range(3):
         current = store.session_view(entry.user)
         if current is not None and current.error:
             return Restored.BUSY, f"the key holds something else: {current.error}"
         stored = current.record if current is not None else None
-        if stored is not None and (stored.version, stored.payload) == (
-            entry.version,
-            entry.payload,
-        ):
+        if stored is not None and _same_state(stored.payload, stored.version, entry, snapshot):
             return Restored.UNCHANGED, ""
         last = store.history(entry.user, limit=1)
         floor = max(stored.version if stored else 0, last[0].version if last else 0)

@@ -9,12 +9,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from adapters.base import Store
-from fsm.errors import FsmError
+from fsm.errors import FsmError, SchemaTooNew
 from fsm.ops.validate import is_reserved
 from fsm.snapshot import decode_snapshot
 
 #: The stage reported for sessions that do not decode.
 UNREADABLE = "<unreadable>"
+#: The stage reported for sessions written in a newer schema than this code reads.
+NEWER = "<newer schema>"
 
 
 @dataclass
@@ -28,6 +30,7 @@ class StoreMetrics:
     expired_since_start: int | None = None  # the server's count (Redis INFO stats: all keys)
     quarantined: int = 0
     unreadable: int = 0
+    newer_schema: int = 0  # written by newer code: readable by it, not by this one
     used_memory: int | None = None  # bytes, the whole server
 
     def as_dict(self) -> dict[str, Any]:
@@ -47,6 +50,9 @@ def collect_metrics(
         metrics.sessions += 1
         try:
             stages[decode_snapshot(view.record.payload).stage] += 1
+        except SchemaTooNew:  # valid, written by newer code (a rolling deploy): not broken
+            stages[NEWER] += 1
+            metrics.newer_schema += 1
         except FsmError:
             stages[UNREADABLE] += 1
             metrics.unreadable += 1

@@ -127,6 +127,11 @@ class StoreCollector(Collector):
                 m.expiring_soon,
             ),
             gauge("sessions_unreadable", "Sessions that do not decode.", m.unreadable),
+            gauge(
+                "sessions_newer_schema",
+                "Sessions written in a newer schema than this code reads.",
+                m.newer_schema,
+            ),
             gauge("quarantined", "Entries in the quarantine.", m.quarantined),
         ]
         if m.expired_since_start is not None:

@@ -26,6 +26,7 @@ from adapters.base import (
 )
 from fsm.auth import TokenVerifier
 from fsm.clock import Clock
+from fsm.errors import FsmError
 from fsm.flow import FlowSpec
 from fsm.ops.validate import MIGRATABLE, NOT_REPAIRABLE, Diagnosis, diagnose, diagnose_view
 from fsm.snapshot import Auth, Snapshot, decode_snapshot, encode_snapshot
@@ -43,6 +44,7 @@ class Outcome(enum.Enum):
     LOCKED = "locked"  # a worker holds the user's lease: try again later
     CHANGED = "changed"  # the session changed while we looked: run again
     MISSING = "missing"  # no session
+    FAILED = "failed"  # the bytes were quarantined but the repair could not be written
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,34 @@ def token_still_valid(auth: Auth | None, now: float, verifier: TokenVerifier | N
     return auth.expires_at is None or auth.expires_at > now
 
 
+def plan_recovery(
+    view: SessionView | None, user_key: str, spec: FlowSpec, *, now: float, force: bool = False
+) -> tuple[Diagnosis | None, Recovery | None]:
+    """What :func:`recover_session` would do with ``view``: (its diagnosis, the outcome when
+    nothing is to be written), or (diagnosis, None) when it would recover. ``--dry-run`` and
+    the real run decide with this one function."""
+    if view is None:
+        return None, Recovery(user_key, Outcome.MISSING, "no session")
+    found = diagnose_view(view, spec, now=now)
+    if view.error:
+        return found, Recovery(
+            user_key,
+            Outcome.NOT_REPAIRABLE,
+            f"{view.error}: written by something else; inspect and delete the key by hand",
+        )
+    if found.ok and not force:
+        return found, Recovery(user_key, Outcome.VALID, "valid")
+    if found.problem in NOT_REPAIRABLE:
+        return found, Recovery(user_key, Outcome.NOT_REPAIRABLE, found.reason)
+    if view.lock is not None:
+        return found, Recovery(
+            user_key,
+            Outcome.LOCKED,
+            f"a worker holds the user's lease for {view.lock.ttl:.1f}s more; try again then",
+        )
+    return found, None
+
+
 def recover_session(
     store: Store,
     spec: FlowSpec,
@@ -114,26 +144,11 @@ def recover_session(
     Keeps the token if it is still valid and, when the snapshot decodes, its data; restarts at
     ``spec.safe_stage``. The broken bytes go to the quarantine (``fsm quarantine show``)."""
     view = store.session_view(user_key)
-    if view is None:
-        return Recovery(user_key, Outcome.MISSING, "no session")
     now = clock.now()
-    found = diagnose_view(view, spec, now=now)
-    if view.error:
-        return Recovery(
-            user_key,
-            Outcome.NOT_REPAIRABLE,
-            f"{view.error}: written by something else; inspect and delete the key by hand",
-        )
-    if found.ok and not force:
-        return Recovery(user_key, Outcome.VALID, "valid")
-    if found.problem in NOT_REPAIRABLE:
-        return Recovery(user_key, Outcome.NOT_REPAIRABLE, found.reason)
-    if view.lock is not None:
-        return Recovery(
-            user_key,
-            Outcome.LOCKED,
-            f"a worker holds the user's lease for {view.lock.ttl:.1f}s more; try again then",
-        )
+    found, decided = plan_recovery(view, user_key, spec, now=now, force=force)
+    if decided is not None:
+        return decided
+    assert view is not None and found is not None
     reason = found.reason if not found.ok else "forced: moved to the safe stage"
     repaired, kept_token, kept_data = _repaired(found, view.record.payload, spec, now, verifier)
     # Under the user's lease, so no message slips in between taking the bytes out and writing
@@ -145,32 +160,71 @@ def recover_session(
         qid = store.quarantine(user_key, view.record.payload, f"fsm recover: {reason}")
         if qid is None:
             return Recovery(user_key, Outcome.CHANGED, "the session changed meanwhile; run again")
-        last = store.history(user_key, limit=1)
-        version = max(view.record.version, last[0].version if last else 0) + 1
-        repaired = msgspec.structs.replace(
-            repaired, version=version, last_updated=now, update_from=source
-        )
-        result = store.save(
-            user_key,
-            encode_snapshot(repaired, user_key=user_key),
-            version=version,
-            expected_version=0,
-            ttl=view.ttl if view.ttl and view.ttl > 0 else DEFAULT_TTL,
-            history=HistoryEntry(
-                version=version,
-                from_stage=found.stored.stage if found.stored is not None else "?",
-                to_stage=repaired.stage,
-                event="recover",
-                update_from=source,
-                at=now,
-                from_step=found.stored.step if found.stored is not None else "",
-                to_step=repaired.step,
-            ),
-            owner=owner,
-            release=True,
-        )
+        try:
+            return _write_repair(
+                store,
+                user_key,
+                view,
+                found,
+                repaired,
+                reason,
+                qid,
+                now,
+                source,
+                owner,
+                kept_token,
+                kept_data,
+            )
+        except FsmError as exc:  # the bytes are out but the repair is not in: say where
+            return Recovery(
+                user_key,
+                Outcome.FAILED,
+                f"the repair could not be written ({exc}); the original bytes are safe: "
+                f"fsm quarantine restore {qid} --user {user_key}",
+                quarantine_id=qid,
+            )
     finally:
         store.release_lock(user_key, owner)  # a no-op when the save released it
+
+
+def _write_repair(
+    store: Store,
+    user_key: str,
+    view: SessionView,
+    found: Diagnosis,
+    repaired: Snapshot,
+    reason: str,
+    qid: str,
+    now: float,
+    source: str,
+    owner: str,
+    kept_token: bool,
+    kept_data: bool,
+) -> Recovery:
+    last = store.history(user_key, limit=1)
+    version = max(view.record.version, last[0].version if last else 0) + 1
+    repaired = msgspec.structs.replace(
+        repaired, version=version, last_updated=now, update_from=source
+    )
+    result = store.save(
+        user_key,
+        encode_snapshot(repaired, user_key=user_key),
+        version=version,
+        expected_version=0,
+        ttl=view.ttl if view.ttl and view.ttl > 0 else DEFAULT_TTL,
+        history=HistoryEntry(
+            version=version,
+            from_stage=found.stored.stage if found.stored is not None else "?",
+            to_stage=repaired.stage,
+            event="recover",
+            update_from=source,
+            at=now,
+            from_step=found.stored.step if found.stored is not None else "",
+            to_step=repaired.step,
+        ),
+        owner=owner,
+        release=True,
+    )
     if result.status is not SaveStatus.SAVED:
         # Only a write that ignored the lease gets here; the old bytes are in the quarantine.
         return Recovery(

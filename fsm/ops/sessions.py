@@ -97,16 +97,28 @@ class SessionReport:
         return out
 
 
+#: Shown instead of a value nested too deeply to walk (it is not shown, so nothing leaks).
+TOO_DEEP = "<nested too deeply to show>"
+
+
 def redact(value: Any) -> Any:
     """``value`` with secrets hidden at any depth: the values of secret-looking keys, and any
-    JWT inside a string (wherever it is kept)."""
+    JWT inside a string (wherever it is kept). A value nested deeper than Python can walk is
+    replaced whole."""
+    try:
+        return _redact(value)
+    except RecursionError:
+        return TOO_DEEP
+
+
+def _redact(value: Any) -> Any:
     if isinstance(value, dict):
         return {
-            k: REDACTED if isinstance(k, str) and is_secret_key(k) else redact(v)
+            k: REDACTED if isinstance(k, str) and is_secret_key(k) else _redact(v)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
+        return [_redact(v) for v in value]
     if isinstance(value, str):
         return JWT.sub(REDACTED, value)
     if isinstance(value, bytes):

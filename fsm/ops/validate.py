@@ -106,7 +106,11 @@ def diagnose(user_key: str, record: Record, spec: FlowSpec, *, now: float) -> Di
     try:
         stored = decode_snapshot(record.payload, user_key=user_key)
     except SchemaTooNew as exc:
-        return verdict(Problem.SCHEMA_TOO_NEW, str(exc).split(": ", 1)[-1])
+        return verdict(
+            Problem.SCHEMA_TOO_NEW,
+            f"snapshot {exc.what} {exc.schema} is newer than this code supports "
+            f"({exc.supported}); upgrade this worker",
+        )
     except CorruptSnapshot as exc:
         return verdict(Problem.UNDECODABLE, exc.detail + _looks_like(record.payload))
     if stored.version != record.version:
@@ -115,7 +119,7 @@ def diagnose(user_key: str, record: Record, spec: FlowSpec, *, now: float) -> Di
             f"snapshot version {stored.version} != stored version {record.version}",
             stored,
         )
-    if stored.flow_version > spec.version:
+    if stored.flow == spec.name and stored.flow_version > spec.version:
         return verdict(
             Problem.SCHEMA_TOO_NEW,
             f"flow version {stored.flow_version} is newer than this code's {spec.version}",
@@ -160,7 +164,7 @@ def _looks_like(raw: bytes) -> str:
     if raw[:1] in (b"{", b"["):
         try:
             json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return ""
         return " (the bytes are JSON, not a snapshot: written by another program?)"
     return ""

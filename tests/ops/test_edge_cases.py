@@ -3,6 +3,7 @@ server without KEYS, unreachable Cluster and Sentinel, recovery racing the bot."
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -12,8 +13,11 @@ from typing import Any
 import jwt
 import msgspec
 import pytest
+import redis
 
 from adapters import MemoryStore, RedisStore
+from adapters.base import Record
+from fsm.clock import SYSTEM_CLOCK
 from fsm.ops.prometheus import store_registry
 from fsm.ops.recover import Outcome, recover_session, salvage_auth
 from tests import redis_servers
@@ -229,3 +233,157 @@ def test_health_leaves_no_key_behind(ops: Ops) -> None:
     else:
         assert isinstance(ops.store, MemoryStore)
         assert not ops.store._sessions and not ops.store._locks
+
+
+def test_a_cluster_in_trouble_is_store_unavailable_not_corrupt_sessions(tmp_path: Any) -> None:
+    """CLUSTERDOWN (a slot without a node) is the store's trouble: the scan stops with
+    StoreUnavailable; it never turns good sessions into "corrupt" entries of a backup."""
+    from fsm.errors import StoreUnavailable
+    from fsm.ops.backup import backup
+
+    cluster = redis_servers.Cluster().start()
+    try:
+        store = RedisStore.from_url(cluster.url, namespace="down")
+        users = [f"u{n}" for n in range(40)]
+        for user in users:
+            store.save(user, b"x", version=1, expected_version=0, ttl=600)
+        victim = store.layout.session(users[0])
+        slot = store.client.keyslot(victim)
+        owner = store.client.get_node_from_key(victim)
+        with redis.Redis(host=owner.host, port=owner.port) as node:
+            node.execute_command("CLUSTER", "DELSLOTS", slot)
+        with pytest.raises(StoreUnavailable):
+            list(store.sessions())
+        with pytest.raises(StoreUnavailable):
+            backup(store, io.BytesIO(), clock=SYSTEM_CLOCK)
+        store.close()
+    finally:
+        cluster.stop()
+
+
+def test_recover_dry_run_agrees_with_recover(wrong_type: Ops) -> None:
+    dry = wrong_type.fsm("recover", BOB, "--dry-run")
+    real = wrong_type.fsm("recover", BOB)
+    assert dry.exit_code == real.exit_code == 1
+    assert "not-repairable" in dry.stdout and "not-repairable" in real.stdout
+    assert wrong_type.fsm("recover", ALICE, "--dry-run").stdout.startswith(f"{ALICE}: valid")
+
+
+def test_restoring_twice_changes_nothing_the_second_time(ops: Ops, tmp_path: Any) -> None:
+    ops.say(ALICE, "hi")
+    out = tmp_path / "b.jsonl"
+    ops.fsm("backup", "-o", str(out))
+    ops.say(ALICE, "1")  # on to offering a credex
+    first = ops.fsm("restore", str(out), "--overwrite")
+    assert "1 overwritten" in first.stdout
+    version = ops.snapshot(ALICE).version
+    second = ops.fsm("restore", str(out), "--overwrite")
+    assert second.stdout.strip() == "1 unchanged" and ops.snapshot(ALICE).version == version
+    assert ops.fsm("restore", str(out)).stdout.strip() == "1 unchanged"
+
+
+def _backup_file(tmp_path: Any, *entries: dict[str, Any]) -> Any:
+    path = tmp_path / "hand.jsonl"
+    lines = [{"format": "convo-fsm-backup", "format_version": 1}, *entries]
+    lines.append({"end": True, "sessions": len(entries)})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_restore_does_not_trust_what_an_entry_says_of_itself(ops: Ops, tmp_path: Any) -> None:
+    import base64
+
+    garbage = base64.b64encode(b"\x01garbage").decode()
+    snap = ops.say(CAROL, "hi")
+    good = base64.b64encode(ops.store.load(CAROL).record.payload).decode()  # type: ignore[union-attr]
+    ops.store.delete(CAROL)
+    path = _backup_file(
+        tmp_path,
+        {"user": ALICE, "version": 1, "payload": garbage, "newer": True},
+        {"user": BOB, "version": 1, "ttl": 1e17, "payload": good},
+        {"user": CAROL, "version": snap.version, "ttl": 100.0, "payload": good, "newer": True},
+    )
+    result = ops.fsm("restore", str(path), "--json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 1 and report["corrupt"] == 2 and report["restored"] == 1
+    why = {s["user"]: s["detail"] for s in report["skipped"]}
+    assert "out of range" in why[BOB] and ALICE in why
+    assert ops.store.load(ALICE).record is None and ops.store.load(BOB).record is None
+    assert ops.snapshot(CAROL).stage == "menu"  # readable here, so restored as a snapshot
+
+
+def test_deeply_nested_bytes_are_reported_not_a_traceback(ops: Ops) -> None:
+    ops.put(ALICE, b"[" * 100_000)
+    ops.put(BOB, b"\x91" * 5000 + b"\x90")
+    check = ops.fsm("check", "--json")
+    assert check.exit_code == 1
+    assert {r["user"] for r in map(json.loads, check.stdout.splitlines())} == {ALICE, BOB}
+    for user in (ALICE, BOB):
+        assert ops.fsm("inspect", user).exit_code == 0
+        assert ops.fsm("recover", user).exit_code == 0
+        [entry] = ops.store.quarantined(user)
+        assert ops.fsm("quarantine", "show", entry.id).exit_code == 0
+
+
+def test_another_flows_session_is_wrong_flow_whatever_its_version(ops: Ops) -> None:
+    from fsm import Snapshot
+    from fsm.ops.validate import Problem, diagnose
+    from fsm.snapshot import encode_snapshot
+
+    other = Snapshot(flow="other", stage="x", step="y", version=1, flow_version=99)
+    found = diagnose(ALICE, Record(encode_snapshot(other), 1), ops.engine.spec, now=0)
+    assert found.problem is Problem.WRONG_FLOW
+
+
+def test_a_user_key_with_a_colon_keeps_a_readable_reason(ops: Ops) -> None:
+    from fsm import Snapshot
+    from fsm.snapshot import SCHEMA_VERSION
+
+    fields = list(msgspec.msgpack.decode(msgspec.msgpack.encode(ops.say(ALICE, "hi"))))
+    fields[Snapshot.__struct_fields__.index("schema")] = SCHEMA_VERSION + 1
+    ops.put("a: b", msgspec.msgpack.encode(fields))
+    [row] = map(json.loads, ops.fsm("check", "--json").stdout.splitlines())
+    assert row["reason"] == (
+        f"snapshot schema {SCHEMA_VERSION + 1} is newer than this code supports "
+        f"({SCHEMA_VERSION}); upgrade this worker"
+    )
+    metrics = json.loads(ops.fsm("metrics", "--json").stdout)
+    assert metrics["newer_schema"] == 1 and metrics["unreadable"] == 0
+
+
+def test_failed_store_calls_are_in_the_latency_histogram() -> None:
+    from flows.credex import build_engine
+    from fsm.errors import StoreUnavailable
+    from tests.support import FailingSaves
+
+    store = FailingSaves()
+    engine = build_engine(store)
+    engine.handle(ALICE, "hi")
+    saves = engine.stats.latencies()["save"].count
+    store.failing = -1
+    with pytest.raises(StoreUnavailable):
+        engine.handle(ALICE, "9")
+    assert engine.stats.latencies()["save"].count > saves
+
+
+def test_a_repair_that_cannot_be_written_says_where_the_bytes_are() -> None:
+    from flows.credex import build_engine
+    from tests.support import FailingSaves
+
+    store = FailingSaves()
+    engine = build_engine(store)
+    snap = engine.handle(ALICE, "hi").snapshot
+    bad = msgspec.msgpack.decode(msgspec.msgpack.encode(snap))
+    bad[1] = "vault"
+    assert store.save(
+        ALICE,
+        msgspec.msgpack.encode(bad),
+        version=snap.version + 1,
+        expected_version=snap.version,
+        ttl=60,
+    ).saved
+    store.failing = 1
+    result = recover_session(store, engine.spec, ALICE, clock=engine.clock)
+    assert result.outcome is Outcome.FAILED and result.quarantine_id is not None
+    assert f"fsm quarantine restore {result.quarantine_id}" in result.reason
+    assert store.lock_info(ALICE) is None  # the lease was released
