@@ -158,28 +158,22 @@ def open_store(url: str | None, namespace: str) -> Store:
     """The store to operate on: the one a caller embedded (``obj={"store": ...}``), else the
     one ``--store`` names, checked with one round trip so an unreachable server fails now."""
     ctx = click.get_current_context()
-    if isinstance(ctx.obj, dict) and ctx.obj.get("store") is not None:
-        store: Store = ctx.obj["store"]
-        return store
-    if not url:
-        raise click.UsageError("say which store to use: --store URL or FSM_STORE=URL")
-    if url == "memory":
-        raise click.UsageError(
-            "a memory store lives inside one process: run the command in that process, "
-            "fsm.cli.main(args, obj={'store': store}); --store takes a Redis URL"
-        )
-    from adapters import RedisStore
-
     try:
-        store = RedisStore.from_url(url, namespace=namespace)
-        ctx.call_on_close(store.close)
-        store.lock_info("\x00connect")  # one round trip: fail now, clearly, if Redis is not there
-    except (ValueError, TypeError) as exc:  # TypeError: redis-py refusing a URL's ?option=
-        raise click.BadParameter(f"{safe_url(url)}: {exc}", param_hint="'--store'") from None
+        store = open_store_unchecked(url, namespace)
+        if url and not _embedded(ctx):
+            store.lock_info("\x00connect")  # one round trip: fail now, clearly
+    except TypeError as exc:  # redis-py refusing a URL's ?option= when it connects
+        raise click.BadParameter(f"{safe_url(url or '')}: {exc}", param_hint="'--store'") from None
     except StoreUnavailable as exc:
-        click.echo(f"error: cannot reach the store at {safe_url(url)}: {exc.detail}", err=True)
+        click.echo(
+            f"error: cannot reach the store at {safe_url(url or '')}: {exc.detail}", err=True
+        )
         ctx.exit(EXIT_UNAVAILABLE)
     return store
+
+
+def _embedded(ctx: click.Context) -> bool:
+    return isinstance(ctx.obj, dict) and ctx.obj.get("store") is not None
 
 
 def safe_url(url: str) -> str:
@@ -232,7 +226,7 @@ def problem_exit(message: str) -> None:
 def open_store_unchecked(url: str | None, namespace: str) -> Store:
     """:func:`open_store` without the connection check (``fsm health`` reports it instead)."""
     ctx = click.get_current_context()
-    if isinstance(ctx.obj, dict) and ctx.obj.get("store") is not None:
+    if _embedded(ctx):
         store: Store = ctx.obj["store"]
         return store
     if not url:
