@@ -231,3 +231,21 @@ def test_the_real_command_against_a_real_server(tmp_path: Path) -> None:
         out = tmp_path / "b.jsonl"
         assert _fsm("backup", "-o", str(out), *args).returncode == 0
         assert _fsm("health", *args).returncode == 0
+
+
+def test_the_bot_can_mount_its_counters_as_a_wsgi_endpoint() -> None:
+    from wsgiref.util import setup_testing_defaults
+
+    from prometheus_client import make_wsgi_app
+
+    engine = build_engine()
+    engine.handle(ALICE, "hi")
+    app = make_wsgi_app(engine_registry(engine))
+    environ: dict[str, object] = {"PATH_INFO": "/metrics"}
+    setup_testing_defaults(environ)
+    statuses: list[str] = []
+    body = b"".join(app(environ, lambda status, headers: statuses.append(status)))  # type: ignore[arg-type]
+    assert statuses == ["200 OK"]
+    samples = _samples(body.decode())
+    assert samples[("fsm_messages_applied_total", ())] == 1
+    assert samples[("fsm_transitions_total", (("from_stage", "init"), ("to_stage", "menu")))] == 1
