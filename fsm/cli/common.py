@@ -260,7 +260,15 @@ def clock() -> Clock:
 
 def echo_json(value: object) -> None:
     """One JSON document (or JSON Lines item) on stdout; bytes never reach here."""
-    click.echo(json.dumps(value, ensure_ascii=False, sort_keys=False, default=str))
+    click.echo(to_json(value))
+
+
+def to_json(value: object, *, indent: int | None = None) -> str:
+    """JSON text of ``value``; data nested deeper than Python can walk is one clear error."""
+    try:
+        return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
+    except RecursionError:
+        raise click.ClickException("the data is nested too deeply to print") from None
 
 
 def when(epoch: float | None, now: float | None = None) -> str:

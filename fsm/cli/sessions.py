@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
@@ -19,6 +18,7 @@ from fsm.cli.common import (
     open_store,
     problem_exit,
     store_options,
+    to_json,
     when,
 )
 from fsm.ops.sessions import inspect_session, list_sessions
@@ -109,7 +109,7 @@ def _print_session(info: dict[str, Any], now: float) -> None:
         row("pending", "an action waits to run (its idempotency key is kept)")
     if info["resume"] is not None:
         row("resume", f"{info['resume']['stage']}.{info['resume']['step']} after sign-in")
-    data = json.dumps(info["data"], indent=2, ensure_ascii=False, default=str)
+    data = to_json(info["data"], indent=2)
     row("data", data.replace("\n", "\n" + " " * 12))
 
 
