@@ -7,6 +7,7 @@ import click
 from fsm.cli.common import (
     EXIT_PROBLEM,
     Duration,
+    Progress,
     echo_json,
     human_seconds,
     json_option,
@@ -52,7 +53,8 @@ def metrics(
             nl=False,
         )
         return
-    m = collect_metrics(store, expiring_within=expiring_within)
+    with Progress("sessions counted") as progress:
+        m = collect_metrics(store, expiring_within=expiring_within, progress=progress.advance)
     if as_json:
         echo_json(m.as_dict())
         return

@@ -5,6 +5,7 @@ involved (its counters are in-process: :class:`fsm.stats.EngineStats`)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,9 +39,13 @@ class StoreMetrics:
 
 
 def collect_metrics(
-    store: Store, *, expiring_within: float = 300.0, batch: int = 500
+    store: Store,
+    *,
+    expiring_within: float = 300.0,
+    batch: int = 500,
+    progress: Callable[[], None] | None = None,
 ) -> StoreMetrics:
-    """Scan every session once and count."""
+    """Scan every session once and count (``progress`` is called once per session)."""
     stages: Counter[str] = Counter()
     metrics = StoreMetrics(expiring_within=expiring_within)
     ttl_total, with_ttl = 0.0, 0
@@ -48,6 +53,8 @@ def collect_metrics(
         if is_reserved(view.user_key):
             continue
         metrics.sessions += 1
+        if progress is not None:
+            progress()
         try:
             stages[decode_snapshot(view.record.payload).stage] += 1
         except SchemaTooNew:  # valid, written by newer code (a rolling deploy): not broken

@@ -249,3 +249,17 @@ def test_the_bot_can_mount_its_counters_as_a_wsgi_endpoint() -> None:
     samples = _samples(body.decode())
     assert samples[("fsm_messages_applied_total", ())] == 1
     assert samples[("fsm_transitions_total", (("from_stage", "init"), ("to_stage", "menu")))] == 1
+
+
+def test_long_scans_report_progress_on_stderr() -> None:
+    for ops in make_ops("memory"):
+        for n in range(1000):
+            ops.store.save(f"p{n}", b"x", version=1, expected_version=0, ttl=600)
+        for command, line in (
+            (["check"], "... checking sessions: 1000"),
+            (["metrics", "--json"], "... sessions counted: 1000"),
+            (["migrate", "--dry-run"], "... sessions scanned: 1000"),
+        ):
+            result = ops.fsm(*command)
+            assert line in result.stderr.splitlines(), (command, result.stderr[-300:])
+            assert line not in result.stdout  # stdout stays clean for --json and pipes
