@@ -63,7 +63,8 @@ def metrics(
         click.echo(f"  {stage:<20}{n}")
     click.echo(f"locked                {m.locked}")
     click.echo(f"average TTL left      {human_seconds(m.average_ttl)}")
-    click.echo(f"expiring within {human_seconds(expiring_within):<6}{m.expiring_soon}")
+    soon = f"expiring within {human_seconds(expiring_within)}"
+    click.echo(f"{soon:<21} {m.expiring_soon}")
     expired = "-" if m.expired_since_start is None else str(m.expired_since_start)
     click.echo(f"expired since start   {expired}  (the server's count, all keys)")
     click.echo(f"unreadable            {m.unreadable}")

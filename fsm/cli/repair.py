@@ -320,3 +320,18 @@ def quarantine_restore(
     if not done:
         problem_exit(f"{entry.user_key}: {detail}")
     click.echo(f"{entry.user_key}: {detail}")
+
+
+@quarantine.command(name="drop")
+@click.argument("entry_id")
+@click.option("--user", default=None, help="The entry's user (faster on a large store).")
+@store_options
+def quarantine_drop(entry_id: str, user: str | None, store_url: str | None, namespace: str) -> None:
+    """Delete one quarantined entry for good (after it was looked at, or saved with
+    show --raw). Exit 1 if there is no such entry."""
+    store = open_store(store_url, namespace)
+    entry = next((e for e in store.quarantined(user) if e.id == entry_id), None)
+    if entry is None or store.remove_quarantined(entry.user_key, entry_id) is None:
+        problem_exit(f"no quarantined entry {entry_id!r}")
+        return
+    click.echo(f"{entry.user_key}: dropped quarantined entry {entry_id} ({len(entry.raw)} bytes)")

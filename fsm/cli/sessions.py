@@ -113,6 +113,11 @@ def _print_session(info: dict[str, Any], now: float) -> None:
     row("data", data.replace("\n", "\n" + " " * 12))
 
 
+def _where(stage: str, step: str) -> str:
+    """``stage.step`` of a history entry; ``-`` where there was none (a restore's origin)."""
+    return f"{stage}.{step}" if step else stage or "-"
+
+
 def _lock(lock: dict[str, Any] | None) -> str:
     if lock is None:
         return "free"
@@ -141,8 +146,8 @@ def history(
             echo_json(
                 {
                     "version": e.version,
-                    "from": f"{e.from_stage}.{e.from_step}" if e.from_step else e.from_stage,
-                    "to": f"{e.to_stage}.{e.to_step}" if e.to_step else e.to_stage,
+                    "from": _where(e.from_stage, e.from_step),
+                    "to": _where(e.to_stage, e.to_step),
                     "event": e.event,
                     "update_from": e.update_from,
                     "at": e.at,
@@ -152,7 +157,7 @@ def history(
     now = clock().now()
     click.echo(f"{'VERSION':>7}  {'AT':<36}  {'FROM -> TO':<44}  {'EVENT':<18}  BY")
     for e in entries:
-        moved = f"{e.from_stage}.{e.from_step} -> {e.to_stage}.{e.to_step}"
+        moved = f"{_where(e.from_stage, e.from_step)} -> {_where(e.to_stage, e.to_step)}"
         click.echo(
             f"{e.version:>7}  {when(e.at, now):<36}  {moved:<44}  "
             f"{e.event or '-':<18}  {e.update_from}"

@@ -281,7 +281,7 @@ def _restore_one(
     for _ in range(3):
         current = store.session_view(entry.user)
         if current is not None and current.error:
-            return Restored.BUSY, f"the key holds something else: {current.error}"
+            return Restored.BUSY, f"{current.error}; delete the key by hand to restore it"
         stored = current.record if current is not None else None
         if stored is not None and _same_state(stored.payload, stored.version, entry, snapshot):
             return Restored.UNCHANGED, ""

@@ -73,10 +73,10 @@ def migrate_one(
         if not found.needs_migration:
             return Migrated(user_key, Step.CURRENT)
         old_schema, old_flow = found.stored_schema, found.stored_flow_version
-        if dry_run:
-            return Migrated(user_key, Step.MIGRATED, "dry run", old_schema, old_flow)
         if view.lock is not None:
             return Migrated(user_key, Step.BUSY, f"lease held for {view.lock.ttl:.1f}s more")
+        if dry_run:
+            return Migrated(user_key, Step.MIGRATED, "dry run", old_schema, old_flow)
         now = clock.now()
         version = view.record.version + 1
         snapshot = msgspec.structs.replace(found.snapshot, version=version)

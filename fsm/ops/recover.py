@@ -320,6 +320,8 @@ def restore_quarantined(
         ),
     )
     if result.status is not SaveStatus.SAVED:
+        if result.status is SaveStatus.LOCKED:
+            return False, entry, "not restored: a worker holds the user's lease; try again"
         return False, entry, f"not restored: the session changed meanwhile ({result.status.value})"
     store.remove_quarantined(user_key, entry_id)
     return True, entry, f"restored as version {version}"

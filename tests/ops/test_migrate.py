@@ -236,3 +236,10 @@ def test_a_future_schema_3_migrates_every_stored_schema_2_session(
     after = ops.store.load(ALICE).record
     assert after is not None and stored_schema(after.payload) == 3
     assert decode_snapshot(after.payload).data["summary"] == snap.data["dashboard"]
+
+
+def test_a_dry_run_counts_a_locked_session_as_busy(ops: Ops) -> None:
+    _old_session(ops, DAVE)
+    assert ops.store.acquire_lock(DAVE, "worker", 30.0)
+    report = json.loads(ops.fsm("migrate", "--dry-run", "--json").stdout)
+    assert (report["busy"], report["migrated"]) == (1, 0)

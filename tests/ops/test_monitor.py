@@ -263,3 +263,10 @@ def test_long_scans_report_progress_on_stderr() -> None:
             result = ops.fsm(*command)
             assert line in result.stderr.splitlines(), (command, result.stderr[-300:])
             assert line not in result.stdout  # stdout stays clean for --json and pipes
+
+
+def test_metrics_text_keeps_its_columns(ops: Ops) -> None:
+    ops.say(ALICE, "hi")
+    text = ops.fsm("metrics", "--expiring-within", "10m").stdout
+    assert "expiring within 10m00s 0" in text
+    assert "expiring within 5m00s 0" in ops.fsm("metrics").stdout  # the column of the rest

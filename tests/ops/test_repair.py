@@ -197,3 +197,32 @@ def test_a_recovered_session_is_encoded_with_the_current_schema(ops: Ops) -> Non
 @pytest.mark.parametrize("raw", [b"", b"\xc1", b"\x92\x01", b'{"auth": 1}'])
 def test_salvage_never_raises(raw: bytes) -> None:
     assert salvage_auth(raw) is None
+
+
+def test_quarantine_drop_deletes_one_entry(ops: Ops) -> None:
+    ops.put(STRANGER, b"\xc1 one")
+    assert ops.fsm("recover", STRANGER).exit_code == 0
+    ops.put(ERIN, b"\xc1 two")
+    assert ops.fsm("recover", ERIN).exit_code == 0
+    [first] = ops.store.quarantined(STRANGER)
+    result = ops.fsm("quarantine", "drop", first.id)
+    assert (
+        result.exit_code == 0
+        and f"{STRANGER}: dropped quarantined entry {first.id}" in result.stdout
+    )
+    assert [e.user_key for e in ops.store.quarantined()] == [ERIN]
+    again = ops.fsm("quarantine", "drop", first.id, "--user", STRANGER)
+    assert again.exit_code == 1 and "no quarantined entry" in again.stderr
+
+
+def test_history_shows_a_dash_where_an_entry_has_no_origin(ops: Ops, tmp_path: Path) -> None:
+    ops.say(ALICE, "hi")
+    out = tmp_path / "b.jsonl"
+    ops.fsm("backup", "-o", str(out))
+    ops.say(ALICE, "1")
+    ops.store.delete(ALICE)
+    assert ops.fsm("restore", str(out)).exit_code == 0
+    line = ops.fsm("history", ALICE, "-n", "1").stdout.splitlines()[1]
+    assert " - -> menu.dashboard " in line and "restore" in line
+    [entry] = map(json.loads, ops.fsm("history", ALICE, "-n", "1", "--json").stdout.splitlines())
+    assert (entry["from"], entry["to"], entry["event"]) == ("-", "menu.dashboard", "restore")
