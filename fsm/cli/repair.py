@@ -14,6 +14,7 @@ import msgspec
 
 from fsm.cli.common import (
     EXIT_PROBLEM,
+    Duration,
     Progress,
     clock,
     echo_json,
@@ -27,7 +28,13 @@ from fsm.cli.common import (
     when,
 )
 from fsm.ops.backup import private_file
-from fsm.ops.recover import Outcome, plan_recovery, recover_session, restore_quarantined
+from fsm.ops.recover import (
+    DEFAULT_TTL,
+    Outcome,
+    plan_recovery,
+    recover_session,
+    restore_quarantined,
+)
 from fsm.ops.sessions import JWT, REDACTED, redact
 from fsm.ops.validate import NOT_REPAIRABLE, Problem, is_reserved
 from fsm.ops.validate import diagnose_view as judge
@@ -296,12 +303,21 @@ def quarantine_show(
 @click.argument("entry_id")
 @click.option("--user", default=None, help="The entry's user (faster on a large store).")
 @click.option("--replace", is_flag=True, help="Write it over the session the user has now.")
+@click.option(
+    "--ttl",
+    type=Duration(),
+    default=DEFAULT_TTL,
+    show_default="30m",
+    metavar="DURATION",
+    help="How long the restored session lives (give the bot's session_ttl).",
+)
 @store_options
 @flow_option
 def quarantine_restore(
     entry_id: str,
     user: str | None,
     replace: bool,
+    ttl: float,
     store_url: str | None,
     namespace: str,
     flow_ref: str,
@@ -315,7 +331,7 @@ def quarantine_restore(
         problem_exit(f"no quarantined entry {entry_id!r}")
         return
     done, _, detail = restore_quarantined(
-        store, spec, entry.user_key, entry_id, clock=clock(), replace=replace
+        store, spec, entry.user_key, entry_id, clock=clock(), replace=replace, ttl=ttl
     )
     if not done:
         problem_exit(f"{entry.user_key}: {detail}")

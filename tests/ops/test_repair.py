@@ -167,8 +167,9 @@ def test_quarantine_ls_show_hides_tokens_and_restore_puts_bytes_back(
     assert snap.auth.token in secrets.stdout
     refused = ops.fsm("quarantine", "restore", row["id"])
     assert refused.exit_code == 1 and "--replace" in refused.stderr
-    done = ops.fsm("quarantine", "restore", row["id"], "--replace")
+    done = ops.fsm("quarantine", "restore", row["id"], "--replace", "--ttl", "2h")
     assert done.exit_code == 0, done.output
+    assert ops.store.ttl(ALICE) == pytest.approx(7200, abs=5)
     back = ops.snapshot(ALICE)
     assert (back.stage, back.step, back.auth) == (snap.stage, snap.step, snap.auth)
     assert back.version > snap.version + 1  # above the recovered one: no stale writer wins
