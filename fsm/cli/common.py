@@ -56,6 +56,10 @@ class _Main(click.Group):
         except FsmError as exc:  # any other library error: one line, never a traceback
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_PROBLEM)
+        except BrokenPipeError:  # `fsm ls | head`: the reader is gone; stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+            ctx.exit(141)  # as a shell reports a command ended by SIGPIPE
         except OSError as exc:  # a file that cannot be read or written: say which, and why
             where = f": {exc.filename}" if exc.filename else ""
             click.echo(f"error: {exc.strerror or exc}{where}", err=True)

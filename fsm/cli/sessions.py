@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -73,6 +74,7 @@ def _print_session(info: dict[str, Any], now: float) -> None:
     )
     if "stage" not in info:  # the bytes do not decode: nothing more to show
         row("version", f"{info['version']} ({info['bytes']} bytes)")
+        _outside(info, row)
         row("expires in", human_seconds(info["ttl"]))
         row("lock", _lock(info["lock"]))
         return
@@ -93,6 +95,7 @@ def _print_session(info: dict[str, Any], now: float) -> None:
         )
     row("version", f"{info['version']} ({info['bytes']} bytes)")
     row("updated", f"{when(info['last_updated'], now)} by {info['update_from'] or '?'}")
+    _outside(info, row)
     row("expires in", human_seconds(info["ttl"]))
     row("lock", _lock(info["lock"]))
     auth = info["auth"]
@@ -111,6 +114,20 @@ def _print_session(info: dict[str, Any], now: float) -> None:
         row("resume", f"{info['resume']['stage']}.{info['resume']['step']} after sign-in")
     data = to_json(info["data"], indent=2)
     row("data", data.replace("\n", "\n" + " " * 12))
+
+
+def _outside(info: dict[str, Any], row: Callable[[str, str], None]) -> None:
+    """Say so when the stored version has no history entry: something else wrote it."""
+    if info["written_outside"]:
+        newest = info["history_version"]
+        row(
+            "",
+            click.style(
+                f"version {info['version']} has no history entry (newest: "
+                f"{newest if newest is not None else 'none'}): written by something else",
+                fg="yellow",
+            ),
+        )
 
 
 def _where(stage: str, step: str) -> str:

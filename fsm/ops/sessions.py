@@ -37,10 +37,20 @@ class SessionReport:
 
     view: SessionView
     diagnosis: Diagnosis
+    #: The version of the user's newest history entry (None: not read, or no history).
+    #: Every write through this library appends one, so a stored version above it was
+    #: written by something else.
+    history_version: int | None = None
 
     @property
     def user_key(self) -> str:
         return self.view.user_key
+
+    @property
+    def written_outside(self) -> bool:
+        """The stored version has no history entry: something else wrote the session."""
+        newest = self.history_version or 0
+        return self.view.record.version > newest and self.view.record.version > 0
 
     def to_dict(self, *, now: float, show_secrets: bool = False) -> dict[str, Any]:
         """Plain data for JSON or a table; the token (and secret-looking data) only with
@@ -58,6 +68,8 @@ class SessionReport:
             "ttl": view.ttl,
             "lock": None if view.lock is None else {"owner": view.lock.owner, "ttl": view.lock.ttl},
             "bytes": len(view.record.payload),
+            "history_version": self.history_version,
+            "written_outside": self.written_outside,
         }
         if snap is None:
             return out
@@ -133,7 +145,10 @@ def inspect_session(
     view = store.session_view(user_key)
     if view is None:
         return None
-    return SessionReport(view, diagnose_view(view, spec, now=now))
+    newest = store.history(user_key, limit=1)
+    return SessionReport(
+        view, diagnose_view(view, spec, now=now), newest[0].version if newest else None
+    )
 
 
 def list_sessions(

@@ -270,3 +270,28 @@ def test_metrics_text_keeps_its_columns(ops: Ops) -> None:
     text = ops.fsm("metrics", "--expiring-within", "10m").stdout
     assert "expiring within 10m00s 0" in text
     assert "expiring within 5m00s 0" in ops.fsm("metrics").stdout  # the column of the rest
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    for ops in make_ops("redis"):
+        assert isinstance(ops.store, RedisStore)
+        pipe = ops.store.client.pipeline(transaction=False)
+        for n in range(3000):
+            pipe.set(ops.store.layout.session(f"2637{n:08d}"), b"1.0000abcd:x", px=600_000)
+        pipe.execute()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FSM_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fsm.cli", "ls", "--store", ops.url or "", "--namespace",
+             ops.namespace or ""],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=Path(__file__).parents[2],
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"USER")  # then the reader goes away: `| head -1`
+        proc.stdout.close()
+        code = proc.wait(timeout=60)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        assert code == 141 and "Traceback" not in err and "Broken pipe" not in err, err

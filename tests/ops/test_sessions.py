@@ -163,3 +163,17 @@ def test_ls_rejects_a_stage_the_flow_does_not_have(ops: Ops) -> None:
 def test_ls_rejects_a_bad_duration(ops: Ops, bad: str) -> None:
     result = ops.fsm("ls", "--expiring-within", bad)
     assert result.exit_code == 2 and "is not a duration" in result.output
+
+
+def test_inspect_says_when_something_else_wrote_the_session(ops: Ops) -> None:
+    snap = ops.say(ALICE, "hi")
+    info = json.loads(ops.fsm("inspect", ALICE, "--json").stdout)
+    assert info["history_version"] == snap.version and info["written_outside"] is False
+    assert "no history entry" not in ops.fsm("inspect", ALICE).stdout
+    ops.put(ALICE, msgspec.msgpack.encode(msgspec.structs.replace(snap, version=snap.version + 1)))
+    info = json.loads(ops.fsm("inspect", ALICE, "--json").stdout)
+    assert info["written_outside"] is True and info["history_version"] == snap.version
+    text = ops.fsm("inspect", ALICE).stdout
+    assert f"version {snap.version + 1} has no history entry (newest: {snap.version})" in text
+    ops.put(STRANGER, b"\xc1")
+    assert "(newest: none): written by something else" in ops.fsm("inspect", STRANGER).stdout
