@@ -31,13 +31,13 @@ from fsm.ops.backup import private_file
 from fsm.ops.recover import (
     DEFAULT_TTL,
     Outcome,
+    find_quarantined,
     plan_recovery,
     recover_session,
     restore_quarantined,
 )
 from fsm.ops.sessions import JWT, REDACTED, redact
-from fsm.ops.validate import NOT_REPAIRABLE, Problem, is_reserved
-from fsm.ops.validate import diagnose_view as judge
+from fsm.ops.validate import NOT_REPAIRABLE, Problem, check_store
 from fsm.snapshot import named_fields
 
 
@@ -53,28 +53,22 @@ def check(store_url: str | None, namespace: str, flow_ref: str, as_json: bool) -
     store = open_store(store_url, namespace)
     now = clock().now()
     kinds: Counter[str] = Counter()
-    checked = 0
     with Progress("checking sessions") as progress:
-        for view in store.sessions():
-            if is_reserved(view.user_key):
-                continue
-            checked += 1
-            progress.advance()
-            found = judge(view, spec, now=now)
-            if found.problem is None:
-                continue
+        for found in check_store(store, spec, now=now, progress=progress.advance):
+            assert found.problem is not None
             kinds[found.problem.value] += 1
             if as_json:
                 echo_json(
                     {
-                        "user": view.user_key,
-                        "version": view.record.version,
+                        "user": found.user_key,
+                        "version": found.version,
                         "problem": found.problem.value,
                         "reason": found.reason,
                     }
                 )
             else:
-                click.echo(f"{view.user_key:<24}  {found.problem.value:<17}  {found.reason}")
+                click.echo(f"{found.user_key:<24}  {found.problem.value:<17}  {found.reason}")
+    checked = progress.done
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     invalid = sum(kinds.values())
     click.echo(
@@ -127,12 +121,9 @@ def recover(
     else:
         now = clk.now()
         users = [
-            v.user_key
-            for v in store.sessions()
-            if not is_reserved(v.user_key)
-            and (p := judge(v, spec, now=now).problem) is not None
-            and p not in NOT_REPAIRABLE
-            and p is not Problem.EXPIRED_TOKEN
+            found.user_key
+            for found in check_store(store, spec, now=now)
+            if found.problem not in NOT_REPAIRABLE and found.problem is not Problem.EXPIRED_TOKEN
         ]
     failed = 0
     for key in users:
@@ -268,7 +259,7 @@ def quarantine_show(
 ) -> None:
     """One quarantined entry: who, when, why, and what the bytes hold (tokens hidden)."""
     store = open_store(store_url, namespace)
-    entry = next((e for e in store.quarantined(user) if e.id == entry_id), None)
+    entry = find_quarantined(store, entry_id, user)
     if entry is None:
         problem_exit(f"no quarantined entry {entry_id!r}")
         return
@@ -326,7 +317,7 @@ def quarantine_restore(
     flow), by compare-and-set, and drop them from the quarantine. Exit 1 if not restored."""
     spec = flow_spec(flow_ref)
     store = open_store(store_url, namespace)
-    entry = next((e for e in store.quarantined(user) if e.id == entry_id), None)
+    entry = find_quarantined(store, entry_id, user)
     if entry is None:
         problem_exit(f"no quarantined entry {entry_id!r}")
         return
@@ -346,7 +337,7 @@ def quarantine_drop(entry_id: str, user: str | None, store_url: str | None, name
     """Delete one quarantined entry for good (after it was looked at, or saved with
     show --raw). Exit 1 if there is no such entry."""
     store = open_store(store_url, namespace)
-    entry = next((e for e in store.quarantined(user) if e.id == entry_id), None)
+    entry = find_quarantined(store, entry_id, user)
     if entry is None or store.remove_quarantined(entry.user_key, entry_id) is None:
         problem_exit(f"no quarantined entry {entry_id!r}")
         return

@@ -34,7 +34,7 @@ import msgspec
 from adapters.base import HistoryEntry, SaveStatus, SessionView, Store
 from fsm.clock import Clock
 from fsm.errors import CorruptSnapshot, FsmError, SchemaTooNew
-from fsm.ops.recover import DEFAULT_TTL
+from fsm.ops.recover import DEFAULT_TTL, reached_version
 from fsm.ops.validate import is_reserved
 from fsm.snapshot import Snapshot, decode_snapshot, encode_snapshot
 
@@ -285,8 +285,7 @@ def _restore_one(
         stored = current.record if current is not None else None
         if stored is not None and _same_state(stored.payload, stored.version, entry, snapshot):
             return Restored.UNCHANGED, ""
-        last = store.history(entry.user, limit=1)
-        floor = max(stored.version if stored else 0, last[0].version if last else 0)
+        floor = reached_version(store, entry.user, stored.version if stored else 0)
         payload, version = entry.payload, entry.version
         outcome = Restored.RESTORED
         if stored is not None and stored.version >= entry.version:

@@ -101,6 +101,21 @@ def token_still_valid(auth: Auth | None, now: float, verifier: TokenVerifier | N
     return auth.expires_at is None or auth.expires_at > now
 
 
+def reached_version(store: Store, user_key: str, stored: int) -> int:
+    """The highest version the user's conversation has reached: the stored one, or its newest
+    history entry if that is higher (the session expired or was deleted). A write that
+    replaces a session goes above it, so versions never go backwards."""
+    last = store.history(user_key, limit=1)
+    return max(stored, last[0].version if last else 0)
+
+
+def find_quarantined(
+    store: Store, entry_id: str, user_key: str | None = None
+) -> QuarantineEntry | None:
+    """The quarantined entry ``entry_id`` (looked up among ``user_key``'s only, if given)."""
+    return next((e for e in store.quarantined(user_key) if e.id == entry_id), None)
+
+
 def plan_recovery(
     view: SessionView | None, user_key: str, spec: FlowSpec, *, now: float, force: bool = False
 ) -> tuple[Diagnosis | None, Recovery | None]:
@@ -201,8 +216,7 @@ def _write_repair(
     kept_token: bool,
     kept_data: bool,
 ) -> Recovery:
-    last = store.history(user_key, limit=1)
-    version = max(view.record.version, last[0].version if last else 0) + 1
+    version = reached_version(store, user_key, view.record.version) + 1
     repaired = msgspec.structs.replace(
         repaired, version=version, last_updated=now, update_from=source
     )
@@ -276,7 +290,7 @@ def restore_quarantined(
     snapshot is then written one version above the current one, by compare-and-set, so no
     worker can write over it with a stale version. Bytes that still do not decode are not
     restored: the engine would only quarantine them again."""
-    entry = next((e for e in store.quarantined(user_key) if e.id == entry_id), None)
+    entry = find_quarantined(store, entry_id, user_key)
     if entry is None:
         return False, None, f"no quarantined entry {entry_id!r} for user {user_key!r}"
     try:
@@ -287,8 +301,7 @@ def restore_quarantined(
     if found.problem not in MIGRATABLE:
         return False, entry, f"still invalid for flow {spec.name!r}, not restored: {found.reason}"
     view = store.session_view(user_key)
-    last = store.history(user_key, limit=1)
-    floor = max(view.record.version if view else 0, last[0].version if last else 0)
+    floor = reached_version(store, user_key, view.record.version if view else 0)
     payload, version = entry.raw, snapshot.version
     if view is not None and not replace:
         return (

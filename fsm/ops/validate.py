@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from adapters.base import Record, SessionView, Store
@@ -171,12 +171,20 @@ def _looks_like(raw: bytes) -> str:
 
 
 def check_store(
-    store: Store, spec: FlowSpec, *, now: float, batch: int = 500
+    store: Store,
+    spec: FlowSpec,
+    *,
+    now: float,
+    batch: int = 500,
+    progress: Callable[[], None] | None = None,
 ) -> Iterator[Diagnosis]:
-    """The verdict on every invalid session, streamed as the store is scanned."""
+    """The verdict on every invalid session, streamed as the store is scanned (``progress``
+    is called once per session checked)."""
     for view in store.sessions(batch=batch):
         if is_reserved(view.user_key):
             continue
+        if progress is not None:
+            progress()
         found = diagnose_view(view, spec, now=now)
         if not found.ok:
             yield found
