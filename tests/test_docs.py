@@ -48,14 +48,21 @@ def test_python_blocks_run(path: Path) -> None:
             ) from exc
 
 
-def test_every_fsm_command_in_the_runbook_parses() -> None:
-    """The commands docs/operations.md shows exist, with the options it uses."""
+def test_every_fsm_command_in_the_runbook_parses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commands docs/operations.md shows exist, with the options it uses.
+
+    A command that names a file which must exist (``fsm restore FILE``) gets that file, created
+    in this test's own directory: the check never depends on what another run left behind.
+    """
     import shlex
 
     import click
 
     from fsm.cli import main
 
+    monkeypatch.chdir(tmp_path)
     text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     commands = re.findall(r"^\$ fsm (.+)$", text, re.MULTILINE)
     assert len(commands) >= 15
@@ -66,4 +73,23 @@ def test_every_fsm_command_in_the_runbook_parses() -> None:
             found = command.get_command(click.Context(command), args[0])
             assert found is not None, f"fsm {line}: no command {args[0]!r}"
             command, args = found, args[1:]
+        for path in _existing_files_required(command, args):
+            assert not Path(path).is_absolute(), f"fsm {line}: use a relative path in the runbook"
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).touch()
         command.make_context(command.name or "", list(args))  # UsageError if an option is wrong
+
+
+def _existing_files_required(command: object, args: list[str]) -> list[str]:
+    """The raw values given to ``command``'s ``click.Path(exists=True)`` parameters."""
+    import click
+
+    assert isinstance(command, click.Command)
+    ctx = click.Context(command, resilient_parsing=True)
+    values, _, _ = command.make_parser(ctx).parse_args(list(args))
+    found: list[str] = []
+    for param in command.params:
+        if isinstance(param.type, click.Path) and param.type.exists and param.name in values:
+            value = values[param.name]
+            found.extend(value if isinstance(value, list | tuple) else [value])
+    return [str(v) for v in found if v is not None]

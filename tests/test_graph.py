@@ -220,7 +220,7 @@ def test_docs_show_the_current_credex_graph() -> None:
     expected = mermaid(CredexBot.spec)
     assert blocks[0] == expected, (
         "docs/graph.md shows an out-of-date Credex graph. Regenerate it: run "
-        "`.venv/bin/fsm graph -o /tmp/credex.mmd` and replace the contents of the ```mermaid "
+        "`.venv/bin/fsm graph -o credex.mmd` and replace the contents of the ```mermaid "
         f"block with that file. The block should read:\n{expected}"
     )
 

@@ -185,12 +185,15 @@ def _fsm(*args: str) -> subprocess.CompletedProcess[str]:
         ["quarantine", "show", "1-1"],
         ["quarantine", "restore", "1-1"],
         ["migrate"],
-        ["backup", "-o", "/tmp/fsm-never-written.jsonl"],
+        ["backup", "-o", "{tmp}/fsm-never-written.jsonl"],
         ["metrics"],
     ],
 )
-def test_an_unreachable_server_is_a_clear_error_with_status_2(command: list[str]) -> None:
+def test_an_unreachable_server_is_a_clear_error_with_status_2(
+    command: list[str], tmp_path: Path
+) -> None:
     port = redis_servers.free_port()
+    command = [arg.format(tmp=tmp_path) for arg in command]
     proc = _fsm(*command, "--store", f"redis://:s3cret-pass@127.0.0.1:{port}/0")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (
@@ -198,7 +201,7 @@ def test_an_unreachable_server_is_a_clear_error_with_status_2(command: list[str]
         f"connecting to 127.0.0.1:{port}. Connection refused."
     )
     assert "s3cret" not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
-    assert not Path("/tmp/fsm-never-written.jsonl").exists()
+    assert not (tmp_path / "fsm-never-written.jsonl").exists()
 
 
 def test_restore_to_an_unreachable_server_is_status_2(tmp_path: Path) -> None:
