@@ -287,7 +287,7 @@ class Store(abc.ABC):
         # Waiting is real time even when the store runs on a fake clock: the holder is another
         # thread or process that needs real time to finish.
         deadline = time.monotonic() + wait
-        delays = _backoff()
+        delays = lock_backoff()
         while not self.acquire_lock(user_key, owner, ttl):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -301,7 +301,7 @@ class Store(abc.ABC):
         """:meth:`acquire_lease`, returning the record loaded under the new lease as well."""
         owner = new_owner_token()
         deadline = time.monotonic() + wait
-        delays = _backoff()
+        delays = lock_backoff()
         while (loaded := self.lock_and_load(user_key, owner, ttl, message_id=message_id)) is None:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -318,6 +318,79 @@ class Store(abc.ABC):
             yield owner
         finally:
             self.release_lock(user_key, owner)
+
+
+class AsyncStore(abc.ABC):
+    """The part of the :class:`Store` contract that :class:`fsm.AsyncEngine` needs, on asyncio.
+
+    Same semantics, method for method, as :class:`Store`: the same compare-and-set, dedupe,
+    lease and quarantine rules, and for the Redis adapters the same keys and scripts, so sync
+    and async workers serve one deployment side by side. The operator's methods (``scan``,
+    ``sessions``, ``quarantined``, ...) stay on the sync stores: the ``fsm`` toolkit is
+    synchronous. Every adapter passes ``tests/adapters/test_store_contract.py``.
+    """
+
+    @abc.abstractmethod
+    async def load(self, user_key: str, *, message_id: str | None = None) -> Loaded:
+        """As :meth:`Store.load`."""
+
+    @abc.abstractmethod
+    async def save(
+        self,
+        user_key: str,
+        payload: bytes,
+        *,
+        version: int,
+        expected_version: int,
+        ttl: float,
+        history: HistoryEntry | None = None,
+        message_id: str | None = None,
+        owner: str | None = None,
+        release: bool = False,
+        expected_tag: str = "",
+    ) -> SaveResult:
+        """As :meth:`Store.save`."""
+
+    @abc.abstractmethod
+    async def delete(self, user_key: str) -> bool:
+        """As :meth:`Store.delete`."""
+
+    @abc.abstractmethod
+    async def ttl(self, user_key: str) -> float | None:
+        """As :meth:`Store.ttl`."""
+
+    @abc.abstractmethod
+    async def history(self, user_key: str, *, limit: int | None = None) -> list[HistoryEntry]:
+        """As :meth:`Store.history`."""
+
+    @abc.abstractmethod
+    async def acquire_lock(self, user_key: str, owner: str, ttl: float) -> bool:
+        """As :meth:`Store.acquire_lock`."""
+
+    @abc.abstractmethod
+    async def release_lock(self, user_key: str, owner: str) -> bool:
+        """As :meth:`Store.release_lock`."""
+
+    @abc.abstractmethod
+    async def extend_lock(self, user_key: str, owner: str, ttl: float) -> bool:
+        """As :meth:`Store.extend_lock`."""
+
+    @abc.abstractmethod
+    async def lock_info(self, user_key: str) -> LockInfo | None:
+        """As :meth:`Store.lock_info`."""
+
+    @abc.abstractmethod
+    async def lock_and_load(
+        self, user_key: str, owner: str, ttl: float, *, message_id: str | None = None
+    ) -> Loaded | None:
+        """As :meth:`Store.lock_and_load`."""
+
+    @abc.abstractmethod
+    async def quarantine(self, user_key: str, raw: bytes, reason: str) -> str | None:
+        """As :meth:`Store.quarantine`."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release connections; the store is unusable afterwards."""
 
 
 def check_save_arguments(
@@ -337,6 +410,6 @@ def new_owner_token() -> str:
     return secrets.token_hex(16)
 
 
-def _backoff(start: float = 0.001, cap: float = 0.05) -> Iterator[float]:
+def lock_backoff(start: float = 0.001, cap: float = 0.05) -> Iterator[float]:
     for attempt in itertools.count():
         yield random.uniform(0, min(cap, start * 2**attempt))

@@ -3,7 +3,9 @@
 Given the conversation as loaded and the user's text, :class:`Decider` runs the step handler,
 checks its outcome against the flow's machine (guards included) and derives the next snapshot,
 the replies and the events fired. It does no I/O of its own: the engine loads and saves around
-it, and may call it again on a fresh snapshot after a lost compare-and-set. Step handlers may
+it, and may call it again on a fresh snapshot after a lost compare-and-set. Handler calls are
+requests (:class:`~fsm.effects.HandlerCall`) that :meth:`Decider.decide` yields to the engine's
+driver, so one decision serves the sync engine and the async one alike. Step handlers may
 call APIs that read; calls that change something belong in actions (steps marked with
 :func:`fsm.flow.action`), which the engine decides only under the user's lease, with the
 pending action's idempotency key in the context.
@@ -19,8 +21,9 @@ from typing import Any
 import msgspec
 
 from fsm.auth import TokenVerifier
+from fsm.effects import HandlerCall, Steps
 from fsm.errors import FsmError, StepFailed, StepNotFound, TokenRefused, TransitionNotAllowed
-from fsm.flow import Flow, FlowSpec
+from fsm.flow import Flow, FlowSpec, call_mode
 from fsm.reply import Reply
 from fsm.snapshot import SCHEMA_VERSION, Auth, Resume, Snapshot
 from fsm.stats import EngineStats
@@ -58,6 +61,15 @@ class Decider:
         self.stats = stats
         self._source = source
         self.auth_notice = auth_notice
+        # How each flow method is called, decided once: looked up on the instance, so a
+        # subclass override counts.
+        names = {s.handler for s in self.spec.steps.values()}
+        names |= {s.enter for s in self.spec.steps.values() if s.enter is not None}
+        self._modes = {name: call_mode(getattr(flow, name)) for name in names}
+
+    def async_methods(self) -> list[str]:
+        """The flow's ``async def`` handlers and hooks (only the async engine can run them)."""
+        return sorted(name for name, mode in self._modes.items() if mode == "async")
 
     def side_effects(self, current: Snapshot) -> bool:
         """Whether the user's current step runs side effects (then the message takes the lock).
@@ -80,10 +92,10 @@ class Decider:
     def _token_ok(self, auth: Auth | None) -> bool:
         return self.verifier is not None and self.verifier.is_valid(auth)
 
-    def _call(self, key: str, snapshot: Snapshot, method: str, ctx: Context) -> Any:
+    def _call(self, key: str, snapshot: Snapshot, method: str, ctx: Context) -> Steps[Any]:
         """Run a flow method; its own exceptions are wrapped and raised, never swallowed."""
         try:
-            return getattr(self.flow, method)(ctx)
+            return (yield HandlerCall(getattr(self.flow, method), ctx, self._modes[method]))
         except FsmError:
             raise
         except Exception as exc:
@@ -100,11 +112,11 @@ class Decider:
         message_id: str | None,
         notices: tuple[Reply, ...],
         now: float,
-    ) -> Decision:
+    ) -> Steps[Decision]:
         """What ``text`` does to ``current``. Raises the flow's refusals (TransitionNotAllowed,
         StepNotFound, TokenRefused) and StepFailed; nothing is changed when it raises."""
         if self._needs_reauth(current):
-            return self._send_to_auth(key, current, now, notices)
+            return (yield from self._send_to_auth(key, current, now, notices))
         spec = self.spec.steps[(current.stage, current.step)]
         ctx = self._context(key, current, text, now, message_id)
         if spec.action:
@@ -112,14 +124,14 @@ class Decider:
             # A snapshot from before ``pending`` existed has none: derive one from its version.
             pending = current.pending or f"{self.spec.name}:{key}:v{current.version}"
             ctx = replace(ctx, text="", idempotency_key=pending)
-        outcome = self._call(key, current, spec.handler, ctx)
+        outcome = yield from self._call(key, current, spec.handler, ctx)
         if not isinstance(outcome, Outcome):
             raise StepFailed(
                 current.stage, current.step, user_key=key, version=current.version
             ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
         if outcome.reauth:
-            return self._send_to_auth(key, current, now, notices, said=outcome.replies)
-        decision = self._apply(key, current, outcome, now, notices, spec.side_effects)
+            return (yield from self._send_to_auth(key, current, now, notices, said=outcome.replies))
+        decision = yield from self._apply(key, current, outcome, now, notices, spec.side_effects)
         new = decision.snapshot
         if spec.action and (new.stage, new.step) == (current.stage, current.step):
             raise StepFailed(
@@ -163,7 +175,7 @@ class Decider:
         notices: tuple[Reply, ...],
         *,
         said: tuple[Reply, ...] = (),
-    ) -> Decision:
+    ) -> Steps[Decision]:
         """Move to the auth stage along the graph, remembering where to resume. The user is
         told why (``said`` by the handler, else the engine's ``auth_notice``), then prompted."""
         auth_stage = self.spec.auth_stage
@@ -191,7 +203,7 @@ class Decider:
             update_from=self._source(),
         )
         why = said or (Reply(self.auth_notice),)
-        replies = (*notices, *why, *self._enter(key, new, now))
+        replies = (*notices, *why, *(yield from self._enter(key, new, now)))
         return Decision(new, replies, tuple(events), side_effects=False, reauth=True)
 
     def _apply(
@@ -202,7 +214,7 @@ class Decider:
         now: float,
         notices: tuple[Reply, ...],
         side_effects: bool,
-    ) -> Decision:
+    ) -> Steps[Decision]:
         auth = current.auth
         if isinstance(outcome.auth, Login):
             auth = self._replace_token(key, current.auth, outcome.auth.token)
@@ -272,7 +284,7 @@ class Decider:
         )
         replies = (*notices, *outcome.replies)
         if events or step != current.step:
-            replies = (*replies, *self._enter(key, new, now))
+            replies = (*replies, *(yield from self._enter(key, new, now)))
         return Decision(new, replies, tuple(events), side_effects)
 
     def _replace_token(self, key: str, current: Auth | None, token: str) -> Auth:
@@ -284,12 +296,12 @@ class Decider:
             self.stats.incr("token_refused")
             raise TokenRefused(exc.reason, user_key=key) from None
 
-    def _enter(self, key: str, snapshot: Snapshot, now: float) -> tuple[Reply, ...]:
+    def _enter(self, key: str, snapshot: Snapshot, now: float) -> Steps[tuple[Reply, ...]]:
         hook = self.spec.steps[(snapshot.stage, snapshot.step)].enter
         if hook is None:
             return ()
         ctx = self._context(key, snapshot, "", now, None)
-        replies: Sequence[Reply | str] = self._call(key, snapshot, hook, ctx)
+        replies: Sequence[Reply | str] = yield from self._call(key, snapshot, hook, ctx)
         return tuple(r if isinstance(r, Reply) else Reply(r) for r in replies)
 
     def _context(

@@ -32,6 +32,7 @@ moving between stages needs an event declared in ``transitions``.
 
 from __future__ import annotations
 
+import inspect
 import keyword
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -90,21 +91,29 @@ class StepSpec:
     action: bool = False
 
 
-def step(stage: str, step_id: str, *, side_effects: bool = False) -> Callable[[F], F]:
+def step(
+    stage: str, step_id: str, *, side_effects: bool = False, blocking: bool = True
+) -> Callable[[F], F]:
     """Mark a method as the handler of ``stage.step_id``.
 
     ``side_effects=True`` (the handler calls an API that creates or changes something) makes the
     engine run it under the user's lease lock, so two workers never run it at once.
+
+    The handler may be ``async def`` (then only :class:`fsm.AsyncEngine` runs the flow). On
+    :class:`~fsm.AsyncEngine` a plain ``def`` handler runs in a worker thread, so blocking I/O
+    in it never stalls the event loop; ``blocking=False`` says it does none (it only reads
+    ``ctx`` and computes), and it then runs on the loop itself, saving the thread hop.
     """
 
     def mark(fn: F) -> F:
         fn.__dict__.setdefault("_fsm_steps", []).append((stage, step_id, side_effects))
+        _mark_blocking(fn, blocking)
         return fn
 
     return mark
 
 
-def action(stage: str, step_id: str) -> Callable[[F], F]:
+def action(stage: str, step_id: str, *, blocking: bool = True) -> Callable[[F], F]:
     """Mark a method as the *action* of ``stage.step_id``: a step that takes no user input and
     performs an external change (an API call that creates or changes something).
 
@@ -114,25 +123,44 @@ def action(stage: str, step_id: str) -> Callable[[F], F]:
     by compare-and-set like any other. If a worker dies in between, the next message for that
     user (or a re-delivery of the same one) finishes the pending action first.
     ``ctx.idempotency_key`` is the same for every attempt at one pending action: pass it to the
-    API so a retried call is applied once.
+    API so a retried call is applied once. ``async def`` and ``blocking`` as for :func:`step`.
     """
 
     def mark(fn: F) -> F:
         fn.__dict__.setdefault("_fsm_steps", []).append((stage, step_id, "action"))
+        _mark_blocking(fn, blocking)
         return fn
 
     return mark
 
 
-def on_enter(stage: str, step_id: str) -> Callable[[F], F]:
+def on_enter(stage: str, step_id: str, *, blocking: bool = True) -> Callable[[F], F]:
     """Mark a method that renders the prompt of ``stage.step_id`` when the user arrives there
-    (by an event, a resume or a step change). It returns replies and changes nothing."""
+    (by an event, a resume or a step change). It returns replies and changes nothing.
+    ``async def`` and ``blocking`` as for :func:`step`."""
 
     def mark(fn: F) -> F:
         fn.__dict__.setdefault("_fsm_enter", []).append((stage, step_id))
+        _mark_blocking(fn, blocking)
         return fn
 
     return mark
+
+
+def _mark_blocking(fn: Any, blocking: bool) -> None:
+    if not blocking:
+        fn.__dict__["_fsm_inline"] = True
+
+
+def call_mode(method: Any) -> str:
+    """How an engine calls a flow method: ``"async"`` (``async def``: awaited on the loop),
+    ``"inline"`` (marked ``blocking=False``: called on the loop) or ``"thread"`` (a plain
+    ``def``: :class:`~fsm.AsyncEngine` runs it in a worker thread). The sync engine calls
+    every non-async method directly."""
+    fn = getattr(method, "__func__", method)
+    if inspect.iscoroutinefunction(fn):
+        return "async"
+    return "inline" if fn.__dict__.get("_fsm_inline") else "thread"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,48 @@
+"""What the message protocol asks its driver to do, and nothing more.
+
+The per-message algorithm (:mod:`fsm.protocol`) does no I/O of its own. It is a generator that
+yields one of these requests at a time and is sent back the result (or has the exception
+thrown in, exactly where the request was made). :class:`fsm.Engine` performs them with a
+:class:`~adapters.base.Store` and plain calls; :class:`fsm.AsyncEngine` with an
+:class:`~adapters.base.AsyncStore`, ``await`` and worker threads. That is the whole difference
+between the two engines (the shape of psycopg's ``generators.py`` and ``waiting.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any, NamedTuple, TypeVar
+
+from fsm.step import Context
+
+T = TypeVar("T")
+
+
+class StoreCall(NamedTuple):
+    """Call ``store.<method>(*args, **kwargs)``; the sync and async stores share the names."""
+
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class HandlerCall(NamedTuple):
+    """Call a flow method with its context. ``mode`` is :func:`fsm.flow.call_mode`'s answer:
+    ``"async"`` (await it), ``"inline"`` (call it) or ``"thread"`` (the async engine runs it in
+    a worker thread; the sync engine calls it)."""
+
+    fn: Callable[[Context], Any]
+    ctx: Context
+    mode: str
+
+
+class Sleep(NamedTuple):
+    """Wait ``seconds`` (a backoff before a retry or another lock attempt)."""
+
+    seconds: float
+
+
+Effect = StoreCall | HandlerCall | Sleep
+
+#: A piece of the protocol: yields effects, is sent their results, returns ``T``.
+Steps = Generator[Effect, Any, T]
