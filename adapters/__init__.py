@@ -1,10 +1,12 @@
-"""Persistence adapters: the :class:`Store` contract and its implementations.
+"""Persistence adapters: the :class:`Store` and :class:`AsyncStore` contracts and their
+implementations.
 
 ``base`` is imported first and imports nothing from :mod:`fsm`, so ``import adapters`` and
 ``import fsm`` work in either order.
 """
 
 from adapters.base import (
+    AsyncStore,
     HistoryEntry,
     Loaded,
     LockInfo,
@@ -16,9 +18,14 @@ from adapters.base import (
     Store,
 )
 from adapters.memory import MemoryStore
+from adapters.memory_async import AsyncMemoryStore
 from adapters.redis import RedisStore
+from adapters.redis_async import AsyncRedisStore
 
 __all__ = [
+    "AsyncMemoryStore",
+    "AsyncRedisStore",
+    "AsyncStore",
     "HistoryEntry",
     "Loaded",
     "LockInfo",

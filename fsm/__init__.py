@@ -5,6 +5,7 @@ The public API: declare a :class:`Flow`, run it with an :class:`Engine` on a sto
 """
 
 from fsm import errors
+from fsm.async_engine import AsyncEngine
 from fsm.auth import Claims, TokenVerifier
 from fsm.clock import Clock, FakeClock, SystemClock
 from fsm.engine import Engine, Result
@@ -15,6 +16,7 @@ from fsm.step import Context, Login, Logout, Outcome
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AsyncEngine",
     "Auth",
     "Claims",
     "Clock",

@@ -338,10 +338,10 @@ class MessageProtocol(Generic[S]):
             return restored
         loaded = m.ready
         if loaded is None:
-            loaded = yield from self._timed(
-                "load", StoreCall("load", (m.key,), {"message_id": m.mid})
-            )
-            self._remember(m.key, loaded.record)
+            since = self._recent.tick()
+            call = StoreCall("load", (m.key,), {"message_id": m.mid})
+            loaded = yield from self._timed("load", call)
+            self._remember(m.key, loaded.record, since)
         m.ready = None
         m.locked = loaded.locked and m.owner is None
         if loaded.seen and m.due:
@@ -534,17 +534,25 @@ class MessageProtocol(Generic[S]):
                 "release": last and m.owner is not None,
             },
         )
+        since = self._recent.tick()
         saved: SaveResult = yield from self._timed("save", call)
         if saved.saved:
-            return self._saved(m, restored, decision, Record(payload, new.version, saved.tag), last)
-        yield from self._refused(m, decision, saved)
+            record = Record(payload, new.version, saved.tag)
+            return self._saved(m, restored, decision, record, last, since)
+        yield from self._refused(m, decision, saved, since)
         return None
 
     def _saved(
-        self, m: _Message, restored: _Restored, decision: Decision, record: Record, last: bool
+        self,
+        m: _Message,
+        restored: _Restored,
+        decision: Decision,
+        record: Record,
+        last: bool,
+        since: int,
     ) -> Result | None:
         """Book a successful save; a Result if the message is done (no action pending)."""
-        self._remember(m.key, record)
+        self._remember(m.key, record, since)
         if last:
             m.owner = None  # released with the save
         self._count(restored.snapshot, decision, expired=restored.expired)
@@ -570,9 +578,11 @@ class MessageProtocol(Generic[S]):
             m.ready = Loaded(record)
         return None  # an action is pending now (or the message still is)
 
-    def _refused(self, m: _Message, decision: Decision, saved: SaveResult) -> Steps[None]:
+    def _refused(
+        self, m: _Message, decision: Decision, saved: SaveResult, since: int
+    ) -> Steps[None]:
         """The compare-and-set refused: set up the next pass (or raise when it must not)."""
-        self._remember(m.key, saved.current)
+        self._remember(m.key, saved.current, since)
         if decision.side_effects:
             # The side effect already ran and someone else wrote meanwhile, or holds the
             # lease now (ours had expired). Retrying could run it twice: report, do not retry.
@@ -636,25 +646,25 @@ class MessageProtocol(Generic[S]):
         if decision.events:
             self.stats.incr(f"transitions:{current.stage}->{decision.snapshot.stage}")
 
-    def _remember(self, key: str, record: Record | None) -> None:
-        """Keep the record this process saw last for ``key``; report a version that went
-        backwards (a failover lost acknowledged writes, or someone restored an old copy)."""
-        seen = self._recent.get(key)
-        old = seen.record if seen is not None else None
-        if record is not None and old is not None:  # noqa: SIM102
-            # Lower, or the same version written by another write: a write we saw was lost.
-            if record.version < old.version or (
-                record.version == old.version and record.tag and old.tag and record.tag != old.tag
-            ):
-                self.stats.incr("version_regressions")
-                log.error(
-                    "user %r: the stored version went back from %d to %d (failover with lost "
-                    "writes, or an old copy restored); continuing from what is stored",
-                    key,
-                    old.version,
-                    record.version,
-                )
-        self._recent.put(key, record)
+    def _remember(self, key: str, record: Record | None, since: int) -> None:
+        """Keep the record this process saw last for ``key`` (read by a request sent at
+        ``since``, a :meth:`RecentRecords.tick`); report a version that went backwards (a
+        failover lost acknowledged writes, or someone restored an old copy)."""
+        old = self._recent.put(key, record, since)
+        if record is None or old is None:
+            return
+        # Lower, or the same version written by another write: a write we saw was lost.
+        if record.version < old.version or (
+            record.version == old.version and record.tag and old.tag and record.tag != old.tag
+        ):
+            self.stats.incr("version_regressions")
+            log.error(
+                "user %r: the stored version went back from %d to %d (failover with lost "
+                "writes, or an old copy restored); continuing from what is stored",
+                key,
+                old.version,
+                record.version,
+            )
 
     def _timed(self, operation: str, call: StoreCall) -> Steps[Any]:
         """``call``, its duration observed in the store latency histogram (failures too: they
@@ -676,6 +686,7 @@ class MessageProtocol(Generic[S]):
         # Waiting is real time even on a fake clock: the holder needs real time to finish.
         deadline = time.monotonic() + self.lock_wait
         delays = lock_backoff()
+        since = self._recent.tick()
         try:
             while (loaded := (yield from self._lock_attempt(m, owner, call))) is None:
                 left = deadline - time.monotonic()
@@ -686,7 +697,7 @@ class MessageProtocol(Generic[S]):
         finally:
             self.stats.observe("lock", time.perf_counter() - started)
         m.owner, m.ready, m.leased_at = owner, loaded, time.monotonic()
-        self._remember(m.key, loaded.record)
+        self._remember(m.key, loaded.record, since)
 
     def _lock_attempt(self, m: _Message, owner: str, call: StoreCall) -> Steps[Loaded | None]:
         try:

@@ -4,6 +4,11 @@ The engine works on the record it saved (or loaded) last for a user and goes str
 compare-and-set. If another worker wrote meanwhile, the compare-and-set refuses and its reply
 carries the current record, so a stale entry costs one retry, never a wrong write. Bounded (least
 recently used first out) and thread-safe; entries are bytes the store already holds.
+
+Concurrent messages of one process (threads, or tasks on one event loop) race to put what they
+read. A reply is only as new as the moment its request went out, so each put says when that was
+(:meth:`RecentRecords.tick` read before the request): an entry put after that moment is newer
+knowledge and is kept, and only an entry known before can show that a version went backwards.
 """
 
 from __future__ import annotations
@@ -21,31 +26,43 @@ class RecentRecords:
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         self.size = size
-        self._records: OrderedDict[str, Record] = OrderedDict()
+        self._records: OrderedDict[str, tuple[Record, int]] = OrderedDict()
         self._mutex = threading.Lock()
+        self._ticks = 0
+
+    def tick(self) -> int:
+        """Now, in puts: read it before a request whose reply will be :meth:`put`."""
+        return self._ticks
 
     def get(self, key: str) -> Loaded | None:
         """The last record seen, as a load would return it (nothing about message ids or the
         lock: the compare-and-set checks those), or None."""
         with self._mutex:
-            record = self._records.get(key)
-            if record is None:
+            entry = self._records.get(key)
+            if entry is None:
                 return None
             self._records.move_to_end(key)
-        return Loaded(record)
+        return Loaded(entry[0])
 
-    def put(self, key: str, record: Record | None) -> None:
-        """Remember ``record`` (None: the session is gone, forget it)."""
-        if record is None:
-            self.forget(key)
-            return
-        if not self.size:
-            return
+    def put(self, key: str, record: Record | None, since: int | None = None) -> Record | None:
+        """Remember ``record``, read by a request sent at tick ``since`` (None: now; a None
+        record: the session is gone). An entry put after ``since`` is newer and stays.
+
+        Returns the entry this replaced if it was known before ``since``: the record the
+        caller's reply can be compared with (a lower version then means one went back)."""
         with self._mutex:
-            self._records[key] = record
-            self._records.move_to_end(key)
-            while len(self._records) > self.size:
-                self._records.popitem(last=False)
+            entry = self._records.get(key)
+            if entry is not None and since is not None and entry[1] > since:
+                return None  # a reply that left later was put already: it is the newer one
+            self._ticks += 1
+            if record is None:
+                self._records.pop(key, None)
+            elif self.size:
+                self._records[key] = (record, self._ticks)
+                self._records.move_to_end(key)
+                while len(self._records) > self.size:
+                    self._records.popitem(last=False)
+        return None if entry is None else entry[0]
 
     def forget(self, key: str) -> None:
         with self._mutex:

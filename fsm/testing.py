@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from fsm.async_engine import AsyncEngine
+from fsm.blocking import BlockingEngine, blocking
 from fsm.clock import FakeClock
 from fsm.engine import Engine, Result
 from fsm.snapshot import Snapshot
@@ -118,13 +120,15 @@ class Conversation:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | AsyncEngine | BlockingEngine,
         user: str = "user-1",
         *,
         clock: FakeClock | None = None,
         directives: Mapping[str, Directive] | None = None,
     ) -> None:
-        self.engine = engine
+        # An AsyncEngine runs on a background event loop; threads (concurrently) are then
+        # concurrent tasks on it.
+        self.engine = blocking(engine)
         self.user = user
         if clock is None and isinstance(engine.clock, FakeClock):
             clock = engine.clock  # the usual case: move the clock the engine runs on

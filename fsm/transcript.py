@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from fsm.clock import FakeClock
 
 if TYPE_CHECKING:
+    from fsm.blocking import BlockingEngine
     from fsm.engine import Engine, Result
 
 #: A caller-supplied directive: gets the words after its name; raises ValueError on bad input.
@@ -112,7 +113,7 @@ class Runner:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | BlockingEngine,
         user: str,
         *,
         clock: FakeClock | None = None,

@@ -1,5 +1,5 @@
-"""Real redis-server processes for the tests: standalone, a 3-primary Cluster, and a primary
-with one replica behind a Sentinel.
+"""Real redis-server processes for the tests: standalone, a 3-primary Cluster, a primary with
+one replica behind a Sentinel, and a TLS-only server.
 
 Each server runs from the ``redis-server`` binary on a free loopback port, in its own temp
 directory, and is stopped by its PID. Nothing here talks to a Redis the tests did not start.
@@ -79,7 +79,11 @@ class RedisServer:
         command += ["--dir", str(self.dir), "--save", "", "--protected-mode", "no"]
         command += ["--logfile", str(self.dir / "redis.log"), *self.args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # a server that never answered leaves no process behind
+            raise
         return self
 
     def client(self, **kwargs: Any) -> redis.Redis:
@@ -114,6 +118,7 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.signal(signal.SIGKILL)
             self.process.wait(timeout=10)
+        self._close_pipe()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -122,7 +127,12 @@ class RedisServer:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._close_pipe()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _close_pipe(self) -> None:
+        if self.process is not None and self.process.poll() is not None and self.process.stderr:
+            self.process.stderr.close()  # a stopped server's stderr, read by nobody now
 
 
 class Cluster:
@@ -217,6 +227,60 @@ class SentinelSetup:
     def stop(self) -> None:
         for server in (self.sentinel, self.replica, self.primary):
             server.stop()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with `cryptography` (PyJWT's crypto)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def tls_server(directory: Path) -> tuple[RedisServer, Path]:
+    """A redis-server (not started yet) that speaks TLS only, with a certificate for
+    127.0.0.1 written to ``directory``; returns it and the certificate to trust."""
+    cert, key = self_signed(directory)
+    tls = ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    tls += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    port = free_port()
+    server = RedisServer(
+        *tls, "--tls-port", str(port), "--port", "0", name="tls", port=port,
+        client_options={"ssl": True, "ssl_ca_certs": str(cert)},
+    )  # fmt: skip
+    return server, cert
 
 
 _started: dict[str, object] = {}

@@ -46,6 +46,29 @@ def test_every_transcript_passes_through_fsm_chat() -> None:
         assert "eyJ" not in proc.stdout + proc.stderr
 
 
+def test_every_transcript_passes_through_fsm_chat_on_the_async_engine() -> None:
+    for path in sorted(LOGIN.parent.glob("*.txt")):
+        proc = _run("chat", "--async", "--script", str(path))
+        assert proc.returncode == 0, f"{path.name}:\n{proc.stdout[-3000:]}\n{proc.stderr}"
+        assert "Welcome" in proc.stdout and "eyJ" not in proc.stdout + proc.stderr
+
+
+def test_a_sync_and_an_async_chat_on_one_redis_share_the_conversation() -> None:
+    from tests import redis_servers
+
+    url = redis_servers.standalone().url
+    user = "263770000002"
+    namespace = f"chat-mixed-{os.getpid()}"
+    args = ["chat", "--user", user, "--store", url, "--namespace", namespace, "--script", "-"]
+    first = _run(*args, "--async", stdin="> hi\n= menu.dashboard\n")
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = _run(*args, stdin="> Offer credex\n< How much\n= credex.amount\n")
+    assert second.returncode == 0, second.stdout + second.stderr
+    third = _run(*args, "--async", stdin="> 12\n= credex.recipient\n")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "[credex.recipient v3]" in third.stdout
+
+
 def test_a_failed_expectation_exits_1_and_says_where(tmp_path: Path) -> None:
     script = tmp_path / "wrong.txt"
     script.write_text("> hi\n< Welcome Bob\n= credex\n")

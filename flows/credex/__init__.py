@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from adapters import MemoryStore, Store
+from adapters import AsyncMemoryStore, AsyncStore, MemoryStore, Store
 from flows.credex.api import CredexApi
 from flows.credex.fake import FakeCredexApi
 from flows.credex.flow import CredexBot
-from fsm import Engine, TokenVerifier
+from fsm import AsyncEngine, Engine, TokenVerifier
 from fsm.clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["CredexBot", "FakeCredexApi", "build_engine"]
+__all__ = ["CredexBot", "FakeCredexApi", "build_async_engine", "build_engine"]
 
 
 def build_engine(
@@ -35,17 +35,41 @@ def build_engine(
     (the :class:`FakeCredexApi` by default). ``jwt_key`` verifies the API's tokens; with the
     fake it defaults to the fake's signing key. Other ``options`` go to :class:`fsm.Engine`
     (``session_ttl``, ``max_attempts``, ``lock_ttl``, ``source``, ...)."""
+    flow, verifier = _wired(api, clock, jwt_key, jwt_algorithms, jwt_leeway)
+    store = store if store is not None else MemoryStore(clock=clock)
+    return Engine(flow, store, verifier=verifier, clock=clock, **options)
+
+
+def build_async_engine(
+    store: AsyncStore | None = None,
+    api: CredexApi | None = None,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    jwt_key: Any = None,
+    jwt_algorithms: Sequence[str] = ("HS256",),
+    jwt_leeway: float = 30.0,
+    **options: Any,
+) -> AsyncEngine:
+    """:func:`build_engine` on :class:`fsm.AsyncEngine` (a fresh :class:`AsyncMemoryStore` by
+    default). The bot's handlers are plain ``def``: those that call the API run in worker
+    threads, the ones that only render run on the loop (``blocking=False``)."""
+    flow, verifier = _wired(api, clock, jwt_key, jwt_algorithms, jwt_leeway)
+    store = store if store is not None else AsyncMemoryStore(clock=clock)
+    return AsyncEngine(flow, store, verifier=verifier, clock=clock, **options)
+
+
+def _wired(
+    api: CredexApi | None,
+    clock: Clock,
+    jwt_key: Any,
+    algorithms: Sequence[str],
+    leeway: float,
+) -> tuple[CredexBot, TokenVerifier]:
     if api is None:
         api = FakeCredexApi(clock=clock)
     if jwt_key is None:
         if not isinstance(api, FakeCredexApi):
             raise ValueError("pass jwt_key: the key that verifies your Credex API's tokens")
         jwt_key = api.verification_key
-    verifier = TokenVerifier(jwt_key, algorithms=jwt_algorithms, leeway=jwt_leeway, clock=clock)
-    return Engine(
-        CredexBot(api),
-        store if store is not None else MemoryStore(clock=clock),
-        verifier=verifier,
-        clock=clock,
-        **options,
-    )
+    verifier = TokenVerifier(jwt_key, algorithms=algorithms, leeway=leeway, clock=clock)
+    return CredexBot(api), verifier

@@ -41,11 +41,11 @@ def ledger_reply(page: Any) -> Reply:
 
 class AccountSteps(CredexSteps, abstract=True):
     # -- upgrade ------------------------------------------------------------------------------
-    @on_enter("account", "upgrade")
+    @on_enter("account", "upgrade", blocking=False)
     def ask_upgrade(self, ctx: Context) -> list[Reply]:
         return [CONFIRM.with_body(UPGRADE)]
 
-    @step("account", "upgrade")
+    @step("account", "upgrade", blocking=False)
     def upgrade(self, ctx: Context) -> Outcome:
         answer = confirmed(ctx.text)
         if answer is None and not is_exit(ctx.text):
@@ -99,7 +99,7 @@ class AccountSteps(CredexSteps, abstract=True):
             return ctx.stay(problem(exc))
         return ctx.go("open_account", step="ledger", option="ledger", set={"ledger": page})
 
-    @on_enter("account", "ledger")
+    @on_enter("account", "ledger", blocking=False)
     def show_ledger(self, ctx: Context) -> list[Reply]:
         return [ledger_reply(ctx.data["ledger"])]
 

@@ -83,7 +83,7 @@ class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):
         )
 
     # -- auth: (re-)login by phone, then back where the user was -------------------------------
-    @on_enter("auth", "login")
+    @on_enter("auth", "login", blocking=False)
     def prompt_login(self, ctx: Context) -> list[str]:
         return ["Please reply with anything to sign in to Credex."]
 
@@ -110,7 +110,7 @@ class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):
         )
 
     # -- menu: the dashboard and the options that apply ---------------------------------------
-    @on_enter("menu", "dashboard")
+    @on_enter("menu", "dashboard", blocking=False)
     def show_dashboard(self, ctx: Context) -> list[Reply]:
         summary = summary_in(ctx.data)
         if summary is None:

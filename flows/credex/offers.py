@@ -45,11 +45,11 @@ def _amount(data: Any) -> Amount:
 
 class OfferSteps(CredexSteps, abstract=True):
     # -- offer: amount -----------------------------------------------------------------------
-    @on_enter("credex", "amount")
+    @on_enter("credex", "amount", blocking=False)
     def ask_amount(self, ctx: Context) -> list[str]:
         return [ASK_AMOUNT]
 
-    @step("credex", "amount")
+    @step("credex", "amount", blocking=False)
     def amount(self, ctx: Context) -> Outcome:
         if is_exit(ctx.text):  # an amount is never a word: plain "cancel" is a way out here
             return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
@@ -63,7 +63,7 @@ class OfferSteps(CredexSteps, abstract=True):
         )
 
     # -- offer: recipient ----------------------------------------------------------------------
-    @on_enter("credex", "recipient")
+    @on_enter("credex", "recipient", blocking=False)
     def ask_recipient(self, ctx: Context) -> list[str]:
         return [
             f"Who should receive {_amount(ctx.data)}? Send their Credex handle, like *bob*. "
@@ -105,7 +105,7 @@ class OfferSteps(CredexSteps, abstract=True):
         return ctx.stay(step="confirm", set={"recipient": chosen})
 
     # -- offer: confirm and create -------------------------------------------------------------
-    @on_enter("credex", "confirm")
+    @on_enter("credex", "confirm", blocking=False)
     def ask_confirm(self, ctx: Context) -> list[Reply]:
         to = ctx.data["recipient"]
         summary = summary_in(ctx.data)
@@ -113,7 +113,7 @@ class OfferSteps(CredexSteps, abstract=True):
         body = f"Offer {_amount(ctx.data)} from {source} to {to['name']} (@{to['handle']})?"
         return [CONFIRM.with_body(body)]
 
-    @step("credex", "confirm")
+    @step("credex", "confirm", blocking=False)
     def confirm(self, ctx: Context) -> Outcome:
         answer = confirmed(ctx.text)
         if answer is None:
@@ -155,11 +155,11 @@ class OfferSteps(CredexSteps, abstract=True):
         )
 
     # -- accept / decline / cancel ----------------------------------------------------------------
-    @on_enter("credex", "pick")
+    @on_enter("credex", "pick", blocking=False)
     def show_offers(self, ctx: Context) -> list[Reply]:
         return [offer_list(ctx.data["offers"], ctx.option)]
 
-    @step("credex", "pick")
+    @step("credex", "pick", blocking=False)
     def pick_offer(self, ctx: Context) -> Outcome:
         listed = offer_list(ctx.data["offers"], ctx.option)
         chosen = pick(listed, ctx.text)

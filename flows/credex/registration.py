@@ -36,7 +36,7 @@ class RegistrationSteps(CredexSteps, abstract=True):
             resume=True,
         )
 
-    @on_enter("registration", "welcome")
+    @on_enter("registration", "welcome", blocking=False)
     def show_welcome(self, ctx: Context) -> list[Reply]:
         return [WELCOME]
 
@@ -58,11 +58,11 @@ class RegistrationSteps(CredexSteps, abstract=True):
             return ctx.stay("No problem. Send *hi* whenever you want to register.")
         return ctx.stay(step="first_name")
 
-    @on_enter("registration", "first_name")
+    @on_enter("registration", "first_name", blocking=False)
     def ask_first_name(self, ctx: Context) -> list[str]:
         return ["What is your first name? (Send /cancel to stop.)"]
 
-    @step("registration", "first_name")
+    @step("registration", "first_name", blocking=False)
     def first_name(self, ctx: Context) -> Outcome:
         if is_exit(ctx.text, free_text=True):
             return self.cancelled(ctx)
@@ -71,11 +71,11 @@ class RegistrationSteps(CredexSteps, abstract=True):
             return ctx.stay(f"A first name is {NAME_RULE}. What is your first name?")
         return ctx.stay(step="last_name", set={"first_name": name})
 
-    @on_enter("registration", "last_name")
+    @on_enter("registration", "last_name", blocking=False)
     def ask_last_name(self, ctx: Context) -> list[str]:
         return [f"Thanks, {ctx.data['first_name']}. What is your last name?"]
 
-    @step("registration", "last_name")
+    @step("registration", "last_name", blocking=False)
     def last_name(self, ctx: Context) -> Outcome:
         if is_exit(ctx.text, free_text=True):
             return self.cancelled(ctx)
@@ -87,12 +87,12 @@ class RegistrationSteps(CredexSteps, abstract=True):
             )
         return ctx.stay(step="confirm", set={"last_name": name})
 
-    @on_enter("registration", "confirm")
+    @on_enter("registration", "confirm", blocking=False)
     def ask_register(self, ctx: Context) -> list[Reply]:
         full = f"{ctx.data['first_name']} {ctx.data['last_name']}"
         return [REGISTER.with_body(f"Register as *{full}*?")]
 
-    @step("registration", "confirm")
+    @step("registration", "confirm", blocking=False)
     def confirm_registration(self, ctx: Context) -> Outcome:
         chosen = pick(REGISTER, ctx.text)
         folded = words(ctx.text)

@@ -15,9 +15,12 @@ from fsm.errors import FsmError
 from fsm.transcript import Directive, Runner, TranscriptError
 
 if TYPE_CHECKING:
-    from adapters import Store
+    from adapters import AsyncStore, Store
+    from fsm.blocking import BlockingEngine
     from fsm.engine import Engine
     from fsm.reply import Reply
+
+    ChatEngine = Engine | BlockingEngine
 
 DEFAULT_USER = "263770000001"  # Alice, a seeded member of the fake Credex API
 
@@ -44,7 +47,15 @@ DEFAULT_USER = "263770000001"  # Alice, a seeded member of the fake Credex API
     default=None,
     metavar="MODULE:FACTORY",
     help="Chat with your own bot instead: a callable taking clock= (an fsm.Clock) and returning "
-    "an fsm.Engine, e.g. mybot.wiring:build_engine. Default: the reference Credex bot.",
+    "an fsm.Engine or an fsm.AsyncEngine, e.g. mybot.wiring:build_engine. Default: the "
+    "reference Credex bot.",
+)
+@click.option(
+    "--async",
+    "use_async",
+    is_flag=True,
+    help="Run the reference bot on fsm.AsyncEngine and an async store (the same conversation "
+    "and the same stored sessions as the sync engine).",
 )
 @click.option(
     "--store",
@@ -63,7 +74,12 @@ DEFAULT_USER = "263770000001"  # Alice, a seeded member of the fake Credex API
     help="Key namespace on Redis, so bots sharing a server stay apart.",
 )
 def chat(
-    user: str, script: TextIO | None, engine_ref: str | None, store_url: str, namespace: str
+    user: str,
+    script: TextIO | None,
+    engine_ref: str | None,
+    use_async: bool,
+    store_url: str,
+    namespace: str,
 ) -> None:
     """Chat with the reference Credex bot on the in-memory store and the fake Credex API."""
     # A script runs on a fake clock (starting now) so '! clock +2h' can move time.
@@ -72,7 +88,12 @@ def chat(
         raise click.UsageError(
             "--store is for the reference bot; an --engine factory builds its own"
         )
-    engine, directives = _chat_engine(engine_ref, clock, _chat_store(store_url, namespace))
+    if engine_ref is not None and use_async:
+        raise click.UsageError(
+            "--async is for the reference bot; an --engine factory picks its own"
+        )
+    store = _chat_store(store_url, namespace, use_async)
+    engine, directives = _chat_engine(engine_ref, clock, store, use_async)
     if script is not None:
         assert isinstance(clock, FakeClock)
         runner = Runner(engine, user, clock=clock, directives=directives, echo=click.echo)
@@ -97,32 +118,45 @@ def chat(
     _converse(engine, user, _prompt_lines())
 
 
-def _chat_store(url: str, namespace: str) -> Store | None:
-    """None for the embedded memory store, else a RedisStore (a usage error if unusable)."""
+def _chat_store(url: str, namespace: str, use_async: bool) -> Store | AsyncStore | None:
+    """None for the embedded memory store, else a RedisStore (an AsyncRedisStore with
+    ``use_async``); a usage error if it is unusable."""
     if url == "memory":
         return None
-    from adapters import RedisStore
+    from adapters import AsyncRedisStore, RedisStore
+    from fsm.blocking import run
 
     try:
+        if use_async:
+            astore = AsyncRedisStore.from_url(url, namespace=namespace)
+            run(astore.lock_info("-"))  # one round trip: fail now, clearly, if Redis is absent
+            return astore
         store = RedisStore.from_url(url, namespace=namespace)
-        store.lock_info("-")  # one round trip: fail now, clearly, if Redis is not there
+        store.lock_info("-")
     except (ValueError, FsmError) as exc:
         raise click.BadParameter(str(exc), param_hint="'--store'") from None
     return store
 
 
 def _chat_engine(
-    ref: str | None, clock: Clock, store: Store | None
-) -> tuple[Engine, dict[str, Directive]]:
+    ref: str | None, clock: Clock, store: Store | AsyncStore | None, use_async: bool
+) -> tuple[ChatEngine, dict[str, Directive]]:
     """The engine to chat with, and the transcript directives it supports."""
+    from fsm.async_engine import AsyncEngine
+    from fsm.blocking import blocking
     from fsm.engine import Engine
 
     if ref is None:  # the CLI depends on flows, not the other way round: import here
-        from flows.credex import build_engine
+        from adapters import AsyncStore
+        from flows.credex import build_async_engine, build_engine
         from flows.credex.directives import directives
         from flows.credex.fake import FakeCredexApi
 
         api = FakeCredexApi(clock=clock)
+        if use_async:
+            assert store is None or isinstance(store, AsyncStore)
+            return blocking(build_async_engine(store, api, clock=clock)), directives(api)
+        assert not isinstance(store, AsyncStore)
         return build_engine(store, api, clock=clock), directives(api)
     factory = resolve(ref, "--engine", example="mybot.wiring:build_engine")
     if not callable(factory):
@@ -133,12 +167,13 @@ def _chat_engine(
         raise click.BadParameter(
             f"calling {ref}(clock=...) failed: {exc}", param_hint="'--engine'"
         ) from exc
-    if not isinstance(engine, Engine):
+    if not isinstance(engine, Engine | AsyncEngine):
         raise click.BadParameter(
-            f"{ref}(clock=...) returned a {type(engine).__name__}, not an fsm.Engine",
+            f"{ref}(clock=...) returned a {type(engine).__name__}, not an fsm.Engine "
+            "or an fsm.AsyncEngine",
             param_hint="'--engine'",
         )
-    return engine, {}
+    return blocking(engine), {}
 
 
 def _echo_replies(replies: Iterable[Reply]) -> None:
@@ -156,7 +191,7 @@ def _prompt_lines() -> Iterator[str]:
             return
 
 
-def _converse(engine: Engine, user: str, messages: Iterable[str]) -> int:
+def _converse(engine: ChatEngine, user: str, messages: Iterable[str]) -> int:
     failures = 0
     for message in messages:
         try:

@@ -290,7 +290,7 @@ def test_a_write_whose_reply_was_lost_is_applied_once(server: redis_servers.Redi
     client = _LosesOneReply(host="127.0.0.1", port=server.port)
     store = RedisStore(client, namespace=_namespace())
     store.save("u", b"one", version=1, expected_version=0, ttl=60)
-    client.lose = f"EVALSHA:{store._save.sha[:8]}"
+    client.lose = f"EVALSHA:{store._scripts['save'].sha[:8]}"
     history = HistoryEntry(
         version=2, from_stage="a", to_stage="b", event="e", update_from="t", at=1
     )
@@ -372,7 +372,7 @@ def test_a_retried_save_overtaken_by_another_writer_is_still_applied_once(
     client = Overtaken(host="127.0.0.1", port=server.port)
     store = RedisStore(client, namespace=namespace)
     store.save("u", b"one", version=1, expected_version=0, ttl=60)
-    client.lose = f"EVALSHA:{store._save.sha[:8]}"
+    client.lose = f"EVALSHA:{store._scripts['save'].sha[:8]}"
     history = HistoryEntry(
         version=2, from_stage="a", to_stage="b", event="e", update_from="t", at=1.0
     )
@@ -403,61 +403,15 @@ def test_a_lock_whose_reply_was_lost_for_good_is_released(
     client = _LosesOneReply(host="127.0.0.1", port=server.port)
     store = RedisStore(client, namespace=_namespace(), retries=0)
     store.lock_and_load("warm", "o", 5)  # the script is loaded
-    client.lose = f"EVALSHA:{store._lock_and_load.sha[:8]}"
+    client.lose = f"EVALSHA:{store._scripts['lock_and_load'].sha[:8]}"
     with pytest.raises(StoreUnavailable):
         store.lock_and_load("u", "me", 30)  # it landed; its reply did not
     assert store.lock_info("u") is None  # not left holding the user for 30 s
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made with `cryptography` (PyJWT's crypto)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def test_a_tls_url(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
-    tls = ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
-    tls += ["--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
-    port = redis_servers.free_port()
-    server = redis_servers.RedisServer(
-        *tls, "--tls-port", str(port), "--port", "0", name="tls", port=port,
-        client_options={"ssl": True, "ssl_ca_certs": str(cert)},
-    )  # fmt: skip
+    server, cert = redis_servers.tls_server(tmp_path)
+    port = server.port
     server.start()
     try:
         store = RedisStore.from_url(

@@ -1,9 +1,14 @@
-"""The Store contract: every adapter runs this whole module.
+"""The Store contract: every adapter runs this whole module, the async ones included.
 
 Adding an adapter means adding one entry to ``ADAPTERS``: a context manager that opens a fresh
 store as a :class:`StoreEnv` (the store, the clock it runs on and how to move it), and the length
 of one test time unit. Every duration here is counted in ticks, so a real-time adapter can pick a
 short tick and sleep in ``advance``, while the memory store moves a fake clock.
+
+An async adapter runs behind :class:`~tests.adapters.async_facade.AsyncStoreFacade`: its own
+methods on an event loop, the operator's methods (``scan``, ``sessions``, ...) on a sync store
+over the same data, so the tests that list what they saved also show that sync and async stores
+read each other's writes.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from adapters.base import HistoryEntry, Loaded, Record, SaveStatus, Store
+from adapters.base import AsyncStore, HistoryEntry, Loaded, Record, SaveStatus, Store
 from adapters.memory import MemoryStore
+from adapters.memory_async import AsyncMemoryStore
 from adapters.redis import RedisStore
+from adapters.redis_async import AsyncRedisStore
 from fsm.clock import FakeClock
 from tests import redis_servers
+from tests.adapters.async_facade import AsyncStoreFacade
 
 
 class StoreEnv:
@@ -55,16 +63,33 @@ def memory_env(tick: float, **options: Any) -> Iterator[StoreEnv]:
         store.close()
 
 
+@contextmanager
+def async_memory_env(tick: float, **options: Any) -> Iterator[StoreEnv]:
+    clock = FakeClock()
+    twin = MemoryStore(clock=clock, **options)
+    store = AsyncStoreFacade(AsyncMemoryStore(store=twin), twin)
+    try:
+        yield StoreEnv(store, clock, tick=tick, advance=clock.advance)
+    finally:
+        store.close()
+
+
 _namespaces = itertools.count(1)
 
 
-def _redis_env(url: Callable[[], str]) -> Callable[..., AbstractContextManager[StoreEnv]]:
-    """A fresh namespace on a real redis-server deployment per store; time is real time."""
+def _redis_env(
+    url: Callable[[], str], *, asynchronous: bool = False
+) -> Callable[..., AbstractContextManager[StoreEnv]]:
+    """A fresh namespace on a real redis-server deployment per store; time is real time. With
+    ``asynchronous``, an AsyncRedisStore, with a RedisStore on the same namespace as its twin."""
 
     @contextmanager
     def open_env(tick: float, **options: Any) -> Iterator[StoreEnv]:
         namespace = f"contract{next(_namespaces)}-{os.getpid()}"
-        store = RedisStore.from_url(url(), namespace=namespace, **options)
+        store: Store = RedisStore.from_url(url(), namespace=namespace, **options)
+        if asynchronous:
+            astore: AsyncStore = AsyncRedisStore.from_url(url(), namespace=namespace, **options)
+            store = AsyncStoreFacade(astore, store)
         clock = FakeClock(time.time())
 
         def advance(seconds: float) -> None:
@@ -84,12 +109,28 @@ class Adapter(NamedTuple):
     open: Callable[..., AbstractContextManager[StoreEnv]]  # (tick, **store options)
 
 
+def _standalone() -> str:
+    return redis_servers.standalone().url
+
+
+def _cluster() -> str:
+    return redis_servers.cluster().url
+
+
+def _sentinel() -> str:
+    return redis_servers.sentinel().url
+
+
 # One entry per adapter; each opens a fresh, empty store.
 ADAPTERS: dict[str, Adapter] = {
     "memory": Adapter(tick=1.0, open=memory_env),
-    "redis": Adapter(tick=0.1, open=_redis_env(lambda: redis_servers.standalone().url)),
-    "redis-cluster": Adapter(tick=0.1, open=_redis_env(lambda: redis_servers.cluster().url)),
-    "redis-sentinel": Adapter(tick=0.1, open=_redis_env(lambda: redis_servers.sentinel().url)),
+    "redis": Adapter(tick=0.1, open=_redis_env(_standalone)),
+    "redis-cluster": Adapter(tick=0.1, open=_redis_env(_cluster)),
+    "redis-sentinel": Adapter(tick=0.1, open=_redis_env(_sentinel)),
+    "async-memory": Adapter(tick=1.0, open=async_memory_env),
+    "async-redis": Adapter(tick=0.1, open=_redis_env(_standalone, asynchronous=True)),
+    "async-redis-cluster": Adapter(tick=0.1, open=_redis_env(_cluster, asynchronous=True)),
+    "async-redis-sentinel": Adapter(tick=0.1, open=_redis_env(_sentinel, asynchronous=True)),
 }
 
 
@@ -673,17 +714,21 @@ def test_server_stats_count_expired_sessions(store_env: StoreEnv) -> None:
 
 
 def test_script_cache_reports_and_reloads(store_env: StoreEnv) -> None:
-    store = store_env.store
+    store, t = store_env.store, store_env.tick
     status = store.script_cache()
-    if not isinstance(store, RedisStore):
+    scripted = store.twin if isinstance(store, AsyncStoreFacade) else store  # same scripts
+    if not isinstance(scripted, RedisStore):
         assert status is None
         return
     assert status is not None
     cached, total = status
     assert total >= 7 and 0 <= cached <= total
-    store.client.script_flush()
+    scripted.client.script_flush()
     assert store.script_cache() == (0, total)  # reported missing, and loaded again
     assert store.script_cache() == (total, total)
+    scripted.client.script_flush()
+    assert store.save("u", b"x", version=1, expected_version=0, ttl=10 * t).saved  # NOSCRIPT
+    assert store.load("u").record == Record(b"x", 1)  # reloaded transparently
 
 
 # -- concurrency ---------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from adapters import MemoryStore
-from fsm import Engine, FakeClock, TokenVerifier
+from adapters import AsyncMemoryStore, MemoryStore
+from fsm import AsyncEngine, Engine, FakeClock, TokenVerifier
+from fsm.blocking import BlockingEngine
 from tests.fsm.sample_flows import SECRET, Counter, Vault
 from tests.support import stored_bytes
 
@@ -15,7 +17,7 @@ class VaultWorld:
     clock: FakeClock
     store: MemoryStore
     flow: Vault
-    engine: Engine
+    engine: Engine | BlockingEngine
 
     def raw(self, user: str) -> bytes | None:
         return stored_bytes(self.store, user)
@@ -32,11 +34,27 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(params=["sync", "async"])
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    """Every engine test runs on both engines: ``Engine`` on the MemoryStore, and
+    ``AsyncEngine`` on an AsyncMemoryStore over the same MemoryStore (driven through
+    :class:`fsm.blocking.BlockingEngine`, so the test reads the same)."""
+    return str(request.param)
+
+
+def make_engine(kind: str, flow: Any, store: MemoryStore, **options: Any) -> Any:
+    """``Engine(flow, store, ...)``, or its AsyncEngine twin on the same data."""
+    if kind == "sync":
+        return Engine(flow, store, **options)
+    return BlockingEngine(AsyncEngine(flow, AsyncMemoryStore(store), **options))
+
+
 @pytest.fixture
-def vault(clock: FakeClock) -> VaultWorld:
+def vault(clock: FakeClock, engine_kind: str) -> VaultWorld:
     store = MemoryStore(clock=clock)
     flow = Vault(clock)
-    engine = Engine(
+    engine = make_engine(
+        engine_kind,
         flow,
         store,
         verifier=TokenVerifier(SECRET, clock=clock, leeway=0),
@@ -48,5 +66,5 @@ def vault(clock: FakeClock) -> VaultWorld:
 
 
 @pytest.fixture
-def counter_engine(clock: FakeClock) -> Engine:
-    return Engine(Counter(), MemoryStore(clock=clock), clock=clock)
+def counter_engine(clock: FakeClock, engine_kind: str) -> Any:
+    return make_engine(engine_kind, Counter(), MemoryStore(clock=clock), clock=clock)

@@ -67,3 +67,21 @@ def test_a_version_that_went_back_is_reported(
     assert engine.stats["version_regressions"] == 1
     assert "went back from 4 to 2" in caplog.text
     assert result.snapshot.version == 3 and result.snapshot.data["count"] == 2
+
+
+def test_a_reply_that_left_before_a_newer_put_neither_replaces_it_nor_reports_a_regression() -> (
+    None
+):
+    """Two concurrent messages of one process: B's load of v7 went out, then A saved v8 and put
+    it, then B's reply arrives. v7 is older knowledge, not a version that went back."""
+    recent = RecentRecords(10)
+    recent.put("u", Record(b"v6", 6))
+    b_sent = recent.tick()  # B's load goes out
+    a_sent = recent.tick()  # A's save goes out
+    assert recent.put("u", Record(b"v8", 8), a_sent) == Record(b"v6", 6)
+    assert recent.put("u", Record(b"v7", 7), b_sent) is None  # nothing to compare with
+    got = recent.get("u")
+    assert got is not None and got.record == Record(b"v8", 8)  # the newer one stays
+    # A reply whose request left after v8 was put is compared with it: a real regression.
+    c_sent = recent.tick()
+    assert recent.put("u", Record(b"v5", 5), c_sent) == Record(b"v8", 8)

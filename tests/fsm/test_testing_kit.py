@@ -8,14 +8,17 @@ from adapters import MemoryStore
 from fsm import Engine, FakeClock
 from fsm.testing import ABSENT, Conversation
 from fsm.transcript import TranscriptError, contains_in_order, duration, parse
-from tests.fsm.conftest import VaultWorld
+from tests.fsm.conftest import VaultWorld, make_engine
 from tests.fsm.sample_flows import Counter
 
 
 @pytest.fixture
-def counter(clock: FakeClock) -> Conversation:
-    engine = Engine(Counter(), MemoryStore(clock=clock), clock=clock, session_ttl=60)
-    return Conversation(engine, "ann", clock=clock)
+def counter(clock: FakeClock, engine_kind: str) -> Conversation:
+    """The kit on both engines (an AsyncEngine is given to Conversation as it is)."""
+    engine = make_engine(
+        engine_kind, Counter(), MemoryStore(clock=clock), clock=clock, session_ttl=60
+    )
+    return Conversation(getattr(engine, "engine", engine), "ann", clock=clock)
 
 
 def test_say_and_expect_chain(counter: Conversation) -> None:

@@ -1,0 +1,410 @@
+"""The Redis stores' operations, written once for :class:`~adapters.redis.RedisStore` and
+:class:`~adapters.redis_async.AsyncRedisStore`.
+
+Theory of operation (the shape of psycopg's ``generators.py``): each store operation the engine
+uses is a generator that builds its keys and arguments, yields the Redis calls it needs (a
+registered :class:`Script`, a plain :class:`Command`, a :class:`Pause` before a retry), is sent
+each reply, or has the call's Redis error thrown into it, and returns the parsed result. It does
+no I/O of its own. A store is a driver: RedisStore runs the calls on a blocking client,
+AsyncRedisStore awaits them on an asyncio one, and neither holds any other logic, so the two
+cannot drift apart (redis-py's own async lock did) and a sync and an async worker read and
+write the same keys, values, tags, locks and message ids.
+
+The retry rules live here too (:meth:`RedisOperations.retrying`): a connection loss or timeout
+is retried ``retries`` times with backoff, then raised as
+:class:`~fsm.errors.StoreUnavailable` naming the operation; any other Redis error at once. A
+retried write is applied once (the save script recognises its own tagged bytes, a lock its own
+owner token), and a lock attempt whose outcome stayed unknown frees the lock if it is ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import re
+import secrets
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypedDict, TypeVar
+
+import msgspec
+import redis
+from redis.exceptions import RedisClusterException
+
+from adapters.base import (
+    HistoryEntry,
+    Loaded,
+    LockInfo,
+    Record,
+    SaveResult,
+    SaveStatus,
+    check_save_arguments,
+    decode_history,
+    encode_history,
+)
+from adapters.redis_keys import KeyLayout
+from adapters.redis_scripts import (
+    EXTEND,
+    LOAD,
+    LOCK_AND_LOAD,
+    LOCK_INFO,
+    QUARANTINE,
+    RELEASE,
+    SAVE,
+)
+from fsm.errors import StoreUnavailable
+
+T = TypeVar("T")
+
+
+# -- what an operation asks for --------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Script:
+    """Run the registered Lua script ``name`` (a key of :data:`SCRIPTS`)."""
+
+    name: str
+    keys: list[str]
+    args: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Send one plain command, e.g. ``("GET", key)``; the reply is redis-py's parsed one."""
+
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait before the next attempt (``time.sleep`` or ``asyncio.sleep``)."""
+
+    seconds: float
+
+
+Request: TypeAlias = Script | Command | Pause
+#: An operation: yields requests, is sent their replies, returns its result.
+Operation: TypeAlias = Generator[Request, Any, T]
+
+#: The scripts every store registers once on its client, by name.
+SCRIPTS = {
+    "load": LOAD,
+    "lock_and_load": LOCK_AND_LOAD,
+    "save": SAVE,
+    "release": RELEASE,
+    "extend": EXTEND,
+    "lock_info": LOCK_INFO,
+    "quarantine": QUARANTINE,
+}
+
+#: Every error a redis-py client raises (thrown into the operation by its driver).
+ERRORS = (redis.RedisError, RedisClusterException)
+#: Errors worth another attempt: the command may not have reached the server, or its reply
+#: did not come back.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
+
+_STATUS = {
+    b"saved": SaveStatus.SAVED,
+    b"duplicate": SaveStatus.DUPLICATE,
+    b"locked": SaveStatus.LOCKED,
+    b"conflict": SaveStatus.CONFLICT,
+}
+
+
+# -- the stored value ------------------------------------------------------------------------
+_PREFIX = re.compile(rb"^([1-9][0-9]{0,14})\.([0-9a-f]{8}):")
+TAG = 8  # hex digits of a write's tag; history entries are stored behind theirs
+
+
+def split_value(value: bytes) -> Record:
+    """A session value as a record: ``b"<version>.<tag>:<payload>"``; bytes without that
+    prefix (not written by this store) are version 0 with the whole value as payload, so the
+    engine quarantines them byte for byte. The scripts read values the same way."""
+    match = _PREFIX.match(value)
+    if match is None:
+        return Record(value, 0)
+    return Record(value[match.end() :], int(match[1]), match[2].decode())
+
+
+class Quarantined(msgspec.Struct, array_like=True):
+    """A quarantine list item as stored."""
+
+    id: str
+    user_key: str
+    raw: bytes
+    reason: str
+    at: float
+
+
+quarantine_encoder = msgspec.msgpack.Encoder()
+quarantine_decoder = msgspec.msgpack.Decoder(Quarantined)
+
+
+def ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the error; long driver messages (a Sentinel's repr of its whole
+    configuration) are cut, so error output stays readable."""
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    text = text.split(" : <", 1)[0]  # redis-py appends a client's repr to some messages
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _positive_ttl(ttl: float) -> None:
+    if not ttl > 0:
+        raise ValueError(f"ttl must be > 0, got {ttl!r}")
+
+
+# -- replies -----------------------------------------------------------------------------------
+def _loaded(reply: Any) -> Loaded:
+    value, seen, locked = reply
+    return Loaded(None if value is None else split_value(value), bool(seen), bool(locked))
+
+
+def _lock_info(reply: Any) -> LockInfo | None:
+    owner, left = reply
+    if owner is None or left < 0:
+        return None
+    return LockInfo(owner.decode(), left / 1000)
+
+
+def _seconds_left(reply: Any) -> float | None:
+    return None if reply is None or reply < 0 else float(reply / 1000)
+
+
+class RedisLimits(TypedDict, total=False):
+    """The options both Redis stores take besides the namespace (see :class:`RedisOperations`)."""
+
+    history_limit: int
+    history_ttl: float
+    dedupe_limit: int
+    dedupe_ttl: float
+    quarantine_limit: int
+    retries: int
+
+
+class RedisOperations:
+    """The store operations of one namespace, as generators of Redis calls.
+
+    Limits are per user: ``history_limit`` entries kept ``history_ttl`` seconds after the last
+    append, ``dedupe_limit`` message ids each remembered ``dedupe_ttl`` seconds, and
+    ``quarantine_limit`` quarantined records (oldest dropped first). ``retries``: further
+    attempts after a connection loss or timeout.
+    """
+
+    def __init__(
+        self,
+        namespace: str = "fsm",
+        *,
+        history_limit: int = 50,
+        history_ttl: float = 7 * 24 * 3600,
+        dedupe_limit: int = 256,
+        dedupe_ttl: float = 24 * 3600,
+        quarantine_limit: int = 100,
+        retries: int = 2,
+    ) -> None:
+        for name, value in [
+            ("history_limit", history_limit),
+            ("history_ttl", history_ttl),
+            ("dedupe_limit", dedupe_limit),
+            ("dedupe_ttl", dedupe_ttl),
+            ("quarantine_limit", quarantine_limit),
+        ]:
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.layout = KeyLayout(namespace)
+        self.history_limit = history_limit
+        self.history_ttl = history_ttl
+        self.dedupe_limit = dedupe_limit
+        self.dedupe_ttl = dedupe_ttl
+        self.quarantine_limit = quarantine_limit
+        self.retries = retries
+        self._ids = itertools.count(1)
+
+    # -- retries -----------------------------------------------------------------------------
+    def retrying(
+        self, operation: str, user_key: str | None, attempt: Callable[[bool], Operation[T]]
+    ) -> Operation[T]:
+        """Run ``attempt(retried)``; transient failures are retried, then every Redis error is
+        raised as StoreUnavailable naming ``operation``."""
+        for n in range(self.retries + 1):
+            try:
+                return (yield from attempt(n > 0))
+            except TRANSIENT as exc:
+                if n == self.retries:
+                    raise StoreUnavailable(
+                        operation, user_key=user_key, detail=describe(exc)
+                    ) from exc
+                yield Pause(0.05 * 2**n)
+            except ERRORS as exc:
+                raise StoreUnavailable(operation, user_key=user_key, detail=describe(exc)) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _single(
+        self, operation: str, user_key: str, request: Request, parse: Callable[[Any], T]
+    ) -> Operation[T]:
+        """An operation of one call, whose retry cannot apply anything twice."""
+
+        def attempt(_: bool) -> Operation[T]:
+            return parse((yield request))
+
+        return self.retrying(operation, user_key, attempt)
+
+    def _locking(
+        self, operation: str, user_key: str, owner: str, attempt: Callable[[bool], Operation[T]]
+    ) -> Operation[T]:
+        """:meth:`retrying` for an attempt to take the lock: if it fails with its outcome
+        unknown, free the lock if it is ours, so a lost reply does not lock the user out for
+        the lease's TTL. Best effort: the TTL frees it anyway if Redis stays away."""
+        try:
+            return (yield from self.retrying(operation, user_key, attempt))
+        except StoreUnavailable:
+            with contextlib.suppress(*ERRORS):
+                yield Script("release", [self.layout.keys(user_key)[3]], [owner])
+            raise
+
+    # -- sessions ----------------------------------------------------------------------------
+    def load(self, user_key: str, *, message_id: str | None = None) -> Operation[Loaded]:
+        session, _, seen, lock, _ = self.layout.keys(user_key)
+        args: list[Any] = [message_id or "", ms(self.dedupe_ttl)]
+        return self._single("load", user_key, Script("load", [session, seen, lock], args), _loaded)
+
+    def save(
+        self,
+        user_key: str,
+        payload: bytes,
+        *,
+        version: int,
+        expected_version: int,
+        ttl: float,
+        history: HistoryEntry | None = None,
+        message_id: str | None = None,
+        owner: str | None = None,
+        release: bool = False,
+        expected_tag: str = "",
+    ) -> Operation[SaveResult]:
+        check_save_arguments(ttl, version, expected_version, owner, release)
+        session, hist, seen, lock, _ = self.layout.keys(user_key)
+        tag = secrets.token_hex(TAG // 2)
+        args: list[Any] = [
+            expected_version,
+            b"%d.%s:" % (version, tag.encode()) + payload,
+            ms(ttl),
+            tag.encode() + encode_history(history) if history is not None else b"",
+            self.history_limit,
+            ms(self.history_ttl),
+            message_id or "",
+            self.dedupe_limit,
+            ms(self.dedupe_ttl),
+            owner or "",
+            "1" if release else "0",
+            expected_tag,
+        ]
+
+        def attempt(retried: bool) -> Operation[SaveResult]:
+            # On a retry the script first looks for this very write (its tagged value or
+            # history entry): if the first attempt landed and only its reply was lost, it is
+            # SAVED, never applied twice nor mistaken for someone else's.
+            status, current = yield Script(
+                "save", [session, hist, seen, lock], [*args, "1" if retried else "0"]
+            )
+            if _STATUS[status] is SaveStatus.SAVED:
+                return SaveResult(SaveStatus.SAVED, tag=tag)
+            return SaveResult(_STATUS[status], None if current is None else split_value(current))
+
+        return self.retrying("save", user_key, attempt)
+
+    def delete(self, user_key: str) -> Operation[bool]:
+        return self._single(
+            "delete", user_key, Command(("DEL", self.layout.session(user_key))), bool
+        )
+
+    def ttl(self, user_key: str) -> Operation[float | None]:
+        request = Command(("PTTL", self.layout.session(user_key)))
+        return self._single("ttl", user_key, request, _seconds_left)
+
+    # -- history -----------------------------------------------------------------------------
+    def history(self, user_key: str, *, limit: int | None = None) -> Operation[list[HistoryEntry]]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must not be negative, got {limit}")
+        hist = self.layout.keys(user_key)[1]
+        end = -1 if limit is None else limit - 1
+
+        def attempt(_: bool) -> Operation[list[HistoryEntry]]:
+            if limit == 0:
+                return []
+            raw: list[bytes] = yield Command(("LRANGE", hist, 0, end))
+            return [decode_history(item[TAG:]) for item in raw]
+
+        return self.retrying("history", user_key, attempt)
+
+    # -- lease lock --------------------------------------------------------------------------
+    def acquire_lock(self, user_key: str, owner: str, ttl: float) -> Operation[bool]:
+        _positive_ttl(ttl)
+        lock = self.layout.keys(user_key)[3]
+
+        def attempt(retried: bool) -> Operation[bool]:
+            if (yield Command(("SET", lock, owner, "NX", "PX", ms(ttl)))):
+                return True
+            # A retry after a lost reply finds the lock already ours.
+            return retried and (yield Command(("GET", lock))) == owner.encode()
+
+        return self._locking("acquire_lock", user_key, owner, attempt)
+
+    def lock_and_load(
+        self, user_key: str, owner: str, ttl: float, *, message_id: str | None = None
+    ) -> Operation[Loaded | None]:
+        _positive_ttl(ttl)
+        session, _, seen, lock, _ = self.layout.keys(user_key)
+        args: list[Any] = [owner, ms(ttl), message_id or "", ms(self.dedupe_ttl)]
+
+        def attempt(retried: bool) -> Operation[Loaded | None]:
+            reply = yield Script("lock_and_load", [session, seen, lock], args)
+            if reply is not None:
+                return _loaded(reply)
+            if retried and (yield Command(("GET", lock))) == owner.encode():
+                again = yield from self.load(user_key, message_id=message_id)
+                return Loaded(again.record, again.seen, locked=True)
+            return None
+
+        return self._locking("lock_and_load", user_key, owner, attempt)
+
+    def release_lock(self, user_key: str, owner: str) -> Operation[bool]:
+        request = Script("release", [self.layout.keys(user_key)[3]], [owner])
+        return self._single("release_lock", user_key, request, bool)
+
+    def extend_lock(self, user_key: str, owner: str, ttl: float) -> Operation[bool]:
+        _positive_ttl(ttl)
+        request = Script("extend", [self.layout.keys(user_key)[3]], [owner, ms(ttl)])
+        return self._single("extend_lock", user_key, request, bool)
+
+    def lock_info(self, user_key: str) -> Operation[LockInfo | None]:
+        request = Script("lock_info", [self.layout.keys(user_key)[3]], [])
+        return self._single("lock_info", user_key, request, _lock_info)
+
+    # -- quarantine --------------------------------------------------------------------------
+    def quarantine(self, user_key: str, raw: bytes, reason: str) -> Operation[str | None]:
+        session, _, _, _, qkey = self.layout.keys(user_key)
+        now = time.time()
+        entry_id = f"{int(now * 1000):013d}-{next(self._ids):06d}-{secrets.token_hex(3)}"
+        entry = quarantine_encoder.encode(Quarantined(entry_id, user_key, raw, reason, now))
+        request = Script("quarantine", [session, qkey], [raw, entry, self.quarantine_limit])
+        # A retry finds its own entry listed: the script reports it moved, not moved twice.
+        return self._single(
+            "quarantine", user_key, request, lambda moved: entry_id if moved else None
+        )
+
+
+def immediate(fn: Callable[[bool], T]) -> Callable[[bool], Operation[T]]:
+    """An attempt that calls a blocking client itself, for the sync store's operator methods
+    (scans, pipelines), so they share :meth:`RedisOperations.retrying` all the same."""
+
+    def attempt(retried: bool) -> Operation[T]:
+        yield from ()
+        return fn(retried)
+
+    return attempt

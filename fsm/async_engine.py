@@ -1,0 +1,97 @@
+"""AsyncEngine: the same message protocol as :class:`fsm.Engine`, driven on asyncio.
+
+>>> from adapters import AsyncMemoryStore
+>>> engine = AsyncEngine(my_flow, AsyncMemoryStore())          # doctest: +SKIP
+>>> result = await engine.handle("263770000001", "hi")          # doctest: +SKIP
+
+The algorithm is :mod:`fsm.protocol`'s, unchanged; this driver performs its effects with an
+:class:`~adapters.base.AsyncStore`. Step handlers follow the Starlette/FastAPI rule: an
+``async def`` handler is awaited on the loop; a plain ``def`` handler runs in a worker thread
+(blocking I/O in it never stalls other conversations) unless it is marked
+``blocking=False``, which runs it on the loop.
+
+Cancellation (a client that went away, ``asyncio.timeout``) is safe at every await: the
+cancellation is thrown into the protocol where it waited, the protocol frees a lease it holds,
+and the cancellation goes on. Each save is one atomic compare-and-set, so the stored snapshot
+is the old one or the new one; a re-delivery of the message is applied once (its id is
+recorded by the same write). A plain ``def`` handler running in a thread cannot be stopped:
+the cancellation waits for it to return, so no lease is freed under a running step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fsm.effects import HandlerCall, Sleep, Steps, StoreCall
+from fsm.protocol import MessageProtocol, Result
+from fsm.snapshot import Snapshot
+from fsm.step import Context
+
+if TYPE_CHECKING:
+    from adapters.base import AsyncStore
+    from fsm.flow import Flow
+
+__all__ = ["AsyncEngine"]
+
+T = TypeVar("T")
+
+
+class AsyncEngine(MessageProtocol["AsyncStore"]):
+    """Runs a flow against an async store; the options, ``stats``, ``Result`` and errors are
+    those of :class:`fsm.Engine`."""
+
+    def __init__(self, flow: Flow, store: AsyncStore, **options: Any) -> None:
+        super().__init__(flow, store, **options)
+
+    async def handle(self, user_id: str, text: str, *, message_id: str | None = None) -> Result:
+        """Apply one user message and return the replies, after the new state is saved
+        (as :meth:`fsm.Engine.handle`)."""
+        return await self._drive(self.message(user_id, text, message_id))
+
+    async def peek(self, user_id: str) -> Snapshot | None:
+        """The stored snapshot, decoded, without changing anything (None if absent)."""
+        return await self._drive(self.peek_steps(user_id))
+
+    async def _drive(self, protocol: Steps[T]) -> T:
+        """Run ``protocol`` to its end, awaiting each effect it yields. Any exception, a
+        cancellation included, is thrown into the protocol where the effect was asked for."""
+        store = self.store
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                effect = protocol.send(value) if error is None else protocol.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value = error = None
+            try:
+                if type(effect) is StoreCall:
+                    value = await getattr(store, effect.method)(*effect.args, **effect.kwargs)
+                elif type(effect) is HandlerCall:
+                    value = await _call(effect)
+                else:
+                    assert type(effect) is Sleep
+                    await asyncio.sleep(effect.seconds)
+            except BaseException as exc:  # noqa: BLE001 - handed to the protocol, which decides
+                error = exc
+
+
+async def _call(call: HandlerCall) -> Any:
+    if call.mode == "async":
+        return await call.fn(call.ctx)
+    if call.mode == "inline":
+        return call.fn(call.ctx)
+    return await _in_thread(call.fn, call.ctx)
+
+
+async def _in_thread(fn: Callable[[Context], Any], ctx: Context) -> Any:
+    """``fn(ctx)`` in the default executor. If the caller is cancelled meanwhile, wait for the
+    thread to return first (it cannot be stopped), then let the cancellation through."""
+    running = asyncio.ensure_future(asyncio.to_thread(fn, ctx))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait({running})
+        raise

@@ -1,0 +1,80 @@
+"""An :class:`~fsm.AsyncEngine` behind :class:`~fsm.Engine`'s blocking interface.
+
+For the places that are synchronous by nature: the conversation testing kit
+(:mod:`fsm.testing`), transcripts and ``fsm chat``. Every call runs on one background event
+loop per process, so the async store's connections always stay on the loop that opened them,
+and calls from several threads at once run as concurrent tasks on that loop (as concurrent
+webhook requests would). Production code awaits the engine itself.
+
+>>> engine = blocking(AsyncEngine(flow, AsyncMemoryStore()))    # doctest: +SKIP
+>>> engine.handle("user-1", "hi").texts                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from fsm.async_engine import AsyncEngine
+
+if TYPE_CHECKING:
+    from fsm.engine import Engine
+    from fsm.protocol import Result
+    from fsm.snapshot import Snapshot
+
+T = TypeVar("T")
+
+_loop: asyncio.AbstractEventLoop | None = None
+_started = threading.Lock()
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """The process's background event loop (a daemon thread), started on first use."""
+    global _loop
+    with _started:
+        if _loop is None or _loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="fsm-async", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on the background loop and wait for its result (or its exception)."""
+    return asyncio.run_coroutine_threadsafe(coroutine, background_loop()).result()
+
+
+class BlockingEngine:
+    """``handle`` and ``peek`` of an :class:`~fsm.AsyncEngine`, blocking; every other
+    attribute (``stats``, ``spec``, ``clock``, ...) is the async engine's own. ``store`` is
+    the blocking view of its store where it has one (``AsyncMemoryStore.sync``), else the
+    async store itself."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @property
+    def store(self) -> Any:
+        return getattr(self.engine.store, "sync", self.engine.store)
+
+    def handle(self, user_id: str, text: str, *, message_id: str | None = None) -> Result:
+        return run(self.engine.handle(user_id, text, message_id=message_id))
+
+    def peek(self, user_id: str) -> Snapshot | None:
+        return run(self.engine.peek(user_id))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def __repr__(self) -> str:
+        return f"blocking({self.engine!r})"
+
+
+def blocking(engine: Engine | AsyncEngine | BlockingEngine) -> Engine | BlockingEngine:
+    """``engine`` with a blocking ``handle``: an :class:`~fsm.Engine` as it is, an
+    :class:`~fsm.AsyncEngine` wrapped in a :class:`BlockingEngine`."""
+    if isinstance(engine, AsyncEngine):
+        return BlockingEngine(engine)
+    return engine
