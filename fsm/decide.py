@@ -65,7 +65,8 @@ class Decider:
         # subclass override counts.
         names = {s.handler for s in self.spec.steps.values()}
         names |= {s.enter for s in self.spec.steps.values() if s.enter is not None}
-        self._modes = {name: call_mode(getattr(flow, name)) for name in names}
+        blocking = bool(getattr(flow, "blocking", True))
+        self._modes = {name: call_mode(getattr(flow, name), blocking=blocking) for name in names}
 
     def async_methods(self) -> list[str]:
         """The flow's ``async def`` handlers and hooks (only the async engine can run them)."""

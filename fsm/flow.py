@@ -152,15 +152,15 @@ def _mark_blocking(fn: Any, blocking: bool) -> None:
         fn.__dict__["_fsm_inline"] = True
 
 
-def call_mode(method: Any) -> str:
+def call_mode(method: Any, *, blocking: bool = True) -> str:
     """How an engine calls a flow method: ``"async"`` (``async def``: awaited on the loop),
-    ``"inline"`` (marked ``blocking=False``: called on the loop) or ``"thread"`` (a plain
-    ``def``: :class:`~fsm.AsyncEngine` runs it in a worker thread). The sync engine calls
-    every non-async method directly."""
+    ``"inline"`` (marked ``blocking=False``, or of a flow whose ``blocking`` is False: called
+    on the loop) or ``"thread"`` (a plain ``def``: :class:`~fsm.AsyncEngine` runs it in a
+    worker thread). The sync engine calls every non-async method directly."""
     fn = getattr(method, "__func__", method)
     if inspect.iscoroutinefunction(fn):
         return "async"
-    return "inline" if fn.__dict__.get("_fsm_inline") else "thread"
+    return "inline" if fn.__dict__.get("_fsm_inline") or not blocking else "thread"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +233,15 @@ class Flow:
     ``migrations`` maps a flow version N to a pure function that turns a snapshot written by
     version N into one version N+1 can run; the engine applies them in order when it loads an
     older conversation, so a deploy that renames or removes steps keeps old sessions.
+
+    ``blocking`` (default True; a class attribute, or set on an instance) says whether the
+    flow's plain ``def`` handlers may block (a sync HTTP client, a database driver). On
+    :class:`~fsm.AsyncEngine` they then run in a worker thread; a flow whose handlers only
+    compute, or call a client that never blocks, sets it False and they run on the loop,
+    as one marked ``@step(..., blocking=False)`` does.
     """
 
+    blocking: bool = True
     name: ClassVar[str]
     version: ClassVar[int] = 1
     stages: ClassVar[Sequence[Stage]]

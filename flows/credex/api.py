@@ -247,6 +247,10 @@ class CredexApi(Protocol):
     Calls that create or change something take ``idempotency_key``: a retry with the same key
     must return the first result without changing anything again (an HTTP client sends it as
     the ``Idempotency-Key`` header). The bot passes the key of the engine's pending action.
+
+    A client may say ``blocking = False`` when its calls never block (the in-memory fake):
+    the bot's handlers then run on an AsyncEngine's loop instead of in worker threads.
+    Without it they are taken to block.
     """
 
     def login(self, phone: str) -> LoginResult:

@@ -120,12 +120,15 @@ def _fmt(amount: float, denom: str) -> str:
 
 
 class FakeCredexApi:
-    """The Credex API in memory. Thread-safe: one lock around every call.
+    """The Credex API in memory. Thread-safe: one lock around every call. It never blocks
+    (``blocking = False``), so the bot's handlers run on an AsyncEngine's loop.
 
     >>> api = FakeCredexApi()
     >>> api.login("263770000001").dashboard.member.member_handle
     'alice'
     """
+
+    blocking = False
 
     def __init__(
         self,

@@ -69,6 +69,9 @@ class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):
 
     def __init__(self, api: CredexApi) -> None:
         self.api = api
+        # The handlers block only where the API client does (an HTTP client); with a client
+        # that never blocks (the in-memory fake) AsyncEngine runs them on the loop.
+        self.blocking = bool(getattr(api, "blocking", True))
 
     def __repr__(self) -> str:
         return f"CredexBot(api={type(self.api).__name__})"

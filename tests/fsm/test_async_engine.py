@@ -167,3 +167,31 @@ def test_a_timeout_during_a_thread_handler_waits_for_the_thread_and_saves_nothin
         assert (await engine.handle("u", "x", message_id="m1")).snapshot.data == {"count": 1}
 
     asyncio.run(main())
+
+
+def test_a_flow_whose_handlers_never_block_runs_them_on_the_loop() -> None:
+    """``Flow.blocking = False`` (here on the instance) is ``blocking=False`` on every plain
+    handler: the reference bot sets it when its API client never blocks (the fake)."""
+    flow = AsyncCounter()
+    flow.blocking = False
+
+    async def main() -> int:
+        engine = _engine(flow)
+        await engine.handle("a", "go")
+        await engine.handle("a", "thread")
+        await engine.handle("a", "x")
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert flow.threads["thread"] == loop_thread
+
+
+def test_the_reference_bot_blocks_only_where_its_api_client_does() -> None:
+    from flows.credex import CredexBot, FakeCredexApi
+
+    assert CredexBot(FakeCredexApi()).blocking is False
+
+    class HttpClient:  # any client that does not say it never blocks
+        pass
+
+    assert CredexBot(HttpClient()).blocking is True  # type: ignore[arg-type]
