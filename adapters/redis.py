@@ -128,6 +128,7 @@ class RedisStore(Store):
                 except ERRORS as exc:
                     error = exc
         finally:
+            reply = error = None  # no cycle through this frame from a raised error's traceback
             operation.close()
 
     def _call(self, operation: str, user_key: str | None, fn: Callable[[bool], T]) -> T:

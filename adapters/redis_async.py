@@ -10,7 +10,12 @@ side by side: each sees the other's sessions, versions, locks, history and seen 
 Cancellation (a client disconnect, ``asyncio.timeout``) is safe: redis-py closes a connection
 whose reply was not read yet (the CVE-2023-28858/28859 class of bug is fixed in the redis-py
 this package requires), and every operation is one atomic script or command, so the stored
-value is the old one or the new one. A lock taken by a cancelled call is freed by its TTL.
+value is the old one or the new one. The engine frees a lock whose request was cancelled on
+its way out; only if the cancelled lock command reaches the server after that release (it
+may travel on another connection) is the lock left to its TTL, which bounds it.
+
+``max_connections`` bounds the commands in flight (redis-py 8's asyncio pools refuse a command
+past their size instead of waiting): with a client of your own, pass its pool's size.
 
 >>> store = AsyncRedisStore.from_url("redis://127.0.0.1:6379/0", namespace="bot")  # doctest: +SKIP
 >>> await store.load("alice")                                                     # doctest: +SKIP
@@ -117,6 +122,7 @@ class AsyncRedisStore(AsyncStore):
                 except ERRORS as exc:
                     error = exc
         finally:
+            reply = error = None  # no cycle through this frame from a raised error's traceback
             operation.close()
 
     async def _execute(self, request: Script | Command) -> Any:

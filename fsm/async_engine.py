@@ -43,6 +43,13 @@ class AsyncEngine(MessageProtocol["AsyncStore"]):
     those of :class:`fsm.Engine`."""
 
     def __init__(self, flow: Flow, store: AsyncStore, **options: Any) -> None:
+        from adapters.base import AsyncStore
+
+        if not isinstance(store, AsyncStore):
+            raise TypeError(
+                f"AsyncEngine needs an adapters.AsyncStore (AsyncMemoryStore, AsyncRedisStore), "
+                f"got {type(store).__name__}: use fsm.Engine with a sync store"
+            )
         super().__init__(flow, store, **options)
 
     async def handle(self, user_id: str, text: str, *, message_id: str | None = None) -> Result:
@@ -60,22 +67,28 @@ class AsyncEngine(MessageProtocol["AsyncStore"]):
         store = self.store
         value: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                effect = protocol.send(value) if error is None else protocol.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+        try:
+            while True:
+                try:
+                    effect = protocol.send(value) if error is None else protocol.throw(error)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                value = error = None
+                try:
+                    if type(effect) is StoreCall:
+                        value = await getattr(store, effect.method)(*effect.args, **effect.kwargs)
+                    elif type(effect) is HandlerCall:
+                        value = await _call(effect)
+                    elif type(effect) is Sleep:
+                        await asyncio.sleep(effect.seconds)
+                    else:
+                        raise TypeError(f"not an effect: {effect!r}")
+                except BaseException as exc:  # noqa: BLE001 - handed to the protocol
+                    error = exc
+        finally:
+            # No cycle through this frame: an error's traceback must not keep the handler's
+            # frames (and the payload, the token) alive until the cyclic collector runs.
             value = error = None
-            try:
-                if type(effect) is StoreCall:
-                    value = await getattr(store, effect.method)(*effect.args, **effect.kwargs)
-                elif type(effect) is HandlerCall:
-                    value = await _call(effect)
-                else:
-                    assert type(effect) is Sleep
-                    await asyncio.sleep(effect.seconds)
-            except BaseException as exc:  # noqa: BLE001 - handed to the protocol, which decides
-                error = exc
 
 
 async def _call(call: HandlerCall) -> Any:
@@ -88,10 +101,18 @@ async def _call(call: HandlerCall) -> Any:
 
 async def _in_thread(fn: Callable[[Context], Any], ctx: Context) -> Any:
     """``fn(ctx)`` in the default executor. If the caller is cancelled meanwhile, wait for the
-    thread to return first (it cannot be stopped), then let the cancellation through."""
+    thread to return first (it cannot be stopped, and the protocol must not free the lease
+    under a step still running), however often the cancellation is repeated, then let the
+    cancellation through."""
     running = asyncio.ensure_future(asyncio.to_thread(fn, ctx))
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:
-        await asyncio.wait({running})
+        while not running.done():
+            try:
+                await asyncio.wait({running})
+            except asyncio.CancelledError:
+                continue  # cancelled again: still wait for the thread
+        if not running.cancelled():
+            running.exception()  # seen: its outcome is dropped with the cancelled message
         raise

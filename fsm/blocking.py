@@ -13,6 +13,7 @@ webhook requests would). Production code awaits the engine itself.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -42,8 +43,19 @@ def background_loop() -> asyncio.AbstractEventLoop:
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` on the background loop and wait for its result (or its exception)."""
-    return asyncio.run_coroutine_threadsafe(coroutine, background_loop()).result()
+    """Run ``coroutine`` on the background loop and wait for its result (or its exception).
+
+    If the waiting thread is interrupted (Ctrl-C), the coroutine is cancelled and waited for,
+    so a message does not go on in the background after its caller gave up: the engine frees
+    its lease, as the sync engine would, before the interruption goes on."""
+    future = asyncio.run_coroutine_threadsafe(coroutine, background_loop())
+    try:
+        return future.result()
+    except BaseException:
+        if not future.done():
+            future.cancel()
+            concurrent.futures.wait([future])
+        raise
 
 
 class BlockingEngine:

@@ -40,6 +40,13 @@ class Engine(MessageProtocol["Store"]):
     """
 
     def __init__(self, flow: Flow, store: Store, **options: Any) -> None:
+        from adapters.base import Store
+
+        if not isinstance(store, Store):
+            raise TypeError(
+                f"Engine needs an adapters.Store (MemoryStore, RedisStore), got "
+                f"{type(store).__name__}: use fsm.AsyncEngine with an async store"
+            )
         super().__init__(flow, store, **options)
         found = self._decider.async_methods()
         if found:
@@ -68,19 +75,25 @@ class Engine(MessageProtocol["Store"]):
         store = self.store
         value: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                effect = protocol.send(value) if error is None else protocol.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+        try:
+            while True:
+                try:
+                    effect = protocol.send(value) if error is None else protocol.throw(error)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+                value = error = None
+                try:
+                    if type(effect) is StoreCall:
+                        value = getattr(store, effect.method)(*effect.args, **effect.kwargs)
+                    elif type(effect) is HandlerCall:
+                        value = effect.fn(effect.ctx)
+                    elif type(effect) is Sleep:
+                        time.sleep(effect.seconds)
+                    else:
+                        raise TypeError(f"not an effect: {effect!r}")
+                except BaseException as exc:  # noqa: BLE001 - handed to the protocol
+                    error = exc
+        finally:
+            # No cycle through this frame: an error's traceback must not keep the handler's
+            # frames (and the payload, the token) alive until the cyclic collector runs.
             value = error = None
-            try:
-                if type(effect) is StoreCall:
-                    value = getattr(store, effect.method)(*effect.args, **effect.kwargs)
-                elif type(effect) is HandlerCall:
-                    value = effect.fn(effect.ctx)
-                else:
-                    assert type(effect) is Sleep
-                    time.sleep(effect.seconds)
-            except BaseException as exc:  # noqa: BLE001 - handed to the protocol, which decides
-                error = exc

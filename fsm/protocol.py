@@ -686,7 +686,6 @@ class MessageProtocol(Generic[S]):
         # Waiting is real time even on a fake clock: the holder needs real time to finish.
         deadline = time.monotonic() + self.lock_wait
         delays = lock_backoff()
-        since = self._recent.tick()
         try:
             while (loaded := (yield from self._lock_attempt(m, owner, call))) is None:
                 left = deadline - time.monotonic()
@@ -697,9 +696,9 @@ class MessageProtocol(Generic[S]):
         finally:
             self.stats.observe("lock", time.perf_counter() - started)
         m.owner, m.ready, m.leased_at = owner, loaded, time.monotonic()
-        self._remember(m.key, loaded.record, since)
 
     def _lock_attempt(self, m: _Message, owner: str, call: StoreCall) -> Steps[Loaded | None]:
+        since = self._recent.tick()
         try:
             loaded: Loaded | None = yield call
         except Exception:
@@ -709,6 +708,8 @@ class MessageProtocol(Generic[S]):
             # ours), rather than leaving the user locked out until its TTL.
             m.owner = owner
             raise
+        if loaded is not None:
+            self._remember(m.key, loaded.record, since)
         return loaded
 
     def _release(self, key: str, owner: str) -> Steps[None]:

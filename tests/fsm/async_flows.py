@@ -16,7 +16,7 @@ class AsyncCounter(Flow):
     name = "async-counter"
     stages = (
         Stage("idle", ("start",)),
-        Stage("counting", ("count", "side", "thread", "inline", "place")),
+        Stage("counting", ("count", "side", "thread", "inline", "place", "tside")),
     )
     transitions = (("begin", "idle", "counting"),)
 
@@ -27,6 +27,7 @@ class AsyncCounter(Flow):
         self.side_effects = 0
         self.in_critical = 0
         self.overlaps = 0
+        self._guard = threading.Lock()
         self.orders: dict[str, int] = {}  # idempotency key -> times the "API" was called
 
     @step("idle", "start")
@@ -46,7 +47,7 @@ class AsyncCounter(Flow):
             await self.gate.wait()
         if ctx.text == "boom":
             raise RuntimeError("handler bug")
-        if ctx.text in ("side", "thread", "inline"):
+        if ctx.text in ("side", "thread", "inline", "tside"):
             return ctx.stay(step=ctx.text)
         if ctx.text == "order":
             return ctx.stay(step="place")
@@ -72,6 +73,21 @@ class AsyncCounter(Flow):
         self.threads["thread"] = threading.get_ident()
         if ctx.text == "slow":
             time.sleep(0.4)  # blocking I/O, as a sync HTTP client would do
+        return _add(ctx)
+
+    @step("counting", "tside", side_effects=True)
+    def tside(self, ctx: Context) -> Outcome:
+        """A plain def under the lease, in a worker thread; "slow" blocks it 0.3 s."""
+        with self._guard:
+            self.in_critical += 1
+            self.overlaps += self.in_critical > 1
+        try:
+            if ctx.text == "slow":
+                time.sleep(0.3)
+            self.side_effects += 1
+        finally:
+            with self._guard:
+                self.in_critical -= 1
         return _add(ctx)
 
     @step("counting", "inline", blocking=False)

@@ -195,3 +195,66 @@ def test_the_reference_bot_blocks_only_where_its_api_client_does() -> None:
         pass
 
     assert CredexBot(HttpClient()).blocking is True  # type: ignore[arg-type]
+
+
+def test_a_repeated_cancellation_still_waits_for_a_thread_step_under_the_lease() -> None:
+    """Cancelled twice (a timeout, then a disconnect) while a plain def side-effect step runs
+    in its thread: the lease is kept until the thread returns, so the next message cannot run
+    the same step beside it."""
+    flow = AsyncCounter()
+
+    async def main() -> None:
+        engine = _engine(flow)
+        await engine.handle("u", "go")
+        await engine.handle("u", "tside")
+        first = asyncio.create_task(engine.handle("u", "slow", message_id="m1"))
+        while flow.in_critical == 0:
+            await asyncio.sleep(0.005)
+        first.cancel()
+        await asyncio.sleep(0.01)
+        first.cancel()
+        second = asyncio.create_task(engine.handle("u", "x", message_id="m2"))
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert not isinstance(results[1], BaseException) and results[1].snapshot.data == {
+            "count": 1
+        }
+
+    asyncio.run(main())
+    assert (flow.overlaps, flow.side_effects) == (0, 2)
+
+
+def test_an_engine_refuses_a_store_of_the_other_kind() -> None:
+    with pytest.raises(TypeError, match=r"use fsm\.AsyncEngine"):
+        Engine(AsyncCounter(), AsyncMemoryStore())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"use fsm\.Engine"):
+        AsyncEngine(AsyncCounter(), MemoryStore())  # type: ignore[arg-type]
+
+
+def test_an_interrupted_blocking_call_cancels_the_message_and_frees_the_lease() -> None:
+    """Ctrl-C in ``fsm chat --async`` (or the kit): the message does not go on in the
+    background holding the lease."""
+    import signal
+
+    from fsm.blocking import BlockingEngine
+
+    flow = AsyncCounter()
+    store = AsyncMemoryStore()
+    engine = BlockingEngine(AsyncEngine(flow, store))
+    engine.handle("u", "go")
+    engine.handle("u", "side")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            engine.handle("u", "park", message_id="m1")  # waits on a gate nobody opens
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert flow.in_critical == 0 and store.sync.lock_info("u") is None
+    snapshot = engine.peek("u")
+    assert snapshot is not None and snapshot.version == 2  # nothing applied behind our back
