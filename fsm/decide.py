@@ -43,6 +43,18 @@ class Decision:
     note: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """Where an outcome takes a conversation (:meth:`Decider._route`)."""
+
+    stage: str
+    step: str
+    option: str
+    resume: Resume | None
+    pending: str
+    events: list[str]
+
+
 class Decider:
     """Decides messages for one flow instance. Shared by every user; holds no per-user state."""
 
@@ -221,11 +233,37 @@ class Decider:
             auth = self._replace_token(key, current.auth, outcome.auth.token)
         elif isinstance(outcome.auth, Logout):
             auth = None
+        place = self._route(key, current, outcome, auth)
+        data: dict[str, Any] = {} if outcome.clear else dict(current.data)
+        for name in outcome.unset:
+            data.pop(name, None)
+        data.update({name: thaw(value) for name, value in outcome.set.items()})
+        new = Snapshot(
+            flow=self.spec.name,
+            stage=place.stage,
+            step=place.step,
+            option=place.option,
+            data=data,
+            auth=auth,
+            resume=place.resume,
+            version=current.version + 1,
+            schema=SCHEMA_VERSION,
+            flow_version=current.flow_version,
+            last_updated=now,
+            update_from=self._source(),
+            pending=place.pending,
+        )
+        replies = (*notices, *outcome.replies)
+        if place.events or place.step != current.step:
+            replies = (*replies, *(yield from self._enter(key, new, now)))
+        return Decision(new, replies, tuple(place.events), side_effects)
+
+    def _route(self, key: str, current: Snapshot, outcome: Outcome, auth: Auth | None) -> _Place:
+        """Where ``outcome`` takes the conversation, each move checked by the machine."""
         # The guard every transition checks. The engine alone builds ``auth``, so today this
         # holds by construction; the machine re-checks it so a future change cannot slip.
         token_preserved = outcome.auth is not None or auth == current.auth
         token_valid = self._token_ok(auth)
-
         stage, step, option, resume = current.stage, current.step, current.option, current.resume
         pending = ""  # a resumed action keeps its key; any other lands with a new one
         events: list[str] = []
@@ -263,30 +301,7 @@ class Decider:
             pending = ""
         elif not pending:  # a new pending action: its key is fixed now, kept until it has run
             pending = self.new_key()
-
-        data: dict[str, Any] = {} if outcome.clear else dict(current.data)
-        for name in outcome.unset:
-            data.pop(name, None)
-        data.update({name: thaw(value) for name, value in outcome.set.items()})
-        new = Snapshot(
-            flow=self.spec.name,
-            stage=stage,
-            step=step,
-            option=option,
-            data=data,
-            auth=auth,
-            resume=resume,
-            version=current.version + 1,
-            schema=SCHEMA_VERSION,
-            flow_version=current.flow_version,
-            last_updated=now,
-            update_from=self._source(),
-            pending=pending,
-        )
-        replies = (*notices, *outcome.replies)
-        if events or step != current.step:
-            replies = (*replies, *(yield from self._enter(key, new, now)))
-        return Decision(new, replies, tuple(events), side_effects)
+        return _Place(stage, step, option, resume, pending, events)
 
     def _replace_token(self, key: str, current: Auth | None, token: str) -> Auth:
         if self.verifier is None:
