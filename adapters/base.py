@@ -393,6 +393,12 @@ class AsyncStore(abc.ABC):
         """Release connections; the store is unusable afterwards."""
 
 
+#: The highest version a session can be saved with (10^12 saves of one conversation). Stores
+#: refuse more; the engine takes a record claiming more for corruption, and never continues a
+#: version chain above it. The Redis value layout reads versions of up to 15 digits.
+MAX_VERSION = 10**12
+
+
 def check_save_arguments(
     ttl: float, version: int, expected_version: int, owner: str | None, release: bool
 ) -> None:
@@ -401,6 +407,8 @@ def check_save_arguments(
         raise ValueError(f"ttl must be > 0, got {ttl!r}")
     if expected_version < 0 or version <= expected_version:
         raise ValueError(f"version {version} must follow expected_version {expected_version}")
+    if version > MAX_VERSION:
+        raise ValueError(f"version {version} is above MAX_VERSION ({MAX_VERSION})")
     if release and owner is None:
         raise ValueError("release=True needs the owner whose lease to release")
 

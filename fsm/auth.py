@@ -127,16 +127,24 @@ class TokenVerifier:
         A slow response to an earlier refresh carries an older token; it must never replace the
         fresher one. Freshness is ``(iat, exp)``; a token without ``iat`` cannot prove it is
         fresh and is refused while the held one has ``iat``.
+
+        The comparison is with the held token's own verified claims, not with what the slot
+        says about it, and only while the held token is still valid: an expired (or otherwise
+        unusable) token protects nothing, so any valid new one replaces it. A slot whose
+        ``issued_at`` says "the future" can therefore never block sign-in.
         """
         fresh = self.auth_for(token)
-        if current is None or current.issued_at is None:
+        if current is None:
+            return fresh
+        try:
+            held = self.auth_for(current.token)
+        except TokenRefused:
+            return fresh  # the held token is no longer valid: nothing fresher to protect
+        if held.issued_at is None:
             return fresh
         if fresh.issued_at is None:
             raise TokenRefused("stale token: no iat to compare with the one held")
-        if (fresh.issued_at, fresh.expires_at or 0.0) < (
-            current.issued_at,
-            current.expires_at or 0.0,
-        ):
+        if (fresh.issued_at, fresh.expires_at or 0.0) < (held.issued_at, held.expires_at or 0.0):
             raise TokenRefused("stale token: issued before the one held")
         return fresh
 

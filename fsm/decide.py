@@ -25,7 +25,7 @@ from fsm.effects import HandlerCall, Steps
 from fsm.errors import FsmError, StepFailed, StepNotFound, TokenRefused, TransitionNotAllowed
 from fsm.flow import Flow, FlowSpec, call_mode
 from fsm.reply import Reply
-from fsm.snapshot import SCHEMA_VERSION, Auth, Resume, Snapshot
+from fsm.snapshot import MAX_DEPTH, SCHEMA_VERSION, Auth, Resume, Snapshot, nesting
 from fsm.stats import EngineStats
 from fsm.step import Context, Login, Logout, Outcome, thaw
 
@@ -234,6 +234,10 @@ class Decider:
         elif isinstance(outcome.auth, Logout):
             auth = None
         place = self._route(key, current, outcome, auth)
+        if any(nesting(value) >= MAX_DEPTH for value in outcome.set.values()):
+            raise StepFailed(
+                current.stage, current.step, user_key=key, version=current.version
+            ) from ValueError(f"data nested deeper than {MAX_DEPTH} levels")
         data: dict[str, Any] = {} if outcome.clear else dict(current.data)
         for name in outcome.unset:
             data.pop(name, None)

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, TypeVar
 
 from fsm.errors import InvalidFlowDefinition
 from fsm.machine import StageMachine
-from fsm.snapshot import Snapshot
+from fsm.snapshot import NEWER_WINDOW, Snapshot
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -201,9 +201,17 @@ class FlowSpec:
 
     def problem_with(self, snapshot: Snapshot) -> str | None:
         """Why a decoded snapshot cannot belong to this flow (msgspec-style ``$.path``), or
-        None. A newer ``flow_version`` is not a problem here: the engine refuses it."""
+        None. A newer ``flow_version`` within :data:`~fsm.snapshot.NEWER_WINDOW` is not a
+        problem here (a newer deploy's: the engine refuses it, untouched); one further ahead
+        was written by no deploy, and is."""
         if snapshot.flow != self.name:
             return f"flow {snapshot.flow!r} is not {self.name!r} - at `$.flow`"
+        if snapshot.flow_version > self.version + NEWER_WINDOW:
+            return (
+                f"flow version {snapshot.flow_version} is beyond any deploy (this code runs "
+                f"{self.version}, a newer deploy at most {self.version + NEWER_WINDOW})"
+                " - at `$.flow_version`"
+            )
         if snapshot.flow_version > self.version:
             return None
         stage = self.stages.get(snapshot.stage)

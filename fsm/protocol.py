@@ -44,12 +44,14 @@ import os
 import random
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from adapters.base import (
+    MAX_VERSION,
     AsyncStore,
     HistoryEntry,
     Loaded,
@@ -94,6 +96,9 @@ MAX_USER_KEY = 256
 #: under heavy contention on one user, queueing beats retrying.
 LOCK_AFTER_CONFLICTS = 3
 
+#: How many failed messages for one user keep the failures' record apart, per process.
+FAILURES_KEPT = 10_000
+
 #: Actions (:func:`fsm.flow.action`) may lead to further actions; more than this many in a row
 #: for one message is a flow bug (a loop), reported as :class:`~fsm.errors.StepFailed`.
 MAX_ACTIONS = 8
@@ -129,6 +134,7 @@ class _Restored:
     expected_tag: str = ""  # and the write that stored it, where the store keeps tags
     notices: tuple[Reply, ...] = ()
     expired: bool = False
+    record: Record | None = None  # the stored bytes it was read from (None: nothing stored)
 
 
 class _Message:
@@ -212,6 +218,7 @@ class MessageProtocol(Generic[S]):
         reset_notice: str = "Something went wrong with your conversation; we are starting again.",
         auth_notice: str = "Your sign-in has expired. Please sign in again to continue.",
         recent: int = 10_000,
+        poison_after: int = 3,
         abandon_notice: str = (
             "We could not finish your last request and cannot tell whether it went through. "
             "Please check before you try again."
@@ -221,6 +228,8 @@ class MessageProtocol(Generic[S]):
             raise ValueError("session_ttl and lock_ttl must be > 0, lock_wait >= 0")
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if poison_after < 1:
+            raise ValueError("poison_after must be >= 1")
         self.flow = flow
         self.spec: FlowSpec = type(flow).spec
         if self.spec.machine.protected and verifier is None:
@@ -240,6 +249,9 @@ class MessageProtocol(Generic[S]):
         self.abandon_notice = abandon_notice
         self.stats = EngineStats()
         self._recent = RecentRecords(recent)
+        self.poison_after = poison_after
+        # user key -> (version, failures in a row of the step at that version), this process
+        self._failures: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._decider = Decider(
             flow,
             verifier=verifier,
@@ -264,10 +276,8 @@ class MessageProtocol(Generic[S]):
     def message(self, user_id: str, text: str, message_id: str | None) -> Steps[Result]:
         """Apply one user message; returns the replies once the new state is saved."""
         key = check_key(user_id)
-        if not isinstance(text, str):
-            raise TypeError(f"text must be str, got {type(text).__name__}")
-        if message_id is not None and (not isinstance(message_id, str) or not message_id):
-            raise ValueError("message_id must be a non-empty string or None")
+        check_text(text)
+        check_message_id(message_id)
         m = _Message(key, text, message_id, self._recent.get(key))
         try:
             for _ in range(self._passes):
@@ -278,10 +288,14 @@ class MessageProtocol(Generic[S]):
         except GeneratorExit:
             m.owner = None  # abandoned by its driver: no more I/O; the lease expires by itself
             raise
-        except FsmError as exc:
-            # Earlier saves of this call (an action finished first) happened and were not said:
-            # the error carries their replies so the transport can still send them.
-            exc.replies = tuple(m.said)
+        except BaseException as exc:
+            # Whatever failed, the next message reads the store: a cached record must never
+            # make an error permanent (the session may be repaired, rolled back or gone).
+            self._recent.forget(key)
+            if isinstance(exc, FsmError):
+                # Earlier saves of this call (an action finished first) happened and were not
+                # said: the error carries their replies so the transport can still send them.
+                exc.replies = tuple(m.said)
             raise
         finally:
             if m.owner is not None:
@@ -317,7 +331,12 @@ class MessageProtocol(Generic[S]):
                 m.owner = None  # it lapsed: someone else may be running it; re-lock
                 return None
             m.leased_at = time.monotonic()
-        decision = yield from self._decide(m, current, at_action)
+        try:
+            decision = yield from self._decide(m, current, at_action)
+        except StepFailed as exc:
+            if not (yield from self._poisoned(m, restored, exc)):
+                raise
+            return None  # quarantined: the next pass restarts the user at the safe stage
         return (yield from self._save(m, restored, decision, at_action))
 
     def _needs_lock(self, m: _Message, current: Snapshot, at_action: bool) -> bool:
@@ -357,7 +376,7 @@ class MessageProtocol(Generic[S]):
             assert loaded.record is not None
             self._recent.forget(m.key)
             if (yield from self._quarantine(m.key, loaded.record, exc)):
-                m.floor = max(m.floor or 0, loaded.record.version)
+                m.floor = max(m.floor or 0, _chain(loaded.record.version))
                 m.notices = (Reply(self.reset_notice),)
             return None  # reload: it is gone now, or someone rewrote it meanwhile
 
@@ -378,11 +397,12 @@ class MessageProtocol(Generic[S]):
         ``floor`` is the version of a record this message quarantined: the restarted
         conversation continues above it, at the flow's safe stage."""
         if record is not None:
-            return _Restored(self._validated(key, record), record.version, record.tag)
+            snapshot = self._validated(key, record)
+            return _Restored(snapshot, record.version, record.tag, record=record)
         # Continue the version chain of an expired or reset session, so a worker that stalled
         # on the old session can never compare-and-set onto the new one.
         last: list[HistoryEntry] = yield StoreCall("history", (key,), {"limit": 1})
-        base = max(floor or 0, last[0].version if last else 0)
+        base = max(floor or 0, _chain(last[0].version) if last else 0)
         if floor is not None:  # we quarantined it: the reset notice is already said
             return _Restored(self._fresh(self.spec.safe_stage, base), 0)
         fresh = self._fresh(self.spec.initial, base)
@@ -615,6 +635,35 @@ class MessageProtocol(Generic[S]):
         m.ready = Loaded(saved.current)  # the reply carries the current record: no read
         yield Sleep(random.uniform(0, 0.001 * m.conflicts))
 
+    def _poisoned(self, m: _Message, restored: _Restored, exc: StepFailed) -> Steps[bool]:
+        """Count a step failure on a stored session; at ``poison_after`` failures in a row on
+        the same version (this process's count), the session is taken for poisoned (data on
+        which the step can only fail): its bytes are quarantined and the user restarts with
+        the reset notice, this message applied to the new conversation. False: raise it."""
+        record = restored.record
+        if record is None or m.actions or not m.due:
+            return False  # a new conversation, or an action's turn: the flow's bug to report
+        version, failures = self._failures.pop(m.key, (record.version, 0))
+        failures = failures + 1 if version == record.version else 1
+        if failures < self.poison_after:
+            self._failures[m.key] = (record.version, failures)
+            while len(self._failures) > FAILURES_KEPT:
+                self._failures.popitem(last=False)
+            return False
+        current = restored.snapshot
+        reason = (
+            f"step {current.stage}.{current.step} failed {failures} times in a row "
+            f"({type(exc.__cause__ or exc).__name__}) - poisoned session"
+        )
+        self._recent.forget(m.key)
+        if (
+            yield from self._quarantine(m.key, record, CorruptSnapshot(reason, raw=record.payload))
+        ):
+            self.stats.incr("poisoned")
+            m.floor = max(m.floor or 0, _chain(record.version))
+            m.notices = (Reply(self.reset_notice),)
+        return True
+
     def _encode(self, key: str, decision: Decision) -> bytes:
         snapshot = decision.snapshot
         try:
@@ -651,8 +700,8 @@ class MessageProtocol(Generic[S]):
         ``since``, a :meth:`RecentRecords.tick`); report a version that went backwards (a
         failover lost acknowledged writes, or someone restored an old copy)."""
         old = self._recent.put(key, record, since)
-        if record is None or old is None:
-            return
+        if record is None or old is None or record.version == 0:
+            return  # version 0: foreign bytes, reported as corruption when quarantined
         # Lower, or the same version written by another write: a write we saw was lost.
         if record.version < old.version or (
             record.version == old.version and record.tag and old.tag and record.tag != old.tag
@@ -740,7 +789,8 @@ class MessageProtocol(Generic[S]):
 
 
 def check_key(user_key: str) -> str:
-    """``user_key`` if it can name a conversation, else :class:`InvalidUserKey`."""
+    """``user_key`` if it can name a conversation, else :class:`InvalidUserKey` (the same
+    answer on every store: none sees a key that another would refuse)."""
     if not isinstance(user_key, str):
         raise InvalidUserKey(f"must be str, got {type(user_key).__name__}")
     if not user_key or not user_key.strip():
@@ -749,4 +799,39 @@ def check_key(user_key: str) -> str:
         raise InvalidUserKey(f"longer than {MAX_USER_KEY} characters")
     if "\x00" in user_key:
         raise InvalidUserKey("must not contain NUL")
+    if not _is_unicode(user_key):
+        raise InvalidUserKey("must be valid Unicode text (it holds a lone surrogate)")
     return user_key
+
+
+def check_text(text: str) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str, got {type(text).__name__}")
+    if not _is_unicode(text):
+        raise ValueError("text must be valid Unicode (it holds a lone surrogate)")
+
+
+def check_message_id(message_id: str | None) -> None:
+    if message_id is None:
+        return
+    if not isinstance(message_id, str) or not message_id:
+        raise ValueError("message_id must be a non-empty string or None")
+    if not _is_unicode(message_id):
+        raise ValueError("message_id must be valid Unicode (it holds a lone surrogate)")
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (no lone surrogates, which no store can keep)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _chain(version: int) -> int:
+    """The version a restarted chain may continue above: ``version``, unless it is so high
+    that the chain could not go on (only corruption claims that), then 0."""
+    return version if version < MAX_VERSION else 0

@@ -15,12 +15,23 @@ from typing import Any
 
 import msgspec
 
+from adapters.base import MAX_VERSION
 from fsm.errors import CorruptSnapshot, SchemaTooNew
 from fsm.migrations import upgrade
 
 #: The snapshot format this code writes. 2: each struct is a msgpack array in field order
 #: (field names are not stored: a session is ~130 bytes smaller). 1: maps; still read.
 SCHEMA_VERSION = 2
+
+#: How far ahead of this code a record's ``schema`` (or a flow's ``flow_version``) may be and
+#: still be taken for a newer deploy's, refused and left untouched: a rolling deploy runs at
+#: most one version ahead. A record further ahead than that was written by no deploy: it is
+#: corrupt, quarantined like any other, so it cannot refuse every message forever.
+NEWER_WINDOW = 1
+
+#: The deepest nesting of lists and maps that ``data`` may hold. Deeper data is refused when
+#: decoded (corrupt) and when a step produces it (StepFailed), so no reader recurses past it.
+MAX_DEPTH = 64
 
 
 class Auth(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -238,15 +249,21 @@ def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
     except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure is corruption, raised
         newer = _newer_schema(raw)
         if newer is not None:
-            raise SchemaTooNew(newer, SCHEMA_VERSION, user_key=user_key) from None
+            raise _newer(newer, raw, user_key) from None
         raise CorruptSnapshot(
             str(exc) or type(exc).__name__, raw=bytes(raw), user_key=user_key
         ) from None
     if snapshot.schema > SCHEMA_VERSION:  # decoded, but fields we do not know were dropped
-        raise SchemaTooNew(snapshot.schema, SCHEMA_VERSION, user_key=user_key)
-    if snapshot.version < 1:
+        raise _newer(snapshot.schema, raw, user_key)
+    if not 1 <= snapshot.version <= MAX_VERSION:
         raise CorruptSnapshot(
-            f"version must be >= 1, got {snapshot.version} - at `$.version`",
+            f"version must be 1..{MAX_VERSION}, got {snapshot.version} - at `$.version`",
+            raw=bytes(raw),
+            user_key=user_key,
+        )
+    if nesting(snapshot.data) > MAX_DEPTH:
+        raise CorruptSnapshot(
+            f"data nested deeper than {MAX_DEPTH} levels - at `$.data`",
             raw=bytes(raw),
             user_key=user_key,
         )
@@ -295,6 +312,40 @@ def _newer_schema(raw: bytes) -> int | None:
         return None
     ok = isinstance(schema, int) and not isinstance(schema, bool)
     return schema if ok and schema > SCHEMA_VERSION else None
+
+
+def _newer(schema: int, raw: bytes, user_key: str | None) -> SchemaTooNew | CorruptSnapshot:
+    """A record of a newer ``schema``: a newer deploy's (refused) or, too far ahead, corrupt."""
+    if schema <= SCHEMA_VERSION + NEWER_WINDOW:
+        return SchemaTooNew(schema, SCHEMA_VERSION, user_key=user_key)
+    return CorruptSnapshot(
+        f"schema {schema} is beyond any deploy (this code reads {SCHEMA_VERSION}, a newer "
+        f"deploy at most {SCHEMA_VERSION + NEWER_WINDOW}) - at `$.schema`",
+        raw=bytes(raw),
+        user_key=user_key,
+    )
+
+
+def nesting(value: Any) -> int:
+    """How deeply lists and maps nest in ``value`` (0 for a scalar), found without recursion,
+    so no depth of untrusted data can overflow the stack."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DEPTH:
+                return deepest  # far enough: the caller refuses it
+        stack.extend((child, depth) for child in children)
+    return deepest
 
 
 def stored_schema(raw: bytes) -> int | None:

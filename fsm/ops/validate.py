@@ -18,7 +18,7 @@ from fsm import snapshot as snapshots
 from fsm.errors import CorruptSnapshot, SchemaTooNew
 from fsm.flow import FlowSpec
 from fsm.migrations import MigrationError, apply_flow_migrations
-from fsm.snapshot import Snapshot, decode_snapshot, stored_schema
+from fsm.snapshot import NEWER_WINDOW, Snapshot, decode_snapshot, stored_schema
 
 #: User keys that start with NUL are the library's own (the health probe's); the engine refuses
 #: them as user ids, so no conversation can have one.
@@ -119,7 +119,10 @@ def diagnose(user_key: str, record: Record, spec: FlowSpec, *, now: float) -> Di
             f"snapshot version {stored.version} != stored version {record.version}",
             stored,
         )
-    if stored.flow == spec.name and stored.flow_version > spec.version:
+    if (
+        stored.flow == spec.name
+        and spec.version < stored.flow_version <= spec.version + NEWER_WINDOW
+    ):
         return verdict(
             Problem.SCHEMA_TOO_NEW,
             f"flow version {stored.flow_version} is newer than this code's {spec.version}",
@@ -134,7 +137,9 @@ def diagnose(user_key: str, record: Record, spec: FlowSpec, *, now: float) -> Di
     problem = spec.problem_with(snapshot)
     if problem is not None:
         kind = (
-            Problem.WRONG_FLOW
+            Problem.UNDECODABLE  # a flow version no deploy wrote: corrupt
+            if "`$.flow_version`" in problem
+            else Problem.WRONG_FLOW
             if "`$.flow`" in problem
             else Problem.UNKNOWN_STAGE
             if "`$.stage`" in problem

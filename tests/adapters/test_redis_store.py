@@ -23,7 +23,7 @@ from adapters.redis import RedisStore, split_value
 from adapters.redis_keys import KeyLayout
 from flows.credex import build_engine
 from flows.credex.fake import FakeCredexApi
-from fsm import Engine, FakeClock, decode_snapshot
+from fsm import SCHEMA_VERSION, Engine, FakeClock, decode_snapshot
 from fsm.errors import SchemaTooNew, StoreUnavailable
 from tests import redis_servers
 from tests.fsm.sample_flows import Counter
@@ -203,7 +203,7 @@ def test_an_unreachable_server_raises_store_unavailable_naming_the_operation() -
 # -- bytes written by something else ------------------------------------------------------------
 def _newer_schema(valid: bytes) -> bytes:
     fields = msgspec.msgpack.decode(valid)
-    fields[8] = 9  # the schema slot
+    fields[8] = SCHEMA_VERSION + 1  # the schema slot: one deploy ahead
     return msgspec.msgpack.encode(fields)
 
 

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from adapters import MemoryStore
-from fsm import Engine, Snapshot, decode_snapshot, encode_snapshot
+from fsm import SCHEMA_VERSION, Engine, Snapshot, decode_snapshot, encode_snapshot
 from fsm.errors import (
     CorruptSnapshot,
     InvalidUserKey,
@@ -163,7 +163,9 @@ def test_corrupt_bytes_are_quarantined_unchanged_and_user_restarts(
 
 
 def test_newer_schema_is_not_overwritten(vault: VaultWorld) -> None:
-    newer = Snapshot(flow="vault", stage="auth", step="password", version=1, schema=99)
+    newer = Snapshot(
+        flow="vault", stage="auth", step="password", version=1, schema=SCHEMA_VERSION + 1
+    )
     raw = msgspec.msgpack.encode(newer)
     vault.store.save("ann", raw, version=1, expected_version=0, ttl=600)
     with pytest.raises(SchemaTooNew):

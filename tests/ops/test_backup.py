@@ -15,7 +15,7 @@ import pytest
 from adapters import RedisStore
 from fsm import Snapshot
 from fsm.ops.backup import BackupError, Restored, backup, read_backup, restore
-from fsm.snapshot import encode_snapshot
+from fsm.snapshot import SCHEMA_VERSION, encode_snapshot
 from tests.ops.conftest import ALICE, BOB, CAROL, DAVE, STRANGER, Ops, make_ops
 
 
@@ -205,7 +205,7 @@ def test_sessions_of_newer_code_and_foreign_bytes_survive_a_round_trip(
 ) -> None:
     snap = ops.say(CAROL, "hi")
     fields = list(msgspec.msgpack.decode(msgspec.msgpack.encode(snap)))
-    fields[Snapshot.__struct_fields__.index("schema")] = 99  # newer code's format
+    fields[Snapshot.__struct_fields__.index("schema")] = SCHEMA_VERSION + 1  # newer code's format
     newer = msgspec.msgpack.encode(fields)
     ops.put(CAROL, newer, version=snap.version)
     ops.put(DAVE, encode_snapshot(msgspec.structs.replace(snap, version=7)), version=3)  # mismatch
