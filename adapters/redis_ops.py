@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import re
 import secrets
 import time
 from collections.abc import Callable, Generator
@@ -52,6 +51,8 @@ from adapters.redis_scripts import (
     QUARANTINE,
     RELEASE,
     SAVE,
+    TAG_DIGITS,
+    VALUE_PREFIX,
 )
 from fsm.errors import StoreUnavailable
 
@@ -112,15 +113,14 @@ _STATUS = {
 
 
 # -- the stored value ------------------------------------------------------------------------
-_PREFIX = re.compile(rb"^([1-9][0-9]{0,14})\.([0-9a-f]{8}):")
-TAG = 8  # hex digits of a write's tag; history entries are stored behind theirs
+TAG = TAG_DIGITS  # hex digits of a write's tag; history entries are stored behind theirs
 
 
 def split_value(value: bytes) -> Record:
     """A session value as a record: ``b"<version>.<tag>:<payload>"``; bytes without that
     prefix (not written by this store) are version 0 with the whole value as payload, so the
     engine quarantines them byte for byte. The scripts read values the same way."""
-    match = _PREFIX.match(value)
+    match = VALUE_PREFIX.match(value)
     if match is None:
         return Record(value, 0)
     return Record(value[match.end() :], int(match[1]), match[2].decode())

@@ -10,19 +10,35 @@ the version with one ``string.match`` and never decodes msgpack.
 
 from __future__ import annotations
 
+import re
+
+# -- the session value layout: one definition, read the same way by Python and by Lua ----------
+#: ``b"<version>.<tag>:" + payload``: a version of 1 to VERSION_DIGITS decimal digits with no
+#: leading zero, a dot, a tag of TAG_DIGITS lowercase hex digits naming the write, a colon.
+#: Anything else is foreign bytes: version 0, no tag, the whole value as payload.
+VERSION_DIGITS = 15
+TAG_DIGITS = 8
+_TAG_CHARACTER = "[0-9a-f]"  # the same class in a Python regex and in a Lua pattern
+_PAYLOAD_OFFSET = 1 + TAG_DIGITS + 1  # after the digits: the dot, the tag, the colon
+#: The Python side (:func:`adapters.redis_ops.split_value`).
+VALUE_PREFIX = re.compile(
+    rb"^([1-9][0-9]{0,%d})\.(%s{%d}):" % (VERSION_DIGITS - 1, _TAG_CHARACTER.encode(), TAG_DIGITS)
+)
+_LUA_PREFIX = "^([1-9]%d*)%.(" + _TAG_CHARACTER * TAG_DIGITS + "):"
+
 # Shared Lua: the server's time in ms, and the version of a session value (0 for none).
-_PRELUDE = """
+_PRELUDE = f"""
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- A value is "<version>.<tag>:<payload>" (tag: 8 hex digits naming the write). Bytes without
--- that prefix (written by something else) are version 0, no tag, the whole value as payload,
--- exactly as RedisStore reads them.
+-- A value is "<version>.<tag>:<payload>" (see VALUE_PREFIX). Bytes without that prefix
+-- (written by something else) are version 0, no tag, the whole value as payload, exactly as
+-- RedisStore reads them.
 local function split(value)
-  local digits, tag = string.match(value, '^([1-9]%d*)%.(%x%x%x%x%x%x%x%x):')
-  if digits and #digits <= 15 then
-    return tonumber(digits), tag, string.sub(value, #digits + 11)
+  local digits, tag = string.match(value, '{_LUA_PREFIX}')
+  if digits and #digits <= {VERSION_DIGITS} then
+    return tonumber(digits), tag, string.sub(value, #digits + {_PAYLOAD_OFFSET + 1})
   end
   return 0, '', value
 end
