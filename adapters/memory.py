@@ -67,8 +67,8 @@ class MemoryStore(Store):
         clock: Clock | None = None,
         history_limit: int = 50,
         history_ttl: float = 7 * 24 * 3600,
-        dedupe_limit: int = 256,
-        dedupe_ttl: float = 24 * 3600,
+        dedupe_limit: int = 1000,
+        dedupe_ttl: float = 7 * 24 * 3600,
         quarantine_limit: int = 10_000,
     ) -> None:
         for name, value in [

@@ -200,8 +200,8 @@ class RedisOperations:
         *,
         history_limit: int = 50,
         history_ttl: float = 7 * 24 * 3600,
-        dedupe_limit: int = 256,
-        dedupe_ttl: float = 24 * 3600,
+        dedupe_limit: int = 1000,
+        dedupe_ttl: float = 7 * 24 * 3600,
         quarantine_limit: int = 100,
         retries: int = 2,
     ) -> None:
