@@ -311,6 +311,8 @@ def test_failure_2_a_flipped_tag_letter_is_quarantined_not_a_conflict_forever() 
         assert RESET in result.texts[0]
         assert [e.raw for e in store.quarantined("u")] == [flipped]
         assert engine.handle("u", "+1").snapshot.data == {"count": 1}
+        # Foreign bytes are corruption, not a version that went back after a failover.
+        assert (engine.stats["corrupt"], engine.stats["version_regressions"]) == (1, 0)
     finally:
         store.close()
 
@@ -350,3 +352,21 @@ def test_any_bytes_in_a_session_heal_within_two_messages(raw: bytes) -> None:
             continue
     result = engine.handle("u", "+1")  # never an error on the third message
     assert result.snapshot.stage == "counting"
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_the_fuzz_script_leaves_no_user_stuck_on_a_small_run(kind: str) -> None:
+    """tests/benchmarks/fuzz_sessions.py on 1,500 users (it runs 100,000 by hand)."""
+    from tests.benchmarks.fuzz_sessions import run
+
+    if kind == "memory":
+        outcome = run(MemoryStore(clock=FakeClock()), 1500, seed=5, redis_client=None)
+    else:
+        namespace = f"fuzz{next(_namespaces)}-{os.getpid()}"
+        store = RedisStore.from_url(redis_servers.standalone().url, namespace=namespace)
+        try:
+            outcome = run(store, 1500, seed=5, redis_client=store.client)
+        finally:
+            store.close()
+    assert outcome["stuck"] == 0, outcome
+    assert outcome["healed"] > 500 and outcome["applied"] > 100  # both kinds were exercised
