@@ -242,6 +242,10 @@ class Decider:
         for name in outcome.unset:
             data.pop(name, None)
         data.update({name: thaw(value) for name, value in outcome.set.items()})
+        if nesting(data) > MAX_DEPTH:  # grown one level at a time, say
+            raise StepFailed(
+                current.stage, current.step, user_key=key, version=current.version
+            ) from ValueError(f"data nested deeper than {MAX_DEPTH} levels")
         new = Snapshot(
             flow=self.spec.name,
             stage=place.stage,

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, TypeVar
 
 from fsm.errors import InvalidFlowDefinition
 from fsm.machine import StageMachine
-from fsm.snapshot import NEWER_WINDOW, Snapshot
+from fsm.snapshot import NEWER_FLOW_WINDOW, Snapshot
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -201,15 +201,15 @@ class FlowSpec:
 
     def problem_with(self, snapshot: Snapshot) -> str | None:
         """Why a decoded snapshot cannot belong to this flow (msgspec-style ``$.path``), or
-        None. A newer ``flow_version`` within :data:`~fsm.snapshot.NEWER_WINDOW` is not a
+        None. A newer ``flow_version`` within :data:`~fsm.snapshot.NEWER_FLOW_WINDOW` is not a
         problem here (a newer deploy's: the engine refuses it, untouched); one further ahead
         was written by no deploy, and is."""
         if snapshot.flow != self.name:
             return f"flow {snapshot.flow!r} is not {self.name!r} - at `$.flow`"
-        if snapshot.flow_version > self.version + NEWER_WINDOW:
+        if snapshot.flow_version > self.version + NEWER_FLOW_WINDOW:
             return (
                 f"flow version {snapshot.flow_version} is beyond any deploy (this code runs "
-                f"{self.version}, a newer deploy at most {self.version + NEWER_WINDOW})"
+                f"{self.version}, a newer deploy at most {self.version + NEWER_FLOW_WINDOW})"
                 " - at `$.flow_version`"
             )
         if snapshot.flow_version > self.version:
@@ -225,6 +225,11 @@ class FlowSpec:
             if target is None or resume.step not in target.steps:
                 return (
                     f"resume point {resume.stage}.{resume.step} is not in the flow - at `$.resume`"
+                )
+            if self.auth_stage is not None and self.path(self.auth_stage, resume.stage) is None:
+                return (
+                    f"resume point {resume.stage}.{resume.step} cannot be reached from the auth "
+                    "stage - at `$.resume`"
                 )
         return None
 

@@ -51,7 +51,6 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from adapters.base import (
-    MAX_VERSION,
     AsyncStore,
     HistoryEntry,
     Loaded,
@@ -83,7 +82,8 @@ from fsm.flow import Flow, FlowSpec
 from fsm.migrations import MigrationError, apply_flow_migrations
 from fsm.recent import RecentRecords
 from fsm.reply import Reply
-from fsm.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from fsm.snapshot import VERSION_LIMIT, Snapshot, decode_snapshot, encode_snapshot
+from fsm.snapshot import chain_floor as _chain
 from fsm.stats import EngineStats
 
 log = logging.getLogger("fsm.engine")
@@ -250,8 +250,8 @@ class MessageProtocol(Generic[S]):
         self.stats = EngineStats()
         self._recent = RecentRecords(recent)
         self.poison_after = poison_after
-        # user key -> (version, failures in a row of the step at that version), this process
-        self._failures: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # user key -> (version, messages failing in a row at that version, the last one's id)
+        self._failures: OrderedDict[str, tuple[int, int, str | None]] = OrderedDict()
         self._decider = Decider(
             flow,
             verifier=verifier,
@@ -333,7 +333,7 @@ class MessageProtocol(Generic[S]):
             m.leased_at = time.monotonic()
         try:
             decision = yield from self._decide(m, current, at_action)
-        except StepFailed as exc:
+        except (StepFailed, StepNotFound, TransitionNotAllowed) as exc:
             if not (yield from self._poisoned(m, restored, exc)):
                 raise
             return None  # quarantined: the next pass restarts the user at the safe stage
@@ -423,6 +423,12 @@ class MessageProtocol(Generic[S]):
 
     def _validated(self, key: str, record: Record) -> Snapshot:
         snapshot = decode_snapshot(record.payload, user_key=key)
+        if snapshot.version > VERSION_LIMIT:
+            raise CorruptSnapshot(
+                f"version {snapshot.version} is above the limit {VERSION_LIMIT} - at `$.version`",
+                raw=record.payload,
+                user_key=key,
+            )
         if snapshot.version != record.version:
             raise CorruptSnapshot(
                 f"snapshot version {snapshot.version} != stored version {record.version}"
@@ -635,18 +641,23 @@ class MessageProtocol(Generic[S]):
         m.ready = Loaded(saved.current)  # the reply carries the current record: no read
         yield Sleep(random.uniform(0, 0.001 * m.conflicts))
 
-    def _poisoned(self, m: _Message, restored: _Restored, exc: StepFailed) -> Steps[bool]:
-        """Count a step failure on a stored session; at ``poison_after`` failures in a row on
-        the same version (this process's count), the session is taken for poisoned (data on
-        which the step can only fail): its bytes are quarantined and the user restarts with
-        the reset notice, this message applied to the new conversation. False: raise it."""
+    def _poisoned(self, m: _Message, restored: _Restored, exc: FsmError) -> Steps[bool]:
+        """Count a failed decision on a stored session; at ``poison_after`` distinct messages
+        failing in a row on the same version (this process's count), the session is taken for
+        poisoned (data on which the step can only fail): its bytes are quarantined and the
+        user restarts with the reset notice, this message applied to the new conversation.
+        A failure caused by I/O (an API timing out: ``OSError``) and a re-delivery of the
+        message that failed last do not count. False: raise it."""
         record = restored.record
-        if record is None or m.actions or not m.due:
-            return False  # a new conversation, or an action's turn: the flow's bug to report
-        version, failures = self._failures.pop(m.key, (record.version, 0))
-        failures = failures + 1 if version == record.version else 1
+        if record is None or m.actions or not m.due or isinstance(exc.__cause__, OSError):
+            return False  # a new conversation, an action's turn, or a transient failure
+        version, failures, last = self._failures.pop(m.key, (record.version, 0, None))
+        if version != record.version:
+            failures, last = 0, None
+        if m.message_id is None or m.message_id != last:
+            failures += 1
         if failures < self.poison_after:
-            self._failures[m.key] = (record.version, failures)
+            self._failures[m.key] = (record.version, failures, m.message_id)
             while len(self._failures) > FAILURES_KEPT:
                 self._failures.popitem(last=False)
             return False
@@ -829,9 +840,3 @@ def _is_unicode(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _chain(version: int) -> int:
-    """The version a restarted chain may continue above: ``version``, unless it is so high
-    that the chain could not go on (only corruption claims that), then 0."""
-    return version if version < MAX_VERSION else 0

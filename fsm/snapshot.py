@@ -11,6 +11,7 @@ is newer than :data:`SCHEMA_VERSION`: an old worker must not drop fields it does
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -23,11 +24,21 @@ from fsm.migrations import upgrade
 #: (field names are not stored: a session is ~130 bytes smaller). 1: maps; still read.
 SCHEMA_VERSION = 2
 
-#: How far ahead of this code a record's ``schema`` (or a flow's ``flow_version``) may be and
-#: still be taken for a newer deploy's, refused and left untouched: a rolling deploy runs at
-#: most one version ahead. A record further ahead than that was written by no deploy: it is
-#: corrupt, quarantined like any other, so it cannot refuse every message forever.
+#: How far ahead of this code a record's ``schema`` may be and still be taken for a newer
+#: deploy's, refused and left untouched: the library raises it one at a time, and a rolling
+#: deploy runs at most one release ahead. A record further ahead was written by no deploy: it
+#: is corrupt, quarantined like any other, so it cannot refuse every message forever.
 NEWER_WINDOW = 1
+
+#: The same for a flow's ``flow_version``, which its authors raise: a deploy may raise it by
+#: at most this much (a flow's version history need not be consecutive).
+NEWER_FLOW_WINDOW = 10
+
+#: The highest version a stored session may carry and still be continued: below the stores'
+#: MAX_VERSION by room for any chain of saves one message makes, so a session the engine
+#: accepts can always be saved again. Above it a stored session is corrupt (the engine
+#: quarantines it, ``fsm check`` reports it), and a restarted chain does not continue from it.
+VERSION_LIMIT = MAX_VERSION - 1_000_000
 
 #: The deepest nesting of lists and maps that ``data`` may hold. Deeper data is refused when
 #: decoded (corrupt) and when a step produces it (StepFailed), so no reader recurses past it.
@@ -326,6 +337,12 @@ def _newer(schema: int, raw: bytes, user_key: str | None) -> SchemaTooNew | Corr
     )
 
 
+def chain_floor(version: int) -> int:
+    """The version a restarted or replacing write may continue above: ``version``, unless it
+    is so high that the chain could not go on (only corruption claims that), then 0."""
+    return version if version < VERSION_LIMIT else 0
+
+
 def nesting(value: Any) -> int:
     """How deeply lists and maps nest in ``value`` (0 for a scalar), found without recursion,
     so no depth of untrusted data can overflow the stack."""
@@ -333,7 +350,7 @@ def nesting(value: Any) -> int:
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
+        if isinstance(item, Mapping):
             children: Any = item.values()
         elif isinstance(item, list | tuple):
             children = item

@@ -29,7 +29,7 @@ from fsm.clock import Clock
 from fsm.errors import FsmError
 from fsm.flow import FlowSpec
 from fsm.ops.validate import MIGRATABLE, NOT_REPAIRABLE, Diagnosis, diagnose, diagnose_view
-from fsm.snapshot import Auth, Snapshot, decode_snapshot, encode_snapshot
+from fsm.snapshot import Auth, Snapshot, chain_floor, decode_snapshot, encode_snapshot
 
 #: TTL of a repaired session whose broken one had none.
 DEFAULT_TTL = 30 * 60.0
@@ -106,7 +106,7 @@ def reached_version(store: Store, user_key: str, stored: int) -> int:
     history entry if that is higher (the session expired or was deleted). A write that
     replaces a session goes above it, so versions never go backwards."""
     last = store.history(user_key, limit=1)
-    return max(stored, last[0].version if last else 0)
+    return max(chain_floor(stored), chain_floor(last[0].version) if last else 0)
 
 
 def find_quarantined(

@@ -18,7 +18,7 @@ from fsm import snapshot as snapshots
 from fsm.errors import CorruptSnapshot, SchemaTooNew
 from fsm.flow import FlowSpec
 from fsm.migrations import MigrationError, apply_flow_migrations
-from fsm.snapshot import NEWER_WINDOW, Snapshot, decode_snapshot, stored_schema
+from fsm.snapshot import NEWER_FLOW_WINDOW, VERSION_LIMIT, Snapshot, decode_snapshot, stored_schema
 
 #: User keys that start with NUL are the library's own (the health probe's); the engine refuses
 #: them as user ids, so no conversation can have one.
@@ -113,6 +113,12 @@ def diagnose(user_key: str, record: Record, spec: FlowSpec, *, now: float) -> Di
         )
     except CorruptSnapshot as exc:
         return verdict(Problem.UNDECODABLE, exc.detail + _looks_like(record.payload))
+    if stored.version > VERSION_LIMIT:
+        return verdict(
+            Problem.UNDECODABLE,
+            f"version {stored.version} is above the limit {VERSION_LIMIT}",
+            stored,
+        )
     if stored.version != record.version:
         return verdict(
             Problem.VERSION_MISMATCH,
@@ -121,7 +127,7 @@ def diagnose(user_key: str, record: Record, spec: FlowSpec, *, now: float) -> Di
         )
     if (
         stored.flow == spec.name
-        and spec.version < stored.flow_version <= spec.version + NEWER_WINDOW
+        and spec.version < stored.flow_version <= spec.version + NEWER_FLOW_WINDOW
     ):
         return verdict(
             Problem.SCHEMA_TOO_NEW,

@@ -61,6 +61,8 @@ def _field(rng: random.Random, raw: bytes) -> bytes:
         -1,
         0,
         2**40,
+        10**12 - 10**6,
+        10**12 - 1,
         10**15,
         "x" * rng.randint(0, 40),
         [],
@@ -111,7 +113,8 @@ def _prefix(rng: random.Random, value: bytes) -> bytes:
     if choice == 0:
         return head.upper() + b":" + payload
     if choice == 1:
-        return b"%d.%s:" % (rng.choice([0, 10**14 - 1, 10**15 - 1, 10**15]), head[-8:]) + payload
+        versions = [0, 10**12 - 1, 10**12 - 10**6, 10**12, 10**14 - 1, 10**15 - 1, 10**15]
+        return b"%d.%s:" % (rng.choice(versions), head[-8:]) + payload
     if choice == 2:
         return payload
     return value
@@ -139,19 +142,21 @@ def run(store: Store, users: int, seed: int, redis_client: object | None) -> Tal
 
 
 def _talk(engine: Engine, store: Store, user: str) -> str:
+    """Four messages: the first two may fail (the rule allows that much), the last two must
+    be applied. A session that works once and then fails is stuck too."""
     before = engine.stats["corrupt"] + engine.stats["poisoned"]
-    for attempt in range(3):
+    first_ok = True
+    for attempt in range(4):
         try:
-            engine.handle(user, "hi")
+            engine.handle(user, ("hi", "1", "menu", "hi")[attempt])
         except SchemaTooNew:
             return "newer"
         except FsmError:
-            if attempt == 2:
+            if attempt >= 2:
                 return "stuck"
-            continue
-        healed = engine.stats["corrupt"] + engine.stats["poisoned"] > before
-        return "healed" if healed or attempt else "applied"
-    return "stuck"
+            first_ok = first_ok and attempt > 0
+    healed = engine.stats["corrupt"] + engine.stats["poisoned"] > before
+    return "healed" if healed or not first_ok else "applied"
 
 
 def main() -> None:

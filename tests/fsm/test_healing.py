@@ -20,6 +20,7 @@ from adapters.redis_ops import split_value
 from fsm import SCHEMA_VERSION, Engine, FakeClock, Snapshot, encode_snapshot
 from fsm.errors import FsmError, InvalidUserKey, SchemaTooNew, StepFailed
 from fsm.ops.validate import Problem, diagnose
+from fsm.snapshot import NEWER_FLOW_WINDOW, VERSION_LIMIT
 from tests import redis_servers
 from tests.fsm.sample_flows import Counter
 
@@ -149,6 +150,22 @@ def test_failure_4_a_version_at_the_bound_never_makes_later_writes_unreadable(
     assert engine.stats["corrupt"] == 1
 
 
+@pytest.mark.parametrize("version", [VERSION_LIMIT - 1, VERSION_LIMIT + 1, MAX_VERSION])
+def test_failure_4_a_session_near_the_version_bound_goes_on_or_heals(
+    world: World, version: int
+) -> None:
+    """Every session that reads as valid can be saved again; one above the limit heals."""
+    engine = world.engine()
+    engine.handle("u", "go")
+    world.write("u", world.snapshot_bytes(version, data={"count": 1}))
+    for _ in range(4):
+        result = engine.handle("u", "+1")
+    assert result.snapshot.stage == "counting"  # no message raised
+    # Above the limit: quarantined at once. Just below: it goes on, crosses the limit, and
+    # heals then: either way no message fails.
+    assert engine.stats["corrupt"] == 1
+
+
 def test_failure_5_a_lone_surrogate_in_an_id_is_a_clear_error_on_every_store(
     world: World,
 ) -> None:
@@ -223,6 +240,84 @@ def test_failure_7_a_step_that_always_fails_quarantines_and_resets_after_n(world
     assert engine.handle("u", "+1").snapshot.data == {"count": 1}
 
 
+def test_failure_7_a_resume_point_the_flow_cannot_reach_is_corruption(world: World) -> None:
+    from flows.credex import build_engine
+    from flows.credex.fake import FakeCredexApi
+    from fsm import Resume
+
+    engine = build_engine(world.store, FakeCredexApi(clock=world.clock), clock=world.clock)
+    raw = encode_snapshot(
+        Snapshot(
+            flow="credex",
+            stage="auth",
+            step="login",
+            version=3,
+            flow_version=2,
+            resume=Resume(stage="init", step="greeting"),  # no path from auth to init
+        )
+    )
+    world.write("263770000002", raw)
+    first = engine.handle("263770000002", "hi")
+    assert RESET in first.texts[0]
+    assert engine.handle("263770000002", "hi").snapshot.stage == "menu"
+
+
+def test_failure_7_a_redelivery_or_an_io_failure_does_not_count_as_poison(world: World) -> None:
+    from fsm import Context, Flow, Outcome, Stage, step
+
+    class Flaky(Flow):
+        name = "flaky"
+        stages = (Stage("s", ("ask",)),)
+        transitions = ()
+
+        @step("s", "ask")
+        def ask(self, ctx: Context) -> Outcome:
+            if ctx.text == "timeout":
+                raise TimeoutError("the API did not answer")
+            if ctx.text == "bug":
+                raise KeyError("bug")
+            return ctx.stay("ok", set={"n": ctx.data.get("n", 0) + 1})
+
+    engine = Engine(Flaky(), world.store, clock=world.clock, poison_after=2)
+    engine.handle("u", "x")
+    for _ in range(5):  # an API outage: every message fails, the session is fine
+        with pytest.raises(StepFailed):
+            engine.handle("u", "timeout")
+    for _ in range(3):  # one message delivered three times
+        with pytest.raises(StepFailed):
+            engine.handle("u", "bug", message_id="wamid.1")
+    assert engine.stats["poisoned"] == 0
+    assert engine.handle("u", "x").snapshot.data == {"n": 2}  # kept
+
+
+def test_failure_3_data_grown_one_level_per_message_is_refused_before_it_is_saved(
+    world: World,
+) -> None:
+    from fsm import Context, Flow, Outcome, Stage, step
+    from fsm.errors import CorruptSnapshot
+
+    class Nest(Flow):
+        name = "nest"
+        stages = (Stage("s", ("ask",)),)
+        transitions = ()
+
+        @step("s", "ask")
+        def ask(self, ctx: Context) -> Outcome:
+            return ctx.stay(set={"prev": ctx.data})  # a read-only view, one level deeper
+
+    engine = Engine(Nest(), world.store, clock=world.clock)
+    failed = 0
+    for _ in range(80):
+        try:
+            engine.handle("u", "x")
+        except CorruptSnapshot:  # saved too deep, then unreadable: must never happen
+            raise
+        except StepFailed as exc:
+            failed += 1
+            assert "nested deeper" in str(exc.__cause__)
+    assert 0 < failed <= 3  # refused before it was saved; poisoned after three, then reset
+
+
 def test_failure_7_a_version_no_deploy_wrote_is_corruption(world: World) -> None:
     """One deploy ahead is a newer deploy's session: refused, untouched (rolling deploys).
     Further ahead, no deploy wrote it: quarantined and reset, and fsm check says the same."""
@@ -237,7 +332,7 @@ def test_failure_7_a_version_no_deploy_wrote_is_corruption(world: World) -> None
     assert diagnose("a", record, spec, now=0).problem is Problem.SCHEMA_TOO_NEW
     for user, fields in [
         ("b", {"schema": SCHEMA_VERSION + 7}),
-        ("c", {"flow_version": spec.version + 7}),
+        ("c", {"flow_version": spec.version + NEWER_FLOW_WINDOW + 1}),
     ]:
         raw = world.snapshot_bytes(2, data={"count": 1}, **fields)
         world.write(user, raw)
@@ -246,7 +341,8 @@ def test_failure_7_a_version_no_deploy_wrote_is_corruption(world: World) -> None
         assert diagnose(user, stored, spec, now=0).problem is Problem.UNDECODABLE
         result = engine.handle(user, "go")
         assert RESET in result.texts[0], user
-    flow_ahead = world.snapshot_bytes(2, data={"count": 1}, flow_version=spec.version + 1)
+    # A flow's authors may raise its version by more than one in a deploy.
+    flow_ahead = world.snapshot_bytes(2, data={"count": 1}, flow_version=spec.version + 3)
     world.write("d", flow_ahead)
     with pytest.raises(SchemaTooNew):
         engine.handle("d", "+1")
@@ -304,7 +400,9 @@ def test_failure_2_a_flipped_tag_letter_is_quarantined_not_a_conflict_forever() 
         value = store.client.get(key)
         assert value is not None
         head, _, payload = value.partition(b":")
-        flipped = head.upper() + b":" + payload
+        version, _, tag = head.partition(b".")
+        # The tag with a hex letter a-f turned to A-F (a tag of digits only gets one first).
+        flipped = version + b"." + (b"a" + tag[1:]).upper() + b":" + payload
         assert flipped != value
         store.client.set(key, flipped)
         result = engine.handle("u", "go")  # no ConflictError: foreign bytes, quarantined
