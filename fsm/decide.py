@@ -234,18 +234,15 @@ class Decider:
         elif isinstance(outcome.auth, Logout):
             auth = None
         place = self._route(key, current, outcome, auth)
-        if any(nesting(value) >= MAX_DEPTH for value in outcome.set.values()):
-            raise StepFailed(
-                current.stage, current.step, user_key=key, version=current.version
-            ) from ValueError(f"data nested deeper than {MAX_DEPTH} levels")
         data: dict[str, Any] = {} if outcome.clear else dict(current.data)
         for name in outcome.unset:
             data.pop(name, None)
-        data.update({name: thaw(value) for name, value in outcome.set.items()})
-        if nesting(data) > MAX_DEPTH:  # grown one level at a time, say
-            raise StepFailed(
-                current.stage, current.step, user_key=key, version=current.version
-            ) from ValueError(f"data nested deeper than {MAX_DEPTH} levels")
+        if outcome.set:  # what was read is within bounds already: only new values can exceed
+            if any(nesting(value) >= MAX_DEPTH for value in outcome.set.values()):
+                raise StepFailed(
+                    current.stage, current.step, user_key=key, version=current.version
+                ) from ValueError(f"data nested deeper than {MAX_DEPTH} levels")
+            data.update({name: thaw(value) for name, value in outcome.set.items()})
         new = Snapshot(
             flow=self.spec.name,
             stage=place.stage,

@@ -583,7 +583,8 @@ class MessageProtocol(Generic[S]):
             m.owner = None  # released with the save
         self._count(restored.snapshot, decision, expired=restored.expired)
         # Decoded from the bytes just stored, so it equals what a later load sees.
-        stored = m.stored = decode_snapshot(record.payload, user_key=m.key)
+        # (Its data's depth was checked when the step produced it.)
+        stored = m.stored = decode_snapshot(record.payload, user_key=m.key, check_depth=False)
         m.said.extend(decision.replies)
         m.events.extend(decision.events)
         m.notices = ()

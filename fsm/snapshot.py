@@ -237,11 +237,15 @@ def encode_snapshot(snapshot: Snapshot, *, user_key: str | None = None) -> bytes
     return _encoder.encode(snapshot)
 
 
-def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
+def decode_snapshot(
+    raw: bytes, *, user_key: str | None = None, check_depth: bool = True
+) -> Snapshot:
     """Decode strictly; any failure is a :class:`CorruptSnapshot` carrying ``raw`` unchanged.
 
     A record written with a newer schema raises :class:`SchemaTooNew` instead, even when the
     newer schema changed field types: it is not corrupt, only not ours to read.
+    ``check_depth=False`` skips the :data:`MAX_DEPTH` check, for bytes this process has just
+    encoded from data it checked itself.
     """
     try:
         if _is_map(raw):
@@ -272,7 +276,7 @@ def decode_snapshot(raw: bytes, *, user_key: str | None = None) -> Snapshot:
             raw=bytes(raw),
             user_key=user_key,
         )
-    if nesting(snapshot.data) > MAX_DEPTH:
+    if check_depth and nesting(snapshot.data) > MAX_DEPTH:
         raise CorruptSnapshot(
             f"data nested deeper than {MAX_DEPTH} levels - at `$.data`",
             raw=bytes(raw),
@@ -344,25 +348,35 @@ def chain_floor(version: int) -> int:
 
 
 def nesting(value: Any) -> int:
-    """How deeply lists and maps nest in ``value`` (0 for a scalar), found without recursion,
-    so no depth of untrusted data can overflow the stack."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, Mapping):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
+    """How deeply lists and maps nest in ``value`` (0 for a scalar), found level by level
+    without recursion, so no depth of untrusted data can overflow the stack; it stops
+    counting past :data:`MAX_DEPTH`. Exact types are checked first: this runs on every
+    decode."""
+    depth = 0
+    level = [value]
+    while True:
+        children: list[Any] = []
+        found = False
+        for item in level:
+            kind = type(item)
+            if kind is dict:
+                children.extend(item.values())
+            elif kind is list or kind is tuple:
+                children.extend(item)
+            elif kind in _SCALAR_TYPES or not isinstance(item, Mapping):
+                continue
+            else:
+                children.extend(item.values())
+            found = True
+        if not found:
+            return depth
         depth += 1
-        if depth > deepest:
-            deepest = depth
-            if deepest > MAX_DEPTH:
-                return deepest  # far enough: the caller refuses it
-        stack.extend((child, depth) for child in children)
-    return deepest
+        if depth > MAX_DEPTH:
+            return depth
+        level = children
+
+
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def stored_schema(raw: bytes) -> int | None:
