@@ -422,6 +422,15 @@ class MessageProtocol(Generic[S]):
         return True
 
     def _validated(self, key: str, record: Record) -> Snapshot:
+        if record.version > VERSION_LIMIT:
+            raise CorruptSnapshot(
+                f"version {record.version} is above the limit {VERSION_LIMIT} - at `$.version`",
+                raw=record.payload,
+                user_key=key,
+            )
+        known = self._recent.snapshot(key, record)
+        if known is not None:  # this process saved these very bytes: checked already
+            return known
         snapshot = decode_snapshot(record.payload, user_key=key)
         if snapshot.version > VERSION_LIMIT:
             raise CorruptSnapshot(
@@ -578,13 +587,13 @@ class MessageProtocol(Generic[S]):
         since: int,
     ) -> Result | None:
         """Book a successful save; a Result if the message is done (no action pending)."""
-        self._remember(m.key, record, since)
-        if last:
-            m.owner = None  # released with the save
-        self._count(restored.snapshot, decision, expired=restored.expired)
         # Decoded from the bytes just stored, so it equals what a later load sees.
         # (Its data's depth was checked when the step produced it.)
         stored = m.stored = decode_snapshot(record.payload, user_key=m.key, check_depth=False)
+        self._remember(m.key, record, since, stored)
+        if last:
+            m.owner = None  # released with the save
+        self._count(restored.snapshot, decision, expired=restored.expired)
         m.said.extend(decision.replies)
         m.events.extend(decision.events)
         m.notices = ()
@@ -707,11 +716,13 @@ class MessageProtocol(Generic[S]):
         if decision.events:
             self.stats.incr(f"transitions:{current.stage}->{decision.snapshot.stage}")
 
-    def _remember(self, key: str, record: Record | None, since: int) -> None:
+    def _remember(
+        self, key: str, record: Record | None, since: int, snapshot: Snapshot | None = None
+    ) -> None:
         """Keep the record this process saw last for ``key`` (read by a request sent at
         ``since``, a :meth:`RecentRecords.tick`); report a version that went backwards (a
         failover lost acknowledged writes, or someone restored an old copy)."""
-        old = self._recent.put(key, record, since)
+        old = self._recent.put(key, record, since, snapshot)
         if record is None or old is None or record.version == 0:
             return  # version 0: foreign bytes, reported as corruption when quarantined
         # Lower, or the same version written by another write: a write we saw was lost.

@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 
 from adapters.base import Loaded, Record
+from fsm.snapshot import Snapshot
 
 
 class RecentRecords:
@@ -26,7 +27,7 @@ class RecentRecords:
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         self.size = size
-        self._records: OrderedDict[str, tuple[Record, int]] = OrderedDict()
+        self._records: OrderedDict[str, tuple[Record, int, Snapshot | None]] = OrderedDict()
         self._mutex = threading.Lock()
         self._ticks = 0
 
@@ -44,9 +45,22 @@ class RecentRecords:
             self._records.move_to_end(key)
         return Loaded(entry[0])
 
-    def put(self, key: str, record: Record | None, since: int | None = None) -> Record | None:
+    def snapshot(self, key: str, record: Record) -> Snapshot | None:
+        """The snapshot kept with ``record`` (this very object) when it was put: what the
+        engine made of those bytes, so a warm message need not decode and check them again."""
+        entry = self._records.get(key)
+        return entry[2] if entry is not None and entry[0] is record else None
+
+    def put(
+        self,
+        key: str,
+        record: Record | None,
+        since: int | None = None,
+        snapshot: Snapshot | None = None,
+    ) -> Record | None:
         """Remember ``record``, read by a request sent at tick ``since`` (None: now; a None
-        record: the session is gone). An entry put after ``since`` is newer and stays.
+        record: the session is gone), with the valid ``snapshot`` it holds when the caller
+        has it. An entry put after ``since`` is newer and stays.
 
         Returns the entry this replaced if it was known before ``since``: the record the
         caller's reply can be compared with (a lower version then means one went back)."""
@@ -58,7 +72,7 @@ class RecentRecords:
             if record is None:
                 self._records.pop(key, None)
             elif self.size:
-                self._records[key] = (record, self._ticks)
+                self._records[key] = (record, self._ticks, snapshot)
                 self._records.move_to_end(key)
                 while len(self._records) > self.size:
                     self._records.popitem(last=False)

@@ -85,3 +85,30 @@ def test_a_reply_that_left_before_a_newer_put_neither_replaces_it_nor_reports_a_
     # A reply whose request left after v8 was put is compared with it: a real regression.
     c_sent = recent.tick()
     assert recent.put("u", Record(b"v5", 5), c_sent) == Record(b"v8", 8)
+
+
+def test_a_warm_message_does_not_decode_what_this_process_saved(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot kept with the record this process saved is reused: a warm message decodes
+    only the bytes it saves itself. A record another writer stored is decoded and checked."""
+    from fsm import protocol
+
+    decoded: list[int] = []
+    real = protocol.decode_snapshot
+
+    def counting(raw: bytes, **kw: object) -> object:
+        decoded.append(len(raw))
+        return real(raw, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(protocol, "decode_snapshot", counting)
+    store = MemoryStore(clock=clock)
+    one, two = (Engine(Counter(), store, clock=clock) for _ in range(2))
+    one.handle("u", "go")
+    decoded.clear()
+    one.handle("u", "+1")
+    assert len(decoded) == 1  # the bytes just saved, not the ones it worked on
+    two.handle("u", "+1")  # another worker: it has no snapshot for this record
+    decoded.clear()
+    result = one.handle("u", "+1")  # stale: the conflict reply's record is decoded and checked
+    assert result.snapshot.data["count"] == 3 and len(decoded) == 2
