@@ -432,13 +432,7 @@ class MessageProtocol(Generic[S]):
         if known is not None:  # this process saved these very bytes: checked already
             return known
         snapshot = decode_snapshot(record.payload, user_key=key)
-        if snapshot.version > VERSION_LIMIT:
-            raise CorruptSnapshot(
-                f"version {snapshot.version} is above the limit {VERSION_LIMIT} - at `$.version`",
-                raw=record.payload,
-                user_key=key,
-            )
-        if snapshot.version != record.version:
+        if snapshot.version != record.version:  # so it is within the limit too
             raise CorruptSnapshot(
                 f"snapshot version {snapshot.version} != stored version {record.version}"
                 " - at `$.version`",

@@ -363,7 +363,7 @@ def nesting(value: Any) -> int:
                 children.extend(item.values())
             elif kind is list or kind is tuple:
                 children.extend(item)
-            elif kind in _SCALAR_TYPES or not isinstance(item, Mapping):
+            elif kind in SCALAR_TYPES or not isinstance(item, Mapping):
                 continue
             else:
                 children.extend(item.values())
@@ -376,7 +376,8 @@ def nesting(value: Any) -> int:
         level = children
 
 
-_SCALAR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
+#: The types of stored values that hold no other values (checked before any ABC: it is fast).
+SCALAR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def stored_schema(raw: bytes) -> int | None:

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from fsm.reply import Reply
+from fsm.snapshot import SCALAR_TYPES
 
 ReplyLike = Reply | str
 
@@ -70,16 +71,13 @@ def freeze(value: Any) -> Any:
     next snapshot behind the outcome's back.
     """
     kind = type(value)
-    if kind in _SCALARS:  # the common case, checked first: ABC checks are slow
+    if kind in SCALAR_TYPES:  # the common case, checked first: ABC checks are slow
         return value
     if kind is dict or isinstance(value, Mapping):
         return MappingProxyType({k: freeze(v) for k, v in value.items()})
     if kind is list or kind is tuple:
         return tuple([freeze(v) for v in value])
     return value
-
-
-_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def thaw(value: Any) -> Any:

@@ -120,7 +120,7 @@ def _prefix(rng: random.Random, value: bytes) -> bytes:
     return value
 
 
-def run(store: Store, users: int, seed: int, redis_client: object | None) -> Tally[str]:
+def run(store: Store, users: int, seed: int) -> Tally[str]:
     clock = FakeClock()
     api = FakeCredexApi(clock=clock, token_ttl=3600)
     engine: Engine = build_engine(store, api, clock=clock, session_ttl=3600)
@@ -137,11 +137,11 @@ def run(store: Store, users: int, seed: int, redis_client: object | None) -> Tal
             store.client.set(store.layout.session(user), value)
         else:
             store.save(user, raw, version=record.version, expected_version=0, ttl=3600)
-        outcome[_talk(engine, store, user)] += 1
+        outcome[_talk(engine, user)] += 1
     return outcome
 
 
-def _talk(engine: Engine, store: Store, user: str) -> str:
+def _talk(engine: Engine, user: str) -> str:
     """Four messages: the first two may fail (the rule allows that much), the last two must
     be applied. A session that works once and then fails is stuck too."""
     before = engine.stats["corrupt"] + engine.stats["poisoned"]
@@ -168,12 +168,12 @@ def main() -> None:
     logging.getLogger("fsm.engine").setLevel(logging.ERROR)  # one warning per quarantine
     started = time.perf_counter()
     if args.store == "memory":
-        outcome = run(MemoryStore(clock=FakeClock()), args.users, args.seed, None)
+        outcome = run(MemoryStore(clock=FakeClock()), args.users, args.seed)
     else:
         server = RedisServer(name="fuzz").start()
         try:
             store = RedisStore.from_url(server.url, namespace="fuzz", quarantine_limit=2)
-            outcome = run(store, args.users, args.seed, store.client)
+            outcome = run(store, args.users, args.seed)
             store.close()
         finally:
             server.stop()

@@ -458,12 +458,12 @@ def test_the_fuzz_script_leaves_no_user_stuck_on_a_small_run(kind: str) -> None:
     from tests.benchmarks.fuzz_sessions import run
 
     if kind == "memory":
-        outcome = run(MemoryStore(clock=FakeClock()), 1500, seed=5, redis_client=None)
+        outcome = run(MemoryStore(clock=FakeClock()), 1500, seed=5)
     else:
         namespace = f"fuzz{next(_namespaces)}-{os.getpid()}"
         store = RedisStore.from_url(redis_servers.standalone().url, namespace=namespace)
         try:
-            outcome = run(store, 1500, seed=5, redis_client=store.client)
+            outcome = run(store, 1500, seed=5)
         finally:
             store.close()
     assert outcome["stuck"] == 0, outcome
