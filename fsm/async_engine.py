@@ -21,7 +21,7 @@ the cancellation waits for it to return, so no lease is freed under a running st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsm.effects import HandlerCall, Sleep, Steps, StoreCall
@@ -52,10 +52,21 @@ class AsyncEngine(MessageProtocol["AsyncStore"]):
             )
         super().__init__(flow, store, **options)
 
-    async def handle(self, user_id: str, text: str, *, message_id: str | None = None) -> Result:
+    async def handle(
+        self,
+        user_id: str,
+        text: str,
+        *,
+        message_id: str | None = None,
+        pressed: str | None = None,
+    ) -> Result:
         """Apply one user message and return the replies, after the new state is saved
         (as :meth:`fsm.Engine.handle`)."""
-        return await self._drive(self.message(user_id, text, message_id))
+        return await self._drive(self.message(user_id, text, message_id, pressed))
+
+    async def confirm(self, user_id: str, sent: Iterable[tuple[int, int]]) -> bool:
+        """Drop confirmed outbox entries (as :meth:`fsm.Engine.confirm`)."""
+        return await self._drive(self.confirm_steps(user_id, sent))
 
     async def peek(self, user_id: str) -> Snapshot | None:
         """The stored snapshot, decoded, without changing anything (None if absent)."""

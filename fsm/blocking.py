@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsm.async_engine import AsyncEngine
@@ -71,8 +71,18 @@ class BlockingEngine:
     def store(self) -> Any:
         return getattr(self.engine.store, "sync", self.engine.store)
 
-    def handle(self, user_id: str, text: str, *, message_id: str | None = None) -> Result:
-        return run(self.engine.handle(user_id, text, message_id=message_id))
+    def handle(
+        self,
+        user_id: str,
+        text: str,
+        *,
+        message_id: str | None = None,
+        pressed: str | None = None,
+    ) -> Result:
+        return run(self.engine.handle(user_id, text, message_id=message_id, pressed=pressed))
+
+    def confirm(self, user_id: str, sent: Iterable[tuple[int, int]]) -> bool:
+        return run(self.engine.confirm(user_id, sent))
 
     def peek(self, user_id: str) -> Snapshot | None:
         return run(self.engine.peek(user_id))

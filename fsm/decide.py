@@ -125,18 +125,19 @@ class Decider:
         message_id: str | None,
         notices: tuple[Reply, ...],
         now: float,
+        pressed: str | None = None,
     ) -> Steps[Decision]:
         """What ``text`` does to ``current``. Raises the flow's refusals (TransitionNotAllowed,
         StepNotFound, TokenRefused) and StepFailed; nothing is changed when it raises."""
         if self._needs_reauth(current):
             return (yield from self._send_to_auth(key, current, now, notices))
         spec = self.spec.steps[(current.stage, current.step)]
-        ctx = self._context(key, current, text, now, message_id)
+        ctx = self._context(key, current, text, now, message_id, pressed)
         if spec.action:
             # No input reaches an action; the key names this pending action, not the message.
             # A snapshot from before ``pending`` existed has none: derive one from its version.
             pending = current.pending or f"{self.spec.name}:{key}:v{current.version}"
-            ctx = replace(ctx, text="", idempotency_key=pending)
+            ctx = replace(ctx, text="", pressed=None, idempotency_key=pending)
         outcome = yield from self._call(key, current, spec.handler, ctx)
         if not isinstance(outcome, Outcome):
             raise StepFailed(
@@ -326,7 +327,13 @@ class Decider:
         return tuple(r if isinstance(r, Reply) else Reply(r) for r in replies)
 
     def _context(
-        self, key: str, snapshot: Snapshot, text: str, now: float, message_id: str | None
+        self,
+        key: str,
+        snapshot: Snapshot,
+        text: str,
+        now: float,
+        message_id: str | None,
+        pressed: str | None = None,
     ) -> Context:
         auth = snapshot.auth
         return Context(
@@ -341,6 +348,7 @@ class Decider:
             now=now,
             message_id=message_id,
             _token=auth.token if auth else None,
+            pressed=pressed,
         )
 
     # -- save -------------------------------------------------------------------------------

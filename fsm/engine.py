@@ -9,6 +9,7 @@ module. :class:`fsm.AsyncEngine` drives the same protocol on asyncio.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsm.effects import HandlerCall, Sleep, Steps, StoreCall
@@ -55,15 +56,30 @@ class Engine(MessageProtocol["Store"]):
                 "run it with fsm.AsyncEngine on an async store"
             )
 
-    def handle(self, user_id: str, text: str, *, message_id: str | None = None) -> Result:
+    def handle(
+        self,
+        user_id: str,
+        text: str,
+        *,
+        message_id: str | None = None,
+        pressed: str | None = None,
+    ) -> Result:
         """Apply one user message and return the replies, after the new state is saved.
 
         ``user_id`` is the conversation key chosen by the transport (a phone number, a chat
         id). ``message_id``, when the transport has one, makes re-deliveries harmless: a
         message id already applied for this user is acknowledged (``result.duplicate``)
-        without being applied again.
+        without being applied again. ``pressed`` is the id of the option the user tapped (a
+        button or list row), when the message is a tap rather than typed text: the step sees
+        it as ``ctx.pressed``.
         """
-        return self._drive(self.message(user_id, text, message_id))
+        return self._drive(self.message(user_id, text, message_id, pressed))
+
+    def confirm(self, user_id: str, sent: Iterable[tuple[int, int]]) -> bool:
+        """Drop the outbox entries with these keys (:attr:`Outgoing.key`): the channel
+        accepted them. False if the session moved on without them or could not be saved
+        (they stay pending, to be sent again: never lost)."""
+        return self._drive(self.confirm_steps(user_id, sent))
 
     def peek(self, user_id: str) -> Snapshot | None:
         """The stored snapshot, decoded, without changing anything (None if absent)."""

@@ -45,7 +45,8 @@ import random
 import socket
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -82,7 +83,13 @@ from fsm.flow import Flow, FlowSpec
 from fsm.migrations import MigrationError, apply_flow_migrations
 from fsm.recent import RecentRecords
 from fsm.reply import Reply
-from fsm.snapshot import VERSION_LIMIT, Snapshot, decode_snapshot, encode_snapshot
+from fsm.snapshot import (
+    VERSION_LIMIT,
+    Outgoing,
+    Snapshot,
+    decode_snapshot,
+    encode_snapshot,
+)
 from fsm.snapshot import chain_floor as _chain
 from fsm.stats import EngineStats
 
@@ -102,6 +109,10 @@ FAILURES_KEPT = 10_000
 #: Actions (:func:`fsm.flow.action`) may lead to further actions; more than this many in a row
 #: for one message is a flow bug (a loop), reported as :class:`~fsm.errors.StepFailed`.
 MAX_ACTIONS = 8
+
+#: The most replies an outbox keeps pending for one user (a channel down for long while the
+#: user goes on typing): past it the oldest are dropped, logged and counted.
+MAX_OUTBOX = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +134,13 @@ class Result:
     @property
     def texts(self) -> list[str]:
         return [reply.render() for reply in self.replies]
+
+    @property
+    def outbox(self) -> tuple[Outgoing, ...]:
+        """With ``outbox=True``: every reply saved and not yet confirmed sent, oldest first
+        (this message's, and any an earlier delivery could not send). Send these, not
+        ``replies``, then :meth:`~fsm.Engine.confirm` the ones the channel accepted."""
+        return self.snapshot.outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +173,7 @@ class _Message:
         "message_id",
         "notices",
         "owner",
+        "pressed",
         "ready",
         "said",
         "stored",
@@ -162,10 +181,18 @@ class _Message:
         "version",
     )
 
-    def __init__(self, key: str, text: str, message_id: str | None, ready: Loaded | None):
+    def __init__(
+        self,
+        key: str,
+        text: str,
+        message_id: str | None,
+        ready: Loaded | None,
+        pressed: str | None = None,
+    ):
         self.key = key
         self.text = text
         self.message_id = message_id
+        self.pressed = pressed
         self.due = True  # the message is not applied yet (False once saved, or if seen)
         self.duplicate = False  # it was applied before; this delivery finishes its action
         self.owner: str | None = None  # our lease's owner token while we hold it
@@ -223,6 +250,7 @@ class MessageProtocol(Generic[S]):
             "We could not finish your last request and cannot tell whether it went through. "
             "Please check before you try again."
         ),
+        outbox: bool = False,
     ) -> None:
         if session_ttl <= 0 or lock_ttl <= 0 or lock_wait < 0:
             raise ValueError("session_ttl and lock_ttl must be > 0, lock_wait >= 0")
@@ -250,6 +278,10 @@ class MessageProtocol(Generic[S]):
         self.stats = EngineStats()
         self._recent = RecentRecords(recent)
         self.poison_after = poison_after
+        #: Keep each save's replies in the snapshot until the transport confirms them sent
+        #: (:class:`~fsm.snapshot.Outgoing`, :meth:`confirm_steps`): a transport that must
+        #: never lose a reply turns it on (the WhatsApp transport does).
+        self.outbox = outbox
         # user key -> (version, messages failing in a row at that version, the last one's id)
         self._failures: OrderedDict[str, tuple[int, int, str | None]] = OrderedDict()
         self._decider = Decider(
@@ -273,12 +305,16 @@ class MessageProtocol(Generic[S]):
         return self._source or f"{self._host}:{os.getpid()}"  # pid read now: forks differ
 
     # -- the protocol -----------------------------------------------------------------------
-    def message(self, user_id: str, text: str, message_id: str | None) -> Steps[Result]:
+    def message(
+        self, user_id: str, text: str, message_id: str | None, pressed: str | None = None
+    ) -> Steps[Result]:
         """Apply one user message; returns the replies once the new state is saved."""
         key = check_key(user_id)
         check_text(text)
         check_message_id(message_id)
-        m = _Message(key, text, message_id, self._recent.get(key))
+        if pressed is not None:
+            check_text(pressed)
+        m = _Message(key, text, message_id, self._recent.get(key), pressed)
         try:
             for _ in range(self._passes):
                 result = yield from self._pass(m)
@@ -495,10 +531,9 @@ class MessageProtocol(Generic[S]):
         # that led to it, and is applied to the state the action leaves.
         text, mid = ("", None) if at_action else (m.text, m.message_id)
         decider = self._decider
+        now = self.clock.now()
         try:
-            return (
-                yield from decider.decide(m.key, current, text, mid, m.notices, self.clock.now())
-            )
+            return (yield from decider.decide(m.key, current, text, mid, m.notices, now, m.pressed))
         except (StepFailed, StepNotFound, TransitionNotAllowed, TokenRefused) as exc:
             if not (at_action and m.due):
                 raise
@@ -548,6 +583,9 @@ class MessageProtocol(Generic[S]):
         # The last save of this call (the message applied, no action next) frees the lease
         # in the same step.
         last = (not m.due or not at_action) and not self._decider.is_action(new)
+        if self.outbox:
+            decision = self._with_outbox(m, restored.snapshot, decision)
+            new = decision.snapshot
         payload = self._encode(m.key, decision)
         call = StoreCall(
             "save",
@@ -570,6 +608,29 @@ class MessageProtocol(Generic[S]):
             return self._saved(m, restored, decision, record, last, since)
         yield from self._refused(m, decision, saved, since)
         return None
+
+    def _with_outbox(self, m: _Message, stored: Snapshot, decision: Decision) -> Decision:
+        """``decision`` with its replies appended to the outbox of what is stored (the
+        oldest dropped, and counted, past :data:`MAX_OUTBOX`)."""
+        new = decision.snapshot
+        added = tuple(
+            Outgoing(new.version, index, m.message_id or "", reply)
+            for index, reply in enumerate(decision.replies)
+        )
+        outbox = stored.outbox + added
+        if len(outbox) > MAX_OUTBOX:
+            dropped = len(outbox) - MAX_OUTBOX
+            self.stats.incr("outbox_dropped", dropped)
+            log.error(
+                "user %r: %d unsent replies dropped from the outbox (more than %d pending)",
+                m.key,
+                dropped,
+                MAX_OUTBOX,
+            )
+            outbox = outbox[dropped:]
+        if outbox == new.outbox:
+            return decision
+        return replace(decision, snapshot=msgspec.structs.replace(new, outbox=outbox))
 
     def _saved(
         self,
@@ -740,6 +801,89 @@ class MessageProtocol(Generic[S]):
             return (yield call)
         finally:
             self.stats.observe(operation, time.perf_counter() - started)
+
+    # -- the outbox -------------------------------------------------------------------------
+    def confirm_steps(self, user_id: str, sent: Iterable[tuple[int, int]]) -> Steps[bool]:
+        """Drop the outbox entries whose :attr:`~fsm.snapshot.Outgoing.key` is in ``sent``
+        (the channel accepted them), by compare-and-set like any save, with a history entry
+        ("sent") so the version chain stays whole. True once none of them is pending; False
+        if that could not be saved (they stay pending: sent again rather than lost)."""
+        key = check_key(user_id)
+        done = frozenset(sent)
+        if not done:
+            return True
+        ready: Loaded | None = self._recent.get(key)
+        delays = lock_backoff()
+        for _ in range(self.max_attempts):
+            if ready is None:
+                since = self._recent.tick()
+                ready = yield from self._timed("load", StoreCall("load", (key,), {}))
+                self._remember(key, ready.record, since)
+            record, ready = ready.record, None
+            current = self._confirmable(key, record)
+            if current is None or not any(o.key in done for o in current.outbox):
+                return True  # nothing of it left to drop
+            keep = tuple(o for o in current.outbox if o.key not in done)
+            new = msgspec.structs.replace(
+                current,
+                outbox=keep,
+                version=current.version + 1,
+                last_updated=self.clock.now(),
+                update_from=self.source,
+            )
+            assert record is not None
+            saved = yield from self._save_confirm(key, record, current, new)
+            if saved.saved:
+                self.stats.incr("outbox_confirmed", len(current.outbox) - len(keep))
+                return True
+            ready = Loaded(saved.current)
+            if saved.status is SaveStatus.LOCKED:
+                yield Sleep(next(delays))  # an action runs for this user: let it finish
+        self.stats.incr("outbox_confirm_failures")
+        return False
+
+    def _confirmable(self, key: str, record: Record | None) -> Snapshot | None:
+        """The stored snapshot whose outbox to trim; None if there is none we may rewrite
+        (absent, corrupt, or newer code's: the next message deals with those)."""
+        if record is None:
+            return None
+        try:
+            return self._validated(key, record)
+        except (CorruptSnapshot, SchemaTooNew, MigrationError):
+            return None
+
+    def _save_confirm(
+        self, key: str, record: Record, current: Snapshot, new: Snapshot
+    ) -> Steps[SaveResult]:
+        payload = encode_snapshot(new, user_key=key)
+        entry = HistoryEntry(
+            version=new.version,
+            from_stage=current.stage,
+            to_stage=new.stage,
+            event="sent",
+            update_from=new.update_from,
+            at=new.last_updated,
+            from_step=current.step,
+            to_step=new.step,
+        )
+        call = StoreCall(
+            "save",
+            (key, payload),
+            {
+                "version": new.version,
+                "expected_version": record.version,
+                "expected_tag": record.tag,
+                "ttl": self.session_ttl,
+                "history": entry,
+            },
+        )
+        since = self._recent.tick()
+        saved: SaveResult = yield from self._timed("save", call)
+        if saved.saved:
+            self._remember(key, Record(payload, new.version, saved.tag), since, new)
+        else:
+            self._remember(key, saved.current, since)
+        return saved
 
     # -- the lease --------------------------------------------------------------------------
     def _lock(self, m: _Message) -> Steps[None]:

@@ -87,3 +87,57 @@ def pick(reply: Reply | None, answer: str) -> Option | None:
         if folded in (opt.id.casefold(), opt.title.casefold()):
             return opt
     return None
+
+
+# -- WhatsApp's limits ------------------------------------------------------------------------
+#: What WhatsApp Cloud API accepts (interactive messages); a reply over a limit is refused by
+#: the Graph API, so a flow finds out in its own tests (:func:`check_whatsapp`, which
+#: :class:`fsm.testing.Conversation` runs on every reply), not in production.
+WHATSAPP_TEXT = 4096  # a longer text is split by the transport, not refused
+WHATSAPP_INTERACTIVE_BODY = 1024
+WHATSAPP_BUTTON_TITLE = 20
+WHATSAPP_BUTTON_ID = 256
+WHATSAPP_ROW_TITLE = 24
+WHATSAPP_ROW_ID = 200
+
+
+def whatsapp_problems(reply: Reply) -> list[str]:
+    """Every way ``reply`` breaks WhatsApp's limits (empty: it can be sent as it is)."""
+    problems: list[str] = []
+    if not reply.body.strip():
+        problems.append("the body is empty")
+    if reply.kind == "text":
+        return problems
+    if len(reply.body) > WHATSAPP_INTERACTIVE_BODY:
+        problems.append(
+            f"the body of {reply.kind} is {len(reply.body)} characters "
+            f"(at most {WHATSAPP_INTERACTIVE_BODY})"
+        )
+    title_max, id_max = (
+        (WHATSAPP_BUTTON_TITLE, WHATSAPP_BUTTON_ID)
+        if reply.kind == "buttons"
+        else (WHATSAPP_ROW_TITLE, WHATSAPP_ROW_ID)
+    )
+    what = "button" if reply.kind == "buttons" else "row"
+    for opt in reply.options:
+        if not opt.title.strip() or len(opt.title) > title_max:
+            problems.append(f"{what} title {opt.title!r} must be 1 to {title_max} characters")
+        if not opt.id or len(opt.id) > id_max:
+            problems.append(f"{what} id {opt.id!r} must be 1 to {id_max} characters")
+    ids = [opt.id for opt in reply.options]
+    if len(set(ids)) != len(ids):
+        problems.append(f"{what} ids must be unique, got {ids}")
+    return problems
+
+
+def check_whatsapp(reply: Reply) -> None:
+    """Raise ``ValueError`` naming every WhatsApp limit ``reply`` breaks.
+
+    >>> whatsapp_problems(buttons("Pay?", ["Yes, pay it right now", "No"]))
+    ["button title 'Yes, pay it right now' must be 1 to 20 characters"]
+    """
+    problems = whatsapp_problems(reply)
+    if problems:
+        raise ValueError(
+            f"reply {reply.body[:40]!r} cannot be sent on WhatsApp: " + "; ".join(problems)
+        )

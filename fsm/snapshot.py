@@ -19,6 +19,7 @@ import msgspec
 from adapters.base import MAX_VERSION
 from fsm.errors import CorruptSnapshot, SchemaTooNew
 from fsm.migrations import upgrade
+from fsm.reply import Reply
 
 #: The snapshot format this code writes. 2: each struct is a msgpack array in field order
 #: (field names are not stored: a session is ~130 bytes smaller). 1: maps; still read.
@@ -75,6 +76,25 @@ class Resume(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     pending: str = ""  # the idempotency key of an action interrupted by the sign-in
 
 
+class Outgoing(msgspec.Struct, frozen=True, array_like=True):
+    """A reply saved with the state that produced it, not yet confirmed sent: an entry of the
+    snapshot's *outbox*, which an engine keeps when a transport asks for it
+    (``Engine(..., outbox=True)``; the WhatsApp transport does). The transport sends the
+    entries in order and confirms the ones the channel accepted
+    (:meth:`fsm.Engine.confirm`); what stays is sent again at the next delivery of the same
+    message or before the replies to the user's next one, so a reply is never lost between
+    the save and the send."""
+
+    version: int  # the save that produced it (versions are never reused: a unique key)
+    index: int  # its place among that save's replies
+    message_id: str  # the message it answers ("" when the transport gave none)
+    reply: Reply
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.version, self.index)
+
+
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """One conversation, as stored. Immutable: the engine derives a new one per save.
 
@@ -100,13 +120,17 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     #: At an action step: the idempotency key of the pending action, kept across retries and
     #: a sign-in detour so the API applies it once. Empty elsewhere.
     pending: str = ""
+    #: Replies saved and not yet confirmed sent, oldest first (:class:`Outgoing`); always
+    #: empty unless the engine keeps an outbox.
+    outbox: tuple[Outgoing, ...] = ()
 
     def __repr__(self) -> str:
         return (
             f"Snapshot(flow={self.flow!r}, stage={self.stage!r}, step={self.step!r}, "
             f"option={self.option!r}, version={self.version}, schema={self.schema}, "
             f"data_keys={sorted(self.data)!r}, auth={self.auth!r}, "
-            f"last_updated={self.last_updated!r}, update_from={self.update_from!r})"
+            f"last_updated={self.last_updated!r}, update_from={self.update_from!r}, "
+            f"outbox={len(self.outbox)})"
         )
 
     __str__ = __repr__
@@ -152,6 +176,7 @@ class _SnapshotMap(msgspec.Struct, frozen=True, kw_only=True):
     last_updated: float = 0.0
     update_from: str = ""
     pending: str = ""
+    outbox: tuple[Outgoing, ...] = ()
 
 
 #: How each schema that stores arrays lays its fields out, by position: the top level, and
@@ -163,6 +188,7 @@ ARRAY_LAYOUTS: dict[int, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
         (
             "flow", "stage", "step", "option", "data", "auth", "resume", "version", "schema",
             "flow_version", "last_updated", "update_from", "pending",
+            "outbox",  # appended with a default: records without it are still schema 2
         ),
         {
             "auth": ("token", "subject", "expires_at", "issued_at"),

@@ -115,6 +115,10 @@ class Context:
     #: In an action (:func:`fsm.flow.action`): the same for every attempt at one pending
     #: action, so an API that honours idempotency keys applies a retried call once.
     idempotency_key: str = ""
+    #: The id of the option the user tapped (a WhatsApp reply button or list row), when the
+    #: message is a tap: ``text`` is then that id too. None for typed text, so a flow can
+    #: tell a typed "cancel" from a pressed Cancel button.
+    pressed: str | None = None
 
     @property
     def token(self) -> str | None:

@@ -20,7 +20,7 @@ Expectations raise ``AssertionError`` that quotes what the bot said. See ``docs/
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from fsm.async_engine import AsyncEngine
 from fsm.blocking import BlockingEngine, blocking
 from fsm.clock import FakeClock
 from fsm.engine import Engine, Result
+from fsm.reply import Reply, check_whatsapp
 from fsm.snapshot import Snapshot
 from fsm.transcript import Directive, Run, Runner, contains_in_order, duration
 
@@ -125,6 +126,7 @@ class Conversation:
         *,
         clock: FakeClock | None = None,
         directives: Mapping[str, Directive] | None = None,
+        check: Callable[[Reply], None] | None = check_whatsapp,
     ) -> None:
         # An AsyncEngine runs on a background event loop; threads (concurrently) are then
         # concurrent tasks on it.
@@ -134,6 +136,9 @@ class Conversation:
             clock = engine.clock  # the usual case: move the clock the engine runs on
         self.clock = clock
         self.directives = dict(directives or {})
+        #: Run on every reply the bot sends (default: WhatsApp's limits, so a flow that would
+        #: be refused by the Graph API fails its own tests); None checks nothing.
+        self.check = check
         self.turns: list[Turn] = []
         self._ids = 0
         self._id_lock = threading.Lock()
@@ -143,14 +148,28 @@ class Conversation:
             self._ids += 1
             return f"{self.user}-msg-{self._ids}"
 
-    def say(self, text: str, *, message_id: str | None = None) -> Turn:
-        """Send ``text`` as a new message (or with ``message_id`` to re-deliver one)."""
+    def say(self, text: str, *, message_id: str | None = None, pressed: str | None = None) -> Turn:
+        """Send ``text`` as a new message (or with ``message_id`` to re-deliver one); with
+        ``pressed``, as a tap on the option with that id (see :meth:`press`)."""
         if message_id is None:
             message_id = self.next_message_id()
-        result = self.engine.handle(self.user, text, message_id=message_id)
+        result = self._checked(
+            self.engine.handle(self.user, text, message_id=message_id, pressed=pressed)
+        )
         turn = Turn(text, result)
         self.turns.append(turn)
         return turn
+
+    def press(self, option_id: str, *, message_id: str | None = None) -> Turn:
+        """Tap the option ``option_id`` of a button or list reply, as WhatsApp delivers it:
+        the step reads the id as ``ctx.text`` and as ``ctx.pressed``."""
+        return self.say(option_id, message_id=message_id, pressed=option_id)
+
+    def _checked(self, result: Result) -> Result:
+        if self.check is not None:
+            for reply in result.replies:
+                self.check(reply)
+        return result
 
     def twice(self, text: str) -> tuple[Turn, Turn]:
         """Deliver one message twice in a row, as a webhook retry would."""
@@ -168,7 +187,7 @@ class Conversation:
 
         def deliver(message_id: str) -> Result:
             start.wait()
-            return self.engine.handle(self.user, text, message_id=message_id)
+            return self._checked(self.engine.handle(self.user, text, message_id=message_id))
 
         with ThreadPoolExecutor(workers) as pool:
             turns = [Turn(text, r) for r in pool.map(deliver, ids)]
@@ -210,6 +229,6 @@ class Conversation:
         return self.run(path.read_text(encoding="utf-8"), source=path.name)
 
     def _send(self, user: str, text: str, message_id: str) -> Result:
-        result = self.engine.handle(user, text, message_id=message_id)
+        result = self._checked(self.engine.handle(user, text, message_id=message_id))
         self.turns.append(Turn(text, result))
         return result
