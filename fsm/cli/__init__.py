@@ -27,6 +27,7 @@ from fsm.cli import graph as _graph  # noqa: F401  isort: skip
 from fsm.cli import migrate as _migrate  # noqa: F401  isort: skip
 from fsm.cli import monitor as _monitor  # noqa: F401  isort: skip
 from fsm.cli import repair as _repair  # noqa: F401  isort: skip
+from fsm.cli import serve as _serve  # noqa: F401  isort: skip
 from fsm.cli import sessions as _sessions  # noqa: F401  isort: skip
 
 __all__ = ["main"]

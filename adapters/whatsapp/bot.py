@@ -1,0 +1,222 @@
+"""A flow behind WhatsApp: each webhook message into ``engine.handle``, its replies out.
+
+Per message: ``await engine.handle(user, text, message_id=wamid, pressed=...)`` saves the
+new state with its replies in the engine's outbox (one atomic write); the pending replies
+are then sent in order (:mod:`adapters.whatsapp.delivery`) and the ones the Graph API
+accepted are confirmed (:meth:`fsm.AsyncEngine.confirm`). So:
+
+- a reply is sent only after the state that produced it is saved;
+- if the process dies between the save and the send, or the retries run out, the replies
+  stay in the outbox: the next delivery of the same message (Meta re-delivers when the
+  webhook did not answer 200) or the user's next message sends them first;
+- a re-delivery of a message whose replies were confirmed sends nothing again.
+
+Messages of one user are handled one at a time in this process, in the order they come
+(so replies go out in the order the flow produced them); different users concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from adapters.whatsapp.delivery import Delivery, _tail
+from adapters.whatsapp.graph import GraphClient, GraphError
+from adapters.whatsapp.metrics import WhatsAppMetrics
+from adapters.whatsapp.render import mark_read
+from adapters.whatsapp.updates import Incoming, Update
+from fsm.async_engine import AsyncEngine
+from fsm.errors import ConflictError, FsmError, LockTimeout, StoreUnavailable
+from fsm.reply import Reply
+from fsm.snapshot import Outgoing
+
+log = logging.getLogger("adapters.whatsapp")
+
+#: What a message the flow cannot read (an image, a location...) gets back: a Reply sent as
+#: it is, a str handed to the flow as if typed, or None (nothing).
+Unsupported = Callable[[Incoming], Reply | str | None]
+
+UNSUPPORTED_NOTICE = "Sorry, I can only read text and button answers."
+
+
+def default_unsupported(message: Incoming) -> Reply | str | None:
+    return Reply(UNSUPPORTED_NOTICE)
+
+
+#: Store trouble that a later delivery may not meet: answer 503 so Meta re-delivers.
+TRANSIENT = (StoreUnavailable, LockTimeout, ConflictError)
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """How one webhook body went: the HTTP status to answer, and how many messages."""
+
+    status: int
+    applied: int = 0
+
+
+class WhatsAppBot:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        client: GraphClient,
+        *,
+        metrics: WhatsAppMetrics | None = None,
+        unsupported: Unsupported = default_unsupported,
+        mark_as_read: bool = True,
+        delivery: Delivery | None = None,
+    ) -> None:
+        if not isinstance(engine, AsyncEngine):
+            raise TypeError(f"WhatsAppBot needs an fsm.AsyncEngine, got {type(engine).__name__}")
+        engine.outbox = True  # replies are kept with the state until the Graph API has them
+        self.engine = engine
+        self.client = client
+        self.metrics = metrics if metrics is not None else WhatsAppMetrics()
+        self.delivery = delivery if delivery is not None else Delivery(client, self.metrics)
+        self.unsupported = unsupported
+        self.mark_as_read = mark_as_read
+        self._locks = _UserLocks()
+        self._noticed: OrderedDict[str, None] = OrderedDict()  # wamids answered by the hook
+        self._background: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"WhatsAppBot(engine={self.engine!r}, client={self.client!r})"
+
+    async def receive(self, update: Update) -> Handled:
+        """Handle every message of ``update`` (users concurrently, each user's in order)."""
+        for status in update.statuses:
+            self.metrics.statuses.labels(status.status).inc()
+            if status.error_codes:
+                log.warning("message %s %s: codes %s", status.message_id, status.status,
+                            list(status.error_codes))  # fmt: skip
+        if update.malformed:
+            self.metrics.messages.labels("malformed").inc(update.malformed)
+        by_user: defaultdict[str, list[Incoming]] = defaultdict(list)
+        for message in update.messages:
+            by_user[message.user].append(message)
+        outcomes = await asyncio.gather(*(self._user(msgs) for msgs in by_user.values()))
+        worst = max((code for code, _ in outcomes), default=int(HTTPStatus.OK))
+        return Handled(worst, sum(n for _, n in outcomes))
+
+    async def _user(self, messages: list[Incoming]) -> tuple[int, int]:
+        status, applied = int(HTTPStatus.OK), 0
+        async with self._locks.hold(messages[0].user):
+            for message in messages:
+                outcome = await self._one(message)
+                status = max(status, outcome)
+                applied += outcome == HTTPStatus.OK
+        return status, applied
+
+    async def _one(self, message: Incoming) -> int:
+        if self.mark_as_read:
+            self._spawn(self._mark_read(message.message_id))
+        text, pressed = message.text, message.pressed
+        if not message.readable:
+            answer = self.unsupported(message)
+            if answer is None or isinstance(answer, Reply):
+                return await self._notice(message, answer)
+            text, pressed = answer, None
+        try:
+            result = await self.engine.handle(
+                message.user, text, message_id=message.message_id, pressed=pressed
+            )
+        except TRANSIENT as exc:
+            self.metrics.messages.labels("unavailable").inc()
+            log.warning("message %s not applied yet (%s): answering 503", message.message_id, exc)
+            return HTTPStatus.SERVICE_UNAVAILABLE
+        except (ValueError, TypeError) as exc:  # text the engine refuses (a lone surrogate)
+            self.metrics.messages.labels("malformed").inc()
+            log.warning("message %s refused: %s", message.message_id, exc)
+            return HTTPStatus.OK
+        except FsmError as exc:
+            # A flow bug or bad input: retrying the same body cannot help. Acknowledge it
+            # (the engine counts repeated failures and heals a poisoned session), and send
+            # what earlier saves of this message left pending.
+            self.metrics.messages.labels("failed").inc()
+            log.error("message %s failed: %s", message.message_id, exc)
+            return await self._flush(message.user)
+        self.metrics.messages.labels("duplicate" if result.duplicate else "applied").inc()
+        return await self._send(message.user, result.outbox)
+
+    async def _send(self, user: str, pending: tuple[Outgoing, ...]) -> int:
+        if not pending:
+            return HTTPStatus.OK
+        delivered = await self.delivery.deliver(user, pending)
+        if delivered.done:
+            try:
+                confirmed = await self.engine.confirm(user, delivered.done)
+            except FsmError as exc:
+                log.warning("could not confirm replies to %s: %s", _tail(user), exc)
+                confirmed = False
+            if not confirmed:
+                self.metrics.confirm_failures.inc(len(delivered.done))
+        return HTTPStatus.SERVICE_UNAVAILABLE if delivered.left else HTTPStatus.OK
+
+    async def _flush(self, user: str) -> int:
+        try:
+            snapshot = await self.engine.peek(user)
+        except FsmError:
+            return HTTPStatus.OK
+        return await self._send(user, snapshot.outbox if snapshot else ())
+
+    async def _notice(self, message: Incoming, reply: Reply | None) -> int:
+        """Answer a message the flow cannot read, once per message id in this process (it
+        is not applied: nothing is saved)."""
+        self.metrics.messages.labels("unsupported").inc()
+        if reply is None or message.message_id in self._noticed:
+            return HTTPStatus.OK
+        self._noticed[message.message_id] = None
+        while len(self._noticed) > 10_000:
+            self._noticed.popitem(last=False)
+        notice = Outgoing(0, 0, message.message_id, reply)
+        delivered = await self.delivery.deliver(message.user, (notice,))
+        return HTTPStatus.SERVICE_UNAVAILABLE if delivered.left else HTTPStatus.OK
+
+    async def _mark_read(self, message_id: str) -> None:
+        try:
+            await self.client.mark_read(mark_read(message_id))
+        except GraphError as exc:
+            self.metrics.mark_read.labels("failed").inc()
+            log.info("mark as read of %s failed: %s", message_id, exc)
+        else:
+            self.metrics.mark_read.labels("ok").inc()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        """Wait for background requests (mark-as-read), then close the Graph API client."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.client.aclose()
+
+
+class _UserLocks:
+    """One asyncio lock per user with messages in flight; dropped when none wait."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, user: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(user, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[user] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[user]
+            if users == 1:
+                del self._locks[user]
+            else:
+                self._locks[user] = (lock, users - 1)

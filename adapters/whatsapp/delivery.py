@@ -1,0 +1,99 @@
+"""Sending a user's pending replies (the engine's outbox) in order, with bounded retries.
+
+Each pending :class:`~fsm.snapshot.Outgoing` is rendered and sent; a retryable failure
+(network, 5xx, throughput or pair rate limit) is retried with jittered exponential backoff,
+at most ``attempts`` times. A final failure (outside the customer service window, a bad
+parameter) is logged and counted, and the reply is given up: confirmed like a sent one, so
+it is not retried forever. If the retries run out, delivery stops there, so later replies
+never overtake an earlier one: that reply and the rest stay pending, for the next delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from adapters.whatsapp.graph import PAIR_LIMIT_PAUSE, GraphClient, GraphError
+from adapters.whatsapp.metrics import WhatsAppMetrics
+from adapters.whatsapp.render import render
+from fsm.snapshot import Outgoing
+
+log = logging.getLogger("adapters.whatsapp")
+
+
+@dataclass(slots=True)
+class Delivered:
+    """What became of a user's pending replies."""
+
+    #: Keys to confirm: sent, or given up on a final error.
+    done: list[tuple[int, int]] = field(default_factory=list)
+    #: How many stay pending (the retries ran out): the webhook answers 503.
+    left: int = 0
+
+
+class Delivery:
+    def __init__(
+        self,
+        client: GraphClient,
+        metrics: WhatsAppMetrics,
+        *,
+        attempts: int = 4,
+        base_delay: float = 0.25,
+        max_delay: float = 4.0,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        self.client = client
+        self.metrics = metrics
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+
+    async def deliver(self, to: str, pending: Sequence[Outgoing]) -> Delivered:
+        delivered = Delivered()
+        for index, entry in enumerate(pending):
+            try:
+                for payload in render(entry.reply, to):
+                    await self._send(payload)
+            except GraphError as exc:
+                if exc.retryable:  # the retries ran out: keep this one and the rest
+                    delivered.left = len(pending) - index
+                    self.metrics.pending.inc(delivered.left)
+                    log.warning("%d replies to %s stay pending: %s", delivered.left, _tail(to), exc)
+                    return delivered
+                log.error("reply to %s given up: %s", _tail(to), exc)
+            delivered.done.append(entry.key)
+        return delivered
+
+    async def _send(self, payload: dict[str, object]) -> str:
+        """Send one payload, retrying what may succeed later; the last error if not."""
+        for attempt in range(1, self.attempts + 1):
+            started = time.perf_counter()
+            try:
+                message_id = await self.client.send(payload)
+            except GraphError as exc:
+                self.metrics.sends.labels("retry" if exc.retryable else "failed", exc.label).inc()
+                if not exc.retryable or attempt == self.attempts:
+                    raise
+                await asyncio.sleep(self._delay(attempt, exc))
+                continue
+            finally:
+                self.metrics.send_seconds.observe(time.perf_counter() - started)
+            self.metrics.sends.labels("sent", "").inc()
+            return message_id
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, attempt: int, exc: GraphError) -> float:
+        delay: float = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        if exc.code == 131056:  # pair rate limit: this user's messages need spacing out
+            delay = max(delay, PAIR_LIMIT_PAUSE)
+        return float(delay * random.uniform(0.5, 1.0))
+
+
+def _tail(phone: str) -> str:
+    """A phone number as logs show it: its last four digits."""
+    return f"...{phone[-4:]}"

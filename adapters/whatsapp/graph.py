@@ -1,0 +1,165 @@
+"""The Graph API client that sends messages: httpx, timeouts, a per-number pacer, typed errors.
+
+``POST {api_url}/{phone_number_id}/messages`` with a bearer token. An error answer is
+``{"error": {"message", "type", "code", "error_subcode", "fbtrace_id", ...}}``; its code
+decides what happens next (:class:`GraphError`): throughput and pair rate limits, 5xx and
+network errors are worth retrying after a pause; everything else (131047: outside the
+24-hour customer service window, a bad parameter, an expired token) is final.
+
+The access token lives in the client's headers only: it is in no repr, log line or error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import msgspec
+
+DEFAULT_API_URL = "https://graph.facebook.com/v27.0"  # WHATSAPP_API_URL overrides
+
+#: Error codes that mean "not now" rather than "never": retried with backoff.
+RETRYABLE_CODES = frozenset(
+    {
+        1,  # API unknown (transient on Meta's side)
+        2,  # API service temporarily unavailable
+        4,  # application request limit reached
+        80007,  # WhatsApp Business Account rate limit
+        130429,  # cloud API throughput reached
+        131000,  # something went wrong
+        131016,  # service unavailable
+        131056,  # pair rate limit: too many messages to this user in a short time
+    }
+)
+#: The longer pause a pair rate limit asks for (messages to one user), in seconds.
+PAIR_LIMIT_PAUSE = 1.0
+OUTSIDE_WINDOW = 131047
+
+
+class GraphError(Exception):
+    """The Graph API refused a send (or could not be reached: ``code`` 0, ``status`` 0).
+    ``retryable`` says whether the same request may succeed later."""
+
+    def __init__(self, status: int, code: int, title: str, *, retryable: bool) -> None:
+        super().__init__(f"Graph API {status or 'unreachable'}: {title} (code {code})")
+        self.status = status
+        self.code = code
+        self.title = title
+        self.retryable = retryable
+
+    @property
+    def label(self) -> str:
+        """A bounded label for metrics: the code, or the kind of failure."""
+        if self.status == 0:
+            return "network"
+        return str(self.code) if self.code else f"http_{self.status}"
+
+
+class _ErrorBody(msgspec.Struct):
+    message: str = ""
+    code: int = 0
+    error_subcode: int = 0
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorBody | None = None
+
+
+class _Sent(msgspec.Struct):
+    id: str = ""
+
+
+class _SendAnswer(msgspec.Struct):
+    messages: list[_Sent] = []
+
+
+class Pacer:
+    """At most ``rate`` requests per second, spaced evenly (a per-number throughput cap:
+    Meta's default is about 80 messages/s). ``rate`` 0 or less: no pacing."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if self.interval == 0.0:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class GraphClient:
+    """Sends payloads for one business phone number."""
+
+    def __init__(
+        self,
+        *,
+        access_token: str,
+        phone_number_id: str,
+        api_url: str = DEFAULT_API_URL,
+        rate: float = 80.0,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        max_connections: int = 100,
+    ) -> None:
+        if not access_token or not phone_number_id:
+            raise ValueError("an access token and a phone number id are required")
+        self.phone_number_id = phone_number_id
+        self.api_url = api_url.rstrip("/")
+        self.pacer = Pacer(rate)
+        self._client = httpx.AsyncClient(
+            base_url=self.api_url,
+            headers={"Authorization": f"Bearer {access_token}"},
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+
+    def __repr__(self) -> str:
+        return f"GraphClient(api_url={self.api_url!r}, phone_number_id={self.phone_number_id!r})"
+
+    async def send(self, payload: dict[str, Any]) -> str:
+        """Send one message; its id (wamid) once the Graph API accepted it."""
+        answer = await self._post(payload)
+        try:
+            sent = msgspec.json.decode(answer.content, type=_SendAnswer)
+        except msgspec.DecodeError:
+            sent = _SendAnswer()
+        return sent.messages[0].id if sent.messages else ""
+
+    async def mark_read(self, payload: dict[str, Any]) -> None:
+        await self._post(payload)
+
+    async def _post(self, payload: dict[str, Any]) -> httpx.Response:
+        await self.pacer.wait()
+        try:
+            answer = await self._client.post(
+                f"/{self.phone_number_id}/messages",
+                content=msgspec.json.encode(payload),
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as exc:  # connect/read timeouts, refused, dropped
+            raise GraphError(0, 0, type(exc).__name__, retryable=True) from None
+        if answer.status_code >= 400:
+            raise _error(answer)
+        return answer
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _error(answer: httpx.Response) -> GraphError:
+    try:
+        body = msgspec.json.decode(answer.content, type=_ErrorEnvelope).error
+    except msgspec.DecodeError:
+        body = None
+    code = body.code if body else 0
+    title = (body.message if body else answer.reason_phrase)[:200]
+    retryable = code in RETRYABLE_CODES or answer.status_code >= 500 or answer.status_code == 429
+    return GraphError(answer.status_code, code, title, retryable=retryable)

@@ -1,0 +1,71 @@
+"""The transport's Prometheus metrics, in a registry of its own (served at ``/metrics``).
+
+Labels are bounded: outcomes, message kinds, status names, error codes. No phone number,
+message id, token or text is ever a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class WhatsAppMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.updates = Counter(
+            "fsm_whatsapp_updates",
+            "Webhook POSTs, by outcome (ok, bad_signature, bad_request, too_large, "
+            "unavailable, ignored).",
+            ["outcome"],
+            registry=r,
+        )
+        self.messages = Counter(
+            "fsm_whatsapp_messages",
+            "User messages, by what became of them (applied, duplicate, unsupported, "
+            "malformed, failed, unavailable).",
+            ["outcome"],
+            registry=r,
+        )
+        self.signature_failures = Counter(
+            "fsm_whatsapp_signature_failures",
+            "POSTs refused for their signature (missing, malformed, mismatch).",
+            ["reason"],
+            registry=r,
+        )
+        self.statuses = Counter(
+            "fsm_whatsapp_statuses",
+            "Status updates of our own messages (sent, delivered, read, failed).",
+            ["status"],
+            registry=r,
+        )
+        self.sends = Counter(
+            "fsm_whatsapp_sends",
+            "Graph API send attempts, by outcome (sent, retry, failed) and error code.",
+            ["outcome", "code"],
+            registry=r,
+        )
+        self.send_seconds = Histogram(
+            "fsm_whatsapp_send_seconds",
+            "Graph API send latency (each attempt).",
+            buckets=SEND_BUCKETS,
+            registry=r,
+        )
+        self.pending = Counter(
+            "fsm_whatsapp_replies_pending",
+            "Replies left pending after their retries ran out (sent at the next delivery).",
+            registry=r,
+        )
+        self.confirm_failures = Counter(
+            "fsm_whatsapp_confirm_failures",
+            "Sent replies whose confirmation could not be saved (may be sent again).",
+            registry=r,
+        )
+        self.mark_read = Counter(
+            "fsm_whatsapp_mark_read",
+            "Mark-as-read requests, by outcome (ok, failed).",
+            ["outcome"],
+            registry=r,
+        )

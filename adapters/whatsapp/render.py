@@ -1,0 +1,86 @@
+"""Replies (:mod:`fsm.reply`) as Graph API message payloads: text, reply buttons, lists.
+
+A text longer than WhatsApp's 4096 characters is split at a paragraph, line or word
+boundary. A buttons or list reply that breaks an interactive limit (the testing kit's
+:func:`fsm.reply.check_whatsapp` catches that in the flow's own tests) is sent as plain
+text with numbered options rather than refused: the user can still answer by number.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fsm.reply import WHATSAPP_TEXT, Reply, whatsapp_problems
+
+log = logging.getLogger("adapters.whatsapp")
+
+#: The label of the button that opens a list message (at most 20 characters).
+LIST_BUTTON = "Choose"
+
+Payload = dict[str, Any]
+
+
+def render(reply: Reply, to: str) -> list[Payload]:
+    """The payloads that send ``reply`` to ``to``, in order (more than one: a long text)."""
+    if reply.kind != "text":
+        problems = whatsapp_problems(reply)
+        if not problems:
+            return [_envelope(to, "interactive", _interactive(reply))]
+        log.warning("a %s reply breaks WhatsApp's limits, sent as text: %s", reply.kind, problems)
+    return [_text(to, part) for part in split_text(reply.render())]
+
+
+def mark_read(message_id: str) -> Payload:
+    return {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}
+
+
+def _envelope(to: str, kind: str, content: Any) -> Payload:
+    return {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": kind,
+        kind: content,
+    }
+
+
+def _text(to: str, body: str) -> Payload:
+    return _envelope(to, "text", {"body": body, "preview_url": False})
+
+
+def _interactive(reply: Reply) -> Payload:
+    body = {"text": reply.body}
+    if reply.kind == "buttons":
+        buttons = [
+            {"type": "reply", "reply": {"id": o.id, "title": o.title}} for o in reply.options
+        ]
+        return {"type": "button", "body": body, "action": {"buttons": buttons}}
+    rows = [{"id": o.id, "title": o.title} for o in reply.options]
+    return {
+        "type": "list",
+        "body": body,
+        "action": {"button": LIST_BUTTON, "sections": [{"rows": rows}]},
+    }
+
+
+def split_text(text: str, limit: int = WHATSAPP_TEXT) -> list[str]:
+    """``text`` in parts of at most ``limit`` characters, cut at the last paragraph break,
+    else line break, else space before the limit (a hard cut only in one long word).
+
+    >>> split_text("aaa bbb ccc", limit=7)
+    ['aaa bbb', 'ccc']
+    """
+    if not text:
+        return [" "]  # WhatsApp refuses an empty text; a flow that says "" still answers
+    parts: list[str] = []
+    while len(text) > limit:
+        window = text[: limit + 1]
+        cut = max(window.rfind("\n\n"), 0) or max(window.rfind("\n"), 0) or window.rfind(" ")
+        if cut <= 0:
+            cut = limit
+        parts.append(text[:cut].rstrip())
+        text = text[cut:].lstrip()
+    if text:
+        parts.append(text)
+    return parts

@@ -1,0 +1,195 @@
+"""Webhook updates as Meta sends them, parsed into what a bot acts on.
+
+A body is ``{"object": "whatsapp_business_account", "entry": [{"changes": [{"field":
+"messages", "value": {...}}]}]}``; each ``value`` holds ``metadata.phone_number_id``,
+``contacts[]``, ``messages[]`` and ``statuses[]``. Every entry, change and message is read,
+not only the first. Parsing is lenient where Meta adds fields and strict where it matters:
+a message that lacks ``id`` or ``from`` is counted as malformed and skipped, never applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+OBJECT = "whatsapp_business_account"
+
+
+class BadUpdate(Exception):
+    """The body is not an update at all (not JSON, not an object, wrong shape): 400."""
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One user message. ``text`` is what reaches the flow: the typed text, or the id of
+    the tapped option (then ``pressed`` is that id too). ``kind`` is Meta's ``type``."""
+
+    user: str  # the sender's WhatsApp id (``from``): the conversation key
+    message_id: str  # the wamid: the dedupe key
+    kind: str
+    text: str = ""
+    pressed: str | None = None
+    timestamp: int = 0
+    phone_number_id: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def readable(self) -> bool:
+        """Whether the flow can read it: text or a tapped option."""
+        return self.kind in READABLE
+
+
+READABLE = frozenset({"text", "interactive", "button"})
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """What became of a message we sent: sent, delivered, read or failed (with codes)."""
+
+    message_id: str
+    status: str
+    recipient: str = ""
+    error_codes: tuple[int, ...] = ()
+
+
+@dataclass(slots=True)
+class Update:
+    """Everything one webhook body carries for our number."""
+
+    messages: list[Incoming] = field(default_factory=list)
+    statuses: list[StatusUpdate] = field(default_factory=list)
+    #: Changes skipped: another field than ``messages``, or another phone number id.
+    ignored: int = 0
+    #: Messages or statuses too broken to act on (no id, no sender): counted, skipped.
+    malformed: int = 0
+
+
+# -- the envelope: typed where a wrong type means "not an update" ---------------------------
+class _Change(msgspec.Struct):
+    field: str = ""
+    value: dict[str, Any] = {}
+
+
+class _Entry(msgspec.Struct):
+    id: str = ""
+    changes: list[_Change] = []
+
+
+class _Envelope(msgspec.Struct):
+    object: str = ""
+    entry: list[_Entry] = []
+
+
+_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def parse_update(body: bytes, *, phone_number_id: str, max_messages: int = 1000) -> Update:
+    """The messages and statuses in ``body`` addressed to ``phone_number_id``.
+
+    Raises :class:`BadUpdate` if the body is not JSON, not an update envelope, or holds more
+    than ``max_messages`` messages. A body for another ``object`` yields an empty update
+    with ``ignored`` set (acknowledged: re-sending it would not make it ours)."""
+    try:
+        envelope = _decoder.decode(body)
+    except msgspec.DecodeError as exc:  # ValidationError included: a wrong envelope
+        raise BadUpdate(f"not a webhook update: {_short(exc)}") from None
+    update = Update()
+    if envelope.object != OBJECT:
+        update.ignored = 1
+        return update
+    for entry in envelope.entry:
+        for change in entry.changes:
+            _read_change(update, change, phone_number_id)
+            if len(update.messages) > max_messages:
+                raise BadUpdate(f"more than {max_messages} messages in one body")
+    return update
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200]
+
+
+def _read_change(update: Update, change: _Change, phone_number_id: str) -> None:
+    value = change.value
+    metadata = value.get("metadata")
+    number = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+    if change.field != "messages" or number != phone_number_id:
+        update.ignored += 1
+        return
+    for raw in _list(value.get("messages")):
+        message = parse_message(raw, number)
+        if message is None:
+            update.malformed += 1
+        else:
+            update.messages.append(message)
+    for raw in _list(value.get("statuses")):
+        status = _parse_status(raw)
+        if status is None:
+            update.malformed += 1
+        else:
+            update.statuses.append(status)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def parse_message(raw: Any, phone_number_id: str = "") -> Incoming | None:
+    """One entry of ``messages[]``; None if it has no usable ``id``, ``from`` or ``type``."""
+    if not isinstance(raw, dict):
+        return None
+    wamid, sender, kind = _str(raw.get("id")), _str(raw.get("from")), _str(raw.get("type"))
+    if wamid is None or sender is None or kind is None:
+        return None
+    text, pressed = _content(kind, raw)
+    stamp = raw.get("timestamp")
+    timestamp = int(stamp) if isinstance(stamp, str) and stamp.isdigit() else 0
+    return Incoming(
+        user=sender,
+        message_id=wamid,
+        kind=kind if text is not None else f"{kind}:unreadable",
+        text=text or "",
+        pressed=pressed,
+        timestamp=timestamp,
+        phone_number_id=phone_number_id,
+        raw=raw,
+    )
+
+
+def _content(kind: str, raw: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(text for the flow, the pressed option's id) of a message; (None, None) for a kind the
+    flow cannot read, or a readable kind whose content is missing."""
+    body = raw.get(kind)
+    if not isinstance(body, dict):
+        return (None, None) if kind in READABLE else ("", None)
+    if kind == "text":
+        text = body.get("body")
+        return (text, None) if isinstance(text, str) else (None, None)
+    if kind == "interactive":
+        reply = body.get(body.get("type", ""))  # button_reply or list_reply
+        chosen = _str(reply.get("id")) if isinstance(reply, dict) else None
+        return (chosen, chosen) if chosen is not None else (None, None)
+    if kind == "button":  # a template's quick-reply button: its payload is the id
+        chosen = _str(body.get("payload")) or _str(body.get("text"))
+        return (chosen, chosen) if chosen is not None else (None, None)
+    return ("", None)  # media, location, reaction...: not text; the bot's hook answers
+
+
+def _parse_status(raw: Any) -> StatusUpdate | None:
+    if not isinstance(raw, dict):
+        return None
+    wamid, status = _str(raw.get("id")), _str(raw.get("status"))
+    if wamid is None or status is None:
+        return None
+    codes = tuple(
+        e["code"]
+        for e in _list(raw.get("errors"))
+        if isinstance(e, dict) and isinstance(e.get("code"), int)
+    )
+    return StatusUpdate(wamid, status, _str(raw.get("recipient_id")) or "", codes)

@@ -1,0 +1,102 @@
+"""Fixtures: the fake Graph API, and a real uvicorn server running the webhook app."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from adapters import AsyncMemoryStore, MemoryStore
+from adapters.whatsapp import GraphClient, WebhookConfig, WhatsAppBot, create_app
+from adapters.whatsapp.delivery import Delivery
+from fsm.async_engine import AsyncEngine
+
+from .fake_graph import FakeGraph, fake_graph
+from .payloads import APP_SECRET, VERIFY_TOKEN, signed
+
+
+class Webhook:
+    """A running webhook server: its URL, the bot, and a client to post to it."""
+
+    def __init__(self, url: str, bot: WhatsAppBot, store: MemoryStore | None) -> None:
+        self.url = url
+        self.bot = bot
+        self.store = store
+        self.http = httpx.Client(base_url=url, timeout=30)
+
+    def post(self, raw: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+        return self.http.post("/webhook", content=raw, headers=signed(raw) if headers is None
+                              else headers)  # fmt: skip
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.bot.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` on uvicorn, on a free loopback port, in a thread; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+EngineFactory = Callable[[AsyncMemoryStore], AsyncEngine]
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraph]:
+    with fake_graph() as fake:
+        yield fake
+
+
+def start_webhook(
+    graph: FakeGraph,
+    engine: AsyncEngine,
+    *,
+    store: MemoryStore | None = None,
+    mark_as_read: bool = False,
+    **bot_options: Any,
+) -> Any:
+    client = GraphClient(
+        access_token=graph.token, phone_number_id=graph.phone_number_id, api_url=graph.url
+    )
+    bot = WhatsAppBot(engine, client, mark_as_read=mark_as_read, **bot_options)
+    bot.delivery = Delivery(client, bot.metrics, attempts=4, base_delay=0.02, max_delay=0.1)
+    config = WebhookConfig(APP_SECRET, VERIFY_TOKEN, graph.phone_number_id, max_body=256 * 1024,
+                           max_messages=1000)  # fmt: skip
+
+    @contextmanager
+    def running() -> Iterator[Webhook]:
+        with serving(create_app(bot, config)) as url:
+            hook = Webhook(url, bot, store)
+            try:
+                yield hook
+            finally:
+                hook.http.close()
+
+    return running()
