@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
-
 import httpx
 import pytest
 
@@ -257,6 +255,3 @@ def test_metrics_and_health_are_served(hook: Webhook) -> None:
     assert p.VERIFY_TOKEN not in metrics.text and "EAAG" not in metrics.text
     assert hook.http.get("/healthz").status_code == 200
 
-
-def _unused(*_: Any) -> None:
-    pass
