@@ -103,6 +103,7 @@ def body_text(payload: dict[str, Any]) -> str:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+
 import httpx
 import pytest
 
@@ -254,4 +255,3 @@ def test_metrics_and_health_are_served(hook: Webhook) -> None:
     assert 'fsm_whatsapp_sends_total{code="",outcome="sent"} 2.0' in metrics.text
     assert p.VERIFY_TOKEN not in metrics.text and "EAAG" not in metrics.text
     assert hook.http.get("/healthz").status_code == 200
-

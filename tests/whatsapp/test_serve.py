@@ -1,0 +1,216 @@
+"""``fsm serve`` as users run it: a real process, the reference bot, a fake Graph API, and
+Redis for the fault and load tests (real redis-server processes of the tests' own)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters import AsyncRedisStore, RedisStore
+from fsm.async_engine import AsyncEngine
+from fsm.snapshot import decode_snapshot
+from tests import redis_servers
+from tests.fsm.sample_flows import Counter
+
+from . import payloads as p
+from .conftest import start_webhook
+from .fake_graph import Answer, FakeGraph, body_text
+
+ROOT = Path(__file__).parents[2]
+FSM = str(Path(sys.executable).with_name("fsm"))
+ALICE = "263770000001"
+
+
+def serve_env(graph: FakeGraph, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WHATSAPP_", "FSM_"))}
+    env.update(
+        WHATSAPP_ACCESS_TOKEN=graph.token,
+        WHATSAPP_APP_SECRET=p.APP_SECRET,
+        WHATSAPP_VERIFY_TOKEN=p.VERIFY_TOKEN,
+        WHATSAPP_PHONE_NUMBER_ID=graph.phone_number_id,
+        WHATSAPP_API_URL=graph.url,
+        WHATSAPP_MARK_READ="0",
+    )
+    env.update(extra)
+    return env
+
+
+class Served:
+    """An ``fsm serve`` process on a free loopback port, stopped (or killed) by PID."""
+
+    def __init__(self, env: dict[str, str], tmp: Path, port: int | None = None) -> None:
+        self.port = port or redis_servers.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / f"serve-{self.port}-{time.monotonic_ns()}.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [FSM, "serve", "--port", str(self.port)],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"fsm serve did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def post(self, raw: bytes, timeout: float = 30) -> httpx.Response:
+        return httpx.post(f"{self.url}/webhook", content=raw, headers=p.signed(raw),
+                          timeout=timeout)  # fmt: skip
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[list[Served]]:
+    started: list[Served] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def test_a_missing_setting_is_one_line_and_exit_2(graph: FakeGraph) -> None:
+    env = serve_env(graph)
+    del env["WHATSAPP_APP_SECRET"]
+    done = subprocess.run([FSM, "serve"], env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: missing setting: WHATSAPP_APP_SECRET (see docs/whatsapp.md)"
+    ]
+    assert graph.token not in done.stderr + done.stdout
+
+
+def test_the_reference_bot_serves_whatsapp_on_the_memory_store(
+    graph: FakeGraph, tmp_path: Path, served: list[Served]
+) -> None:
+    server = Served(serve_env(graph), tmp_path)
+    served.append(server)
+    params = {"hub.mode": "subscribe", "hub.verify_token": p.VERIFY_TOKEN, "hub.challenge": "77"}
+    assert httpx.get(f"{server.url}/webhook", params=params).text == "77"
+
+    assert server.post(p.body([p.text(ALICE, "hi")])).status_code == 200
+    menu = graph.sends()[-1].body
+    assert menu["type"] == "interactive" and menu["interactive"]["type"] == "list"
+    rows = {r["title"]: r["id"] for r in menu["interactive"]["action"]["sections"][0]["rows"]}
+    accept = next(row_id for title, row_id in rows.items() if title.startswith("Accept offers"))
+    assert server.post(p.body([p.list_reply(ALICE, accept)])).status_code == 200
+    assert body_text(graph.sends()[-1].body) == "Which offer do you want to accept?"
+    server.stop()
+    log = server.log.read_text()
+    assert graph.token not in log and p.APP_SECRET not in log and p.VERIFY_TOKEN not in log
+
+
+def test_killed_after_the_save_before_the_send_the_redelivery_sends_once(
+    graph: FakeGraph, tmp_path: Path, served: list[Served]
+) -> None:
+    redis = redis_servers.standalone()
+    namespace = f"wa-kill-{uuid.uuid4().hex[:8]}"
+    env = serve_env(graph, FSM_STORE=redis.url, FSM_NAMESPACE=namespace)
+    first = Served(env, tmp_path)
+    served.append(first)
+    graph.plan(Answer(delay=3.0, drop=True))  # the first send hangs: kill the server then
+    raw = p.body([p.text(ALICE, "hi")])
+    poster = threading.Thread(target=lambda: _ignore_errors(first.post, raw), daemon=True)
+    poster.start()
+    deadline = time.monotonic() + 20
+    while not graph.sends(accepted=False):
+        assert time.monotonic() < deadline, first.log.read_text()
+        time.sleep(0.01)
+    first.kill()  # saved (the send started only after the save), nothing accepted
+    poster.join(10)
+
+    store = RedisStore.from_url(redis.url, namespace=namespace)
+    saved = decode_snapshot(store.load(ALICE).record.payload, user_key=ALICE)
+    assert saved.version == 1 and len(saved.outbox) == 1
+    assert graph.sends() == []
+
+    second = Served(env, tmp_path, port=first.port)  # a restarted server, the same Redis
+    served.append(second)
+    assert second.post(raw).status_code == 200  # Meta re-delivers: no 200 was answered
+    graph.wait_sends(1)
+    assert [body_text(r.body) for r in graph.sends()] == [saved.outbox[0].reply.body]
+    after = decode_snapshot(store.load(ALICE).record.payload, user_key=ALICE)
+    assert after.version == 2 and after.outbox == ()  # confirmed, not applied again
+    events = [h.event for h in store.history(ALICE)]
+    assert events.count("sent") == 1 and len(events) == 2
+    # And once more: nothing is sent again.
+    assert second.post(raw).status_code == 200
+    assert len(graph.sends()) == 1
+
+
+def _ignore_errors(post: Callable[[bytes], object], raw: bytes) -> None:
+    with contextlib.suppress(httpx.HTTPError):  # the server was killed mid-request
+        post(raw)
+
+
+def test_100_users_x_10_messages_concurrently_on_redis(graph: FakeGraph) -> None:
+    redis = redis_servers.standalone()
+    namespace = f"wa-load-{uuid.uuid4().hex[:8]}"
+    store = AsyncRedisStore.from_url(redis.url, namespace=namespace)
+    engine = AsyncEngine(Counter(), store)
+    users = [f"2637800{n:05d}" for n in range(100)]
+    bodies = [p.body([p.text(u, "go" if i == 0 else "x")]) for u in users for i in range(10)]
+
+    async def post_all(url: str) -> list[int]:
+        # 50 clients at once, each posting the next body as soon as its last one answered;
+        # shuffled, so each user's messages race each other as well as other users'.
+        order = list(range(len(bodies)))
+        random.Random(7).shuffle(order)
+        statuses = [0] * len(bodies)
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+            async def client_loop() -> None:
+                while order:
+                    n = order.pop()
+                    answer = await client.post("/webhook", content=bodies[n],
+                                               headers=p.signed(bodies[n]))  # fmt: skip
+                    statuses[n] = answer.status_code
+
+            await asyncio.gather(*(client_loop() for _ in range(50)))
+        return statuses
+
+    with start_webhook(graph, engine) as hook:
+        started = time.perf_counter()
+        statuses = asyncio.run(post_all(hook.url))
+        took = time.perf_counter() - started
+    assert statuses == [200] * 1000, sorted(set(statuses))
+    expected = ["counting", *map(str, range(1, 10))]
+    sync = RedisStore.from_url(redis.url, namespace=namespace)
+    for user in users:
+        assert graph.texts(user) == expected, user  # each once, in the flow's order
+        snap = decode_snapshot(sync.load(user).record.payload, user_key=user)
+        assert snap.data == {"count": 9} and snap.outbox == ()
+    assert len(graph.sends()) == 1000
+    print(f"\n100 users x 10 messages on Redis: {took:.2f} s, {1000 / took:.0f} messages/s")
