@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-NETWORK_MODULES = {"redis", "requests", "httpx", "urllib", "http", "aiohttp", "socketserver"}
+NETWORK_MODULES = {
+    "redis", "requests", "httpx", "urllib", "http", "aiohttp", "socketserver",
+    "starlette", "uvicorn", "h11",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(

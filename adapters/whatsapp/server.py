@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import uvicorn
 from starlette.applications import Starlette
 
 from adapters.base import AsyncStore
@@ -45,3 +46,16 @@ def build_app(settings: Settings, factory: EngineFactory, store: AsyncStore) -> 
         phone_number_id=settings.phone_number_id,
     )
     return create_app(bot, config)
+
+
+async def serve(app: Starlette, store: AsyncStore, *, host: str, port: int, check: bool) -> None:
+    """Serve ``app`` with uvicorn until stopped (SIGINT/SIGTERM), on this event loop (the
+    store's connections belong to it). With ``check``, one round trip to the store first:
+    an unreachable Redis raises its :class:`~fsm.errors.StoreUnavailable` before any port
+    is opened. No access log: the handshake's query string carries the verify token."""
+    if check:
+        await store.load("fsm-healthz")
+    config = uvicorn.Config(
+        app, host=host, port=port, access_log=False, log_level="info", lifespan="on"
+    )
+    await uvicorn.Server(config).serve()

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from fsm.cli.common import DEFAULT_NAMESPACE, EXIT_UNAVAILABLE, main, resolve, safe_url
 from fsm.errors import FsmError
 
-if TYPE_CHECKING:
-    from adapters.base import AsyncStore
-
 DEFAULT_ENGINE = "flows.credex:build_async_engine"
 
 
-@main.command()
+@main.command("serve")
 @click.option(
     "--engine",
     "engine_ref",
@@ -39,7 +35,7 @@ DEFAULT_ENGINE = "flows.credex:build_async_engine"
     show_default=True,
     help="Key namespace of the bot on Redis [env FSM_NAMESPACE].",
 )
-def serve(engine_ref: str, host: str, port: int, namespace: str) -> None:
+def serve_command(engine_ref: str, host: str, port: int, namespace: str) -> None:
     """Serve a flow to WhatsApp users: GET/POST /webhook, GET /healthz, GET /metrics.
 
     Configured by the environment: WHATSAPP_ACCESS_TOKEN, WHATSAPP_APP_SECRET,
@@ -48,9 +44,7 @@ def serve(engine_ref: str, host: str, port: int, namespace: str) -> None:
     URL; the embedded memory store when unset). See docs/whatsapp.md.
     """
     try:
-        import uvicorn
-
-        from adapters.whatsapp.server import build_app, open_async_store
+        from adapters.whatsapp.server import build_app, open_async_store, serve
         from adapters.whatsapp.settings import Settings, SettingsError
     except ImportError as exc:
         click.echo(
@@ -72,21 +66,9 @@ def serve(engine_ref: str, host: str, port: int, namespace: str) -> None:
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="'--engine'") from None
     where = "memory" if settings.store_url is None else safe_url(settings.store_url)
-    # No access log: the handshake's query string carries the verify token.
-    config = uvicorn.Config(
-        app, host=host, port=port, access_log=False, log_level="info", lifespan="on"
-    )
     click.echo(f"fsm serve: {engine_ref} on http://{host}:{port}/webhook, store {where}", err=True)
-    asyncio.run(_serve(uvicorn.Server(config), store, settings.store_url))
-
-
-async def _serve(server: Any, store: AsyncStore, url: str | None) -> None:
-    """One round trip to the store first (an unreachable Redis is one clear line, exit 2),
-    then serve, on the same event loop as the store's connections."""
-    if url is not None:
-        try:
-            await store.load("fsm-healthz")
-        except FsmError as exc:
-            click.echo(f"error: cannot reach the store at {safe_url(url)}: {exc}", err=True)
-            raise SystemExit(EXIT_UNAVAILABLE) from None
-    await server.serve()
+    try:
+        asyncio.run(serve(app, store, host=host, port=port, check=settings.store_url is not None))
+    except FsmError as exc:
+        click.echo(f"error: cannot reach the store at {where}: {exc}", err=True)
+        raise SystemExit(EXIT_UNAVAILABLE) from None
