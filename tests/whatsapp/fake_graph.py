@@ -53,6 +53,8 @@ class FakeGraph:
     lock: threading.Lock = field(default_factory=threading.Lock)
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     url: str = ""
+    #: Keep every request (tests read them); a benchmark's long run keeps none.
+    keep: bool = True
 
     # -- what tests read ----------------------------------------------------------------
     def sends(self, *, accepted: bool = True) -> list[Request]:
@@ -115,8 +117,9 @@ class _Handler(BaseHTTPRequestHandler):
         request = Request(
             self.path, self.headers.get("Authorization", ""), json.loads(raw), time.time()
         )
-        with graph.lock:
-            graph.requests.append(request)
+        if graph.keep:
+            with graph.lock:
+                graph.requests.append(request)
         answer = graph._next(request.body)
         if answer.delay:
             time.sleep(answer.delay)
@@ -186,3 +189,18 @@ def fake_graph() -> Iterator[FakeGraph]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def main() -> None:
+    """``python -m tests.whatsapp.fake_graph PORT``: serve a FakeGraph until killed (the
+    benchmark runs it in a process of its own, so it does not share the load's CPU)."""
+    import sys
+
+    server = _Server(("127.0.0.1", int(sys.argv[1])), _Handler)
+    server.graph = FakeGraph(keep=False)
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The transport's parts on their own: parsing, rendering, signatures, settings, pacing and
+secrets kept out of every repr and message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from adapters.whatsapp import GraphClient, Settings, SettingsError, WebhookConfig, parse_update
+from adapters.whatsapp.graph import GraphError, Pacer
+from adapters.whatsapp.render import render, split_text
+from adapters.whatsapp.signature import signature, signature_problem
+from adapters.whatsapp.updates import BadUpdate
+from fsm.reply import buttons, check_whatsapp, choices, text, whatsapp_problems
+
+from . import payloads as p
+from .fake_graph import PHONE_NUMBER_ID
+
+
+def test_parse_reads_every_kind_and_counts_the_broken() -> None:
+    raw = p.body(
+        [
+            p.text("1", "hello"),
+            p.button_reply("1", "ok", "OK"),
+            p.list_reply("2", "row-3"),
+            p.template_button("2", "stop"),
+            p.image("3"),
+            {"id": "wamid.no-sender", "type": "text", "text": {"body": "x"}},
+            {"from": "4", "id": "wamid.no-body", "type": "text"},
+        ],
+        [p.status("wamid.out.1", "failed") | {"errors": [{"code": 131047}]}],
+    )
+    update = parse_update(raw, phone_number_id=PHONE_NUMBER_ID)
+    got = [(m.user, m.kind, m.text, m.pressed) for m in update.messages]
+    assert got == [
+        ("1", "text", "hello", None),
+        ("1", "interactive", "ok", "ok"),
+        ("2", "interactive", "row-3", "row-3"),
+        ("2", "button", "stop", "stop"),
+        ("3", "image", "", None),
+        ("4", "text:unreadable", "", None),
+    ]
+    assert [m.readable for m in update.messages] == [True] * 4 + [False, False]
+    assert update.malformed == 1
+    assert update.statuses[0].status == "failed" and update.statuses[0].error_codes == (131047,)
+
+
+def test_parse_refuses_what_is_not_an_update() -> None:
+    for raw in (b"", b"nope", b"[]", b'{"entry": 5}', b'{"entry": [{"changes": 1}]}'):
+        with pytest.raises(BadUpdate):
+            parse_update(raw, phone_number_id=PHONE_NUMBER_ID)
+    many = p.body([p.text("1", "x")] * 3)
+    with pytest.raises(BadUpdate, match="more than 2 messages"):
+        parse_update(many, phone_number_id=PHONE_NUMBER_ID, max_messages=2)
+    other = parse_update(b'{"object": "instagram"}', phone_number_id=PHONE_NUMBER_ID)
+    assert other.messages == [] and other.ignored == 1
+
+
+def test_render_text_buttons_and_list() -> None:
+    [plain] = render(text("hi"), "263")
+    assert plain["type"] == "text" and plain["text"] == {"body": "hi", "preview_url": False}
+    [pressed] = render(buttons("Sure?", [("y", "Yes"), ("n", "No")]), "263")
+    assert pressed["interactive"]["action"]["buttons"][1] == {
+        "type": "reply",
+        "reply": {"id": "n", "title": "No"},
+    }
+    [listed] = render(choices("Pick", [("a", "A"), ("b", "B")]), "263")
+    action = listed["interactive"]["action"]
+    assert action["button"] == "Choose" and [r["id"] for r in action["sections"][0]["rows"]] == [
+        "a",
+        "b",
+    ]
+    json.dumps([plain, pressed, listed])  # all plain JSON
+
+
+def test_a_reply_over_a_limit_goes_out_as_numbered_text() -> None:
+    reply = buttons("Pick one", [("x", "A title far too long for a button")])
+    assert whatsapp_problems(reply)
+    with pytest.raises(ValueError, match="button title"):
+        check_whatsapp(reply)
+    [sent] = render(reply, "263")
+    assert sent["type"] == "text" and "1. A title far too long" in sent["text"]["body"]
+
+
+def test_long_texts_split_at_boundaries() -> None:
+    words = " ".join(f"word{n}" for n in range(2000))  # 16,889 characters
+    parts = split_text(words)
+    assert all(len(part) <= 4096 for part in parts) and len(parts) == 5
+    assert " ".join(parts) == words  # cut between words, nothing lost
+    assert split_text("a\n\nb", limit=3) == ["a", "b"]
+    assert split_text("x" * 10, limit=4) == ["xxxx", "xxxx", "xx"]  # one long word: hard cut
+
+
+def test_signature_problems() -> None:
+    body = b'{"a": 1}'
+    good = signature(body, "s3cret")
+    assert signature_problem(good, body, "s3cret") is None
+    assert signature_problem(None, body, "s3cret") == "missing"
+    assert signature_problem("sha256=abc", body, "s3cret") == "malformed"
+    assert signature_problem(good, body + b" ", "s3cret") == "mismatch"
+    assert signature_problem(good, body, "other") == "mismatch"
+
+
+def test_settings_name_what_is_missing_and_never_a_value() -> None:
+    env = {
+        "WHATSAPP_ACCESS_TOKEN": "EAAG-secret-token",
+        "WHATSAPP_APP_SECRET": "app-secret-value",
+        "WHATSAPP_VERIFY_TOKEN": "verify-value",
+        "WHATSAPP_PHONE_NUMBER_ID": "123",
+    }
+    settings = Settings.from_env(env)
+    assert settings.store_url is None and settings.rate == 80.0 and settings.mark_as_read
+    shown = repr(settings)
+    assert "EAAG" not in shown and "app-secret" not in shown and "verify-value" not in shown
+    with pytest.raises(SettingsError, match="WHATSAPP_VERIFY_TOKEN") as caught:
+        Settings.from_env({k: v for k, v in env.items() if k != "WHATSAPP_VERIFY_TOKEN"})
+    assert "EAAG" not in str(caught.value)
+    for name, bad in (("WHATSAPP_RATE", "fast"), ("WHATSAPP_MARK_READ", "maybe"),
+                      ("WHATSAPP_API_URL", "ftp://x")):  # fmt: skip
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({**env, name: bad})
+    assert Settings.from_env({**env, "FSM_STORE": "memory"}).store_url is None
+
+
+def test_no_secret_in_reprs_or_errors() -> None:
+    client = GraphClient(access_token="EAAG-very-secret", phone_number_id="123")
+    config = WebhookConfig("app-secret", "verify-secret", "123")
+    assert "EAAG" not in repr(client)
+    assert "app-secret" not in repr(config) and "verify-secret" not in repr(config)
+    error = GraphError(401, 190, "Invalid OAuth access token", retryable=False)
+    assert "EAAG" not in str(error) and error.label == "190"
+    asyncio.run(client.aclose())
+
+
+def test_the_pacer_spaces_requests() -> None:
+    async def timed() -> float:
+        pacer = Pacer(200.0)  # 5 ms apart
+        started = time.perf_counter()
+        await asyncio.gather(*(pacer.wait() for _ in range(21)))
+        return time.perf_counter() - started
+
+    assert asyncio.run(timed()) >= 0.095  # 20 intervals of 5 ms
+    unpaced = Pacer(0)
+    asyncio.run(unpaced.wait())
