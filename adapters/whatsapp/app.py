@@ -76,8 +76,9 @@ def create_app(bot: WhatsAppBot, config: WebhookConfig) -> Starlette:
             return PlainTextResponse("body too large", status_code=413)
         except ClientDisconnect:
             return PlainTextResponse("client went away", status_code=400)
-        problem = signature_problem(request.headers.get("x-hub-signature-256"), body,
-                                    config.app_secret)  # fmt: skip
+        problem = signature_problem(
+            request.headers.get("x-hub-signature-256"), body, config.app_secret
+        )
         if problem is not None:
             metrics.updates.labels("bad_signature").inc()
             metrics.signature_failures.labels(problem).inc()
@@ -95,8 +96,9 @@ def create_app(bot: WhatsAppBot, config: WebhookConfig) -> Starlette:
         if handled.status == 200 and update.ignored and not update.messages:
             outcome = "ignored"
         metrics.updates.labels(outcome).inc()
-        return PlainTextResponse("ok" if handled.status == 200 else "retry later",
-                                 status_code=handled.status)  # fmt: skip
+        return PlainTextResponse(
+            "ok" if handled.status == 200 else "retry later", status_code=handled.status
+        )
 
     async def healthz(request: Request) -> Response:
         try:

@@ -93,8 +93,12 @@ class WhatsAppBot:
         for status in update.statuses:
             self.metrics.statuses.labels(status.status).inc()
             if status.error_codes:
-                log.warning("message %s %s: codes %s", status.message_id, status.status,
-                            list(status.error_codes))  # fmt: skip
+                log.warning(
+                    "message %s %s: codes %s",
+                    status.message_id,
+                    status.status,
+                    list(status.error_codes),
+                )
         if update.malformed:
             self.metrics.messages.labels("malformed").inc(update.malformed)
         by_user: defaultdict[str, list[Incoming]] = defaultdict(list)

@@ -57,6 +57,25 @@ class GraphError(Exception):
         return str(self.code) if self.code else f"http_{self.status}"
 
 
+class GraphUnavailable(GraphError):
+    """Not reached, or a 5xx: worth retrying."""
+
+
+class RateLimited(GraphError):
+    """Throughput (130429, 80007, 4) or pair rate limit (131056): retry after a pause."""
+
+
+class OutsideWindow(GraphError):
+    """131047: more than 24 hours since the user last wrote; only a template can be sent."""
+
+
+class GraphRefused(GraphError):
+    """Any other refusal (a bad parameter, an expired token: 190): final."""
+
+
+RATE_LIMIT_CODES = frozenset({4, 80007, 130429, 131056})
+
+
 class _ErrorBody(msgspec.Struct):
     message: str = ""
     code: int = 0
@@ -145,7 +164,7 @@ class GraphClient:
                 headers={"Content-Type": "application/json"},
             )
         except httpx.HTTPError as exc:  # connect/read timeouts, refused, dropped
-            raise GraphError(0, 0, type(exc).__name__, retryable=True) from None
+            raise GraphUnavailable(0, 0, type(exc).__name__, retryable=True) from None
         if answer.status_code >= 400:
             raise _error(answer)
         return answer
@@ -161,5 +180,15 @@ def _error(answer: httpx.Response) -> GraphError:
         body = None
     code = body.code if body else 0
     title = (body.message if body else answer.reason_phrase)[:200]
-    retryable = code in RETRYABLE_CODES or answer.status_code >= 500 or answer.status_code == 429
-    return GraphError(answer.status_code, code, title, retryable=retryable)
+    status = answer.status_code
+    kind: type[GraphError]
+    if code in RATE_LIMIT_CODES or status == 429:
+        kind = RateLimited
+    elif code == OUTSIDE_WINDOW:
+        kind = OutsideWindow
+    elif code in RETRYABLE_CODES or status >= 500:
+        kind = GraphUnavailable
+    else:
+        kind = GraphRefused
+    retryable = kind is RateLimited or kind is GraphUnavailable
+    return kind(status, code, title, retryable=retryable)

@@ -61,17 +61,26 @@ def bare_app() -> object:
         for entry in update["entry"]:
             for change in entry["changes"]:
                 for message in change["value"].get("messages", []):
-                    payload = {"messaging_product": "whatsapp", "to": message["from"],
-                               "type": "text", "text": {"body": "Please choose from the menu."}}  # fmt: skip
-                    answer = await client.post(url, content=msgspec.json.encode(payload),
-                                               headers={"Content-Type": "application/json"})  # fmt: skip
+                    payload = {
+                        "messaging_product": "whatsapp",
+                        "to": message["from"],
+                        "type": "text",
+                        "text": {"body": "Please choose from the menu."},
+                    }
+                    answer = await client.post(
+                        url,
+                        content=msgspec.json.encode(payload),
+                        headers={"Content-Type": "application/json"},
+                    )
                     answer.raise_for_status()
         return PlainTextResponse("ok")
 
     return Starlette(routes=[Route("/webhook", webhook, methods=["POST"])])
 
 
-def start(command: list[str], env: dict[str, str], ready_url: str | None) -> subprocess.Popen[bytes]:
+def start(
+    command: list[str], env: dict[str, str], ready_url: str | None
+) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -134,8 +143,10 @@ def measure(name: str, url: str, users: tuple[str, ...], per_user: int) -> dict[
         }
         if not best or figures["p50"] < best["p50"]:
             best = figures
-    print(f"{name:34} p50 {best['p50']:6.2f} ms  p99 {best['p99']:6.2f} ms  "
-          f"{best['rate']:7.0f} messages/s")  # fmt: skip
+    print(
+        f"{name:34} p50 {best['p50']:6.2f} ms  p99 {best['p99']:6.2f} ms  "
+        f"{best['rate']:7.0f} messages/s"
+    )
     return best
 
 
@@ -153,8 +164,11 @@ def main() -> None:
     processes: list[subprocess.Popen[bytes]] = []
     redis = RedisServer(name="bench-whatsapp").start()
     try:
-        graph = start([python, "-m", "tests.whatsapp.fake_graph", str(graph_port)],
-                      server_env(graph_url), None)  # fmt: skip
+        graph = start(
+            [python, "-m", "tests.whatsapp.fake_graph", str(graph_port)],
+            server_env(graph_url),
+            None,
+        )
         processes.append(graph)
         assert graph.stdout is not None and graph.stdout.readline().strip() == b"ready"
         print(f"{len(users)} users at once, {per_user} messages each, best of 2 rounds\n")
@@ -169,9 +183,18 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             env = server_env(graph_url, **extra)
             if kind is None:
-                command = [python, "-m", "uvicorn", "--factory",
-                           "tests.benchmarks.bench_whatsapp:bare_app", "--port", str(port),
-                           "--no-access-log", "--log-level", "warning"]  # fmt: skip
+                command = [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "tests.benchmarks.bench_whatsapp:bare_app",
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ]
             else:
                 command = [fsm, "serve", "--port", str(port)]
             server = start(command, env, f"{url}/webhook")
@@ -183,9 +206,11 @@ def main() -> None:
                 server.wait(10)
         base, memory = results[None], results["memory"]
         latency, rate = memory["p50"] / base["p50"], memory["rate"] / base["rate"]
-        print(f"\nmemory store vs bare: latency {latency:.2f}x (target <= 1.5x: "
-              f"{'met' if latency <= 1.5 else 'not met'}), throughput {rate:.2f}x "
-              f"(target >= 0.6x: {'met' if rate >= 0.6 else 'not met'})")  # fmt: skip
+        print(
+            f"\nmemory store vs bare: latency {latency:.2f}x (target <= 1.5x: "
+            f"{'met' if latency <= 1.5 else 'not met'}), throughput {rate:.2f}x "
+            f"(target >= 0.6x: {'met' if rate >= 0.6 else 'not met'})"
+        )
         redis_latency = results["redis"]["p50"] / base["p50"]
         redis_rate = results["redis"]["rate"] / base["rate"]
         print(f"Redis vs bare: latency {redis_latency:.2f}x, throughput {redis_rate:.2f}x")

@@ -32,8 +32,9 @@ class Webhook:
         self.http = httpx.Client(base_url=url, timeout=30)
 
     def post(self, raw: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
-        return self.http.post("/webhook", content=raw, headers=signed(raw) if headers is None
-                              else headers)  # fmt: skip
+        return self.http.post(
+            "/webhook", content=raw, headers=signed(raw) if headers is None else headers
+        )
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.bot.metrics.registry.get_sample_value(name, labels)
@@ -87,8 +88,9 @@ def start_webhook(
     )
     bot = WhatsAppBot(engine, client, mark_as_read=mark_as_read, **bot_options)
     bot.delivery = Delivery(client, bot.metrics, attempts=4, base_delay=0.02, max_delay=0.1)
-    config = WebhookConfig(APP_SECRET, VERIFY_TOKEN, graph.phone_number_id, max_body=256 * 1024,
-                           max_messages=1000)  # fmt: skip
+    config = WebhookConfig(
+        APP_SECRET, VERIFY_TOKEN, graph.phone_number_id, max_body=256 * 1024, max_messages=1000
+    )
 
     @contextmanager
     def running() -> Iterator[Webhook]:

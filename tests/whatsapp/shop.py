@@ -24,8 +24,11 @@ class Shop(Flow):
         chosen = pick(FRUITS, ctx.text)
         if chosen is None:
             return ctx.stay("Please pick a fruit from the list.", FRUITS)
-        return ctx.stay(CONFIRM.with_body(f"Buy one {chosen.title}?"), step="confirm",
-                        set={"fruit": chosen.title})  # fmt: skip
+        return ctx.stay(
+            CONFIRM.with_body(f"Buy one {chosen.title}?"),
+            step="confirm",
+            set={"fruit": chosen.title},
+        )
 
     @step("start", "confirm")
     def confirm(self, ctx: Context) -> Outcome:

@@ -118,8 +118,11 @@ def test_settings_name_what_is_missing_and_never_a_value() -> None:
     with pytest.raises(SettingsError, match="WHATSAPP_VERIFY_TOKEN") as caught:
         Settings.from_env({k: v for k, v in env.items() if k != "WHATSAPP_VERIFY_TOKEN"})
     assert "EAAG" not in str(caught.value)
-    for name, bad in (("WHATSAPP_RATE", "fast"), ("WHATSAPP_MARK_READ", "maybe"),
-                      ("WHATSAPP_API_URL", "ftp://x")):  # fmt: skip
+    for name, bad in (
+        ("WHATSAPP_RATE", "fast"),
+        ("WHATSAPP_MARK_READ", "maybe"),
+        ("WHATSAPP_API_URL", "ftp://x"),
+    ):
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({**env, name: bad})
     assert Settings.from_env({**env, "FSM_STORE": "memory"}).store_url is None
@@ -145,3 +148,33 @@ def test_the_pacer_spaces_requests() -> None:
     assert asyncio.run(timed()) >= 0.095  # 20 intervals of 5 ms
     unpaced = Pacer(0)
     asyncio.run(unpaced.wait())
+
+
+def test_error_codes_map_to_typed_errors() -> None:
+    import httpx
+
+    from adapters.whatsapp.graph import (
+        GraphRefused,
+        GraphUnavailable,
+        OutsideWindow,
+        RateLimited,
+        _error,
+    )
+
+    def answer(status: int, code: int | None) -> httpx.Response:
+        body = {"error": {"message": "m", "code": code}} if code is not None else None
+        return httpx.Response(status, json=body)
+
+    cases = [
+        (400, 130429, RateLimited, True),
+        (400, 131056, RateLimited, True),
+        (429, None, RateLimited, True),
+        (400, 131047, OutsideWindow, False),
+        (503, None, GraphUnavailable, True),
+        (500, 131000, GraphUnavailable, True),
+        (401, 190, GraphRefused, False),
+        (400, 100, GraphRefused, False),
+    ]
+    for status, code, kind, retryable in cases:
+        error = _error(answer(status, code))
+        assert type(error) is kind and error.retryable is retryable, (status, code)

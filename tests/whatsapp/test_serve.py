@@ -76,8 +76,9 @@ class Served:
             time.sleep(0.05)
 
     def post(self, raw: bytes, timeout: float = 30) -> httpx.Response:
-        return httpx.post(f"{self.url}/webhook", content=raw, headers=p.signed(raw),
-                          timeout=timeout)  # fmt: skip
+        return httpx.post(
+            f"{self.url}/webhook", content=raw, headers=p.signed(raw), timeout=timeout
+        )
 
     def kill(self) -> None:
         os.kill(self.process.pid, signal.SIGKILL)
@@ -103,8 +104,15 @@ def served(tmp_path: Path) -> Iterator[list[Served]]:
 def test_a_missing_setting_is_one_line_and_exit_2(graph: FakeGraph) -> None:
     env = serve_env(graph)
     del env["WHATSAPP_APP_SECRET"]
-    done = subprocess.run([FSM, "serve"], env=env, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    done = subprocess.run(
+        [FSM, "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: missing setting: WHATSAPP_APP_SECRET (see docs/whatsapp.md)"
@@ -194,8 +202,9 @@ def test_100_users_x_10_messages_concurrently_on_redis(graph: FakeGraph) -> None
             async def client_loop() -> None:
                 while order:
                     n = order.pop()
-                    answer = await client.post("/webhook", content=bodies[n],
-                                               headers=p.signed(bodies[n]))  # fmt: skip
+                    answer = await client.post(
+                        "/webhook", content=bodies[n], headers=p.signed(bodies[n])
+                    )
                     statuses[n] = answer.status_code
 
             await asyncio.gather(*(client_loop() for _ in range(50)))
