@@ -75,9 +75,14 @@ def choices(body: str, items: Iterable[Option | tuple[str, str] | str]) -> Reply
 
 
 def pick(reply: Reply | None, answer: str) -> Option | None:
-    """The option ``answer`` names, by number ("2") or title/id (case-insensitive), or None."""
+    """The option ``answer`` names, or None: its exact id first (a tapped button or list row
+    arrives as its id, even an id made of digits), then a number ("2"), then its title or
+    id ignoring case."""
     if reply is None or not reply.options:
         return None
+    for opt in reply.options:  # a tapped option arrives as its id: exact first, even "10"
+        if answer == opt.id:
+            return opt
     answer = answer.strip()
     if answer.isdigit():
         index = int(answer) - 1
@@ -113,6 +118,9 @@ def whatsapp_problems(reply: Reply) -> list[str]:
             f"the body of {reply.kind} is {len(reply.body)} characters "
             f"(at most {WHATSAPP_INTERACTIVE_BODY})"
         )
+    most = MAX_BUTTONS if reply.kind == "buttons" else MAX_ROWS
+    if not 1 <= len(reply.options) <= most:
+        problems.append(f"{reply.kind} take 1 to {most} options, got {len(reply.options)}")
     title_max, id_max = (
         (WHATSAPP_BUTTON_TITLE, WHATSAPP_BUTTON_ID)
         if reply.kind == "buttons"

@@ -91,7 +91,12 @@ def create_app(bot: WhatsAppBot, config: WebhookConfig) -> Starlette:
         except BadUpdate as exc:
             metrics.updates.labels("bad_request").inc()
             return PlainTextResponse(str(exc), status_code=400)
-        handled = await bot.receive(update)
+        try:
+            handled = await bot.receive(update)
+        except Exception:  # a bug: Meta will deliver again; the trace goes to the log only
+            log.exception("webhook body not handled")
+            metrics.updates.labels("unavailable").inc()
+            return PlainTextResponse("retry later", status_code=503)
         outcome = "ok" if handled.status == 200 else "unavailable"
         if handled.status == 200 and update.ignored and not update.messages:
             outcome = "ignored"

@@ -27,12 +27,12 @@ from http import HTTPStatus
 from typing import Any
 
 from adapters.whatsapp.delivery import Delivery, _tail
-from adapters.whatsapp.graph import GraphClient, GraphError
+from adapters.whatsapp.graph import GraphClient
 from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import mark_read
 from adapters.whatsapp.updates import Incoming, Update
 from fsm.async_engine import AsyncEngine
-from fsm.errors import ConflictError, FsmError, LockTimeout, StoreUnavailable
+from fsm.errors import ConflictError, FsmError, LockTimeout, SchemaTooNew, StoreUnavailable
 from fsm.reply import Reply
 from fsm.snapshot import Outgoing
 
@@ -49,8 +49,9 @@ def default_unsupported(message: Incoming) -> Reply | str | None:
     return Reply(UNSUPPORTED_NOTICE)
 
 
-#: Store trouble that a later delivery may not meet: answer 503 so Meta re-delivers.
-TRANSIENT = (StoreUnavailable, LockTimeout, ConflictError)
+#: Trouble a later delivery may not meet: answer 503 so Meta re-delivers. SchemaTooNew: the
+#: session was written by a newer deploy; a newer worker will take the re-delivery.
+TRANSIENT = (StoreUnavailable, LockTimeout, ConflictError, SchemaTooNew)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,9 @@ class WhatsAppBot:
             for message in messages:
                 outcome = await self._one(message)
                 status = max(status, outcome)
-                applied += outcome == HTTPStatus.OK
+                if outcome != HTTPStatus.OK:
+                    break  # the rest waits for the re-delivery, so the order holds
+                applied += 1
         return status, applied
 
     async def _one(self, message: Incoming) -> int:
@@ -166,7 +169,7 @@ class WhatsAppBot:
         try:
             snapshot = await self.engine.peek(user)
         except FsmError:
-            return HTTPStatus.OK
+            return HTTPStatus.SERVICE_UNAVAILABLE  # pending replies wait for the re-delivery
         return await self._send(user, snapshot.outbox if snapshot else ())
 
     async def _notice(self, message: Incoming, reply: Reply | None) -> int:
@@ -175,19 +178,23 @@ class WhatsAppBot:
         self.metrics.messages.labels("unsupported").inc()
         if reply is None or message.message_id in self._noticed:
             return HTTPStatus.OK
+        if await self._flush(message.user) != HTTPStatus.OK:  # what is pending goes first
+            return HTTPStatus.SERVICE_UNAVAILABLE
+        notice = Outgoing(0, 0, message.message_id, reply)
+        delivered = await self.delivery.deliver(message.user, (notice,), remember=False)
+        if delivered.left:
+            return HTTPStatus.SERVICE_UNAVAILABLE  # not sent: the re-delivery tries again
         self._noticed[message.message_id] = None
         while len(self._noticed) > 10_000:
             self._noticed.popitem(last=False)
-        notice = Outgoing(0, 0, message.message_id, reply)
-        delivered = await self.delivery.deliver(message.user, (notice,))
-        return HTTPStatus.SERVICE_UNAVAILABLE if delivered.left else HTTPStatus.OK
+        return HTTPStatus.OK
 
     async def _mark_read(self, message_id: str) -> None:
         try:
             await self.client.mark_read(mark_read(message_id))
-        except GraphError as exc:
+        except Exception as exc:  # noqa: BLE001 - best effort: it must not fail anything
             self.metrics.mark_read.labels("failed").inc()
-            log.info("mark as read of %s failed: %s", message_id, exc)
+            log.info("mark as read of %s failed: %s", message_id, type(exc).__name__)
         else:
             self.metrics.mark_read.labels("ok").inc()
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,6 +24,11 @@ from adapters.whatsapp.render import render
 from fsm.snapshot import Outgoing
 
 log = logging.getLogger("adapters.whatsapp")
+
+#: How many sent message parts this process remembers (user, version, index, part), so that
+#: a reply whose confirmation was not saved, or a long text cut short after its first part,
+#: is not sent again by this process.
+SENT_KEPT = 100_000
 
 
 @dataclass(slots=True)
@@ -52,15 +58,26 @@ class Delivery:
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self._sent: OrderedDict[tuple[str, int, int, int], None] = OrderedDict()
 
-    async def deliver(self, to: str, pending: Sequence[Outgoing]) -> Delivered:
+    async def deliver(
+        self, to: str, pending: Sequence[Outgoing], *, remember: bool = True
+    ) -> Delivered:
+        """Send ``pending`` to ``to`` in order. With ``remember``, parts this process sent
+        already are skipped (their confirmation may not have been saved)."""
         delivered = Delivered()
         for index, entry in enumerate(pending):
             try:
-                for payload in render(entry.reply, to):
+                for part, payload in enumerate(render(entry.reply, to)):
+                    key = (to, entry.version, entry.index, part)
+                    if remember and key in self._sent:
+                        continue
                     await self._send(payload)
+                    if remember:
+                        self._remember(key)
             except GraphError as exc:
-                if exc.retryable:  # the retries ran out: keep this one and the rest
+                if exc.retryable or exc.hold:  # retries ran out, or the account is refused:
+                    # keep this one and the rest, in order
                     delivered.left = len(pending) - index
                     self.metrics.pending.inc(delivered.left)
                     log.warning("%d replies to %s stay pending: %s", delivered.left, _tail(to), exc)
@@ -69,6 +86,11 @@ class Delivery:
             delivered.done.append(entry.key)
         return delivered
 
+    def _remember(self, key: tuple[str, int, int, int]) -> None:
+        self._sent[key] = None
+        while len(self._sent) > SENT_KEPT:
+            self._sent.popitem(last=False)
+
     async def _send(self, payload: dict[str, object]) -> str:
         """Send one payload, retrying what may succeed later; the last error if not."""
         for attempt in range(1, self.attempts + 1):
@@ -76,7 +98,8 @@ class Delivery:
             try:
                 message_id = await self.client.send(payload)
             except GraphError as exc:
-                self.metrics.sends.labels("retry" if exc.retryable else "failed", exc.label).inc()
+                outcome = "retry" if exc.retryable else "held" if exc.hold else "failed"
+                self.metrics.sends.labels(outcome, exc.label).inc()
                 if not exc.retryable or attempt == self.attempts:
                     raise
                 await asyncio.sleep(self._delay(attempt, exc))
@@ -89,9 +112,10 @@ class Delivery:
 
     def _delay(self, attempt: int, exc: GraphError) -> float:
         delay: float = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        delay *= random.uniform(0.5, 1.0)
         if exc.code == 131056:  # pair rate limit: this user's messages need spacing out
             delay = max(delay, PAIR_LIMIT_PAUSE)
-        return float(delay * random.uniform(0.5, 1.0))
+        return delay
 
 
 def _tail(phone: str) -> str:

@@ -42,12 +42,18 @@ class GraphError(Exception):
     """The Graph API refused a send (or could not be reached: ``code`` 0, ``status`` 0).
     ``retryable`` says whether the same request may succeed later."""
 
-    def __init__(self, status: int, code: int, title: str, *, retryable: bool) -> None:
+    def __init__(
+        self, status: int, code: int, title: str, *, retryable: bool, hold: bool = False
+    ) -> None:
         super().__init__(f"Graph API {status or 'unreachable'}: {title} (code {code})")
         self.status = status
         self.code = code
         self.title = title
         self.retryable = retryable
+        #: Not about this reply but about the account (the token expired or lacks a
+        #: permission): retrying now cannot help, giving the reply up would lose it. The
+        #: reply stays pending until the account is fixed and Meta re-delivers.
+        self.hold = hold
 
     @property
     def label(self) -> str:
@@ -70,7 +76,16 @@ class OutsideWindow(GraphError):
 
 
 class GraphRefused(GraphError):
-    """Any other refusal (a bad parameter, an expired token: 190): final."""
+    """Any other refusal of this reply (a bad parameter: 100, ...): final."""
+
+
+class AccountRefused(GraphError):
+    """The account cannot send at all (190: token invalid or expired, 10/200: permission,
+    or HTTP 401/403): every reply is held pending, none given up."""
+
+
+#: Codes about the account, not the reply.
+ACCOUNT_CODES = frozenset({10, 190, 200})
 
 
 RATE_LIMIT_CODES = frozenset({4, 80007, 130429, 131056})
@@ -150,7 +165,9 @@ class GraphClient:
             sent = msgspec.json.decode(answer.content, type=_SendAnswer)
         except msgspec.DecodeError:
             sent = _SendAnswer()
-        return sent.messages[0].id if sent.messages else ""
+        if not sent.messages or not sent.messages[0].id:
+            raise GraphUnavailable(answer.status_code, 0, "no message id", retryable=True)
+        return sent.messages[0].id
 
     async def mark_read(self, payload: dict[str, Any]) -> None:
         await self._post(payload)
@@ -186,6 +203,8 @@ def _error(answer: httpx.Response) -> GraphError:
         kind = RateLimited
     elif code == OUTSIDE_WINDOW:
         kind = OutsideWindow
+    elif code in ACCOUNT_CODES or status in (401, 403):
+        return AccountRefused(status, code, title, retryable=False, hold=True)
     elif code in RETRYABLE_CODES or status >= 500:
         kind = GraphUnavailable
     else:

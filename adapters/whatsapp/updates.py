@@ -149,7 +149,11 @@ def parse_message(raw: Any, phone_number_id: str = "") -> Incoming | None:
         return None
     text, pressed = _content(kind, raw)
     stamp = raw.get("timestamp")
-    timestamp = int(stamp) if isinstance(stamp, str) and stamp.isdigit() else 0
+    timestamp = (
+        int(stamp)
+        if isinstance(stamp, str) and stamp.isascii() and stamp.isdigit() and len(stamp) < 20
+        else 0
+    )
     return Incoming(
         user=sender,
         message_id=wamid,
@@ -172,7 +176,8 @@ def _content(kind: str, raw: dict[str, Any]) -> tuple[str | None, str | None]:
         text = body.get("body")
         return (text, None) if isinstance(text, str) else (None, None)
     if kind == "interactive":
-        reply = body.get(body.get("type", ""))  # button_reply or list_reply
+        which = body.get("type")
+        reply = body.get(which) if isinstance(which, str) else None  # button_/list_reply
         chosen = _str(reply.get("id")) if isinstance(reply, dict) else None
         return (chosen, chosen) if chosen is not None else (None, None)
     if kind == "button":  # a template's quick-reply button: its payload is the id

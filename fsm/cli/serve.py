@@ -60,7 +60,11 @@ def serve_command(engine_ref: str, host: str, port: int, namespace: str) -> None
     factory = resolve(engine_ref, "--engine", example="mybot.wiring:build_async_engine")
     if not callable(factory):
         raise click.BadParameter(f"{engine_ref} is not callable", param_hint="'--engine'")
-    store = open_async_store(settings.store_url, namespace)
+    try:
+        store = open_async_store(settings.store_url, namespace)
+    except (ValueError, TypeError) as exc:  # a URL redis-py cannot parse
+        click.echo(f"error: FSM_STORE: {exc}", err=True)
+        raise SystemExit(EXIT_UNAVAILABLE) from None
     try:
         app = build_app(settings, factory, store)
     except (TypeError, ValueError) as exc:

@@ -75,7 +75,7 @@ def body(
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550001111", "phone_number_id": phone_number_id},
     }
-    users = sorted({m["from"] for m in messages if "from" in m})
+    users = sorted({m["from"] for m in messages if isinstance(m.get("from"), str)})
     if users:
         value["contacts"] = [{"profile": {"name": "Test"}, "wa_id": u} for u in users]
     if messages:

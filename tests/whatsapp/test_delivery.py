@@ -113,13 +113,17 @@ def test_pending_replies_go_before_the_next_messages_replies(
     assert graph.texts() == [*HELLO, "Buy one Pear?"]
 
 
-def test_a_wrong_access_token_is_final(graph: FakeGraph, store: MemoryStore) -> None:
+def test_a_refused_access_token_holds_every_reply(graph: FakeGraph, store: MemoryStore) -> None:
     engine = AsyncEngine(Shop(), AsyncMemoryStore(store))
     with start_webhook(graph, engine, store=store) as hook:
-        graph.token = "rotated-token"  # ours is no longer valid: 401, code 190
-        assert hook.post(p.body([p.text(ALICE, "hi")])).status_code == 200
-        assert hook.metric("fsm_whatsapp_sends_total", outcome="failed", code="190") == 2
-        assert graph.texts() == []
+        token, graph.token = graph.token, "rotated-token"  # ours is refused: 401, code 190
+        first = p.body([p.text(ALICE, "hi")])
+        assert hook.post(first).status_code == 503  # not retried now, not given up
+        assert hook.metric("fsm_whatsapp_sends_total", outcome="held", code="190") == 1
+        assert len(graph.sends(accepted=False)) == 1 and pending(store) == HELLO
+        graph.token = token  # the operator deploys a valid token; Meta re-delivers
+        assert hook.post(first).status_code == 200
+        assert graph.texts() == HELLO and pending(store) == []
 
 
 def test_mark_as_read_on_receipt(graph: FakeGraph, store: MemoryStore) -> None:

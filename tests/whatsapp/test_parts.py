@@ -154,6 +154,7 @@ def test_error_codes_map_to_typed_errors() -> None:
     import httpx
 
     from adapters.whatsapp.graph import (
+        AccountRefused,
         GraphRefused,
         GraphUnavailable,
         OutsideWindow,
@@ -172,9 +173,48 @@ def test_error_codes_map_to_typed_errors() -> None:
         (400, 131047, OutsideWindow, False),
         (503, None, GraphUnavailable, True),
         (500, 131000, GraphUnavailable, True),
-        (401, 190, GraphRefused, False),
+        (401, 190, AccountRefused, False),
+        (403, 200, AccountRefused, False),
         (400, 100, GraphRefused, False),
     ]
     for status, code, kind, retryable in cases:
         error = _error(answer(status, code))
         assert type(error) is kind and error.retryable is retryable, (status, code)
+        assert error.hold is (kind is AccountRefused)
+
+
+def test_pick_takes_an_exact_id_before_a_position() -> None:
+    from fsm.reply import pick
+
+    amounts = choices("How much?", [("20", "20 USD"), ("10", "10 USD")])
+    assert pick(amounts, "10").title == "10 USD"  # the tapped row's id, not "row 10"
+    assert pick(amounts, "2").title == "10 USD"  # a typed position still works
+    assert pick(amounts, "20 usd").id == "20"
+
+
+def test_option_counts_are_checked_too() -> None:
+    from fsm.reply import Option, Reply
+
+    four = Reply("Pick", "buttons", tuple(Option(str(n), f"B{n}") for n in range(4)))
+    assert any("1 to 3 options" in problem for problem in whatsapp_problems(four))
+    [sent] = render(four, "263")
+    assert sent["type"] == "text"  # numbered, answerable by number
+
+
+def test_odd_fields_in_a_signed_body_are_read_or_skipped() -> None:
+    odd = [
+        p.text("1", "x") | {"timestamp": "²"},
+        p.text("2", "x") | {"timestamp": "9" * 5000},
+        {"from": "3", "id": "w3", "type": "interactive", "interactive": {"type": ["list"]}},
+        {"from": "4", "id": "w4", "type": "interactive", "interactive": {"type": "nope"}},
+        {"from": "5", "id": "w5", "type": 7},
+        {"from": ["6"], "id": "w6", "type": "text", "text": {"body": "x"}},
+    ]
+    update = parse_update(p.body(odd), phone_number_id=PHONE_NUMBER_ID)
+    assert [(m.user, m.readable, m.timestamp) for m in update.messages] == [
+        ("1", True, 0),
+        ("2", True, 0),
+        ("3", False, 0),
+        ("4", False, 0),
+    ]
+    assert update.malformed == 2

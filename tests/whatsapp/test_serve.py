@@ -223,3 +223,29 @@ def test_100_users_x_10_messages_concurrently_on_redis(graph: FakeGraph) -> None
         assert snap.data == {"count": 9} and snap.outbox == ()
     assert len(graph.sends()) == 1000
     print(f"\n100 users x 10 messages on Redis: {took:.2f} s, {1000 / took:.0f} messages/s")
+
+
+def test_503_while_the_store_is_down_then_applied_once_it_is_back(
+    graph: FakeGraph, tmp_path: Path
+) -> None:
+    redis = redis_servers.RedisServer(name="wa-down").start()
+    try:
+        store = AsyncRedisStore.from_url(redis.url, namespace="wa-down")
+        engine = AsyncEngine(Counter(), store)
+        raw = p.body([p.text(ALICE, "go")])
+        with start_webhook(graph, engine) as hook:
+            assert hook.http.get("/healthz").status_code == 200
+            redis.kill()  # the store crashes
+            answer = hook.post(raw)
+            assert answer.status_code == 503 and "Traceback" not in answer.text
+            assert hook.http.get("/healthz").status_code == 503
+            assert graph.sends(accepted=False) == []
+            assert hook.metric("fsm_whatsapp_messages_total", outcome="unavailable") == 1
+            redis.start()  # back, on the same port (empty: it keeps nothing on disk)
+            assert hook.post(raw).status_code == 200  # Meta's re-delivery
+            assert hook.http.get("/healthz").status_code == 200
+        assert graph.texts() == ["counting"]
+        sync = RedisStore.from_url(redis.url, namespace="wa-down")
+        assert decode_snapshot(sync.load(ALICE).record.payload, user_key=ALICE).data == {"count": 0}
+    finally:
+        redis.stop()
