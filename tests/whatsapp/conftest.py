@@ -102,3 +102,18 @@ def start_webhook(
                 hook.http.close()
 
     return running()
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def hook(graph: FakeGraph, store: MemoryStore) -> Iterator[Webhook]:
+    """The webhook serving the :class:`~tests.whatsapp.shop.Shop` flow on ``store``."""
+    from .shop import Shop
+
+    engine = AsyncEngine(Shop(), AsyncMemoryStore(store))
+    with start_webhook(graph, engine, store=store) as running:
+        yield running

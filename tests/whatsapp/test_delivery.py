@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from adapters import AsyncMemoryStore, MemoryStore
 from fsm.async_engine import AsyncEngine
 from fsm.snapshot import decode_snapshot
@@ -18,18 +14,6 @@ from .shop import Shop
 
 ALICE = "263770000001"
 HELLO = ["Hello, you said hi", "Pick a fruit"]
-
-
-@pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
-
-
-@pytest.fixture
-def hook(graph: FakeGraph, store: MemoryStore) -> Iterator[Webhook]:
-    engine = AsyncEngine(Shop(), AsyncMemoryStore(store))
-    with start_webhook(graph, engine, store=store) as running:
-        yield running
 
 
 def pending(store: MemoryStore, user: str = ALICE) -> list[str]:

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from adapters import AsyncMemoryStore, MemoryStore
-from fsm.async_engine import AsyncEngine
+from adapters import MemoryStore
 
 from . import payloads as p
-from .conftest import Webhook, start_webhook
+from .conftest import Webhook
 from .fake_graph import FakeGraph, body_text
-from .shop import Shop
 
 ALICE, BOB = "263770000001", "263770000002"
-
-
-@pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
-
-
-@pytest.fixture
-def hook(graph: FakeGraph, store: MemoryStore) -> Iterator[Webhook]:
-    engine = AsyncEngine(Shop(), AsyncMemoryStore(store))
-    with start_webhook(graph, engine, store=store) as running:
-        yield running
 
 
 def stage_step(store: MemoryStore, user: str) -> tuple[str, int]:
