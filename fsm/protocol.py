@@ -161,6 +161,7 @@ class _Message:
 
     __slots__ = (
         "actions",
+        "carried",
         "conflicts",
         "due",
         "duplicate",
@@ -202,6 +203,9 @@ class _Message:
         # continues above that record's version (None: nothing quarantined).
         self.floor: int | None = None
         self.notices: tuple[Reply, ...] = ()  # said once even if the save is retried
+        # Replies still pending in a poisoned session this call quarantined: carried into
+        # the restarted conversation's outbox, so healing loses no reply.
+        self.carried: tuple[Outgoing, ...] = ()
         self.conflicts = 0
         self.actions = 0
         self.version = 0
@@ -617,7 +621,7 @@ class MessageProtocol(Generic[S]):
             Outgoing(new.version, index, m.message_id or "", reply)
             for index, reply in enumerate(decision.replies)
         )
-        outbox = stored.outbox + added
+        outbox = (stored.outbox or m.carried) + added
         if len(outbox) > MAX_OUTBOX:
             dropped = len(outbox) - MAX_OUTBOX
             self.stats.incr("outbox_dropped", dropped)
@@ -652,6 +656,7 @@ class MessageProtocol(Generic[S]):
         m.said.extend(decision.replies)
         m.events.extend(decision.events)
         m.notices = ()
+        m.carried = ()  # in the outbox now
         if self._decider.is_action(restored.snapshot):
             m.actions += 1
             self.stats.incr("actions")
@@ -736,6 +741,7 @@ class MessageProtocol(Generic[S]):
             yield from self._quarantine(m.key, record, CorruptSnapshot(reason, raw=record.payload))
         ):
             self.stats.incr("poisoned")
+            m.carried = current.outbox
             m.floor = max(m.floor or 0, _chain(record.version))
             m.notices = (Reply(self.reset_notice),)
         return True

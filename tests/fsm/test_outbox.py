@@ -109,3 +109,16 @@ def test_a_tap_and_typed_text_are_told_apart(clock: FakeClock, engine_kind: str)
     tapped = engine.handle("u", "cancel", message_id="m2", pressed="cancel")
     assert [r.body for r in typed.replies] == ["typed cancel"]
     assert [r.body for r in tapped.replies] == ["pressed cancel", "Sure?"]
+
+
+def test_healing_a_poisoned_session_keeps_its_pending_replies(
+    clock: FakeClock, engine_kind: str
+) -> None:
+    engine = make_engine(
+        engine_kind, Counter(), MemoryStore(clock=clock), clock=clock, outbox=True, poison_after=1
+    )
+    engine.handle("u", "go", message_id="m1")  # "counting": saved, never confirmed
+    healed = engine.handle("u", "boom", message_id="m2")  # the step raises: quarantined
+    bodies = [o.reply.body for o in healed.outbox]
+    assert bodies == ["counting", engine.reset_notice, "counting"]
+    assert healed.outbox[0].message_id == "m1"
