@@ -756,17 +756,7 @@ class MessageProtocol(Generic[S]):
             ) from exc
 
     def _history(self, current: Snapshot, decision: Decision) -> HistoryEntry:
-        new = decision.snapshot
-        return HistoryEntry(
-            version=new.version,
-            from_stage=current.stage,
-            to_stage=new.stage,
-            event=",".join(decision.events) or decision.note,
-            update_from=new.update_from,
-            at=new.last_updated,
-            from_step=current.step,
-            to_step=new.step,
-        )
+        return _entry(current, decision.snapshot, ",".join(decision.events) or decision.note)
 
     def _count(self, current: Snapshot, decision: Decision, *, expired: bool) -> None:
         self.stats.incr("applied")
@@ -862,16 +852,6 @@ class MessageProtocol(Generic[S]):
         self, key: str, record: Record, current: Snapshot, new: Snapshot
     ) -> Steps[SaveResult]:
         payload = encode_snapshot(new, user_key=key)
-        entry = HistoryEntry(
-            version=new.version,
-            from_stage=current.stage,
-            to_stage=new.stage,
-            event="sent",
-            update_from=new.update_from,
-            at=new.last_updated,
-            from_step=current.step,
-            to_step=new.step,
-        )
         call = StoreCall(
             "save",
             (key, payload),
@@ -880,7 +860,7 @@ class MessageProtocol(Generic[S]):
                 "expected_version": record.version,
                 "expected_tag": record.tag,
                 "ttl": self.session_ttl,
-                "history": entry,
+                "history": _entry(current, new, "sent"),
             },
         )
         since = self._recent.tick()
@@ -953,6 +933,20 @@ class MessageProtocol(Generic[S]):
     def _lease_lost(self, key: str) -> None:
         self.stats.incr("lease_lost")
         log.warning("user %r: the lease expired during a step (lock_ttl=%ss)", key, self.lock_ttl)
+
+
+def _entry(current: Snapshot, new: Snapshot, event: str) -> HistoryEntry:
+    """The history entry of the save that turns ``current`` into ``new``."""
+    return HistoryEntry(
+        version=new.version,
+        from_stage=current.stage,
+        to_stage=new.stage,
+        event=event,
+        update_from=new.update_from,
+        at=new.last_updated,
+        from_step=current.step,
+        to_step=new.step,
+    )
 
 
 def check_key(user_key: str) -> str:

@@ -92,18 +92,16 @@ def create_app(bot: WhatsAppBot, config: WebhookConfig) -> Starlette:
             metrics.updates.labels("bad_request").inc()
             return PlainTextResponse(str(exc), status_code=400)
         try:
-            handled = await bot.receive(update)
+            status = await bot.receive(update)
         except Exception:  # a bug: Meta will deliver again; the trace goes to the log only
             log.exception("webhook body not handled")
             metrics.updates.labels("unavailable").inc()
             return PlainTextResponse("retry later", status_code=503)
-        outcome = "ok" if handled.status == 200 else "unavailable"
-        if handled.status == 200 and update.ignored and not update.messages:
+        outcome = "ok" if status == 200 else "unavailable"
+        if status == 200 and update.ignored and not update.messages:
             outcome = "ignored"
         metrics.updates.labels(outcome).inc()
-        return PlainTextResponse(
-            "ok" if handled.status == 200 else "retry later", status_code=handled.status
-        )
+        return PlainTextResponse("ok" if status == 200 else "retry later", status_code=status)
 
     async def healthz(request: Request) -> Response:
         try:

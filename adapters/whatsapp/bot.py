@@ -22,11 +22,10 @@ import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from adapters.whatsapp.delivery import Delivery, _tail
+from adapters.whatsapp.delivery import Delivery, phone_tail
 from adapters.whatsapp.graph import GraphClient
 from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import mark_read
@@ -52,14 +51,6 @@ def default_unsupported(message: Incoming) -> Reply | str | None:
 #: Trouble a later delivery may not meet: answer 503 so Meta re-delivers. SchemaTooNew: the
 #: session was written by a newer deploy; a newer worker will take the re-delivery.
 TRANSIENT = (StoreUnavailable, LockTimeout, ConflictError, SchemaTooNew)
-
-
-@dataclass(frozen=True, slots=True)
-class Handled:
-    """How one webhook body went: the HTTP status to answer, and how many messages."""
-
-    status: int
-    applied: int = 0
 
 
 class WhatsAppBot:
@@ -89,8 +80,9 @@ class WhatsAppBot:
     def __repr__(self) -> str:
         return f"WhatsAppBot(engine={self.engine!r}, client={self.client!r})"
 
-    async def receive(self, update: Update) -> Handled:
-        """Handle every message of ``update`` (users concurrently, each user's in order)."""
+    async def receive(self, update: Update) -> int:
+        """Handle every message of ``update`` (users concurrently, each user's in order);
+        the HTTP status to answer: 200, or 503 if any message must be delivered again."""
         for status in update.statuses:
             self.metrics.statuses.labels(status.status).inc()
             if status.error_codes:
@@ -106,19 +98,15 @@ class WhatsAppBot:
         for message in update.messages:
             by_user[message.user].append(message)
         outcomes = await asyncio.gather(*(self._user(msgs) for msgs in by_user.values()))
-        worst = max((code for code, _ in outcomes), default=int(HTTPStatus.OK))
-        return Handled(worst, sum(n for _, n in outcomes))
+        return max(outcomes, default=int(HTTPStatus.OK))
 
-    async def _user(self, messages: list[Incoming]) -> tuple[int, int]:
-        status, applied = int(HTTPStatus.OK), 0
+    async def _user(self, messages: list[Incoming]) -> int:
         async with self._locks.hold(messages[0].user):
             for message in messages:
-                outcome = await self._one(message)
-                status = max(status, outcome)
-                if outcome != HTTPStatus.OK:
-                    break  # the rest waits for the re-delivery, so the order holds
-                applied += 1
-        return status, applied
+                status = await self._one(message)
+                if status != HTTPStatus.OK:
+                    return status  # the rest waits for the re-delivery, so the order holds
+        return int(HTTPStatus.OK)
 
     async def _one(self, message: Incoming) -> int:
         if self.mark_as_read:
@@ -159,7 +147,7 @@ class WhatsAppBot:
             try:
                 confirmed = await self.engine.confirm(user, delivered.done)
             except FsmError as exc:
-                log.warning("could not confirm replies to %s: %s", _tail(user), exc)
+                log.warning("could not confirm replies to %s: %s", phone_tail(user), exc)
                 confirmed = False
             if not confirmed:
                 self.metrics.confirm_failures.inc(len(delivered.done))

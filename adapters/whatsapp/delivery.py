@@ -80,9 +80,11 @@ class Delivery:
                     # keep this one and the rest, in order
                     delivered.left = len(pending) - index
                     self.metrics.pending.inc(delivered.left)
-                    log.warning("%d replies to %s stay pending: %s", delivered.left, _tail(to), exc)
+                    log.warning(
+                        "%d replies to %s stay pending: %s", delivered.left, phone_tail(to), exc
+                    )
                     return delivered
-                log.error("reply to %s given up: %s", _tail(to), exc)
+                log.error("reply to %s given up: %s", phone_tail(to), exc)
             delivered.done.append(entry.key)
         return delivered
 
@@ -118,6 +120,6 @@ class Delivery:
         return delay
 
 
-def _tail(phone: str) -> str:
+def phone_tail(phone: str) -> str:
     """A phone number as logs show it: its last four digits."""
     return f"...{phone[-4:]}"

@@ -121,15 +121,20 @@ def flow_spec(ref: str, option: str = "--flow") -> FlowSpec:
     return spec
 
 
-def store_options(fn: Callable[P, R]) -> Callable[P, R]:
-    """``--store URL`` (``FSM_STORE``) and ``--namespace`` (``FSM_NAMESPACE``)."""
-    fn = click.option(
+def namespace_option(fn: Callable[P, R]) -> Callable[P, R]:
+    """``--namespace`` (``FSM_NAMESPACE``): the bot's key namespace on Redis."""
+    return click.option(
         "--namespace",
         envvar="FSM_NAMESPACE",
         default=DEFAULT_NAMESPACE,
         show_default=True,
         help="Key namespace of the bot on Redis [env FSM_NAMESPACE].",
     )(fn)
+
+
+def store_options(fn: Callable[P, R]) -> Callable[P, R]:
+    """``--store URL`` (``FSM_STORE``) and ``--namespace`` (``FSM_NAMESPACE``)."""
+    fn = namespace_option(fn)
     return click.option(
         "--store",
         "store_url",

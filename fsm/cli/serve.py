@@ -11,7 +11,7 @@ import os
 
 import click
 
-from fsm.cli.common import DEFAULT_NAMESPACE, EXIT_UNAVAILABLE, main, resolve, safe_url
+from fsm.cli.common import EXIT_UNAVAILABLE, main, namespace_option, resolve, safe_url
 from fsm.errors import FsmError
 
 DEFAULT_ENGINE = "flows.credex:build_async_engine"
@@ -28,13 +28,7 @@ DEFAULT_ENGINE = "flows.credex:build_async_engine"
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option(
-    "--namespace",
-    envvar="FSM_NAMESPACE",
-    default=DEFAULT_NAMESPACE,
-    show_default=True,
-    help="Key namespace of the bot on Redis [env FSM_NAMESPACE].",
-)
+@namespace_option
 def serve_command(engine_ref: str, host: str, port: int, namespace: str) -> None:
     """Serve a flow to WhatsApp users: GET/POST /webhook, GET /healthz, GET /metrics.
 

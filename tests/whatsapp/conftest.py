@@ -12,10 +12,11 @@ import httpx
 import pytest
 import uvicorn
 
-from adapters import AsyncMemoryStore, MemoryStore
+from adapters import AsyncMemoryStore, MemoryStore, Store
 from adapters.whatsapp import GraphClient, WebhookConfig, WhatsAppBot, create_app
 from adapters.whatsapp.delivery import Delivery
 from fsm.async_engine import AsyncEngine
+from fsm.snapshot import Snapshot, decode_snapshot
 from tests.redis_servers import free_port
 
 from .fake_graph import FakeGraph, fake_graph
@@ -64,6 +65,13 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def stored(store: Store, user: str) -> Snapshot:
+    """The snapshot ``store`` holds for ``user`` (which must have one), decoded."""
+    record = store.load(user).record
+    assert record is not None, f"nothing stored for {user}"
+    return decode_snapshot(record.payload, user_key=user)
 
 
 EngineFactory = Callable[[AsyncMemoryStore], AsyncEngine]

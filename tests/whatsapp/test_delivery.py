@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from adapters import AsyncMemoryStore, MemoryStore
 from fsm.async_engine import AsyncEngine
-from fsm.snapshot import decode_snapshot
 
 from . import payloads as p
-from .conftest import Webhook, start_webhook
+from .conftest import Webhook, start_webhook, stored
 from .fake_graph import Answer, FakeGraph, error
 from .shop import Shop
 
@@ -17,9 +16,7 @@ HELLO = ["Hello, you said hi", "Pick a fruit"]
 
 
 def pending(store: MemoryStore, user: str = ALICE) -> list[str]:
-    record = store.load(user).record
-    assert record is not None
-    return [o.reply.body for o in decode_snapshot(record.payload, user_key=user).outbox]
+    return [o.reply.body for o in stored(store, user).outbox]
 
 
 def test_503_twice_then_200_delivers_once_in_order(
@@ -82,10 +79,10 @@ def test_when_retries_run_out_replies_stay_pending_and_go_first_later(
     assert hook.post(first).status_code == 200
     assert graph.texts() == HELLO
     assert pending(store) == []
-    version = decode_snapshot(store.load(ALICE).record.payload, user_key=ALICE).version
+    version = stored(store, ALICE).version
     assert hook.post(first).status_code == 200
     assert graph.texts() == HELLO  # not sent again
-    assert decode_snapshot(store.load(ALICE).record.payload, user_key=ALICE).version == version
+    assert stored(store, ALICE).version == version
 
 
 def test_pending_replies_go_before_the_next_messages_replies(

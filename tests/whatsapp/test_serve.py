@@ -21,12 +21,11 @@ import pytest
 
 from adapters import AsyncRedisStore, RedisStore
 from fsm.async_engine import AsyncEngine
-from fsm.snapshot import decode_snapshot
 from tests import redis_servers
 from tests.fsm.sample_flows import Counter
 
 from . import payloads as p
-from .conftest import start_webhook
+from .conftest import start_webhook, stored
 from .fake_graph import Answer, FakeGraph, body_text
 
 ROOT = Path(__file__).parents[2]
@@ -160,7 +159,7 @@ def test_killed_after_the_save_before_the_send_the_redelivery_sends_once(
     poster.join(10)
 
     store = RedisStore.from_url(redis.url, namespace=namespace)
-    saved = decode_snapshot(store.load(ALICE).record.payload, user_key=ALICE)
+    saved = stored(store, ALICE)
     assert saved.version == 1 and len(saved.outbox) == 1
     assert graph.sends() == []
 
@@ -169,7 +168,7 @@ def test_killed_after_the_save_before_the_send_the_redelivery_sends_once(
     assert second.post(raw).status_code == 200  # Meta re-delivers: no 200 was answered
     graph.wait_sends(1)
     assert [body_text(r.body) for r in graph.sends()] == [saved.outbox[0].reply.body]
-    after = decode_snapshot(store.load(ALICE).record.payload, user_key=ALICE)
+    after = stored(store, ALICE)
     assert after.version == 2 and after.outbox == ()  # confirmed, not applied again
     events = [h.event for h in store.history(ALICE)]
     assert events.count("sent") == 1 and len(events) == 2
@@ -219,7 +218,7 @@ def test_100_users_x_10_messages_concurrently_on_redis(graph: FakeGraph) -> None
     sync = RedisStore.from_url(redis.url, namespace=namespace)
     for user in users:
         assert graph.texts(user) == expected, user  # each once, in the flow's order
-        snap = decode_snapshot(sync.load(user).record.payload, user_key=user)
+        snap = stored(sync, user)
         assert snap.data == {"count": 9} and snap.outbox == ()
     assert len(graph.sends()) == 1000
     print(f"\n100 users x 10 messages on Redis: {took:.2f} s, {1000 / took:.0f} messages/s")
@@ -246,6 +245,6 @@ def test_503_while_the_store_is_down_then_applied_once_it_is_back(
             assert hook.http.get("/healthz").status_code == 200
         assert graph.texts() == ["counting"]
         sync = RedisStore.from_url(redis.url, namespace="wa-down")
-        assert decode_snapshot(sync.load(ALICE).record.payload, user_key=ALICE).data == {"count": 0}
+        assert stored(sync, ALICE).data == {"count": 0}
     finally:
         redis.stop()

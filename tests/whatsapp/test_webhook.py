@@ -10,18 +10,14 @@ import pytest
 from adapters import MemoryStore
 
 from . import payloads as p
-from .conftest import Webhook
+from .conftest import Webhook, stored
 from .fake_graph import FakeGraph, body_text
 
 ALICE, BOB = "263770000001", "263770000002"
 
 
 def stage_step(store: MemoryStore, user: str) -> tuple[str, int]:
-    from fsm.snapshot import decode_snapshot
-
-    record = store.load(user).record
-    assert record is not None
-    snap = decode_snapshot(record.payload, user_key=user)
+    snap = stored(store, user)
     return snap.step, snap.version
 
 
