@@ -22,7 +22,9 @@ import msgspec
 
 __all__ = [
     "CALLS",
+    "CREDEX_KIND",
     "DENOMINATIONS",
+    "TIER_SUBSCRIPTION",
     "Account",
     "AccountNotFound",
     "AccountRef",
@@ -57,6 +59,22 @@ CALLS = (
     "createRecurring",
     "getLedger",
 )
+
+#: What every createCredex request carries besides its arguments: the bot only makes secured
+#: purchase offers.
+CREDEX_KIND: dict[str, object] = {
+    "credexType": "PURCHASE",
+    "OFFERSorREQUESTS": "OFFERS",
+    "securedCredex": True,
+}
+#: The one subscription the bot makes with createRecurring: member tier 3, $1 every 28 days.
+TIER_SUBSCRIPTION: dict[str, object] = {
+    "templateType": "MEMBERTIER_SUBSCRIPTION",
+    "memberTier": 3,
+    "payFrequency": 28,
+    "amount": 1.0,
+    "denomination": "USD",
+}
 
 #: Denominations Credex accepts for an offer.
 DENOMINATIONS = frozenset({"CXX", "XAU", "USD", "CAD", "ZWG"})

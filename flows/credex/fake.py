@@ -34,12 +34,16 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from jwt.algorithms import RSAAlgorithm
 
 from fsm.clock import SYSTEM_CLOCK, Clock
 
 from .api import (
     CALLS,
+    CREDEX_KIND,
     DENOMINATIONS,
+    TIER_SUBSCRIPTION,
     AccountNotFound,
     AccountRef,
     ApiError,
@@ -62,24 +66,13 @@ DEV_SECRET = b"credex-fake-api-dev-secret-not-for-production"
 
 T = TypeVar("T")
 
-# What every createCredex / createRecurring request carries besides its arguments: the bot only
-# makes secured purchase offers, and only one subscription (member tier 3, $1 every 28 days).
-_CREDEX_KIND = {"credexType": "PURCHASE", "OFFERSorREQUESTS": "OFFERS", "securedCredex": True}
-_TIER_SUBSCRIPTION = {
-    "templateType": "MEMBERTIER_SUBSCRIPTION",
-    "memberTier": 3,
-    "payFrequency": 28,
-    "amount": 1.0,
-    "denomination": "USD",
-}
-
-# The fake derives the credit left today from the tier; it reports it but does not enforce it.
 #: accept / decline / cancel: the status each sets, and whether the member must be the receiver.
 _SETTLE = {
     "acceptCredex": ("ACCEPTED", True),
     "declineCredex": ("DECLINED", True),
     "cancelCredex": ("CANCELLED", False),
 }
+# The fake derives the credit left today from the tier; it reports it but does not enforce it.
 _REMAINING_USD_BY_TIER = {1: 10.0, 2: 100.0, 3: 1000.0}
 
 
@@ -134,10 +127,16 @@ class FakeCredexApi:
         self,
         *,
         secret: bytes = DEV_SECRET,
+        private_key: RSAPrivateKey | None = None,
+        key_id: str = "fake-credex-1",
         token_ttl: float = 3600.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        # HS256 with ``secret`` by default; with an RSA ``private_key``, RS256 tokens whose
+        # header names ``key_id``, verifiable with the public key alone (see :meth:`jwks`).
         self._secret = secret
+        self._private_key = private_key
+        self._key_id = key_id
         self._token_ttl = token_ttl
         self._clock = clock
         self._lock = threading.RLock()
@@ -159,10 +158,24 @@ class FakeCredexApi:
     # --- test controls --------------------------------------------------------------------
 
     @property
-    def verification_key(self) -> bytes:
-        """The HS256 key tokens are signed with, so the bot can verify tokens it receives."""
+    def verification_key(self) -> Any:
+        """The key that verifies the tokens this fake issues: the HS256 secret, or the RSA
+        public key when it signs with a private key."""
         with self._lock:
+            if self._private_key is not None:
+                return self._private_key.public_key()
             return self._secret
+
+    @property
+    def algorithm(self) -> str:
+        return "HS256" if self._private_key is None else "RS256"
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys as a JSON Web Key Set (empty when signing with a shared secret)."""
+        if self._private_key is None:
+            return {"keys": []}
+        jwk = RSAAlgorithm.to_jwk(self._private_key.public_key(), as_dict=True)
+        return {"keys": [{**jwk, "kid": self._key_id, "alg": "RS256", "use": "sig"}]}
 
     def count(self, call: str) -> int:
         """How many times ``call`` (an API name such as ``"createCredex"``) was made."""
@@ -338,7 +351,7 @@ class FakeCredexApi:
             self._begin(
                 call,
                 {"issuerAccountID": issuer_account_id, "receiverAccountID": receiver_account_id}
-                | {"Denomination": denomination, "InitialAmount": amount, **_CREDEX_KIND},
+                | {"Denomination": denomination, "InitialAmount": amount, **CREDEX_KIND},
             )
             member = self._authenticate(call, token)
             self._owned(call, member, issuer_account_id)
@@ -398,7 +411,7 @@ class FakeCredexApi:
         with self._lock:
             self._begin(
                 call,
-                {"sourceAccountID": account_id, **_TIER_SUBSCRIPTION},
+                {"sourceAccountID": account_id, **TIER_SUBSCRIPTION},
             )
             member = self._authenticate(call, token)
             self._owned(call, member, account_id)
@@ -460,8 +473,8 @@ class FakeCredexApi:
             # so it turns those checks off and checks exp itself below.
             claims: dict[str, Any] = jwt.decode(
                 token,
-                self._secret,
-                algorithms=["HS256"],
+                self.verification_key,
+                algorithms=[self.algorithm],
                 options={
                     "verify_exp": False,
                     "verify_iat": False,
@@ -503,7 +516,12 @@ class FakeCredexApi:
             "jti": jti,  # makes every token distinct, so one can be revoked alone
         }
         self._issued.append(jti)
-        token = jwt.encode(claims, self._secret, algorithm="HS256")
+        if self._private_key is None:
+            token = jwt.encode(claims, self._secret, algorithm="HS256")
+        else:
+            token = jwt.encode(
+                claims, self._private_key, algorithm="RS256", headers={"kid": self._key_id}
+            )
         return self._respond(
             call, {"token": token, "dashboard": self._dashboard_raw(member)}, LoginResult
         )

@@ -9,7 +9,7 @@ import pytest
 from flows.credex.directives import directives
 from fsm.testing import Conversation
 from fsm.transcript import TranscriptError
-from tests.flows.conftest import ALICE, Bot
+from tests.flows.conftest import ALICE, Bot, HttpBot
 
 TRANSCRIPTS = sorted((Path(__file__).parents[2] / "flows" / "credex" / "transcripts").glob("*.txt"))
 FLOWS = {"login", "registration", "offer", "accept", "decline", "cancel", "upgrade", "ledger"}
@@ -60,3 +60,16 @@ def test_again_redelivers_the_last_message(bot: Bot) -> None:
     chat.run("> hi\n! again\n= menu\n")
     assert [t.result.duplicate for t in chat.turns] == [False, True]
     assert bot.api.count("login") == 1
+
+
+@pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.stem)
+def test_transcript_over_http(http_bot: HttpBot, path: Path) -> None:
+    """The same transcripts with the bot's Credex API a real HTTP server: every call crossed
+    the wire, and the directives (``! api fail``, ``! api garble``) reached it there."""
+    bot = http_bot
+    chat = Conversation(bot.engine, ALICE, clock=bot.clock, directives=directives(bot.api))
+    chat.run_file(path)
+    assert chat.turns
+    assert bot.server.requests  # the bot really went over HTTP
+    assert len(bot.server.requests) == len(bot.api.calls)  # and only over HTTP
+    assert all("eyJ" not in "".join(t.texts) for t in chat.turns)

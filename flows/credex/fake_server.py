@@ -1,0 +1,390 @@
+"""The in-memory fake Credex API served over HTTP on loopback, with fault injection.
+
+It speaks the wire protocol :mod:`flows.credex.http` speaks: ``POST /{call}`` with a JSON body,
+``x-client-api-key``, ``Authorization: Bearer <jwt>`` and ``Idempotency-Key``; answers are the
+API's camelCase JSON, errors ``{"message": ...}`` with the API's status. Behind it is a
+:class:`~flows.credex.fake.FakeCredexApi`, so its test controls (``fail_next``, ``expire_tokens``,
+``count``, the transcript directives) work on the served API too. With an RSA-signing fake,
+``GET /.well-known/jwks.json`` serves its public key.
+
+Faults (:class:`Faults`, or ``POST /_faults`` with the same fields as JSON) apply to the next
+``count`` calls of one endpoint (or of every endpoint, ``call`` omitted):
+
+- ``delay``: wait ``seconds`` before running the call (with ``applied``: after it, so a client
+  that gives up first does not know the call was made);
+- ``status``: answer that status (``{"message": "injected"}``); with ``applied`` the call is
+  made first, as when a gateway times out after the API did the work;
+- ``drop``: close the connection without an answer (``applied`` as above);
+- ``shape``: answer the call's JSON with its keys renamed (a changed response shape).
+
+Run it: ``python -m flows.credex.fake_server --port 8600`` (Ctrl-C stops it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import msgspec
+
+from flows.credex.api import CALLS, ApiError, ApiResponseError
+from flows.credex.fake import FakeCredexApi
+
+__all__ = ["DEV_CLIENT_KEY", "FakeCredexServer", "Fault", "Faults", "serving"]
+
+#: The client key the fake accepts unless told otherwise (for the demo stack and tests).
+DEV_CLIENT_KEY = "credex-dev-client-key"
+_MAX_BODY = 64 * 1024
+_KINDS = ("delay", "status", "drop", "shape")
+
+
+@dataclass(slots=True)
+class Fault:
+    """One injected fault, for the next ``count`` calls of ``call`` (None: any call)."""
+
+    kind: str  # "delay", "status", "drop" or "shape"
+    call: str | None = None
+    count: int = 1
+    status: int = 503
+    seconds: float = 0.0
+    applied: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; expected one of {_KINDS}")
+        if self.call is not None and self.call not in CALLS:
+            raise ValueError(f"unknown Credex call {self.call!r}")
+        if self.count < 1:
+            raise ValueError("count must be >= 1")
+        if not 100 <= self.status <= 599:
+            raise ValueError("status must be an HTTP status (100-599)")
+        if not 0 <= self.seconds <= 60:
+            raise ValueError("seconds must be between 0 and 60")
+
+
+class Faults:
+    """The queue of faults still to fire; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queued: list[Fault] = []
+
+    def add(self, fault: Fault) -> None:
+        with self._lock:
+            self._queued.append(fault)
+
+    def delay(
+        self, seconds: float, call: str | None = None, count: int = 1, *, applied: bool = False
+    ) -> None:
+        self.add(Fault("delay", call, count, seconds=seconds, applied=applied))
+
+    def status(
+        self, status: int, call: str | None = None, count: int = 1, *, applied: bool = False
+    ) -> None:
+        self.add(Fault("status", call, count, status=status, applied=applied))
+
+    def drop(self, call: str | None = None, count: int = 1, *, applied: bool = False) -> None:
+        self.add(Fault("drop", call, count, applied=applied))
+
+    def shape(self, call: str | None = None, count: int = 1) -> None:
+        self.add(Fault("shape", call, count))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queued.clear()
+
+    def take(self, call: str) -> list[Fault]:
+        """The faults that fire for this call of ``call`` (each used once more)."""
+        fired: list[Fault] = []
+        with self._lock:
+            for fault in list(self._queued):
+                if fault.call not in (None, call):
+                    continue
+                fired.append(fault)
+                fault.count -= 1
+                if fault.count == 0:
+                    self._queued.remove(fault)
+        return fired
+
+
+class _Drop(Exception):
+    """Close the connection without answering."""
+
+
+def _arg(body: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = body.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ApiError(400, "request", f"{name} is missing or not of the expected type")
+    return value
+
+
+Route = Callable[[FakeCredexApi, dict[str, Any], str, str | None], Any]
+
+_ROUTES: dict[str, Route] = {
+    "login": lambda api, b, t, k: api.login(_arg(b, "phone", str)),
+    "onboardMember": lambda api, b, t, k: api.onboard_member(
+        _arg(b, "firstname", str),
+        _arg(b, "lastname", str),
+        _arg(b, "phone", str),
+        b.get("defaultDenom", "USD"),
+        idempotency_key=k,
+    ),
+    "getMemberDashboardByPhone": lambda api, b, t, k: api.get_member_dashboard_by_phone(
+        _arg(b, "phone", str), token=t
+    ),
+    "getAccountByHandle": lambda api, b, t, k: api.get_account_by_handle(
+        _arg(b, "accountHandle", str), token=t
+    ),
+    "createCredex": lambda api, b, t, k: api.create_credex(
+        _arg(b, "issuerAccountID", str),
+        _arg(b, "receiverAccountID", str),
+        _arg(b, "Denomination", str),
+        float(_arg(b, "InitialAmount", (int, float))),
+        token=t,
+        idempotency_key=k,
+    ),
+    "acceptCredex": lambda api, b, t, k: api.accept_credex(
+        _arg(b, "credexID", str), token=t, idempotency_key=k
+    ),
+    "declineCredex": lambda api, b, t, k: api.decline_credex(
+        _arg(b, "credexID", str), token=t, idempotency_key=k
+    ),
+    "cancelCredex": lambda api, b, t, k: api.cancel_credex(
+        _arg(b, "credexID", str), token=t, idempotency_key=k
+    ),
+    "createRecurring": lambda api, b, t, k: api.create_recurring(
+        _arg(b, "sourceAccountID", str), token=t, idempotency_key=k
+    ),
+    "getLedger": lambda api, b, t, k: api.get_ledger(
+        _arg(b, "accountID", str), _arg(b, "startRow", int), _arg(b, "numRows", int), token=t
+    ),
+}
+assert set(_ROUTES) == set(CALLS)
+
+
+def _wait(faults: list[Fault]) -> None:
+    for fault in faults:
+        if fault.kind == "delay":
+            time.sleep(fault.seconds)
+
+
+def _reshaped(raw: Any) -> Any:
+    """``raw`` with every object key renamed: the same data in a shape no client expects."""
+    if isinstance(raw, dict):
+        return {f"{k}_v2": _reshaped(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_reshaped(v) for v in raw]
+    return raw
+
+
+class FakeCredexServer:
+    """:class:`FakeCredexApi` on a loopback HTTP port; ``requests`` records what arrived
+    (path, headers without secrets' values, body) for tests."""
+
+    def __init__(
+        self,
+        api: FakeCredexApi | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        client_api_key: str = DEV_CLIENT_KEY,
+    ) -> None:
+        self.api = api if api is not None else FakeCredexApi()
+        self.faults = Faults()
+        self.client_api_key = client_api_key
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer((host, port), self._handler())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        name = host.decode() if isinstance(host, bytes) else host
+        return f"http://{name}:{port}"
+
+    def start(self) -> FakeCredexServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def seen(self, call: str) -> list[dict[str, Any]]:
+        """The recorded requests of ``call``, oldest first."""
+        with self._lock:
+            return [r for r in self.requests if r["call"] == call]
+
+    # --- one request -------------------------------------------------------------------------
+
+    def answer(self, call: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
+        """(status, JSON body) for one request; raises :class:`_Drop` to drop the connection."""
+        if call not in _ROUTES:
+            return 404, {"message": f"no such call {call!r}"}
+        self._record(call, headers, raw)
+        if not hmac.compare_digest(headers.get("x-client-api-key", ""), self.client_api_key):
+            return 403, {"message": "client api key refused"}
+        faults = self.faults.take(call)
+        before = [f for f in faults if not f.applied]
+        _wait(before)
+        early = next((f for f in before if f.kind in ("status", "drop")), None)
+        if early is not None:
+            return self._fail(early)
+        status, body = self._run(call, headers, raw)
+        after = [f for f in faults if f.applied]
+        _wait(after)
+        late = next((f for f in after if f.kind in ("status", "drop")), None)
+        if late is not None:
+            return self._fail(late)
+        if status == 200 and any(f.kind == "shape" for f in faults):
+            body = _reshaped(body)
+        return status, body
+
+    def _record(self, call: str, headers: dict[str, str], raw: bytes) -> None:
+        try:
+            body = msgspec.json.decode(raw) if raw else None
+        except msgspec.DecodeError:
+            body = None
+        auth = headers.get("authorization")
+        entry = {
+            "call": call,
+            "body": body,
+            "bearer": None if auth is None else auth.startswith("Bearer ") and len(auth) > 7,
+            "idempotency_key": headers.get("idempotency-key"),
+            "client_key_ok": hmac.compare_digest(
+                headers.get("x-client-api-key", ""), self.client_api_key
+            ),
+            "content_type": headers.get("content-type"),
+        }
+        with self._lock:
+            self.requests.append(entry)
+
+    @staticmethod
+    def _fail(fault: Fault) -> tuple[int, Any]:
+        if fault.kind == "drop":
+            raise _Drop
+        return fault.status, {"message": "injected failure"}
+
+    def _run(self, call: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            return 400, {"message": "the body is not JSON"}
+        if not isinstance(body, dict):
+            return 400, {"message": "the body must be a JSON object"}
+        auth = headers.get("authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        try:
+            result = _ROUTES[call](self.api, body, token, headers.get("idempotency-key"))
+        except ApiResponseError:  # the fake was told to garble this answer
+            return 200, {"unexpected": "shape"}
+        except ApiError as exc:
+            return exc.status, {"message": exc.message}
+        return 200, msgspec.to_builtins(result)
+
+    def _control(self, path: str, raw: bytes) -> tuple[int, Any]:
+        if path == "/_faults":
+            try:
+                self.faults.add(msgspec.json.decode(raw, type=Fault))
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                return 400, {"message": str(exc)}
+            return 200, {"ok": True}
+        if path == "/_reset":
+            self.faults.clear()
+            return 200, {"ok": True}
+        return 404, {"message": "unknown control"}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out at once: no 40 ms stall
+
+            def do_GET(self) -> None:
+                if self.path == "/.well-known/jwks.json":
+                    self._send(200, server.api.jwks())
+                elif self.path == "/healthz":
+                    self._send(200, {"ok": True})
+                else:
+                    self._send(404, {"message": "not found"})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                if length > _MAX_BODY:
+                    self._send(413, {"message": "body too large"})
+                    self.close_connection = True
+                    return
+                raw = self.rfile.read(length)
+                path = self.path.split("?", 1)[0]
+                if path.startswith("/_"):
+                    self._send(*server._control(path, raw))
+                    return
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    status, body = server.answer(path.lstrip("/"), headers, raw)
+                except _Drop:
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # no answer at all: the client sees a reset
+                    return
+                self._send(status, body)
+
+            def _send(self, status: int, body: Any) -> None:
+                data = msgspec.json.encode(body)
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet: tests and the demo stack read what they need from .requests
+
+        return Handler
+
+
+@contextmanager
+def serving(api: FakeCredexApi | None = None, **options: Any) -> Iterator[FakeCredexServer]:
+    """A started :class:`FakeCredexServer`, stopped on exit."""
+    server = FakeCredexServer(api, **options).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8600)
+    parser.add_argument("--client-key", default=DEV_CLIENT_KEY, help="the x-client-api-key")
+    args = parser.parse_args(argv)
+    server = FakeCredexServer(host=args.host, port=args.port, client_api_key=args.client_key)
+    print(f"fake Credex API on {server.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server._httpd.server_close()
+
+
+if __name__ == "__main__":
+    main()
