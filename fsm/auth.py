@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,12 +49,19 @@ class TokenVerifier:
     ``key`` is the HMAC secret for HS*, or the public key (PEM or a ``cryptography`` key) for
     RS*/ES*. Mixing symmetric and asymmetric algorithms in one verifier is refused: the same key
     would be read two ways.
+
+    ``key_for`` instead picks the key per token, for keys that rotate: a function given the
+    token that returns its key, such as a JWKS lookup by the header's ``kid``
+    (``jwt.PyJWKClient(url).get_signing_key_from_jwt(token).key``). If it fails with a PyJWT,
+    ``OSError`` or ``ValueError`` error, the token is refused ("no signing key"); its result is
+    cached with the claims, so it runs once per token.
     """
 
     def __init__(
         self,
-        key: Any,
+        key: Any = None,
         *,
+        key_for: Callable[[str], Any] | None = None,
         algorithms: Sequence[str] = ("HS256",),
         leeway: float = 30.0,
         audience: str | None = None,
@@ -71,11 +78,14 @@ class TokenVerifier:
         kinds = {a in _SYMMETRIC for a in algs}
         if len(kinds) > 1:
             raise ValueError("do not mix HS* with RS*/ES* algorithms on one key")
+        if (key is None) == (key_for is None):
+            raise ValueError("pass exactly one of key (a fixed key) and key_for (a key per token)")
         if leeway < 0:
             raise ValueError("leeway must be >= 0")
         if cache_size < 1:
             raise ValueError("cache_size must be >= 1")
         self._key = key
+        self._key_for = key_for
         self._algorithms = algs
         self._leeway = float(leeway)
         self._audience = audience
@@ -157,12 +167,21 @@ class TokenVerifier:
             return False
         return True
 
+    def _signing_key(self, token: str) -> Any:
+        if self._key_for is None:
+            return self._key
+        try:
+            return self._key_for(token)
+        except (jwt.PyJWTError, OSError, ValueError):
+            raise TokenRefused("no signing key") from None
+
     def _decode(self, token: str) -> Claims:
         self.verifications += 1
+        key = self._signing_key(token)
         try:
             payload = jwt.decode(
                 token,
-                self._key,
+                key,
                 algorithms=list(self._algorithms),
                 audience=self._audience,
                 issuer=self._issuer,

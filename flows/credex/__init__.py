@@ -29,13 +29,15 @@ def build_engine(
     jwt_key: Any = None,
     jwt_algorithms: Sequence[str] = ("HS256",),
     jwt_leeway: float = 30.0,
+    verifier: TokenVerifier | None = None,
     **options: Any,
 ) -> Engine:
     """The Credex bot wired to ``store`` (a fresh :class:`MemoryStore` by default) and ``api``
     (the :class:`FakeCredexApi` by default). ``jwt_key`` verifies the API's tokens; with the
-    fake it defaults to the fake's signing key. Other ``options`` go to :class:`fsm.Engine`
+    fake it defaults to the fake's signing key; or pass a ready ``verifier`` (a JWKS one, see
+    :mod:`flows.credex.settings`). Other ``options`` go to :class:`fsm.Engine`
     (``session_ttl``, ``max_attempts``, ``lock_ttl``, ``source``, ...)."""
-    flow, verifier = _wired(api, clock, jwt_key, jwt_algorithms, jwt_leeway)
+    flow, verifier = _wired(api, clock, jwt_key, jwt_algorithms, jwt_leeway, verifier)
     store = store if store is not None else MemoryStore(clock=clock)
     return Engine(flow, store, verifier=verifier, clock=clock, **options)
 
@@ -48,12 +50,13 @@ def build_async_engine(
     jwt_key: Any = None,
     jwt_algorithms: Sequence[str] = ("HS256",),
     jwt_leeway: float = 30.0,
+    verifier: TokenVerifier | None = None,
     **options: Any,
 ) -> AsyncEngine:
     """:func:`build_engine` on :class:`fsm.AsyncEngine` (a fresh :class:`AsyncMemoryStore` by
     default). The bot's handlers are plain ``def``: those that call the API run in worker
     threads, the ones that only render run on the loop (``blocking=False``)."""
-    flow, verifier = _wired(api, clock, jwt_key, jwt_algorithms, jwt_leeway)
+    flow, verifier = _wired(api, clock, jwt_key, jwt_algorithms, jwt_leeway, verifier)
     store = store if store is not None else AsyncMemoryStore(clock=clock)
     return AsyncEngine(flow, store, verifier=verifier, clock=clock, **options)
 
@@ -64,9 +67,14 @@ def _wired(
     jwt_key: Any,
     algorithms: Sequence[str],
     leeway: float,
+    verifier: TokenVerifier | None,
 ) -> tuple[CredexBot, TokenVerifier]:
     if api is None:
         api = FakeCredexApi(clock=clock)
+    if verifier is not None:
+        if jwt_key is not None:
+            raise ValueError("pass jwt_key or verifier, not both")
+        return CredexBot(api), verifier
     if jwt_key is None:
         if not isinstance(api, FakeCredexApi):
             raise ValueError("pass jwt_key: the key that verifies your Credex API's tokens")

@@ -33,11 +33,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from flows.credex.api import CALLS, ApiError, ApiResponseError
 from flows.credex.fake import FakeCredexApi
 
-__all__ = ["DEV_CLIENT_KEY", "FakeCredexServer", "Fault", "Faults", "serving"]
+__all__ = ["DEV_CLIENT_KEY", "FakeCredexServer", "Fault", "Faults", "rsa_key", "serving"]
 
 #: The client key the fake accepts unless told otherwise (for the demo stack and tests).
 DEV_CLIENT_KEY = "credex-dev-client-key"
@@ -360,6 +362,11 @@ class FakeCredexServer:
         return Handler
 
 
+def rsa_key() -> RSAPrivateKey:
+    """A fresh 2048-bit RSA key for an RS256-signing fake."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 @contextmanager
 def serving(api: FakeCredexApi | None = None, **options: Any) -> Iterator[FakeCredexServer]:
     """A started :class:`FakeCredexServer`, stopped on exit."""
@@ -375,8 +382,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8600)
     parser.add_argument("--client-key", default=DEV_CLIENT_KEY, help="the x-client-api-key")
+    parser.add_argument(
+        "--rsa",
+        action="store_true",
+        help="sign tokens RS256 with a fresh key, served at /.well-known/jwks.json",
+    )
     args = parser.parse_args(argv)
-    server = FakeCredexServer(host=args.host, port=args.port, client_api_key=args.client_key)
+    api = FakeCredexApi(private_key=rsa_key() if args.rsa else None)
+    server = FakeCredexServer(api, host=args.host, port=args.port, client_api_key=args.client_key)
     print(f"fake Credex API on {server.url}", flush=True)
     try:
         server.serve_forever()

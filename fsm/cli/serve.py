@@ -14,7 +14,7 @@ import click
 from fsm.cli.common import EXIT_UNAVAILABLE, main, namespace_option, resolve, safe_url
 from fsm.errors import FsmError
 
-DEFAULT_ENGINE = "flows.credex:build_async_engine"
+DEFAULT_ENGINE = "flows.credex.settings:engine_from_env"
 
 
 @main.command("serve")

@@ -20,6 +20,9 @@ import httpx
 import pytest
 
 from adapters import AsyncRedisStore, RedisStore
+from flows.credex.fake import FakeCredexApi
+from flows.credex.fake_server import DEV_CLIENT_KEY, rsa_key
+from flows.credex.fake_server import serving as credex_serving
 from fsm.async_engine import AsyncEngine
 from tests import redis_servers
 from tests.fsm.sample_flows import Counter
@@ -117,6 +120,41 @@ def test_a_missing_setting_is_one_line_and_exit_2(graph: FakeGraph) -> None:
         "error: missing setting: WHATSAPP_APP_SECRET (see docs/whatsapp.md)"
     ]
     assert graph.token not in done.stderr + done.stdout
+
+
+def test_the_reference_bot_runs_end_to_end_over_http(
+    graph: FakeGraph, tmp_path: Path, served: list[Served]
+) -> None:
+    """Webhook in, the Credex API over HTTP (RS256 tokens verified with its JWKS), the Graph
+    API out: every hop a real HTTP request on loopback."""
+    with credex_serving(FakeCredexApi(private_key=rsa_key())) as credex:
+        env = serve_env(
+            graph,
+            CREDEX_API_URL=credex.url,
+            CREDEX_CLIENT_API_KEY=DEV_CLIENT_KEY,
+            CREDEX_JWKS_URL=f"{credex.url}/.well-known/jwks.json",
+        )
+        server = Served(env, tmp_path)
+        served.append(server)
+        for message in (
+            p.text(ALICE, "hi"),
+            p.list_reply(ALICE, "offer"),
+            p.text(ALICE, "25"),
+            p.text(ALICE, "bob"),
+            p.button_reply(ALICE, "confirm"),
+        ):
+            assert server.post(p.body([message])).status_code == 200
+        assert "Offer of 25.00 USD sent to @bob." in graph.texts(ALICE)[-2]
+        calls = [r["call"] for r in credex.requests]
+        assert calls == [
+            "login",
+            "getAccountByHandle",
+            "createCredex",
+            "getMemberDashboardByPhone",
+        ]
+        assert credex.seen("createCredex")[0]["idempotency_key"]
+        server.stop()
+    assert DEV_CLIENT_KEY not in server.log.read_text()
 
 
 def test_the_reference_bot_serves_whatsapp_on_the_memory_store(
