@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from adapters.base import AsyncStore
 from adapters.whatsapp.bot import WhatsAppBot
@@ -55,8 +55,15 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(bot: WhatsAppBot, config: WebhookConfig) -> Starlette:
-    """The webhook app for ``bot``; closing it (ASGI lifespan) closes the Graph client."""
+def create_app(
+    bot: WhatsAppBot,
+    config: WebhookConfig,
+    *,
+    routes: Sequence[BaseRoute] = (),
+    on_close: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> Starlette:
+    """The webhook app for ``bot``; closing it (ASGI lifespan) closes the Graph client, after
+    the ``on_close`` callbacks. ``routes`` are served beside the webhook's (the simulator's)."""
     metrics = bot.metrics
     store: AsyncStore = bot.engine.store
 
@@ -123,20 +130,25 @@ def create_app(bot: WhatsAppBot, config: WebhookConfig) -> Starlette:
             Route("/webhook", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
+            *routes,
         ],
         exception_handlers={Exception: server_error},
-        lifespan=_lifespan(bot),
+        lifespan=_lifespan(bot, on_close),
     )
     app.state.bot = bot
     return app
 
 
-def _lifespan(bot: WhatsAppBot) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+def _lifespan(
+    bot: WhatsAppBot, on_close: Sequence[Callable[[], Awaitable[None]]]
+) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            for close in on_close:
+                await close()
             await bot.aclose()
 
     return lifespan

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 from adapters.base import AsyncStore
 from adapters.memory_async import AsyncMemoryStore
@@ -14,9 +16,12 @@ from adapters.whatsapp.app import WebhookConfig, create_app
 from adapters.whatsapp.bot import WhatsAppBot
 from adapters.whatsapp.graph import GraphClient
 from adapters.whatsapp.settings import Settings
+from adapters.whatsapp.simulator import Contact, Simulator
 from fsm.async_engine import AsyncEngine
 
 EngineFactory = Callable[[AsyncStore], AsyncEngine]
+#: The phone number id the simulated bot sends from (any id works; this one is recognisable).
+SIMULATOR_NUMBER_ID = "100000000000001"
 
 
 def open_async_store(url: str | None, namespace: str) -> AsyncStore:
@@ -26,13 +31,28 @@ def open_async_store(url: str | None, namespace: str) -> AsyncStore:
     return AsyncRedisStore.from_url(url, namespace=namespace)
 
 
-def build_app(settings: Settings, factory: EngineFactory, store: AsyncStore) -> Starlette:
+def build_engine(factory: EngineFactory, store: AsyncStore) -> AsyncEngine:
     engine = factory(store)
     if not isinstance(engine, AsyncEngine):
         raise TypeError(
             f"the engine factory returned {type(engine).__name__}: fsm serve needs an "
             "fsm.AsyncEngine (build it on the async store it is given)"
         )
+    return engine
+
+
+def build_app(
+    settings: Settings,
+    factory: EngineFactory,
+    store: AsyncStore,
+    *,
+    routes: Sequence[BaseRoute] = (),
+    on_close: Sequence[Callable[[], Awaitable[None]]] = (),
+    engine: AsyncEngine | None = None,
+) -> Starlette:
+    """The webhook app: the engine ``factory`` builds on ``store`` (or ``engine``), behind the
+    WhatsApp bot configured by ``settings``."""
+    engine = engine if engine is not None else build_engine(factory, store)
     client = GraphClient(
         access_token=settings.access_token,
         phone_number_id=settings.phone_number_id,
@@ -45,7 +65,55 @@ def build_app(settings: Settings, factory: EngineFactory, store: AsyncStore) -> 
         verify_token=settings.verify_token,
         phone_number_id=settings.phone_number_id,
     )
-    return create_app(bot, config)
+    return create_app(bot, config, routes=routes, on_close=on_close)
+
+
+def build_simulator_app(
+    factory: EngineFactory,
+    store: AsyncStore,
+    *,
+    host: str,
+    port: int,
+    contacts: Sequence[Contact],
+) -> Starlette:
+    """The webhook app with the simulator beside it (``fsm serve --simulator``): the bot sends
+    to the simulator's fake Graph API on this same server, and the page posts to its webhook.
+    The secrets are fresh random ones, known to both sides only."""
+    base = f"http://{_loopback(host)}:{port}"
+    settings = Settings(
+        access_token=secrets.token_urlsafe(24),
+        app_secret=secrets.token_urlsafe(24),
+        verify_token=secrets.token_urlsafe(12),
+        phone_number_id=SIMULATOR_NUMBER_ID,
+        api_url=f"{base}/graph",
+        rate=0,
+    )
+    engine = build_engine(factory, store)
+    simulator = Simulator(
+        engine,
+        webhook_url=f"{base}/webhook",
+        app_secret=settings.app_secret,
+        access_token=settings.access_token,
+        phone_number_id=settings.phone_number_id,
+        contacts=list(contacts),
+    )
+    return build_app(
+        settings,
+        factory,
+        store,
+        routes=simulator.routes(),
+        on_close=[simulator.aclose],
+        engine=engine,
+    )
+
+
+def _loopback(host: str) -> str:
+    """Where this process reaches its own server: a wildcard address is reached on loopback."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 async def serve(app: Starlette, store: AsyncStore, *, host: str, port: int, check: bool) -> None:
@@ -56,6 +124,12 @@ async def serve(app: Starlette, store: AsyncStore, *, host: str, port: int, chec
     if check:
         await store.load("fsm-healthz")
     config = uvicorn.Config(
-        app, host=host, port=port, access_log=False, log_level="info", lifespan="on"
+        app,
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="info",
+        lifespan="on",
+        timeout_graceful_shutdown=3,  # open event streams (the simulator's) end after this
     )
     await uvicorn.Server(config).serve()

@@ -143,3 +143,14 @@ def engine_from_env(store: AsyncStore, environ: Mapping[str, str] | None = None)
     )
     log.info("Credex API at %s", settings.api_url)
     return build_async_engine(store, api, verifier=settings.verifier())
+
+
+#: The phone numbers ``fsm serve --simulator`` offers for this bot: the fake's members, and
+#: a number it does not know (it registers).
+SIMULATOR_CONTACTS = [
+    ("263770000001", "Alice Moyo", "member: offers in and out"),
+    ("263770000002", "Bob Dube", "member: tier 3, no offers"),
+    ("263770000003", "Carol Chirwa", "member: one incoming offer"),
+    ("263770000004", "Dan Ncube", "member: offers out"),
+    ("263779990001", "New user", "not a member: registers"),
+]

@@ -7,11 +7,13 @@ only when this command runs: the rest of the CLI needs no web stack.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
+from typing import Any
 
 import click
 
-from fsm.cli.common import EXIT_UNAVAILABLE, main, namespace_option, resolve, safe_url
+from fsm.cli.common import EXIT_UNAVAILABLE, main, resolve, safe_url, store_options
 from fsm.errors import FsmError
 
 DEFAULT_ENGINE = "flows.credex.settings:engine_from_env"
@@ -24,21 +26,45 @@ DEFAULT_ENGINE = "flows.credex.settings:engine_from_env"
     default=DEFAULT_ENGINE,
     show_default=True,
     metavar="MODULE:FACTORY",
-    help="A function taking the async store (FSM_STORE) and returning an fsm.AsyncEngine.",
+    help="A function taking the async store and returning an fsm.AsyncEngine.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@namespace_option
-def serve_command(engine_ref: str, host: str, port: int, namespace: str) -> None:
+@click.option(
+    "--simulator",
+    is_flag=True,
+    help="Serve a WhatsApp chat page at / instead of talking to Meta: the page posts to this "
+    "server's webhook and the bot's sends come back through a fake Graph API (no WHATSAPP_* "
+    "settings needed).",
+)
+@click.option(
+    "--contact",
+    "contacts",
+    multiple=True,
+    metavar="NUMBER[=NAME]",
+    help="A phone number the simulator offers (repeat it); default: the factory module's "
+    "SIMULATOR_CONTACTS, else two test numbers.",
+)
+@store_options
+def serve_command(
+    engine_ref: str,
+    host: str,
+    port: int,
+    simulator: bool,
+    contacts: tuple[str, ...],
+    store_url: str | None,
+    namespace: str,
+) -> None:
     """Serve a flow to WhatsApp users: GET/POST /webhook, GET /healthz, GET /metrics.
 
     Configured by the environment: WHATSAPP_ACCESS_TOKEN, WHATSAPP_APP_SECRET,
     WHATSAPP_VERIFY_TOKEN, WHATSAPP_PHONE_NUMBER_ID, and optionally WHATSAPP_API_URL,
-    WHATSAPP_RATE (messages/s, default 80), WHATSAPP_MARK_READ (1/0) and FSM_STORE (a Redis
-    URL; the embedded memory store when unset). See docs/whatsapp.md.
+    WHATSAPP_RATE (messages/s, default 80) and WHATSAPP_MARK_READ (1/0); the store is
+    --store (FSM_STORE), the embedded memory store when unset. The reference bot reads
+    CREDEX_* too. See docs/whatsapp.md and, for --simulator, docs/simulator.md.
     """
     try:
-        from adapters.whatsapp.server import build_app, open_async_store, serve
+        from adapters.whatsapp import server
         from adapters.whatsapp.settings import Settings, SettingsError
     except ImportError as exc:
         click.echo(
@@ -46,27 +72,60 @@ def serve_command(engine_ref: str, host: str, port: int, namespace: str) -> None
             err=True,
         )
         raise SystemExit(EXIT_UNAVAILABLE) from None
-    try:
-        settings = Settings.from_env(os.environ)
-    except SettingsError as exc:
-        click.echo(f"error: {exc}", err=True)
-        raise SystemExit(EXIT_UNAVAILABLE) from None
+    if simulator and port == 0:
+        raise click.BadParameter("the simulator needs a fixed port", param_hint="'--port'")
+    settings = None
+    if not simulator:
+        try:
+            settings = Settings.from_env(os.environ)
+        except SettingsError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(EXIT_UNAVAILABLE) from None
     factory = resolve(engine_ref, "--engine", example="mybot.wiring:build_async_engine")
     if not callable(factory):
         raise click.BadParameter(f"{engine_ref} is not callable", param_hint="'--engine'")
+    url = None if store_url in (None, "", "memory") else store_url
     try:
-        store = open_async_store(settings.store_url, namespace)
+        store = server.open_async_store(url, namespace)
     except (ValueError, TypeError) as exc:  # a URL redis-py cannot parse
-        click.echo(f"error: FSM_STORE: {exc}", err=True)
+        click.echo(f"error: --store: {exc}", err=True)
         raise SystemExit(EXIT_UNAVAILABLE) from None
     try:
-        app = build_app(settings, factory, store)
+        if settings is None:
+            people = _contacts(contacts, engine_ref)
+            app = server.build_simulator_app(factory, store, host=host, port=port, contacts=people)
+        else:
+            app = server.build_app(settings, factory, store)
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="'--engine'") from None
-    where = "memory" if settings.store_url is None else safe_url(settings.store_url)
+    where = "memory" if url is None else safe_url(url)
     click.echo(f"fsm serve: {engine_ref} on http://{host}:{port}/webhook, store {where}", err=True)
+    if simulator:
+        click.echo(f"simulator: open http://{host}:{port}/ in a browser", err=True)
     try:
-        asyncio.run(serve(app, store, host=host, port=port, check=settings.store_url is not None))
+        asyncio.run(server.serve(app, store, host=host, port=port, check=url is not None))
     except FsmError as exc:
         click.echo(f"error: cannot reach the store at {where}: {exc}", err=True)
         raise SystemExit(EXIT_UNAVAILABLE) from None
+
+
+def _contacts(given: tuple[str, ...], engine_ref: str) -> list[Any]:
+    """The simulator's phone numbers: ``--contact`` values, else the factory module's
+    ``SIMULATOR_CONTACTS`` (``(number, name[, note])`` tuples), else two test numbers."""
+    from adapters.whatsapp.simulator import Contact
+
+    if given:
+        people = []
+        for raw in given:
+            number, _, name = raw.partition("=")
+            if not number.isdigit():
+                raise click.BadParameter(
+                    f"{raw!r}: NUMBER[=NAME], digits only", param_hint="'--contact'"
+                )
+            people.append(Contact(number, name or f"+{number}"))
+        return people
+    module = importlib.import_module(engine_ref.partition(":")[0])
+    listed = getattr(module, "SIMULATOR_CONTACTS", None)
+    if listed:
+        return [Contact(*entry) for entry in listed]
+    return [Contact("15550000001", "Test user 1"), Contact("15550000002", "Test user 2")]

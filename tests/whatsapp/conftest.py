@@ -43,13 +43,20 @@ class Webhook:
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """``app`` on uvicorn, on a free loopback port, in a thread; yields its base URL."""
+def serving(app: Any, port: int | None = None) -> Iterator[str]:
+    """``app`` on uvicorn, on ``port`` (default: a free loopback port), in a thread; yields
+    its base URL."""
     # uvicorn binds the port itself: a socket handed over with ``sockets=`` is served without
     # TCP_NODELAY, which costs every response a 40 ms delayed-ACK stall.
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -1,0 +1,99 @@
+"""Inbound webhook bodies in the shape Meta sends them: what a user's phone would produce.
+
+The simulator posts these to the bot's real ``/webhook``, signed with the app secret, so the
+bot cannot tell it from WhatsApp; the tests build theirs with the same functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+import time
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "button_reply",
+    "list_reply",
+    "message",
+    "new_wamid",
+    "text",
+    "webhook_body",
+]
+
+Message = dict[str, Any]
+
+_serial = itertools.count(1)
+_run = base64.b32encode(os.urandom(5)).decode().rstrip("=")
+
+
+def new_wamid() -> str:
+    """A fresh WhatsApp message id: unique in this process and across restarts."""
+    return f"wamid.SIM{_run}{next(_serial):010d}"
+
+
+def message(
+    user: str,
+    kind: str,
+    content: dict[str, Any],
+    message_id: str | None = None,
+    timestamp: int | None = None,
+) -> Message:
+    """One entry of ``value.messages``: sender, id, time, type and the type's own object."""
+    return {
+        "from": user,
+        "id": message_id or new_wamid(),
+        "timestamp": str(int(time.time()) if timestamp is None else timestamp),
+        "type": kind,
+        **content,
+    }
+
+
+def text(user: str, body: str, message_id: str | None = None) -> Message:
+    return message(user, "text", {"text": {"body": body}}, message_id)
+
+
+def button_reply(
+    user: str, option_id: str, title: str = "", message_id: str | None = None
+) -> Message:
+    reply = {"type": "button_reply", "button_reply": {"id": option_id, "title": title or option_id}}
+    return message(user, "interactive", {"interactive": reply}, message_id)
+
+
+def list_reply(
+    user: str, option_id: str, title: str = "", message_id: str | None = None
+) -> Message:
+    reply = {"type": "list_reply", "list_reply": {"id": option_id, "title": title or option_id}}
+    return message(user, "interactive", {"interactive": reply}, message_id)
+
+
+def webhook_body(
+    messages: list[Message] | tuple[Message, ...] = (),
+    statuses: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
+    *,
+    phone_number_id: str,
+    names: dict[str, str] | None = None,
+    display_number: str = "15550001111",
+) -> bytes:
+    """One webhook body (one entry, one change) with these messages and statuses; ``names``
+    gives the senders' profile names (default "Test")."""
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": display_number, "phone_number_id": phone_number_id},
+    }
+    users = sorted({m["from"] for m in messages if isinstance(m.get("from"), str)})
+    if users:
+        value["contacts"] = [
+            {"profile": {"name": (names or {}).get(u, "Test")}, "wa_id": u} for u in users
+        ]
+    if messages:
+        value["messages"] = list(messages)
+    if statuses:
+        value["statuses"] = list(statuses)
+    envelope = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA-1", "changes": [{"field": "messages", "value": value}]}],
+    }
+    return msgspec.json.encode(envelope)
