@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from adapters.whatsapp.signature import signature
+from adapters.whatsapp.simulator import meta
 
 from .fake_graph import PHONE_NUMBER_ID
 
@@ -20,18 +21,20 @@ def wamid() -> str:
     return f"wamid.HBgLMjYzNzcwMDAwMDAxFQIAEhg{next(_ids):08d}"
 
 
+#: The ``timestamp`` of every test message (2025-12-02, fixed so bodies are reproducible).
+SENT_AT = 1764672000
+
+
 def text(user: str, body: str, message_id: str | None = None) -> dict[str, Any]:
     return _message(user, "text", {"text": {"body": body}}, message_id)
 
 
 def button_reply(user: str, option_id: str, title: str = "") -> dict[str, Any]:
-    reply = {"type": "button_reply", "button_reply": {"id": option_id, "title": title or option_id}}
-    return _message(user, "interactive", {"interactive": reply})
+    return meta.button_reply(user, option_id, title, wamid(), SENT_AT)
 
 
 def list_reply(user: str, option_id: str, title: str = "") -> dict[str, Any]:
-    reply = {"type": "list_reply", "list_reply": {"id": option_id, "title": title or option_id}}
-    return _message(user, "interactive", {"interactive": reply})
+    return meta.list_reply(user, option_id, title, wamid(), SENT_AT)
 
 
 def template_button(user: str, payload: str) -> dict[str, Any]:
@@ -46,13 +49,7 @@ def image(user: str) -> dict[str, Any]:
 def _message(
     user: str, kind: str, content: dict[str, Any], message_id: str | None = None
 ) -> dict[str, Any]:
-    return {
-        "from": user,
-        "id": message_id or wamid(),
-        "timestamp": "1764672000",
-        "type": kind,
-        **content,
-    }
+    return meta.message(user, kind, content, message_id or wamid(), SENT_AT)
 
 
 def status(message_id: str, state: str = "delivered", user: str = "263770000001") -> dict:
@@ -70,23 +67,9 @@ def body(
     *,
     phone_number_id: str = PHONE_NUMBER_ID,
 ) -> bytes:
-    """One webhook body: one entry, one change, with these messages and statuses."""
-    value: dict[str, Any] = {
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550001111", "phone_number_id": phone_number_id},
-    }
-    users = sorted({m["from"] for m in messages if isinstance(m.get("from"), str)})
-    if users:
-        value["contacts"] = [{"profile": {"name": "Test"}, "wa_id": u} for u in users]
-    if messages:
-        value["messages"] = list(messages)
-    if statuses:
-        value["statuses"] = list(statuses)
-    envelope = {
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "WABA-1", "changes": [{"field": "messages", "value": value}]}],
-    }
-    return json.dumps(envelope).encode()
+    """One webhook body: one entry, one change, with these messages and statuses (ASCII JSON,
+    as Meta sends it, so a test can send even a lone surrogate escaped)."""
+    return json.dumps(meta.update(messages, statuses, phone_number_id=phone_number_id)).encode()
 
 
 def signed(raw: bytes, secret: str = APP_SECRET) -> dict[str, str]:

@@ -20,6 +20,7 @@ __all__ = [
     "message",
     "new_wamid",
     "text",
+    "update",
     "webhook_body",
 ]
 
@@ -56,28 +57,46 @@ def text(user: str, body: str, message_id: str | None = None) -> Message:
 
 
 def button_reply(
-    user: str, option_id: str, title: str = "", message_id: str | None = None
+    user: str,
+    option_id: str,
+    title: str = "",
+    message_id: str | None = None,
+    timestamp: int | None = None,
 ) -> Message:
     reply = {"type": "button_reply", "button_reply": {"id": option_id, "title": title or option_id}}
-    return message(user, "interactive", {"interactive": reply}, message_id)
+    return message(user, "interactive", {"interactive": reply}, message_id, timestamp)
 
 
 def list_reply(
-    user: str, option_id: str, title: str = "", message_id: str | None = None
+    user: str,
+    option_id: str,
+    title: str = "",
+    message_id: str | None = None,
+    timestamp: int | None = None,
 ) -> Message:
     reply = {"type": "list_reply", "list_reply": {"id": option_id, "title": title or option_id}}
-    return message(user, "interactive", {"interactive": reply}, message_id)
+    return message(user, "interactive", {"interactive": reply}, message_id, timestamp)
 
 
 def webhook_body(
+    messages: list[Message] | tuple[Message, ...] = (),
+    *,
+    phone_number_id: str,
+    names: dict[str, str] | None = None,
+) -> bytes:
+    """:func:`update` as the bytes of a webhook body."""
+    return msgspec.json.encode(update(messages, phone_number_id=phone_number_id, names=names))
+
+
+def update(
     messages: list[Message] | tuple[Message, ...] = (),
     statuses: list[dict[str, Any]] | tuple[dict[str, Any], ...] = (),
     *,
     phone_number_id: str,
     names: dict[str, str] | None = None,
     display_number: str = "15550001111",
-) -> bytes:
-    """One webhook body (one entry, one change) with these messages and statuses; ``names``
+) -> dict[str, Any]:
+    """One webhook update (one entry, one change) with these messages and statuses; ``names``
     gives the senders' profile names (default "Test")."""
     value: dict[str, Any] = {
         "messaging_product": "whatsapp",
@@ -92,8 +111,7 @@ def webhook_body(
         value["messages"] = list(messages)
     if statuses:
         value["statuses"] = list(statuses)
-    envelope = {
+    return {
         "object": "whatsapp_business_account",
         "entry": [{"id": "WABA-1", "changes": [{"field": "messages", "value": value}]}],
     }
-    return msgspec.json.encode(envelope)

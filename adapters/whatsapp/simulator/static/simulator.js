@@ -202,14 +202,16 @@ async function refreshSession() {
   $("session-token").textContent = auth
     ? `<hidden> sub ${auth.subject}, ${auth.expired ? "expired" : `expires in ${Math.round(auth.expires_in)} s`}`
     : "none";
-  $("session-data").textContent = session ? JSON.stringify(s.data, null, 1) : "-";
+  $("session-data").textContent = session
+    ? Object.entries(s.data || {}).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join("\n") || "{}"
+    : "-";
   state.ttlAt = session && s.ttl != null ? Date.now() / 1000 + s.ttl : null;
   showTtl();
   const list = $("session-history");
   list.innerHTML = "";
   for (const h of history || []) {
     const li = document.createElement("li");
-    li.textContent = `v${h.version} ${where(h.from_stage, h.from_step)} → ${where(h.to_stage, h.to_step)} (${h.event}) ${clock(h.at)}`;
+    li.textContent = `v${h.version} ${where(h.from_stage, h.from_step)} → ${where(h.to_stage, h.to_step)} (${h.event || "stay"}) ${clock(h.at)}`;
     list.appendChild(li);
   }
 }
