@@ -102,6 +102,12 @@ def serve_command(
     click.echo(f"fsm serve: {engine_ref} on http://{host}:{port}/webhook, store {where}", err=True)
     if simulator:
         click.echo(f"simulator: open http://{host}:{port}/ in a browser", err=True)
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            click.echo(
+                "warning: the simulator page lets anyone who can reach it post as any number; "
+                "keep --host on loopback",
+                err=True,
+            )
     try:
         asyncio.run(server.serve(app, store, host=host, port=port, check=url is not None))
     except FsmError as exc:

@@ -143,3 +143,19 @@ def test_a_slow_page_is_dropped_not_waited_for() -> None:
             await anext(stream)
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--port", "0"], "the simulator needs a fixed port"),
+        (["--contact", "alice"], "NUMBER[=NAME], digits only"),
+    ],
+)
+def test_bad_simulator_options_are_usage_errors(args: list[str], problem: str) -> None:
+    from click.testing import CliRunner
+
+    from fsm.cli import main
+
+    done = CliRunner().invoke(main, ["serve", "--simulator", *args])
+    assert done.exit_code == 2 and problem in done.output
