@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from adapters import AsyncMemoryStore
 from flows.credex.api import (
     AccountNotFound,
     ApiError,
@@ -20,6 +21,7 @@ from flows.credex.base import UNCLEAR, UNREACHABLE
 from flows.credex.fake import FakeCredexApi
 from flows.credex.fake_server import DEV_CLIENT_KEY, FakeCredexServer, Fault, serving
 from flows.credex.http import AsyncCredexHttpApi, CredexHttpApi, Timeouts
+from fsm import AsyncEngine, Context, Flow, Outcome, Stage, step
 from tests.flows.conftest import ALICE, BOB, HttpBot
 
 EVE = "263771111111"
@@ -286,3 +288,41 @@ def test_a_changed_response_shape_is_a_clear_reply_and_no_change(http_bot: HttpB
     assert after is not None
     assert (after.stage, after.step) == ("credex", "recipient")  # still asking for the handle
     assert "recipient" not in after.data and after.data["amount"]["value"] == 25.0
+
+
+class Greeter(Flow):
+    """A flow whose handler is ``async def``: it awaits the async client on the loop."""
+
+    name = "greeter"
+    stages = (Stage("start", ("hello",)),)
+
+    def __init__(self, api: AsyncCredexHttpApi) -> None:
+        self.api = api
+
+    @step("start", "hello")
+    async def hello(self, ctx: Context) -> Outcome:
+        try:
+            result = await self.api.login(ctx.user_key)
+        except MemberNotFound:
+            return ctx.stay("I do not know this number.")
+        except ApiError:
+            return ctx.stay("Credex is not answering.")
+        return ctx.stay(f"Hello {result.dashboard.member.firstname}.")
+
+
+def test_an_async_flow_awaits_the_async_client_on_asyncengine(server: FakeCredexServer) -> None:
+    async def run() -> list[list[str]]:
+        async with AsyncCredexHttpApi(server.url, DEV_CLIENT_KEY, retries=0) as api:
+            engine = AsyncEngine(Greeter(api), AsyncMemoryStore())
+            said = [(await engine.handle(ALICE, "hi")).texts]
+            said.append((await engine.handle("263779999999", "hi")).texts)
+            server.faults.status(503, "login")
+            said.append((await engine.handle(ALICE, "hi again")).texts)
+            return said
+
+    assert asyncio.run(run()) == [
+        ["Hello Alice."],
+        ["I do not know this number."],
+        ["Credex is not answering."],
+    ]
+    assert len(server.seen("login")) == 3

@@ -30,11 +30,11 @@ def text(user: str, body: str, message_id: str | None = None) -> dict[str, Any]:
 
 
 def button_reply(user: str, option_id: str, title: str = "") -> dict[str, Any]:
-    return meta.button_reply(user, option_id, title, wamid(), SENT_AT)
+    return meta.tap("button_reply", user, option_id, title, wamid(), SENT_AT)
 
 
 def list_reply(user: str, option_id: str, title: str = "") -> dict[str, Any]:
-    return meta.list_reply(user, option_id, title, wamid(), SENT_AT)
+    return meta.tap("list_reply", user, option_id, title, wamid(), SENT_AT)
 
 
 def template_button(user: str, payload: str) -> dict[str, Any]:

@@ -262,8 +262,8 @@ def _message(user: str, form: dict[str, Any]) -> tuple[meta.Message, dict[str, s
         option, title = reply.get("id"), reply.get("title", "")
         if not isinstance(option, str) or not option or not isinstance(title, str):
             raise _BadInput("reply needs an id and a title")
-        build = meta.button_reply if reply["kind"] == "button_reply" else meta.list_reply
-        return build(user, option, title), {"text": title or option, "pressed": option}
+        tapped = meta.tap(reply["kind"], user, option, title)
+        return tapped, {"text": title or option, "pressed": option}
     text = form.get("text")
     if not isinstance(text, str) or not text.strip():
         raise _BadInput("text must be a non-empty string")

@@ -15,10 +15,9 @@ from typing import Any
 import msgspec
 
 __all__ = [
-    "button_reply",
-    "list_reply",
     "message",
     "new_wamid",
+    "tap",
     "text",
     "update",
     "webhook_body",
@@ -56,25 +55,18 @@ def text(user: str, body: str, message_id: str | None = None) -> Message:
     return message(user, "text", {"text": {"body": body}}, message_id)
 
 
-def button_reply(
+def tap(
+    kind: str,
     user: str,
     option_id: str,
     title: str = "",
     message_id: str | None = None,
     timestamp: int | None = None,
 ) -> Message:
-    reply = {"type": "button_reply", "button_reply": {"id": option_id, "title": title or option_id}}
-    return message(user, "interactive", {"interactive": reply}, message_id, timestamp)
-
-
-def list_reply(
-    user: str,
-    option_id: str,
-    title: str = "",
-    message_id: str | None = None,
-    timestamp: int | None = None,
-) -> Message:
-    reply = {"type": "list_reply", "list_reply": {"id": option_id, "title": title or option_id}}
+    """A tap on a reply button (``kind`` "button_reply") or a list row ("list_reply")."""
+    if kind not in ("button_reply", "list_reply"):
+        raise ValueError(f"kind must be button_reply or list_reply, not {kind!r}")
+    reply = {"type": kind, kind: {"id": option_id, "title": title or option_id}}
     return message(user, "interactive", {"interactive": reply}, message_id, timestamp)
 
 
