@@ -208,6 +208,8 @@ class TokenVerifier:
             raise TokenRefused("malformed token") from None
         except jwt.InvalidTokenError as exc:
             raise TokenRefused(type(exc).__name__) from None
+        except jwt.PyJWTError:  # the key itself does not fit the algorithm (InvalidKeyError)
+            raise TokenRefused("unusable key") from None
         exp = _number(payload.get("exp"), "exp")
         nbf = _number(payload.get("nbf"), "nbf")
         iat = _number(payload.get("iat"), "iat")

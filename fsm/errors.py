@@ -154,6 +154,11 @@ class TokenRefused(FsmError):
         super().__init__(f"{who}token refused: {reason}")
 
 
+class ConfigurationError(FsmError, ValueError):
+    """A deployment setting is missing or unusable. The message names the setting, never its
+    value; ``fsm serve`` prints it as one line and exits with status 2."""
+
+
 class InvalidUserKey(FsmError, ValueError):
     """A user id that cannot be used as a conversation key (empty, too long, not text)."""
 

@@ -192,10 +192,16 @@ class WhatsAppBot:
         task.add_done_callback(self._background.discard)
 
     async def aclose(self) -> None:
-        """Wait for background requests (mark-as-read), then close the Graph API client."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        await self.client.aclose()
+        """Wait for background requests (mark-as-read), then close the Graph API client, and
+        the flow's own resources: a flow may define ``close()`` (an API client, say)."""
+        try:
+            if self._background:
+                await asyncio.gather(*self._background, return_exceptions=True)
+            await self.client.aclose()
+        finally:
+            close = getattr(self.engine.flow, "close", None)
+            if callable(close):
+                await asyncio.to_thread(close)
 
 
 class _UserLocks:

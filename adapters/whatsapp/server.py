@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import socket
 from collections.abc import Awaitable, Callable, Sequence
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
@@ -17,6 +20,7 @@ from adapters.whatsapp.bot import WhatsAppBot
 from adapters.whatsapp.graph import GraphClient
 from adapters.whatsapp.settings import Settings
 from adapters.whatsapp.simulator import Contact, Simulator
+from adapters.whatsapp.simulator.app import LOOPBACK
 from fsm.async_engine import AsyncEngine
 
 EngineFactory = Callable[[AsyncStore], AsyncEngine]
@@ -96,8 +100,9 @@ def build_simulator_app(
         access_token=settings.access_token,
         phone_number_id=settings.phone_number_id,
         contacts=list(contacts),
+        hosts=None if host in ("", "0.0.0.0", "::") else LOOPBACK | {host, f"[{host}]"},
     )
-    return build_app(
+    app = build_app(
         settings,
         factory,
         store,
@@ -105,6 +110,8 @@ def build_simulator_app(
         on_close=[simulator.aclose],
         engine=engine,
     )
+    app.state.on_exit = [simulator.hub.close]  # open event streams end when stopping begins
+    return app
 
 
 def _loopback(host: str) -> str:
@@ -132,4 +139,25 @@ async def serve(app: Starlette, store: AsyncStore, *, host: str, port: int, chec
         lifespan="on",
         timeout_graceful_shutdown=3,  # open event streams (the simulator's) end after this
     )
-    await uvicorn.Server(config).serve()
+    await _Server(config, getattr(app.state, "on_exit", [])).serve()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, running ``on_exit`` callbacks on the loop as soon as a stop is asked
+    for: an endless response (an event stream) ends then, so the graceful shutdown does not
+    wait for its timeout."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Sequence[Callable[[], None]]) -> None:
+        super().__init__(config)
+        self._on_exit = list(on_exit)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._loop is not None:
+            for callback in self._on_exit:
+                self._loop.call_soon_threadsafe(callback)

@@ -23,7 +23,9 @@ Run it: ``python -m flows.credex.fake_server --port 8600`` (Ctrl-C stops it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hmac
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +42,8 @@ from flows.credex.api import CALLS, ApiError, ApiResponseError
 from flows.credex.fake import FakeCredexApi
 
 __all__ = ["DEV_CLIENT_KEY", "FakeCredexServer", "Fault", "Faults", "rsa_key", "serving"]
+
+log = logging.getLogger("flows.credex.fake_server")
 
 #: The client key the fake accepts unless told otherwise (for the demo stack and tests).
 DEV_CLIENT_KEY = "credex-dev-client-key"
@@ -80,7 +84,7 @@ class Faults:
 
     def add(self, fault: Fault) -> None:
         with self._lock:
-            self._queued.append(fault)
+            self._queued.append(dataclasses.replace(fault))  # a copy: its count is ours
 
     def delay(
         self, seconds: float, call: str | None = None, count: int = 1, *, applied: bool = False
@@ -102,18 +106,17 @@ class Faults:
         with self._lock:
             self._queued.clear()
 
-    def take(self, call: str) -> list[Fault]:
-        """The faults that fire for this call of ``call`` (each used once more)."""
-        fired: list[Fault] = []
+    def take(self, call: str, kinds: tuple[str, ...]) -> Fault | None:
+        """The oldest queued fault of one of ``kinds`` for ``call``, used once more (faults
+        of one kind fire in the order they were added, one per call)."""
         with self._lock:
-            for fault in list(self._queued):
-                if fault.call not in (None, call):
-                    continue
-                fired.append(fault)
-                fault.count -= 1
-                if fault.count == 0:
-                    self._queued.remove(fault)
-        return fired
+            for fault in self._queued:
+                if fault.kind in kinds and fault.call in (None, call):
+                    fault.count -= 1
+                    if fault.count <= 0:
+                        self._queued.remove(fault)
+                    return fault
+        return None
 
 
 class _Drop(Exception):
@@ -171,12 +174,6 @@ _ROUTES: dict[str, Route] = {
 assert set(_ROUTES) == set(CALLS)
 
 
-def _wait(faults: list[Fault]) -> None:
-    for fault in faults:
-        if fault.kind == "delay":
-            time.sleep(fault.seconds)
-
-
 def _reshaped(raw: Any) -> Any:
     """``raw`` with every object key renamed: the same data in a shape no client expects."""
     if isinstance(raw, dict):
@@ -202,6 +199,7 @@ class FakeCredexServer:
         self.faults = Faults()
         self.client_api_key = client_api_key
         self.requests: list[dict[str, Any]] = []
+        self.jwks_requests: list[float] = []  # when the JWKS was fetched
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), self._handler())
         self._httpd.daemon_threads = True
@@ -241,21 +239,20 @@ class FakeCredexServer:
         if call not in _ROUTES:
             return 404, {"message": f"no such call {call!r}"}
         self._record(call, headers, raw)
-        if not hmac.compare_digest(headers.get("x-client-api-key", ""), self.client_api_key):
+        if not self._client_ok(headers):
             return 403, {"message": "client api key refused"}
-        faults = self.faults.take(call)
-        before = [f for f in faults if not f.applied]
-        _wait(before)
-        early = next((f for f in before if f.kind in ("status", "drop")), None)
-        if early is not None:
-            return self._fail(early)
+        delay = self.faults.take(call, ("delay",))
+        failure = self.faults.take(call, ("status", "drop"))
+        if delay is not None and not delay.applied:
+            time.sleep(delay.seconds)
+        if failure is not None and not failure.applied:
+            return self._fail(failure)
         status, body = self._run(call, headers, raw)
-        after = [f for f in faults if f.applied]
-        _wait(after)
-        late = next((f for f in after if f.kind in ("status", "drop")), None)
-        if late is not None:
-            return self._fail(late)
-        if status == 200 and any(f.kind == "shape" for f in faults):
+        if delay is not None and delay.applied:
+            time.sleep(delay.seconds)
+        if failure is not None:
+            return self._fail(failure)
+        if status == 200 and self.faults.take(call, ("shape",)) is not None:
             body = _reshaped(body)
         return status, body
 
@@ -270,13 +267,15 @@ class FakeCredexServer:
             "body": body,
             "bearer": None if auth is None else auth.startswith("Bearer ") and len(auth) > 7,
             "idempotency_key": headers.get("idempotency-key"),
-            "client_key_ok": hmac.compare_digest(
-                headers.get("x-client-api-key", ""), self.client_api_key
-            ),
+            "client_key_ok": self._client_ok(headers),
             "content_type": headers.get("content-type"),
         }
         with self._lock:
             self.requests.append(entry)
+
+    def _client_ok(self, headers: dict[str, str]) -> bool:
+        given = headers.get("x-client-api-key", "").encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(given, self.client_api_key.encode())
 
     @staticmethod
     def _fail(fault: Fault) -> tuple[int, Any]:
@@ -299,6 +298,9 @@ class FakeCredexServer:
             return 200, {"unexpected": "shape"}
         except ApiError as exc:
             return exc.status, {"message": exc.message}
+        except Exception:  # a bug of the fake answers 500, as a real server would
+            log.exception("fake Credex API: %s failed", call)
+            return 500, {"message": "internal error"}
         return 200, msgspec.to_builtins(result)
 
     def _control(self, path: str, raw: bytes) -> tuple[int, Any]:
@@ -322,6 +324,7 @@ class FakeCredexServer:
 
             def do_GET(self) -> None:
                 if self.path == "/.well-known/jwks.json":
+                    server.jwks_requests.append(time.monotonic())
                     self._send(200, server.api.jwks())
                 elif self.path == "/healthz":
                     self._send(200, {"ok": True})
@@ -350,11 +353,14 @@ class FakeCredexServer:
 
             def _send(self, status: int, body: Any) -> None:
                 data = msgspec.json.encode(body)
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up waiting (a timeout)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # quiet: tests and the demo stack read what they need from .requests

@@ -76,6 +76,12 @@ class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):
     def __repr__(self) -> str:
         return f"CredexBot(api={type(self.api).__name__})"
 
+    def close(self) -> None:
+        """Close the API client, if it holds connections (the HTTP client does)."""
+        close = getattr(self.api, "close", None)
+        if callable(close):
+            close()
+
     # -- init: a greeting signs the member in by phone ---------------------------------------
     @step("init", "greeting")
     def greeting(self, ctx: Context) -> Outcome:

@@ -79,12 +79,15 @@ class Timeouts:
     """Seconds to wait: for a connection, for each read of the answer, and for the whole call
     (all attempts of a retried call included)."""
 
-    connect: float = 3.05
+    connect: float = 3.0
     read: float = 10.0
     total: float = 20.0
 
-    def httpx(self) -> httpx.Timeout:
-        return httpx.Timeout(self.read, connect=self.connect)
+    def httpx(self, left: float | None = None) -> httpx.Timeout:
+        """httpx's timeouts, none longer than ``left`` seconds (what remains of ``total``)."""
+        if left is None:
+            return httpx.Timeout(self.read, connect=self.connect)
+        return httpx.Timeout(min(self.read, left), connect=min(self.connect, left))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +125,9 @@ _CHANGING = frozenset(
 )
 
 
-def outcome(request: Request[T], status: int, body: bytes) -> T:
+def outcome(request: Request[T], status: int, body: bytes, hide: tuple[str, ...] = ()) -> T:
     """The result of ``request`` given the answer's ``status`` and ``body``, or its ApiError.
+    An error's message never shows the request's token, nor any string of ``hide``.
 
     >>> req = Request("createCredex", {}, CredexCreated)
     >>> outcome(req, 200, b'{"credexID": "cx-9"}')
@@ -140,7 +144,7 @@ def outcome(request: Request[T], status: int, body: bytes) -> T:
         except msgspec.DecodeError:
             raise ApiResponseError(call, "unexpected response: not JSON - at `$`") from None
         return decode_response(call, raw, request.result)
-    message = _message(body, status)
+    message = _message(body, status, (request.token or "", *hide))
     if status == 401:
         raise Unauthorized(call, message)
     if status == 404 and call == "login":
@@ -150,24 +154,45 @@ def outcome(request: Request[T], status: int, body: bytes) -> T:
     raise ApiError(status, call, message)
 
 
-def _message(body: bytes, status: int) -> str:
-    """The API's ``message`` (or ``error``), short and with any JWT in it redacted."""
+def _message(body: bytes, status: int, hide: tuple[str, ...]) -> str:
+    """The API's ``message`` (or ``error``), short, with any JWT and each secret of ``hide``
+    (the token, the client key) redacted, should the API echo them."""
     text = ""
     try:
         raw = msgspec.json.decode(body)
     except msgspec.DecodeError:
         raw = None
     if isinstance(raw, dict):
-        found = raw.get("message", raw.get("error"))
+        found = raw.get("message") or raw.get("error")
         text = found if isinstance(found, str) else ""
+    for secret in hide:
+        if secret:
+            text = text.replace(secret, "<redacted>")
     text = " ".join(_JWT.sub("<redacted>", text).split())[:_MESSAGE_LIMIT]
     return text or f"HTTP {status}"
 
 
-def _transport_error(call: str, exc: httpx.TransportError) -> ApiError:
-    if isinstance(exc, httpx.TimeoutException):
+def _transport_error(call: str, exc: httpx.RequestError | TimeoutError) -> ApiError:
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return ApiError(504, call, "timed out")
+    if isinstance(exc, httpx.DecodingError):  # a body its own encoding header cannot undo
+        return ApiResponseError(call, "unexpected response: not decodable - at `$`")
     return ApiError(503, call, "not reachable")  # refused, reset or dropped mid-answer
+
+
+def _retryable(error: ApiError) -> bool:
+    return error.status in RETRYABLE and not isinstance(error, ApiResponseError)
+
+
+def _status_error(
+    request: Request[Any], status: int, body: bytes, hide: tuple[str, ...]
+) -> ApiError:
+    """The ApiError a retryable status answer stands for."""
+    try:
+        outcome(request, status, body, hide)
+    except ApiError as exc:
+        return exc
+    raise AssertionError("a retryable status is an error")  # pragma: no cover
 
 
 def _pause(attempt: int) -> float:
@@ -247,6 +272,7 @@ class _Config:
             raise ValueError("retries must be >= 0")
         self.base_url = base_url.rstrip("/")
         self._client_key = client_api_key
+        self._hide = (client_api_key,)
         self.timeouts = timeouts
         self.retries = retries
 
@@ -288,25 +314,30 @@ class CredexHttpApi(_Config):
         self.close()
 
     def send(self, request: Request[T]) -> T:
-        """Send ``request`` (retrying a call that changes nothing) and return its result."""
+        """Send ``request`` (retrying a call that changes nothing) and return its result.
+        No attempt starts, nor waits, past ``timeouts.total`` from the first."""
         deadline = time.monotonic() + self.timeouts.total
         attempts = self._attempts(request)
         for attempt in range(attempts):
-            last = attempt == attempts - 1 or time.monotonic() >= deadline
+            left = deadline - time.monotonic()
             try:
                 answer = self._http.post(
                     self._url(request),
                     content=request.content(),
                     headers=request.headers(self._client_key),
+                    timeout=self.timeouts.httpx(left),
                 )
-            except httpx.TransportError as exc:
-                if last:
-                    raise _transport_error(request.call, exc) from None
+            except httpx.RequestError as exc:
+                error = _transport_error(request.call, exc)
             else:
-                if last or answer.status_code not in RETRYABLE:
-                    return outcome(request, answer.status_code, answer.content)
-            time.sleep(_pause(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns
+                if answer.status_code not in RETRYABLE:
+                    return outcome(request, answer.status_code, answer.content, self._hide)
+                error = _status_error(request, answer.status_code, answer.content, self._hide)
+            pause, left = _pause(attempt), deadline - time.monotonic()
+            if attempt == attempts - 1 or not _retryable(error) or left - pause <= 0.05:
+                raise error
+            time.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover - the last attempt raises
 
     # The CredexApi protocol, call by call.
 
@@ -397,26 +428,32 @@ class AsyncCredexHttpApi(_Config):
         await self.aclose()
 
     async def send(self, request: Request[T]) -> T:
-        """:meth:`CredexHttpApi.send`, awaited."""
+        """:meth:`CredexHttpApi.send`, awaited; each attempt is also cut off at the deadline
+        as a whole (httpx's read timeout applies to each read)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeouts.total
         attempts = self._attempts(request)
         for attempt in range(attempts):
-            last = attempt == attempts - 1 or loop.time() >= deadline
+            left = deadline - loop.time()
             try:
-                answer = await self._http.post(
-                    self._url(request),
-                    content=request.content(),
-                    headers=request.headers(self._client_key),
-                )
-            except httpx.TransportError as exc:
-                if last:
-                    raise _transport_error(request.call, exc) from None
+                async with asyncio.timeout(max(left, 0.0)):
+                    answer = await self._http.post(
+                        self._url(request),
+                        content=request.content(),
+                        headers=request.headers(self._client_key),
+                        timeout=self.timeouts.httpx(left),
+                    )
+            except (httpx.RequestError, TimeoutError) as exc:
+                error = _transport_error(request.call, exc)
             else:
-                if last or answer.status_code not in RETRYABLE:
-                    return outcome(request, answer.status_code, answer.content)
-            await asyncio.sleep(_pause(attempt))
-        raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns
+                if answer.status_code not in RETRYABLE:
+                    return outcome(request, answer.status_code, answer.content, self._hide)
+                error = _status_error(request, answer.status_code, answer.content, self._hide)
+            pause, left = _pause(attempt), deadline - loop.time()
+            if attempt == attempts - 1 or not _retryable(error) or left - pause <= 0.05:
+                raise error
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover - the last attempt raises
 
     async def login(self, phone: str) -> LoginResult:
         return await self.send(login(phone))

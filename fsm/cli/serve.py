@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from fsm.cli.common import EXIT_UNAVAILABLE, main, resolve, safe_url, store_options
-from fsm.errors import FsmError
+from fsm.errors import ConfigurationError, FsmError
 
 DEFAULT_ENGINE = "flows.credex.settings:engine_from_env"
 
@@ -96,6 +96,9 @@ def serve_command(
             app = server.build_simulator_app(factory, store, host=host, port=port, contacts=people)
         else:
             app = server.build_app(settings, factory, store)
+    except ConfigurationError as exc:  # a setting the factory reads (CREDEX_*, say)
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_UNAVAILABLE) from None
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="'--engine'") from None
     where = "memory" if url is None else safe_url(url)
@@ -118,13 +121,13 @@ def serve_command(
 def _contacts(given: tuple[str, ...], engine_ref: str) -> list[Any]:
     """The simulator's phone numbers: ``--contact`` values, else the factory module's
     ``SIMULATOR_CONTACTS`` (``(number, name[, note])`` tuples), else two test numbers."""
-    from adapters.whatsapp.simulator import Contact
+    from adapters.whatsapp.simulator.app import PHONE, Contact
 
     if given:
         people = []
         for raw in given:
             number, _, name = raw.partition("=")
-            if not number.isdigit():
+            if not PHONE.match(number):
                 raise click.BadParameter(
                     f"{raw!r}: NUMBER[=NAME], digits only", param_hint="'--contact'"
                 )

@@ -163,6 +163,61 @@ def test_no_secret_in_a_repr_or_an_error(server: FakeCredexServer) -> None:
     assert token not in str(garbled.value) and "eyJ" not in repr(garbled.value)
 
 
+def test_an_echoed_token_or_client_key_is_redacted(server: FakeCredexServer) -> None:
+    with client_for(server) as api:
+        token = api.login(ALICE).token
+        call = "getMemberDashboardByPhone"
+        server.api.fail_next(call, ApiError(400, call, f"bad token {token} ({token[:20]}x)"))
+        with pytest.raises(ApiError) as jwt_echo:
+            api.get_member_dashboard_by_phone(ALICE, token=token)
+        server.api.fail_next(call, ApiError(400, call, f"client key {DEV_CLIENT_KEY} refused"))
+        with pytest.raises(ApiError) as key_echo:
+            api.get_member_dashboard_by_phone(ALICE, token=token)
+    assert jwt_echo.value.message.startswith("bad token <redacted>")
+    assert key_echo.value.message == "client key <redacted> refused"
+    for caught in (jwt_echo, key_echo):
+        assert token not in str(caught.value) and DEV_CLIENT_KEY not in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_the_total_timeout_bounds_every_attempt(server: FakeCredexServer, kind: str) -> None:
+    """Retries stop at ``total``: each attempt here takes 0.6 s, so only two start in 1 s,
+    and an answer slower than what is left is cut off (504)."""
+    server.faults.add(Fault("delay", "login", count=10, seconds=0.6))
+    server.faults.add(Fault("status", "login", count=10, status=503))
+    timeouts = Timeouts(connect=1.0, read=5.0, total=1.0)
+    with pytest.raises(ApiError) as failed:
+        if kind == "sync":
+            with client_for(server, retries=5, timeouts=timeouts) as api:
+                api.login(ALICE)
+        else:
+
+            async def run() -> None:
+                async with AsyncCredexHttpApi(
+                    server.url, DEV_CLIENT_KEY, retries=5, timeouts=timeouts
+                ) as api:
+                    await api.login(ALICE)
+
+            asyncio.run(run())
+    assert failed.value.status in (503, 504)
+    assert len(server.seen("login")) == 2  # not the 6 that retries=5 would allow
+
+
+def test_faults_of_one_kind_fire_in_order(server: FakeCredexServer) -> None:
+    server.faults.status(503, "login")
+    server.faults.status(502, "login")
+    server.faults.shape("login")
+    statuses = []
+    with client_for(server, retries=0) as api:
+        for _ in range(3):
+            try:
+                api.login(ALICE)
+            except ApiError as exc:
+                statuses.append(exc.status)
+        assert api.login(ALICE).dashboard.member.firstname == "Alice"
+    assert statuses == [503, 502, 502]  # the shape fault waited for a 200 (then: 502 garbled)
+
+
 def test_a_call_that_changes_nothing_is_retried(server: FakeCredexServer) -> None:
     server.faults.status(503, "login")
     server.faults.drop("getMemberDashboardByPhone")

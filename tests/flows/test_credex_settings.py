@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import jwt
@@ -11,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from adapters import AsyncMemoryStore
 from flows.credex.fake import FakeCredexApi
 from flows.credex.fake_server import DEV_CLIENT_KEY, FakeCredexServer, rsa_key, serving
-from flows.credex.settings import CredexSettings, CredexSettingsError, engine_from_env
+from flows.credex.settings import CredexSettings, CredexSettingsError, JwksKeys, engine_from_env
 from fsm.blocking import BlockingEngine
 from fsm.errors import TokenRefused
 from tests.flows.conftest import ALICE
@@ -115,22 +116,88 @@ def test_jwks_keys_verify_the_apis_tokens_and_refuse_others(rs256: FakeCredexSer
         verifier.verify(forged)
 
 
-def test_an_unreachable_jwks_refuses_the_token() -> None:
+def test_an_unreachable_jwks_stops_startup() -> None:
     with serving() as gone:
         url = gone.url
     settings = CredexSettings.from_env(
         {"CREDEX_API_URL": url, "CREDEX_CLIENT_API_KEY": "c", "CREDEX_JWKS_URL": f"{url}/jwks"}
     )
     assert settings is not None
-    token = jwt.encode({"sub": "m", "exp": 4_000_000_000}, KEY, algorithm="RS256")
-    with pytest.raises(TokenRefused, match="no signing key"):
-        settings.verifier().verify(token)
+    with pytest.raises(CredexSettingsError, match="CREDEX_JWKS_URL: no usable key for RS256"):
+        settings.verifier()
+
+
+@pytest.mark.parametrize(
+    ("key", "algorithms", "problem"),
+    [
+        ("-----BEGIN PUBLIC KEY-----\\nnot a key\\n-----END PUBLIC KEY-----", "", "no usable key"),
+        ("a-shared-secret-of-32-bytes-or-more!", "rs256", "unknown rs256"),
+        ("a-shared-secret-of-32-bytes-or-more!", "RS256", "no usable key for RS256"),
+    ],
+)
+def test_a_key_that_cannot_verify_stops_startup(key: str, algorithms: str, problem: str) -> None:
+    """Not every member refused later: the settings fail when the engine is built."""
+    environ = {"CREDEX_API_URL": "https://x", "CREDEX_CLIENT_API_KEY": "c", "CREDEX_JWT_KEY": key}
+    if algorithms:
+        environ["CREDEX_JWT_ALGORITHMS"] = algorithms
+    settings = CredexSettings.from_env(environ)
+    assert settings is not None
+    with pytest.raises(CredexSettingsError, match=problem) as caught:
+        settings.verifier()
+    assert key not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["CREDEX_API_URL", "CREDEX_JWKS_URL"])
+def test_plain_http_is_for_loopback_only(name: str) -> None:
+    environ = {
+        "CREDEX_API_URL": "https://api.example",
+        "CREDEX_CLIENT_API_KEY": "c",
+        "CREDEX_JWKS_URL": "https://api.example/jwks",
+        name: "http://api.example/x",
+    }
+    with pytest.raises(CredexSettingsError, match=f"{name} must be https"):
+        CredexSettings.from_env(environ)
+    environ[name] = "http://127.0.0.1:8600/x"
+    assert CredexSettings.from_env(environ) is not None
+
+
+def test_jwks_keys_answer_from_memory_and_refetch_only_for_a_new_kid(
+    rs256: FakeCredexServer,
+) -> None:
+    url = f"{rs256.url}/.well-known/jwks.json"
+    keys = JwksKeys(url, cooldown=60)
+    keys.refresh()
+    token = rs256.api.login(ALICE).token
+    before = len(rs256.jwks_requests)
+    for _ in range(5):
+        keys(token)
+    assert len(rs256.jwks_requests) == before  # no fetch per token
+    stranger = jwt.encode({"sub": "x"}, rsa_key(), algorithm="RS256", headers={"kid": "k-9"})
+    with pytest.raises(jwt.InvalidTokenError, match="unknown key id"):
+        keys(stranger)  # within the cooldown: refused without a fetch
+    assert len(rs256.jwks_requests) == before
+    eager = JwksKeys(url, cooldown=0)
+    eager.refresh()
+    with pytest.raises(jwt.InvalidTokenError, match="unknown key id"):
+        eager(stranger)  # a rotation is fetched once, then the kid is still unknown
+    assert len(rs256.jwks_requests) == before + 2
+    stale = JwksKeys(url, lifespan=0)
+    stale.refresh()
+    fetched = len(rs256.jwks_requests)
+    assert stale(token) is not None  # answered from memory at once...
+    deadline = time.monotonic() + 5
+    while len(rs256.jwks_requests) == fetched and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(rs256.jwks_requests) == fetched + 1  # ...and refetched in the background
 
 
 def test_engine_from_env_talks_to_the_api_over_http(rs256: FakeCredexServer) -> None:
     before = len(rs256.seen("login"))
-    engine = BlockingEngine(engine_from_env(AsyncMemoryStore(), env(rs256)))
-    result = engine.handle(ALICE, "hi")
+    built = engine_from_env(AsyncMemoryStore(), env(rs256))
+    try:
+        result = BlockingEngine(built).handle(ALICE, "hi")
+    finally:
+        built.flow.close()  # type: ignore[attr-defined]
     assert result.snapshot.stage == "menu" and "Welcome Alice" in result.texts[0]
     assert len(rs256.seen("login")) == before + 1
 

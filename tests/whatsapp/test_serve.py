@@ -122,6 +122,39 @@ def test_a_missing_setting_is_one_line_and_exit_2(graph: FakeGraph) -> None:
     assert graph.token not in done.stderr + done.stdout
 
 
+@pytest.mark.parametrize(
+    ("extra", "line"),
+    [
+        ({"CREDEX_API_URL": "https://credex.example"}, "missing setting: CREDEX_CLIENT_API_KEY"),
+        (
+            {
+                "CREDEX_API_URL": "https://credex.example",
+                "CREDEX_CLIENT_API_KEY": "client-key-value",
+                "CREDEX_JWT_KEY": "shared-secret-value-of-32-bytes!!",
+                "CREDEX_JWT_ALGORITHMS": "RS256",
+            },
+            "CREDEX_JWT_KEY: no usable key for RS256",
+        ),
+    ],
+)
+def test_a_bad_credex_setting_is_one_line_and_exit_2(
+    graph: FakeGraph, extra: dict[str, str], line: str
+) -> None:
+    done = subprocess.run(
+        [FSM, "serve"],
+        env=serve_env(graph, **extra),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {line}"), done.stderr
+    assert "client-key-value" not in done.stderr and "shared-secret-value" not in done.stderr
+
+
 def test_the_reference_bot_runs_end_to_end_over_http(
     graph: FakeGraph, tmp_path: Path, served: list[Served]
 ) -> None:

@@ -153,7 +153,9 @@ def redeliver_and_switch(page: Page) -> None:
     version = page.panel("version")
     page.driver.find_element(By.ID, "redeliver").click()
     page.until("the re-delivery", lambda d: "Re-delivered" in d.find_element(By.ID, "chat").text)
-    page.until("its answer", lambda d: "webhook answered 200" in d.page_source)
+    note = page.driver.find_element(By.ID, "delivery-note")
+    page.until("its answer", lambda d: "webhook answered 200" in note.text)  # cleared, then set
+    page.driver.execute_script("return refreshSession()")  # the panel as of now
     page.shot("redelivered")
     assert len(page.bot_messages()) == sent and page.panel("version") == version
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,15 @@ from fsm.async_engine import AsyncEngine
 from fsm.ops.sessions import SessionReport
 from fsm.ops.validate import diagnose_view
 
-__all__ = ["Contact", "Simulator"]
+__all__ = ["PHONE", "Contact", "Simulator"]
 
 STATIC = Path(__file__).parent / "static"
-_PHONE = re.compile(r"^[1-9][0-9]{5,14}$")
+#: A phone number as WhatsApp gives it: international, digits only, no leading 0.
+PHONE = re.compile(r"^[1-9][0-9]{5,14}$")
+#: The Host names a page on loopback is reached by.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+#: The page loads only what this server serves.
+CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'"
 _MAX_TEXT = 4096
 _REPLY_KINDS = ("button_reply", "list_reply")
 
@@ -50,6 +56,9 @@ class Contact:
     number: str
     name: str
     note: str = ""
+
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class _BadInput(Exception):
@@ -70,6 +79,7 @@ class Simulator:
         phone_number_id: str,
         contacts: list[Contact],
         title: str = "",
+        hosts: frozenset[str] | None = LOOPBACK,
     ) -> None:
         if not contacts:
             raise ValueError("the simulator needs at least one contact")
@@ -84,21 +94,45 @@ class Simulator:
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
         self._last: dict[str, bytes] = {}  # user -> the last body posted for them
         self._senders: OrderedDict[str, str] = OrderedDict()  # wamid -> user, for read receipts
+        self._hosts = hosts  # the Host names the page may be reached by (None: any)
 
     def __repr__(self) -> str:
         return f"Simulator(webhook_url={self.webhook_url!r}, contacts={len(self.contacts)})"
 
     def routes(self) -> list[BaseRoute]:
+        """The page's routes, each behind :meth:`_guarded`, and the fake Graph API (which
+        checks the bot's bearer token instead)."""
+        page = self._guarded
         return [
-            Route("/", self.page, methods=["GET"]),
-            Route("/api/config", self.config, methods=["GET"]),
-            Route("/api/say", self.say, methods=["POST"]),
-            Route("/api/redeliver", self.redeliver, methods=["POST"]),
-            Route("/api/events", self.events, methods=["GET"]),
-            Route("/api/session", self.session, methods=["GET"]),
+            Route("/", page(self.page), methods=["GET"]),
+            Route("/api/config", page(self.config), methods=["GET"]),
+            Route("/api/say", page(self.say), methods=["POST"]),
+            Route("/api/redeliver", page(self.redeliver), methods=["POST"]),
+            Route("/api/events", page(self.events), methods=["GET"]),
+            Route("/api/session", page(self.session), methods=["GET"]),
             Route("/graph/{phone_number_id}/messages", self.graph, methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
+
+    def _guarded(self, handler: Handler) -> Handler:
+        """``handler`` for requests of the page itself only. Another site open in the same
+        browser can neither post as a user (a POST must be JSON, from this origin) nor read a
+        session through a DNS name pointed at loopback (the Host must be a known name)."""
+
+        async def guarded(request: Request) -> Response:
+            host = request.url.hostname or ""
+            if self._hosts is not None and host not in self._hosts:
+                return JSONResponse({"error": "unknown host"}, status_code=403)
+            origin = request.headers.get("origin")
+            if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+                return JSONResponse({"error": "cross-origin request refused"}, status_code=403)
+            if request.method == "POST" and not request.headers.get("content-type", "").startswith(
+                "application/json"
+            ):
+                return JSONResponse({"error": "send application/json"}, status_code=415)
+            return await handler(request)
+
+        return guarded
 
     async def aclose(self) -> None:
         self.hub.close()
@@ -107,7 +141,8 @@ class Simulator:
     # --- the page and its API ------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+        headers = {"cache-control": "no-cache", "content-security-policy": CSP}
+        return FileResponse(STATIC / "index.html", headers=headers)
 
     async def config(self, request: Request) -> Response:
         return JSONResponse(
@@ -200,7 +235,7 @@ class Simulator:
                 self.hub.publish(user, {"kind": "read", "id": wamid})
             return JSONResponse({"success": True})
         to = payload.get("to")
-        if not isinstance(to, str) or not _PHONE.match(to):
+        if not isinstance(to, str) or not PHONE.match(to):
             return _graph_error(400, 100, "Invalid parameter: to.")
         wamid = meta.new_wamid()
         self.hub.publish(to, {"kind": "bot", "id": wamid, "payload": payload})
@@ -248,7 +283,7 @@ async def _json(request: Request) -> dict[str, Any]:
 
 
 def _user(raw: object) -> str:
-    if not isinstance(raw, str) or not _PHONE.match(raw):
+    if not isinstance(raw, str) or not PHONE.match(raw):
         raise _BadInput("user must be a phone number in international form, digits only")
     return raw
 

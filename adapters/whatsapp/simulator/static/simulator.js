@@ -8,8 +8,8 @@ const $ = (id) => document.getElementById(id);
 const state = { user: null, contacts: [], events: null, chosenRow: null, sheetFor: null, refresh: null, ttlAt: null };
 
 // --- WhatsApp formatting: *bold*, _italic_, ~strike~, ```mono```, after HTML escaping ------------
-function escapeHtml(text) {
-  return text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+function escapeHtml(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
 function inline(html, mark, tag) {
@@ -19,7 +19,7 @@ function inline(html, mark, tag) {
 }
 
 function format(text) {
-  let html = escapeHtml(text || "");
+  let html = escapeHtml(text);
   html = html.replace(/```([\s\S]+?)```/g, "<code>$1</code>");
   html = inline(html, "*", "b");
   html = inline(html, "_", "i");
@@ -104,7 +104,7 @@ function showInteractive(event, it) {
 }
 
 function mark(event) {
-  const ticks = document.querySelector(`.msg.user[data-id="${CSS.escape(event.id)}"] .ticks`);
+  const ticks = document.querySelector(`.msg.user[data-id="${CSS.escape(String(event.id))}"] .ticks`);
   if (!ticks) return;
   if (event.kind === "read") ticks.classList.add("read");
   ticks.innerHTML = "&#10003;&#10003;";
@@ -130,7 +130,10 @@ function onEvent(event) {
   else if (event.kind === "bot") showBot(event);
   else if (event.kind === "read") mark(event);
   else if (event.kind === "delivery") showDelivery(event);
-  else if (event.kind === "redelivered") note(`Re-delivered ${shortId(event.id)} (the same wamid)`);
+  else if (event.kind === "redelivered") {
+    note(`Re-delivered ${shortId(event.id)} (the same wamid)`);
+    $("delivery-note").textContent = "";
+  }
   scrollDown();
   if (event.kind !== "user") refreshSoon();
 }
@@ -192,6 +195,7 @@ async function refreshSession() {
   const answer = await fetch(`/api/session?user=${encodeURIComponent(user)}`);
   if (!answer.ok || user !== state.user) return;
   const { session, history } = await answer.json();
+  if (user !== state.user) return; // the number changed while this was on its way
   const s = session || {};
   $("session-stage").textContent = s.stage || "-";
   $("session-step").textContent = s.step || "-";
@@ -214,6 +218,7 @@ async function refreshSession() {
     li.textContent = `v${h.version} ${where(h.from_stage, h.from_step)} → ${where(h.to_stage, h.to_step)} (${h.event || "stay"}) ${clock(h.at)}`;
     list.appendChild(li);
   }
+  document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
 }
 
 function showTtl() {
@@ -251,8 +256,9 @@ function fillContacts() {
     if (!other) useNumber(select.value);
   });
   $("other-use").addEventListener("click", () => {
-    const number = $("other-number").value.replace(/[^0-9]/g, "");
-    if (number.length >= 6) useNumber(number);
+    const number = $("other-number").value.replace(/[\s+()-]/g, "");
+    if (/^[1-9][0-9]{5,14}$/.test(number)) useNumber(number);
+    else note("A number is 6 to 15 digits in international form, such as 263771234567.", true);
   });
 }
 
