@@ -347,7 +347,8 @@ class RedisStore(Store):
             else:
                 infos = [self.client.info()]
             totals: dict[str, int | float] = {}
-            for name in ("expired_keys", "evicted_keys", "used_memory", "keyspace_hits"):
+            names = ("expired_keys", "evicted_keys", "used_memory", "maxmemory", "keyspace_hits")
+            for name in names:
                 values = [info[name] for info in infos if isinstance(info.get(name), int | float)]
                 if values:
                     totals[name] = sum(values)

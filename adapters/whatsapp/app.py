@@ -11,6 +11,7 @@ messages already applied are not applied twice). An error never answers 500 with
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -118,6 +119,7 @@ def create_app(
         return PlainTextResponse("ok")
 
     async def prometheus(request: Request) -> Response:
+        metrics.store_up.set(1 if await _store_answers(store) else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def server_error(request: Request, exc: Exception) -> Response:
@@ -151,6 +153,16 @@ def _lifespan(
             yield
 
     return lifespan
+
+
+async def _store_answers(store: AsyncStore, timeout: float = 1.0) -> bool:
+    """One read of a reserved key within ``timeout`` seconds: is the store usable now?"""
+    try:
+        async with asyncio.timeout(timeout):
+            await store.load("fsm-healthz")
+    except (FsmError, TimeoutError):
+        return False
+    return True
 
 
 def _same(given: str, expected: str) -> bool:

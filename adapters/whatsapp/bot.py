@@ -31,6 +31,7 @@ from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import mark_read
 from adapters.whatsapp.updates import Incoming, Update
 from fsm.async_engine import AsyncEngine
+from fsm.ops.prometheus import EngineCollector
 from fsm.errors import ConflictError, FsmError, LockTimeout, SchemaTooNew, StoreUnavailable
 from fsm.reply import Reply
 from fsm.snapshot import Outgoing
@@ -70,6 +71,8 @@ class WhatsAppBot:
         self.engine = engine
         self.client = client
         self.metrics = metrics if metrics is not None else WhatsAppMetrics()
+        # The engine's counters and store latency, read at scrape time, beside the transport's.
+        self.metrics.registry.register(EngineCollector(engine))
         self.delivery = delivery if delivery is not None else Delivery(client, self.metrics)
         self.unsupported = unsupported
         self.mark_as_read = mark_as_read

@@ -6,7 +6,7 @@ message id, token or text is ever a label.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -61,6 +61,11 @@ class WhatsAppMetrics:
         self.confirm_failures = Counter(
             "fsm_whatsapp_confirm_failures",
             "Sent replies whose confirmation could not be saved (may be sent again).",
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "fsm_store_up",
+            "1 if the store answered a probe at this scrape, else 0.",
             registry=r,
         )
         self.mark_read = Counter(

@@ -4,8 +4,9 @@ Each group of commands lives in its own module: :mod:`fsm.cli.chat` (``fsm chat`
 :mod:`fsm.cli.graph` (``fsm graph``) and the operator's commands, which work on any store
 (``--store URL`` or ``FSM_STORE``): :mod:`fsm.cli.sessions` (``inspect``, ``history``, ``ls``),
 :mod:`fsm.cli.repair` (``check``, ``recover``, ``quarantine``), :mod:`fsm.cli.migrate`,
-:mod:`fsm.cli.backup` (``backup``, ``restore``) and :mod:`fsm.cli.monitor` (``metrics``,
-``health``). No command prints a token unless asked to with ``--show-secrets``.
+:mod:`fsm.cli.backup` (``backup``, ``restore``), :mod:`fsm.cli.monitor` (``metrics``,
+``health``) and :mod:`fsm.cli.monitoring` (alerting rules and a dashboard). No command prints
+a token unless asked to with ``--show-secrets``.
 
 Exit codes: 0 success; 1 the command ran and found a problem (an unknown user, invalid sessions,
 an unhealthy store, a failed transcript expectation); 2 bad usage or an unreachable store.
@@ -26,6 +27,7 @@ from fsm.cli import chat as _chat  # noqa: F401  isort: skip
 from fsm.cli import graph as _graph  # noqa: F401  isort: skip
 from fsm.cli import migrate as _migrate  # noqa: F401  isort: skip
 from fsm.cli import monitor as _monitor  # noqa: F401  isort: skip
+from fsm.cli import monitoring as _monitoring  # noqa: F401  isort: skip
 from fsm.cli import repair as _repair  # noqa: F401  isort: skip
 from fsm.cli import serve as _serve  # noqa: F401  isort: skip
 from fsm.cli import sessions as _sessions  # noqa: F401  isort: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from adapters.base import Store
 from fsm.cli.common import (
     EXIT_PROBLEM,
     Duration,
@@ -35,14 +36,30 @@ from fsm.ops.metrics import collect_metrics
     metavar="DURATION",
     help="What counts as expiring soon.",
 )
+@click.option(
+    "--serve",
+    "serve_at",
+    default=None,
+    metavar="[HOST:]PORT",
+    help="Serve the Prometheus format at http://HOST:PORT/metrics until stopped (an "
+    "exporter; each scrape scans the store). HOST defaults to 127.0.0.1.",
+)
 def metrics(
-    store_url: str | None, namespace: str, as_json: bool, prometheus: bool, expiring_within: float
+    store_url: str | None,
+    namespace: str,
+    as_json: bool,
+    prometheus: bool,
+    expiring_within: float,
+    serve_at: str | None,
 ) -> None:
     """Store-wide figures: sessions in all and by stage, locked, average TTL left, expiring
-    soon, expired since the server started (Redis INFO), unreadable and quarantined. One scan
-    of the store. The message path's counters live in the bot process: see
-    fsm.ops.prometheus.engine_registry."""
+    soon, expired and evicted keys, memory and maxmemory (Redis INFO), unreadable and
+    quarantined. One scan of the store. The message path's counters live in the bot
+    process (fsm serve's /metrics; fsm.ops.prometheus.engine_registry)."""
     store = open_store(store_url, namespace)
+    if serve_at is not None:
+        _serve_exporter(store, serve_at, expiring_within)
+        return
     if prometheus:
         from prometheus_client import generate_latest
 
@@ -72,7 +89,33 @@ def metrics(
         click.echo(f"newer schema          {m.newer_schema}  (written by newer code)")
     click.echo(f"quarantined           {m.quarantined}")
     if m.used_memory is not None:
-        click.echo(f"server memory         {m.used_memory / 1048576:.1f} MiB")
+        limit = "" if not m.maxmemory else f" of {m.maxmemory / 1048576:.1f} MiB maxmemory"
+        click.echo(f"server memory         {m.used_memory / 1048576:.1f} MiB{limit}")
+    if m.evicted_since_start:
+        click.echo(f"evicted since start   {m.evicted_since_start}  (lost sessions, if any)")
+
+
+def _serve_exporter(store: Store, where: str, expiring_within: float) -> None:
+    import time
+
+    from prometheus_client import start_http_server
+
+    from fsm.ops.prometheus import store_registry
+
+    host, _, port_text = where.rpartition(":")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise click.BadParameter(f"{where!r}: [HOST:]PORT", param_hint="'--serve'")
+    host = host.strip("[]") or "127.0.0.1"
+    registry = store_registry(store, expiring_within=expiring_within)
+    server, thread = start_http_server(int(port_text), addr=host, registry=registry)
+    click.echo(f"fsm metrics: serving http://{where if host else ''}/metrics", err=True)
+    try:
+        while thread.is_alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    finally:
+        server.shutdown()
 
 
 @main.command()

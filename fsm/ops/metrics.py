@@ -33,6 +33,8 @@ class StoreMetrics:
     unreadable: int = 0
     newer_schema: int = 0  # written by newer code: readable by it, not by this one
     used_memory: int | None = None  # bytes, the whole server
+    maxmemory: int | None = None  # bytes; 0: no limit
+    evicted_since_start: int | None = None  # the server's count (Redis INFO stats: all keys)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,4 +80,8 @@ def collect_metrics(
         metrics.expired_since_start = int(stats["expired_keys"])
     if "used_memory" in stats:
         metrics.used_memory = int(stats["used_memory"])
+    if "maxmemory" in stats:
+        metrics.maxmemory = int(stats["maxmemory"])
+    if "evicted_keys" in stats:
+        metrics.evicted_since_start = int(stats["evicted_keys"])
     return metrics

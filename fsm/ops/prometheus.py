@@ -27,7 +27,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from adapters.base import Store
+from fsm.async_engine import AsyncEngine
 from fsm.engine import Engine
+from fsm.errors import FsmError
 from fsm.ops.metrics import collect_metrics
 from fsm.stats import LATENCY_BUCKETS
 
@@ -48,13 +50,20 @@ COUNTERS = {
     "actions_abandoned": ("actions_abandoned", "Actions given up after repeated failure."),
     "lease_lost": ("leases_lost", "Leases that expired under a running step."),
     "step_failures": ("step_failures", "Steps that raised."),
+    "poisoned": ("sessions_poisoned", "Sessions reset after failing on message after message."),
+    "outbox_confirmed": ("outbox_confirmed", "Pending replies confirmed as sent."),
+    "outbox_dropped": ("outbox_dropped", "Pending replies dropped: the outbox was full."),
+    "outbox_confirm_failures": (
+        "outbox_confirm_failures",
+        "Confirmations of sent replies that could not be saved.",
+    ),
 }
 
 
 class EngineCollector(Collector):
     """The counters and store latency of one or more engines (summed), read at scrape time."""
 
-    def __init__(self, *engines: Engine) -> None:
+    def __init__(self, *engines: Engine | AsyncEngine) -> None:
         self.engines = engines
 
     def collect(self) -> Iterator[Metric]:
@@ -104,7 +113,15 @@ class StoreCollector(Collector):
         self.expiring_within = expiring_within
 
     def collect(self) -> Iterator[Metric]:
-        m = collect_metrics(self.store, expiring_within=self.expiring_within)
+        up = GaugeMetricFamily("fsm_store_up", "1 if the store answered this scrape, else 0.")
+        try:
+            m = collect_metrics(self.store, expiring_within=self.expiring_within)
+        except FsmError:  # unreachable: say so, rather than fail the whole scrape
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
 
         def gauge(name: str, text: str, value: float | None) -> GaugeMetricFamily | None:
             if value is None:
@@ -133,6 +150,8 @@ class StoreCollector(Collector):
                 m.newer_schema,
             ),
             gauge("quarantined", "Entries in the quarantine.", m.quarantined),
+            gauge("redis_used_memory_bytes", "Redis used_memory (INFO).", m.used_memory),
+            gauge("redis_maxmemory_bytes", "Redis maxmemory (INFO; 0: no limit).", m.maxmemory),
         ]
         if m.expired_since_start is not None:
             expired = CounterMetricFamily(
@@ -140,6 +159,13 @@ class StoreCollector(Collector):
             )
             expired.add_metric([], m.expired_since_start)
             families.append(expired)
+        if m.evicted_since_start is not None:
+            evicted = CounterMetricFamily(
+                "fsm_store_evicted_keys",
+                "Keys evicted since the server started (an evicted session is lost).",
+            )
+            evicted.add_metric([], m.evicted_since_start)
+            families.append(evicted)
         yield from (f for f in families if f is not None)
 
 
