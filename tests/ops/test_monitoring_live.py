@@ -212,6 +212,37 @@ def load(bot: Served, stop: threading.Event, sent: list[int]) -> None:
         time.sleep(0.02)
 
 
+def screenshots(prometheus: Prometheus, where: Path) -> None:
+    """Prometheus's alert and graph pages as they are now, where a browser is installed (for
+    the record: docs/monitoring.md shows one)."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+        from selenium.webdriver.common.by import By
+
+        from tests.whatsapp.test_simulator_page import CHROMIUM, DRIVER, FLAGS
+    except ImportError:
+        return
+    if CHROMIUM is None or DRIVER is None:
+        return
+    where.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={where / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        query = httpx.QueryParams({"g0.expr": "fsm_store_up", "g0.tab": "0"})
+        driver.get(f"{prometheus.url}/graph?{query}&g0.range_input=1m")
+        time.sleep(1.5)
+        driver.save_screenshot(str(where / "graph.png"))
+        driver.find_element(By.LINK_TEXT, "Alerts").click()
+        time.sleep(1.5)
+        driver.save_screenshot(str(where / "alerts.png"))
+    finally:
+        driver.quit()
+
+
 @pytest.mark.skipif(
     PROMETHEUS is None,
     reason="no prometheus: scripts/dev test installs Debian's prometheus package with apt-get; "
@@ -250,6 +281,7 @@ def test_prometheus_fires_store_down_when_redis_is_killed(
                     if a["labels"]["alertname"] == "FsmStoreDown" and a["state"] == "firing"
                 ],
             )
+            screenshots(prometheus, tmp_path / "screens")
         finally:
             stop.set()
             loader.join(15)
