@@ -93,3 +93,32 @@ def _existing_files_required(command: object, args: list[str]) -> list[str]:
             value = values[param.name]
             found.extend(value if isinstance(value, list | tuple) else [value])
     return [str(v) for v in found if v is not None]
+
+
+def test_the_strict_site_build_fails_on_a_broken_link(tmp_path: Path) -> None:
+    """What `scripts/dev test` relies on: `mkdocs build --strict` refuses a link to a page
+    that does not exist (run on a copy of the docs with one such link added)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    if not mkdocs.exists():
+        pytest.skip("mkdocs is in the docs extra (scripts/dev installs it)")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    for name in ("fsm", "adapters", "flows"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    page = tmp_path / "docs" / "index.md"
+    page.write_text(page.read_text() + "\nSee [the missing page](missing.md).\n")
+    done = subprocess.run(
+        [str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        check=False,
+    )
+    assert done.returncode != 0 and "missing.md" in done.stderr + done.stdout

@@ -31,8 +31,8 @@ from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import mark_read
 from adapters.whatsapp.updates import Incoming, Update
 from fsm.async_engine import AsyncEngine
-from fsm.ops.prometheus import EngineCollector
 from fsm.errors import ConflictError, FsmError, LockTimeout, SchemaTooNew, StoreUnavailable
+from fsm.ops.prometheus import EngineCollector
 from fsm.reply import Reply
 from fsm.snapshot import Outgoing
 

@@ -96,26 +96,20 @@ def metrics(
 
 
 def _serve_exporter(store: Store, where: str, expiring_within: float) -> None:
-    import time
-
-    from prometheus_client import start_http_server
-
-    from fsm.ops.prometheus import store_registry
+    from adapters.exporter import serve_store_metrics
 
     host, _, port_text = where.rpartition(":")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise click.BadParameter(f"{where!r}: [HOST:]PORT", param_hint="'--serve'")
     host = host.strip("[]") or "127.0.0.1"
-    registry = store_registry(store, expiring_within=expiring_within)
-    server, thread = start_http_server(int(port_text), addr=host, registry=registry)
-    click.echo(f"fsm metrics: serving http://{where if host else ''}/metrics", err=True)
+    click.echo(f"fsm metrics: serving http://{host}:{port_text}/metrics", err=True)
     try:
-        while thread.is_alive():
-            time.sleep(0.5)
+        serve_store_metrics(store, host, int(port_text), expiring_within=expiring_within)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    finally:
-        server.shutdown()
+    except OSError as exc:
+        click.echo(f"error: cannot serve on {where}: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 @main.command()
