@@ -99,7 +99,7 @@ def _serve_exporter(store: Store, where: str, expiring_within: float) -> None:
     from adapters.exporter import serve_store_metrics
 
     host, _, port_text = where.rpartition(":")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not port_text.isdecimal() or not port_text.isascii() or not 0 < int(port_text) < 65536:
         raise click.BadParameter(f"{where!r}: [HOST:]PORT", param_hint="'--serve'")
     host = host.strip("[]") or "127.0.0.1"
     click.echo(f"fsm metrics: serving http://{host}:{port_text}/metrics", err=True)

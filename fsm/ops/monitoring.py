@@ -46,6 +46,7 @@ class Threshold:
 THRESHOLDS: dict[str, Threshold] = {
     "job": Threshold('"fsm.*"', "regex of the bot's and the exporter's scrape job names"),
     "store_down_for": Threshold("1m", "how long the store may be unreachable before paging"),
+    "bot_down_for": Threshold("1m", "how long a bot or exporter may fail its scrape"),
     "store_latency_p99": Threshold("0.25", "seconds: p99 of a store operation"),
     "conflict_ratio": Threshold("0.05", "compare-and-set conflicts per applied message"),
     "lock_timeouts": Threshold("5", "lock timeouts in 10 minutes"),
@@ -57,6 +58,7 @@ THRESHOLDS: dict[str, Threshold] = {
     "sustained": Threshold("10m", "how long a rate must stay high before it alerts"),
 }
 
+DURATIONS = frozenset({"store_down_for", "bot_down_for", "sustained"})
 _PLACEHOLDER = re.compile(r"\{([a-z0-9_]+)\}")
 
 
@@ -70,9 +72,18 @@ def resolve_thresholds(overrides: Mapping[str, str] = {}) -> dict[str, str]:
         )
     values = {name: t.default for name, t in THRESHOLDS.items()}
     for name, value in overrides.items():
-        if name != "job" and not re.fullmatch(r"[0-9.]+(ms|s|m|h|d)?", value):
-            raise ValueError(f"threshold {name} must be a number or a duration, not {value!r}")
-        values[name] = json.dumps(value) if name == "job" else value
+        if name == "job":
+            values[name] = json.dumps(value.strip().strip("\"'"))
+        elif name in DURATIONS:
+            if not re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", value):
+                raise ValueError(f"threshold {name} must be a duration such as 30s or 5m")
+            values[name] = value
+        else:
+            try:
+                float(value)
+            except ValueError:
+                raise ValueError(f"threshold {name} must be a number, not {value!r}") from None
+            values[name] = value
     return values
 
 
@@ -111,6 +122,8 @@ class Alert:
 
 
 JOB = "job=~{job}"
+#: Graph API answers that refuse the account itself (see adapters.whatsapp.graph).
+ACCOUNT_CODES = '"190|10|200|http_401|http_403"'
 ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmStoreDown",
@@ -118,23 +131,23 @@ ALERTS: tuple[Alert, ...] = (
         f"min by (job, instance) (fsm_store_up{{{JOB}}}) == 0",
         "{store_down_for}",
         "The bot cannot reach its store",
-        "{{ $labels.instance }} has not reached its store for {store_down_for}: every "
-        "message is answered 503 and waits for Meta's re-delivery.",
+        "{{ $labels.instance }} has not reached its store for {store_down_for} (a probe "
+        "of 1 s at each scrape): messages are answered 503 and wait for Meta's re-delivery.",
     ),
     Alert(
         "FsmBotDown",
         "page",
         f"up{{{JOB}}} == 0",
-        "{store_down_for}",
+        "{bot_down_for}",
         "A bot or exporter cannot be scraped",
-        "{{ $labels.instance }} ({{ $labels.job }}) has not answered /metrics for "
-        "{store_down_for}.",
+        "{{ $labels.instance }} ({{ $labels.job }}) has not answered /metrics for {bot_down_for}.",
     ),
     Alert(
         "FsmStoreLatencyHigh",
         "warning",
-        "histogram_quantile(0.99, sum by (le, operation) "
-        f"(rate(fsm_store_seconds_bucket{{{JOB}}}[5m]))) > {{store_latency_p99}}",
+        "histogram_quantile(0.99, sum by (job, le, operation) "
+        f'(rate(fsm_store_seconds_bucket{{operation!="lock",{JOB}}}[5m]))) '
+        "> {store_latency_p99}",
         "{sustained}",
         "Store operations are slow",
         "p99 of store {{ $labels.operation }} is {{ $value | humanizeDuration }} "
@@ -143,8 +156,8 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmConflictRateHigh",
         "warning",
-        f"sum(rate(fsm_conflicts_total{{{JOB}}}[5m])) / "
-        f"clamp_min(sum(rate(fsm_messages_applied_total{{{JOB}}}[5m])), 1e-9) "
+        f"sum by (job) (rate(fsm_conflicts_total{{{JOB}}}[5m])) / "
+        f"clamp_min(sum by (job) (rate(fsm_messages_applied_total{{{JOB}}}[5m])), 1e-9) "
         "> {conflict_ratio}",
         "{sustained}",
         "Many compare-and-set conflicts",
@@ -154,7 +167,7 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmLockTimeouts",
         "warning",
-        f"sum(increase(fsm_lock_timeouts_total{{{JOB}}}[10m])) > {{lock_timeouts}}",
+        f"sum by (job) (increase(fsm_lock_timeouts_total{{{JOB}}}[10m])) > {{lock_timeouts}}",
         "0s",
         "Messages time out waiting for a user's lock",
         "{{ $value }} lock timeouts in 10 minutes (threshold {lock_timeouts}).",
@@ -162,7 +175,7 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmLeasesLost",
         "warning",
-        f"sum(increase(fsm_leases_lost_total{{{JOB}}}[10m])) > 0",
+        f"sum by (job) (increase(fsm_leases_lost_total{{{JOB}}}[10m])) > 0",
         "0s",
         "A lease expired under a running step",
         "{{ $value }} leases were lost in 10 minutes: a step ran longer than lock_ttl.",
@@ -170,7 +183,7 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmCorruptSnapshots",
         "warning",
-        f"sum(increase(fsm_corrupt_snapshots_total{{{JOB}}}[15m])) > 0",
+        f"sum by (job) (increase(fsm_corrupt_snapshots_total{{{JOB}}}[15m])) > 0",
         "0s",
         "Corrupt snapshots were quarantined",
         "{{ $value }} sessions did not decode in 15 minutes and were quarantined.",
@@ -178,7 +191,7 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmVersionRegression",
         "page",
-        f"sum(increase(fsm_version_regressions_total{{{JOB}}}[15m])) > 0",
+        f"sum by (job) (increase(fsm_version_regressions_total{{{JOB}}}[15m])) > 0",
         "0s",
         "A session's version went backwards",
         "{{ $value }} stored versions went backwards: a failover or restore lost "
@@ -197,7 +210,7 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmRedisEvictions",
         "page",
-        f"sum(increase(fsm_store_evicted_keys_total{{{JOB}}}[10m])) > 0",
+        f"sum by (job) (increase(fsm_store_evicted_keys_total{{{JOB}}}[10m])) > 0",
         "0s",
         "Redis evicted keys",
         "{{ $value }} keys were evicted in 10 minutes: an evicted session is a lost conversation.",
@@ -205,7 +218,7 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmActionsAbandoned",
         "warning",
-        f"sum(increase(fsm_actions_abandoned_total{{{JOB}}}[15m])) > 0",
+        f"sum by (job) (increase(fsm_actions_abandoned_total{{{JOB}}}[15m])) > 0",
         "0s",
         "Actions were given up",
         "{{ $value }} actions (API calls with side effects) were abandoned after repeated "
@@ -214,7 +227,7 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmSessionsPoisoned",
         "warning",
-        f"sum(increase(fsm_sessions_poisoned_total{{{JOB}}}[30m])) > 0",
+        f"sum by (job) (increase(fsm_sessions_poisoned_total{{{JOB}}}[30m])) > 0",
         "0s",
         "A user's steps keep failing",
         "{{ $value }} sessions were reset in 30 minutes after failing on every message.",
@@ -222,18 +235,18 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmStepFailureRateHigh",
         "warning",
-        f"sum(rate(fsm_step_failures_total{{{JOB}}}[5m])) / "
-        f"clamp_min(sum(rate(fsm_messages_applied_total{{{JOB}}}[5m])), 1e-9) "
+        f"sum by (job) (rate(fsm_step_failures_total{{{JOB}}}[5m])) / "
+        f"clamp_min(sum by (job) (rate(fsm_messages_applied_total{{{JOB}}}[5m])), 1e-9) "
         "> {step_failure_ratio}",
         "{sustained}",
         "Many steps fail",
-        "{{ $value | humanizePercentage }} of messages hit a failing step "
+        "{{ $value | humanizePercentage }} failed steps per applied message "
         "(threshold {step_failure_ratio}).",
     ),
     Alert(
         "FsmWebhookSignatureFailures",
         "warning",
-        f"sum(increase(fsm_whatsapp_signature_failures_total{{{JOB}}}[10m])) "
+        f"sum by (job) (increase(fsm_whatsapp_signature_failures_total{{{JOB}}}[10m])) "
         "> {signature_failures}",
         "0s",
         "Webhook POSTs with a bad signature",
@@ -243,7 +256,7 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmWhatsAppSendFailures",
         "warning",
-        'sum by (code) (increase(fsm_whatsapp_sends_total{outcome="failed",'
+        'sum by (job, code) (increase(fsm_whatsapp_sends_total{outcome="failed",'
         f"{JOB}}}[10m])) > {{send_failures}}",
         "0s",
         "Graph API sends fail",
@@ -252,16 +265,18 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmWhatsAppTokenRefused",
         "page",
-        f'sum(increase(fsm_whatsapp_sends_total{{code="190",{JOB}}}[5m])) > 0',
+        f"sum by (job, code) (increase(fsm_whatsapp_sends_total{{code=~{ACCOUNT_CODES},{JOB}}}"
+        "[15m])) > 0",
         "0s",
         "The Graph API refuses the access token",
-        "Sends fail with code 190: WHATSAPP_ACCESS_TOKEN expired or was revoked; no reply "
-        "reaches users.",
+        "Sends are refused for the account (code {{ $labels.code }}: 190 the access token, "
+        "10/200 a permission, or HTTP 401/403): no reply reaches users until it is fixed.",
     ),
     Alert(
         "FsmRepliesPending",
         "warning",
-        f"sum(increase(fsm_whatsapp_replies_pending_total{{{JOB}}}[15m])) > {{replies_pending}}",
+        f"sum by (job) (increase(fsm_whatsapp_replies_pending_total{{{JOB}}}[15m])) "
+        "> {replies_pending}",
         "0s",
         "Replies are left pending",
         "{{ $value }} replies ran out of retries in 15 minutes; they go out at the user's "
@@ -457,12 +472,14 @@ PANELS: tuple[Panel, ...] = (
     Panel("Average TTL left", (f"avg(fsm_session_ttl_average_seconds{{{JOB}}})",), "s"),
     Panel(
         "Redis memory used / maxmemory",
-        (
-            f"fsm_redis_used_memory_bytes{{{JOB}}} / (fsm_redis_maxmemory_bytes{{{JOB}}} > 0)",
-            f"fsm_redis_used_memory_bytes{{{JOB}}}",
-        ),
+        (f"fsm_redis_used_memory_bytes{{{JOB}}} / (fsm_redis_maxmemory_bytes{{{JOB}}} > 0)",),
         "percentunit",
         "memory_ratio",
+    ),
+    Panel(
+        "Redis memory",
+        (f"fsm_redis_used_memory_bytes{{{JOB}}}", f"fsm_redis_maxmemory_bytes{{{JOB}}}"),
+        "bytes",
     ),
     Panel(
         "Redis keys expired and evicted /s",

@@ -38,12 +38,12 @@ def counter(name: str, per_minute: float, **labels: str) -> dict[str, str]:
     return series(name, f"0+{per_minute}x40", **labels)
 
 
-def latency(seconds: float) -> list[dict[str, str]]:
+def latency(seconds: float, operation: str = "save") -> list[dict[str, str]]:
     """store_seconds buckets for 60 operations a minute, each taking ``seconds``."""
     out = []
     for bound in ("0.001", "0.01", "0.1", "0.5", "1.0", "+Inf"):
         rate = 60 if bound == "+Inf" or float(bound) >= seconds else 0
-        out.append(counter("fsm_store_seconds_bucket", rate, le=bound, operation="save"))
+        out.append(counter("fsm_store_seconds_bucket", rate, le=bound, operation=operation))
     return out
 
 
@@ -51,14 +51,14 @@ def latency(seconds: float) -> list[dict[str, str]]:
 CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, str]]]] = {
     "FsmStoreDown": ([flat("fsm_store_up", 0)], [flat("fsm_store_up", 1)]),
     "FsmBotDown": ([series("up", "0x40")], [series("up", "1x40")]),
-    "FsmStoreLatencyHigh": (latency(0.4), latency(0.005)),
+    "FsmStoreLatencyHigh": (latency(0.4), latency(0.005)),  # and lock waits, below
     "FsmConflictRateHigh": (
         [counter("fsm_conflicts_total", 30), counter("fsm_messages_applied_total", 100)],
         [counter("fsm_conflicts_total", 1), counter("fsm_messages_applied_total", 100)],
     ),
     "FsmLockTimeouts": (
         [counter("fsm_lock_timeouts_total", 2)],
-        [counter("fsm_lock_timeouts_total", 0)],
+        [counter("fsm_lock_timeouts_total", 0.4)],  # 4 in 10 minutes: under the 5
     ),
     "FsmLeasesLost": ([counter("fsm_leases_lost_total", 1)], [flat("fsm_leases_lost_total", 3)]),
     "FsmCorruptSnapshots": (
@@ -71,7 +71,7 @@ CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, str]]]] = {
     ),
     "FsmRedisMemoryHigh": (
         [flat("fsm_redis_used_memory_bytes", 95e6), flat("fsm_redis_maxmemory_bytes", 100e6)],
-        [flat("fsm_redis_used_memory_bytes", 95e6), flat("fsm_redis_maxmemory_bytes", 0)],
+        [flat("fsm_redis_used_memory_bytes", 50e6), flat("fsm_redis_maxmemory_bytes", 100e6)],
     ),
     "FsmRedisEvictions": (
         [counter("fsm_store_evicted_keys_total", 3)],
@@ -95,10 +95,10 @@ CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, str]]]] = {
     ),
     "FsmWhatsAppSendFailures": (
         [counter("fsm_whatsapp_sends_total", 2, outcome="failed", code="131047")],
-        [counter("fsm_whatsapp_sends_total", 50, outcome="sent", code="")],
+        [counter("fsm_whatsapp_sends_total", 0.4, outcome="failed", code="131047")],
     ),
     "FsmWhatsAppTokenRefused": (
-        [counter("fsm_whatsapp_sends_total", 1, outcome="failed", code="190")],
+        [counter("fsm_whatsapp_sends_total", 1, outcome="held", code="190")],
         [counter("fsm_whatsapp_sends_total", 1, outcome="failed", code="131047")],
     ),
     "FsmRepliesPending": (
@@ -117,11 +117,15 @@ def unit_tests(rules: Path) -> dict[str, Any]:
     tests = []
     for alert in ALERTS:
         firing, quiet = CASES[alert.name]
-        for input_series, fires in ((firing, True), (quiet, False)):
+        elsewhere = [{**x, "series": x["series"].replace('job="fsm-bot"', 'job="node"')}
+                     for x in firing]  # fmt: skip
+        extra = [(latency(0.9, "lock"), False)] if alert.name == "FsmStoreLatencyHigh" else []
+        for input_series, fires in ((firing, True), (quiet, False), (elsewhere, False), *extra):
             expected = [{"exp_labels": _labels(alert.name, s)} for s in input_series[:1]]
             tests.append(
                 {
-                    "name": f"{alert.name} {'fires' if fires else 'stays quiet'}",
+                    "name": f"{alert.name} {'fires' if fires else 'stays quiet'}"
+                    + ("" if input_series is not elsewhere else " for another job"),
                     "interval": "1m",
                     "input_series": input_series,
                     "alert_rule_test": [
@@ -139,13 +143,15 @@ def unit_tests(rules: Path) -> dict[str, Any]:
 def _labels(alert: str, first: dict[str, str]) -> dict[str, str]:
     """The labels the firing alert carries: its severity plus what its expression keeps."""
     severity = next(a.severity for a in ALERTS if a.name == alert)
-    kept: dict[str, str] = {"severity": severity}
+    kept: dict[str, str] = {"severity": severity, "job": JOB["job"]}
     if alert in ("FsmStoreDown", "FsmBotDown", "FsmRedisMemoryHigh"):
         kept |= JOB
     if alert == "FsmStoreLatencyHigh":
         kept["operation"] = "save"
     if alert == "FsmWhatsAppSendFailures":
         kept["code"] = "131047"
+    if alert == "FsmWhatsAppTokenRefused":
+        kept["code"] = "190"
     return kept
 
 
@@ -185,8 +191,8 @@ def test_a_firing_alert_carries_its_words_and_runbook(tmp_path: Path) -> None:
     suite["tests"] = [t for t in suite["tests"] if t["name"] == "FsmStoreDown fires"]
     suite["tests"][0]["alert_rule_test"][0]["exp_alerts"][0]["exp_annotations"] = {
         "summary": "The bot cannot reach its store",
-        "description": "bot-1 has not reached its store for 2m: every message is answered "
-        "503 and waits for Meta's re-delivery.",
+        "description": "bot-1 has not reached its store for 2m (a probe of 1 s at each "
+        "scrape): messages are answered 503 and wait for Meta's re-delivery.",
         "runbook_url": "https://d.example/ops#fsmstoredown",
     }
     tests = tmp_path / "t.yml"
@@ -215,8 +221,13 @@ def test_thresholds_are_adjustable(tmp_path: Path) -> None:
 def test_a_bad_threshold_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown threshold nope"):
         rules_yaml({"nope": "1"})
-    with pytest.raises(ValueError, match="must be a number or a duration"):
+    with pytest.raises(ValueError, match="must be a number"):
         rules_yaml({"conflict_ratio": "0.5) or vector(1"})
+    with pytest.raises(ValueError, match="must be a duration"):
+        rules_yaml({"store_down_for": "5"})
+    with pytest.raises(ValueError, match="must be a number"):
+        dashboard({"conflict_ratio": "5m"})
+    assert 'job=~\\"fsm-bot\\"' in rules_yaml({"job": '"fsm-bot"'})  # quotes copied: dropped
 
 
 def test_every_alert_has_words_a_runbook_section_and_a_severity() -> None:
