@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from adapters import MemoryStore, Store
@@ -26,3 +28,28 @@ class FailingSaves(MemoryStore):
             self.failing -= 1 if self.failing > 0 else 0
             raise StoreUnavailable("save", user_key=user_key, detail="connection reset")
         return super().save(user_key, payload, **kw)
+
+
+def wait_http(
+    url: str,
+    process: Any,
+    *,
+    timeout: float = 30.0,
+    log: Path | None = None,
+    interval: float = 0.05,
+) -> None:
+    """Wait until ``url`` answers 200, while ``process`` (a ``subprocess.Popen``) runs; a
+    RuntimeError, with ``log``'s text, if it exits first or ``timeout`` seconds pass."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            told = f":\n{log.read_text()}" if log is not None and log.exists() else ""
+            raise RuntimeError(f"{url} did not come up{told}")
+        time.sleep(interval)

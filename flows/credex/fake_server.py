@@ -49,6 +49,7 @@ log = logging.getLogger("flows.credex.fake_server")
 DEV_CLIENT_KEY = "credex-dev-client-key"
 _MAX_BODY = 64 * 1024
 _KINDS = ("delay", "status", "drop", "shape")
+_NOT_JSON = object()  # a body that did not decode
 
 
 @dataclass(slots=True)
@@ -238,8 +239,13 @@ class FakeCredexServer:
         """(status, JSON body) for one request; raises :class:`_Drop` to drop the connection."""
         if call not in _ROUTES:
             return 404, {"message": f"no such call {call!r}"}
-        self._record(call, headers, raw)
-        if not self._client_ok(headers):
+        try:  # decoded once: the record and the call both read it
+            body: Any = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            body = _NOT_JSON
+        client_ok = self._client_ok(headers)
+        self._record(call, headers, None if body is _NOT_JSON else body, client_ok)
+        if not client_ok:
             return 403, {"message": "client api key refused"}
         delay = self.faults.take(call, ("delay",))
         failure = self.faults.take(call, ("status", "drop"))
@@ -247,7 +253,7 @@ class FakeCredexServer:
             time.sleep(delay.seconds)
         if failure is not None and not failure.applied:
             return self._fail(failure)
-        status, body = self._run(call, headers, raw)
+        status, body = self._run(call, headers, body)
         if delay is not None and delay.applied:
             time.sleep(delay.seconds)
         if failure is not None:
@@ -256,18 +262,14 @@ class FakeCredexServer:
             body = _reshaped(body)
         return status, body
 
-    def _record(self, call: str, headers: dict[str, str], raw: bytes) -> None:
-        try:
-            body = msgspec.json.decode(raw) if raw else None
-        except msgspec.DecodeError:
-            body = None
+    def _record(self, call: str, headers: dict[str, str], body: Any, client_ok: bool) -> None:
         auth = headers.get("authorization")
         entry = {
             "call": call,
             "body": body,
             "bearer": None if auth is None else auth.startswith("Bearer ") and len(auth) > 7,
             "idempotency_key": headers.get("idempotency-key"),
-            "client_key_ok": self._client_ok(headers),
+            "client_key_ok": client_ok,
             "content_type": headers.get("content-type"),
         }
         with self._lock:
@@ -283,10 +285,8 @@ class FakeCredexServer:
             raise _Drop
         return fault.status, {"message": "injected failure"}
 
-    def _run(self, call: str, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
-        try:
-            body = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
+    def _run(self, call: str, headers: dict[str, str], body: Any) -> tuple[int, Any]:
+        if body is _NOT_JSON:
             return 400, {"message": "the body is not JSON"}
         if not isinstance(body, dict):
             return 400, {"message": "the body must be a JSON object"}

@@ -22,6 +22,7 @@ import pytest
 
 from fsm.ops.monitoring import ALERTS, dashboard, metric_names, rules_yaml
 from tests.redis_servers import RedisServer, free_port
+from tests.support import wait_http
 from tests.whatsapp import payloads as p
 from tests.whatsapp.fake_graph import fake_graph
 from tests.whatsapp.test_serve import Served, serve_env
@@ -45,26 +46,13 @@ class Exporter:
             stdin=subprocess.DEVNULL,
             cwd=ROOT,
         )
-        _wait_for(self.url, self.process)
+        wait_http(self.url, self.process)
 
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(10)
         self.log.close()
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not come up")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -166,7 +154,7 @@ class Prometheus:
             stdin=subprocess.DEVNULL,
             cwd=tmp,
         )
-        _wait_for(f"{self.url}/-/ready", self.process)
+        wait_http(f"{self.url}/-/ready", self.process, log=tmp / "prometheus.log")
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
-
 from tests.redis_servers import free_port
+from tests.support import wait_http
 
 ROOT = Path(__file__).parents[2]
 
@@ -38,17 +36,11 @@ class Stack:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 120  # the first run may still install packages
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"scripts/dev serve did not start:\n{self.log.read_text()}")
-            time.sleep(0.1)
+        try:  # the first run may still install packages
+            wait_http(f"{self.url}/healthz", self.process, timeout=120, log=self.log)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def pids(self) -> set[int]:
         """Every live process in the stack's process group."""

@@ -26,6 +26,7 @@ from flows.credex.fake_server import serving as credex_serving
 from fsm.async_engine import AsyncEngine
 from tests import redis_servers
 from tests.fsm.sample_flows import Counter
+from tests.support import wait_http
 
 from . import payloads as p
 from .conftest import start_webhook, stored
@@ -66,16 +67,7 @@ class Served:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"fsm serve did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
+        wait_http(f"{self.url}/healthz", self.process, log=self.log)
 
     def post(self, raw: bytes, timeout: float = 30) -> httpx.Response:
         return httpx.post(
@@ -103,10 +95,9 @@ def served(tmp_path: Path) -> Iterator[list[Served]]:
         server.stop()
 
 
-def test_a_missing_setting_is_one_line_and_exit_2(graph: FakeGraph) -> None:
-    env = serve_env(graph)
-    del env["WHATSAPP_APP_SECRET"]
-    done = subprocess.run(
+def refused(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``fsm serve`` with ``env``, expected to refuse to start."""
+    return subprocess.run(
         [FSM, "serve"],
         env=env,
         capture_output=True,
@@ -115,6 +106,12 @@ def test_a_missing_setting_is_one_line_and_exit_2(graph: FakeGraph) -> None:
         stdin=subprocess.DEVNULL,
         check=False,
     )
+
+
+def test_a_missing_setting_is_one_line_and_exit_2(graph: FakeGraph) -> None:
+    env = serve_env(graph)
+    del env["WHATSAPP_APP_SECRET"]
+    done = refused(env)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: missing setting: WHATSAPP_APP_SECRET (see docs/whatsapp.md)"
@@ -140,15 +137,7 @@ def test_a_missing_setting_is_one_line_and_exit_2(graph: FakeGraph) -> None:
 def test_a_bad_credex_setting_is_one_line_and_exit_2(
     graph: FakeGraph, extra: dict[str, str], line: str
 ) -> None:
-    done = subprocess.run(
-        [FSM, "serve"],
-        env=serve_env(graph, **extra),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    done = refused(serve_env(graph, **extra))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {line}"), done.stderr
