@@ -41,6 +41,7 @@ from adapters.base import (
     SessionView,
     Store,
 )
+from adapters.redis_keys import DEFAULT_NAMESPACE
 from adapters.redis_ops import (
     ERRORS,
     SCRIPTS,
@@ -78,7 +79,7 @@ class RedisStore(Store):
     """
 
     def __init__(
-        self, client: Client, *, namespace: str = "fsm", **limits: Unpack[RedisLimits]
+        self, client: Client, *, namespace: str = DEFAULT_NAMESPACE, **limits: Unpack[RedisLimits]
     ) -> None:
         self._ops = RedisOperations(namespace, **limits)
         self.client = client
@@ -87,7 +88,7 @@ class RedisStore(Store):
 
     @classmethod
     def from_url(
-        cls, url: str, *, namespace: str = "fsm", **options: Unpack[RedisLimits]
+        cls, url: str, *, namespace: str = DEFAULT_NAMESPACE, **options: Unpack[RedisLimits]
     ) -> RedisStore:
         """A store from a URL (``options`` go to :class:`RedisStore`):
 

@@ -32,6 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 
 from adapters.base import AsyncStore, HistoryEntry, Loaded, LockInfo, SaveResult
+from adapters.redis_keys import DEFAULT_NAMESPACE
 from adapters.redis_ops import (
     ERRORS,
     SCRIPTS,
@@ -65,7 +66,7 @@ class AsyncRedisStore(AsyncStore):
         self,
         client: AsyncClient,
         *,
-        namespace: str = "fsm",
+        namespace: str = DEFAULT_NAMESPACE,
         max_connections: int = 100,
         **limits: Unpack[RedisLimits],
     ) -> None:
@@ -84,7 +85,7 @@ class AsyncRedisStore(AsyncStore):
         cls,
         url: str,
         *,
-        namespace: str = "fsm",
+        namespace: str = DEFAULT_NAMESPACE,
         max_connections: int = 100,
         **options: Unpack[RedisLimits],
     ) -> AsyncRedisStore:

@@ -29,10 +29,14 @@ from urllib.parse import quote, unquote
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
+#: The key namespace of a store built without one (``RedisStore.from_url(url)``).
+DEFAULT_NAMESPACE = "fsm"
+
+
 class KeyLayout:
     """Builds the keys of one namespace (bots sharing a server use different namespaces)."""
 
-    def __init__(self, namespace: str = "fsm") -> None:
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
         if not _NAMESPACE.match(namespace):
             raise ValueError(
                 f"namespace must be 1-64 of A-Z a-z 0-9 _ . - (no braces, colons or globs), "

@@ -42,7 +42,7 @@ from adapters.base import (
     decode_history,
     encode_history,
 )
-from adapters.redis_keys import KeyLayout
+from adapters.redis_keys import DEFAULT_NAMESPACE, KeyLayout
 from adapters.redis_scripts import (
     EXTEND,
     LOAD,
@@ -196,7 +196,7 @@ class RedisOperations:
 
     def __init__(
         self,
-        namespace: str = "fsm",
+        namespace: str = DEFAULT_NAMESPACE,
         *,
         history_limit: int = 50,
         history_ttl: float = 7 * 24 * 3600,

@@ -9,7 +9,7 @@ from fsm.async_engine import AsyncEngine
 from fsm.auth import Claims, TokenVerifier
 from fsm.clock import Clock, FakeClock, SystemClock
 from fsm.engine import Engine, Result
-from fsm.flow import Flow, FlowSpec, Stage, action, on_enter, step
+from fsm.flow import Exit, Flow, FlowSpec, Stage, action, on_enter, step
 from fsm.reply import Option, Reply, buttons, choices, pick, text
 from fsm.snapshot import SCHEMA_VERSION, Auth, Resume, Snapshot, decode_snapshot, encode_snapshot
 from fsm.step import Context, Login, Logout, Outcome
@@ -22,6 +22,7 @@ __all__ = [
     "Clock",
     "Context",
     "Engine",
+    "Exit",
     "FakeClock",
     "Flow",
     "FlowSpec",

@@ -29,8 +29,18 @@ class SystemClock:
         time.sleep(seconds)
 
 
+#: Where a :class:`FakeClock` starts unless told otherwise: 2023-11-14 22:13:20 UTC, fixed so
+#: that a test's timestamps are the same on every run.
+FAKE_EPOCH = 1_700_000_000.0
+
+
 class FakeClock:
     """A clock that only moves when told to; ``sleep`` advances it instead of blocking.
+
+    It starts at :data:`FAKE_EPOCH` (2023-11-14 22:13:20 UTC) unless given ``start``. It expires
+    what reads it: the in-memory stores' sessions, leases and message ids, and tokens checked
+    by a :class:`~fsm.auth.TokenVerifier` on the same clock. It cannot expire anything kept by
+    Redis, whose TTLs run on the server's own clock.
 
     >>> clock = FakeClock(1_000.0)
     >>> clock.advance(30)
@@ -38,7 +48,7 @@ class FakeClock:
     1030.0
     """
 
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
+    def __init__(self, start: float = FAKE_EPOCH) -> None:
         self._now = float(start)
         self._lock = threading.Lock()
 

@@ -23,8 +23,8 @@ import msgspec
 from fsm.auth import TokenVerifier
 from fsm.effects import HandlerCall, Steps
 from fsm.errors import FsmError, StepFailed, StepNotFound, TokenRefused, TransitionNotAllowed
-from fsm.flow import Flow, FlowSpec, call_mode
-from fsm.reply import Reply
+from fsm.flow import Exit, Flow, FlowSpec, StepSpec, call_mode
+from fsm.reply import Reply, buttons
 from fsm.snapshot import MAX_DEPTH, SCHEMA_VERSION, Auth, Resume, Snapshot, nesting
 from fsm.stats import EngineStats
 from fsm.step import Context, Login, Logout, Outcome, thaw
@@ -53,6 +53,17 @@ class _Place:
     resume: Resume | None
     pending: str
     events: list[str]
+
+
+#: The ids of the Yes / No buttons of an exit question (:class:`~fsm.flow.Exit`).
+LEAVE_ID = "fsm.exit.yes"
+STAY_ID = "fsm.exit.no"
+_YES = frozenset({"yes", "y", "1", "ok", "okay"})
+_NO = frozenset({"no", "n", "2"})
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.split()).casefold()
 
 
 class Decider:
@@ -99,6 +110,11 @@ class Decider:
         """Whether the user's current step is an action the engine runs without input."""
         return self.spec.steps[(current.stage, current.step)].action
 
+    def key_of(self, current: Snapshot) -> str:
+        """The idempotency key of the action pending at ``current``. A snapshot from before
+        ``pending`` existed has none: one is derived from its version."""
+        return current.pending or f"{self.spec.name}:{current.stage}:v{current.version}"
+
     def _needs_reauth(self, current: Snapshot) -> bool:
         return self.spec.is_protected(current.stage) and not self._token_ok(current.auth)
 
@@ -126,18 +142,29 @@ class Decider:
         notices: tuple[Reply, ...],
         now: float,
         pressed: str | None = None,
+        fresh: bool = False,
     ) -> Steps[Decision]:
         """What ``text`` does to ``current``. Raises the flow's refusals (TransitionNotAllowed,
-        StepNotFound, TokenRefused) and StepFailed; nothing is changed when it raises."""
+        StepNotFound, TokenRefused) and StepFailed; nothing is changed when it raises.
+
+        ``fresh``: ``current`` is a conversation just started (nothing was stored): unless
+        the flow takes its first message, the user is shown the initial step's prompt."""
         if self._needs_reauth(current):
             return (yield from self._send_to_auth(key, current, now, notices))
         spec = self.spec.steps[(current.stage, current.step)]
+        if fresh and not self.spec.takes_first_message and current.stage == self.spec.initial:
+            return (yield from self._greet(key, current, now, notices))
+        way = self.spec.stages[current.stage].exit
+        if way is not None and not spec.action:
+            verdict, text, pressed = self._way_out(way, current, spec, text, pressed)
+            if verdict == "leave":
+                return (yield from self._leave(key, current, way, spec, now, notices, message_id))
+            if verdict == "ask":
+                return self._ask(key, current, way, spec, text, now, notices, message_id)
         ctx = self._context(key, current, text, now, message_id, pressed)
         if spec.action:
             # No input reaches an action; the key names this pending action, not the message.
-            # A snapshot from before ``pending`` existed has none: derive one from its version.
-            pending = current.pending or f"{self.spec.name}:{key}:v{current.version}"
-            ctx = replace(ctx, text="", pressed=None, idempotency_key=pending)
+            ctx = replace(ctx, text="", pressed=None, idempotency_key=self.key_of(current))
         outcome = yield from self._call(key, current, spec.handler, ctx)
         if not isinstance(outcome, Outcome):
             raise StepFailed(
@@ -145,6 +172,10 @@ class Decider:
             ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
         if outcome.reauth:
             return (yield from self._send_to_auth(key, current, now, notices, said=outcome.replies))
+        if outcome.keep_key and not spec.action:
+            raise StepFailed(
+                current.stage, current.step, user_key=key, version=current.version
+            ) from ValueError("retry_later() is for actions; a step uses stay() or go()")
         decision = yield from self._apply(key, current, outcome, now, notices, spec.side_effects)
         new = decision.snapshot
         if spec.action and (new.stage, new.step) == (current.stage, current.step):
@@ -152,6 +183,86 @@ class Decider:
                 current.stage, current.step, user_key=key, version=current.version
             ) from ValueError("an action must move the user to another step")
         return decision
+
+    def _greet(
+        self, key: str, current: Snapshot, now: float, notices: tuple[Reply, ...]
+    ) -> Steps[Decision]:
+        """A new conversation: save it and show the initial step's prompt. The first message
+        is not applied to a question the user has not seen."""
+        new = msgspec.structs.replace(
+            current, version=current.version + 1, last_updated=now, update_from=self._source()
+        )
+        replies = (*notices, *(yield from self._enter(key, new, now)))
+        return Decision(new, replies, (), side_effects=False, note="start")
+
+    @staticmethod
+    def _way_out(
+        way: Exit, current: Snapshot, spec: StepSpec, text: str, pressed: str | None
+    ) -> tuple[str, str, str | None]:
+        """What the stage's exit makes of a message: ``"leave"``, ``"ask"`` (a free-text
+        step), or ``"answer"`` with the text and tap the step's handler gets (after *No*
+        to an exit question: the held word)."""
+        if current.asked:
+            if pressed == LEAVE_ID or (pressed is None and _folded(text) in _YES | way.words):
+                return "leave", text, pressed
+            if pressed == STAY_ID or (pressed is None and _folded(text) in _NO):
+                return "answer", current.asked, None
+            return "answer", text, pressed
+        if way.to == current.step:
+            return "answer", text, pressed
+        if pressed is not None:
+            return ("leave" if pressed in way.ids else "answer"), text, pressed
+        folded = _folded(text)
+        if folded in way.words:  # a /command is never an answer: it leaves at once
+            asks = spec.free_text and not folded.startswith("/")
+            return ("ask" if asks else "leave"), text, pressed
+        return "answer", text, pressed
+
+    def _leave(
+        self,
+        key: str,
+        current: Snapshot,
+        way: Exit,
+        spec: StepSpec,
+        now: float,
+        notices: tuple[Reply, ...],
+        message_id: str | None,
+    ) -> Steps[Decision]:
+        """Take the stage's declared way out: its trigger (checked by the machine like any
+        other) or its step, with its reply, the sub-flow's data deleted."""
+        ctx = self._context(key, current, "", now, message_id)
+        said = way.say(ctx) if callable(way.say) else way.say
+        replies = (said,) if said else ()
+        if way.to in self.spec.stages[current.stage].steps:
+            outcome = ctx.stay(*replies, step=way.to, unset=way.unset)
+        else:
+            outcome = ctx.go(way.to, *replies, unset=way.unset)
+        decision = yield from self._apply(key, current, outcome, now, notices, spec.side_effects)
+        return replace(decision, note="exit")
+
+    def _ask(
+        self,
+        key: str,
+        current: Snapshot,
+        way: Exit,
+        spec: StepSpec,
+        text: str,
+        now: float,
+        notices: tuple[Reply, ...],
+        message_id: str | None,
+    ) -> Decision:
+        """An exit word at a free-text step: hold it and ask, rather than guess."""
+        ctx = self._context(key, current, text, now, message_id)
+        question = way.ask(ctx) if callable(way.ask) else way.ask
+        new = msgspec.structs.replace(
+            current,
+            asked=text,
+            version=current.version + 1,
+            last_updated=now,
+            update_from=self._source(),
+        )
+        ask = buttons(question, [(LEAVE_ID, "Yes"), (STAY_ID, "No")])
+        return Decision(new, (*notices, ask), (), spec.side_effects, note="ask-exit")
 
     def _walk(
         self,
@@ -212,6 +323,7 @@ class Decider:
             resume=resume,
             # The interrupted action's key travels in the resume point, not here.
             pending=self.new_key() if self.spec.steps[(stage, entry)].action else "",
+            asked="",
             version=current.version + 1,
             last_updated=now,
             update_from=self._source(),
@@ -234,7 +346,6 @@ class Decider:
             auth = self._replace_token(key, current.auth, outcome.auth.token)
         elif isinstance(outcome.auth, Logout):
             auth = None
-        place = self._route(key, current, outcome, auth)
         data: dict[str, Any] = {} if outcome.clear else dict(current.data)
         for name in outcome.unset:
             data.pop(name, None)
@@ -244,6 +355,7 @@ class Decider:
                     current.stage, current.step, user_key=key, version=current.version
                 ) from ValueError(f"data nested deeper than {MAX_DEPTH} levels")
             data.update({name: thaw(value) for name, value in outcome.set.items()})
+        place = self._route(key, current, outcome, auth, self._kept(current, outcome, data))
         new = Snapshot(
             flow=self.spec.name,
             stage=place.stage,
@@ -264,14 +376,29 @@ class Decider:
             replies = (*replies, *(yield from self._enter(key, new, now)))
         return Decision(new, replies, tuple(place.events), side_effects)
 
-    def _route(self, key: str, current: Snapshot, outcome: Outcome, auth: Auth | None) -> _Place:
-        """Where ``outcome`` takes the conversation, each move checked by the machine."""
+    def _kept(self, current: Snapshot, outcome: Outcome, data: dict[str, Any]) -> str:
+        """The idempotency key this outcome carries within the stage, or "": an action's key
+        when it says its call may have been applied (``retry_later``), and, at the step it sent
+        the user back to, that key for as long as the request's data stays the same."""
+        if self.is_action(current):
+            return self.key_of(current) if outcome.keep_key else ""
+        if current.pending and data == current.data:
+            return current.pending
+        return ""
+
+    def _route(
+        self, key: str, current: Snapshot, outcome: Outcome, auth: Auth | None, kept: str
+    ) -> _Place:
+        """Where ``outcome`` takes the conversation, each move checked by the machine.
+        ``kept`` is the idempotency key carried while it stays in the stage (:meth:`_kept`)."""
         # The guard every transition checks. The engine alone builds ``auth``, so today this
         # holds by construction; the machine re-checks it so a future change cannot slip.
         token_preserved = outcome.auth is not None or auth == current.auth
         token_valid = self._token_ok(auth)
         stage, step, option, resume = current.stage, current.step, current.option, current.resume
-        pending = ""  # a resumed action keeps its key; any other lands with a new one
+        # A resumed action keeps its key, as does a retry within the stage (``kept``); leaving
+        # the stage drops it, and any other action lands with a new one.
+        pending = ""
         events: list[str] = []
         if outcome.resume and resume is not None:
             pending = resume.pending
@@ -301,12 +428,11 @@ class Decider:
                 raise TokenRefused("this stage needs a valid token", user_key=key)
             step = outcome.step or step
             option = outcome.option if outcome.option is not None else option
+            pending = kept
         if step not in self.spec.stages[stage].steps:
             raise StepNotFound(stage, step, user_key=key)
-        if not self.spec.steps[(stage, step)].action:
-            pending = ""
-        elif not pending:  # a new pending action: its key is fixed now, kept until it has run
-            pending = self.new_key()
+        if self.spec.steps[(stage, step)].action and not pending:
+            pending = self.new_key()  # a new pending action: its key is fixed until it has run
         return _Place(stage, step, option, resume, pending, events)
 
     def _replace_token(self, key: str, current: Auth | None, token: str) -> Auth:

@@ -53,22 +53,96 @@ Migration = Callable[[Snapshot], Snapshot]
 _RESERVED = frozenset({"state", "trigger", "move", "may_land", "token_preserved", "machine"})
 
 
+#: What a user types to leave a sub-flow (compared trimmed and case-folded).
+EXIT_WORDS = frozenset({"cancel", "stop", "back", "menu", "exit", "quit", "/cancel", "/menu"})
+
+#: A text an :class:`Exit` says or asks: a string, or a function of the step's context (the
+#: same stage may say "Offer cancelled." or "Upgrade cancelled." depending on ``ctx.option``).
+Said = str | Callable[[Any], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """A stage's declared way out, applied by the engine before the step's handler runs, so
+    no step checks for "cancel" itself.
+
+    ``to`` is a trigger declared from the stage (``"show_menu"``) or a step of the stage
+    (``"welcome"``: back to its start). ``say`` is the reply on leaving; ``unset`` names the
+    data the sub-flow leaves behind, deleted so a cancelled request cannot come back.
+
+    - A pressed option whose id is in ``ids`` (a WhatsApp button or list row) leaves at once.
+    - A typed word in ``words`` leaves at once at a step that expects a choice or an amount.
+    - At a *free-text* step (``@step(..., free_text=True)``: a name, a handle) the word may be
+      the answer, so the engine asks ``ask`` with Yes / No buttons instead of guessing: *Yes*
+      (or the exit word again) leaves, *No* takes the word as the step's answer, anything
+      else is taken as the answer in its place. A slash command (``/cancel``) is never an
+      answer: it leaves at once there too.
+
+    An exit does not apply at its own target step (there is nothing to leave).
+    """
+
+    to: str
+    say: Said = ""
+    ask: Said = "Stop here?"
+    unset: tuple[str, ...] = ()
+    words: frozenset[str] = EXIT_WORDS
+    ids: frozenset[str] = frozenset({"cancel"})
+
+    def __init__(
+        self,
+        to: str,
+        *,
+        say: Said = "",
+        ask: Said = "Stop here?",
+        unset: Iterable[str] = (),
+        words: Iterable[str] = EXIT_WORDS,
+        ids: Iterable[str] = ("cancel",),
+    ) -> None:
+        for name, value in (("unset", unset), ("words", words), ("ids", ids)):
+            if isinstance(value, str):
+                raise TypeError(
+                    f"Exit({name}=...) takes a list of strings, not the string {value!r}"
+                )
+        object.__setattr__(self, "to", to)
+        object.__setattr__(self, "say", say)
+        object.__setattr__(self, "ask", ask)
+        object.__setattr__(self, "unset", tuple(unset))
+        object.__setattr__(self, "words", frozenset(" ".join(w.split()).casefold() for w in words))
+        object.__setattr__(self, "ids", frozenset(ids))
+
+
 @dataclass(frozen=True, slots=True)
 class Stage:
     """A stage of the conversation. It is entered at ``steps[0]``.
 
     ``protected`` stages need a verified, unexpired token; with an expired one the engine sends
-    the user to the flow's ``auth_stage`` and brings them back after login.
+    the user to the flow's ``auth_stage`` and brings them back after login. ``exit`` is the
+    stage's declared way out (:class:`Exit`), if it has one.
     """
 
     name: str
     steps: tuple[str, ...]
     protected: bool = False
+    exit: Exit | None = None
 
-    def __init__(self, name: str, steps: Iterable[str], *, protected: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        steps: Iterable[str],
+        *,
+        protected: bool = False,
+        exit: Exit | None = None,
+    ) -> None:
+        if isinstance(steps, str):
+            raise InvalidFlowDefinition(
+                name,
+                f"stage {name!r} was given the string {steps!r} as its steps, which would be "
+                f"one step per letter: write a tuple, ({steps!r},)",
+            )
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "steps", tuple(steps))
         object.__setattr__(self, "protected", protected)
+        object.__setattr__(self, "exit", exit)
 
     @property
     def entry(self) -> str:
@@ -89,12 +163,23 @@ class StepSpec:
     side_effects: bool
     enter: str | None
     action: bool = False
+    #: The step takes free text (a name, a handle), so an exit word there may be the answer:
+    #: the engine asks before leaving (:class:`Exit`).
+    free_text: bool = False
 
 
 def step(
-    stage: str, step_id: str, *, side_effects: bool = False, blocking: bool = True
+    stage: str,
+    step_id: str,
+    *,
+    side_effects: bool = False,
+    blocking: bool = True,
+    free_text: bool = False,
 ) -> Callable[[F], F]:
     """Mark a method as the handler of ``stage.step_id``.
+
+    ``free_text=True`` says the step takes any text (a name, a handle), so a word like
+    "cancel" may be its answer: the stage's :class:`Exit` then asks before leaving.
 
     ``side_effects=True`` (the handler calls an API that creates or changes something) makes the
     engine run it under the user's lease lock, so two workers never run it at once.
@@ -107,6 +192,8 @@ def step(
 
     def mark(fn: F) -> F:
         fn.__dict__.setdefault("_fsm_steps", []).append((stage, step_id, side_effects))
+        if free_text:
+            fn.__dict__.setdefault("_fsm_free_text", set()).add((stage, step_id))
         _mark_blocking(fn, blocking)
         return fn
 
@@ -123,7 +210,12 @@ def action(stage: str, step_id: str, *, blocking: bool = True) -> Callable[[F], 
     by compare-and-set like any other. If a worker dies in between, the next message for that
     user (or a re-delivery of the same one) finishes the pending action first.
     ``ctx.idempotency_key`` is the same for every attempt at one pending action: pass it to the
-    API so a retried call is applied once. ``async def`` and ``blocking`` as for :func:`step`.
+    API so a retried call is applied once. When the call failed in a way that may still have
+    been applied (a timeout, a 5xx, a dropped connection), return
+    :meth:`ctx.retry_later(..., step=...) <fsm.step.Context.retry_later>`: the user goes back
+    to that step and their next attempt at the same request reuses the key. An ordinary
+    outcome (a definite refusal), changed data or leaving the stage starts a new request with
+    a new key. ``async def`` and ``blocking`` as for :func:`step`.
     """
 
     def mark(fn: F) -> F:
@@ -177,6 +269,9 @@ class FlowSpec:
     steps: Mapping[tuple[str, str], StepSpec]
     machine: StageMachine
     migrations: Mapping[int, Migration] = field(default_factory=dict)
+    #: Whether a new (or expired) conversation's first message is applied to the initial
+    #: step (a greeting step reads it), rather than answered with that step's prompt.
+    takes_first_message: bool = False
 
     def path(self, source: str, dest: str) -> tuple[tuple[str, str], ...] | None:
         """Shortest sequence of ``(event, stage reached)`` from ``source`` to ``dest``."""
@@ -247,6 +342,11 @@ class Flow:
     version N into one version N+1 can run; the engine applies them in order when it loads an
     older conversation, so a deploy that renames or removes steps keeps old sessions.
 
+    ``takes_first_message``: a new or expired conversation starts by showing the initial
+    step's prompt (its :func:`on_enter`), so a first message is never applied to a question
+    the user was not asked. A flow whose initial step reads the first message (a greeting:
+    "hi" signs in) sets it True; a flow whose initial step has no prompt must.
+
     ``blocking`` (default True; a class attribute, or set on an instance) says whether the
     flow's plain ``def`` handlers may block (a sync HTTP client, a database driver). On
     :class:`~fsm.AsyncEngine` they then run in a worker thread; a flow whose handlers only
@@ -263,6 +363,7 @@ class Flow:
     auth_stage: ClassVar[str | None] = None
     safe_stage: ClassVar[str | None] = None
     migrations: ClassVar[Mapping[int, Migration]] = {}
+    takes_first_message: ClassVar[bool] = False
     spec: ClassVar[FlowSpec]
 
     def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
@@ -270,6 +371,13 @@ class Flow:
         if abstract:
             return
         cls.spec = _compile(cls)
+
+    def transcript_directives(self) -> Mapping[str, Callable[[Sequence[str]], None]]:
+        """Transcript commands this flow's dependencies understand (``! NAME args`` lines):
+        a flow built on a fake API returns, say, ``{"booking": ...}`` so ``! booking full``
+        makes the next call fail. :class:`fsm.testing.Conversation` and ``fsm chat --engine``
+        use them; a flow on real dependencies returns none (the default)."""
+        return {}
 
 
 def _compile(cls: type[Flow]) -> FlowSpec:
@@ -334,6 +442,7 @@ def _compile(cls: type[Flow]) -> FlowSpec:
             rows.append((trigger, source, dest))
 
     steps = _collect_steps(cls, stages, fail)
+    _check_exits(stages, rows, fail)
     for role, stage_name in (("initial", initial), ("safe", safe)):
         entry = stages[stage_name].entry
         if steps[(stage_name, entry)].action:
@@ -341,6 +450,16 @@ def _compile(cls: type[Flow]) -> FlowSpec:
                 f"the {role} stage {stage_name!r} starts at action {entry!r}: an action runs "
                 "only after a saved state leads to it; start with a step that takes input"
             )
+    takes_first = getattr(cls, "takes_first_message", False)
+    if not isinstance(takes_first, bool):
+        raise fail("`takes_first_message` must be True or False")
+    first = steps[(initial, stages[initial].entry)]
+    if not takes_first and first.enter is None:
+        raise fail(
+            f"the initial step {initial}.{first.step} has no @on_enter prompt to show a new "
+            "conversation: add one, or set `takes_first_message = True` if that step reads "
+            "the first message itself (a greeting)"
+        )
     migrations = dict(getattr(cls, "migrations", {}) or {})
     for from_version, migrate in migrations.items():
         if (
@@ -372,6 +491,7 @@ def _compile(cls: type[Flow]) -> FlowSpec:
         steps=steps,
         machine=machine,
         migrations=migrations,
+        takes_first_message=takes_first,
     )
     unreachable = [s for s in stages if s != initial and spec.path(initial, s) is None]
     if unreachable:
@@ -385,6 +505,28 @@ def _compile(cls: type[Flow]) -> FlowSpec:
     return spec
 
 
+def _check_exits(
+    stages: Mapping[str, Stage],
+    rows: Sequence[tuple[str, str, str]],
+    fail: Callable[[str], InvalidFlowDefinition],
+) -> None:
+    """Each declared exit leads somewhere: a trigger from its stage, or a step of it."""
+    for stage in stages.values():
+        way = stage.exit
+        if way is None:
+            continue
+        if not isinstance(way, Exit):
+            raise fail(f"stage {stage.name!r}: `exit` must be an Exit, got {way!r}")
+        triggers = {trigger for trigger, source, _ in rows if source == stage.name}
+        if way.to not in triggers and way.to not in stage.steps:
+            raise fail(
+                f"the exit of stage {stage.name!r} leads to {way.to!r}, which is neither a "
+                f"trigger declared from it ({sorted(triggers)}) nor one of its steps"
+            )
+        if not way.words and not way.ids:
+            raise fail(f"the exit of stage {stage.name!r} has no words and no ids")
+
+
 def _collect_steps(
     cls: type[Flow],
     stages: Mapping[str, Stage],
@@ -392,6 +534,7 @@ def _collect_steps(
 ) -> dict[tuple[str, str], StepSpec]:
     handlers: dict[tuple[str, str], tuple[str, bool | str]] = {}
     enters: dict[tuple[str, str], str] = {}
+    free_text: set[tuple[str, str]] = set()
     for klass in reversed(cls.__mro__):  # a subclass may override its base's handlers
         own_handlers: set[tuple[str, str]] = set()
         own_enters: set[tuple[str, str]] = set()
@@ -402,6 +545,10 @@ def _collect_steps(
                     raise fail(f"step {stage}.{step_id} has two handlers")
                 own_handlers.add((stage, step_id))
                 handlers[(stage, step_id)] = (attr_name, side_effects)
+                if (stage, step_id) in getattr(fn, "_fsm_free_text", ()):
+                    free_text.add((stage, step_id))
+                else:
+                    free_text.discard((stage, step_id))
             for stage, step_id in getattr(fn, "_fsm_enter", ()):
                 if (stage, step_id) in own_enters:
                     raise fail(f"step {stage}.{step_id} has two @on_enter hooks")
@@ -425,5 +572,6 @@ def _collect_steps(
                 side_effects=found[1] is not False,
                 enter=enters.get((stage.name, step_id)),
                 action=found[1] == "action",
+                free_text=(stage.name, step_id) in free_text,
             )
     return out

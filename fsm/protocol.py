@@ -372,7 +372,8 @@ class MessageProtocol(Generic[S]):
                 return None
             m.leased_at = time.monotonic()
         try:
-            decision = yield from self._decide(m, current, at_action)
+            fresh = restored.expected_version == 0  # nothing stored: a new conversation
+            decision = yield from self._decide(m, current, at_action, fresh)
         except (StepFailed, StepNotFound, TransitionNotAllowed) as exc:
             if not (yield from self._poisoned(m, restored, exc)):
                 raise
@@ -530,14 +531,20 @@ class MessageProtocol(Generic[S]):
         return snapshot if self._decider.is_action(snapshot) else None
 
     # -- decide -----------------------------------------------------------------------------
-    def _decide(self, m: _Message, current: Snapshot, at_action: bool) -> Steps[Decision]:
+    def _decide(
+        self, m: _Message, current: Snapshot, at_action: bool, fresh: bool
+    ) -> Steps[Decision]:
         # A pending action runs before the message: the message was typed after the prompt
         # that led to it, and is applied to the state the action leaves.
         text, mid = ("", None) if at_action else (m.text, m.message_id)
         decider = self._decider
         now = self.clock.now()
         try:
-            return (yield from decider.decide(m.key, current, text, mid, m.notices, now, m.pressed))
+            return (
+                yield from decider.decide(
+                    m.key, current, text, mid, m.notices, now, m.pressed, fresh=fresh
+                )
+            )
         except (StepFailed, StepNotFound, TransitionNotAllowed, TokenRefused) as exc:
             if not (at_action and m.due):
                 raise

@@ -118,11 +118,16 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     last_updated: float = 0.0
     update_from: str = ""
     #: At an action step: the idempotency key of the pending action, kept across retries and
-    #: a sign-in detour so the API applies it once. Empty elsewhere.
+    #: a sign-in detour so the API applies it once. At the step an action sent the user back
+    #: to after a failure that may have been applied (``ctx.retry_later``): the key the next
+    #: attempt reuses. Empty elsewhere.
     pending: str = ""
     #: Replies saved and not yet confirmed sent, oldest first (:class:`Outgoing`); always
     #: empty unless the engine keeps an outbox.
     outbox: tuple[Outgoing, ...] = ()
+    #: At a free-text step where the user typed an exit word: that text, held while the
+    #: engine asks whether to leave (:class:`fsm.flow.Exit`). Empty otherwise.
+    asked: str = ""
 
     def __repr__(self) -> str:
         return (
@@ -177,6 +182,7 @@ class _SnapshotMap(msgspec.Struct, frozen=True, kw_only=True):
     update_from: str = ""
     pending: str = ""
     outbox: tuple[Outgoing, ...] = ()
+    asked: str = ""
 
 
 #: How each schema that stores arrays lays its fields out, by position: the top level, and
@@ -189,6 +195,7 @@ ARRAY_LAYOUTS: dict[int, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
             "flow", "stage", "step", "option", "data", "auth", "resume", "version", "schema",
             "flow_version", "last_updated", "update_from", "pending",
             "outbox",  # appended with a default: records without it are still schema 2
+            "asked",  # the same
         ),
         {
             "auth": ("token", "subject", "expires_at", "issued_at"),

@@ -54,13 +54,16 @@ class Outcome:
     auth: AuthEvent | None = None
     resume: bool = False
     reauth: bool = False
+    #: From an action: the call may have been applied; keep its idempotency key for the
+    #: user's next attempt (:meth:`Context.retry_later`).
+    keep_key: bool = False
 
     def __repr__(self) -> str:
         return (
             f"Outcome(event={self.event!r}, step={self.step!r}, option={self.option!r}, "
             f"set={sorted(self.set)!r}, unset={sorted(self.unset)!r}, clear={self.clear}, "
             f"auth={self.auth!r}, resume={self.resume}, reauth={self.reauth}, "
-            f"replies={len(self.replies)})"
+            f"keep_key={self.keep_key}, replies={len(self.replies)})"
         )
 
 
@@ -90,7 +93,20 @@ def thaw(value: Any) -> Any:
 
 
 def _replies(items: Iterable[ReplyLike]) -> tuple[Reply, ...]:
-    return tuple(item if isinstance(item, Reply) else Reply(item) for item in items)
+    """The replies of an outcome; anything but a Reply or a str is refused here, where the
+    handler made it, not when the outcome is saved or sent."""
+    out: list[Reply] = []
+    for item in items:
+        if isinstance(item, Reply):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(Reply(item))
+        else:
+            raise TypeError(
+                f"a reply is a Reply or a str, got {type(item).__name__} (pass data in "
+                "set=..., and a step name as step=...)"
+            )
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +193,32 @@ class Context:
             clear=clear,
             auth=auth,
             resume=resume,
+        )
+
+    def retry_later(
+        self,
+        *replies: ReplyLike,
+        step: str,
+        option: str | None = None,
+        set: Mapping[str, Any] | None = None,
+        unset: Iterable[str] = (),
+    ) -> Outcome:
+        """From an action whose call may have been applied although it failed (a timeout, a
+        5xx, a dropped connection): back to ``step`` of this stage, keeping the action's
+        idempotency key. When the user confirms again, the action runs with the same key, so
+        the API applies the request at most once.
+
+        Say so honestly ("it may have gone through"): the bot does not know. A definite
+        refusal (a 4xx) is an ordinary :meth:`stay`: the next attempt is a new request with a
+        new key, as it is after the user changes the request's data or leaves the stage.
+        """
+        return Outcome(
+            replies=_replies(replies),
+            step=step,
+            option=option,
+            set=dict(set or {}),
+            unset=frozenset(unset),
+            keep_key=True,
         )
 
     def reauth(self, *replies: ReplyLike) -> Outcome:

@@ -117,7 +117,8 @@ class Turn:
 
 class Conversation:
     """One user talking to ``engine``. Pass the :class:`FakeClock` the engine (and any fake
-    API) runs on to move time with :meth:`advance`; ``directives`` add transcript commands."""
+    API) runs on to move time with :meth:`advance`; ``directives`` add transcript commands to
+    those the flow provides (:meth:`fsm.Flow.transcript_directives`)."""
 
     def __init__(
         self,
@@ -135,7 +136,7 @@ class Conversation:
         if clock is None and isinstance(engine.clock, FakeClock):
             clock = engine.clock  # the usual case: move the clock the engine runs on
         self.clock = clock
-        self.directives = dict(directives or {})
+        self.directives = {**self.engine.flow.transcript_directives(), **(directives or {})}
         #: Run on every reply the bot sends (default: WhatsApp's limits, so a flow that would
         #: be refused by the Graph API fails its own tests); None checks nothing.
         self.check = check

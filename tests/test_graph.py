@@ -32,6 +32,8 @@ class Shop(Flow):
     stage, and two multi-step stages that share a step id."""
 
     name = "shop"
+
+    takes_first_message = True
     auth_stage = "login"
     stages = (
         Stage("login", ("password",)),
@@ -423,6 +425,7 @@ class OddDot(Flow):
     """Names that DOT, its labels and its records each read specially."""
 
     name = 'odd "dot"\\ flow'
+    takes_first_message = True
     auth_stage = 'say "hi"\\'
     stages = (
         Stage('say "hi"\\', ("a\\b",)),  # a quote, a backslash that ends the name

@@ -9,16 +9,24 @@ from __future__ import annotations
 from typing import Any
 
 from flows.credex.api import ApiError, ApiResponseError, Unauthorized
-from flows.credex.base import CONFIRM, CredexSteps, confirmed, problem
+from flows.credex.base import CONFIRM, CredexSteps, confirmed, maybe_sent, problem
 from flows.credex.dashboard import summary_in
-from flows.credex.inputs import is_exit
-from fsm import Context, Option, Outcome, Reply, action, buttons, on_enter, pick, step
+from fsm import Context, Exit, Option, Outcome, Reply, action, buttons, on_enter, pick, step
 
 LEDGER_PAGE = 5
 UPGRADE = (
     "Upgrade to the tier 3 membership for $1.00 every 28 days, paid from your account? "
     "It raises how much you can offer."
 )
+
+
+def _left(ctx: Context) -> str:
+    return "Upgrade cancelled." if ctx.option == "upgrade" else ""
+
+
+#: The account stage's way out: to the menu. A tapped Cancel (the upgrade's confirm) or
+#: "Back to menu" (the ledger's buttons) leaves at once.
+EXIT = Exit("show_menu", say=_left, unset=("ledger",), ids=("cancel", "menu"))
 
 
 def ledger_reply(page: Any) -> Reply:
@@ -48,7 +56,7 @@ class AccountSteps(CredexSteps, abstract=True):
     @step("account", "upgrade", blocking=False)
     def upgrade(self, ctx: Context) -> Outcome:
         answer = confirmed(ctx.text)
-        if answer is None and not is_exit(ctx.text):
+        if answer is None:
             return ctx.stay("Please choose *Confirm* or *Cancel*.", *self.ask_upgrade(ctx))
         if not answer:
             return self.to_menu(ctx, "Upgrade cancelled.")
@@ -70,7 +78,9 @@ class AccountSteps(CredexSteps, abstract=True):
         except ApiError as exc:
             if exc.status == 409:
                 return self.to_menu(ctx, "You already have the tier 3 membership.", refresh=True)
-            return ctx.stay(problem(exc), step="upgrade")
+            if exc.status < 500:  # refused: nothing happened
+                return ctx.stay(problem(exc), step="upgrade")
+            return ctx.retry_later(maybe_sent(exc), step="upgrade")
         return self.to_menu(
             ctx, "Done: you are now a tier 3 member ($1.00 every 28 days).", refresh=True
         )
@@ -108,7 +118,7 @@ class AccountSteps(CredexSteps, abstract=True):
         page = ctx.data["ledger"]
         shown = ledger_reply(page)
         chosen = pick(shown, ctx.text)
-        if (chosen is None and is_exit(ctx.text)) or (chosen is not None and chosen.id == "menu"):
+        if chosen is not None and chosen.id == "menu":  # its number typed
             return self.to_menu(ctx, unset=["ledger"])
         if chosen is None:
             return ctx.stay("Please choose one of the buttons.", shown)

@@ -32,6 +32,17 @@ def problem(exc: ApiError) -> str:
     return f"Credex could not do that: {exc.message}."
 
 
+def maybe_sent(exc: ApiError) -> str:
+    """The reply to a failure that may still have been applied (a timeout, a 5xx): the bot
+    does not know, so it says so, and confirming again retries the same request."""
+    if exc.status >= 500 or isinstance(exc, ApiResponseError):
+        return (
+            "Credex is not reachable right now, so this may or may not have gone through. "
+            "Confirm again to retry: it will not be applied twice."
+        )
+    return f"{problem(exc)} Confirm again to retry: it will not be applied twice."
+
+
 def confirmed(text: str) -> bool | None:
     """True for Confirm (1, "confirm", "yes"), False for Cancel (2, "cancel", "no"), else None."""
     folded = " ".join(text.split()).casefold()

@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import msgspec
 
+from flows.credex.account import EXIT as ACCOUNT_EXIT
 from flows.credex.account import AccountSteps
 from flows.credex.api import ApiError, CredexApi, LoginResult, MemberNotFound, Unauthorized
 from flows.credex.base import UNREACHABLE, problem
 from flows.credex.dashboard import Summary, menu_reply, summary_in
+from flows.credex.directives import directives
+from flows.credex.fake import FakeCredexApi
 from flows.credex.inputs import is_greeting
+from flows.credex.offers import EXIT as CREDEX_EXIT
 from flows.credex.offers import OfferSteps
+from flows.credex.registration import EXIT as REGISTRATION_EXIT
 from flows.credex.registration import RegistrationSteps
 from fsm import Context, Login, Outcome, Reply, Snapshot, Stage, on_enter, pick, step
+from fsm.transcript import Directive
 
 
 def _from_v1(snap: Snapshot) -> Snapshot:
@@ -38,24 +44,38 @@ def _from_v1(snap: Snapshot) -> Snapshot:
     return msgspec.structs.replace(snap, stage=stage, step=step_id, option=option, resume=resume)
 
 
+def _from_v2(snap: Snapshot) -> Snapshot:
+    """Version 3 added the ``review`` step (accept / decline / cancel ask first) and declared
+    ways out: every version 2 step is still there, unchanged. The version says to a version 2
+    deploy that a session at ``review`` is a newer deploy's, not corrupt."""
+    return snap
+
+
 class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):
     """The Credex WhatsApp bot: login, the dashboard menu and every sub-flow."""
 
     name = "credex"
-    version = 2
+    version = 3
     initial = "init"
     auth_stage = "auth"
+    # The greeting step reads the first message ("hi" signs the member in by phone).
+    takes_first_message = True
     stages = (
         Stage("init", ("greeting",)),
         Stage("auth", ("login",)),
         Stage("menu", ("dashboard",), protected=True),
         Stage(
             "credex",
-            ("amount", "recipient", "confirm", "create", "pick", "settle"),
+            ("amount", "recipient", "confirm", "create", "pick", "review", "settle"),
             protected=True,
+            exit=CREDEX_EXIT,
         ),
-        Stage("account", ("upgrade", "subscribe", "ledger"), protected=True),
-        Stage("registration", ("welcome", "first_name", "last_name", "confirm", "onboard")),
+        Stage("account", ("upgrade", "subscribe", "ledger"), protected=True, exit=ACCOUNT_EXIT),
+        Stage(
+            "registration",
+            ("welcome", "first_name", "last_name", "confirm", "onboard"),
+            exit=REGISTRATION_EXIT,
+        ),
     )
     transitions = (
         # trigger       source(s)                                                 dest
@@ -65,7 +85,7 @@ class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):
         ("open_credex", "menu", "credex"),
         ("open_account", "menu", "account"),
     )
-    migrations = {1: _from_v1}
+    migrations = {1: _from_v1, 2: _from_v2}
 
     def __init__(self, api: CredexApi) -> None:
         self.api = api
@@ -75,6 +95,12 @@ class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):
 
     def __repr__(self) -> str:
         return f"CredexBot(api={type(self.api).__name__})"
+
+    def transcript_directives(self) -> dict[str, Directive]:
+        """``! api ...`` (:mod:`flows.credex.directives`) when the API is the in-memory fake."""
+        if isinstance(self.api, FakeCredexApi):
+            return directives(self.api)
+        return {}
 
     def close(self) -> None:
         """Close the API client, if it holds connections (the HTTP client does)."""

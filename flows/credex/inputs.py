@@ -1,4 +1,5 @@
-"""What members type, checked: amounts, handles, names, and the words that mean "stop".
+"""What members type, checked: amounts, handles, names and greetings. (The words that mean
+"stop" are the stages' declared ways out: :class:`fsm.Exit`.)
 
 Each parser returns the value or ``None``; the steps say what was expected and ask again. Nothing
 here does I/O, so every rule is tested directly (``tests/flows/test_inputs.py``).
@@ -15,12 +16,6 @@ from flows.credex.api import DENOMINATIONS
 
 DEFAULT_DENOM = "USD"
 MAX_AMOUNT = 1_000_000_000.0
-
-#: Ways out of a sub-flow at steps that expect a choice or an amount, where these words cannot
-#: be an answer. Steps that take free text (names, handles) accept only the explicit slash forms,
-#: so a name or a handle that happens to be "cancel" is never taken as a way out.
-EXIT_WORDS = frozenset({"cancel", "menu", "back", "stop", "/cancel", "/menu"})
-EXPLICIT_EXITS = frozenset({"/cancel", "/menu"})
 
 GREETINGS = frozenset(
     {
@@ -62,11 +57,6 @@ def words(text: str) -> str:
 
 def is_greeting(text: str) -> bool:
     return words(text) in GREETINGS
-
-
-def is_exit(text: str, *, free_text: bool = False) -> bool:
-    """Whether ``text`` asks to leave the sub-flow (only the slash forms in free-text steps)."""
-    return words(text) in (EXPLICIT_EXITS if free_text else EXIT_WORDS)
 
 
 def parse_amount(text: str) -> Amount | None:

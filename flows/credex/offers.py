@@ -1,9 +1,15 @@
 """The credex stage: make an offer; accept, decline or cancel pending ones.
 
 Offer: ``amount`` -> ``recipient`` -> ``confirm`` -> ``create`` (action: createCredex) -> menu.
-Accept / decline / cancel: ``pick`` (a list of offers) -> ``settle`` (action) -> the list again,
-or the menu when none are left. Answers are stored under step ids (``amount``, ``recipient``,
+Accept / decline / cancel: ``pick`` (a list of offers) -> ``review`` ("Accept $25.00 from Bob?
+Confirm / Back": money never moves on one tap) -> ``settle`` (action) -> the list again, or the
+menu when none are left. Answers are stored under step ids (``amount``, ``recipient``,
 ``offers``, ``chosen``) and deleted when the sub-flow ends, so a cancelled offer cannot come back.
+
+The way out (*cancel*, *menu*, *stop*, ...) is the stage's declared :data:`EXIT`, applied by the
+engine before any step here runs; at the recipient step, where any word may be a handle, the
+engine asks first. A call that failed but may have been applied (a timeout, a 5xx) sends the
+member back to confirm with ``ctx.retry_later``: confirming again reuses the idempotency key.
 """
 
 from __future__ import annotations
@@ -11,21 +17,25 @@ from __future__ import annotations
 from typing import Any
 
 from flows.credex.api import ApiError, ApiResponseError, Unauthorized
-from flows.credex.base import CONFIRM, UNREACHABLE, CredexSteps, confirmed, problem
-from flows.credex.dashboard import BACK, Summary, offer_list, offer_rows, summary_in
-from flows.credex.inputs import (
-    Amount,
-    is_exit,
-    parse_amount,
-    parse_handle,
-    unknown_denomination,
+from flows.credex.base import (
+    CONFIRM,
+    UNREACHABLE,
+    CredexSteps,
+    confirmed,
+    maybe_sent,
+    problem,
 )
-from fsm import Context, Outcome, Reply, action, on_enter, pick, step
+from flows.credex.dashboard import BACK, Summary, offer_list, offer_rows, summary_in
+from flows.credex.inputs import Amount, parse_amount, parse_handle, unknown_denomination
+from fsm import Context, Exit, Outcome, Reply, action, buttons, on_enter, pick, step
 
-OFFER_KEYS = ("amount", "recipient", "retry_key")
+OFFER_KEYS = ("amount", "recipient")
 #: Statuses that say the request was refused and nothing happened (a retry is a new request).
 FINAL = frozenset({400, 403, 404, 422})
 LIST_KEYS = ("offers", "chosen")
+VERB = {"accept": "Accept", "decline": "Decline", "cancel": "Cancel"}
+#: Confirm, or back to the list ("pick" is no exit id: Back returns to the offers, not the menu).
+REVIEW = buttons("Confirm?", [("confirm", "Confirm"), ("pick", "Back to list")])
 DONE = {"accept": "Accepted", "decline": "Declined", "cancel": "Cancelled"}
 NONE_LEFT = {
     "accept": "You have no incoming offers.",
@@ -35,6 +45,21 @@ NONE_LEFT = {
 ASK_AMOUNT = (
     "How much do you want to offer? For example *25*, *12.50* or *100 ZWG* "
     "(USD unless you name CXX, XAU, CAD or ZWG). Send *cancel* to stop."
+)
+
+
+def _left(ctx: Context) -> str:
+    return "Offer cancelled." if ctx.option == "offer" else ""
+
+
+#: The credex stage's way out: to the menu, this sub-flow's data deleted. A tapped Cancel
+#: (the confirm buttons) or "Back to menu" (the offer lists) leaves at once.
+EXIT = Exit(
+    "show_menu",
+    say=_left,
+    ask="Stop the offer?",
+    unset=(*OFFER_KEYS, *LIST_KEYS),
+    ids=("cancel", "back"),
 )
 
 
@@ -51,8 +76,6 @@ class OfferSteps(CredexSteps, abstract=True):
 
     @step("credex", "amount", blocking=False)
     def amount(self, ctx: Context) -> Outcome:
-        if is_exit(ctx.text):  # an amount is never a word: plain "cancel" is a way out here
-            return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
         amount = parse_amount(ctx.text)
         if amount is None:
             code = unknown_denomination(ctx.text)
@@ -67,19 +90,17 @@ class OfferSteps(CredexSteps, abstract=True):
     def ask_recipient(self, ctx: Context) -> list[str]:
         return [
             f"Who should receive {_amount(ctx.data)}? Send their Credex handle, like *bob*. "
-            "(Send /cancel to stop.)"
+            "(Send *cancel* to stop.)"
         ]
 
-    @step("credex", "recipient")
+    @step("credex", "recipient", free_text=True)  # a handle may be any word, even "cancel"
     def recipient(self, ctx: Context) -> Outcome:
-        if is_exit(ctx.text, free_text=True):  # a handle may be any word: only /cancel, /menu
-            return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
         amount = _amount(ctx.data)
         handle = parse_handle(ctx.text)
         if handle is None:
             return ctx.stay(
                 "A handle is letters, digits and underscores, at most 30. "
-                f"Who should receive {amount}? (Send /cancel to stop.)"
+                f"Who should receive {amount}? (Send *cancel* to stop.)"
             )
         summary = summary_in(ctx.data)
         if summary is not None and handle == summary.handle.lower():
@@ -92,7 +113,7 @@ class OfferSteps(CredexSteps, abstract=True):
             if exc.status == 404:
                 return ctx.stay(
                     f"No member has the handle @{handle}. Check it and send it again; "
-                    f"your amount ({amount}) is kept. (Send /cancel to stop.)"
+                    f"your amount ({amount}) is kept. (Send *cancel* to stop.)"
                 )
             return ctx.stay(f"{problem(exc)} Send the handle again when you are ready.")
         if summary is not None and account.account_id == summary.account_id:
@@ -117,8 +138,6 @@ class OfferSteps(CredexSteps, abstract=True):
     def confirm(self, ctx: Context) -> Outcome:
         answer = confirmed(ctx.text)
         if answer is None:
-            if is_exit(ctx.text):
-                return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
             return ctx.stay("Please choose *Confirm* or *Cancel*.", *self.ask_confirm(ctx))
         if not answer:
             return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
@@ -128,7 +147,6 @@ class OfferSteps(CredexSteps, abstract=True):
     def create(self, ctx: Context) -> Outcome:
         summary = summary_in(ctx.data)
         amount, to = _amount(ctx.data), ctx.data["recipient"]
-        key = ctx.data.get("retry_key") or ctx.idempotency_key
         if summary is None:  # cannot happen from the menu; refuse rather than guess an account
             return self.to_menu(ctx, UNREACHABLE, unset=OFFER_KEYS, refresh=True)
         try:
@@ -138,7 +156,7 @@ class OfferSteps(CredexSteps, abstract=True):
                 amount.denom,
                 amount.value,
                 token=ctx.token or "",
-                idempotency_key=key,
+                idempotency_key=ctx.idempotency_key,
             )
         except Unauthorized:
             return ctx.reauth("Please sign in again; your offer is kept and sent after that.")
@@ -146,10 +164,10 @@ class OfferSteps(CredexSteps, abstract=True):
             return self.to_menu(ctx, problem(exc), unset=OFFER_KEYS, refresh=True)
         except ApiError as exc:
             if exc.status in FINAL:  # refused for good: a new attempt is a new request
-                return ctx.stay(problem(exc), step="confirm", unset=["retry_key"])
+                return ctx.stay(problem(exc), step="confirm")
             # Failed, timed out or throttled: the offer may or may not exist. Confirming again
             # retries with the same key, so it is created at most once.
-            return ctx.stay(problem(exc), step="confirm", set={"retry_key": key})
+            return ctx.retry_later(maybe_sent(exc), step="confirm")
         return self.to_menu(
             ctx, f"Offer of {amount} sent to @{to['handle']}.", unset=OFFER_KEYS, refresh=True
         )
@@ -163,11 +181,26 @@ class OfferSteps(CredexSteps, abstract=True):
     def pick_offer(self, ctx: Context) -> Outcome:
         listed = offer_list(ctx.data["offers"], ctx.option)
         chosen = pick(listed, ctx.text)
-        if chosen == BACK or (chosen is None and is_exit(ctx.text)):
+        if chosen == BACK:  # its number typed (tapped, its id is the stage's way out)
             return self.to_menu(ctx, unset=LIST_KEYS)
         if chosen is None:
             return ctx.stay("Please choose an offer from the list.", listed)
-        return ctx.stay(step="settle", set={"chosen": {"id": chosen.id, "title": chosen.title}})
+        return ctx.stay(step="review", set={"chosen": {"id": chosen.id, "title": chosen.title}})
+
+    @on_enter("credex", "review", blocking=False)
+    def ask_review(self, ctx: Context) -> list[Reply]:
+        return [REVIEW.with_body(f"{VERB[ctx.option]} {ctx.data['chosen']['title']}?")]
+
+    @step("credex", "review", blocking=False)
+    def review(self, ctx: Context) -> Outcome:
+        chosen = pick(REVIEW, ctx.text)
+        if chosen is None and confirmed(ctx.text) is True:
+            chosen = REVIEW.options[0]
+        if chosen is None:
+            return ctx.stay("Please choose *Confirm* or *Back to list*.", *self.ask_review(ctx))
+        if chosen.id == "pick":
+            return ctx.stay(step="pick", unset=["chosen"])
+        return ctx.stay(step="settle")
 
     @action("credex", "settle")
     def settle(self, ctx: Context) -> Outcome:
@@ -185,8 +218,10 @@ class OfferSteps(CredexSteps, abstract=True):
         except ApiResponseError as exc:
             return self.to_menu(ctx, problem(exc), unset=LIST_KEYS, refresh=True)
         except ApiError as exc:
-            if exc.status not in (404, 409):
+            if exc.status in FINAL - {404}:  # refused: nothing happened
                 return ctx.stay(problem(exc), step="pick", unset=["chosen"])
+            if exc.status not in (404, 409):  # it may have been applied: retry with the key
+                return ctx.retry_later(maybe_sent(exc), step="review")
             said = "That offer is no longer pending."
         return self.back_to_list(ctx, said)
 

@@ -2,16 +2,17 @@
 
 ``welcome`` (register or not now) -> ``first_name`` -> ``last_name`` -> ``confirm`` ->
 ``onboard`` (action: onboardMember) -> menu, signed in with the token onboarding returns.
-Names are free text, so only the explicit ``/cancel`` leaves while one is asked for.
+Names are free text: "cancel" typed while one is asked for may be a name, so the engine asks
+"Stop the registration?" (the stage's declared :data:`EXIT`) instead of guessing.
 """
 
 from __future__ import annotations
 
 from flows.credex.api import ApiError, ApiResponseError, LoginResult, MemberNotFound
-from flows.credex.base import UNREACHABLE, CredexSteps, problem
+from flows.credex.base import UNREACHABLE, CredexSteps, maybe_sent, problem
 from flows.credex.dashboard import Summary
-from flows.credex.inputs import DEFAULT_DENOM, is_exit, is_greeting, parse_name, words
-from fsm import Context, Login, Outcome, Reply, action, buttons, on_enter, pick, step
+from flows.credex.inputs import DEFAULT_DENOM, is_greeting, parse_name, words
+from fsm import Context, Exit, Login, Outcome, Reply, action, buttons, on_enter, pick, step
 
 NAME_KEYS = ("first_name", "last_name")
 NAME_RULE = "3 to 50 letters; spaces, hyphens and apostrophes are fine"
@@ -22,6 +23,9 @@ WELCOME = buttons(
 REGISTER = buttons(
     "Register?", [("confirm", "Confirm"), ("change", "Change names"), ("cancel", "Cancel")]
 )
+CANCELLED = "Registration cancelled. Send *hi* whenever you want to start again."
+#: The registration's way out: back to the welcome, the names typed so far deleted.
+EXIT = Exit("welcome", say=CANCELLED, ask="Stop the registration?", unset=NAME_KEYS)
 
 
 class RegistrationSteps(CredexSteps, abstract=True):
@@ -60,12 +64,10 @@ class RegistrationSteps(CredexSteps, abstract=True):
 
     @on_enter("registration", "first_name", blocking=False)
     def ask_first_name(self, ctx: Context) -> list[str]:
-        return ["What is your first name? (Send /cancel to stop.)"]
+        return ["What is your first name? (Send *cancel* to stop.)"]
 
-    @step("registration", "first_name", blocking=False)
+    @step("registration", "first_name", blocking=False, free_text=True)
     def first_name(self, ctx: Context) -> Outcome:
-        if is_exit(ctx.text, free_text=True):
-            return self.cancelled(ctx)
         name = parse_name(ctx.text)
         if name is None:
             return ctx.stay(f"A first name is {NAME_RULE}. What is your first name?")
@@ -75,10 +77,8 @@ class RegistrationSteps(CredexSteps, abstract=True):
     def ask_last_name(self, ctx: Context) -> list[str]:
         return [f"Thanks, {ctx.data['first_name']}. What is your last name?"]
 
-    @step("registration", "last_name", blocking=False)
+    @step("registration", "last_name", blocking=False, free_text=True)
     def last_name(self, ctx: Context) -> Outcome:
-        if is_exit(ctx.text, free_text=True):
-            return self.cancelled(ctx)
         name = parse_name(ctx.text)
         if name is None:
             first = ctx.data["first_name"]
@@ -98,7 +98,7 @@ class RegistrationSteps(CredexSteps, abstract=True):
         folded = words(ctx.text)
         if chosen is None and folded in {"yes", "y", "ok"}:
             chosen = REGISTER.options[0]
-        if chosen is None and (folded in {"no", "n"} or is_exit(ctx.text)):
+        if chosen is None and folded in {"no", "n"}:
             chosen = REGISTER.options[2]
         if chosen is None:
             return ctx.stay("Please choose *Confirm*, *Change names* or *Cancel*.", REGISTER)
@@ -109,11 +109,7 @@ class RegistrationSteps(CredexSteps, abstract=True):
         return ctx.stay(step="onboard")
 
     def cancelled(self, ctx: Context) -> Outcome:
-        return ctx.stay(
-            "Registration cancelled. Send *hi* whenever you want to start again.",
-            step="welcome",
-            unset=NAME_KEYS,
-        )
+        return ctx.stay(CANCELLED, step="welcome", unset=NAME_KEYS)
 
     @action("registration", "onboard")
     def onboard(self, ctx: Context) -> Outcome:
@@ -131,4 +127,6 @@ class RegistrationSteps(CredexSteps, abstract=True):
                     return self.signed_in(ctx, self.api.login(ctx.user_key))
                 except ApiError:
                     return ctx.stay(UNREACHABLE, step="welcome", unset=NAME_KEYS)
-            return ctx.stay(problem(exc), step="confirm")
+            if exc.status < 500:  # refused: nothing happened
+                return ctx.stay(problem(exc), step="confirm")
+            return ctx.retry_later(maybe_sent(exc), step="confirm")

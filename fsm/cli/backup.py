@@ -36,7 +36,7 @@ WARNING = (
     help="The backup file to write (replaced whole when the backup is complete).",
 )
 @store_options
-def backup(output: Path, store_url: str | None, namespace: str) -> None:
+def backup(output: Path, store_url: str | None, namespace: str | None) -> None:
     """Stream every session (snapshot bytes, version, TTL left) to a JSON Lines file. Sessions
     that do not decode are kept as raw bytes, reported, and not fatal."""
     store = open_store(store_url, namespace)
@@ -68,7 +68,12 @@ def backup(output: Path, store_url: str | None, namespace: str) -> None:
 @store_options
 @json_option
 def restore(
-    file: Path, overwrite: bool, dry_run: bool, store_url: str | None, namespace: str, as_json: bool
+    file: Path,
+    overwrite: bool,
+    dry_run: bool,
+    store_url: str | None,
+    namespace: str | None,
+    as_json: bool,
 ) -> None:
     """Write the sessions of a backup back by compare-and-set, each with the TTL it had left.
     A newer session in the store is kept unless --overwrite; versions never go backwards.

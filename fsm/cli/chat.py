@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from fsm.cli.common import main, resolve
+from fsm.cli.common import EXIT_INTERRUPTED, main, namespace_for, resolve
 from fsm.clock import SYSTEM_CLOCK, Clock, FakeClock
 from fsm.errors import FsmError
 from fsm.transcript import Directive, Runner, TranscriptError
@@ -23,14 +23,16 @@ if TYPE_CHECKING:
     ChatEngine = Engine | BlockingEngine
 
 DEFAULT_USER = "263770000001"  # Alice, a seeded member of the fake Credex API
+#: Who ``--engine`` chats as unless ``--user`` says otherwise (a neutral id, no phone number).
+ENGINE_USER = "user-1"
 
 
 @main.command()
 @click.option(
     "--user",
-    default=DEFAULT_USER,
-    show_default=True,
-    help="Phone number to chat as (the user key). Seeded members: 263770000001..4.",
+    default=None,
+    help=f"The user key to chat as. Default: {DEFAULT_USER} (Alice; the reference bot's "
+    f"seeded members are 263770000001..4), or {ENGINE_USER!r} with --engine.",
 )
 @click.option(
     "--script",
@@ -46,16 +48,18 @@ DEFAULT_USER = "263770000001"  # Alice, a seeded member of the fake Credex API
     "engine_ref",
     default=None,
     metavar="MODULE:FACTORY",
-    help="Chat with your own bot instead: a callable taking clock= (an fsm.Clock) and returning "
-    "an fsm.Engine or an fsm.AsyncEngine, e.g. mybot.wiring:build_engine. Default: the "
-    "reference Credex bot.",
+    help="Chat with your own bot instead: a callable taking clock= (an fsm.Clock), and "
+    "store= when --store names a Redis URL, and returning an fsm.Engine or an "
+    "fsm.AsyncEngine, e.g. mybot.wiring:build_engine. Its flow's transcript_directives() "
+    "work in --script. Default: the reference Credex bot.",
 )
 @click.option(
     "--async",
     "use_async",
     is_flag=True,
     help="Run the reference bot on fsm.AsyncEngine and an async store (the same conversation "
-    "and the same stored sessions as the sync engine).",
+    "and the same stored sessions as the sync engine); with --engine and --store, the "
+    "factory is given an AsyncRedisStore.",
 )
 @click.option(
     "--store",
@@ -69,30 +73,26 @@ DEFAULT_USER = "263770000001"  # Alice, a seeded member of the fake Credex API
 )
 @click.option(
     "--namespace",
-    default="credex",
-    show_default=True,
-    help="Key namespace on Redis, so bots sharing a server stay apart.",
+    default=None,
+    help="Key namespace on Redis, so bots sharing a server stay apart. Default: 'credex' for "
+    "the reference bot, else the store's own ('fsm').",
 )
 def chat(
-    user: str,
+    user: str | None,
     script: TextIO | None,
     engine_ref: str | None,
     use_async: bool,
     store_url: str,
-    namespace: str,
+    namespace: str | None,
 ) -> None:
-    """Chat with the reference Credex bot on the in-memory store and the fake Credex API."""
+    """Chat with the reference Credex bot (or your own, --engine) in the terminal, on the
+    in-memory store unless --store names a Redis URL."""
     # A script runs on a fake clock (starting now) so '! clock +2h' can move time.
     clock: Clock = FakeClock(time.time()) if script is not None else SYSTEM_CLOCK
-    if engine_ref is not None and store_url != "memory":
-        raise click.UsageError(
-            "--store is for the reference bot; an --engine factory builds its own"
-        )
-    if engine_ref is not None and use_async:
-        raise click.UsageError(
-            "--async is for the reference bot; an --engine factory picks its own"
-        )
-    store = _chat_store(store_url, namespace, use_async)
+    if user is None:
+        user = DEFAULT_USER if engine_ref is None else ENGINE_USER
+    chosen = namespace_for(namespace, engine_ref or "flows.credex.flow:CredexBot")
+    store = _chat_store(store_url, chosen, use_async)
     engine, directives = _chat_engine(engine_ref, clock, store, use_async)
     if script is not None:
         assert isinstance(clock, FakeClock)
@@ -161,19 +161,18 @@ def _chat_engine(
     factory = resolve(ref, "--engine", example="mybot.wiring:build_engine")
     if not callable(factory):
         raise click.BadParameter(f"{ref} is not callable", param_hint="'--engine'")
+    given = {"clock": clock} if store is None else {"clock": clock, "store": store}
+    call = f"{ref}({', '.join(f'{name}=...' for name in given)})"
     try:
-        engine = factory(clock=clock)
-    except TypeError as exc:  # most often: it does not take clock=
-        raise click.BadParameter(
-            f"calling {ref}(clock=...) failed: {exc}", param_hint="'--engine'"
-        ) from exc
+        engine = factory(**given)
+    except TypeError as exc:  # most often: it does not take clock= (or store=)
+        raise click.BadParameter(f"calling {call} failed: {exc}", param_hint="'--engine'") from exc
     if not isinstance(engine, Engine | AsyncEngine):
         raise click.BadParameter(
-            f"{ref}(clock=...) returned a {type(engine).__name__}, not an fsm.Engine "
-            "or an fsm.AsyncEngine",
+            f"{call} returned a {type(engine).__name__}, not an fsm.Engine or an fsm.AsyncEngine",
             param_hint="'--engine'",
         )
-    return blocking(engine), {}
+    return blocking(engine), dict(engine.flow.transcript_directives())
 
 
 def _echo_replies(replies: Iterable[Reply]) -> None:
@@ -183,12 +182,16 @@ def _echo_replies(replies: Iterable[Reply]) -> None:
 
 
 def _prompt_lines() -> Iterator[str]:
+    """What the user types; Ctrl-D ends the chat (status 0), Ctrl-C interrupts it (130)."""
     while True:
         try:
             yield input("you> ")
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             click.echo()
             return
+        except KeyboardInterrupt:
+            click.echo()
+            raise SystemExit(EXIT_INTERRUPTED) from None
 
 
 def _converse(engine: ChatEngine, user: str, messages: Iterable[str]) -> int:

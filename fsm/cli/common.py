@@ -27,7 +27,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_FLOW = "flows.credex.flow:CredexBot"
+#: The reference bot's namespace: the default only while the command is about the reference
+#: bot; any other flow's default is the store's own (``RedisStore.from_url``: ``fsm``).
 DEFAULT_NAMESPACE = "credex"
+_REFERENCE = "flows.credex."
+#: What Ctrl-C ends a command with, as a shell reports a process ended by SIGINT.
+EXIT_INTERRUPTED = 130
 
 #: Exit status of a command that ran and found a problem (unknown user, invalid sessions, ...).
 EXIT_PROBLEM = 1
@@ -56,6 +61,9 @@ class _Main(click.Group):
         except FsmError as exc:  # any other library error: one line, never a traceback
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_PROBLEM)
+        except KeyboardInterrupt:  # Ctrl-C: stop quietly, with the status a shell expects
+            click.echo(err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:  # `fsm ls | head`: the reader is gone; stop quietly
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
@@ -66,7 +74,7 @@ class _Main(click.Group):
             ctx.exit(EXIT_UNAVAILABLE)
 
 
-@click.group(cls=_Main)
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(_version(), prog_name="fsm")
 def main() -> None:
     """Explicit conversation state machines: run, inspect and operate bots built on them."""
@@ -126,10 +134,25 @@ def namespace_option(fn: Callable[P, R]) -> Callable[P, R]:
     return click.option(
         "--namespace",
         envvar="FSM_NAMESPACE",
-        default=DEFAULT_NAMESPACE,
-        show_default=True,
-        help="Key namespace of the bot on Redis [env FSM_NAMESPACE].",
+        default=None,
+        help="Key namespace of the bot on Redis [env FSM_NAMESPACE; default: 'credex' for "
+        "the reference bot, else the store's own, 'fsm'].",
     )(fn)
+
+
+def namespace_for(namespace: str | None, ref: str | None = None) -> str:
+    """The namespace a command works in: the one given; else ``credex`` when the command is
+    about the reference bot (its ``--flow``/``--engine``, or ``FSM_FLOW``); else the store's
+    own default (``fsm``). ``ref`` is the flow or engine named, when the caller knows it."""
+    from adapters.redis_keys import DEFAULT_NAMESPACE as STORE_DEFAULT
+
+    if namespace:
+        return namespace
+    if ref is None:
+        ctx = click.get_current_context(silent=True)
+        params = ctx.params if ctx is not None else {}
+        ref = params.get("flow_ref") or params.get("engine_ref") or os.environ.get("FSM_FLOW")
+    return DEFAULT_NAMESPACE if ref is None or ref.startswith(_REFERENCE) else STORE_DEFAULT
 
 
 def store_options(fn: Callable[P, R]) -> Callable[P, R]:
@@ -163,7 +186,7 @@ def json_option(fn: Callable[P, R]) -> Callable[P, R]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")(fn)
 
 
-def open_store(url: str | None, namespace: str) -> Store:
+def open_store(url: str | None, namespace: str | None) -> Store:
     """The store to operate on: the one a caller embedded (``obj={"store": ...}``), else the
     one ``--store`` names, checked with one round trip so an unreachable server fails now."""
     ctx = click.get_current_context()
@@ -232,7 +255,7 @@ def problem_exit(message: str) -> None:
     raise SystemExit(EXIT_PROBLEM)
 
 
-def open_store_unchecked(url: str | None, namespace: str) -> Store:
+def open_store_unchecked(url: str | None, namespace: str | None) -> Store:
     """:func:`open_store` without the connection check (``fsm health`` reports it instead)."""
     ctx = click.get_current_context()
     if _embedded(ctx):
@@ -248,7 +271,7 @@ def open_store_unchecked(url: str | None, namespace: str) -> Store:
     from adapters import RedisStore
 
     try:
-        store = RedisStore.from_url(url, namespace=namespace)
+        store = RedisStore.from_url(url, namespace=namespace_for(namespace))
     except (ValueError, TypeError) as exc:
         raise click.BadParameter(f"{safe_url(url)}: {exc}", param_hint="'--store'") from None
     ctx.call_on_close(store.close)

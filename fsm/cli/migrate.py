@@ -35,7 +35,7 @@ def migrate(
     dry_run: bool,
     limit: int | None,
     store_url: str | None,
-    namespace: str,
+    namespace: str | None,
     flow_ref: str,
     as_json: bool,
 ) -> None:

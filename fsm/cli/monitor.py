@@ -46,7 +46,7 @@ from fsm.ops.metrics import collect_metrics
 )
 def metrics(
     store_url: str | None,
-    namespace: str,
+    namespace: str | None,
     as_json: bool,
     prometheus: bool,
     expiring_within: float,
@@ -123,7 +123,7 @@ def _serve_exporter(store: Store, where: str, expiring_within: float) -> None:
     metavar="DURATION",
     help="Slowest operation allowed before the store counts as unhealthy.",
 )
-def health(store_url: str | None, namespace: str, as_json: bool, max_latency: float) -> None:
+def health(store_url: str | None, namespace: str | None, as_json: bool, max_latency: float) -> None:
     """Probe the store: connection, state operations (a real write/read/delete on a reserved
     key), the lock, the script cache, latency. Exit 0 healthy, 1 unhealthy (an unreachable
     store included: that is the probe's answer)."""

@@ -45,10 +45,12 @@ from fsm.snapshot import named_fields
 @store_options
 @flow_option
 @json_option
-def check(store_url: str | None, namespace: str, flow_ref: str, as_json: bool) -> None:
+def check(store_url: str | None, namespace: str | None, flow_ref: str, as_json: bool) -> None:
     """Scan every session and report the invalid ones with the reason: undecodable or wrong
     types, a newer schema, a stage or step the flow does not have, an expired token in a
-    protected stage. Exit 1 if any is invalid."""
+    protected stage. Exit 1 if any is invalid. With --json: JSON Lines, one object per invalid
+    session, then always a last line {"summary": {"checked": N, "invalid": M, "problems":
+    {...}}}."""
     spec = flow_spec(flow_ref)
     store = open_store(store_url, namespace)
     now = clock().now()
@@ -71,6 +73,8 @@ def check(store_url: str | None, namespace: str, flow_ref: str, as_json: bool) -
     checked = progress.done
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     invalid = sum(kinds.values())
+    if as_json:  # always a last line, so "all valid" is an answer too
+        echo_json({"summary": {"checked": checked, "invalid": invalid, "problems": dict(kinds)}})
     click.echo(
         f"checked {checked} session(s): {invalid} invalid" + (f" ({summary})" if summary else ""),
         err=True,
@@ -101,7 +105,7 @@ def recover(
     dry_run: bool,
     force: bool,
     store_url: str | None,
-    namespace: str,
+    namespace: str | None,
     flow_ref: str,
     as_json: bool,
 ) -> None:
@@ -181,7 +185,9 @@ def quarantine() -> None:
 @click.argument("user", required=False)
 @store_options
 @json_option
-def quarantine_ls(user: str | None, store_url: str | None, namespace: str, as_json: bool) -> None:
+def quarantine_ls(
+    user: str | None, store_url: str | None, namespace: str | None, as_json: bool
+) -> None:
     """List quarantined entries (only USER's if given), oldest first."""
     store = open_store(store_url, namespace)
     now = clock().now()
@@ -254,7 +260,7 @@ def quarantine_show(
     raw_out: Path | None,
     show_secrets: bool,
     store_url: str | None,
-    namespace: str,
+    namespace: str | None,
     as_json: bool,
 ) -> None:
     """One quarantined entry: who, when, why, and what the bytes hold (tokens hidden)."""
@@ -310,7 +316,7 @@ def quarantine_restore(
     replace: bool,
     ttl: float,
     store_url: str | None,
-    namespace: str,
+    namespace: str | None,
     flow_ref: str,
 ) -> None:
     """Put quarantined bytes back as the user's session (once a fix makes them valid for the
@@ -333,7 +339,9 @@ def quarantine_restore(
 @click.argument("entry_id")
 @click.option("--user", default=None, help="The entry's user (faster on a large store).")
 @store_options
-def quarantine_drop(entry_id: str, user: str | None, store_url: str | None, namespace: str) -> None:
+def quarantine_drop(
+    entry_id: str, user: str | None, store_url: str | None, namespace: str | None
+) -> None:
     """Delete one quarantined entry for good (after it was looked at, or saved with
     show --raw). Exit 1 if there is no such entry."""
     store = open_store(store_url, namespace)

@@ -13,7 +13,14 @@ from typing import Any
 
 import click
 
-from fsm.cli.common import EXIT_UNAVAILABLE, main, resolve, safe_url, store_options
+from fsm.cli.common import (
+    EXIT_UNAVAILABLE,
+    main,
+    namespace_for,
+    resolve,
+    safe_url,
+    store_options,
+)
 from fsm.errors import ConfigurationError, FsmError
 
 DEFAULT_ENGINE = "flows.credex.settings:engine_from_env"
@@ -53,7 +60,7 @@ def serve_command(
     simulator: bool,
     contacts: tuple[str, ...],
     store_url: str | None,
-    namespace: str,
+    namespace: str | None,
 ) -> None:
     """Serve a flow to WhatsApp users: GET/POST /webhook, GET /healthz, GET /metrics.
 
@@ -86,7 +93,7 @@ def serve_command(
         raise click.BadParameter(f"{engine_ref} is not callable", param_hint="'--engine'")
     url = None if store_url in (None, "", "memory") else store_url
     try:
-        store = server.open_async_store(url, namespace)
+        store = server.open_async_store(url, namespace_for(namespace, engine_ref))
     except (ValueError, TypeError) as exc:  # a URL redis-py cannot parse
         click.echo(f"error: --store: {exc}", err=True)
         raise SystemExit(EXIT_UNAVAILABLE) from None

@@ -38,7 +38,7 @@ from fsm.ops.sessions import inspect_session, list_sessions
 def inspect(
     user: str,
     store_url: str | None,
-    namespace: str,
+    namespace: str | None,
     flow_ref: str,
     as_json: bool,
     show_secrets: bool,
@@ -149,7 +149,7 @@ def _lock(lock: dict[str, Any] | None) -> str:
     "-n", "--limit", type=click.IntRange(min=1, max=100_000), default=None, help="Newest N only."
 )
 def history(
-    user: str, store_url: str | None, namespace: str, as_json: bool, limit: int | None
+    user: str, store_url: str | None, namespace: str | None, as_json: bool, limit: int | None
 ) -> None:
     """One user's recent transitions, newest first: version, from -> to (stage.step), event,
     what wrote it and when. Shows where an unexpected transition came from. Exit 1 if there
@@ -199,7 +199,7 @@ def history(
 @click.option("--invalid", is_flag=True, default=None, help="Only sessions that fail fsm check.")
 def ls(
     store_url: str | None,
-    namespace: str,
+    namespace: str | None,
     flow_ref: str,
     as_json: bool,
     stage: str | None,

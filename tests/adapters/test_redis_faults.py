@@ -33,6 +33,8 @@ class Effects(Flow):
     """Every message leads to an action that counts itself in Redis, per message id."""
 
     name = "effects"
+
+    takes_first_message = True
     stages = (Stage("s", ("ask", "do")),)
     transitions = ()
 

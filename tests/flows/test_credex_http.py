@@ -349,6 +349,8 @@ class Greeter(Flow):
     """A flow whose handler is ``async def``: it awaits the async client on the loop."""
 
     name = "greeter"
+
+    takes_first_message = True
     stages = (Stage("start", ("hello",)),)
 
     def __init__(self, api: AsyncCredexHttpApi) -> None:

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from flows.credex.inputs import (
     Amount,
-    is_exit,
     is_greeting,
     parse_amount,
     parse_handle,
@@ -76,14 +75,6 @@ def test_handles(text: str, expected: str | None) -> None:
 )  # fmt: skip
 def test_names(text: str, expected: str | None) -> None:
     assert parse_name(text) == expected
-
-
-def test_exit_words_only_in_their_slash_form_where_free_text_is_expected() -> None:
-    for word in ("cancel", "Menu", " BACK ", "/cancel"):
-        assert is_exit(word)
-    assert is_exit("/menu", free_text=True) and is_exit("/Cancel", free_text=True)
-    assert not is_exit("cancel", free_text=True) and not is_exit("menu", free_text=True)
-    assert not is_exit("yes") and not is_exit("no")
 
 
 def test_greetings_are_folded() -> None:

@@ -41,7 +41,8 @@ def test_failure_02_refresh_after_accepting_keeps_the_member_in_the_list(bot: Bo
     alice = chat(bot)
     alice.say("hi")
     alice.say("Accept offers (2)").expect(stage="credex", step="pick")
-    turn = alice.say("1").expect("Accepted: 12.50 USD from @dan.", stage="credex", step="pick")
+    alice.say("1").expect("Accept 12.50 USD from @dan?", stage="credex", step="review")
+    turn = alice.say("Confirm").expect("Accepted: 12.50 USD from @dan.", step="pick")
     # The dashboard was reloaded (one offer fewer), and the member is still where they were.
     summary = summary_in(turn.snapshot.data)
     assert summary is not None and summary.pending_in == 1
@@ -99,7 +100,7 @@ def test_failure_03_changing_calls_happen_only_after_the_pending_state_is_saved(
     api = _SpyApi(clock=clock)
     api.store, api.seen = store, []
     engine = build_engine(store, api, clock=clock)
-    Conversation(engine, ALICE).run("> hi\n> 1\n> 7\n> bob\n> yes\n> 2\n> 1\n")
+    Conversation(engine, ALICE).run("> hi\n> 1\n> 7\n> bob\n> yes\n> 2\n> 1\n> confirm\n")
     Conversation(engine, STRANGER).run("> hi\n> 1\n> Tendai\n> Moyo\n> 1\n= menu\n")
     assert [(call, stage, step) for call, stage, step, _ in api.seen] == [
         ("createCredex", "credex", "create"),
@@ -195,7 +196,7 @@ def test_failure_09_names_survive_invalid_answers(bot: Bot) -> None:
         ("getAccountByHandle", "> hi\n> 1\n> 5\n", "bob", ("credex", "recipient")),
         ("getLedger", "> hi\n", "My ledger", ("menu", "dashboard")),
         ("createCredex", "> hi\n> 1\n> 5\n> bob\n", "yes", ("menu", "dashboard")),
-        ("acceptCredex", "> hi\n> 2\n", "1", ("menu", "dashboard")),
+        ("acceptCredex", "> hi\n> 2\n> 1\n", "confirm", ("menu", "dashboard")),
         ("login", "", "hi", ("auth", "login")),
     ],
 )
@@ -215,13 +216,29 @@ def test_failure_10_changed_response_shape_gets_a_clear_reply(
 # -- 11. Ordinary answers typed into a step are taken as greetings that reset the flow -------
 
 
-@pytest.mark.parametrize("word", ["yes", "no", "cancel", "hi", "menu", "start"])
+@pytest.mark.parametrize("word", ["yes", "no", "hi", "start"])
 def test_failure_11_ordinary_words_in_a_free_text_step_do_not_reset(bot: Bot, word: str) -> None:
     alice = chat(bot)
     alice.run("> hi\n> 1\n> 12.50\n= credex.recipient\n")
     turn = alice.say(word)  # a handle is free text: these are just (unknown) handles
     turn.expect(f"No member has the handle @{word}", stage="credex", step="recipient")
     assert turn.snapshot.data["amount"] == {"value": 12.5, "denom": "USD"}
+
+
+@pytest.mark.parametrize("word", ["cancel", "menu", "Stop"])
+def test_failure_11_an_exit_word_in_a_free_text_step_asks_and_no_takes_it(
+    bot: Bot, word: str
+) -> None:
+    alice = chat(bot)
+    alice.run("> hi\n> 1\n> 12.50\n= credex.recipient\n")
+    asked = alice.say(word).expect("Stop the offer?", stage="credex", step="recipient")
+    assert [o.title for o in asked.result.replies[-1].options] == ["Yes", "No"]
+    assert asked.snapshot.data["amount"] == {"value": 12.5, "denom": "USD"}  # nothing reset
+    turn = alice.say("No").expect(f"No member has the handle @{word.lower()}", step="recipient")
+    assert turn.snapshot.asked == ""
+    alice.say(word).expect("Stop the offer?")
+    left = alice.say("Yes").expect("Offer cancelled.", stage="menu")
+    assert "amount" not in left.snapshot.data  # the cancelled offer cannot come back
 
 
 @pytest.mark.parametrize("word", ["yes", "no", "cancel", "hello", "menu"])
@@ -267,7 +284,7 @@ def _v1_session(bot: Bot, user: str, stage: str, option: str, *, signed_in: bool
 def test_failure_12_a_version_1_session_in_a_placeholder_is_restored_at_the_menu(bot: Bot) -> None:
     old = _v1_session(bot, ALICE, "credex", "offer", signed_in=True)
     turn = chat(bot).say("hi").expect("Welcome Alice (@alice).", stage="menu")
-    assert turn.snapshot.flow_version == 2 and turn.snapshot.version == 5
+    assert turn.snapshot.flow_version == 3 and turn.snapshot.version == 5
     assert turn.snapshot.auth == old.auth  # the token came through the migration unchanged
     assert bot.api.count("login") == 1  # only the one _v1_session made: no re-login needed
     assert list(bot.store.quarantined()) == []
@@ -302,9 +319,9 @@ def _race(engines: list[Engine], user: str, text: str, ids: list[str]) -> list[A
 
 CHANGING = [
     ("createCredex", "> hi\n> 1\n> 5\n> bob\n", "yes"),
-    ("acceptCredex", "> hi\n> 2\n", "1"),
-    ("declineCredex", "> hi\n> 3\n", "1"),
-    ("cancelCredex", "> hi\n> 4\n", "1"),
+    ("acceptCredex", "> hi\n> 2\n> 1\n", "confirm"),
+    ("declineCredex", "> hi\n> 3\n> 1\n", "confirm"),
+    ("cancelCredex", "> hi\n> 4\n> 1\n", "confirm"),
     ("createRecurring", "> hi\n> Upgrade membership\n", "Confirm"),
 ]
 
@@ -327,7 +344,7 @@ def test_failure_13_double_tap_on_two_workers_calls_the_api_once(
     chat(bot).run(script)
     results = _race(_workers(bot), ALICE, text, [f"tap-{i}" for i in range(4)])
     # Each tap is a message of its own and lands on the state the previous one left: after
-    # accepting offer 1, "1" picks the next offer in the refreshed list. What never happens is
+    # accepting offer 1, "confirm" is no choice in the refreshed list. What never happens is
     # the same change twice: no two calls carry the same request.
     bodies = [msgspec.json.encode(params) for name, params in bot.api.calls if name == call]
     assert bodies and len(set(bodies)) == len(bodies)

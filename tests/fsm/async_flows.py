@@ -14,6 +14,7 @@ class AsyncCounter(Flow):
     counts under the lease, "park" waits on :attr:`gate`, "boom" fails."""
 
     name = "async-counter"
+    takes_first_message = True
     stages = (
         Stage("idle", ("start",)),
         Stage("counting", ("count", "side", "thread", "inline", "place", "tside")),

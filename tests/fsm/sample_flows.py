@@ -19,6 +19,8 @@ class Counter(Flow):
     """Every message adds one to ``count``; "slow" counts under the lease lock."""
 
     name = "counter"
+
+    takes_first_message = True
     stages = (Stage("idle", ("start",)), Stage("counting", ("count", "locked")))
     transitions = (("begin", "idle", "counting"), ("stop", "counting", "idle"))
 
@@ -77,6 +79,8 @@ class Vault(Flow):
     """start -> auth (password) -> home (protected) -> deposit (protected, two steps)."""
 
     name = "vault"
+
+    takes_first_message = True
     auth_stage = "auth"
     stages = (
         Stage("start", ("hello",)),

@@ -49,6 +49,7 @@ class Shop(Flow):
     """menu -> order (size, placing*) -> menu; placing is an action."""
 
     name = "shop"
+    takes_first_message = True
     auth_stage = "auth"
     stages = (
         Stage("auth", ("login",)),
@@ -285,6 +286,7 @@ class Chain(Flow):
     """idle -(go)-> a1 (action) -> a2 (action) -> idle."""
 
     name = "chain"
+    takes_first_message = True
     stages = (Stage("home", ("idle", "a1", "a2")),)
     transitions = ()
 

@@ -21,6 +21,7 @@ class Secret:
 
 class Failing(Flow):
     name = "failing"
+    takes_first_message = True
     stages = (Stage("s", ("ask",)),)
     transitions = ()
 

@@ -23,6 +23,7 @@ class SurveyV3(Flow):
     needed: its steps are a superset)."""
 
     name = "survey"
+    takes_first_message = True
     version = 3
     stages = (Stage("q", ("name", "city")),)
     transitions = ()

@@ -22,6 +22,7 @@ class Taps(Flow):
     """Says what it got: a tap (``ctx.pressed``) or typed text."""
 
     name = "taps"
+    takes_first_message = True
     stages = (Stage("start", ("ask",)),)
     transitions = ()
 

@@ -11,6 +11,7 @@ CONFIRM = buttons("Buy it?", [("cancel", "Cancel"), ("ok", "OK")])
 
 class Shop(Flow):
     name = "shop"
+    takes_first_message = True
     stages = (Stage("start", ("hello", "fruit", "confirm")),)
     transitions = ()
     blocking = False
