@@ -110,10 +110,10 @@ class Decider:
         """Whether the user's current step is an action the engine runs without input."""
         return self.spec.steps[(current.stage, current.step)].action
 
-    def key_of(self, current: Snapshot) -> str:
-        """The idempotency key of the action pending at ``current``. A snapshot from before
-        ``pending`` existed has none: one is derived from its version."""
-        return current.pending or f"{self.spec.name}:{current.stage}:v{current.version}"
+    def key_of(self, key: str, current: Snapshot) -> str:
+        """The idempotency key of the action pending at ``current`` (user ``key``). A snapshot
+        from before ``pending`` existed has none: one is derived from the user and version."""
+        return current.pending or f"{self.spec.name}:{key}:v{current.version}"
 
     def _needs_reauth(self, current: Snapshot) -> bool:
         return self.spec.is_protected(current.stage) and not self._token_ok(current.auth)
@@ -158,13 +158,13 @@ class Decider:
         if way is not None and not spec.action:
             verdict, text, pressed = self._way_out(way, current, spec, text, pressed)
             if verdict == "leave":
-                return (yield from self._leave(key, current, way, spec, now, notices, message_id))
+                return (yield from self._leave(key, current, way, now, notices, message_id))
             if verdict == "ask":
-                return self._ask(key, current, way, spec, text, now, notices, message_id)
+                return self._ask(key, current, way, text, now, notices, message_id)
         ctx = self._context(key, current, text, now, message_id, pressed)
         if spec.action:
             # No input reaches an action; the key names this pending action, not the message.
-            ctx = replace(ctx, text="", pressed=None, idempotency_key=self.key_of(current))
+            ctx = replace(ctx, text="", pressed=None, idempotency_key=self.key_of(key, current))
         outcome = yield from self._call(key, current, spec.handler, ctx)
         if not isinstance(outcome, Outcome):
             raise StepFailed(
@@ -203,15 +203,18 @@ class Decider:
         step), or ``"answer"`` with the text and tap the step's handler gets (after *No*
         to an exit question: the held word)."""
         if current.asked:
-            if pressed == LEAVE_ID or (pressed is None and _folded(text) in _YES | way.words):
+            if pressed == LEAVE_ID or pressed in way.ids:
+                return "leave", text, pressed
+            if pressed is None and _folded(text) in _YES | way.words:
                 return "leave", text, pressed
             if pressed == STAY_ID or (pressed is None and _folded(text) in _NO):
                 return "answer", current.asked, None
             return "answer", text, pressed
         if way.to == current.step:
             return "answer", text, pressed
-        if pressed is not None:
-            return ("leave" if pressed in way.ids else "answer"), text, pressed
+        if pressed is not None:  # an exit id, or a late tap on an earlier question's Yes
+            leaves = pressed in way.ids or pressed == LEAVE_ID
+            return ("leave" if leaves else "answer"), text, pressed
         folded = _folded(text)
         if folded in way.words:  # a /command is never an answer: it leaves at once
             asks = spec.free_text and not folded.startswith("/")
@@ -223,29 +226,49 @@ class Decider:
         key: str,
         current: Snapshot,
         way: Exit,
-        spec: StepSpec,
         now: float,
         notices: tuple[Reply, ...],
         message_id: str | None,
     ) -> Steps[Decision]:
         """Take the stage's declared way out: its trigger (checked by the machine like any
-        other) or its step, with its reply, the sub-flow's data deleted."""
+        other) or its step, with its reply, the sub-flow's data deleted. A key kept for a
+        retry goes with it (in ``say``, ``ctx.idempotency_key`` is that key, so the reply can
+        say the last attempt may still have gone through)."""
         ctx = self._context(key, current, "", now, message_id)
-        said = way.say(ctx) if callable(way.say) else way.say
+        ctx = replace(ctx, idempotency_key=current.pending)
+        said = self._exit_text(key, current, way.say, ctx)
         replies = (said,) if said else ()
         if way.to in self.spec.stages[current.stage].steps:
             outcome = ctx.stay(*replies, step=way.to, unset=way.unset)
         else:
             outcome = ctx.go(way.to, *replies, unset=way.unset)
-        decision = yield from self._apply(key, current, outcome, now, notices, spec.side_effects)
+        decision = yield from self._apply(key, current, outcome, now, notices, False)
+        left = decision.snapshot
+        if left.pending and not self.is_action(left):  # leaving ends the request
+            decision = replace(decision, snapshot=msgspec.structs.replace(left, pending=""))
         return replace(decision, note="exit")
+
+    def _exit_text(self, key: str, current: Snapshot, said: Any, ctx: Context) -> str:
+        """An Exit's ``say`` or ``ask``: a str, or the str its function returns for ``ctx``
+        (a function that fails is the flow's bug, raised as StepFailed like a handler's)."""
+        if not callable(said):
+            return str(said)
+        try:
+            text = said(ctx)
+            if not isinstance(text, str):
+                raise TypeError(f"an Exit's say/ask returned {type(text).__name__}, not str")
+        except Exception as exc:
+            self.stats.incr("step_failures")
+            raise StepFailed(
+                current.stage, current.step, user_key=key, version=current.version
+            ) from exc
+        return text
 
     def _ask(
         self,
         key: str,
         current: Snapshot,
         way: Exit,
-        spec: StepSpec,
         text: str,
         now: float,
         notices: tuple[Reply, ...],
@@ -253,7 +276,7 @@ class Decider:
     ) -> Decision:
         """An exit word at a free-text step: hold it and ask, rather than guess."""
         ctx = self._context(key, current, text, now, message_id)
-        question = way.ask(ctx) if callable(way.ask) else way.ask
+        question = self._exit_text(key, current, way.ask, ctx)
         new = msgspec.structs.replace(
             current,
             asked=text,
@@ -262,7 +285,7 @@ class Decider:
             update_from=self._source(),
         )
         ask = buttons(question, [(LEAVE_ID, "Yes"), (STAY_ID, "No")])
-        return Decision(new, (*notices, ask), (), spec.side_effects, note="ask-exit")
+        return Decision(new, (*notices, ask), (), False, note="ask-exit")
 
     def _walk(
         self,
@@ -355,7 +378,7 @@ class Decider:
                     current.stage, current.step, user_key=key, version=current.version
                 ) from ValueError(f"data nested deeper than {MAX_DEPTH} levels")
             data.update({name: thaw(value) for name, value in outcome.set.items()})
-        place = self._route(key, current, outcome, auth, self._kept(current, outcome, data))
+        place = self._route(key, current, outcome, auth, self._kept(key, current, outcome, data))
         new = Snapshot(
             flow=self.spec.name,
             stage=place.stage,
@@ -376,12 +399,12 @@ class Decider:
             replies = (*replies, *(yield from self._enter(key, new, now)))
         return Decision(new, replies, tuple(place.events), side_effects)
 
-    def _kept(self, current: Snapshot, outcome: Outcome, data: dict[str, Any]) -> str:
+    def _kept(self, key: str, current: Snapshot, outcome: Outcome, data: dict[str, Any]) -> str:
         """The idempotency key this outcome carries within the stage, or "": an action's key
         when it says its call may have been applied (``retry_later``), and, at the step it sent
         the user back to, that key for as long as the request's data stays the same."""
         if self.is_action(current):
-            return self.key_of(current) if outcome.keep_key else ""
+            return self.key_of(key, current) if outcome.keep_key else ""
         if current.pending and data == current.data:
             return current.pending
         return ""

@@ -4,6 +4,7 @@ runs, and rendered to PNG or SVG by Graphviz's ``dot`` when it is installed.
 >>> from fsm import Context, Flow, Outcome, Stage, step
 >>> class Door(Flow):
 ...     name = "door"
+...     takes_first_message = True
 ...     stages = (Stage("shut", ["wait"]), Stage("open", ["wait"], protected=True))
 ...     transitions = (("push", "shut", "open"), ("pull", "open", "shut"))
 ...     auth_stage = "shut"

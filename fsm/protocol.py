@@ -372,7 +372,8 @@ class MessageProtocol(Generic[S]):
                 return None
             m.leased_at = time.monotonic()
         try:
-            fresh = restored.expected_version == 0  # nothing stored: a new conversation
+            # Nothing stored, and not a reset this call made: a new (or expired) conversation.
+            fresh = restored.expected_version == 0 and m.floor is None
             decision = yield from self._decide(m, current, at_action, fresh)
         except (StepFailed, StepNotFound, TransitionNotAllowed) as exc:
             if not (yield from self._poisoned(m, restored, exc)):

@@ -12,7 +12,7 @@ removed explicitly and cannot come back.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -212,14 +212,8 @@ class Context:
         refusal (a 4xx) is an ordinary :meth:`stay`: the next attempt is a new request with a
         new key, as it is after the user changes the request's data or leaves the stage.
         """
-        return Outcome(
-            replies=_replies(replies),
-            step=step,
-            option=option,
-            set=dict(set or {}),
-            unset=frozenset(unset),
-            keep_key=True,
-        )
+        stay = self.stay(*replies, step=step, option=option, set=set, unset=unset)
+        return replace(stay, keep_key=True)
 
     def reauth(self, *replies: ReplyLike) -> Outcome:
         """The API refused our token (401): send the user to the flow's auth stage with a

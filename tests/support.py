@@ -53,3 +53,14 @@ def wait_http(
             told = f":\n{log.read_text()}" if log is not None and log.exists() else ""
             raise RuntimeError(f"{url} did not come up{told}")
         time.sleep(interval)
+
+
+def check_rows(stdout: str) -> list[dict[str, Any]]:
+    """The per-session rows of ``fsm check --json`` (JSON Lines), checking that its last line
+    is the summary it always prints and that the summary counts the rows."""
+    import json
+
+    *rows, last = [json.loads(line) for line in stdout.splitlines()]
+    assert set(last) == {"summary"}, last
+    assert last["summary"]["invalid"] == len(rows)
+    return rows

@@ -169,3 +169,16 @@ def test_ctrl_c_in_a_chat_exits_130_quietly(tmp_path: Path) -> None:
         proc.kill()
     assert proc.returncode == 130
     assert "Traceback" not in err and "Aborted" not in err
+
+
+def test_scripts_dev_help_exits_0(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "dev"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "scripts/dev test" in proc.stdout + proc.stderr

@@ -169,6 +169,7 @@ def test_output_is_deterministic_and_ends_with_a_newline() -> None:
 def test_names_mermaid_cannot_take_become_unique_ids_with_the_name_as_label() -> None:
     class Odd(Flow):
         name = "odd"
+        takes_first_message = True
         stages = (
             Stage("default", ("a",)),  # Mermaid reads "default..." as a keyword
             Stage("my-stage", ("x", "y-z")),  # "-" cannot be in an id
@@ -291,6 +292,7 @@ def test_a_flow_in_the_current_directory_is_found(project: Path) -> None:
         "from fsm import Context, Flow, Outcome, Stage, step\n"
         "class Tiny(Flow):\n"
         "    name = 'tiny'\n"
+        "    takes_first_message = True\n"
         "    stages = (Stage('only', ('ask',)),)\n"
         "    transitions = ()\n"
         "    @step('only', 'ask')\n"
@@ -408,6 +410,7 @@ def test_dot_without_protected_stages_has_no_legend(project: Path) -> None:
         "from fsm import Context, Flow, Outcome, Stage, step\n"
         "class Plain(Flow):\n"
         "    name = 'plain'\n"
+        "    takes_first_message = True\n"
         "    stages = (Stage('only', ('ask',)),)\n"
         "    transitions = (('again', 'only', 'only'),)\n"
         "    @step('only', 'ask')\n"

@@ -21,6 +21,8 @@ UPGRADE = (
 
 
 def _left(ctx: Context) -> str:
+    if ctx.idempotency_key:  # cancelled after a failure that may have been applied
+        return "Stopped. Your last attempt may still have gone through: check the menu."
     return "Upgrade cancelled." if ctx.option == "upgrade" else ""
 
 

@@ -46,9 +46,16 @@ def _from_v1(snap: Snapshot) -> Snapshot:
 
 def _from_v2(snap: Snapshot) -> Snapshot:
     """Version 3 added the ``review`` step (accept / decline / cancel ask first) and declared
-    ways out: every version 2 step is still there, unchanged. The version says to a version 2
+    ways out; every version 2 step is still there. Version 2 kept a timed-out offer's key in
+    ``data["retry_key"]``; version 3 keeps it where the engine does (``pending``, at the
+    confirm step), so confirming again still reuses it. The version also tells a version 2
     deploy that a session at ``review`` is a newer deploy's, not corrupt."""
-    return snap
+    data = dict(snap.data)
+    key = data.pop("retry_key", None)
+    if key is None:
+        return snap
+    kept = str(key) if (snap.stage, snap.step) == ("credex", "confirm") else snap.pending
+    return msgspec.structs.replace(snap, data=data, pending=kept)
 
 
 class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):

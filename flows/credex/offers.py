@@ -49,6 +49,8 @@ ASK_AMOUNT = (
 
 
 def _left(ctx: Context) -> str:
+    if ctx.idempotency_key:  # cancelled after a failure that may have been applied
+        return "Stopped. Your last attempt may still have gone through: check the menu."
     return "Offer cancelled." if ctx.option == "offer" else ""
 
 

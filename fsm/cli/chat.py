@@ -3,7 +3,6 @@ transcript and check it. It never prints a token."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, TextIO
 
@@ -87,8 +86,9 @@ def chat(
 ) -> None:
     """Chat with the reference Credex bot (or your own, --engine) in the terminal, on the
     in-memory store unless --store names a Redis URL."""
-    # A script runs on a fake clock (starting now) so '! clock +2h' can move time.
-    clock: Clock = FakeClock(time.time()) if script is not None else SYSTEM_CLOCK
+    # A script runs on a fake clock so '! clock +2h' can move time; it starts where the testing
+    # kit's does (fsm.clock.FAKE_EPOCH), so a transcript plays the same in pytest and here.
+    clock: Clock = FakeClock() if script is not None else SYSTEM_CLOCK
     if user is None:
         user = DEFAULT_USER if engine_ref is None else ENGINE_USER
     chosen = namespace_for(namespace, engine_ref or "flows.credex.flow:CredexBot")

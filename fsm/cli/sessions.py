@@ -109,7 +109,7 @@ def _print_session(info: dict[str, Any], now: float) -> None:
         else:
             row("", "(the token itself is hidden: --show-secrets)")
     if info["pending_action"]:
-        row("pending", "an action waits to run (its idempotency key is kept)")
+        row("pending", "an action's idempotency key is kept (it waits, or a retry reuses it)")
     if info["resume"] is not None:
         row("resume", f"{info['resume']['stage']}.{info['resume']['step']} after sign-in")
     data = to_json(info["data"], indent=2)

@@ -30,6 +30,7 @@ class Ping(Flow):
     """Every message moves to an action step, which moves back: the action path's cost."""
 
     name = "ping"
+    takes_first_message = True
     stages = (Stage("s", ("ask", "do")),)
     transitions = ()
 

@@ -490,3 +490,41 @@ def test_the_fake_replays_a_garbled_answer_without_changing_anything_again(bot: 
             )
         assert info.value.status == 502
     assert len(_pending_out(bot.api, ALICE)) == before + 1  # created once
+
+
+def test_failure_13_a_version_2_retry_key_is_still_used_after_the_upgrade() -> None:
+    """Version 2 kept a timed-out offer's key in data["retry_key"]; after a deploy of version
+    3, confirming again must still reuse it (the migration moves it to ``pending``)."""
+    clock = FakeClock()
+    api = _TimesOutAfterCreating(clock=clock)
+    store = MemoryStore(clock=clock)
+    alice = Conversation(build_engine(store, api, clock=clock), ALICE)
+    alice.run("> hi\n> 1\n> 10\n> bob\n")
+    waiting = alice.say("yes").expect("not reachable", step="confirm").snapshot
+    key = waiting.pending
+    assert key and api.count("createCredex") == 1
+    as_v2 = msgspec.structs.replace(
+        waiting,
+        flow_version=2,
+        pending="",
+        data={**waiting.data, "retry_key": key},
+        version=waiting.version + 1,
+    )
+    saved = store.save(
+        ALICE, encode_snapshot(as_v2), version=as_v2.version, expected_version=waiting.version,
+        ttl=600,
+    )  # fmt: skip
+    assert saved.status.name == "SAVED", saved
+    turn = alice.say("yes").expect("Offer of 10.00 USD sent to @bob.", stage="menu")
+    assert api.replays == [("createCredex", key)]  # the old key, answered from its first call
+    assert _pending_out(api, ALICE).count("10.00 USD") == 1
+    assert "retry_key" not in turn.snapshot.data
+
+
+def test_failure_13_cancelling_after_a_timeout_says_it_may_have_gone_through() -> None:
+    clock = FakeClock()
+    api = _TimesOutAfterCreating(clock=clock)
+    alice = Conversation(build_engine(MemoryStore(clock=clock), api, clock=clock), ALICE)
+    alice.run("> hi\n> 1\n> 10\n> bob\n> yes\n= credex.confirm\n")
+    turn = alice.say("cancel").expect("may still have gone through", stage="menu")
+    assert "Offer cancelled." not in turn.said and turn.snapshot.pending == ""

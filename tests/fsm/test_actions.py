@@ -228,6 +228,7 @@ def test_action_decorator_is_checked_like_step() -> None:
 
         class Twice(Flow):
             name = "twice"
+            takes_first_message = True
             stages = (Stage("a", ("x",)),)
             transitions = ()
 
@@ -255,6 +256,7 @@ def test_a_flow_cannot_start_at_an_action() -> None:
 
         class StartsActing(Flow):
             name = "starts_acting"
+            takes_first_message = True
             stages = (Stage("a", ("go", "wait")),)
             transitions = ()
 

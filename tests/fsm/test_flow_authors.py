@@ -353,3 +353,35 @@ def test_a_reply_that_is_not_a_reply_is_a_type_error_at_once(bad: Any) -> None:
     for make in (lambda: ctx.stay(bad), lambda: ctx.go("e", "ok", bad)):
         with pytest.raises(TypeError, match="a reply is a Reply or a str"):
             make()
+
+
+def test_the_fake_clock_starts_at_its_documented_instant() -> None:
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from fsm.clock import FAKE_EPOCH
+
+    assert FakeClock().now() == FAKE_EPOCH
+    stated = datetime.fromtimestamp(FAKE_EPOCH, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert stated == "2023-11-14 22:13:20 UTC"
+    docs = " ".join((Path(__file__).parents[2] / "docs" / "testing.md").read_text().split())
+    assert stated in docs and "It **cannot** expire anything Redis keeps" in docs
+
+
+def test_a_held_exit_word_survives_the_stored_bytes() -> None:
+    from fsm import Snapshot, decode_snapshot, encode_snapshot
+
+    snap = Snapshot(flow="booking", stage="book", step="name", version=3, asked="Cancel")
+    assert decode_snapshot(encode_snapshot(snap)).asked == "Cancel"
+    older = Snapshot(flow="booking", stage="book", step="name", version=3)  # written before
+    assert decode_snapshot(encode_snapshot(older)).asked == ""
+
+
+def test_a_late_tap_on_an_earlier_questions_yes_leaves(chat: Conversation) -> None:
+    chat.run("> hi\n> 1\n> Ann\n= book.confirm\n")
+    chat.press(LEAVE_ID).expect("Booking cancelled.", stage="menu")
+
+
+def test_at_the_question_a_pressed_exit_id_leaves(chat: Conversation) -> None:
+    chat.run("> hi\n> 1\n> stop\n< Stop the booking?\n")
+    chat.press("cancel").expect("Booking cancelled.", stage="menu")  # an older Cancel button

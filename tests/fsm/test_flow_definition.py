@@ -20,7 +20,7 @@ def _handler(stage: str, step_id: str) -> Any:
 
 
 def declare(**attrs: Any) -> type[Flow]:
-    body: dict[str, Any] = {"name": "t", **attrs}
+    body: dict[str, Any] = {"name": "t", "takes_first_message": True, **attrs}
     return type("T", (Flow,), body)
 
 

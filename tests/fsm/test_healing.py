@@ -114,6 +114,7 @@ def test_failure_3_a_step_that_writes_data_too_deep_is_step_failed() -> None:
 
     class Deep(Flow):
         name = "deep"
+        takes_first_message = True
         stages = (Stage("s", ("ask",)),)
         transitions = ()
 
@@ -267,6 +268,7 @@ def test_failure_7_a_redelivery_or_an_io_failure_does_not_count_as_poison(world:
 
     class Flaky(Flow):
         name = "flaky"
+        takes_first_message = True
         stages = (Stage("s", ("ask",)),)
         transitions = ()
 
@@ -298,6 +300,7 @@ def test_failure_3_data_grown_one_level_per_message_is_refused_before_it_is_save
 
     class Nest(Flow):
         name = "nest"
+        takes_first_message = True
         stages = (Stage("s", ("ask",)),)
         transitions = ()
 

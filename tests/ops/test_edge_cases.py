@@ -23,6 +23,7 @@ from fsm.ops.recover import Outcome, recover_session, salvage_auth
 from tests import redis_servers
 from tests.ops.conftest import ALICE, BOB, CAROL, Ops, make_ops, schema_1
 from tests.ops.test_monitor import _fsm
+from tests.support import check_rows
 
 FAKE_JWT = jwt.encode({"sub": "x"}, "k" * 32, algorithm="HS256")
 
@@ -152,7 +153,7 @@ def test_a_key_of_the_wrong_type_is_reported_not_fatal(wrong_type: Ops, tmp_path
     rows = {r["user"]: r for r in map(json.loads, listed.stdout.splitlines())}
     assert set(rows) == {ALICE, BOB, CAROL} and rows[BOB]["valid"] is False
     check = ops.fsm("check", "--json")
-    [row] = map(json.loads, check.stdout.splitlines())
+    [row] = check_rows(check.stdout)
     assert check.exit_code == 1 and row["user"] == BOB and "WRONGTYPE" in row["reason"]
     backup = ops.fsm("backup", "-o", str(tmp_path / "b.jsonl"))
     assert backup.exit_code == 0 and "backed up 2 session(s)" in backup.stdout
@@ -317,7 +318,7 @@ def test_deeply_nested_bytes_are_reported_not_a_traceback(ops: Ops) -> None:
     ops.put(BOB, b"\x91" * 5000 + b"\x90")
     check = ops.fsm("check", "--json")
     assert check.exit_code == 1
-    assert {r["user"] for r in map(json.loads, check.stdout.splitlines())} == {ALICE, BOB}
+    assert {r["user"] for r in check_rows(check.stdout)} == {ALICE, BOB}
     for user in (ALICE, BOB):
         assert ops.fsm("inspect", user).exit_code == 0
         assert ops.fsm("recover", user).exit_code == 0
@@ -342,7 +343,7 @@ def test_a_user_key_with_a_colon_keeps_a_readable_reason(ops: Ops) -> None:
     fields = list(msgspec.msgpack.decode(msgspec.msgpack.encode(ops.say(ALICE, "hi"))))
     fields[Snapshot.__struct_fields__.index("schema")] = SCHEMA_VERSION + 1
     ops.put("a: b", msgspec.msgpack.encode(fields))
-    [row] = map(json.loads, ops.fsm("check", "--json").stdout.splitlines())
+    [row] = check_rows(ops.fsm("check", "--json").stdout)
     assert row["reason"] == (
         f"snapshot schema {SCHEMA_VERSION + 1} is newer than this code supports "
         f"({SCHEMA_VERSION}); upgrade this worker"

@@ -14,6 +14,7 @@ from fsm import Snapshot
 from fsm.ops.recover import Outcome, recover_session, salvage_auth
 from fsm.snapshot import SCHEMA_VERSION, encode_snapshot
 from tests.ops.conftest import ALICE, BOB, CAROL, DAVE, STRANGER, Ops
+from tests.support import check_rows
 
 ERIN = "263770000005"
 FRANK = "263770000006"
@@ -54,7 +55,7 @@ def test_check_reports_every_invalid_session_with_its_reason(ops: Ops) -> None:
     expected = _broken(ops)
     result = ops.fsm("check", "--json")
     assert result.exit_code == 1
-    found = {row["user"]: row for row in map(json.loads, result.stdout.splitlines())}
+    found = {row["user"]: row for row in check_rows(result.stdout)}
     assert {u: r["problem"] for u, r in found.items()} == expected
     assert "unknown stage 'vault'" in found[BOB]["reason"]
     assert "has no step 'nowhere'" in found[CAROL]["reason"]
@@ -120,7 +121,7 @@ def test_recover_all_repairs_the_broken_and_leaves_the_rest(ops: Ops) -> None:
     assert result.exit_code == 0, result.output
     outcomes = {row["user"]: row["outcome"] for row in map(json.loads, result.stdout.splitlines())}
     assert outcomes == {u: "recovered" for u in (BOB, CAROL, STRANGER, ERIN)}
-    left = {row["user"] for row in map(json.loads, ops.fsm("check", "--json").stdout.splitlines())}
+    left = {row["user"] for row in check_rows(ops.fsm("check", "--json").stdout)}
     assert left == {DAVE, FRANK}  # the bot handles expired tokens; newer code owns FRANK's
     assert len(list(ops.store.quarantined())) == 4
 
