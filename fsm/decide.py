@@ -161,6 +161,8 @@ class Decider:
                 return (yield from self._leave(key, current, way, now, notices, message_id))
             if verdict == "ask":
                 return self._ask(key, current, way, text, now, notices, message_id)
+            if verdict == "prompt":
+                return (yield from self._reprompt(key, current, now, notices))
         ctx = self._context(key, current, text, now, message_id, pressed)
         if spec.action:
             # No input reaches an action; the key names this pending action, not the message.
@@ -200,8 +202,9 @@ class Decider:
         way: Exit, current: Snapshot, spec: StepSpec, text: str, pressed: str | None
     ) -> tuple[str, str, str | None]:
         """What the stage's exit makes of a message: ``"leave"``, ``"ask"`` (a free-text
-        step), or ``"answer"`` with the text and tap the step's handler gets (after *No*
-        to an exit question: the held word)."""
+        step), ``"prompt"`` (a late *No* with no question open: say the step's prompt), or
+        ``"answer"`` with the text and tap the step's handler gets (after *No* to an exit
+        question: the held word)."""
         if current.asked:
             if pressed == LEAVE_ID or pressed in way.ids:
                 return "leave", text, pressed
@@ -212,6 +215,8 @@ class Decider:
             return "answer", text, pressed
         if way.to == current.step:
             return "answer", text, pressed
+        if pressed == STAY_ID:  # a late tap on an earlier question's No: ask the step again
+            return "prompt", text, pressed
         if pressed is not None:  # an exit id, or a late tap on an earlier question's Yes
             leaves = pressed in way.ids or pressed == LEAVE_ID
             return ("leave" if leaves else "answer"), text, pressed
@@ -263,6 +268,16 @@ class Decider:
                 current.stage, current.step, user_key=key, version=current.version
             ) from exc
         return text
+
+    def _reprompt(
+        self, key: str, current: Snapshot, now: float, notices: tuple[Reply, ...]
+    ) -> Steps[Decision]:
+        """Stay, and say the step's prompt again (a tap that answers nothing the step asks)."""
+        new = msgspec.structs.replace(
+            current, version=current.version + 1, last_updated=now, update_from=self._source()
+        )
+        replies = (*notices, *(yield from self._enter(key, new, now)))
+        return Decision(new, replies, (), False, note="prompt")
 
     def _ask(
         self,

@@ -385,3 +385,9 @@ def test_a_late_tap_on_an_earlier_questions_yes_leaves(chat: Conversation) -> No
 def test_at_the_question_a_pressed_exit_id_leaves(chat: Conversation) -> None:
     chat.run("> hi\n> 1\n> stop\n< Stop the booking?\n")
     chat.press("cancel").expect("Booking cancelled.", stage="menu")  # an older Cancel button
+
+
+def test_a_late_tap_on_an_earlier_questions_no_asks_the_step_again(chat: Conversation) -> None:
+    chat.run("> hi\n> 1\n= book.name\n")
+    turn = chat.press(STAY_ID).expect("Your name?", step="name", data={"who": ABSENT})
+    assert turn.snapshot.asked == ""  # not taken as a name
