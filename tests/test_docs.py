@@ -85,7 +85,9 @@ def _existing_files_required(command: object, args: list[str]) -> list[str]:
     import click
 
     assert isinstance(command, click.Command)
-    ctx = click.Context(command, resilient_parsing=True)
+    # With the command's own settings, as click builds it: click caches a command's help option
+    # from the first context that asks, so a bare Context would drop `-h` for later tests.
+    ctx = click.Context(command, resilient_parsing=True, **command.context_settings)
     values, _, _ = command.make_parser(ctx).parse_args(list(args))
     found: list[str] = []
     for param in command.params:

@@ -47,7 +47,33 @@ def _version() -> str:
         return "0+unknown"
 
 
-class _Main(click.Group):
+#: ``-h`` is ``--help`` on every command, however it is invoked (click caches a command's help
+#: option from the first context it sees, so the group's setting alone is not enough).
+HELP_NAMES = ["-h", "--help"]
+
+
+def _with_help(kwargs: dict[str, Any]) -> dict[str, Any]:
+    settings = dict(kwargs.get("context_settings") or {})
+    settings.setdefault("help_option_names", HELP_NAMES)
+    return {**kwargs, "context_settings": settings}
+
+
+class _Command(click.Command):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **_with_help(kwargs))
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **_with_help(kwargs))
+
+
+_Group.group_class = _Group
+
+
+class _Main(_Group):
     """The ``fsm`` group: a store that cannot be reached ends any command with status 2 and
     one clear line (the driver's error names the host; never a password); any other library
     error with status 1 and one line."""
@@ -74,7 +100,7 @@ class _Main(click.Group):
             ctx.exit(EXIT_UNAVAILABLE)
 
 
-@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main)
 @click.version_option(_version(), prog_name="fsm")
 def main() -> None:
     """Explicit conversation state machines: run, inspect and operate bots built on them."""
