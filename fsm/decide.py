@@ -23,7 +23,7 @@ import msgspec
 from fsm.auth import TokenVerifier
 from fsm.effects import HandlerCall, Steps
 from fsm.errors import FsmError, StepFailed, StepNotFound, TokenRefused, TransitionNotAllowed
-from fsm.flow import Exit, Flow, FlowSpec, StepSpec, call_mode
+from fsm.flow import Exit, Flow, FlowSpec, StepSpec, call_mode, folded
 from fsm.reply import Reply, buttons
 from fsm.snapshot import MAX_DEPTH, SCHEMA_VERSION, Auth, Resume, Snapshot, nesting
 from fsm.stats import EngineStats
@@ -60,10 +60,6 @@ LEAVE_ID = "fsm.exit.yes"
 STAY_ID = "fsm.exit.no"
 _YES = frozenset({"yes", "y", "1", "ok", "okay"})
 _NO = frozenset({"no", "n", "2"})
-
-
-def _folded(text: str) -> str:
-    return " ".join(text.split()).casefold()
 
 
 class Decider:
@@ -153,7 +149,8 @@ class Decider:
             return (yield from self._send_to_auth(key, current, now, notices))
         spec = self.spec.steps[(current.stage, current.step)]
         if fresh and not self.spec.takes_first_message and current.stage == self.spec.initial:
-            return (yield from self._greet(key, current, now, notices))
+            # A new conversation: the first message is not applied to a question not yet seen.
+            return (yield from self._prompt(key, current, now, notices, note="start"))
         way = self.spec.stages[current.stage].exit
         if way is not None and not spec.action:
             verdict, text, pressed = self._way_out(way, current, spec, text, pressed)
@@ -162,7 +159,7 @@ class Decider:
             if verdict == "ask":
                 return self._ask(key, current, way, text, now, notices, message_id)
             if verdict == "prompt":
-                return (yield from self._reprompt(key, current, now, notices))
+                return (yield from self._prompt(key, current, now, notices, note="prompt"))
         ctx = self._context(key, current, text, now, message_id, pressed)
         if spec.action:
             # No input reaches an action; the key names this pending action, not the message.
@@ -186,16 +183,24 @@ class Decider:
             ) from ValueError("an action must move the user to another step")
         return decision
 
-    def _greet(
-        self, key: str, current: Snapshot, now: float, notices: tuple[Reply, ...]
-    ) -> Steps[Decision]:
-        """A new conversation: save it and show the initial step's prompt. The first message
-        is not applied to a question the user has not seen."""
-        new = msgspec.structs.replace(
-            current, version=current.version + 1, last_updated=now, update_from=self._source()
+    def _restamped(self, current: Snapshot, now: float, **changes: Any) -> Snapshot:
+        """``current`` as the next save writes it when no handler ran: one version on."""
+        return msgspec.structs.replace(
+            current,
+            version=current.version + 1,
+            last_updated=now,
+            update_from=self._source(),
+            **changes,
         )
+
+    def _prompt(
+        self, key: str, current: Snapshot, now: float, notices: tuple[Reply, ...], *, note: str
+    ) -> Steps[Decision]:
+        """Stay, and say the step's prompt (again): a new conversation, or a tap that answers
+        nothing the step asks. ``note`` names it in the history."""
+        new = self._restamped(current, now)
         replies = (*notices, *(yield from self._enter(key, new, now)))
-        return Decision(new, replies, (), side_effects=False, note="start")
+        return Decision(new, replies, (), side_effects=False, note=note)
 
     @staticmethod
     def _way_out(
@@ -208,9 +213,9 @@ class Decider:
         if current.asked:
             if pressed == LEAVE_ID or pressed in way.ids:
                 return "leave", text, pressed
-            if pressed is None and _folded(text) in _YES | way.words:
+            if pressed is None and folded(text) in _YES | way.words:
                 return "leave", text, pressed
-            if pressed == STAY_ID or (pressed is None and _folded(text) in _NO):
+            if pressed == STAY_ID or (pressed is None and folded(text) in _NO):
                 return "answer", current.asked, None
             return "answer", text, pressed
         if way.to == current.step:
@@ -220,9 +225,9 @@ class Decider:
         if pressed is not None:  # an exit id, or a late tap on an earlier question's Yes
             leaves = pressed in way.ids or pressed == LEAVE_ID
             return ("leave" if leaves else "answer"), text, pressed
-        folded = _folded(text)
-        if folded in way.words:  # a /command is never an answer: it leaves at once
-            asks = spec.free_text and not folded.startswith("/")
+        word = folded(text)
+        if word in way.words:  # a /command is never an answer: it leaves at once
+            asks = spec.free_text and not word.startswith("/")
             return ("ask" if asks else "leave"), text, pressed
         return "answer", text, pressed
 
@@ -269,16 +274,6 @@ class Decider:
             ) from exc
         return text
 
-    def _reprompt(
-        self, key: str, current: Snapshot, now: float, notices: tuple[Reply, ...]
-    ) -> Steps[Decision]:
-        """Stay, and say the step's prompt again (a tap that answers nothing the step asks)."""
-        new = msgspec.structs.replace(
-            current, version=current.version + 1, last_updated=now, update_from=self._source()
-        )
-        replies = (*notices, *(yield from self._enter(key, new, now)))
-        return Decision(new, replies, (), False, note="prompt")
-
     def _ask(
         self,
         key: str,
@@ -292,13 +287,7 @@ class Decider:
         """An exit word at a free-text step: hold it and ask, rather than guess."""
         ctx = self._context(key, current, text, now, message_id)
         question = self._exit_text(key, current, way.ask, ctx)
-        new = msgspec.structs.replace(
-            current,
-            asked=text,
-            version=current.version + 1,
-            last_updated=now,
-            update_from=self._source(),
-        )
+        new = self._restamped(current, now, asked=text)
         ask = buttons(question, [(LEAVE_ID, "Yes"), (STAY_ID, "No")])
         return Decision(new, (*notices, ask), (), False, note="ask-exit")
 

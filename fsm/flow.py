@@ -53,6 +53,11 @@ Migration = Callable[[Snapshot], Snapshot]
 _RESERVED = frozenset({"state", "trigger", "move", "may_land", "token_preserved", "machine"})
 
 
+def folded(text: str) -> str:
+    """``text`` as exit words are compared: trimmed, one space between words, case-folded."""
+    return " ".join(text.split()).casefold()
+
+
 #: What a user types to leave a sub-flow (compared trimmed and case-folded).
 EXIT_WORDS = frozenset({"cancel", "stop", "back", "menu", "exit", "quit", "/cancel", "/menu"})
 
@@ -107,7 +112,7 @@ class Exit:
         object.__setattr__(self, "say", say)
         object.__setattr__(self, "ask", ask)
         object.__setattr__(self, "unset", tuple(unset))
-        object.__setattr__(self, "words", frozenset(" ".join(w.split()).casefold() for w in words))
+        object.__setattr__(self, "words", frozenset(folded(w) for w in words))
         object.__setattr__(self, "ids", frozenset(ids))
 
 

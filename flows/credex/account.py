@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flows.credex.api import ApiError, ApiResponseError, Unauthorized
-from flows.credex.base import CONFIRM, CredexSteps, confirmed, maybe_sent, problem
+from flows.credex.base import CONFIRM, CredexSteps, confirmed, maybe_sent, problem, stopped
 from flows.credex.dashboard import summary_in
 from fsm import Context, Exit, Option, Outcome, Reply, action, buttons, on_enter, pick, step
 
@@ -21,9 +21,7 @@ UPGRADE = (
 
 
 def _left(ctx: Context) -> str:
-    if ctx.idempotency_key:  # cancelled after a failure that may have been applied
-        return "Stopped. Your last attempt may still have gone through: check the menu."
-    return "Upgrade cancelled." if ctx.option == "upgrade" else ""
+    return stopped(ctx, "upgrade", "Upgrade cancelled.")
 
 
 #: The account stage's way out: to the menu. A tapped Cancel (the upgrade's confirm) or

@@ -43,6 +43,15 @@ def maybe_sent(exc: ApiError) -> str:
     return f"{problem(exc)} Confirm again to retry: it will not be applied twice."
 
 
+def stopped(ctx: Context, option: str, said: str) -> str:
+    """What a sub-flow's declared way out says: ``said`` when the member leaves the ``option``
+    sub-flow, nothing for another, and, after a failure that may have been applied (a kept
+    idempotency key), that the last attempt may still have gone through."""
+    if ctx.idempotency_key:
+        return "Stopped. Your last attempt may still have gone through: check the menu."
+    return said if ctx.option == option else ""
+
+
 def confirmed(text: str) -> bool | None:
     """True for Confirm (1, "confirm", "yes"), False for Cancel (2, "cancel", "no"), else None."""
     folded = " ".join(text.split()).casefold()

@@ -24,6 +24,7 @@ from flows.credex.base import (
     confirmed,
     maybe_sent,
     problem,
+    stopped,
 )
 from flows.credex.dashboard import BACK, Summary, offer_list, offer_rows, summary_in
 from flows.credex.inputs import Amount, parse_amount, parse_handle, unknown_denomination
@@ -49,9 +50,7 @@ ASK_AMOUNT = (
 
 
 def _left(ctx: Context) -> str:
-    if ctx.idempotency_key:  # cancelled after a failure that may have been applied
-        return "Stopped. Your last attempt may still have gone through: check the menu."
-    return "Offer cancelled." if ctx.option == "offer" else ""
+    return stopped(ctx, "offer", "Offer cancelled.")
 
 
 #: The credex stage's way out: to the menu, this sub-flow's data deleted. A tapped Cancel

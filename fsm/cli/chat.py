@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from fsm.cli.common import EXIT_INTERRUPTED, main, namespace_for, resolve
+from fsm.cli.common import DEFAULT_FLOW, EXIT_INTERRUPTED, main, namespace_for, resolve
 from fsm.clock import SYSTEM_CLOCK, Clock, FakeClock
 from fsm.errors import FsmError
 from fsm.transcript import Directive, Runner, TranscriptError
@@ -91,7 +91,7 @@ def chat(
     clock: Clock = FakeClock() if script is not None else SYSTEM_CLOCK
     if user is None:
         user = DEFAULT_USER if engine_ref is None else ENGINE_USER
-    chosen = namespace_for(namespace, engine_ref or "flows.credex.flow:CredexBot")
+    chosen = namespace_for(namespace, engine_ref or DEFAULT_FLOW)
     store = _chat_store(store_url, chosen, use_async)
     engine, directives = _chat_engine(engine_ref, clock, store, use_async)
     if script is not None:
