@@ -28,13 +28,12 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(msgspec.Struct, frozen=True):
     """A stored session: the bytes exactly as stored and the version they were saved with.
 
     ``tag`` is an opaque id of the write that stored it, for stores that keep one (RedisStore
@@ -44,14 +43,24 @@ class Record:
 
     payload: bytes
     version: int
-    tag: str = field(default="", compare=False)
+    tag: str = ""
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Record:
+            return NotImplemented
+        return self.version == other.version and self.payload == other.payload
+
+    def __hash__(self) -> int:
+        return hash((self.payload, self.version))
 
     def __repr__(self) -> str:  # the payload holds a JWT: never print it
         return f"Record(version={self.version}, payload=<{len(self.payload)} bytes>)"
 
+    def __rich_repr__(self) -> list[tuple[str, object]]:  # msgspec's shows the payload
+        return [("version", self.version), ("payload", f"<{len(self.payload)} bytes>")]
 
-@dataclass(frozen=True, slots=True)
-class Loaded:
+
+class Loaded(msgspec.Struct, frozen=True):
     """What :meth:`Store.load` returns: the record (``None`` if absent or expired), whether
     the given message id was already applied for this user, and whether a worker holds the
     user's lease lock right now.
@@ -72,8 +81,7 @@ class SaveStatus(enum.Enum):
     LOCKED = "locked"  # another worker holds the user's lease: queue behind it
 
 
-@dataclass(frozen=True, slots=True)
-class SaveResult:
+class SaveResult(msgspec.Struct, frozen=True):
     """Outcome of a compare-and-set. On conflict or duplicate, ``current`` is what is stored now
     (``None`` if nothing is), so a retry does not need another read."""
 

@@ -34,8 +34,6 @@ from fsm.clock import SYSTEM_CLOCK, Clock
 # Due entries dropped per call: bounds the latency any one call adds, while a steady write
 # rate still purges faster (hundreds per call) than it creates (a handful per call).
 _SWEEP_BUDGET = 512
-# The heap is rebuilt when it holds more than twice the live entries plus this slack.
-_COMPACT_SLACK = 1024
 
 _SESSION, _HISTORY, _SEEN, _LOCK = range(4)
 
@@ -93,6 +91,8 @@ class MemoryStore(Store):
         self._seen: dict[str, OrderedDict[str, float]] = {}
         self._locks: dict[str, tuple[str, float]] = {}
         self._deadlines: list[tuple[float, int, str]] = []
+        # (kind, key) -> the earliest deadline queued for it in the heap.
+        self._queued: dict[tuple[int, str], float] = {}
         self._quarantine: deque[QuarantineEntry] = deque()
         self._quarantine_ids = itertools.count(1)
         self.expired_sessions = 0
@@ -105,41 +105,57 @@ class MemoryStore(Store):
         """Read the clock and purge a bounded number of due entries (caller holds the mutex)."""
         now = self._clock.now()
         heap = self._deadlines
+        queued = self._queued
         for _ in range(_SWEEP_BUDGET):
             if not heap or heap[0][0] > now:
                 break
-            _, kind, key = heapq.heappop(heap)
-            self._purge(kind, key, now)
+            deadline, kind, key = heapq.heappop(heap)
+            if queued.get((kind, key)) != deadline:
+                continue  # superseded by an earlier deadline, handled already
+            del queued[(kind, key)]
+            later = self._purge(kind, key, now)
+            if later is not None:  # refreshed since it was queued: check it again then
+                self._expire_at(later, kind, key)
         return now
 
-    def _purge(self, kind: int, key: str, now: float) -> None:
+    def _purge(self, kind: int, key: str, now: float) -> float | None:
+        """Drop the entry if it is due; else return its deadline now."""
         if kind == _SESSION:
             session = self._sessions.get(key)
-            if session is not None and session[1] <= now:
-                del self._sessions[key]
-                self.expired_sessions += 1
+            if session is None:
+                return None
+            if session[1] > now:
+                return session[1]
+            del self._sessions[key]
+            self.expired_sessions += 1
         elif kind == _HISTORY:
             history = self._history.get(key)
-            if history is not None and history.expires <= now:
-                del self._history[key]
+            if history is None:
+                return None
+            if history.expires > now:
+                return history.expires
+            del self._history[key]
         elif kind == _SEEN:
-            self._live_seen(key, now)
+            seen = self._live_seen(key, now)
+            return None if seen is None else next(reversed(seen.values()))
         else:
             lock = self._locks.get(key)
-            if lock is not None and lock[1] <= now:
-                del self._locks[key]
+            if lock is None:
+                return None
+            if lock[1] > now:
+                return lock[1]
+            del self._locks[key]
+        return None
 
     def _expire_at(self, deadline: float, kind: int, key: str) -> None:
-        heap = self._deadlines
-        heapq.heappush(heap, (deadline, kind, key))
-        live = len(self._sessions) + len(self._history) + len(self._seen) + len(self._locks)
-        if len(heap) > 2 * live + _COMPACT_SLACK:
-            # Mostly superseded deadlines: keep one per live entry (its current one).
-            heap[:] = [(exp, _SESSION, k) for k, (_, exp) in self._sessions.items()]
-            heap.extend((h.expires, _HISTORY, k) for k, h in self._history.items())
-            heap.extend((next(reversed(s.values())), _SEEN, k) for k, s in self._seen.items())
-            heap.extend((exp, _LOCK, k) for k, (_, exp) in self._locks.items())
-            heapq.heapify(heap)
+        """See that the entry is checked at ``deadline``. One heap entry per live entry: a
+        deadline that moves later (every save slides the TTL) is found when the earlier one
+        comes due, and only one that moves earlier is queued again."""
+        queued = self._queued.get((kind, key))
+        if queued is not None and queued <= deadline:
+            return
+        self._queued[(kind, key)] = deadline
+        heapq.heappush(self._deadlines, (deadline, kind, key))
 
     def _live_session(self, user_key: str, now: float) -> Record | None:
         session = self._sessions.get(user_key)

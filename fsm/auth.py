@@ -106,12 +106,15 @@ class TokenVerifier:
             raise TokenRefused("no token")
         # The cache key is a digest, so the cache itself never holds token text.
         digest = hashlib.sha256(token.encode()).digest()
-        with self._lock:
-            cached = self._cache.get(digest)
-            if cached is not None:
-                self._cache.move_to_end(digest)
+        # A hit takes no lock: a dict read is atomic, and recency is only a hint (a racing
+        # eviction of this very entry costs one more signature check, never a wrong answer).
+        cached = self._cache.get(digest)
         if cached is not None:
             self._check_time(cached.expires_at, None)
+            try:  # noqa: SIM105 - contextlib.suppress costs more than the lookup it guards
+                self._cache.move_to_end(digest)
+            except KeyError:
+                pass
             return cached
         claims = self._decode(token)
         with self._lock:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
@@ -25,13 +24,12 @@ from fsm.effects import HandlerCall, Steps
 from fsm.errors import FsmError, StepFailed, StepNotFound, TokenRefused, TransitionNotAllowed
 from fsm.flow import Exit, Flow, FlowSpec, StepSpec, call_mode, folded
 from fsm.reply import Reply, buttons
-from fsm.snapshot import MAX_DEPTH, SCHEMA_VERSION, Auth, Resume, Snapshot, nesting
+from fsm.snapshot import MAX_DEPTH, SCHEMA_VERSION, Auth, Resume, Snapshot, is_plain, nesting
 from fsm.stats import EngineStats
-from fsm.step import Context, Login, Logout, Outcome, thaw
+from fsm.step import Context, FrozenData, Login, Logout, Outcome, thaw
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     """The next snapshot, the replies to send once it is saved, and the events fired."""
 
     snapshot: Snapshot
@@ -41,10 +39,13 @@ class Decision:
     reauth: bool = False
     #: What the history entry names when no event was fired (e.g. "abandon").
     note: str = ""
+    #: The snapshot's data holds only what decoding its bytes gives back (plain str, int,
+    #: float, bool, None, bytes, lists and str-keyed dicts of them), given that the data it
+    #: was made from did: the engine then keeps it as stored without decoding those bytes.
+    plain: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class _Place:
+class _Place(msgspec.Struct, frozen=True):
     """Where an outcome takes a conversation (:meth:`Decider._route`)."""
 
     stage: str
@@ -111,9 +112,6 @@ class Decider:
         from before ``pending`` existed has none: one is derived from the user and version."""
         return current.pending or f"{self.spec.name}:{key}:v{current.version}"
 
-    def _needs_reauth(self, current: Snapshot) -> bool:
-        return self.spec.is_protected(current.stage) and not self._token_ok(current.auth)
-
     def _token_ok(self, auth: Auth | None) -> bool:
         return self.verifier is not None and self.verifier.is_valid(auth)
 
@@ -145,7 +143,9 @@ class Decider:
 
         ``fresh``: ``current`` is a conversation just started (nothing was stored): unless
         the flow takes its first message, the user is shown the initial step's prompt."""
-        if self._needs_reauth(current):
+        # Verified once per message, before any handler runs; the move is checked with it.
+        valid = self._token_ok(current.auth)
+        if not valid and self.spec.is_protected(current.stage):
             return (yield from self._send_to_auth(key, current, now, notices))
         spec = self.spec.steps[(current.stage, current.step)]
         if fresh and not self.spec.takes_first_message and current.stage == self.spec.initial:
@@ -155,7 +155,7 @@ class Decider:
         if way is not None and not spec.action:
             verdict, text, pressed = self._way_out(way, current, spec, text, pressed)
             if verdict == "leave":
-                return (yield from self._leave(key, current, way, now, notices, message_id))
+                return (yield from self._leave(key, current, way, now, notices, message_id, valid))
             if verdict == "ask":
                 return self._ask(key, current, way, text, now, notices, message_id)
             if verdict == "prompt":
@@ -163,7 +163,9 @@ class Decider:
         ctx = self._context(key, current, text, now, message_id, pressed)
         if spec.action:
             # No input reaches an action; the key names this pending action, not the message.
-            ctx = replace(ctx, text="", pressed=None, idempotency_key=self.key_of(key, current))
+            ctx = msgspec.structs.replace(
+                ctx, text="", pressed=None, idempotency_key=self.key_of(key, current)
+            )
         outcome = yield from self._call(key, current, spec.handler, ctx)
         if not isinstance(outcome, Outcome):
             raise StepFailed(
@@ -175,7 +177,9 @@ class Decider:
             raise StepFailed(
                 current.stage, current.step, user_key=key, version=current.version
             ) from ValueError("retry_later() is for actions; a step uses stay() or go()")
-        decision = yield from self._apply(key, current, outcome, now, notices, spec.side_effects)
+        decision = yield from self._apply(
+            key, current, outcome, now, notices, spec.side_effects, valid
+        )
         new = decision.snapshot
         if spec.action and (new.stage, new.step) == (current.stage, current.step):
             raise StepFailed(
@@ -200,7 +204,7 @@ class Decider:
         nothing the step asks. ``note`` names it in the history."""
         new = self._restamped(current, now)
         replies = (*notices, *(yield from self._enter(key, new, now)))
-        return Decision(new, replies, (), side_effects=False, note=note)
+        return Decision(new, replies, (), side_effects=False, note=note, plain=True)
 
     @staticmethod
     def _way_out(
@@ -239,24 +243,27 @@ class Decider:
         now: float,
         notices: tuple[Reply, ...],
         message_id: str | None,
+        valid: bool,
     ) -> Steps[Decision]:
         """Take the stage's declared way out: its trigger (checked by the machine like any
         other) or its step, with its reply, the sub-flow's data deleted. A key kept for a
         retry goes with it (in ``say``, ``ctx.idempotency_key`` is that key, so the reply can
         say the last attempt may still have gone through)."""
         ctx = self._context(key, current, "", now, message_id)
-        ctx = replace(ctx, idempotency_key=current.pending)
+        ctx = msgspec.structs.replace(ctx, idempotency_key=current.pending)
         said = self._exit_text(key, current, way.say, ctx)
         replies = (said,) if said else ()
         if way.to in self.spec.stages[current.stage].steps:
             outcome = ctx.stay(*replies, step=way.to, unset=way.unset)
         else:
             outcome = ctx.go(way.to, *replies, unset=way.unset)
-        decision = yield from self._apply(key, current, outcome, now, notices, False)
+        decision = yield from self._apply(key, current, outcome, now, notices, False, valid)
         left = decision.snapshot
         if left.pending and not self.is_action(left):  # leaving ends the request
-            decision = replace(decision, snapshot=msgspec.structs.replace(left, pending=""))
-        return replace(decision, note="exit")
+            decision = msgspec.structs.replace(
+                decision, snapshot=msgspec.structs.replace(left, pending="")
+            )
+        return msgspec.structs.replace(decision, note="exit")
 
     def _exit_text(self, key: str, current: Snapshot, said: Any, ctx: Context) -> str:
         """An Exit's ``say`` or ``ask``: a str, or the str its function returns for ``ctx``
@@ -289,7 +296,7 @@ class Decider:
         question = self._exit_text(key, current, way.ask, ctx)
         new = self._restamped(current, now, asked=text)
         ask = buttons(question, [(LEAVE_ID, "Yes"), (STAY_ID, "No")])
-        return Decision(new, (*notices, ask), (), False, note="ask-exit")
+        return Decision(new, (*notices, ask), (), False, note="ask-exit", plain=True)
 
     def _walk(
         self,
@@ -357,7 +364,7 @@ class Decider:
         )
         why = said or (Reply(self.auth_notice),)
         replies = (*notices, *why, *(yield from self._enter(key, new, now)))
-        return Decision(new, replies, tuple(events), side_effects=False, reauth=True)
+        return Decision(new, replies, tuple(events), side_effects=False, reauth=True, plain=True)
 
     def _apply(
         self,
@@ -367,7 +374,10 @@ class Decider:
         now: float,
         notices: tuple[Reply, ...],
         side_effects: bool,
+        valid: bool,
     ) -> Steps[Decision]:
+        """The snapshot ``outcome`` makes of ``current``; ``valid``: whether the token
+        ``current`` holds was verified valid for this message."""
         auth = current.auth
         if isinstance(outcome.auth, Login):
             auth = self._replace_token(key, current.auth, outcome.auth.token)
@@ -376,13 +386,18 @@ class Decider:
         data: dict[str, Any] = {} if outcome.clear else dict(current.data)
         for name in outcome.unset:
             data.pop(name, None)
+        plain = True
         if outcome.set:  # what was read is within bounds already: only new values can exceed
             if any(nesting(value) >= MAX_DEPTH for value in outcome.set.values()):
                 raise StepFailed(
                     current.stage, current.step, user_key=key, version=current.version
                 ) from ValueError(f"data nested deeper than {MAX_DEPTH} levels")
-            data.update({name: thaw(value) for name, value in outcome.set.items()})
-        place = self._route(key, current, outcome, auth, self._kept(key, current, outcome, data))
+            added = {name: thaw(value) for name, value in outcome.set.items()}
+            plain = all(map(is_plain, added.values()))
+            data.update(added)
+        token_valid = valid if auth is current.auth else self._token_ok(auth)
+        kept = self._kept(key, current, outcome, data)
+        place = self._route(key, current, outcome, auth, token_valid, kept)
         new = Snapshot(
             flow=self.spec.name,
             stage=place.stage,
@@ -401,7 +416,7 @@ class Decider:
         replies = (*notices, *outcome.replies)
         if place.events or place.step != current.step:
             replies = (*replies, *(yield from self._enter(key, new, now)))
-        return Decision(new, replies, tuple(place.events), side_effects)
+        return Decision(new, replies, tuple(place.events), side_effects, plain=plain)
 
     def _kept(self, key: str, current: Snapshot, outcome: Outcome, data: dict[str, Any]) -> str:
         """The idempotency key this outcome carries within the stage, or "": an action's key
@@ -414,14 +429,20 @@ class Decider:
         return ""
 
     def _route(
-        self, key: str, current: Snapshot, outcome: Outcome, auth: Auth | None, kept: str
+        self,
+        key: str,
+        current: Snapshot,
+        outcome: Outcome,
+        auth: Auth | None,
+        token_valid: bool,
+        kept: str,
     ) -> _Place:
         """Where ``outcome`` takes the conversation, each move checked by the machine.
-        ``kept`` is the idempotency key carried while it stays in the stage (:meth:`_kept`)."""
+        ``token_valid``: ``auth`` was verified valid for this message. ``kept`` is the
+        idempotency key carried while it stays in the stage (:meth:`_kept`)."""
         # The guard every transition checks. The engine alone builds ``auth``, so today this
         # holds by construction; the machine re-checks it so a future change cannot slip.
         token_preserved = outcome.auth is not None or auth == current.auth
-        token_valid = self._token_ok(auth)
         stage, step, option, resume = current.stage, current.step, current.option, current.resume
         # A resumed action keeps its key, as does a retry within the stage (``kept``); leaving
         # the stage drops it, and any other action lands with a new one.
@@ -495,7 +516,7 @@ class Decider:
             stage=snapshot.stage,
             step=snapshot.step,
             option=snapshot.option,
-            data=Context.readonly(snapshot.data),
+            data=FrozenData(snapshot.data),
             subject=auth.subject if auth else "",
             token_expires_at=auth.expires_at if auth else None,
             now=now,

@@ -46,7 +46,6 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -110,13 +109,22 @@ FAILURES_KEPT = 10_000
 #: for one message is a flow bug (a loop), reported as :class:`~fsm.errors.StepFailed`.
 MAX_ACTIONS = 8
 
+
+class _Process:
+    """This process's pid, read once and again after each fork (``os.getpid()`` is a system
+    call; ``source`` names the writer by it on every save)."""
+
+    pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=lambda: setattr(_Process, "pid", os.getpid()))
+
 #: The most replies an outbox keeps pending for one user (a channel down for long while the
 #: user goes on typing): past it the oldest are dropped, logged and counted.
 MAX_OUTBOX = 64
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(msgspec.Struct, frozen=True):
     """What ``handle`` returns: replies to send and the snapshot now stored.
 
     ``duplicate`` is true when the message id had already been applied; ``snapshot`` is then
@@ -143,8 +151,7 @@ class Result:
         return self.snapshot.outbox
 
 
-@dataclass(frozen=True, slots=True)
-class _Restored:
+class _Restored(msgspec.Struct, frozen=True):
     """The conversation a message applies to, and what the store holds now."""
 
     snapshot: Snapshot
@@ -275,6 +282,7 @@ class MessageProtocol(Generic[S]):
         self.clock = clock
         self._source = source
         self._host = socket.gethostname()
+        self._pid, self._pid_source = _Process.pid, f"{self._host}:{_Process.pid}"
         self.expired_notice = expired_notice
         self.reset_notice = reset_notice
         self.auth_notice = auth_notice
@@ -306,7 +314,12 @@ class MessageProtocol(Generic[S]):
     @property
     def source(self) -> str:
         """What this engine writes into ``update_from``: host and pid unless configured."""
-        return self._source or f"{self._host}:{os.getpid()}"  # pid read now: forks differ
+        if self._source:
+            return self._source
+        pid = _Process.pid  # forks differ
+        if pid != self._pid:
+            self._pid, self._pid_source = pid, f"{self._host}:{pid}"
+        return self._pid_source
 
     # -- the protocol -----------------------------------------------------------------------
     def message(
@@ -500,9 +513,17 @@ class MessageProtocol(Generic[S]):
             snapshot, moved = apply_flow_migrations(snapshot, self.spec)
         except MigrationError as exc:
             raise CorruptSnapshot(str(exc), raw=record.payload, user_key=key) from exc
-        if moved:
-            self.stats.incr("migrated", moved)
-        return snapshot
+        if not moved:
+            return snapshot
+        self.stats.incr("migrated", moved)
+        # Through its bytes once: what a migration wrote is then exactly what a load returns
+        # (every snapshot the engine works on is), and bytes it cannot store are found here.
+        try:
+            return decode_snapshot(encode_snapshot(snapshot, user_key=key), user_key=key)
+        except (TypeError, msgspec.EncodeError, CorruptSnapshot) as exc:
+            raise CorruptSnapshot(
+                f"migrated snapshot cannot be stored: {exc}", raw=record.payload, user_key=key
+            ) from exc
 
     def _duplicate(self, m: _Message, record: Record | None) -> Result:
         """The message was applied already (by another delivery). Replies this call produced
@@ -584,7 +605,7 @@ class MessageProtocol(Generic[S]):
             update_from=self.source,
         )
         replies = (*notices, Reply(self.abandon_notice))
-        return Decision(new, replies, (), side_effects=False, note="abandon")
+        return Decision(new, replies, (), side_effects=False, note="abandon", plain=True)
 
     # -- save -------------------------------------------------------------------------------
     def _save(
@@ -642,7 +663,12 @@ class MessageProtocol(Generic[S]):
             outbox = outbox[dropped:]
         if outbox == new.outbox:
             return decision
-        return replace(decision, snapshot=msgspec.structs.replace(new, outbox=outbox))
+        # A handler may build a Reply with a list of options: decode the stored outbox.
+        return msgspec.structs.replace(
+            decision,
+            plain=False,
+            snapshot=msgspec.structs.replace(new, outbox=outbox),
+        )
 
     def _saved(
         self,
@@ -654,9 +680,14 @@ class MessageProtocol(Generic[S]):
         since: int,
     ) -> Result | None:
         """Book a successful save; a Result if the message is done (no action pending)."""
-        # Decoded from the bytes just stored, so it equals what a later load sees.
+        # What a later load of these bytes gives: the decision's own snapshot when its data is
+        # plain (every value as decoding returns it), else decoded from the bytes just stored.
         # (Its data's depth was checked when the step produced it.)
-        stored = m.stored = decode_snapshot(record.payload, user_key=m.key, check_depth=False)
+        stored = m.stored = (
+            decision.snapshot
+            if decision.plain
+            else decode_snapshot(record.payload, user_key=m.key, check_depth=False)
+        )
         self._remember(m.key, record, since, stored)
         if last:
             m.owner = None  # released with the save

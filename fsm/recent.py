@@ -38,11 +38,13 @@ class RecentRecords:
     def get(self, key: str) -> Loaded | None:
         """The last record seen, as a load would return it (nothing about message ids or the
         lock: the compare-and-set checks those), or None."""
-        with self._mutex:
-            entry = self._records.get(key)
-            if entry is None:
-                return None
+        entry = self._records.get(key)  # no lock: a dict read is atomic
+        if entry is None:
+            return None
+        try:  # noqa: SIM105 - contextlib.suppress costs more than the lookup it guards
             self._records.move_to_end(key)
+        except KeyError:  # recency is a hint: a racing put evicted it meanwhile
+            pass
         return Loaded(entry[0])
 
     def snapshot(self, key: str, record: Record) -> Snapshot | None:

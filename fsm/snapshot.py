@@ -413,6 +413,27 @@ def nesting(value: Any) -> int:
 SCALAR_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 
 
+def is_plain(value: Any) -> bool:
+    """Whether ``value`` is exactly what decoding its encoding gives back: the scalar types,
+    lists, and dicts with str keys, of those (a tuple, a subclass, a non-str key is not).
+    Level by level without recursion, like :func:`nesting`."""
+    level = [value]
+    while level:
+        children: list[Any] = []
+        for item in level:
+            kind = type(item)
+            if kind in SCALAR_TYPES:
+                continue
+            if kind is list:
+                children.extend(item)
+            elif kind is dict and all(type(k) is str for k in item):
+                children.extend(item.values())
+            else:
+                return False
+        level = children
+    return True
+
+
 def stored_schema(raw: bytes) -> int | None:
     """The schema a stored record was written with (before any migration), or None if the
     bytes do not say. Cheap for current records: their schema sits at a fixed position."""

@@ -11,10 +11,12 @@ removed explicitly and cannot come back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
+
+import msgspec
 
 from fsm.reply import Reply
 from fsm.snapshot import SCALAR_TYPES
@@ -40,15 +42,21 @@ class Logout:
 AuthEvent = Login | Logout
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The change a handler asks for. Build it with :meth:`Context.stay` or :meth:`Context.go`."""
+#: What an outcome sets when it sets nothing: one shared, read-only empty mapping.
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """The change a handler asks for. Build it with :meth:`Context.stay` or :meth:`Context.go`.
+
+    A frozen :class:`msgspec.Struct` (not a dataclass: one is made per message, and a Struct
+    is about ten times cheaper to build); change one with :func:`msgspec.structs.replace`."""
 
     replies: tuple[Reply, ...] = ()
     event: str | None = None
     step: str | None = None
     option: str | None = None
-    set: Mapping[str, Any] = field(default_factory=dict)
+    set: Mapping[str, Any] = _NOTHING
     unset: frozenset[str] = frozenset()
     clear: bool = False
     auth: AuthEvent | None = None
@@ -66,9 +74,18 @@ class Outcome:
             f"keep_key={self.keep_key}, replies={len(self.replies)})"
         )
 
+    def __rich_repr__(self) -> list[tuple[str, Any]]:  # msgspec's would show set's values
+        return [
+            ("event", self.event),
+            ("step", self.step),
+            ("set", sorted(self.set)),
+            ("replies", len(self.replies)),
+        ]
+
 
 def freeze(value: Any) -> Any:
-    """A read-only deep view: maps become ``MappingProxyType``, lists become tuples.
+    """A read-only deep view: maps become read-only mappings (:class:`FrozenData`, which
+    freezes each value when it is first read), lists become tuples.
 
     A handler that tries to change ``ctx.data`` in place fails loudly instead of changing the
     next snapshot behind the outcome's back.
@@ -76,15 +93,62 @@ def freeze(value: Any) -> Any:
     kind = type(value)
     if kind in SCALAR_TYPES:  # the common case, checked first: ABC checks are slow
         return value
-    if kind is dict or isinstance(value, Mapping):
-        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if kind is dict or kind is FrozenData or isinstance(value, Mapping):
+        return value if kind is FrozenData else FrozenData(value)
     if kind is list or kind is tuple:
-        return tuple([freeze(v) for v in value])
+        return tuple([v if type(v) in SCALAR_TYPES else freeze(v) for v in value])
     return value
+
+
+class FrozenData(Mapping[str, Any]):
+    """A read-only view of a mapping whose values are frozen (:func:`freeze`) when first read,
+    and kept: a step pays only for the values it reads, once each. ``ctx.data`` is one.
+
+    It has no method that changes anything, and every value it hands out is frozen too: a
+    handler cannot change the stored data behind its outcome's back."""
+
+    __slots__ = ("_data", "_frozen")
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = data
+        self._frozen: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._frozen[key]
+        except KeyError:
+            value = self._frozen[key] = freeze(self._data[key])
+            return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._data:
+            return self[key]
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]  # like a dict: equal views, changing data
+
+    def __repr__(self) -> str:
+        return f"FrozenData({dict(self.items())!r})"
 
 
 def thaw(value: Any) -> Any:
     """The storable form of a value a handler passed back (possibly read from ``ctx.data``)."""
+    if type(value) in SCALAR_TYPES:
+        return value
     if isinstance(value, Mapping):
         return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -109,12 +173,12 @@ def _replies(items: Iterable[ReplyLike]) -> tuple[Reply, ...]:
     return tuple(out)
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+class Context(msgspec.Struct, frozen=True):
     """Read-only view of one message and the conversation it arrives in.
 
     ``data`` is read-only; change it through the outcome. The token is readable (API calls need
-    it as a bearer token) but only an auth event in the outcome can change it.
+    it as a bearer token) but only an auth event in the outcome can change it; no repr shows
+    it. A frozen :class:`msgspec.Struct`: :func:`msgspec.structs.replace` makes a changed copy.
     """
 
     user_key: str
@@ -127,7 +191,7 @@ class Context:
     token_expires_at: float | None
     now: float
     message_id: str | None
-    _token: str | None = field(default=None, repr=False)
+    _token: str | None = None
     #: In an action (:func:`fsm.flow.action`): the same for every attempt at one pending
     #: action, so an API that honours idempotency keys applies a retried call once.
     idempotency_key: str = ""
@@ -139,6 +203,13 @@ class Context:
     @property
     def token(self) -> str | None:
         return self._token
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
+        return f"Context({shown})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:  # every field but the token
+        return [(name, getattr(self, name)) for name in self.__struct_fields__ if name != "_token"]
 
     @staticmethod
     def readonly(data: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -160,8 +231,8 @@ class Context:
             replies=_replies(replies),
             step=step,
             option=option,
-            set=dict(set or {}),
-            unset=frozenset(unset),
+            set=_NOTHING if not set else dict(set),
+            unset=frozenset(unset) if unset else frozenset(),
             clear=clear,
             auth=auth,
         )
@@ -188,8 +259,8 @@ class Context:
             event=event,
             step=step,
             option=option,
-            set=dict(set or {}),
-            unset=frozenset(unset),
+            set=_NOTHING if not set else dict(set),
+            unset=frozenset(unset) if unset else frozenset(),
             clear=clear,
             auth=auth,
             resume=resume,
@@ -213,7 +284,7 @@ class Context:
         new key, as it is after the user changes the request's data or leaves the stage.
         """
         stay = self.stay(*replies, step=step, option=option, set=set, unset=unset)
-        return replace(stay, keep_key=True)
+        return msgspec.structs.replace(stay, keep_key=True)
 
     def reauth(self, *replies: ReplyLike) -> Outcome:
         """The API refused our token (401): send the user to the flow's auth stage with a

@@ -278,6 +278,26 @@ def test_rich_pretty_printing_never_shows_the_token(vault: VaultWorld) -> None:
         assert token not in pretty_repr(thing)
 
 
+def test_a_context_an_outcome_and_a_record_never_show_the_token(vault: VaultWorld) -> None:
+    """Context, Outcome and Record are msgspec Structs, whose default reprs show every field:
+    each defines its own, for repr() and for rich alike."""
+    from rich.pretty import pretty_repr
+
+    from fsm.step import Context, Login
+
+    vault.say("ann", "hi", "open sesame")
+    loaded = vault.store.load("ann").record
+    assert loaded is not None
+    snap = decode_snapshot(loaded.payload)
+    assert snap.auth is not None
+    token = snap.auth.token
+    ctx = Context("ann", "hi", "home", "menu", "", {}, "ann", None, 0.0, None, _token=token)
+    assert ctx.token == token
+    outcome = ctx.stay(auth=Login(token), set={"note": token})
+    for thing in (ctx, outcome, loaded, vault.store.load("ann")):
+        assert token not in repr(thing) and token not in pretty_repr(thing)
+
+
 def test_nested_data_cannot_be_changed_behind_the_outcome(counter_engine: Engine) -> None:
     from fsm.step import Context
 
@@ -325,3 +345,31 @@ def test_quarantine_restart_continues_above_the_corrupt_version(vault: VaultWorl
     result = vault.engine.handle("ann", "hi")
     assert result.snapshot.version == 8
     assert result.texts[0] == vault.engine.reset_notice
+
+
+def test_the_writer_named_in_each_save_is_this_process_even_after_a_fork() -> None:
+    """Without a configured source, saves name host:pid. The pid is read once per process
+    (not per message), so a forked worker must still name its own pid, not its parent's."""
+    import os
+    import socket
+
+    from tests.fsm.sample_flows import Counter
+
+    engine = Engine(Counter(), MemoryStore())
+    host = socket.gethostname()
+    assert engine.handle("u", "go").snapshot.update_from == f"{host}:{os.getpid()}"
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            named = engine.handle("v", "go").snapshot.update_from
+            os.write(write, f"{named}|{os.getpid()}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        named, pid = pipe.read().decode().split("|")
+    os.waitpid(child, 0)
+    assert pid != str(os.getpid())
+    assert named == f"{host}:{pid}"
+    assert engine.handle("u", "+1").snapshot.update_from == f"{host}:{os.getpid()}"

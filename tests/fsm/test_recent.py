@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import enum
+
 import pytest
 
 from adapters import MemoryStore
 from adapters.base import Record
-from fsm import Engine, FakeClock
+from fsm import Context, Engine, FakeClock, Flow, Outcome, Stage, step
 from fsm.recent import RecentRecords
+from fsm.snapshot import is_plain
 from tests.fsm.sample_flows import Counter
 
 
@@ -90,8 +93,9 @@ def test_a_reply_that_left_before_a_newer_put_neither_replaces_it_nor_reports_a_
 def test_a_warm_message_does_not_decode_what_this_process_saved(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The snapshot kept with the record this process saved is reused: a warm message decodes
-    only the bytes it saves itself. A record another writer stored is decoded and checked."""
+    """The snapshot kept with the record this process saved is reused, and a save whose data is
+    plain keeps its own snapshot: a warm message decodes nothing. A record another writer
+    stored is decoded and checked."""
     from fsm import protocol
 
     decoded: list[int] = []
@@ -107,8 +111,61 @@ def test_a_warm_message_does_not_decode_what_this_process_saved(
     one.handle("u", "go")
     decoded.clear()
     one.handle("u", "+1")
-    assert len(decoded) == 1  # the bytes just saved, not the ones it worked on
+    assert decoded == []  # neither the bytes it worked on nor the ones it saved
     two.handle("u", "+1")  # another worker: it has no snapshot for this record
     decoded.clear()
     result = one.handle("u", "+1")  # stale: the conflict reply's record is decoded and checked
-    assert result.snapshot.data["count"] == 3 and len(decoded) == 2
+    assert result.snapshot.data["count"] == 3 and len(decoded) == 1
+
+
+class _Shade(enum.IntEnum):
+    """An int enum: stored as its int, so what a load gives back is a plain int."""
+
+    DARK = 1
+
+
+class _Keeper(Flow):
+    """Sets whatever the test puts in ``values``, then counts messages in plain data."""
+
+    name = "keeper"
+    takes_first_message = True
+    stages = (Stage("s", ("keep",)),)
+    transitions = ()
+    values: dict[str, object] = {}
+
+    @step("s", "keep")
+    def keep(self, ctx: Context) -> Outcome:
+        return ctx.stay("ok", set={**self.values, "n": ctx.data.get("n", 0) + 1})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param((1, 2), id="tuple"),
+        pytest.param(_Shade.DARK, id="int-enum"),
+        pytest.param({1: "a"}, id="int-key"),
+        pytest.param([{"a": (1,)}], id="nested-tuple"),
+        pytest.param(frozenset({"a"}), id="frozenset"),
+    ],
+)
+def test_the_snapshot_kept_after_a_save_is_what_a_reload_gives(
+    clock: FakeClock, value: object
+) -> None:
+    """Data that decoding would change (a tuple comes back a list, a str subclass a str) is
+    decoded from the bytes saved, so the next message sees what any other worker would."""
+    flow = _Keeper()
+    flow.values = {"v": value}
+    store = MemoryStore(clock=clock)
+    engine = Engine(flow, store, clock=clock)
+    kept = engine.handle("u", "x").snapshot
+    reloaded = engine.peek("u")
+    assert reloaded is not None
+    assert kept == reloaded
+    assert type(kept.data["v"]) is type(reloaded.data["v"])
+    assert engine.handle("u", "x").snapshot.data["n"] == 2
+
+
+def test_plain_data_is_recognised() -> None:
+    assert is_plain({"a": [1, 2.5, "x", None, True, b"b", {"k": []}]})
+    for value in ((1,), {1: 2}, [frozenset()], _Shade.DARK, {"a": {"b": (1,)}}):
+        assert not is_plain(value)
