@@ -44,7 +44,6 @@ from adapters.base import (
 from adapters.redis_keys import DEFAULT_NAMESPACE
 from adapters.redis_ops import (
     ERRORS,
-    SCRIPTS,
     Operation,
     Pause,
     Quarantined,
@@ -84,7 +83,9 @@ class RedisStore(Store):
         self._ops = RedisOperations(namespace, **limits)
         self.client = client
         self.layout = self._ops.layout
-        self._scripts = {name: client.register_script(lua) for name, lua in SCRIPTS.items()}
+        self._scripts = {
+            name: client.register_script(lua) for name, lua in self._ops.scripts.items()
+        }
 
     @classmethod
     def from_url(

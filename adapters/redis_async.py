@@ -35,7 +35,6 @@ from adapters.base import AsyncStore, HistoryEntry, Loaded, LockInfo, SaveResult
 from adapters.redis_keys import DEFAULT_NAMESPACE
 from adapters.redis_ops import (
     ERRORS,
-    SCRIPTS,
     Command,
     Operation,
     Pause,
@@ -75,7 +74,9 @@ class AsyncRedisStore(AsyncStore):
         self._ops = RedisOperations(namespace, **limits)
         self.client = client
         self.layout = self._ops.layout
-        self._scripts = {name: client.register_script(lua) for name, lua in SCRIPTS.items()}
+        self._scripts = {
+            name: client.register_script(lua) for name, lua in self._ops.scripts.items()
+        }
         self._in_flight = asyncio.Semaphore(max_connections)
         self._cluster_pending = isinstance(client, RedisCluster)
         self._initializing = asyncio.Lock()

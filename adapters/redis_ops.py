@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import random
 import secrets
 import time
 from collections.abc import Callable, Generator
@@ -43,17 +44,7 @@ from adapters.base import (
     encode_history,
 )
 from adapters.redis_keys import DEFAULT_NAMESPACE, KeyLayout
-from adapters.redis_scripts import (
-    EXTEND,
-    LOAD,
-    LOCK_AND_LOAD,
-    LOCK_INFO,
-    QUARANTINE,
-    RELEASE,
-    SAVE,
-    TAG_DIGITS,
-    VALUE_PREFIX,
-)
+from adapters.redis_scripts import TAG_DIGITS, VALUE_PREFIX, scripts
 from fsm.errors import StoreUnavailable
 
 T = TypeVar("T")
@@ -62,7 +53,7 @@ T = TypeVar("T")
 # -- what an operation asks for --------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Script:
-    """Run the registered Lua script ``name`` (a key of :data:`SCRIPTS`)."""
+    """Run the registered Lua script ``name`` (a key of :attr:`RedisOperations.scripts`)."""
 
     name: str
     keys: list[str]
@@ -86,17 +77,6 @@ class Pause:
 Request: TypeAlias = Script | Command | Pause
 #: An operation: yields requests, is sent their replies, returns its result.
 Operation: TypeAlias = Generator[Request, Any, T]
-
-#: The scripts every store registers once on its client, by name.
-SCRIPTS = {
-    "load": LOAD,
-    "lock_and_load": LOCK_AND_LOAD,
-    "save": SAVE,
-    "release": RELEASE,
-    "extend": EXTEND,
-    "lock_info": LOCK_INFO,
-    "quarantine": QUARANTINE,
-}
 
 #: Every error a redis-py client raises (thrown into the operation by its driver).
 ERRORS = (redis.RedisError, RedisClusterException)
@@ -224,6 +204,13 @@ class RedisOperations:
         self.quarantine_limit = quarantine_limit
         self.retries = retries
         self._ids = itertools.count(1)
+        #: The Lua every store registers once on its client, by name (these limits in it).
+        self.scripts = scripts(
+            history_limit=history_limit,
+            history_ttl_ms=ms(history_ttl),
+            dedupe_limit=dedupe_limit,
+            dedupe_ttl_ms=ms(dedupe_ttl),
+        )
 
     # -- retries -----------------------------------------------------------------------------
     def retrying(
@@ -270,8 +257,8 @@ class RedisOperations:
     # -- sessions ----------------------------------------------------------------------------
     def load(self, user_key: str, *, message_id: str | None = None) -> Operation[Loaded]:
         session, _, seen, lock, _ = self.layout.keys(user_key)
-        args: list[Any] = [message_id or "", ms(self.dedupe_ttl)]
-        return self._single("load", user_key, Script("load", [session, seen, lock], args), _loaded)
+        request = Script("load", [session, seen, lock], [message_id or ""])
+        return self._single("load", user_key, request, _loaded)
 
     def save(
         self,
@@ -288,32 +275,27 @@ class RedisOperations:
         expected_tag: str = "",
     ) -> Operation[SaveResult]:
         check_save_arguments(ttl, version, expected_version, owner, release)
-        session, hist, seen, lock, _ = self.layout.keys(user_key)
-        tag = secrets.token_hex(TAG // 2)
+        keys = list(self.layout.keys(user_key)[:4])
+        tag = b"%08x" % random.getrandbits(32)  # names the write; no secret: no system call
         args: list[Any] = [
             expected_version,
-            b"%d.%s:" % (version, tag.encode()) + payload,
+            b"%d.%s:" % (version, tag) + payload,
             ms(ttl),
-            tag.encode() + encode_history(history) if history is not None else b"",
-            self.history_limit,
-            ms(self.history_ttl),
-            message_id or "",
-            self.dedupe_limit,
-            ms(self.dedupe_ttl),
-            owner or "",
-            "1" if release else "0",
+            tag + encode_history(history) if history is not None else b"",
+            message_id or b"",
+            owner or b"",
             expected_tag,
+            b"r" if release else b"",
         ]
+        retry = [*args[:-1], args[-1] + b"t"]
 
         def attempt(retried: bool) -> Operation[SaveResult]:
             # On a retry the script first looks for this very write (its tagged value or
             # history entry): if the first attempt landed and only its reply was lost, it is
             # SAVED, never applied twice nor mistaken for someone else's.
-            status, current = yield Script(
-                "save", [session, hist, seen, lock], [*args, "1" if retried else "0"]
-            )
-            if _STATUS[status] is SaveStatus.SAVED:
-                return SaveResult(SaveStatus.SAVED, tag=tag)
+            status, current = yield Script("save", keys, retry if retried else args)
+            if status == b"saved":
+                return SaveResult(SaveStatus.SAVED, tag=tag.decode())
             return SaveResult(_STATUS[status], None if current is None else split_value(current))
 
         return self.retrying("save", user_key, attempt)
@@ -360,7 +342,7 @@ class RedisOperations:
     ) -> Operation[Loaded | None]:
         _positive_ttl(ttl)
         session, _, seen, lock, _ = self.layout.keys(user_key)
-        args: list[Any] = [owner, ms(ttl), message_id or "", ms(self.dedupe_ttl)]
+        args: list[Any] = [owner, ms(ttl), message_id or ""]
 
         def attempt(retried: bool) -> Operation[Loaded | None]:
             reply = yield Script("lock_and_load", [session, seen, lock], args)

@@ -49,80 +49,72 @@ local function seen(key, message_id, ttl_ms, now)
 end
 """
 
-# KEYS[1] session, KEYS[2] seen, KEYS[3] lock
-# ARGV[1] message id ('' for none), ARGV[2] dedupe ttl (ms)
+# KEYS[1] session, KEYS[2] seen, KEYS[3] lock; ARGV[1] message id ('' for none)
 # returns {session value or nil, 1 if the message id was seen else 0, 1 if locked else 0}
-LOAD = (
-    _PRELUDE
-    + """
+_LOAD = """
 local value = redis.call('GET', KEYS[1])
-local was_seen = seen(KEYS[2], ARGV[1], tonumber(ARGV[2]), now_ms()) and 1 or 0
+local was_seen = seen(KEYS[2], ARGV[1], DEDUPE_TTL, now_ms()) and 1 or 0
 return {value, was_seen, redis.call('EXISTS', KEYS[3])}
 """
-)
 
 # KEYS[1] session, KEYS[2] seen, KEYS[3] lock
-# ARGV[1] owner token, ARGV[2] lock ttl (ms), ARGV[3] message id ('' for none),
-# ARGV[4] dedupe ttl (ms)
+# ARGV[1] owner token, ARGV[2] lock ttl (ms), ARGV[3] message id ('' for none)
 # returns nil if the lock is taken, else LOAD's reply (taken now, so locked = 1)
-LOCK_AND_LOAD = (
-    _PRELUDE
-    + """
+_LOCK_AND_LOAD = """
 if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
 local value = redis.call('GET', KEYS[1])
-local was_seen = seen(KEYS[2], ARGV[3], tonumber(ARGV[4]), now_ms()) and 1 or 0
+local was_seen = seen(KEYS[2], ARGV[3], DEDUPE_TTL, now_ms()) and 1 or 0
 return {value, was_seen, 1}
 """
-)
 
 # KEYS[1] session, KEYS[2] history, KEYS[3] seen, KEYS[4] lock
 # ARGV[1] expected version, ARGV[2] new value (b"<version>.<tag>:" + payload), ARGV[3] ttl (ms),
-# ARGV[4] history entry, tagged ('' for none), ARGV[5] history limit, ARGV[6] history ttl (ms),
-# ARGV[7] message id ('' for none), ARGV[8] dedupe limit, ARGV[9] dedupe ttl (ms),
-# ARGV[10] owner token ('' for none), ARGV[11] '1' to release the owner's lock after saving,
-# ARGV[12] expected tag ('' for any), ARGV[13] '1' if this is a retry of the same write
+# ARGV[4] history entry, tagged ('' for none), ARGV[5] message id ('' for none),
+# ARGV[6] owner token ('' for none), ARGV[7] expected tag ('' for any), ARGV[8] flags: 'r' to
+# release the owner's lock after saving, 't' if this is a retry of the same write.
+# The store's limits are constants of its copy of the script (:func:`scripts`).
 # returns {status, current value or nil}: status 'saved', 'duplicate', 'locked' or 'conflict'
 # (checked in that order; on anything but 'saved' nothing changed). A retry whose first attempt
 # landed (its value is stored, or its tagged history entry is listed) is 'saved' again.
-SAVE = (
-    _PRELUDE
-    + """
+_SAVE = """
 local current = redis.call('GET', KEYS[1])
-if ARGV[13] == '1' and (current == ARGV[2]
+local flags = ARGV[8]
+if string.find(flags, 't', 1, true) and (current == ARGV[2]
     or (ARGV[4] ~= '' and redis.call('LPOS', KEYS[2], ARGV[4]))) then
   return {'saved', false}
 end
 local now = now_ms()
-local dedupe_ttl = tonumber(ARGV[9])
-if seen(KEYS[3], ARGV[7], dedupe_ttl, now) then return {'duplicate', current} end
+if seen(KEYS[3], ARGV[5], DEDUPE_TTL, now) then return {'duplicate', current} end
 local holder = redis.call('GET', KEYS[4])
-if holder and holder ~= ARGV[10] then return {'locked', current} end
+if holder and holder ~= ARGV[6] then return {'locked', current} end
 local expected = tonumber(ARGV[1])
 if expected == 0 then
   if current then return {'conflict', current} end  -- even bytes this store did not write
 else
   local version, tag = split(current or '')
-  if version ~= expected or (ARGV[12] ~= '' and tag ~= ARGV[12]) then
+  if version ~= expected or (ARGV[7] ~= '' and tag ~= ARGV[7]) then
     return {'conflict', current}
   end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 if ARGV[4] ~= '' then
   redis.call('LPUSH', KEYS[2], ARGV[4])
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+  redis.call('LTRIM', KEYS[2], 0, HISTORY_LIMIT - 1)
+  redis.call('PEXPIRE', KEYS[2], HISTORY_TTL)
 end
-if ARGV[7] ~= '' then
-  redis.call('ZADD', KEYS[3], now, ARGV[7])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - dedupe_ttl)
-  local extra = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[8])
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[3], now, ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - DEDUPE_TTL)
+  local extra = redis.call('ZCARD', KEYS[3]) - DEDUPE_LIMIT
   if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, extra - 1) end
-  redis.call('PEXPIRE', KEYS[3], ARGV[9])
+  redis.call('PEXPIRE', KEYS[3], DEDUPE_TTL)
 end
-if ARGV[11] == '1' and holder == ARGV[10] then redis.call('DEL', KEYS[4]) end
+if holder and holder == ARGV[6] and string.find(flags, 'r', 1, true) then
+  redis.call('DEL', KEYS[4])
+end
 return {'saved', false}
 """
-)
+
 
 # KEYS[1] lock; ARGV[1] owner token. Returns 1 if released, 0 if the lock is not the owner's.
 RELEASE = """
@@ -158,3 +150,27 @@ redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
 return 1
 """
 )
+
+
+def scripts(
+    *, history_limit: int, history_ttl_ms: int, dedupe_limit: int, dedupe_ttl_ms: int
+) -> dict[str, str]:
+    """The Lua of every store operation, by name, with one store's limits written in as
+    constants: they are the same on every call, so they need not travel with each one (a
+    save sends 8 arguments, not 12). Stores with other limits get other scripts (other SHAs),
+    which Redis keeps side by side."""
+    limits = (
+        f"local HISTORY_LIMIT = {int(history_limit)}\n"
+        f"local HISTORY_TTL = {int(history_ttl_ms)}\n"
+        f"local DEDUPE_LIMIT = {int(dedupe_limit)}\n"
+        f"local DEDUPE_TTL = {int(dedupe_ttl_ms)}\n"
+    )
+    return {
+        "load": limits + _PRELUDE + _LOAD,
+        "lock_and_load": limits + _PRELUDE + _LOCK_AND_LOAD,
+        "save": limits + _PRELUDE + _SAVE,
+        "release": RELEASE,
+        "extend": EXTEND,
+        "lock_info": LOCK_INFO,
+        "quarantine": QUARANTINE,
+    }

@@ -41,3 +41,17 @@ class Ping(Flow):
     @action("s", "do")
     def do(self, ctx: Context) -> Outcome:
         return ctx.stay("done", step="ask")
+
+
+def check(label: str, value: float, limit: float, unit: str, *, at_least: bool = False) -> bool:
+    """Print one target line, ``value`` against ``limit`` (``at_least``: a floor, else a
+    ceiling), with "met" or "NOT MET"; returns whether it was met."""
+    met = value >= limit if at_least else value <= limit
+    sign = ">=" if at_least else "<="
+    verdict = "met" if met else "NOT MET"
+    print(f"  {label:58} {value:9.2f}{unit:<3} {sign} {limit:g}{unit:<3} {verdict}")
+    return met
+
+
+def targets_header(title: str) -> None:
+    print(f"\ntargets: {title}")
