@@ -214,16 +214,19 @@ class Store(abc.ABC):
         owner: str | None = None,
         release: bool = False,
         expected_tag: str = "",
+        lease: float | None = None,
     ) -> SaveResult:
         """Atomically: if the stored version is ``expected_version`` (0: nothing stored; with
         ``expected_tag``, in a store that keeps tags, the stored tag must be that too),
         ``message_id`` was not applied yet and no worker but ``owner`` holds the user's lease,
         store ``payload`` as ``version`` with a fresh ``ttl``, append ``history``, record
-        ``message_id``, and with ``release`` free ``owner``'s lease. Otherwise change
-        nothing and say why, in this order: DUPLICATE (a re-delivered message is
-        acknowledged, not retried), LOCKED (another worker holds the lease: queue behind it),
-        CONFLICT. Raises ``ValueError`` if ``ttl <= 0``, ``expected_version < 0``,
-        ``version <= expected_version``, or ``release`` without ``owner``."""
+        ``message_id``, with ``release`` free ``owner``'s lease, and with ``lease`` (seconds)
+        give ``owner`` the lease for that long (the engine saves a move to an action step
+        and takes the lease to run it in one step). Otherwise change nothing and say why, in
+        this order: DUPLICATE (a re-delivered message is acknowledged, not retried), LOCKED
+        (another worker holds the lease: queue behind it), CONFLICT. Raises ``ValueError`` if
+        ``ttl <= 0``, ``expected_version < 0``, ``version <= expected_version``, ``release``
+        or ``lease`` without ``owner``, ``release`` with ``lease``, or ``lease <= 0``."""
 
     @abc.abstractmethod
     def delete(self, user_key: str) -> bool:
@@ -388,6 +391,7 @@ class AsyncStore(abc.ABC):
         owner: str | None = None,
         release: bool = False,
         expected_tag: str = "",
+        lease: float | None = None,
     ) -> SaveResult:
         """As :meth:`Store.save`."""
 
@@ -440,7 +444,12 @@ MAX_VERSION = 10**12
 
 
 def check_save_arguments(
-    ttl: float, version: int, expected_version: int, owner: str | None, release: bool
+    ttl: float,
+    version: int,
+    expected_version: int,
+    owner: str | None,
+    release: bool,
+    lease: float | None = None,
 ) -> None:
     """The argument checks every :meth:`Store.save` makes (``ValueError``)."""
     if not ttl > 0:
@@ -451,6 +460,13 @@ def check_save_arguments(
         raise ValueError(f"version {version} is above MAX_VERSION ({MAX_VERSION})")
     if release and owner is None:
         raise ValueError("release=True needs the owner whose lease to release")
+    if lease is not None:
+        if owner is None:
+            raise ValueError("lease needs the owner to give the lease to")
+        if release:
+            raise ValueError("release=True and lease: a save frees the lease or takes it")
+        if not lease > 0:
+            raise ValueError(f"lease must be > 0, got {lease!r}")
 
 
 def new_owner_token() -> str:

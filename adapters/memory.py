@@ -209,8 +209,9 @@ class MemoryStore(Store):
         owner: str | None = None,
         release: bool = False,
         expected_tag: str = "",  # this store keeps no tags: one process cannot lose a write
+        lease: float | None = None,
     ) -> SaveResult:
-        check_save_arguments(ttl, version, expected_version, owner, release)
+        check_save_arguments(ttl, version, expected_version, owner, release, lease)
         with self._mutex:
             now = self._tick()
             current = self._live_session(user_key, now)
@@ -226,6 +227,9 @@ class MemoryStore(Store):
                 return SaveResult(SaveStatus.CONFLICT, current)
             if release and lock is not None:
                 del self._locks[user_key]
+            elif lease is not None and owner is not None:
+                self._locks[user_key] = (owner, now + lease)
+                self._expire_at(now + lease, _LOCK, user_key)
             deadline = now + ttl
             self._sessions[user_key] = (Record(bytes(payload), version), deadline)
             self._expire_at(deadline, _SESSION, user_key)

@@ -46,11 +46,12 @@ class AsyncMemoryStore(AsyncStore):
         owner: str | None = None,
         release: bool = False,
         expected_tag: str = "",
+        lease: float | None = None,
     ) -> SaveResult:
         return self.sync.save(
             user_key, payload, version=version, expected_version=expected_version, ttl=ttl,
             history=history, message_id=message_id, owner=owner, release=release,
-            expected_tag=expected_tag,
+            expected_tag=expected_tag, lease=lease,
         )  # fmt: skip
 
     async def delete(self, user_key: str) -> bool:

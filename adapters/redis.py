@@ -154,12 +154,13 @@ class RedisStore(Store):
         owner: str | None = None,
         release: bool = False,
         expected_tag: str = "",
+        lease: float | None = None,
     ) -> SaveResult:
         return self._run(
             self._ops.save(
                 user_key, payload, version=version, expected_version=expected_version,
                 ttl=ttl, history=history, message_id=message_id, owner=owner,
-                release=release, expected_tag=expected_tag,
+                release=release, expected_tag=expected_tag, lease=lease,
             )
         )  # fmt: skip
 

@@ -273,8 +273,9 @@ class RedisOperations:
         owner: str | None = None,
         release: bool = False,
         expected_tag: str = "",
+        lease: float | None = None,
     ) -> Operation[SaveResult]:
-        check_save_arguments(ttl, version, expected_version, owner, release)
+        check_save_arguments(ttl, version, expected_version, owner, release, lease)
         keys = list(self.layout.keys(user_key)[:4])
         tag = b"%08x" % random.getrandbits(32)  # names the write; no secret: no system call
         args: list[Any] = [
@@ -285,6 +286,7 @@ class RedisOperations:
             message_id or b"",
             owner or b"",
             expected_tag,
+            b"" if lease is None else ms(lease),
             b"r" if release else b"",
         ]
         retry = [*args[:-1], args[-1] + b"t"]

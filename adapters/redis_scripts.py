@@ -70,15 +70,16 @@ return {value, was_seen, 1}
 # KEYS[1] session, KEYS[2] history, KEYS[3] seen, KEYS[4] lock
 # ARGV[1] expected version, ARGV[2] new value (b"<version>.<tag>:" + payload), ARGV[3] ttl (ms),
 # ARGV[4] history entry, tagged ('' for none), ARGV[5] message id ('' for none),
-# ARGV[6] owner token ('' for none), ARGV[7] expected tag ('' for any), ARGV[8] flags: 'r' to
-# release the owner's lock after saving, 't' if this is a retry of the same write.
+# ARGV[6] owner token ('' for none), ARGV[7] expected tag ('' for any), ARGV[8] lease (ms) to
+# give the owner with the save ('' for none), ARGV[9] flags: 'r' to release the owner's lock
+# after saving, 't' if this is a retry of the same write.
 # The store's limits are constants of its copy of the script (:func:`scripts`).
 # returns {status, current value or nil}: status 'saved', 'duplicate', 'locked' or 'conflict'
 # (checked in that order; on anything but 'saved' nothing changed). A retry whose first attempt
 # landed (its value is stored, or its tagged history entry is listed) is 'saved' again.
 _SAVE = """
 local current = redis.call('GET', KEYS[1])
-local flags = ARGV[8]
+local flags = ARGV[9]
 if string.find(flags, 't', 1, true) and (current == ARGV[2]
     or (ARGV[4] ~= '' and redis.call('LPOS', KEYS[2], ARGV[4]))) then
   return {'saved', false}
@@ -111,6 +112,8 @@ if ARGV[5] ~= '' then
 end
 if holder and holder == ARGV[6] and string.find(flags, 'r', 1, true) then
   redis.call('DEL', KEYS[4])
+elseif ARGV[8] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[8])
 end
 return {'saved', false}
 """
@@ -157,7 +160,7 @@ def scripts(
 ) -> dict[str, str]:
     """The Lua of every store operation, by name, with one store's limits written in as
     constants: they are the same on every call, so they need not travel with each one (a
-    save sends 8 arguments, not 12). Stores with other limits get other scripts (other SHAs),
+    save sends 9 arguments, not 13). Stores with other limits get other scripts (other SHAs),
     which Redis keeps side by side."""
     limits = (
         f"local HISTORY_LIMIT = {int(history_limit)}\n"

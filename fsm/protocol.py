@@ -613,9 +613,13 @@ class MessageProtocol(Generic[S]):
     ) -> Steps[Result | None]:
         """Compare-and-set the decision; a Result if the message is done, None to go on."""
         new = decision.snapshot
+        acts_next = self._decider.is_action(new)
         # The last save of this call (the message applied, no action next) frees the lease
-        # in the same step.
-        last = (not m.due or not at_action) and not self._decider.is_action(new)
+        # in the same step; a save that leads to an action takes it in the same step, so the
+        # action runs next with no round trip to lock.
+        last = (not m.due or not at_action) and not acts_next
+        leased = acts_next and m.owner is None
+        owner = new_owner_token() if leased else m.owner
         if self.outbox:
             decision = self._with_outbox(m, restored.snapshot, decision)
             new = decision.snapshot
@@ -630,17 +634,30 @@ class MessageProtocol(Generic[S]):
                 "ttl": self.session_ttl,
                 "history": self._history(restored.snapshot, decision),
                 "message_id": None if at_action else m.message_id,
-                "owner": m.owner,
-                "release": last and m.owner is not None,
+                "owner": owner,
+                "release": last and owner is not None,
+                "lease": self.lock_ttl if leased else None,
             },
         )
         since = self._recent.tick()
-        saved: SaveResult = yield from self._timed("save", call)
-        if saved.saved:
-            record = Record(payload, new.version, saved.tag)
-            return self._saved(m, restored, decision, record, last, since)
-        yield from self._refused(m, decision, saved, since)
-        return None
+        started = time.perf_counter()
+        try:
+            saved: SaveResult = yield call
+        except BaseException:
+            self.stats.observe("save", time.perf_counter() - started)
+            if leased:
+                m.owner = owner  # it may have been taken: the way out frees it if it is ours
+            raise
+        took = time.perf_counter() - started
+        if not saved.saved:
+            self.stats.observe("save", took)
+            yield from self._refused(m, decision, saved, since)
+            return None
+        if leased:
+            m.owner, m.leased_at = owner, time.monotonic()
+        record = Record(payload, new.version, saved.tag)
+        self._count(restored, decision, took, leased)
+        return self._saved(m, restored, decision, record, last, acts_next, at_action, since)
 
     def _with_outbox(self, m: _Message, stored: Snapshot, decision: Decision) -> Decision:
         """``decision`` with its replies appended to the outbox of what is stored (the
@@ -677,9 +694,13 @@ class MessageProtocol(Generic[S]):
         decision: Decision,
         record: Record,
         last: bool,
+        acts_next: bool,
+        at_action: bool,
         since: int,
     ) -> Result | None:
-        """Book a successful save; a Result if the message is done (no action pending)."""
+        """Book a successful save; a Result if the message is done (no action pending).
+        ``acts_next``: the saved state is at an action step; ``at_action``: so was the one
+        it was made from."""
         # What a later load of these bytes gives: the decision's own snapshot when its data is
         # plain (every value as decoding returns it), else decoded from the bytes just stored.
         # (Its data's depth was checked when the step produced it.)
@@ -691,12 +712,11 @@ class MessageProtocol(Generic[S]):
         self._remember(m.key, record, since, stored)
         if last:
             m.owner = None  # released with the save
-        self._count(restored.snapshot, decision, expired=restored.expired)
         m.said.extend(decision.replies)
         m.events.extend(decision.events)
         m.notices = ()
         m.carried = ()  # in the outbox now
-        if self._decider.is_action(restored.snapshot):
+        if at_action:
             m.actions += 1
             self.stats.incr("actions")
             if m.actions > MAX_ACTIONS:
@@ -705,7 +725,7 @@ class MessageProtocol(Generic[S]):
                 ) from RuntimeError(f"more than {MAX_ACTIONS} actions in a row")
         else:
             m.due = False
-        if not m.due and not self._decider.is_action(stored):
+        if not m.due and not acts_next:
             return m.result(stored)
         if m.owner is not None:  # nobody else writes while we hold the lease
             m.known = _Restored(stored, stored.version, expected_tag=record.tag)
@@ -797,14 +817,18 @@ class MessageProtocol(Generic[S]):
     def _history(self, current: Snapshot, decision: Decision) -> HistoryEntry:
         return _entry(current, decision.snapshot, ",".join(decision.events) or decision.note)
 
-    def _count(self, current: Snapshot, decision: Decision, *, expired: bool) -> None:
-        self.stats.incr("applied")
-        if expired:
-            self.stats.incr("expired")
+    def _count(self, restored: _Restored, decision: Decision, took: float, leased: bool) -> None:
+        """Count a save that landed (``took`` seconds; ``leased``: it took the lease too)."""
+        counts = ["applied"]
+        if restored.expired:
+            counts.append("expired")
         if decision.reauth:
-            self.stats.incr("token_refused")
+            counts.append("token_refused")
+        if leased:
+            counts.append("lock_acquisitions")
         if decision.events:
-            self.stats.incr(f"transitions:{current.stage}->{decision.snapshot.stage}")
+            counts.append(f"transitions:{restored.snapshot.stage}->{decision.snapshot.stage}")
+        self.stats.observe("save", took, counts)
 
     def _remember(
         self, key: str, record: Record | None, since: int, snapshot: Snapshot | None = None

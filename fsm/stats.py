@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 #: Upper bounds (seconds) of the store latency histogram's buckets; the last bucket is +Inf.
@@ -41,9 +42,13 @@ class EngineStats:
         with self._lock:
             self._counts[name] += by
 
-    def observe(self, operation: str, seconds: float) -> None:
+    def observe(self, operation: str, seconds: float, counts: Iterable[str] = ()) -> None:
+        """One ``operation`` took ``seconds``; and each of ``counts`` happened once (counted
+        under the same lock: the message path takes it once per save)."""
         slot = bisect.bisect_left(LATENCY_BUCKETS, seconds)
         with self._lock:
+            for name in counts:
+                self._counts[name] += 1
             latency = self._latency.get(operation)
             if latency is None:
                 latency = self._latency[operation] = Latency()

@@ -100,6 +100,9 @@ def freeze(value: Any) -> Any:
     return value
 
 
+_UNSEEN: Any = object()
+
+
 class FrozenData(Mapping[str, Any]):
     """A read-only view of a mapping whose values are frozen (:func:`freeze`) when first read,
     and kept: a step pays only for the values it reads, once each. ``ctx.data`` is one.
@@ -114,16 +117,20 @@ class FrozenData(Mapping[str, Any]):
         self._frozen: dict[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:
-        try:
-            return self._frozen[key]
-        except KeyError:
+        value = self._frozen.get(key, _UNSEEN)
+        if value is _UNSEEN:  # first read (a miss costs no exception: this runs per message)
             value = self._frozen[key] = freeze(self._data[key])
-            return value
+        return value
 
     def get(self, key: str, default: Any = None) -> Any:
-        if key in self._data:
-            return self[key]
-        return default
+        value = self._frozen.get(key, _UNSEEN)
+        if value is not _UNSEEN:
+            return value
+        raw = self._data.get(key, _UNSEEN)
+        if raw is _UNSEEN:
+            return default
+        value = self._frozen[key] = freeze(raw)
+        return value
 
     def __contains__(self, key: object) -> bool:
         return key in self._data

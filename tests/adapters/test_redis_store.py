@@ -157,13 +157,14 @@ def test_round_trips_per_message(server: redis_servers.RedisServer) -> None:
     carol = "263770000003"
     first.handle(carol, "hi")
     first.handle(carol, "Upgrade membership")
-    store.lock_and_load("warm-up", "o", 5)  # have the server load that script first
     before = client.sent
     result = first.handle(carol, "Confirm")  # the upgrade is an action
     assert "tier 3 member" in result.texts[0]
-    # The pending state is saved (1), then lock+read (1), the action runs, its outcome is
-    # saved with the lock released in the same script (1).
-    assert client.sent - before == 3
+    # The pending state is saved with the lease taken in the same script (1), the action
+    # runs with no read (nobody writes while we hold the lease), and its outcome is saved
+    # with the lease released in the same script (1).
+    assert client.sent - before == 2
+    assert store.lock_info(carol) is None
 
 
 def test_script_flush_between_calls_is_invisible(store: RedisStore) -> None:

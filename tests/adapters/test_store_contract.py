@@ -558,6 +558,39 @@ def test_save_respects_another_workers_lease(store_env: StoreEnv) -> None:
     assert store.save("u", b"four", version=4, expected_version=3, ttl=10 * t).saved
 
 
+def test_a_save_can_take_the_lease_in_the_same_step(store_env: StoreEnv) -> None:
+    """``lease``: the save also gives ``owner`` the lease (the engine saves a move to an
+    action step and locks it for the action in one round trip); refused saves take nothing."""
+    env, store, t = store_env, store_env.store, store_env.tick
+    taken = store.save("u", b"one", version=1, expected_version=0, ttl=20 * t, owner="a",
+                       lease=10 * t)  # fmt: skip
+    assert taken.saved
+    info = store.lock_info("u")
+    assert info is not None and info.owner == "a" and info.ttl == approx_ticks(env, 10)
+    assert store.load("u").locked and not store.acquire_lock("u", "b", 10 * t)
+    # Another worker cannot take it by saving: the lease is held.
+    other = store.save("u", b"x", version=2, expected_version=1, ttl=20 * t, owner="b",
+                       lease=10 * t)  # fmt: skip
+    assert other.status is SaveStatus.LOCKED
+    assert store.save("u", b"two", version=2, expected_version=1, ttl=20 * t, owner="a",
+                      release=True).saved  # fmt: skip
+    assert store.lock_info("u") is None
+    stale = store.save("u", b"x", version=9, expected_version=8, ttl=20 * t, owner="c",
+                       lease=10 * t)  # fmt: skip
+    assert stale.status is SaveStatus.CONFLICT and store.lock_info("u") is None
+    assert store.save("v", b"one", version=1, expected_version=0, ttl=20 * t, owner="d",
+                      lease=5 * t).saved  # fmt: skip
+    env.wait(6)
+    assert store.lock_info("v") is None and store.acquire_lock("v", "e", 5 * t)  # it expires
+    for bad in (
+        {"lease": 1.0},
+        {"owner": "a", "lease": 0},
+        {"owner": "a", "lease": 1.0, "release": True},
+    ):
+        with pytest.raises(ValueError):
+            store.save("w", b"x", version=1, expected_version=0, ttl=t, **bad)  # type: ignore[arg-type]
+
+
 def test_duplicate_is_reported_before_locked(store_env: StoreEnv) -> None:
     store, t = store_env.store, store_env.tick
     store.save("u", b"one", version=1, expected_version=0, ttl=10 * t, message_id="m1")
