@@ -4,7 +4,7 @@ Every key of one user shares one Redis Cluster hash tag, so every script touches
 runs unchanged on standalone, Sentinel and Cluster::
 
     <namespace>:{u<escaped user key>}:s   the session: b"<version>.<tag>:" + encoded snapshot
-    <namespace>:{u<escaped user key>}:h   history: tag + msgpack entry each, newest first
+    <namespace>:{u<escaped user key>}:h   history: tag + msgpack array of the entry's fields, newest first
     <namespace>:{u<escaped user key>}:m   seen message ids, a sorted set scored by time (ms)
     <namespace>:{u<escaped user key>}:l   the lease lock: the owner token, with a PX expiry
     <namespace>:{u<escaped user key>}:q   quarantined bytes, a list of msgpack entries

@@ -7,6 +7,7 @@ offers are fetched when a sub-flow needs them and stored as ``(id, title)`` rows
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,7 +90,10 @@ def menu_options(summary: Summary) -> list[Option]:
     return options
 
 
+@functools.lru_cache(maxsize=4096)
 def menu_reply(summary: Summary) -> Reply:
+    """The menu for ``summary``: built once per distinct summary (a member typing at the menu
+    sees the same one message after message; Summary and Reply are immutable)."""
     balances = ", ".join(summary.balances) or "no balance yet"
     body = (
         f"Welcome {summary.firstname} (@{summary.handle}).\n"
