@@ -36,6 +36,7 @@ from fsm.clock import SYSTEM_CLOCK, Clock
 _SWEEP_BUDGET = 512
 
 _SESSION, _HISTORY, _SEEN, _LOCK = range(4)
+_SAVED = SaveResult(SaveStatus.SAVED)  # immutable: one for every save that lands
 
 
 class _History:
@@ -215,7 +216,7 @@ class MemoryStore(Store):
         with self._mutex:
             now = self._tick()
             current = self._live_session(user_key, now)
-            seen = self._live_seen(user_key, now)
+            seen = None if message_id is None else self._live_seen(user_key, now)
             # Duplicate wins over conflict: a re-delivered message must be acknowledged, not
             # retried against a version that its first delivery already moved.
             if message_id is not None and seen is not None and message_id in seen:
@@ -247,7 +248,7 @@ class MemoryStore(Store):
                 if len(seen) > self._dedupe_limit:
                     seen.popitem(last=False)
                 self._expire_at(now + self._dedupe_ttl, _SEEN, user_key)
-            return SaveResult(SaveStatus.SAVED)
+            return _SAVED
 
     def delete(self, user_key: str) -> bool:
         with self._mutex:

@@ -4,7 +4,7 @@ Every key of one user shares one Redis Cluster hash tag, so every script touches
 runs unchanged on standalone, Sentinel and Cluster::
 
     <namespace>:{u<escaped user key>}:s   the session: b"<version>.<tag>:" + encoded snapshot
-    <namespace>:{u<escaped user key>}:h   history: tag + msgpack array of the entry's fields, newest first
+    <namespace>:{u<escaped user key>}:h   history: tag + the entry as a msgpack array, newest first
     <namespace>:{u<escaped user key>}:m   seen message ids, a sorted set scored by time (ms)
     <namespace>:{u<escaped user key>}:l   the lease lock: the owner token, with a PX expiry
     <namespace>:{u<escaped user key>}:q   quarantined bytes, a list of msgpack entries
@@ -29,6 +29,9 @@ from urllib.parse import quote, unquote
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
+#: How many users' keys a layout keeps built.
+KEYS_KEPT = 10_000
+
 #: The key namespace of a store built without one (``RedisStore.from_url(url)``).
 DEFAULT_NAMESPACE = "fsm"
 
@@ -43,6 +46,9 @@ class KeyLayout:
                 f"got {namespace!r}"
             )
         self.namespace = namespace
+        # user key -> its keys: built once per user while it is among the recent ones (the
+        # escaping costs about a microsecond, on every store call).
+        self._keys: dict[str, tuple[str, str, str, str, str]] = {}
         self.session_pattern = f"{namespace}:{{*}}:s"
         self.quarantine_pattern = f"{namespace}:{{*}}:q"
 
@@ -56,8 +62,14 @@ class KeyLayout:
 
     def keys(self, user_key: str) -> tuple[str, str, str, str, str]:
         """(session, history, seen, lock, quarantine) of one user: one slot."""
-        base = f"{self.namespace}:{self.tag(user_key)}:"
-        return base + "s", base + "h", base + "m", base + "l", base + "q"
+        keys = self._keys.get(user_key)
+        if keys is None:
+            base = f"{self.namespace}:{self.tag(user_key)}:"
+            keys = base + "s", base + "h", base + "m", base + "l", base + "q"
+            if len(self._keys) >= KEYS_KEPT:
+                self._keys.clear()  # a new generation: the active users come back at once
+            self._keys[user_key] = keys
+        return keys
 
     def user_of(self, key: str | bytes) -> str:
         """The user key a session (or quarantine) key belongs to."""

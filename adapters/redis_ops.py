@@ -24,8 +24,7 @@ import itertools
 import random
 import secrets
 import time
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeAlias, TypedDict, TypeVar
 
 import msgspec
@@ -51,24 +50,22 @@ T = TypeVar("T")
 
 
 # -- what an operation asks for --------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Script:
-    """Run the registered Lua script ``name`` (a key of :attr:`RedisOperations.scripts`)."""
+class Script(msgspec.Struct, frozen=True):
+    """Run the registered Lua script ``name`` (a key of :attr:`RedisOperations.scripts`).
+    (Requests are frozen msgspec Structs: one is made per store call, cheaply.)"""
 
     name: str
-    keys: list[str]
-    args: list[Any]
+    keys: Sequence[str]
+    args: Sequence[Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(msgspec.Struct, frozen=True):
     """Send one plain command, e.g. ``("GET", key)``; the reply is redis-py's parsed one."""
 
     args: tuple[Any, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Pause:
+class Pause(msgspec.Struct, frozen=True):
     """Wait before the next attempt (``time.sleep`` or ``asyncio.sleep``)."""
 
     seconds: float
@@ -276,7 +273,7 @@ class RedisOperations:
         lease: float | None = None,
     ) -> Operation[SaveResult]:
         check_save_arguments(ttl, version, expected_version, owner, release, lease)
-        keys = list(self.layout.keys(user_key)[:4])
+        keys = self.layout.keys(user_key)[:4]
         tag = b"%08x" % random.getrandbits(32)  # names the write; no secret: no system call
         args: list[Any] = [
             expected_version,
@@ -289,13 +286,13 @@ class RedisOperations:
             b"" if lease is None else ms(lease),
             b"r" if release else b"",
         ]
-        retry = [*args[:-1], args[-1] + b"t"]
 
         def attempt(retried: bool) -> Operation[SaveResult]:
             # On a retry the script first looks for this very write (its tagged value or
             # history entry): if the first attempt landed and only its reply was lost, it is
             # SAVED, never applied twice nor mistaken for someone else's.
-            status, current = yield Script("save", keys, retry if retried else args)
+            sent = [*args[:-1], args[-1] + b"t"] if retried else args
+            status, current = yield Script("save", keys, sent)
             if status == b"saved":
                 return SaveResult(SaveStatus.SAVED, tag=tag.decode())
             return SaveResult(_STATUS[status], None if current is None else split_value(current))

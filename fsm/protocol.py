@@ -27,9 +27,10 @@ Theory of operation, per message (one *pass* of :meth:`MessageProtocol._pass` at
    ``max_attempts``, then :class:`~fsm.errors.ConflictError`.
 5. **Act.** If the saved state is at an *action* step (:func:`fsm.flow.action`: an API call
    that changes something), the save of 4 took the user's lease in the same write; run the
-   action on that state with its idempotency key; save its outcome by compare-and-set like any other (step 4). An action left
-   pending by a worker that died is run first by the next message for that user, or by a
-   re-delivery of the same one, before the message itself is applied.
+   action on that state with its idempotency key; save its outcome by compare-and-set like
+   any other (step 4). An action left pending by a worker that died is run first by the
+   next message for that user, or by a re-delivery of the same one, before the message
+   itself is applied.
 6. **Return** the replies of every save, only now that the state that expects the answer is
    stored. The lease, if this message took it, is freed with the last save or on the way out.
 

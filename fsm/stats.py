@@ -26,48 +26,79 @@ class Latency:
     sum: float = 0.0
 
 
+class _Shard:
+    """One thread's counters and histograms: only that thread writes them."""
+
+    __slots__ = ("counts", "latency")
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.latency: dict[str, Latency] = {}
+
+
 class EngineStats:
     """Named counters: ``applied``, ``conflicts``, ``duplicates``, ``corrupt``, ``expired``,
     ``token_refused``, ``lock_acquisitions``, ``lock_waits``, ``lock_timeouts``,
     ``lease_lost``, ``step_failures``, ``migrated``, ``version_regressions``, ``actions``,
     ``actions_abandoned``, ``transitions:<from>-><to>``; and the store's latency per operation
-    (``load``, ``save``, ``lock``: taking the lease, waiting included)."""
+    (``load``, ``save``, ``lock``: taking the lease, waiting included).
+
+    Each thread counts into its own shard, with no lock (the message path counts on every
+    save, and an uncontended lock costs more than the count); reads add the shards up. A
+    shard outlives its thread, so nothing counted is lost."""
 
     def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
-        self._latency: dict[str, Latency] = {}
-        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._shards: list[_Shard] = []
+        self._lock = threading.Lock()  # guards the list of shards, not the counting
+
+    def _shard(self) -> _Shard:
+        try:
+            shard: _Shard = self._local.shard
+        except AttributeError:  # this thread's first count
+            shard = self._local.shard = _Shard()
+            with self._lock:
+                self._shards.append(shard)
+        return shard
 
     def incr(self, name: str, by: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += by
+        self._shard().counts[name] += by
 
     def observe(self, operation: str, seconds: float, counts: Iterable[str] = ()) -> None:
-        """One ``operation`` took ``seconds``; and each of ``counts`` happened once (counted
-        under the same lock: the message path takes it once per save)."""
-        slot = bisect.bisect_left(LATENCY_BUCKETS, seconds)
-        with self._lock:
-            for name in counts:
-                self._counts[name] += 1
-            latency = self._latency.get(operation)
-            if latency is None:
-                latency = self._latency[operation] = Latency()
-            latency.buckets[slot] += 1
-            latency.count += 1
-            latency.sum += seconds
+        """One ``operation`` took ``seconds``; and each of ``counts`` happened once."""
+        shard = self._shard()
+        for name in counts:
+            shard.counts[name] += 1
+        latency = shard.latency.get(operation)
+        if latency is None:
+            latency = shard.latency[operation] = Latency()
+        latency.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency.count += 1
+        latency.sum += seconds
 
     def __getitem__(self, name: str) -> int:
-        with self._lock:
-            return self._counts[name]
+        return self.as_dict().get(name, 0)
 
     def as_dict(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
+        total: Counter[str] = Counter()
+        for shard in self._all():
+            total.update(dict.copy(shard.counts))  # one step (C), while its thread counts on
+        return dict(total)
 
     def latencies(self) -> dict[str, Latency]:
-        """A copy of the latency histograms, by operation."""
+        """A copy of the latency histograms, by operation (all threads' added up)."""
+        merged: dict[str, Latency] = {}
+        for shard in self._all():
+            for operation, h in shard.latency.copy().items():
+                into = merged.setdefault(operation, Latency())
+                into.buckets = [a + b for a, b in zip(into.buckets, list(h.buckets), strict=True)]
+                into.count += h.count
+                into.sum += h.sum
+        return merged
+
+    def _all(self) -> list[_Shard]:
         with self._lock:
-            return {op: Latency(list(h.buckets), h.count, h.sum) for op, h in self._latency.items()}
+            return list(self._shards)
 
     def __repr__(self) -> str:
         return f"EngineStats({self.as_dict()!r})"

@@ -102,6 +102,30 @@ def freeze(value: Any) -> Any:
 
 _UNSEEN: Any = object()
 
+#: How many frozen data values are kept for reuse (:func:`_frozen`).
+FROZEN_KEPT = 10_000
+# id(stored value) -> (that value, its frozen view). The entry holds the value, so its id
+# cannot be reused while the entry lives. Stored values are never changed in place (the
+# engine copies, thaws into new containers, and hands handlers only frozen views), so a
+# view made once stays right for as long as the value is stored.
+_views: dict[int, tuple[Any, Any]] = {}
+
+
+def _frozen(raw: Any) -> Any:
+    """:func:`freeze` of a stored data value, made once per value: the next snapshot of a
+    conversation shares every value its step did not set, so a step that reads the same
+    dashboard message after message freezes it once."""
+    if type(raw) in SCALAR_TYPES:
+        return raw
+    kept = _views.get(id(raw))
+    if kept is not None and kept[0] is raw:
+        return kept[1]
+    frozen = freeze(raw)
+    if len(_views) >= FROZEN_KEPT:
+        _views.clear()  # a new generation: the active conversations' values come back first
+    _views[id(raw)] = (raw, frozen)
+    return frozen
+
 
 class FrozenData(Mapping[str, Any]):
     """A read-only view of a mapping whose values are frozen (:func:`freeze`) when first read,
@@ -119,7 +143,7 @@ class FrozenData(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         value = self._frozen.get(key, _UNSEEN)
         if value is _UNSEEN:  # first read (a miss costs no exception: this runs per message)
-            value = self._frozen[key] = freeze(self._data[key])
+            value = self._frozen[key] = _frozen(self._data[key])
         return value
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -129,7 +153,7 @@ class FrozenData(Mapping[str, Any]):
         raw = self._data.get(key, _UNSEEN)
         if raw is _UNSEEN:
             return default
-        value = self._frozen[key] = freeze(raw)
+        value = self._frozen[key] = _frozen(raw)
         return value
 
     def __contains__(self, key: object) -> bool:
