@@ -174,6 +174,30 @@ def measure(url: str, parser: type, n: int) -> dict[str, float]:
     return out | cpu
 
 
+def wake_up(url: str, n: int) -> dict[str, float]:
+    """The engine's own CPU per message (the memory store: no I/O) in a tight loop, and the
+    same work done right after a raw round trip to Redis (a PING, minus the PING alone): the
+    cost of running Python code on a core that just woke from waiting for a reply."""
+    client = connect(url, BLOCKING)
+    engine = build_engine()
+    engine.handle(BOB, "hi")
+
+    def ping() -> None:
+        client.execute_command("PING")
+
+    def ping_then_step() -> None:
+        client.execute_command("PING")
+        engine.handle(BOB, "9")
+
+    cpu = interleaved(
+        {"step": lambda: engine.handle(BOB, "9"), "ping": ping, "both": ping_then_step},
+        n,
+        timer=time.process_time,
+    )
+    client.close()
+    return {"hot": cpu["step"], "after_round_trip": cpu["both"] - cpu["ping"]}
+
+
 def report(label: str, m: dict[str, float]) -> list[bool]:
     single, get_and_eval = m["single"], m["get_eval"]
     rows = [
@@ -206,6 +230,34 @@ def report(label: str, m: dict[str, float]) -> list[bool]:
     ]  # fmt: skip
 
 
+def bytes_per_busy_user(server: RedisServer, users: int) -> float:
+    """Redis ``used_memory`` per user at the store's default limits' steady state for a busy
+    user: Alice's session, 50 history entries (``history_limit``) and 200 seen message ids of
+    realistic length (WhatsApp's ``wamid.`` ids are about 60 characters)."""
+    client = server.client()
+    store = RedisStore(client, namespace="busy")
+    engine = build_engine(store, FakeCredexApi())
+    engine.handle("263770000001", "hi", message_id="wamid.1")
+    record = store.load("263770000001").record
+    assert record is not None
+    entry = encode_history(store.history("263770000001")[0])
+    client.flushall()
+    before = int(client.info("memory")["used_memory"])
+    for n in range(users):
+        keys = store.layout.keys(f"2637{n:08d}")
+        pipe = client.pipeline(transaction=False)
+        pipe.set(keys[0], b"1.0123abcd:" + record.payload, px=1_800_000)
+        pipe.lpush(keys[1], *[b"%08x" % i + entry for i in range(50)])
+        ids = {f"wamid.HBgMMjYzNzcwMDAwMDAxFQIAEhgg{n:08d}{i:020d}": i for i in range(200)}
+        pipe.zadd(keys[2], ids)
+        pipe.pexpire(keys[1], 3_600_000)
+        pipe.pexpire(keys[2], 3_600_000)
+        pipe.execute()
+    used = (int(client.info("memory")["used_memory"]) - before) / users
+    client.flushall()
+    return used
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
@@ -220,11 +272,17 @@ def main() -> None:
         concurrent = concurrent_throughput(store, 50, max(4, n // 50))
         store.close()
         session_bytes, with_extras = bytes_per_session(server, sessions)
+        busy = bytes_per_busy_user(server, 200 if args.quick else 2000)
+        woke = wake_up(server.url, n)
     finally:
         server.stop()
     verdicts = [ok for label, m in measured.items() for ok in report(label, m)]
     print(f"\n{'50 concurrent conversations, 1 process':42} {concurrent:8.0f} msg/s")
+    print(f"{'engine CPU per menu step, memory store':42} {woke['hot']:8.1f} us in a tight loop")
+    print(f"{'  the same right after a Redis round trip':42} {woke['after_round_trip']:8.1f} us "
+          f"({woke['after_round_trip'] / woke['hot']:.1f}x: the cost of waking up)")  # fmt: skip
     print(f"{'Redis bytes per session (key only)':42} {session_bytes:8.0f}")
+    print(f"{'a busy user: 50 history entries, 200 ids':42} {busy:8.0f}")
     targets_header("Redis memory")
     verdicts.append(
         check("bytes per session with its history entry and seen id", with_extras,
