@@ -43,6 +43,8 @@ class Decision(msgspec.Struct, frozen=True):
     #: float, bool, None, bytes, lists and str-keyed dicts of them), given that the data it
     #: was made from did: the engine then keeps it as stored without decoding those bytes.
     plain: bool = False
+    #: It moves to another step (or stage) whose prompt is still to be added (internal).
+    enters: bool = False
 
 
 class _Place(msgspec.Struct, frozen=True):
@@ -177,9 +179,9 @@ class Decider:
             raise StepFailed(
                 current.stage, current.step, user_key=key, version=current.version
             ) from ValueError("retry_later() is for actions; a step uses stay() or go()")
-        decision = yield from self._apply(
-            key, current, outcome, now, notices, spec.side_effects, valid
-        )
+        decision = self._apply(key, current, outcome, now, notices, spec.side_effects, valid)
+        if decision.enters:
+            decision = yield from self._entered(key, decision, now)
         new = decision.snapshot
         if spec.action and (new.stage, new.step) == (current.stage, current.step):
             raise StepFailed(
@@ -257,7 +259,9 @@ class Decider:
             outcome = ctx.stay(*replies, step=way.to, unset=way.unset)
         else:
             outcome = ctx.go(way.to, *replies, unset=way.unset)
-        decision = yield from self._apply(key, current, outcome, now, notices, False, valid)
+        decision = self._apply(key, current, outcome, now, notices, False, valid)
+        if decision.enters:
+            decision = yield from self._entered(key, decision, now)
         left = decision.snapshot
         if left.pending and not self.is_action(left):  # leaving ends the request
             decision = msgspec.structs.replace(
@@ -375,9 +379,10 @@ class Decider:
         notices: tuple[Reply, ...],
         side_effects: bool,
         valid: bool,
-    ) -> Steps[Decision]:
+    ) -> Decision:
         """The snapshot ``outcome`` makes of ``current``; ``valid``: whether the token
-        ``current`` holds was verified valid for this message."""
+        ``current`` holds was verified valid for this message. A decision that ``enters``
+        a step still needs that step's prompt (:meth:`_entered`)."""
         auth = current.auth
         if isinstance(outcome.auth, Login):
             auth = self._replace_token(key, current.auth, outcome.auth.token)
@@ -413,10 +418,19 @@ class Decider:
             update_from=self._source(),
             pending=place.pending,
         )
-        replies = (*notices, *outcome.replies)
-        if place.events or place.step != current.step:
-            replies = (*replies, *(yield from self._enter(key, new, now)))
-        return Decision(new, replies, tuple(place.events), side_effects, plain=plain)
+        return Decision(
+            new,
+            (*notices, *outcome.replies),
+            tuple(place.events),
+            side_effects,
+            plain=plain,
+            enters=bool(place.events) or place.step != current.step,
+        )
+
+    def _entered(self, key: str, decision: Decision, now: float) -> Steps[Decision]:
+        """``decision`` with the prompt of the step it moves to (its ``@on_enter`` hook)."""
+        said = yield from self._enter(key, decision.snapshot, now)
+        return msgspec.structs.replace(decision, replies=(*decision.replies, *said), enters=False)
 
     def _kept(self, key: str, current: Snapshot, outcome: Outcome, data: dict[str, Any]) -> str:
         """The idempotency key this outcome carries within the stage, or "": an action's key

@@ -363,7 +363,7 @@ class MessageProtocol(Generic[S]):
 
     def _pass(self, m: _Message) -> Steps[Result | None]:
         """One load-decide-save round. A Result ends the message; None: another pass."""
-        restored = yield from self._obtain(m)
+        restored = self._at_hand(m) or (yield from self._obtain(m))
         if not isinstance(restored, _Restored):
             return restored
         current = restored.snapshot
@@ -404,13 +404,30 @@ class MessageProtocol(Generic[S]):
         )
 
     # -- load and restore -------------------------------------------------------------------
-    def _obtain(self, m: _Message) -> Steps[_Restored | Result | None]:
-        """The conversation this pass works on; a Result if the message was applied already;
-        None after quarantining a broken record (the next pass reloads)."""
+    def _at_hand(self, m: _Message) -> _Restored | None:
+        """The conversation this pass works on when getting it takes no store call: what this
+        call just saved under the lease, or a record at hand (the recent one, a refusal's)
+        with no message id seen and nothing broken in it. None: :meth:`_obtain` it."""
         m.locked = False
         if m.known is not None:
             restored, m.known = m.known, None
             return restored
+        loaded = m.ready
+        if loaded is None or loaded.record is None or loaded.seen:
+            return None
+        try:
+            snapshot = self._validated(m.key, loaded.record)
+        except CorruptSnapshot:
+            return None  # _obtain quarantines it
+        m.ready = None
+        m.locked = loaded.locked and m.owner is None
+        record = loaded.record
+        return _Restored(snapshot, record.version, record.tag, record=record)
+
+    def _obtain(self, m: _Message) -> Steps[_Restored | Result | None]:
+        """The conversation this pass works on (:meth:`_at_hand` found none); a Result if the
+        message was applied already; None after quarantining a broken record (the next pass
+        reloads)."""
         loaded = m.ready
         if loaded is None:
             since = self._recent.tick()
