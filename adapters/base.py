@@ -88,6 +88,10 @@ class SaveResult(msgspec.Struct, frozen=True):
     status: SaveStatus
     current: Record | None = None
     tag: str = ""  # on SAVED, the tag of the record just written (stores that keep tags)
+    #: On SAVED with ``lease``: the save landed but the lease is not the caller's (a retried
+    #: save whose first attempt landed, after which the lease went to another worker or the
+    #: state moved on). The caller must take the lease, and reload, before acting.
+    unleased: bool = False
 
     @property
     def saved(self) -> bool:
@@ -164,8 +168,11 @@ _row_decoder = msgspec.msgpack.Decoder(_HistoryRow)
 _ARRAY_STARTS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
 
 
-def encode_history(entry: HistoryEntry) -> bytes:
-    """``entry`` as stored: an array in field order (half the bytes of a map with names)."""
+def encode_history(entry: HistoryEntry, *, compact: bool = True) -> bytes:
+    """``entry`` as stored: an array in field order (half the bytes of a map with names), or
+    with ``compact=False`` the map with field names, the only form earlier releases read."""
+    if not compact:
+        return _history_encoder.encode(entry)
     e = entry
     row = (
         e.version,
@@ -194,6 +201,11 @@ class Store(abc.ABC):
     User keys are plain strings chosen by the transport (a phone number, a chat id); adapters
     escape them as their key layout needs. TTLs are seconds (floats allowed).
     """
+
+    #: Whether :meth:`save` takes ``lease`` (give the caller the lease in the same step).
+    #: A store that does not say so still works: the engine then takes the lease with
+    #: :meth:`lock_and_load` before an action, one round trip more.
+    takes_lease_on_save: bool = False
 
     # -- sessions --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -372,6 +384,9 @@ class AsyncStore(abc.ABC):
     ``sessions``, ``quarantined``, ...) stay on the sync stores: the ``fsm`` toolkit is
     synchronous. Every adapter passes ``tests/adapters/test_store_contract.py``.
     """
+
+    #: As :attr:`Store.takes_lease_on_save`.
+    takes_lease_on_save: bool = False
 
     @abc.abstractmethod
     async def load(self, user_key: str, *, message_id: str | None = None) -> Loaded:

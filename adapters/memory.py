@@ -60,6 +60,8 @@ class MemoryStore(Store):
     <SaveStatus.SAVED: 'saved'>
     """
 
+    takes_lease_on_save = True
+
     def __init__(
         self,
         *,

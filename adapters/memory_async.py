@@ -25,6 +25,8 @@ class AsyncMemoryStore(AsyncStore):
     """An in-process async store: a fresh :class:`MemoryStore` made from ``options`` (the
     same as MemoryStore's: ``clock``, ``history_limit``, ...), or ``store`` if given."""
 
+    takes_lease_on_save = True
+
     def __init__(self, store: MemoryStore | None = None, **options: Any) -> None:
         if store is not None and options:
             raise TypeError("pass either a MemoryStore or options for a new one, not both")

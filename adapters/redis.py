@@ -77,6 +77,8 @@ class RedisStore(Store):
     attempts follow a connection loss or timeout.
     """
 
+    takes_lease_on_save = True
+
     def __init__(
         self, client: Client, *, namespace: str = DEFAULT_NAMESPACE, **limits: Unpack[RedisLimits]
     ) -> None:

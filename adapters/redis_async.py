@@ -61,6 +61,8 @@ class AsyncRedisStore(AsyncStore):
     per node on a Cluster). Further ones wait their turn, since redis-py's asyncio pools refuse
     a command rather than wait when every connection is busy."""
 
+    takes_lease_on_save = True
+
     def __init__(
         self,
         client: AsyncClient,

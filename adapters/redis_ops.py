@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import random
 import secrets
 import time
@@ -117,6 +118,12 @@ quarantine_encoder = msgspec.msgpack.Encoder()
 quarantine_decoder = msgspec.msgpack.Decoder(Quarantined)
 
 
+#: Where write tags come from: a generator of this module's own, seeded from the OS (and again
+#: in each forked child), which an application's random.seed() cannot make repeat.
+_tags = random.Random()
+os.register_at_fork(after_in_child=_tags.seed)
+
+
 def ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -160,6 +167,7 @@ class RedisLimits(TypedDict, total=False):
     dedupe_ttl: float
     quarantine_limit: int
     retries: int
+    compact_history: bool
 
 
 class RedisOperations:
@@ -168,7 +176,10 @@ class RedisOperations:
     Limits are per user: ``history_limit`` entries kept ``history_ttl`` seconds after the last
     append, ``dedupe_limit`` message ids each remembered ``dedupe_ttl`` seconds, and
     ``quarantine_limit`` quarantined records (oldest dropped first). ``retries``: further
-    attempts after a connection loss or timeout.
+    attempts after a connection loss or timeout. ``compact_history=False`` writes history
+    entries as maps with field names, the form earlier releases read: use it while such
+    workers still run (a rolling deploy) or may come back (a rollback); this code reads both
+    (see docs/redis.md, "Upgrading").
     """
 
     def __init__(
@@ -181,6 +192,7 @@ class RedisOperations:
         dedupe_ttl: float = 7 * 24 * 3600,
         quarantine_limit: int = 100,
         retries: int = 2,
+        compact_history: bool = True,
     ) -> None:
         for name, value in [
             ("history_limit", history_limit),
@@ -200,6 +212,7 @@ class RedisOperations:
         self.dedupe_ttl = dedupe_ttl
         self.quarantine_limit = quarantine_limit
         self.retries = retries
+        self.compact = compact_history
         self._ids = itertools.count(1)
         #: The Lua every store registers once on its client, by name (these limits in it).
         self.scripts = scripts(
@@ -274,12 +287,12 @@ class RedisOperations:
     ) -> Operation[SaveResult]:
         check_save_arguments(ttl, version, expected_version, owner, release, lease)
         keys = self.layout.keys(user_key)[:4]
-        tag = b"%08x" % random.getrandbits(32)  # names the write; no secret: no system call
+        tag = b"%08x" % _tags.getrandbits(32)  # names the write; no system call per save
         args: list[Any] = [
             expected_version,
             b"%d.%s:" % (version, tag) + payload,
             ms(ttl),
-            tag + encode_history(history) if history is not None else b"",
+            b"" if history is None else tag + encode_history(history, compact=self.compact),
             message_id or b"",
             owner or b"",
             expected_tag,
@@ -294,7 +307,7 @@ class RedisOperations:
             sent = [*args[:-1], args[-1] + b"t"] if retried else args
             status, current = yield Script("save", keys, sent)
             if status == b"saved":
-                return SaveResult(SaveStatus.SAVED, tag=tag.decode())
+                return SaveResult(SaveStatus.SAVED, tag=tag.decode(), unleased=bool(current))
             return SaveResult(_STATUS[status], None if current is None else split_value(current))
 
         return self.retrying("save", user_key, attempt)

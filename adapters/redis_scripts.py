@@ -76,13 +76,23 @@ return {value, was_seen, 1}
 # The store's limits are constants of its copy of the script (:func:`scripts`).
 # returns {status, current value or nil}: status 'saved', 'duplicate', 'locked' or 'conflict'
 # (checked in that order; on anything but 'saved' nothing changed). A retry whose first attempt
-# landed (its value is stored, or its tagged history entry is listed) is 'saved' again.
+# landed (its value is stored, or its tagged history entry is listed) is 'saved' again; if it
+# asked for the lease and cannot have it now, the reply is {'saved', 'unleased'}.
 _SAVE = """
 local current = redis.call('GET', KEYS[1])
 local flags = ARGV[9]
-if string.find(flags, 't', 1, true) and (current == ARGV[2]
-    or (ARGV[4] ~= '' and redis.call('LPOS', KEYS[2], ARGV[4]))) then
-  return {'saved', false}
+if string.find(flags, 't', 1, true) then
+  local mine = current == ARGV[2]
+  if mine or (ARGV[4] ~= '' and redis.call('LPOS', KEYS[2], ARGV[4])) then
+    if ARGV[8] == '' then return {'saved', false} end
+    local holder = redis.call('GET', KEYS[4])
+    if mine and (not holder or holder == ARGV[6]) then
+      redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[8])
+      return {'saved', false}
+    end
+    -- It landed, but the lease asked for is another worker's now, or the state moved on.
+    return {'saved', 'unleased'}
+  end
 end
 local now = now_ms()
 if seen(KEYS[3], ARGV[5], DEDUPE_TTL, now) then return {'duplicate', current} end

@@ -161,6 +161,12 @@ class TokenVerifier:
             raise TokenRefused("stale token: issued before the one held")
         return fresh
 
+    def unexpired(self, claims: Claims) -> bool:
+        """Whether ``claims`` (verified earlier by :meth:`verify`) are still within their
+        expiry now: the time check alone, for a token checked earlier in the same message."""
+        exp = claims.expires_at
+        return exp is None or self._clock.now() <= exp + self._leeway
+
     def is_valid(self, auth: Auth | None) -> bool:
         if auth is None:
             return False

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from fsm.auth import TokenVerifier
+from fsm.auth import Claims, TokenVerifier
 from fsm.effects import HandlerCall, Steps
 from fsm.errors import FsmError, StepFailed, StepNotFound, TokenRefused, TransitionNotAllowed
 from fsm.flow import Exit, Flow, FlowSpec, StepSpec, call_mode, folded
@@ -117,6 +117,18 @@ class Decider:
     def _token_ok(self, auth: Auth | None) -> bool:
         return self.verifier is not None and self.verifier.is_valid(auth)
 
+    def _unexpired(self, claims: Claims) -> bool:
+        return self.verifier is not None and self.verifier.unexpired(claims)
+
+    def _claims(self, auth: Auth | None) -> Claims | None:
+        """The verified claims of the token ``auth`` holds, or None if it is not valid."""
+        if self.verifier is None or auth is None:
+            return None
+        try:
+            return self.verifier.verify(auth.token)
+        except TokenRefused:
+            return None
+
     def _call(self, key: str, snapshot: Snapshot, method: str, ctx: Context) -> Steps[Any]:
         """Run a flow method; its own exceptions are wrapped and raised, never swallowed."""
         try:
@@ -146,8 +158,8 @@ class Decider:
         ``fresh``: ``current`` is a conversation just started (nothing was stored): unless
         the flow takes its first message, the user is shown the initial step's prompt."""
         # Verified once per message, before any handler runs; the move is checked with it.
-        valid = self._token_ok(current.auth)
-        if not valid and self.spec.is_protected(current.stage):
+        claims = self._claims(current.auth)
+        if claims is None and self.spec.is_protected(current.stage):
             return (yield from self._send_to_auth(key, current, now, notices))
         spec = self.spec.steps[(current.stage, current.step)]
         if fresh and not self.spec.takes_first_message and current.stage == self.spec.initial:
@@ -157,7 +169,7 @@ class Decider:
         if way is not None and not spec.action:
             verdict, text, pressed = self._way_out(way, current, spec, text, pressed)
             if verdict == "leave":
-                return (yield from self._leave(key, current, way, now, notices, message_id, valid))
+                return (yield from self._leave(key, current, way, now, notices, message_id, claims))
             if verdict == "ask":
                 return self._ask(key, current, way, text, now, notices, message_id)
             if verdict == "prompt":
@@ -179,7 +191,7 @@ class Decider:
             raise StepFailed(
                 current.stage, current.step, user_key=key, version=current.version
             ) from ValueError("retry_later() is for actions; a step uses stay() or go()")
-        decision = self._apply(key, current, outcome, now, notices, spec.side_effects, valid)
+        decision = self._apply(key, current, outcome, now, notices, spec.side_effects, claims)
         if decision.enters:
             decision = yield from self._entered(key, decision, now)
         new = decision.snapshot
@@ -245,7 +257,7 @@ class Decider:
         now: float,
         notices: tuple[Reply, ...],
         message_id: str | None,
-        valid: bool,
+        claims: Claims | None,
     ) -> Steps[Decision]:
         """Take the stage's declared way out: its trigger (checked by the machine like any
         other) or its step, with its reply, the sub-flow's data deleted. A key kept for a
@@ -259,7 +271,7 @@ class Decider:
             outcome = ctx.stay(*replies, step=way.to, unset=way.unset)
         else:
             outcome = ctx.go(way.to, *replies, unset=way.unset)
-        decision = self._apply(key, current, outcome, now, notices, False, valid)
+        decision = self._apply(key, current, outcome, now, notices, False, claims)
         if decision.enters:
             decision = yield from self._entered(key, decision, now)
         left = decision.snapshot
@@ -378,11 +390,11 @@ class Decider:
         now: float,
         notices: tuple[Reply, ...],
         side_effects: bool,
-        valid: bool,
+        claims: Claims | None,
     ) -> Decision:
-        """The snapshot ``outcome`` makes of ``current``; ``valid``: whether the token
-        ``current`` holds was verified valid for this message. A decision that ``enters``
-        a step still needs that step's prompt (:meth:`_entered`)."""
+        """The snapshot ``outcome`` makes of ``current``; ``claims``: those of the token
+        ``current`` holds, verified for this message (None: not valid). A decision that
+        ``enters`` a step still needs that step's prompt (:meth:`_entered`)."""
         auth = current.auth
         if isinstance(outcome.auth, Login):
             auth = self._replace_token(key, current.auth, outcome.auth.token)
@@ -397,10 +409,25 @@ class Decider:
                 raise StepFailed(
                     current.stage, current.step, user_key=key, version=current.version
                 ) from ValueError(f"data nested deeper than {MAX_DEPTH} levels")
+            if not all(isinstance(name, str) for name in outcome.set):
+                raise StepFailed(
+                    current.stage, current.step, user_key=key, version=current.version
+                ) from TypeError("data names in set=... must be str")
             added = {name: thaw(value) for name, value in outcome.set.items()}
-            plain = all(map(is_plain, added.values()))
+            plain = is_plain(added)
             data.update(added)
-        token_valid = valid if auth is current.auth else self._token_ok(auth)
+        if outcome.option is not None and type(outcome.option) is not str:
+            if not isinstance(outcome.option, str):
+                raise StepFailed(
+                    current.stage, current.step, user_key=key, version=current.version
+                ) from TypeError(f"option must be str, got {type(outcome.option).__name__}")
+            plain = False  # a str subclass: stored, and read back, as a plain str
+        # The same token: its signature was checked for this message, its expiry is checked
+        # again now (the handler may have taken long); a new one is verified in full.
+        if auth is current.auth:
+            token_valid = claims is not None and self._unexpired(claims)
+        else:
+            token_valid = self._token_ok(auth)
         kept = self._kept(key, current, outcome, data)
         place = self._route(key, current, outcome, auth, token_valid, kept)
         new = Snapshot(

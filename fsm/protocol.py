@@ -290,6 +290,8 @@ class MessageProtocol(Generic[S]):
         self.abandon_notice = abandon_notice
         self.stats = EngineStats()
         self._recent = RecentRecords(recent)
+        # Whether a save that leads to an action can take the lease in the same step.
+        self._lease_on_save = bool(getattr(store, "takes_lease_on_save", False))
         self.poison_after = poison_after
         #: Keep each save's replies in the snapshot until the transport confirms them sent
         #: (:class:`~fsm.snapshot.Outgoing`, :meth:`confirm_steps`): a transport that must
@@ -538,9 +540,11 @@ class MessageProtocol(Generic[S]):
         # (every snapshot the engine works on is), and bytes it cannot store are found here.
         try:
             return decode_snapshot(encode_snapshot(snapshot, user_key=key), user_key=key)
-        except (TypeError, msgspec.EncodeError, CorruptSnapshot) as exc:
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError, CorruptSnapshot) as exc:
             raise CorruptSnapshot(
-                f"migrated snapshot cannot be stored: {exc}", raw=record.payload, user_key=key
+                f"migrated snapshot cannot be stored: {type(exc).__name__}",
+                raw=record.payload,
+                user_key=key,
             ) from exc
 
     def _duplicate(self, m: _Message, record: Record | None) -> Result:
@@ -636,27 +640,25 @@ class MessageProtocol(Generic[S]):
         # in the same step; a save that leads to an action takes it in the same step, so the
         # action runs next with no round trip to lock.
         last = (not m.due or not at_action) and not acts_next
-        leased = acts_next and m.owner is None
+        leased = acts_next and m.owner is None and self._lease_on_save
         owner = new_owner_token() if leased else m.owner
         if self.outbox:
             decision = self._with_outbox(m, restored.snapshot, decision)
             new = decision.snapshot
         payload = self._encode(m.key, decision)
-        call = StoreCall(
-            "save",
-            (m.key, payload),
-            {
-                "version": new.version,
-                "expected_version": restored.expected_version,
-                "expected_tag": restored.expected_tag,
-                "ttl": self.session_ttl,
-                "history": self._history(restored.snapshot, decision),
-                "message_id": None if at_action else m.message_id,
-                "owner": owner,
-                "release": last and owner is not None,
-                "lease": self.lock_ttl if leased else None,
-            },
-        )
+        options: dict[str, Any] = {
+            "version": new.version,
+            "expected_version": restored.expected_version,
+            "expected_tag": restored.expected_tag,
+            "ttl": self.session_ttl,
+            "history": self._history(restored.snapshot, decision),
+            "message_id": None if at_action else m.message_id,
+            "owner": owner,
+            "release": last and owner is not None,
+        }
+        if leased:  # only then: a store that takes no lease on save never sees the option
+            options["lease"] = self.lock_ttl
+        call = StoreCall("save", (m.key, payload), options)
         since = self._recent.tick()
         started = time.perf_counter()
         try:
@@ -671,8 +673,10 @@ class MessageProtocol(Generic[S]):
             self.stats.observe("save", took)
             yield from self._refused(m, decision, saved, since)
             return None
-        if leased:
+        if leased and not saved.unleased:
             m.owner, m.leased_at = owner, time.monotonic()
+        # (Unleased: it landed on a retry, but the lease is another worker's now. The owner
+        # stays unset, so the next pass takes the lease, and reloads, before the action.)
         record = Record(payload, new.version, saved.tag)
         self._count(restored, decision, took, leased)
         return self._saved(m, restored, decision, record, last, acts_next, at_action, since)

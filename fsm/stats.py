@@ -44,13 +44,15 @@ class EngineStats:
     (``load``, ``save``, ``lock``: taking the lease, waiting included).
 
     Each thread counts into its own shard, with no lock (the message path counts on every
-    save, and an uncontended lock costs more than the count); reads add the shards up. A
-    shard outlives its thread, so nothing counted is lost."""
+    save, and an uncontended lock costs more than the count); reads add the shards up. The
+    shard of a thread that ended is folded into one total, so nothing counted is lost and a
+    thread per request costs no memory."""
 
     def __init__(self) -> None:
         self._local = threading.local()
-        self._shards: list[_Shard] = []
-        self._lock = threading.Lock()  # guards the list of shards, not the counting
+        self._shards: list[tuple[threading.Thread, _Shard]] = []
+        self._ended = _Shard()  # what threads that ended counted
+        self._lock = threading.Lock()  # guards the shards list and _ended, not the counting
 
     def _shard(self) -> _Shard:
         try:
@@ -58,8 +60,19 @@ class EngineStats:
         except AttributeError:  # this thread's first count
             shard = self._local.shard = _Shard()
             with self._lock:
-                self._shards.append(shard)
+                self._fold_ended()
+                self._shards.append((threading.current_thread(), shard))
         return shard
+
+    def _fold_ended(self) -> None:
+        """Add the shards of threads that ended into one (the caller holds the lock)."""
+        live = []
+        for thread, shard in self._shards:
+            if thread.is_alive():
+                live.append((thread, shard))
+            else:
+                _add(self._ended, shard)
+        self._shards = live
 
     def incr(self, name: str, by: int = 1) -> None:
         self._shard().counts[name] += by
@@ -80,25 +93,33 @@ class EngineStats:
         return self.as_dict().get(name, 0)
 
     def as_dict(self) -> dict[str, int]:
-        total: Counter[str] = Counter()
-        for shard in self._all():
-            total.update(dict.copy(shard.counts))  # one step (C), while its thread counts on
-        return dict(total)
+        return dict(self._total().counts)
 
     def latencies(self) -> dict[str, Latency]:
         """A copy of the latency histograms, by operation (all threads' added up)."""
-        merged: dict[str, Latency] = {}
-        for shard in self._all():
-            for operation, h in shard.latency.copy().items():
-                into = merged.setdefault(operation, Latency())
-                into.buckets = [a + b for a, b in zip(into.buckets, list(h.buckets), strict=True)]
-                into.count += h.count
-                into.sum += h.sum
-        return merged
+        return self._total().latency
 
-    def _all(self) -> list[_Shard]:
+    def _total(self) -> _Shard:
+        total = _Shard()
         with self._lock:
-            return list(self._shards)
+            self._fold_ended()
+            _add(total, self._ended)
+            for _, shard in self._shards:
+                _add(total, shard)
+        return total
 
     def __repr__(self) -> str:
         return f"EngineStats({self.as_dict()!r})"
+
+
+def _add(into: _Shard, shard: _Shard) -> None:
+    """Add ``shard`` into ``into``, reading each of its dicts in one step (``dict.copy`` is
+    one C call: its thread may go on counting meanwhile)."""
+    into.counts.update(dict.copy(shard.counts))
+    for operation, h in dict.copy(shard.latency).items():
+        total = into.latency.get(operation)
+        if total is None:
+            total = into.latency[operation] = Latency()
+        total.buckets = [a + b for a, b in zip(total.buckets, list(h.buckets), strict=True)]
+        total.count += h.count
+        total.sum += h.sum

@@ -84,8 +84,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def freeze(value: Any) -> Any:
-    """A read-only deep view: maps become read-only mappings (:class:`FrozenData`, which
-    freezes each value when it is first read), lists become tuples.
+    """A read-only deep view: maps become ``MappingProxyType``, lists become tuples.
 
     A handler that tries to change ``ctx.data`` in place fails loudly instead of changing the
     next snapshot behind the outcome's back.
@@ -93,8 +92,10 @@ def freeze(value: Any) -> Any:
     kind = type(value)
     if kind in SCALAR_TYPES:  # the common case, checked first: ABC checks are slow
         return value
-    if kind is dict or kind is FrozenData or isinstance(value, Mapping):
-        return value if kind is FrozenData else FrozenData(value)
+    if kind is FrozenData:
+        return value
+    if kind is dict or isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
     if kind is list or kind is tuple:
         return tuple([v if type(v) in SCALAR_TYPES else freeze(v) for v in value])
     return value
@@ -107,7 +108,8 @@ FROZEN_KEPT = 10_000
 # id(stored value) -> (that value, its frozen view). The entry holds the value, so its id
 # cannot be reused while the entry lives. Stored values are never changed in place (the
 # engine copies, thaws into new containers, and hands handlers only frozen views), so a
-# view made once stays right for as long as the value is stored.
+# view made once stays right for as long as the value is stored; and a view is immutable
+# all the way down (tuples and MappingProxyType), so sharing it between messages is safe.
 _views: dict[int, tuple[Any, Any]] = {}
 
 
@@ -128,17 +130,27 @@ def _frozen(raw: Any) -> Any:
 
 
 class FrozenData(Mapping[str, Any]):
-    """A read-only view of a mapping whose values are frozen (:func:`freeze`) when first read,
-    and kept: a step pays only for the values it reads, once each. ``ctx.data`` is one.
+    """``ctx.data``: a read-only view of the stored data whose values are frozen
+    (:func:`freeze`) when first read, and kept: a step pays only for the values it reads.
 
-    It has no method that changes anything, and every value it hands out is frozen too: a
-    handler cannot change the stored data behind its outcome's back."""
+    Nothing in it changes anything: it has no method that writes, its attributes cannot be
+    set, it reads the data through a ``MappingProxyType``, and every value it hands out is
+    frozen all the way down. A handler cannot change the stored data behind its outcome's
+    back."""
 
     __slots__ = ("_data", "_frozen")
+    _data: Mapping[str, Any]
+    _frozen: dict[str, Any]
 
     def __init__(self, data: Mapping[str, Any]) -> None:
-        self._data = data
-        self._frozen: dict[str, Any] = {}
+        object.__setattr__(self, "_data", MappingProxyType(data))
+        object.__setattr__(self, "_frozen", {})
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ctx.data is read-only: return set=... in the outcome ({name})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"ctx.data is read-only: return unset=... in the outcome ({name})")
 
     def __getitem__(self, key: str) -> Any:
         value = self._frozen.get(key, _UNSEEN)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -448,3 +448,81 @@ def test_history_entries_are_stored_as_arrays_and_older_maps_still_read(
     assert isinstance(stored, bytes) and stored[8] == 0x98  # a fixarray of the 8 fields
     assert len(stored) < len(b"0" * 8 + msgspec.msgpack.encode(new)) - 60
     assert store.history("u") == [new, old]
+
+
+class _LosesAndMeddles(_LosesOneReply):
+    """Loses the reply of one command, as _LosesOneReply, and runs ``meddle`` in that gap
+    (another worker acting between the first attempt and its retry)."""
+
+    meddle: Callable[[], object] | None = None
+
+    def execute_command(self, *args: object, **options: object) -> object:
+        lose = self.lose
+        try:
+            return super().execute_command(*args, **options)
+        except redis.ConnectionError:
+            if lose is not None and self.meddle is not None:
+                self.meddle()
+            raise
+
+
+@pytest.mark.parametrize(
+    ("meddling", "leased"),
+    [
+        pytest.param("nothing", True, id="lease-still-ours"),
+        pytest.param("lease-lapsed", True, id="lease-free-again"),
+        pytest.param("lease-taken", False, id="lease-taken-meanwhile"),
+        pytest.param("state-moved", False, id="state-moved-on"),
+    ],
+)
+def test_a_retried_save_that_took_the_lease_says_whether_it_still_holds_it(
+    server: redis_servers.RedisServer, meddling: str, leased: bool
+) -> None:
+    """A save with ``lease`` whose reply was lost is retried. If its first attempt landed, the
+    retry is SAVED, and says ``unleased`` when the caller cannot have the lease now (another
+    worker took it after it lapsed, or the state moved on): the engine then locks and reloads
+    before running the action, never acting without the lease."""
+    client = _LosesAndMeddles(host="127.0.0.1", port=server.port)
+    other = redis.Redis(host="127.0.0.1", port=server.port)
+    store = RedisStore(client, namespace=_namespace())
+    session, _, _, lock, _ = store.layout.keys("u")
+    store.save("u", b"one", version=1, expected_version=0, ttl=60)
+
+    def meddle() -> None:
+        if meddling == "lease-lapsed":
+            other.delete(lock)
+        elif meddling == "lease-taken":
+            other.set(lock, "B", px=60_000)
+        elif meddling == "state-moved":
+            other.delete(lock)
+            other.set(session, b"3.0123abcd:three")
+
+    client.meddle = meddle
+    client.lose = f"EVALSHA:{store._scripts['save'].sha[:8]}"
+    history = HistoryEntry(version=2, from_stage="a", to_stage="b", event="e", update_from="t",
+                           at=1)  # fmt: skip
+    result = store.save("u", b"two", version=2, expected_version=1, ttl=60, owner="A",
+                        lease=30, history=history)  # fmt: skip
+    assert result.saved and result.unleased is not leased
+    holder = store.lock_info("u")
+    if leased:
+        assert holder is not None and holder.owner == "A"
+    else:
+        assert holder is None or holder.owner == "B"
+    assert store.history("u") == [history]  # applied once either way
+
+
+def test_history_entries_can_still_be_written_as_maps_for_earlier_workers(
+    server: redis_servers.RedisServer,
+) -> None:
+    """``compact_history=False`` writes the map form, which earlier releases decode with a
+    plain ``Decoder(HistoryEntry)``: for a rolling deploy or a rollback."""
+    store = RedisStore.from_url(server.url, namespace=_namespace(), compact_history=False)
+    entry = HistoryEntry(version=1, from_stage="a", to_stage="b", event="e", update_from="w",
+                         at=1.0)  # fmt: skip
+    assert store.save("u", b"1", version=1, expected_version=0, ttl=60, history=entry).saved
+    stored = store.client.lindex(store.layout.keys("u")[1], 0)
+    assert isinstance(stored, bytes)
+    assert msgspec.msgpack.Decoder(HistoryEntry).decode(stored[8:]) == entry  # the old reader
+    assert store.history("u") == [entry]
+    store.close()

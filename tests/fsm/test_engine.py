@@ -373,3 +373,123 @@ def test_the_writer_named_in_each_save_is_this_process_even_after_a_fork() -> No
     assert pid != str(os.getpid())
     assert named == f"{host}:{pid}"
     assert engine.handle("u", "+1").snapshot.update_from == f"{host}:{os.getpid()}"
+
+
+def test_a_token_that_expires_while_the_handler_runs_cannot_enter_a_protected_stage(
+    vault: VaultWorld,
+) -> None:
+    """The token is verified once per message, before the handler; a move is checked against
+    its expiry again after the handler ran (it may take long: an API call), so a token that
+    expired meanwhile cannot carry the user into another protected stage."""
+    from fsm.step import Context, Outcome
+
+    vault.flow.token_ttl = 60
+    vault.say("ann", "hi", "open sesame")  # a 60 s token
+    menu = vault.flow.menu
+
+    def slow_menu(ctx: Context) -> Outcome:
+        vault.clock.advance(61)  # the API call took a minute
+        return menu(ctx)
+
+    vault.flow.menu = slow_menu  # type: ignore[method-assign]
+    with pytest.raises(TransitionNotAllowed):
+        vault.engine.handle("ann", "deposit")
+    snap = vault.engine.peek("ann")
+    assert snap is not None and snap.stage == "home"  # nothing saved
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        pytest.param({"set": {1: "x"}}, id="int-data-name"),
+        pytest.param({"option": 7}, id="int-option"),
+    ],
+)
+def test_data_names_and_options_that_cannot_be_read_back_are_refused(
+    outcome: dict[str, object],
+) -> None:
+    """A data name or an option that is not a str would be stored but not read back (every
+    later load would quarantine the session): the step fails instead, nothing saved."""
+    from fsm import Context, Flow, Outcome, Stage, step
+
+    class Odd(Flow):
+        name = "odd"
+        takes_first_message = True
+        stages = (Stage("s", ("a",)),)
+        transitions = ()
+
+        @step("s", "a")
+        def a(self, ctx: Context) -> Outcome:
+            return ctx.stay("ok", **outcome)  # type: ignore[arg-type]
+
+    engine = Engine(Odd(), MemoryStore())
+    with pytest.raises(StepFailed) as info:
+        engine.handle("u", "x")
+    assert isinstance(info.value.__cause__, TypeError)
+    assert engine.peek("u") is None
+
+
+def test_a_str_enum_option_is_kept_as_it_is_read_back() -> None:
+    import enum
+
+    from fsm import Context, Flow, Outcome, Stage, step
+
+    class Colour(enum.StrEnum):
+        RED = "red"
+
+    class Painter(Flow):
+        name = "painter"
+        takes_first_message = True
+        stages = (Stage("s", ("a",)),)
+        transitions = ()
+
+        @step("s", "a")
+        def a(self, ctx: Context) -> Outcome:
+            return ctx.stay("ok", option=Colour.RED)
+
+    engine = Engine(Painter(), MemoryStore())
+    kept = engine.handle("u", "x").snapshot
+    assert kept == engine.peek("u") and type(kept.option) is str
+
+
+def test_a_store_that_takes_no_lease_on_save_still_runs_actions_under_the_lease() -> None:
+    """A store written before ``Store.save(lease=...)`` (it does not set
+    ``takes_lease_on_save``) never sees the option: the engine takes the lease with
+    ``lock_and_load`` before the action, as it did before."""
+    from typing import Any
+
+    from adapters.base import SaveResult
+    from tests.benchmarks.common import Ping
+
+    class OldStore(MemoryStore):
+        takes_lease_on_save = False
+        locked_with: list[str] = []
+
+        def save(self, user_key: str, payload: bytes, **kw: Any) -> SaveResult:
+            assert "lease" not in kw
+            return super().save(user_key, payload, **kw)
+
+        def lock_and_load(self, user_key: str, owner: str, ttl: float, **kw: Any) -> Any:
+            self.locked_with.append(owner)
+            return super().lock_and_load(user_key, owner, ttl, **kw)
+
+    store = OldStore()
+    engine = Engine(Ping(), store)
+    assert engine.handle("u", "x").texts == ["done"]
+    assert len(store.locked_with) == 1 and store.lock_info("u") is None
+    assert engine.stats["lock_acquisitions"] == 1 and engine.stats["actions"] == 1
+
+
+def test_ctx_data_cannot_be_changed_through_its_attributes() -> None:
+    from fsm.step import FrozenData
+
+    stored: dict[str, object] = {"cart": {"items": [1, 2]}, "n": 1}
+    view = FrozenData(stored)
+    with pytest.raises(AttributeError):
+        view._data = {}  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        view._data["n"] = 2  # type: ignore[index]
+    with pytest.raises(TypeError):
+        view["cart"]["items"] += (3,)  # type: ignore[index]
+    assert stored == {"cart": {"items": [1, 2]}, "n": 1}
+    assert view == {"cart": {"items": (1, 2)}, "n": 1}

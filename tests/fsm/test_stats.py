@@ -43,3 +43,16 @@ def test_a_thread_that_ended_keeps_its_counts() -> None:
     stats.incr("corrupt")
     assert stats["corrupt"] == 4 and stats["unknown"] == 0
     assert "corrupt" in repr(stats)
+
+
+def test_threads_that_ended_are_folded_into_one_total() -> None:
+    """A thread per request must not grow the stats: an ended thread's shard is added into
+    one total (when a new thread first counts, and on every read)."""
+    stats = EngineStats()
+    for _ in range(200):
+        worker = threading.Thread(target=lambda: stats.observe("save", 0.001, ["applied"]))
+        worker.start()
+        worker.join()
+    assert stats["applied"] == 200
+    assert stats.latencies()["save"].count == 200
+    assert len(stats._shards) <= 1  # at most the reading thread's, none of the 200
