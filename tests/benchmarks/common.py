@@ -48,6 +48,7 @@ class Ping(Flow):
 
     name = "ping"
     takes_first_message = True
+    blocking = False  # its handlers never block: AsyncEngine runs them on the loop
     stages = (Stage("s", ("ask", "do")),)
     transitions = ()
 
