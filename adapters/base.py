@@ -148,17 +148,16 @@ class QuarantineEntry:
         )
 
 
-class _HistoryRow(msgspec.Struct, array_like=True):
-    """A history entry as stored: an array of HistoryEntry's fields in order, no names."""
-
-    version: int
-    from_stage: str
-    to_stage: str
-    event: str
-    update_from: str
-    at: float
-    from_step: str = ""
-    to_step: str = ""
+#: A history entry as stored: an array of HistoryEntry's fields in order, no names (made from
+#: HistoryEntry's own fields, so the two cannot drift apart).
+_HistoryRow = msgspec.defstruct(
+    "_HistoryRow",
+    [
+        (f.name, f.type) if f.required else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(HistoryEntry)
+    ],
+    array_like=True,
+)
 
 
 _history_encoder = msgspec.msgpack.Encoder()
@@ -173,18 +172,7 @@ def encode_history(entry: HistoryEntry, *, compact: bool = True) -> bytes:
     with ``compact=False`` the map with field names, the only form earlier releases read."""
     if not compact:
         return _history_encoder.encode(entry)
-    e = entry
-    row = (
-        e.version,
-        e.from_stage,
-        e.to_stage,
-        e.event,
-        e.update_from,
-        e.at,
-        e.from_step,
-        e.to_step,
-    )
-    return _history_encoder.encode(row)
+    return _history_encoder.encode(msgspec.structs.astuple(entry))
 
 
 def decode_history(raw: bytes) -> HistoryEntry:

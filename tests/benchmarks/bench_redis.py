@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from adapters.base import encode_history
+from adapters.base import HistoryEntry, Record, encode_history
 from adapters.redis import BLOCKING, RedisStore
 from adapters.redis_url import connect
 from flows.credex import build_engine
@@ -70,16 +70,21 @@ def concurrent_throughput(store: RedisStore, users: int, per_user: int) -> float
     return users * per_user / (time.perf_counter() - began)
 
 
+def alice(store: RedisStore) -> tuple[Record, HistoryEntry]:
+    """Alice's session at the menu, as the reference bot stores it, and its history entry."""
+    engine = build_engine(store, FakeCredexApi())
+    engine.handle("263770000001", "hi", message_id="wamid.1")
+    record = store.load("263770000001").record
+    assert record is not None
+    return record, store.history("263770000001")[0]
+
+
 def bytes_per_session(server: RedisServer, sessions: int) -> tuple[float, float]:
     """Redis ``used_memory`` per session, for the session key alone and with its history and
     seen-message entries, over ``sessions`` copies of Alice's session at the menu."""
     client = server.client()
     store = RedisStore(client, namespace="mem")
-    engine = build_engine(store, FakeCredexApi())
-    engine.handle("263770000001", "hi", message_id="wamid.1")
-    record = store.load("263770000001").record
-    assert record is not None
-    history = store.history("263770000001")[0]
+    record, history = alice(store)
     client.flushall()
     results = []
     for with_extras in (False, True):
@@ -236,11 +241,8 @@ def bytes_per_busy_user(server: RedisServer, users: int) -> float:
     realistic length (WhatsApp's ``wamid.`` ids are about 60 characters)."""
     client = server.client()
     store = RedisStore(client, namespace="busy")
-    engine = build_engine(store, FakeCredexApi())
-    engine.handle("263770000001", "hi", message_id="wamid.1")
-    record = store.load("263770000001").record
-    assert record is not None
-    entry = encode_history(store.history("263770000001")[0])
+    record, history = alice(store)
+    entry = encode_history(history)
     client.flushall()
     before = int(client.info("memory")["used_memory"])
     for n in range(users):
