@@ -45,6 +45,9 @@ class Decision(msgspec.Struct, frozen=True):
     plain: bool = False
     #: It moves to another step (or stage) whose prompt is still to be added (internal).
     enters: bool = False
+    #: The verified claims of the token the new snapshot holds, when this decision had them
+    #: (the same token as before: the next message need not look it up again).
+    claims: Claims | None = None
 
 
 class _Place(msgspec.Struct, frozen=True):
@@ -151,14 +154,20 @@ class Decider:
         now: float,
         pressed: str | None = None,
         fresh: bool = False,
+        verified: Claims | None = None,
     ) -> Steps[Decision]:
         """What ``text`` does to ``current``. Raises the flow's refusals (TransitionNotAllowed,
         StepNotFound, TokenRefused) and StepFailed; nothing is changed when it raises.
 
         ``fresh``: ``current`` is a conversation just started (nothing was stored): unless
-        the flow takes its first message, the user is shown the initial step's prompt."""
+        the flow takes its first message, the user is shown the initial step's prompt.
+        ``verified``: the claims this process verified for the token ``current`` holds, if
+        it kept them; only their expiry is checked again."""
         # Verified once per message, before any handler runs; the move is checked with it.
-        claims = self._claims(current.auth)
+        if verified is not None and self._unexpired(verified):
+            claims: Claims | None = verified
+        else:
+            claims = self._claims(current.auth)
         if claims is None and self.spec.is_protected(current.stage):
             return (yield from self._send_to_auth(key, current, now, notices))
         spec = self.spec.steps[(current.stage, current.step)]
@@ -452,6 +461,7 @@ class Decider:
             side_effects,
             plain=plain,
             enters=bool(place.events) or place.step != current.step,
+            claims=claims if auth is current.auth and token_valid else None,
         )
 
     def _entered(self, key: str, decision: Decision, now: float) -> Steps[Decision]:

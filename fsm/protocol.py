@@ -62,7 +62,7 @@ from adapters.base import (
     lock_backoff,
     new_owner_token,
 )
-from fsm.auth import TokenVerifier
+from fsm.auth import Claims, TokenVerifier
 from fsm.clock import SYSTEM_CLOCK, Clock
 from fsm.decide import Decider, Decision
 from fsm.effects import Sleep, StoreCall
@@ -161,6 +161,7 @@ class _Restored(msgspec.Struct, frozen=True):
     notices: tuple[Reply, ...] = ()
     expired: bool = False
     record: Record | None = None  # the stored bytes it was read from (None: nothing stored)
+    claims: Claims | None = None  # its token's claims, verified by this process, when known
 
 
 class _Message:
@@ -390,7 +391,7 @@ class MessageProtocol(Generic[S]):
         try:
             # Nothing stored, and not a reset this call made: a new (or expired) conversation.
             fresh = restored.expected_version == 0 and m.floor is None
-            decision = yield from self._decide(m, current, at_action, fresh)
+            decision = yield from self._decide(m, restored, at_action, fresh)
         except (StepFailed, StepNotFound, TransitionNotAllowed) as exc:
             if not (yield from self._poisoned(m, restored, exc)):
                 raise
@@ -424,7 +425,8 @@ class MessageProtocol(Generic[S]):
         m.ready = None
         m.locked = loaded.locked and m.owner is None
         record = loaded.record
-        return _Restored(snapshot, record.version, record.tag, record=record)
+        claims = self._recent.claims(m.key, record)
+        return _Restored(snapshot, record.version, record.tag, record=record, claims=claims)
 
     def _obtain(self, m: _Message) -> Steps[_Restored | Result | None]:
         """The conversation this pass works on (:meth:`_at_hand` found none); a Result if the
@@ -576,17 +578,26 @@ class MessageProtocol(Generic[S]):
 
     # -- decide -----------------------------------------------------------------------------
     def _decide(
-        self, m: _Message, current: Snapshot, at_action: bool, fresh: bool
+        self, m: _Message, restored: _Restored, at_action: bool, fresh: bool
     ) -> Steps[Decision]:
         # A pending action runs before the message: the message was typed after the prompt
         # that led to it, and is applied to the state the action leaves.
         text, mid = ("", None) if at_action else (m.text, m.message_id)
         decider = self._decider
         now = self.clock.now()
+        current = restored.snapshot
         try:
             return (
                 yield from decider.decide(
-                    m.key, current, text, mid, m.notices, now, m.pressed, fresh=fresh
+                    m.key,
+                    current,
+                    text,
+                    mid,
+                    m.notices,
+                    now,
+                    m.pressed,
+                    fresh=fresh,
+                    verified=restored.claims,
                 )
             )
         except (StepFailed, StepNotFound, TransitionNotAllowed, TokenRefused) as exc:
@@ -731,7 +742,7 @@ class MessageProtocol(Generic[S]):
             if decision.plain
             else decode_snapshot(record.payload, user_key=m.key, check_depth=False)
         )
-        self._remember(m.key, record, since, stored)
+        self._remember(m.key, record, since, stored, decision.claims)
         if last:
             m.owner = None  # released with the save
         m.said.extend(decision.replies)
@@ -853,12 +864,17 @@ class MessageProtocol(Generic[S]):
         self.stats.observe("save", took, counts)
 
     def _remember(
-        self, key: str, record: Record | None, since: int, snapshot: Snapshot | None = None
+        self,
+        key: str,
+        record: Record | None,
+        since: int,
+        snapshot: Snapshot | None = None,
+        claims: Claims | None = None,
     ) -> None:
         """Keep the record this process saw last for ``key`` (read by a request sent at
         ``since``, a :meth:`RecentRecords.tick`); report a version that went backwards (a
         failover lost acknowledged writes, or someone restored an old copy)."""
-        old = self._recent.put(key, record, since, snapshot)
+        old = self._recent.put(key, record, since, snapshot, claims)
         if record is None or old is None or record.version == 0:
             return  # version 0: foreign bytes, reported as corruption when quarantined
         # Lower, or the same version written by another write: a write we saw was lost.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import Any
 
 from adapters.base import Loaded, Record
 from fsm.snapshot import Snapshot
@@ -27,7 +28,7 @@ class RecentRecords:
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         self.size = size
-        self._records: OrderedDict[str, tuple[Record, int, Snapshot | None]] = OrderedDict()
+        self._records: OrderedDict[str, tuple[Record, int, Snapshot | None, Any]] = OrderedDict()
         self._mutex = threading.Lock()
         self._ticks = 0
 
@@ -53,16 +54,24 @@ class RecentRecords:
         entry = self._records.get(key)
         return entry[2] if entry is not None and entry[0] is record else None
 
+    def claims(self, key: str, record: Record) -> Any:
+        """The verified claims of the token the snapshot kept with ``record`` holds, when the
+        engine had them (:class:`fsm.auth.Claims`), else None."""
+        entry = self._records.get(key)
+        return entry[3] if entry is not None and entry[0] is record else None
+
     def put(
         self,
         key: str,
         record: Record | None,
         since: int | None = None,
         snapshot: Snapshot | None = None,
+        claims: Any = None,
     ) -> Record | None:
         """Remember ``record``, read by a request sent at tick ``since`` (None: now; a None
-        record: the session is gone), with the valid ``snapshot`` it holds when the caller
-        has it. An entry put after ``since`` is newer and stays.
+        record: the session is gone), with the valid ``snapshot`` it holds, and the verified
+        ``claims`` of that snapshot's token, when the caller has them. An entry put after
+        ``since`` is newer and stays.
 
         Returns the entry this replaced if it was known before ``since``: the record the
         caller's reply can be compared with (a lower version then means one went back)."""
@@ -74,7 +83,7 @@ class RecentRecords:
             if record is None:
                 self._records.pop(key, None)
             elif self.size:
-                self._records[key] = (record, self._ticks, snapshot)
+                self._records[key] = (record, self._ticks, snapshot, claims)
                 self._records.move_to_end(key)
                 while len(self._records) > self.size:
                     self._records.popitem(last=False)

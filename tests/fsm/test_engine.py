@@ -493,3 +493,28 @@ def test_ctx_data_cannot_be_changed_through_its_attributes() -> None:
         view["cart"]["items"] += (3,)  # type: ignore[index]
     assert stored == {"cart": {"items": [1, 2]}, "n": 1}
     assert view == {"cart": {"items": (1, 2)}, "n": 1}
+
+
+def test_a_warm_message_reuses_its_tokens_verified_claims_but_not_past_their_expiry(
+    vault: VaultWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claims this process verified for the token the kept snapshot holds are kept with
+    it: the next message checks only their expiry. Past it, the token is refused as before."""
+    vault.flow.token_ttl = 60
+    vault.say("ann", "hi", "open sesame", "nothing")
+    assert vault.engine.verifier is not None
+    looked_up: list[str] = []
+    real = vault.engine.verifier.verify
+
+    def counting(token: str) -> object:
+        looked_up.append("verify")
+        return real(token)
+
+    monkeypatch.setattr(vault.engine.verifier, "verify", counting)
+    assert vault.say("ann", "nothing") == ["say deposit or logout"]
+    assert looked_up == []  # warm: the kept claims, their expiry checked
+    vault.clock.advance(61)
+    texts = vault.say("ann", "nothing")
+    assert texts[0] == vault.engine.auth_notice  # expired: sent to sign in again
+    snap = vault.engine.peek("ann")
+    assert snap is not None and snap.stage == "auth"
