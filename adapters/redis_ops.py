@@ -124,6 +124,21 @@ _tags = random.Random()
 os.register_at_fork(after_in_child=_tags.seed)
 
 
+#: The environment variable that sets ``compact_history`` for stores built without it.
+COMPACT_HISTORY_ENV = "FSM_COMPACT_HISTORY"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _flag(name: str, default: bool) -> bool:
+    """A yes/no environment variable (unset or empty: ``default``)."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in _TRUE | _FALSE:
+        return value in _TRUE
+    raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off, got {value!r}")
+
+
 def ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -179,7 +194,8 @@ class RedisOperations:
     attempts after a connection loss or timeout. ``compact_history=False`` writes history
     entries as maps with field names, the form earlier releases read: use it while such
     workers still run (a rolling deploy) or may come back (a rollback); this code reads both
-    (see docs/redis.md, "Upgrading").
+    (see docs/redis.md, "Upgrading"). Not given, it is read from the environment,
+    ``FSM_COMPACT_HISTORY=0`` (so ``fsm serve`` and the CLI follow it too), else true.
     """
 
     def __init__(
@@ -192,7 +208,7 @@ class RedisOperations:
         dedupe_ttl: float = 7 * 24 * 3600,
         quarantine_limit: int = 100,
         retries: int = 2,
-        compact_history: bool = True,
+        compact_history: bool | None = None,
     ) -> None:
         for name, value in [
             ("history_limit", history_limit),
@@ -212,7 +228,9 @@ class RedisOperations:
         self.dedupe_ttl = dedupe_ttl
         self.quarantine_limit = quarantine_limit
         self.retries = retries
-        self.compact = compact_history
+        self.compact = (
+            compact_history if compact_history is not None else _flag(COMPACT_HISTORY_ENV, True)
+        )
         self._ids = itertools.count(1)
         #: The Lua every store registers once on its client, by name (these limits in it).
         self.scripts = scripts(

@@ -526,3 +526,24 @@ def test_history_entries_can_still_be_written_as_maps_for_earlier_workers(
     assert msgspec.msgpack.Decoder(HistoryEntry).decode(stored[8:]) == entry  # the old reader
     assert store.history("u") == [entry]
     store.close()
+
+
+def test_the_environment_can_ask_for_map_history_entries_everywhere(
+    server: redis_servers.RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FSM_COMPACT_HISTORY=0`` sets ``compact_history=False`` for every store built without
+    the option (``fsm serve`` and the CLI build theirs from a URL); a bad value is an error
+    naming the variable."""
+    entry = HistoryEntry(version=1, from_stage="a", to_stage="b", event="e", update_from="w",
+                         at=1.0)  # fmt: skip
+    for value, first_byte in (("0", 0x88), ("off", 0x88), ("1", 0x98), ("", 0x98)):
+        monkeypatch.setenv("FSM_COMPACT_HISTORY", value)
+        store = RedisStore.from_url(server.url, namespace=_namespace())
+        assert store.save("u", b"1", version=1, expected_version=0, ttl=60, history=entry).saved
+        stored = store.client.lindex(store.layout.keys("u")[1], 0)
+        assert isinstance(stored, bytes) and stored[8] == first_byte, value  # map or array
+        assert store.history("u") == [entry]
+        store.close()
+    monkeypatch.setenv("FSM_COMPACT_HISTORY", "maybe")
+    with pytest.raises(ValueError, match="FSM_COMPACT_HISTORY"):
+        RedisStore.from_url(server.url, namespace=_namespace())
