@@ -118,7 +118,7 @@ class Decider:
         return current.pending or f"{self.spec.name}:{key}:v{current.version}"
 
     def _token_ok(self, auth: Auth | None) -> bool:
-        return self.verifier is not None and self.verifier.is_valid(auth)
+        return self._claims(auth) is not None
 
     def _unexpired(self, claims: Claims) -> bool:
         return self.verifier is not None and self.verifier.unexpired(claims)

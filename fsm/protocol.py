@@ -112,13 +112,18 @@ MAX_ACTIONS = 8
 
 
 class _Process:
-    """This process's pid, read once and again after each fork (``os.getpid()`` is a system
-    call; ``source`` names the writer by it on every save)."""
+    """``host:pid`` of this process, made once and again after each fork (``os.getpid()`` is
+    a system call, and ``source`` names the writer by it on every save)."""
 
-    pid = os.getpid()
+    name = ""
+
+    @classmethod
+    def named(cls) -> None:
+        cls.name = f"{socket.gethostname()}:{os.getpid()}"
 
 
-os.register_at_fork(after_in_child=lambda: setattr(_Process, "pid", os.getpid()))
+_Process.named()
+os.register_at_fork(after_in_child=_Process.named)
 
 #: The most replies an outbox keeps pending for one user (a channel down for long while the
 #: user goes on typing): past it the oldest are dropped, logged and counted.
@@ -283,8 +288,6 @@ class MessageProtocol(Generic[S]):
         self.lock_wait = float(lock_wait)
         self.clock = clock
         self._source = source
-        self._host = socket.gethostname()
-        self._pid, self._pid_source = _Process.pid, f"{self._host}:{_Process.pid}"
         self.expired_notice = expired_notice
         self.reset_notice = reset_notice
         self.auth_notice = auth_notice
@@ -318,12 +321,7 @@ class MessageProtocol(Generic[S]):
     @property
     def source(self) -> str:
         """What this engine writes into ``update_from``: host and pid unless configured."""
-        if self._source:
-            return self._source
-        pid = _Process.pid  # forks differ
-        if pid != self._pid:
-            self._pid, self._pid_source = pid, f"{self._host}:{pid}"
-        return self._pid_source
+        return self._source or _Process.name  # forks differ
 
     # -- the protocol -----------------------------------------------------------------------
     def message(
@@ -419,14 +417,12 @@ class MessageProtocol(Generic[S]):
         if loaded is None or loaded.record is None or loaded.seen:
             return None
         try:
-            snapshot = self._validated(m.key, loaded.record)
+            restored = self._stored(m.key, loaded.record)
         except CorruptSnapshot:
             return None  # _obtain quarantines it
         m.ready = None
         m.locked = loaded.locked and m.owner is None
-        record = loaded.record
-        claims = self._recent.claims(m.key, record)
-        return _Restored(snapshot, record.version, record.tag, record=record, claims=claims)
+        return restored
 
     def _obtain(self, m: _Message) -> Steps[_Restored | Result | None]:
         """The conversation this pass works on (:meth:`_at_hand` found none); a Result if the
@@ -474,8 +470,7 @@ class MessageProtocol(Generic[S]):
         ``floor`` is the version of a record this message quarantined: the restarted
         conversation continues above it, at the flow's safe stage."""
         if record is not None:
-            snapshot = self._validated(key, record)
-            return _Restored(snapshot, record.version, record.tag, record=record)
+            return self._stored(key, record)
         # Continue the version chain of an expired or reset session, so a worker that stalled
         # on the old session can never compare-and-set onto the new one.
         last: list[HistoryEntry] = yield StoreCall("history", (key,), {"limit": 1})
@@ -486,6 +481,13 @@ class MessageProtocol(Generic[S]):
         if last:  # it existed and is gone: the session expired
             return _Restored(fresh, 0, notices=(Reply(self.expired_notice),), expired=True)
         return _Restored(fresh, 0)
+
+    def _stored(self, key: str, record: Record) -> _Restored:
+        """The conversation ``record`` holds (:class:`CorruptSnapshot` if it is broken), with
+        the claims of its token when this process verified them."""
+        snapshot = self._validated(key, record)
+        claims = self._recent.claims(key, record)
+        return _Restored(snapshot, record.version, record.tag, record=record, claims=claims)
 
     def _quarantine(self, key: str, record: Record, exc: CorruptSnapshot) -> Steps[bool]:
         """Move the bytes aside unchanged and report it; False if they changed meanwhile."""
@@ -671,17 +673,13 @@ class MessageProtocol(Generic[S]):
             options["lease"] = self.lock_ttl
         call = StoreCall("save", (m.key, payload), options)
         since = self._recent.tick()
-        started = time.perf_counter()
         try:
-            saved: SaveResult = yield call
+            saved: SaveResult = yield from self._timed("save", call)
         except BaseException:
-            self.stats.observe("save", time.perf_counter() - started)
             if leased:
                 m.owner = owner  # it may have been taken: the way out frees it if it is ours
             raise
-        took = time.perf_counter() - started
         if not saved.saved:
-            self.stats.observe("save", took)
             yield from self._refused(m, decision, saved, since)
             return None
         if leased and not saved.unleased:
@@ -689,7 +687,7 @@ class MessageProtocol(Generic[S]):
         # (Unleased: it landed on a retry, but the lease is another worker's now. The owner
         # stays unset, so the next pass takes the lease, and reloads, before the action.)
         record = Record(payload, new.version, saved.tag)
-        self._count(restored, decision, took, leased)
+        self._count(restored, decision, leased)
         return self._saved(m, restored, decision, record, last, acts_next, at_action, since)
 
     def _with_outbox(self, m: _Message, stored: Snapshot, decision: Decision) -> Decision:
@@ -850,18 +848,17 @@ class MessageProtocol(Generic[S]):
     def _history(self, current: Snapshot, decision: Decision) -> HistoryEntry:
         return _entry(current, decision.snapshot, ",".join(decision.events) or decision.note)
 
-    def _count(self, restored: _Restored, decision: Decision, took: float, leased: bool) -> None:
-        """Count a save that landed (``took`` seconds; ``leased``: it took the lease too)."""
-        counts = ["applied"]
+    def _count(self, restored: _Restored, decision: Decision, leased: bool) -> None:
+        """Count a save that landed (``leased``: it took the lease too)."""
+        self.stats.incr("applied")
         if restored.expired:
-            counts.append("expired")
+            self.stats.incr("expired")
         if decision.reauth:
-            counts.append("token_refused")
+            self.stats.incr("token_refused")
         if leased:
-            counts.append("lock_acquisitions")
+            self.stats.incr("lock_acquisitions")
         if decision.events:
-            counts.append(f"transitions:{restored.snapshot.stage}->{decision.snapshot.stage}")
-        self.stats.observe("save", took, counts)
+            self.stats.incr(f"transitions:{restored.snapshot.stage}->{decision.snapshot.stage}")
 
     def _remember(
         self,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 #: Upper bounds (seconds) of the store latency histogram's buckets; the last bucket is +Inf.
@@ -77,11 +76,9 @@ class EngineStats:
     def incr(self, name: str, by: int = 1) -> None:
         self._shard().counts[name] += by
 
-    def observe(self, operation: str, seconds: float, counts: Iterable[str] = ()) -> None:
-        """One ``operation`` took ``seconds``; and each of ``counts`` happened once."""
+    def observe(self, operation: str, seconds: float) -> None:
+        """One ``operation`` took ``seconds``."""
         shard = self._shard()
-        for name in counts:
-            shard.counts[name] += 1
         latency = shard.latency.get(operation)
         if latency is None:
             latency = shard.latency[operation] = Latency()
