@@ -149,12 +149,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, request: Request, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        # Recorded before the answer goes out: the client (and a test reading sends() right
+        # after it) may see the answer before this thread runs again.
         request.answered = status
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:
+            request.answered = 0  # the client went away: it never got the answer
+            raise
 
 
 def _error(code: int, message: str) -> dict[str, Any]:
