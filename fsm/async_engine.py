@@ -42,6 +42,8 @@ class AsyncEngine(MessageProtocol["AsyncStore"]):
     """Runs a flow against an async store; the options, ``stats``, ``Result`` and errors are
     those of :class:`fsm.Engine`."""
 
+    calls_in_place = frozenset({"inline"})  # a handler that never blocks runs on the loop
+
     def __init__(self, flow: Flow, store: AsyncStore, **options: Any) -> None:
         from adapters.base import AsyncStore
 

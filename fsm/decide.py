@@ -79,6 +79,7 @@ class Decider:
         stats: EngineStats,
         source: Callable[[], str],
         auth_notice: str,
+        in_place: frozenset[str] = frozenset(),
     ) -> None:
         self.flow = flow
         self.spec: FlowSpec = type(flow).spec
@@ -92,6 +93,9 @@ class Decider:
         names |= {s.enter for s in self.spec.steps.values() if s.enter is not None}
         blocking = bool(getattr(flow, "blocking", True))
         self._modes = {name: call_mode(getattr(flow, name), blocking=blocking) for name in names}
+        # The call modes the driving engine would run by calling the handler where it is:
+        # those handlers are called here, with no round trip through the driver.
+        self._in_place = in_place
 
     def async_methods(self) -> list[str]:
         """The flow's ``async def`` handlers and hooks (only the async engine can run them)."""
@@ -134,8 +138,11 @@ class Decider:
 
     def _call(self, key: str, snapshot: Snapshot, method: str, ctx: Context) -> Steps[Any]:
         """Run a flow method; its own exceptions are wrapped and raised, never swallowed."""
+        fn, mode = getattr(self.flow, method), self._modes[method]
         try:
-            return (yield HandlerCall(getattr(self.flow, method), ctx, self._modes[method]))
+            if mode in self._in_place:
+                return fn(ctx)
+            return (yield HandlerCall(fn, ctx, mode))
         except FsmError:
             raise
         except Exception as exc:

@@ -6,19 +6,22 @@ thrown in, exactly where the request was made). :class:`fsm.Engine` performs the
 :class:`~adapters.base.Store` and plain calls; :class:`fsm.AsyncEngine` with an
 :class:`~adapters.base.AsyncStore`, ``await`` and worker threads. That is the whole difference
 between the two engines (the shape of psycopg's ``generators.py`` and ``waiting.py``).
+Requests are frozen msgspec Structs: one is made per store call, and a Struct is made in C.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
+
+import msgspec
 
 from fsm.step import Context
 
 T = TypeVar("T")
 
 
-class StoreCall(NamedTuple):
+class StoreCall(msgspec.Struct, frozen=True):
     """Call ``store.<method>(*args, **kwargs)``; the sync and async stores share the names."""
 
     method: str
@@ -26,7 +29,7 @@ class StoreCall(NamedTuple):
     kwargs: dict[str, Any]
 
 
-class HandlerCall(NamedTuple):
+class HandlerCall(msgspec.Struct, frozen=True):
     """Call a flow method with its context. ``mode`` is :func:`fsm.flow.call_mode`'s answer:
     ``"async"`` (await it), ``"inline"`` (call it) or ``"thread"`` (the async engine runs it in
     a worker thread; the sync engine calls it)."""
@@ -36,7 +39,7 @@ class HandlerCall(NamedTuple):
     mode: str
 
 
-class Sleep(NamedTuple):
+class Sleep(msgspec.Struct, frozen=True):
     """Wait ``seconds`` (a backoff before a retry or another lock attempt)."""
 
     seconds: float

@@ -40,6 +40,8 @@ class Engine(MessageProtocol["Store"]):
     ``abandon_notice``); :class:`fsm.AsyncEngine` takes the same.
     """
 
+    calls_in_place = frozenset({"inline", "thread"})  # a sync driver calls every handler
+
     def __init__(self, flow: Flow, store: Store, **options: Any) -> None:
         from adapters.base import Store
 

@@ -47,7 +47,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
@@ -169,68 +169,37 @@ class _Restored(msgspec.Struct, frozen=True):
     claims: Claims | None = None  # its token's claims, verified by this process, when known
 
 
-class _Message:
+class _Message(msgspec.Struct):
     """Where one message stands: the state the passes of :meth:`MessageProtocol.message`
-    share (plain attributes, one object per call)."""
+    share (one mutable object per call; a Struct, so making it is one C call)."""
 
-    __slots__ = (
-        "actions",
-        "carried",
-        "conflicts",
-        "due",
-        "duplicate",
-        "events",
-        "floor",
-        "key",
-        "known",
-        "leased_at",
-        "locked",
-        "message_id",
-        "notices",
-        "owner",
-        "pressed",
-        "ready",
-        "said",
-        "stored",
-        "text",
-        "version",
-    )
-
-    def __init__(
-        self,
-        key: str,
-        text: str,
-        message_id: str | None,
-        ready: Loaded | None,
-        pressed: str | None = None,
-    ):
-        self.key = key
-        self.text = text
-        self.message_id = message_id
-        self.pressed = pressed
-        self.due = True  # the message is not applied yet (False once saved, or if seen)
-        self.duplicate = False  # it was applied before; this delivery finishes its action
-        self.owner: str | None = None  # our lease's owner token while we hold it
-        self.leased_at = 0.0  # when the lease was taken or last renewed (monotonic)
-        self.locked = False  # the last load said another worker holds the lease
-        # Versions never go back: a session restarted after this call quarantined its record
-        # continues above that record's version (None: nothing quarantined).
-        self.floor: int | None = None
-        self.notices: tuple[Reply, ...] = ()  # said once even if the save is retried
-        # Replies still pending in a poisoned session this call quarantined: carried into
-        # the restarted conversation's outbox, so healing loses no reply.
-        self.carried: tuple[Outgoing, ...] = ()
-        self.conflicts = 0
-        self.actions = 0
-        self.version = 0
-        self.said: list[Reply] = []  # replies of the saves this call made, in order
-        self.events: list[str] = []
-        self.stored: Snapshot | None = None  # the last snapshot this call saved
-        # What the next pass works on without asking the store: the record this process saw
-        # last (the compare-and-set makes a stale one harmless), a conflict reply's current
-        # record, or what the lock was taken with. None: load it.
-        self.ready = ready
-        self.known: _Restored | None = None  # set when we hold the lease and just saved
+    key: str
+    text: str
+    message_id: str | None
+    #: What the next pass works on without asking the store: the record this process saw
+    #: last (the compare-and-set makes a stale one harmless), a conflict reply's current
+    #: record, or what the lock was taken with. None: load it.
+    ready: Loaded | None
+    pressed: str | None = None
+    due: bool = True  # the message is not applied yet (False once saved, or if seen)
+    duplicate: bool = False  # it was applied before; this delivery finishes its action
+    owner: str | None = None  # our lease's owner token while we hold it
+    leased_at: float = 0.0  # when the lease was taken or last renewed (monotonic)
+    locked: bool = False  # the last load said another worker holds the lease
+    #: Versions never go back: a session restarted after this call quarantined its record
+    #: continues above that record's version (None: nothing quarantined).
+    floor: int | None = None
+    notices: tuple[Reply, ...] = ()  # said once even if the save is retried
+    #: Replies still pending in a poisoned session this call quarantined: carried into the
+    #: restarted conversation's outbox, so healing loses no reply.
+    carried: tuple[Outgoing, ...] = ()
+    conflicts: int = 0
+    actions: int = 0
+    version: int = 0
+    said: list[Reply] = msgspec.field(default_factory=list)  # replies of this call's saves
+    events: list[str] = msgspec.field(default_factory=list)
+    stored: Snapshot | None = None  # the last snapshot this call saved
+    known: _Restored | None = None  # set when we hold the lease and just saved
 
     @property
     def mid(self) -> str | None:
@@ -246,6 +215,11 @@ class MessageProtocol(Generic[S]):
 
     Not used directly: build an :class:`fsm.Engine` or an :class:`fsm.AsyncEngine`.
     """
+
+    #: The handler call modes (:func:`fsm.flow.call_mode`) this engine's driver runs by
+    #: calling the handler in place: the protocol calls those itself instead of yielding a
+    #: :class:`~fsm.effects.HandlerCall`, which is the same call without the round trip.
+    calls_in_place: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -309,6 +283,7 @@ class MessageProtocol(Generic[S]):
             stats=self.stats,
             source=lambda: self.source,
             auth_notice=auth_notice,
+            in_place=self.calls_in_place,
         )
         # Each pass loads at most once (or reuses what it just saved under the lease); passes
         # that reload under a new lock, after a lost quarantine race or after an action are

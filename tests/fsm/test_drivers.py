@@ -12,6 +12,7 @@ import pytest
 
 from adapters import AsyncMemoryStore, MemoryStore
 from fsm import AsyncEngine, Context, Engine, Flow, Outcome, Stage, step
+from fsm.effects import HandlerCall, StoreCall
 from fsm.errors import StepFailed
 
 
@@ -66,3 +67,69 @@ def test_a_failed_message_leaves_nothing_alive_without_the_cyclic_collector(
         asyncio.run(main())
     assert len(flow.held) == 20
     assert [ref for ref in flow.held if ref() is not None] == []
+
+
+class Both(Flow):
+    """One handler that may block (the default) and one marked as never blocking."""
+
+    name = "both"
+    takes_first_message = True
+    stages = (Stage("s", ("ask",)),)
+    transitions = ()
+
+    @step("s", "ask")
+    def ask(self, ctx: Context) -> Outcome:
+        if ctx.text == "fast":
+            return self.fast(ctx)
+        return ctx.stay(f"slow {ctx.text}")
+
+    def fast(self, ctx: Context) -> Outcome:
+        return ctx.stay("fast")
+
+
+class NonBlocking(Both):
+    name = "non-blocking"
+    blocking = False  # every handler of this flow may run on the event loop
+
+
+def _effects(engine: Engine | AsyncEngine, store: MemoryStore, text: str) -> list[str]:
+    """Drive ``engine``'s protocol for one message by hand, with a sync store behind it for
+    both engines, and name each effect it yields."""
+    steps = engine.message("u", text, None)
+    names: list[str] = []
+    value: object = None
+    while True:
+        try:
+            effect = steps.send(value)
+        except StopIteration:
+            return names
+        if isinstance(effect, StoreCall):
+            names.append(f"store.{effect.method}")
+            value = getattr(store, effect.method)(*effect.args, **effect.kwargs)
+        else:
+            assert isinstance(effect, HandlerCall)
+            names.append(f"handler:{effect.mode}")
+            value = effect.fn(effect.ctx)
+
+
+def test_each_engine_calls_in_place_the_handlers_its_driver_would_call_there() -> None:
+    """The sync engine calls every handler where it is; the async one only those that never
+    block (the others run in a worker thread, so they are handed to its driver)."""
+    store = MemoryStore()
+    sync = Engine(Both(), store)
+    assert _effects(sync, store, "hi") == ["store.load", "store.history", "store.save"]
+    assert _effects(sync, store, "again") == ["store.save"]  # warm: the save alone
+
+    astore = MemoryStore()
+    aengine = AsyncEngine(Both(), AsyncMemoryStore())
+    assert _effects(aengine, astore, "hi") == [
+        "store.load",
+        "store.history",
+        "handler:thread",
+        "store.save",
+    ]
+    nstore = MemoryStore()
+    inline = AsyncEngine(NonBlocking(), AsyncMemoryStore())
+    assert _effects(inline, nstore, "hi") == ["store.load", "store.history", "store.save"]
+    peeked = nstore.load("u").record
+    assert peeked is not None and peeked.version == 1
