@@ -124,8 +124,8 @@ _tags = random.Random()
 os.register_at_fork(after_in_child=_tags.seed)
 
 
-#: The environment variable that sets ``compact_history`` for stores built without it.
-COMPACT_HISTORY_ENV = "FSM_COMPACT_HISTORY"
+#: The environment variable that sets ``legacy_format`` for stores built without it.
+LEGACY_FORMAT_ENV = "FSM_LEGACY_FORMAT"
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
@@ -182,7 +182,7 @@ class RedisLimits(TypedDict, total=False):
     dedupe_ttl: float
     quarantine_limit: int
     retries: int
-    compact_history: bool
+    legacy_format: bool
 
 
 class RedisOperations:
@@ -191,11 +191,12 @@ class RedisOperations:
     Limits are per user: ``history_limit`` entries kept ``history_ttl`` seconds after the last
     append, ``dedupe_limit`` message ids each remembered ``dedupe_ttl`` seconds, and
     ``quarantine_limit`` quarantined records (oldest dropped first). ``retries``: further
-    attempts after a connection loss or timeout. ``compact_history=False`` writes history
-    entries as maps with field names, the form earlier releases read: use it while such
-    workers still run (a rolling deploy) or may come back (a rollback); this code reads both
-    (see docs/redis.md, "Upgrading"). Not given, it is read from the environment,
-    ``FSM_COMPACT_HISTORY=0`` (so ``fsm serve`` and the CLI follow it too), else true.
+    attempts after a connection loss or timeout. ``legacy_format=True`` writes what release
+    0.1 reads and writes (history entries as maps with field names, seen message ids as
+    they came rather than as digests): use it while such workers still run (a rolling
+    deploy) or may come back (a rollback); this code reads both forms (see docs/redis.md,
+    "Upgrading"). Not given, it is read from the environment, ``FSM_LEGACY_FORMAT=1`` (so
+    ``fsm serve`` and the CLI follow it too), else false.
     """
 
     def __init__(
@@ -208,7 +209,7 @@ class RedisOperations:
         dedupe_ttl: float = 7 * 24 * 3600,
         quarantine_limit: int = 100,
         retries: int = 2,
-        compact_history: bool | None = None,
+        legacy_format: bool | None = None,
     ) -> None:
         for name, value in [
             ("history_limit", history_limit),
@@ -228,8 +229,8 @@ class RedisOperations:
         self.dedupe_ttl = dedupe_ttl
         self.quarantine_limit = quarantine_limit
         self.retries = retries
-        self.compact = (
-            compact_history if compact_history is not None else _flag(COMPACT_HISTORY_ENV, True)
+        self.legacy = (
+            legacy_format if legacy_format is not None else _flag(LEGACY_FORMAT_ENV, False)
         )
         self._ids = itertools.count(1)
         #: The Lua every store registers once on its client, by name (these limits in it).
@@ -238,6 +239,7 @@ class RedisOperations:
             history_ttl_ms=ms(history_ttl),
             dedupe_limit=dedupe_limit,
             dedupe_ttl_ms=ms(dedupe_ttl),
+            raw_message_ids=self.legacy,
         )
 
     # -- retries -----------------------------------------------------------------------------
@@ -310,7 +312,7 @@ class RedisOperations:
             expected_version,
             b"%d.%s:" % (version, tag) + payload,
             ms(ttl),
-            b"" if history is None else tag + encode_history(history, compact=self.compact),
+            b"" if history is None else tag + encode_history(history, compact=not self.legacy),
             message_id or b"",
             owner or b"",
             expected_tag,

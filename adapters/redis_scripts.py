@@ -42,9 +42,23 @@ local function split(value)
   end
   return 0, '', value
 end
+"""
+
+# Seen message ids (needs the store's constants, see scripts()). An id is kept as the first 16
+# hex digits of its SHA-1: 64 bits, so two ids of one user's last DEDUPE_LIMIT collide with a
+# chance of about DEDUPE_LIMIT^2 / 2^65. WhatsApp's ids run 60 to 80 characters, and one member
+# over 64 bytes (zset-max-listpack-value) turns the whole sorted set into a skiplist, about
+# 900 bytes more per user. RAW_IDS keeps ids as they came (release 0.1's form, for a rolling
+# deploy); ids in either form are found.
+_SEEN_IDS = """
+local function id_member(message_id)
+  if RAW_IDS then return message_id end
+  return string.sub(redis.sha1hex(message_id), 1, 16)
+end
 local function seen(key, message_id, ttl_ms, now)
   if message_id == '' then return false end
-  local at = redis.call('ZSCORE', key, message_id)
+  local at = redis.call('ZSCORE', key, string.sub(redis.sha1hex(message_id), 1, 16))
+  if not at then at = redis.call('ZSCORE', key, message_id) end
   return at ~= false and tonumber(at) > now - ttl_ms
 end
 """
@@ -114,7 +128,12 @@ if ARGV[4] ~= '' then
   redis.call('PEXPIRE', KEYS[2], HISTORY_TTL)
 end
 if ARGV[5] ~= '' then
-  redis.call('ZADD', KEYS[3], now, ARGV[5])
+  -- Scores rise with every id, so trimming by rank drops the oldest even when ids come
+  -- within one millisecond (ties would be ordered by the member's bytes: a digest's).
+  local at = now
+  local newest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')[2]
+  if newest and tonumber(newest) >= at then at = tonumber(newest) + 1 end
+  redis.call('ZADD', KEYS[3], at, id_member(ARGV[5]))
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - DEDUPE_TTL)
   local extra = redis.call('ZCARD', KEYS[3]) - DEDUPE_LIMIT
   if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, extra - 1) end
@@ -166,22 +185,30 @@ return 1
 
 
 def scripts(
-    *, history_limit: int, history_ttl_ms: int, dedupe_limit: int, dedupe_ttl_ms: int
+    *,
+    history_limit: int,
+    history_ttl_ms: int,
+    dedupe_limit: int,
+    dedupe_ttl_ms: int,
+    raw_message_ids: bool = False,
 ) -> dict[str, str]:
     """The Lua of every store operation, by name, with one store's limits written in as
     constants: they are the same on every call, so they need not travel with each one (a
     save sends 9 arguments, not 13). Stores with other limits get other scripts (other SHAs),
-    which Redis keeps side by side."""
-    limits = (
+    which Redis keeps side by side. ``raw_message_ids``: keep seen ids as they came, not as
+    digests (``legacy_format``)."""
+    constants = (
         f"local HISTORY_LIMIT = {int(history_limit)}\n"
         f"local HISTORY_TTL = {int(history_ttl_ms)}\n"
         f"local DEDUPE_LIMIT = {int(dedupe_limit)}\n"
         f"local DEDUPE_TTL = {int(dedupe_ttl_ms)}\n"
+        f"local RAW_IDS = {'true' if raw_message_ids else 'false'}\n"
     )
+    with_ids = constants + _PRELUDE + _SEEN_IDS
     return {
-        "load": limits + _PRELUDE + _LOAD,
-        "lock_and_load": limits + _PRELUDE + _LOCK_AND_LOAD,
-        "save": limits + _PRELUDE + _SAVE,
+        "load": with_ids + _LOAD,
+        "lock_and_load": with_ids + _LOCK_AND_LOAD,
+        "save": with_ids + _SAVE,
         "release": RELEASE,
         "extend": EXTEND,
         "lock_info": LOCK_INFO,

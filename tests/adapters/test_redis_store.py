@@ -5,6 +5,7 @@ Every test runs against a real redis-server started by the tests (tests/redis_se
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import random
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from adapters.base import HistoryEntry, Record
+from adapters.base import HistoryEntry, Record, SaveStatus
 from adapters.redis import RedisStore, split_value
 from adapters.redis_keys import KeyLayout
 from flows.credex import build_engine
@@ -512,38 +513,94 @@ def test_a_retried_save_that_took_the_lease_says_whether_it_still_holds_it(
     assert store.history("u") == [history]  # applied once either way
 
 
-def test_history_entries_can_still_be_written_as_maps_for_earlier_workers(
+#: A WhatsApp message id of a realistic length (they run 60 to 80 characters).
+WAMID = "wamid.HBgMMjYzNzcwMDAwMDAxFQIAEhggQTNCNEY1RTZBN0I4QzlEMEUxRjJBM0I0QzVENkU3AA=="
+
+
+def _digest(message_id: str) -> bytes:
+    return hashlib.sha1(message_id.encode()).hexdigest()[:16].encode()
+
+
+def test_seen_message_ids_are_kept_as_digests_so_the_set_stays_compact(
     server: redis_servers.RedisServer,
 ) -> None:
-    """``compact_history=False`` writes the map form, which earlier releases decode with a
-    plain ``Decoder(HistoryEntry)``: for a rolling deploy or a rollback."""
-    store = RedisStore.from_url(server.url, namespace=_namespace(), compact_history=False)
+    """An id over 64 bytes would turn the user's whole sorted set into a skiplist; a digest
+    of 16 hex digits keeps it a listpack, and a re-delivery is still a duplicate."""
+    store = RedisStore.from_url(server.url, namespace=_namespace())
+    assert store.save("u", b"1", version=1, expected_version=0, ttl=60, message_id=WAMID).saved
+    seen = store.layout.keys("u")[2]
+    assert store.client.zrange(seen, 0, -1) == [_digest(WAMID)]
+    assert store.client.object("encoding", seen) == b"listpack"
+    assert store.load("u", message_id=WAMID).seen
+    assert not store.load("u", message_id=WAMID + "x").seen
+    again = store.save("u", b"2", version=2, expected_version=1, ttl=60, message_id=WAMID)
+    assert again.status is SaveStatus.DUPLICATE
+    store.close()
+
+
+def test_ids_an_earlier_release_kept_as_they_came_are_still_seen(
+    server: redis_servers.RedisServer,
+) -> None:
+    """Release 0.1 kept each id as it came: such ids (until they expire) are found by loads,
+    locked loads and saves alike, so a re-delivery after the upgrade is not applied twice."""
+    store = RedisStore.from_url(server.url, namespace=_namespace())
+    assert store.save("u", b"1", version=1, expected_version=0, ttl=60).saved
+    now_ms = store.client.time()[0] * 1000
+    store.client.zadd(store.layout.keys("u")[2], {WAMID: now_ms})  # as release 0.1 wrote it
+    assert store.load("u", message_id=WAMID).seen
+    locked = store.lock_and_load("u", "owner", 30, message_id=WAMID)
+    assert locked is not None and locked.seen
+    assert store.release_lock("u", "owner")
+    again = store.save("u", b"2", version=2, expected_version=1, ttl=60, message_id=WAMID)
+    assert again.status is SaveStatus.DUPLICATE
+    store.close()
+
+
+def test_the_legacy_format_writes_what_earlier_workers_read(
+    server: redis_servers.RedisServer,
+) -> None:
+    """``legacy_format=True`` writes history entries as maps, which earlier releases decode
+    with a plain ``Decoder(HistoryEntry)``, and message ids as they came, which is all they
+    look for: for a rolling deploy or a rollback."""
+    store = RedisStore.from_url(server.url, namespace=_namespace(), legacy_format=True)
     entry = HistoryEntry(version=1, from_stage="a", to_stage="b", event="e", update_from="w",
                          at=1.0)  # fmt: skip
-    assert store.save("u", b"1", version=1, expected_version=0, ttl=60, history=entry).saved
+    saved = store.save("u", b"1", version=1, expected_version=0, ttl=60, history=entry,
+                       message_id=WAMID)  # fmt: skip
+    assert saved.saved
     stored = store.client.lindex(store.layout.keys("u")[1], 0)
     assert isinstance(stored, bytes)
     assert msgspec.msgpack.Decoder(HistoryEntry).decode(stored[8:]) == entry  # the old reader
     assert store.history("u") == [entry]
+    assert store.client.zrange(store.layout.keys("u")[2], 0, -1) == [WAMID.encode()]
+    assert store.load("u", message_id=WAMID).seen
     store.close()
 
 
-def test_the_environment_can_ask_for_map_history_entries_everywhere(
+def test_the_environment_can_ask_for_the_legacy_format_everywhere(
     server: redis_servers.RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``FSM_COMPACT_HISTORY=0`` sets ``compact_history=False`` for every store built without
-    the option (``fsm serve`` and the CLI build theirs from a URL); a bad value is an error
+    """``FSM_LEGACY_FORMAT=1`` sets ``legacy_format=True`` for every store built without the
+    option (``fsm serve`` and the CLI build theirs from a URL); a bad value is an error
     naming the variable."""
     entry = HistoryEntry(version=1, from_stage="a", to_stage="b", event="e", update_from="w",
                          at=1.0)  # fmt: skip
-    for value, first_byte in (("0", 0x88), ("off", 0x88), ("1", 0x98), ("", 0x98)):
-        monkeypatch.setenv("FSM_COMPACT_HISTORY", value)
+    for value, first_byte, member in (
+        ("1", 0x88, WAMID.encode()),
+        ("on", 0x88, WAMID.encode()),
+        ("0", 0x98, _digest(WAMID)),
+        ("", 0x98, _digest(WAMID)),
+    ):
+        monkeypatch.setenv("FSM_LEGACY_FORMAT", value)
         store = RedisStore.from_url(server.url, namespace=_namespace())
-        assert store.save("u", b"1", version=1, expected_version=0, ttl=60, history=entry).saved
+        saved = store.save("u", b"1", version=1, expected_version=0, ttl=60, history=entry,
+                           message_id=WAMID)  # fmt: skip
+        assert saved.saved
         stored = store.client.lindex(store.layout.keys("u")[1], 0)
         assert isinstance(stored, bytes) and stored[8] == first_byte, value  # map or array
+        assert store.client.zrange(store.layout.keys("u")[2], 0, -1) == [member], value
         assert store.history("u") == [entry]
         store.close()
-    monkeypatch.setenv("FSM_COMPACT_HISTORY", "maybe")
-    with pytest.raises(ValueError, match="FSM_COMPACT_HISTORY"):
+    monkeypatch.setenv("FSM_LEGACY_FORMAT", "maybe")
+    with pytest.raises(ValueError, match="FSM_LEGACY_FORMAT"):
         RedisStore.from_url(server.url, namespace=_namespace())

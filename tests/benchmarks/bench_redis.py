@@ -13,8 +13,11 @@ import argparse
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-from adapters.base import HistoryEntry, Record, encode_history
+import msgspec
+
+from adapters.base import HistoryEntry, Record
 from adapters.redis import BLOCKING, RedisStore
 from adapters.redis_url import connect
 from flows.credex import build_engine
@@ -70,39 +73,102 @@ def concurrent_throughput(store: RedisStore, users: int, per_user: int) -> float
     return users * per_user / (time.perf_counter() - began)
 
 
+#: A WhatsApp message id of realistic length (they are about 60 characters).
+WAMID = "wamid.HBgMMjYzNzcwMDAwMDAxFQIAEhggQTNCNEY1RTZBN0I4QzlEMEUxRjJBM0I0"
+
+
 def alice(store: RedisStore) -> tuple[Record, HistoryEntry]:
     """Alice's session at the menu, as the reference bot stores it, and its history entry."""
     engine = build_engine(store, FakeCredexApi())
-    engine.handle("263770000001", "hi", message_id="wamid.1")
+    engine.handle("263770000001", "hi", message_id=WAMID)
     record = store.load("263770000001").record
     assert record is not None
     return record, store.history("263770000001")[0]
 
 
-def bytes_per_session(server: RedisServer, sessions: int) -> tuple[float, float]:
-    """Redis ``used_memory`` per session, for the session key alone and with its history and
-    seen-message entries, over ``sessions`` copies of Alice's session at the menu."""
+def copies(server: RedisServer, store: RedisStore, user: str, kinds: int, n: int) -> float:
+    """Redis ``used_memory`` per copy over ``n`` copies of the first ``kinds`` keys of
+    ``user`` (session, history, seen ids), each copied with DUMP / RESTORE: values,
+    encodings and expiries exactly as the store's scripts wrote them."""
     client = server.client()
-    store = RedisStore(client, namespace="mem")
-    record, history = alice(store)
+    written = store.layout.keys(user)[:kinds]
+    dumps: list[tuple[bytes, int]] = []
+    for key in written:
+        dump, ttl = client.dump(key), client.pttl(key)
+        assert isinstance(dump, bytes) and ttl > 0, f"{key} is missing or has no expiry"
+        dumps.append((dump, ttl))
+    before = int(client.info("memory")["used_memory"])
+    for start in range(0, n, 1000):
+        pipe = client.pipeline(transaction=False)
+        for copy in range(start, min(start + 1000, n)):
+            for key, (dump, ttl) in zip(store.layout.keys(f"copy{copy}"), dumps, strict=False):
+                pipe.restore(key, ttl, dump)
+        pipe.execute()
+    used = (int(client.info("memory")["used_memory"]) - before) / n
+    for start in range(0, n, 1000):  # only the copies: the user's own keys stay
+        client.delete(*[k for c in range(start, min(start + 1000, n))
+                        for k in store.layout.keys(f"copy{c}")[:kinds]])  # fmt: skip
+    return used
+
+
+def bytes_per_session(server: RedisServer, sessions: int) -> tuple[float, float]:
+    """Redis ``used_memory`` per session over ``sessions`` copies of Alice's session at the
+    menu: the session key alone, and with its history entry and seen message id."""
+    client = server.client()
     client.flushall()
-    results = []
-    for with_extras in (False, True):
+    store = RedisStore(client, namespace="mem")
+    alice(store)
+    alone = copies(server, store, "263770000001", 1, sessions)
+    with_extras = copies(server, store, "263770000001", 3, sessions)
+    client.flushall()
+    return alone, with_extras
+
+
+def other_layouts(server: RedisServer, sessions: int) -> dict[str, float]:
+    """Redis ``used_memory`` per session if the same session, history entry and seen id were
+    kept in other key layouts (what merging keys would save): measured, not estimated."""
+    client = server.client()
+    store = RedisStore(client, namespace="alt")
+    alice(store)
+    written = store.layout.keys("263770000001")
+    # As the scripts wrote them: the session value, the tagged history entry, the id's digest.
+    value, entry = client.get(written[0]), client.lindex(written[1], 0)
+    member = client.zrange(written[2], 0, 0)[0]
+    now = time.time() * 1000
+    session_ms, extras_ms = 1_800_000, 3_600_000
+
+    def history_in_a_sorted_set(pipe: Any, keys: tuple[str, ...]) -> None:
+        pipe.set(keys[0], value, px=session_ms)
+        pipe.zadd(keys[1], {entry: 1})
+        pipe.zadd(keys[2], {member: now})
+        pipe.pexpire(keys[1], extras_ms)
+        pipe.pexpire(keys[2], extras_ms)
+
+    def history_and_ids_in_one_sorted_set(pipe: Any, keys: tuple[str, ...]) -> None:
+        pipe.set(keys[0], value, px=session_ms)
+        pipe.zadd(keys[1], {entry: -1, member: now})
+        pipe.pexpire(keys[1], extras_ms)
+
+    def everything_in_one_hash(pipe: Any, keys: tuple[str, ...]) -> None:
+        pipe.hset(keys[0], mapping={"s": value, "h1": entry, member: now})
+        pipe.pexpire(keys[0], extras_ms)
+
+    found = {}
+    for name, fill in (
+        ("history in a sorted set", history_in_a_sorted_set),
+        ("history and seen ids in one sorted set", history_and_ids_in_one_sorted_set),
+        ("session, history and seen ids in one hash", everything_in_one_hash),
+    ):
         client.flushall()
         before = int(client.info("memory")["used_memory"])
         for start in range(0, sessions, 1000):
             pipe = client.pipeline(transaction=False)
             for n in range(start, min(start + 1000, sessions)):
-                keys = store.layout.keys(f"2637{n:08d}")
-                pipe.set(keys[0], b"1:" + record.payload, px=1_800_000)
-                if with_extras:
-                    pipe.lpush(keys[1], encode_history(history))
-                    pipe.zadd(keys[2], {f"wamid.{n}": time.time() * 1000})
+                fill(pipe, store.layout.keys(f"2637{n:08d}"))
             pipe.execute()
-        after = int(client.info("memory")["used_memory"])
-        results.append((after - before) / sessions)
+        found[name] = (int(client.info("memory")["used_memory"]) - before) / sessions
     client.flushall()
-    return results[0], results[1]
+    return found
 
 
 #: What issue 14 asks of the engine on Redis (ratios to raw redis-py, measured in one run).
@@ -237,25 +303,22 @@ def report(label: str, m: dict[str, float]) -> list[bool]:
 
 def bytes_per_busy_user(server: RedisServer, users: int) -> float:
     """Redis ``used_memory`` per user at the store's default limits' steady state for a busy
-    user: Alice's session, 50 history entries (``history_limit``) and 200 seen message ids of
-    realistic length (WhatsApp's ``wamid.`` ids are about 60 characters)."""
+    user: Alice's session after 200 more messages, so 50 history entries (``history_limit``)
+    and 200 seen message ids of realistic length, written by the store itself."""
     client = server.client()
+    client.flushall()
     store = RedisStore(client, namespace="busy")
     record, history = alice(store)
-    entry = encode_history(history)
-    client.flushall()
-    before = int(client.info("memory")["used_memory"])
-    for n in range(users):
-        keys = store.layout.keys(f"2637{n:08d}")
-        pipe = client.pipeline(transaction=False)
-        pipe.set(keys[0], b"1.0123abcd:" + record.payload, px=1_800_000)
-        pipe.lpush(keys[1], *[b"%08x" % i + entry for i in range(50)])
-        ids = {f"wamid.HBgMMjYzNzcwMDAwMDAxFQIAEhgg{n:08d}{i:020d}": i for i in range(200)}
-        pipe.zadd(keys[2], ids)
-        pipe.pexpire(keys[1], 3_600_000)
-        pipe.pexpire(keys[2], 3_600_000)
-        pipe.execute()
-    used = (int(client.info("memory")["used_memory"]) - before) / users
+    user = "263770000001"
+    for n in range(200):
+        version = record.version + n
+        saved = store.save(
+            user, record.payload, version=version + 1, expected_version=version,
+            ttl=1800, history=msgspec.structs.replace(history, version=version + 1),
+            message_id=f"{WAMID[:-8]}{n:08d}",
+        )  # fmt: skip
+        assert saved.saved
+    used = copies(server, store, user, 3, users)
     client.flushall()
     return used
 
@@ -274,6 +337,7 @@ def main() -> None:
         concurrent = concurrent_throughput(store, 50, max(4, n // 50))
         store.close()
         session_bytes, with_extras = bytes_per_session(server, sessions)
+        layouts = other_layouts(server, sessions // 5)
         busy = bytes_per_busy_user(server, 200 if args.quick else 2000)
         woke = wake_up(server.url, n)
     finally:
@@ -285,6 +349,9 @@ def main() -> None:
           f"({woke['after_round_trip'] / woke['hot']:.1f}x: the cost of waking up)")  # fmt: skip
     print(f"{'Redis bytes per session (key only)':42} {session_bytes:8.0f}")
     print(f"{'a busy user: 50 history entries, 200 ids':42} {busy:8.0f}")
+    print("the same session, history entry and seen id in other layouts (Redis 7.0):")
+    for name, size in layouts.items():
+        print(f"  {name:40} {size:8.0f}")
     targets_header("Redis memory")
     verdicts.append(
         check("bytes per session with its history entry and seen id", with_extras,
