@@ -5,7 +5,7 @@ runs unchanged on standalone, Sentinel and Cluster::
 
     <namespace>:{u<escaped user key>}:s   the session: b"<version>.<tag>:" + encoded snapshot
     <namespace>:{u<escaped user key>}:h   history: tag + the entry as a msgpack array, newest first
-    <namespace>:{u<escaped user key>}:m   digests of seen message ids, a sorted set scored by time
+    <namespace>:{u<escaped user key>}:m   seen message ids (digests; raw if legacy_format), by time
     <namespace>:{u<escaped user key>}:l   the lease lock: the owner token, with a PX expiry
     <namespace>:{u<escaped user key>}:q   quarantined bytes, a list of msgpack entries
 

@@ -3,9 +3,11 @@
 Given the conversation as loaded and the user's text, :class:`Decider` runs the step handler,
 checks its outcome against the flow's machine (guards included) and derives the next snapshot,
 the replies and the events fired. It does no I/O of its own: the engine loads and saves around
-it, and may call it again on a fresh snapshot after a lost compare-and-set. Handler calls are
-requests (:class:`~fsm.effects.HandlerCall`) that :meth:`Decider.decide` yields to the engine's
-driver, so one decision serves the sync engine and the async one alike. Step handlers may
+it, and may call it again on a fresh snapshot after a lost compare-and-set. A handler the
+engine's driver would just call (every handler on the sync engine, one that never blocks on
+the async one) is called here; any other is a request (:class:`~fsm.effects.HandlerCall`)
+that :meth:`Decider.decide` yields to the driver (to await it, or run it in a worker
+thread), so one decision serves the sync engine and the async one alike. Step handlers may
 call APIs that read; calls that change something belong in actions (steps marked with
 :func:`fsm.flow.action`), which the engine decides only under the user's lease, with the
 pending action's idempotency key in the context.

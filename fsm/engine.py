@@ -103,7 +103,7 @@ class Engine(MessageProtocol["Store"]):
                 try:
                     if type(effect) is StoreCall:
                         value = getattr(store, effect.method)(*effect.args, **effect.kwargs)
-                    elif type(effect) is HandlerCall:
+                    elif type(effect) is HandlerCall:  # (the protocol calls them in place)
                         value = effect.fn(effect.ctx)
                     elif type(effect) is Sleep:
                         time.sleep(effect.seconds)

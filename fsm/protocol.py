@@ -201,6 +201,12 @@ class _Message(msgspec.Struct):
     stored: Snapshot | None = None  # the last snapshot this call saved
     known: _Restored | None = None  # set when we hold the lease and just saved
 
+    def __repr__(self) -> str:
+        return f"_Message(key={self.key!r}, version={self.version}, due={self.due})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:  # not the text, the lease, the replies
+        return [("key", self.key), ("version", self.version), ("due", self.due)]
+
     @property
     def mid(self) -> str | None:
         """The message id to check and record, while the message is still to be applied."""

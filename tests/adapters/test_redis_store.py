@@ -538,6 +538,27 @@ def test_seen_message_ids_are_kept_as_digests_so_the_set_stays_compact(
     store.close()
 
 
+def test_each_seen_id_scores_above_the_last_so_trimming_drops_the_oldest(
+    server: redis_servers.RedisServer,
+) -> None:
+    """Ids that come within one millisecond would tie on the time, and a tie is ordered by
+    the member's bytes (a digest's: random), so the trim by rank could drop a newer id: every
+    id scores above the newest one already there."""
+    store = RedisStore.from_url(server.url, namespace=_namespace(), dedupe_limit=2)
+    seen = store.layout.keys("u")[2]
+    ahead = store.client.time()[0] * 1000 + 60_000  # a clock step back, or ties: the same
+    store.client.zadd(seen, {"first": ahead})
+    for version, mid in enumerate(("m1", "m2", "m3"), start=1):
+        saved = store.save("u", b"x", version=version, expected_version=version - 1, ttl=60,
+                           message_id=mid)  # fmt: skip
+        assert saved.saved
+    scores = store.client.zrange(seen, 0, -1, withscores=True)
+    assert scores == [(_digest("m2"), ahead + 2), (_digest("m3"), ahead + 3)]
+    assert not store.load("u", message_id="m1").seen  # the oldest went first
+    assert store.load("u", message_id="m2").seen and store.load("u", message_id="m3").seen
+    store.close()
+
+
 def test_ids_an_earlier_release_kept_as_they_came_are_still_seen(
     server: redis_servers.RedisServer,
 ) -> None:

@@ -338,6 +338,7 @@ def main() -> None:
         store.close()
         session_bytes, with_extras = bytes_per_session(server, sessions)
         layouts = other_layouts(server, sessions // 5)
+        version = server.client().info("server")["redis_version"]
         busy = bytes_per_busy_user(server, 200 if args.quick else 2000)
         woke = wake_up(server.url, n)
     finally:
@@ -349,7 +350,7 @@ def main() -> None:
           f"({woke['after_round_trip'] / woke['hot']:.1f}x: the cost of waking up)")  # fmt: skip
     print(f"{'Redis bytes per session (key only)':42} {session_bytes:8.0f}")
     print(f"{'a busy user: 50 history entries, 200 ids':42} {busy:8.0f}")
-    print("the same session, history entry and seen id in other layouts (Redis 7.0):")
+    print(f"the same session, history entry and seen id in other layouts (Redis {version}):")
     for name, size in layouts.items():
         print(f"  {name:40} {size:8.0f}")
     targets_header("Redis memory")

@@ -69,25 +69,33 @@ def test_a_failed_message_leaves_nothing_alive_without_the_cyclic_collector(
     assert [ref for ref in flow.held if ref() is not None] == []
 
 
-class Both(Flow):
-    """One handler that may block (the default) and one marked as never blocking."""
+class Blocking(Flow):
+    """A handler that may block (the default)."""
 
-    name = "both"
+    name = "blocking"
     takes_first_message = True
     stages = (Stage("s", ("ask",)),)
     transitions = ()
 
     @step("s", "ask")
     def ask(self, ctx: Context) -> Outcome:
-        if ctx.text == "fast":
-            return self.fast(ctx)
-        return ctx.stay(f"slow {ctx.text}")
-
-    def fast(self, ctx: Context) -> Outcome:
-        return ctx.stay("fast")
+        return ctx.stay(f"heard {ctx.text}")
 
 
-class NonBlocking(Both):
+class MarkedStep(Flow):
+    """A handler marked as never blocking, in a flow that may block."""
+
+    name = "marked"
+    takes_first_message = True
+    stages = (Stage("s", ("ask",)),)
+    transitions = ()
+
+    @step("s", "ask", blocking=False)
+    def ask(self, ctx: Context) -> Outcome:
+        return ctx.stay(f"heard {ctx.text}")
+
+
+class NonBlocking(Blocking):
     name = "non-blocking"
     blocking = False  # every handler of this flow may run on the event loop
 
@@ -101,7 +109,8 @@ def _effects(engine: Engine | AsyncEngine, store: MemoryStore, text: str) -> lis
     while True:
         try:
             effect = steps.send(value)
-        except StopIteration:
+        except StopIteration as done:
+            assert done.value.replies[-1].body == f"heard {text}"
             return names
         if isinstance(effect, StoreCall):
             names.append(f"store.{effect.method}")
@@ -112,24 +121,23 @@ def _effects(engine: Engine | AsyncEngine, store: MemoryStore, text: str) -> lis
             value = effect.fn(effect.ctx)
 
 
+COLD = ["store.load", "store.history"]
+
+
 def test_each_engine_calls_in_place_the_handlers_its_driver_would_call_there() -> None:
     """The sync engine calls every handler where it is; the async one only those that never
     block (the others run in a worker thread, so they are handed to its driver)."""
     store = MemoryStore()
-    sync = Engine(Both(), store)
-    assert _effects(sync, store, "hi") == ["store.load", "store.history", "store.save"]
+    sync = Engine(Blocking(), store)
+    assert _effects(sync, store, "hi") == [*COLD, "store.save"]
     assert _effects(sync, store, "again") == ["store.save"]  # warm: the save alone
 
     astore = MemoryStore()
-    aengine = AsyncEngine(Both(), AsyncMemoryStore())
-    assert _effects(aengine, astore, "hi") == [
-        "store.load",
-        "store.history",
-        "handler:thread",
-        "store.save",
-    ]
-    nstore = MemoryStore()
-    inline = AsyncEngine(NonBlocking(), AsyncMemoryStore())
-    assert _effects(inline, nstore, "hi") == ["store.load", "store.history", "store.save"]
-    peeked = nstore.load("u").record
-    assert peeked is not None and peeked.version == 1
+    threaded = AsyncEngine(Blocking(), AsyncMemoryStore())
+    assert _effects(threaded, astore, "hi") == [*COLD, "handler:thread", "store.save"]
+    assert _effects(threaded, astore, "again") == ["handler:thread", "store.save"]
+    for flow in (MarkedStep(), NonBlocking()):
+        inline = AsyncEngine(flow, AsyncMemoryStore())
+        istore = MemoryStore()
+        assert _effects(inline, istore, "hi") == [*COLD, "store.save"], flow.name
+        assert _effects(inline, istore, "again") == ["store.save"], flow.name

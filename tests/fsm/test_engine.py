@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from adapters import MemoryStore
-from fsm import SCHEMA_VERSION, Engine, Snapshot, decode_snapshot, encode_snapshot
+from fsm import SCHEMA_VERSION, Engine, Reply, Snapshot, decode_snapshot, encode_snapshot
 from fsm.errors import (
     CorruptSnapshot,
     InvalidUserKey,
@@ -518,3 +518,19 @@ def test_a_warm_message_reuses_its_tokens_verified_claims_but_not_past_their_exp
     assert texts[0] == vault.engine.auth_notice  # expired: sent to sign in again
     snap = vault.engine.peek("ann")
     assert snap is not None and snap.stage == "auth"
+
+
+def test_the_state_of_a_message_in_flight_shows_neither_its_text_nor_its_lease() -> None:
+    """The protocol's per-message state is a msgspec Struct too (a debugger, a rich
+    traceback with locals or an error tracker shows it): its repr names the user only."""
+    from rich.pretty import pretty_repr
+
+    from fsm.protocol import _Message
+
+    m = _Message("ann", "my secret answer", "wamid.1", None)
+    m.owner = "lease-owner-token"
+    m.said.append(Reply("a reply with a one-time code"))
+    for shown in (repr(m), pretty_repr(m)):
+        assert "ann" in shown
+        for hidden in ("my secret answer", "lease-owner-token", "one-time code"):
+            assert hidden not in shown
