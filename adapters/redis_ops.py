@@ -192,7 +192,7 @@ class RedisOperations:
     append, ``dedupe_limit`` message ids each remembered ``dedupe_ttl`` seconds, and
     ``quarantine_limit`` quarantined records (oldest dropped first). ``retries``: further
     attempts after a connection loss or timeout. ``legacy_format=True`` writes what release
-    0.1 reads and writes (history entries as maps with field names, seen message ids as
+    0.1.0 reads and writes (history entries as maps with field names, seen message ids as
     they came rather than as digests): use it while such workers still run (a rolling
     deploy) or may come back (a rollback); this code reads both forms (see docs/redis.md,
     "Upgrading"). Not given, it is read from the environment, ``FSM_LEGACY_FORMAT=1`` (so
