@@ -42,6 +42,7 @@ from adapters.base import (
     Store,
 )
 from adapters.redis_keys import DEFAULT_NAMESPACE
+from adapters.redis_lua import Lua
 from adapters.redis_ops import (
     ERRORS,
     Operation,
@@ -85,9 +86,7 @@ class RedisStore(Store):
         self._ops = RedisOperations(namespace, **limits)
         self.client = client
         self.layout = self._ops.layout
-        self._scripts = {
-            name: client.register_script(lua) for name, lua in self._ops.scripts.items()
-        }
+        self._scripts = {name: Lua(lua) for name, lua in self._ops.scripts.items()}
 
     @classmethod
     def from_url(
@@ -123,10 +122,12 @@ class RedisStore(Store):
                     return cast(T, done.value)
                 reply, error = None, None
                 try:
-                    if isinstance(request, Pause):
+                    if isinstance(request, Script):
+                        reply = self._scripts[request.name].run(
+                            self.client, request.keys, request.args
+                        )
+                    elif isinstance(request, Pause):
                         time.sleep(request.seconds)
-                    elif isinstance(request, Script):
-                        reply = self._scripts[request.name](request.keys, request.args)
                     else:
                         reply = self.client.execute_command(*request.args)  # type: ignore[no-untyped-call]
                 except ERRORS as exc:

@@ -33,6 +33,7 @@ from redis.asyncio.sentinel import Sentinel
 
 from adapters.base import AsyncStore, HistoryEntry, Loaded, LockInfo, SaveResult
 from adapters.redis_keys import DEFAULT_NAMESPACE
+from adapters.redis_lua import Lua
 from adapters.redis_ops import (
     ERRORS,
     Command,
@@ -76,9 +77,7 @@ class AsyncRedisStore(AsyncStore):
         self._ops = RedisOperations(namespace, **limits)
         self.client = client
         self.layout = self._ops.layout
-        self._scripts = {
-            name: client.register_script(lua) for name, lua in self._ops.scripts.items()
-        }
+        self._scripts = {name: Lua(lua) for name, lua in self._ops.scripts.items()}
         self._in_flight = asyncio.Semaphore(max_connections)
         self._cluster_pending = isinstance(client, RedisCluster)
         self._initializing = asyncio.Lock()
@@ -134,7 +133,9 @@ class AsyncRedisStore(AsyncStore):
             if self._cluster_pending:
                 await self._initialize_cluster()
             if isinstance(request, Script):
-                return await self._scripts[request.name](request.keys, request.args)
+                return await self._scripts[request.name].arun(
+                    self.client, request.keys, request.args
+                )
             return await self.client.execute_command(*request.args)
 
     async def _initialize_cluster(self) -> None:

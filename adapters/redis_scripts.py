@@ -48,8 +48,8 @@ end
 # hex digits of its SHA-1: 64 bits, so two ids of one user's last DEDUPE_LIMIT collide with a
 # chance of about DEDUPE_LIMIT^2 / 2^65. WhatsApp's ids run 60 to 80 characters, and one member
 # over 64 bytes (zset-max-listpack-value) turns the whole sorted set into a skiplist (about
-# 900 bytes more for a user with one id). RAW_IDS keeps ids as they came (release 0.1.0's form, for a
-# rolling deploy); ids in either form are found.
+# 900 bytes more for a user with one id). RAW_IDS keeps ids as they came (release 0.1.0's
+# form, for a rolling deploy); ids in either form are found.
 _SEEN_IDS = """
 local function id_member(message_id)
   if RAW_IDS then return message_id end
