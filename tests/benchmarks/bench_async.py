@@ -12,10 +12,12 @@ import argparse
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio
 
 from adapters import AsyncRedisStore
+from adapters.redis_lua import Lua
 from flows.credex import build_async_engine
 from flows.credex.fake import FakeCredexApi
 from fsm import AsyncEngine
@@ -72,7 +74,11 @@ async def throughput(tasks: int, per_task: int, make: Callable[[int], Case]) -> 
 async def measure(url: str, n: int) -> dict[str, float]:
     pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=64)
     client = redis.asyncio.Redis(connection_pool=pool)
-    floor = client.register_script(FLOOR_SCRIPT)
+    lua = Lua(FLOOR_SCRIPT)  # the stores' own way to run a script: one EVALSHA
+
+    async def floor(keys: list[str], args: list[str]) -> Any:
+        return await lua.arun(client, keys, args)
+
     store = AsyncRedisStore.from_url(url, namespace="bench-async")
     engine: AsyncEngine = build_async_engine(store, FakeCredexApi())
     cold: AsyncEngine = build_async_engine(store, FakeCredexApi(), recent=0)
