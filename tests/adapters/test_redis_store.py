@@ -562,12 +562,12 @@ def test_each_seen_id_scores_above_the_last_so_trimming_drops_the_oldest(
 def test_ids_an_earlier_release_kept_as_they_came_are_still_seen(
     server: redis_servers.RedisServer,
 ) -> None:
-    """Release 0.1 kept each id as it came: such ids (until they expire) are found by loads,
+    """Release 0.1.0 kept each id as it came: such ids (until they expire) are found by loads,
     locked loads and saves alike, so a re-delivery after the upgrade is not applied twice."""
     store = RedisStore.from_url(server.url, namespace=_namespace())
     assert store.save("u", b"1", version=1, expected_version=0, ttl=60).saved
     now_ms = store.client.time()[0] * 1000
-    store.client.zadd(store.layout.keys("u")[2], {WAMID: now_ms})  # as release 0.1 wrote it
+    store.client.zadd(store.layout.keys("u")[2], {WAMID: now_ms})  # as release 0.1.0 wrote it
     assert store.load("u", message_id=WAMID).seen
     locked = store.lock_and_load("u", "owner", 30, message_id=WAMID)
     assert locked is not None and locked.seen
