@@ -51,13 +51,16 @@ end
 # 900 bytes more for a user with one id). RAW_IDS keeps ids as they came (release 0.1.0's
 # form, for a rolling deploy); ids in either form are found.
 _SEEN_IDS = """
+local function digest(message_id)
+  return string.sub(redis.sha1hex(message_id), 1, 16)
+end
 local function id_member(message_id)
   if RAW_IDS then return message_id end
-  return string.sub(redis.sha1hex(message_id), 1, 16)
+  return digest(message_id)
 end
 local function seen(key, message_id, ttl_ms, now)
   if message_id == '' then return false end
-  local at = redis.call('ZSCORE', key, string.sub(redis.sha1hex(message_id), 1, 16))
+  local at = redis.call('ZSCORE', key, digest(message_id))
   if not at then at = redis.call('ZSCORE', key, message_id) end
   return at ~= false and tonumber(at) > now - ttl_ms
 end

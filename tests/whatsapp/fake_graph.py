@@ -158,7 +158,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-            self.wfile.flush()
         except OSError:
             request.answered = 0  # the client went away: it never got the answer
             raise
