@@ -87,6 +87,20 @@ def alice(store: RedisStore) -> tuple[Record, HistoryEntry]:
     return record, store.history("263770000001")[0]
 
 
+def used_per_user(
+    client: Any, store: RedisStore, users: int, fill: Callable[[Any, tuple[str, ...]], None]
+) -> float:
+    """Redis ``used_memory`` per user after ``fill(pipeline, keys)`` ran for ``users`` users
+    with phone-number keys (each user's keys from the store's layout), in pipelines of 1,000."""
+    before = int(client.info("memory")["used_memory"])
+    for start in range(0, users, 1000):
+        pipe = client.pipeline(transaction=False)
+        for n in range(start, min(start + 1000, users)):
+            fill(pipe, store.layout.keys(f"2637{n:08d}"))
+        pipe.execute()
+    return (int(client.info("memory")["used_memory"]) - before) / users
+
+
 def copies(server: RedisServer, store: RedisStore, user: str, kinds: int, n: int) -> float:
     """Redis ``used_memory`` per copy over ``n`` copies of the first ``kinds`` keys of
     ``user`` (session, history, seen ids), each copied with DUMP / RESTORE: values,
@@ -98,17 +112,15 @@ def copies(server: RedisServer, store: RedisStore, user: str, kinds: int, n: int
         dump, ttl = client.dump(key), client.pttl(key)
         assert isinstance(dump, bytes) and ttl > 0, f"{key} is missing or has no expiry"
         dumps.append((dump, ttl))
-    before = int(client.info("memory")["used_memory"])
-    for start in range(0, n, 1000):
-        pipe = client.pipeline(transaction=False)
-        for copy in range(start, min(start + 1000, n)):
-            for key, (dump, ttl) in zip(store.layout.keys(f"copy{copy}"), dumps, strict=False):
-                pipe.restore(key, ttl, dump)
-        pipe.execute()
-    used = (int(client.info("memory")["used_memory"]) - before) / n
+
+    def restore(pipe: Any, keys: tuple[str, ...]) -> None:
+        for key, (dump, ttl) in zip(keys, dumps, strict=False):
+            pipe.restore(key, ttl, dump)
+
+    used = used_per_user(client, store, n, restore)
     for start in range(0, n, 1000):  # only the copies: the user's own keys stay
         client.delete(*[k for c in range(start, min(start + 1000, n))
-                        for k in store.layout.keys(f"copy{c}")[:kinds]])  # fmt: skip
+                        for k in store.layout.keys(f"2637{c:08d}")[:kinds]])  # fmt: skip
     return used
 
 
@@ -161,13 +173,7 @@ def other_layouts(server: RedisServer, sessions: int) -> dict[str, float]:
         ("session, history and seen ids in one hash", everything_in_one_hash),
     ):
         client.flushall()
-        before = int(client.info("memory")["used_memory"])
-        for start in range(0, sessions, 1000):
-            pipe = client.pipeline(transaction=False)
-            for n in range(start, min(start + 1000, sessions)):
-                fill(pipe, store.layout.keys(f"2637{n:08d}"))
-            pipe.execute()
-        found[name] = (int(client.info("memory")["used_memory"]) - before) / sessions
+        found[name] = used_per_user(client, store, sessions, fill)
     client.flushall()
     return found
 
