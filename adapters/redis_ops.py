@@ -43,6 +43,7 @@ from adapters.base import (
     decode_history,
     encode_history,
 )
+from adapters.environment import flag
 from adapters.redis_keys import DEFAULT_NAMESPACE, KeyLayout
 from adapters.redis_scripts import TAG_DIGITS, VALUE_PREFIX, scripts
 from fsm.errors import StoreUnavailable
@@ -126,17 +127,6 @@ os.register_at_fork(after_in_child=_tags.seed)
 
 #: The environment variable that sets ``legacy_format`` for stores built without it.
 LEGACY_FORMAT_ENV = "FSM_LEGACY_FORMAT"
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-
-def _flag(name: str, default: bool) -> bool:
-    """A yes/no environment variable (unset or empty: ``default``)."""
-    value = os.environ.get(name, "").strip().lower()
-    if not value:
-        return default
-    if value in _TRUE | _FALSE:
-        return value in _TRUE
-    raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off, got {value!r}")
 
 
 def ms(seconds: float) -> int:
@@ -229,9 +219,9 @@ class RedisOperations:
         self.dedupe_ttl = dedupe_ttl
         self.quarantine_limit = quarantine_limit
         self.retries = retries
-        self.legacy = (
-            legacy_format if legacy_format is not None else _flag(LEGACY_FORMAT_ENV, False)
-        )
+        if legacy_format is None:
+            legacy_format = flag(os.environ, LEGACY_FORMAT_ENV, False)
+        self.legacy = legacy_format
         self._ids = itertools.count(1)
         #: The Lua every store registers once on its client, by name (these limits in it).
         self.scripts = scripts(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from adapters.environment import flag
 from adapters.whatsapp.graph import DEFAULT_API_URL
 
 REQUIRED = (
@@ -72,11 +73,7 @@ def _number(environ: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name} must be 1 or 0")
+    try:
+        return flag(environ, name, default)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
