@@ -5,8 +5,11 @@ implementations.
 ``import fsm`` work in either order.
 """
 
-from adapters.base import (
-    AsyncStore,
+from adapters.memory import MemoryStore
+from adapters.memory_async import AsyncMemoryStore
+from adapters.redis import RedisStore
+from adapters.redis_async import AsyncRedisStore
+from fsm.records import (
     HistoryEntry,
     Loaded,
     LockInfo,
@@ -15,12 +18,8 @@ from adapters.base import (
     SaveResult,
     SaveStatus,
     SessionView,
-    Store,
 )
-from adapters.memory import MemoryStore
-from adapters.memory_async import AsyncMemoryStore
-from adapters.redis import RedisStore
-from adapters.redis_async import AsyncRedisStore
+from fsm.store import AsyncStore, Store
 
 __all__ = [
     "AsyncMemoryStore",

@@ -10,8 +10,8 @@ import threading
 
 from prometheus_client import start_http_server
 
-from adapters.base import Store
 from fsm.ops.prometheus import store_registry
+from fsm.store import Store
 
 
 def serve_store_metrics(

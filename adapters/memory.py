@@ -17,7 +17,8 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 
-from adapters.base import (
+from fsm.clock import SYSTEM_CLOCK, Clock
+from fsm.records import (
     HistoryEntry,
     Loaded,
     LockInfo,
@@ -26,10 +27,8 @@ from adapters.base import (
     SaveResult,
     SaveStatus,
     SessionView,
-    Store,
-    check_save_arguments,
 )
-from fsm.clock import SYSTEM_CLOCK, Clock
+from fsm.store import Store, check_save_arguments
 
 # Due entries dropped per call: bounds the latency any one call adds, while a steady write
 # rate still purges faster (hundreds per call) than it creates (a handful per call).
@@ -53,7 +52,7 @@ def _positive(name: str, value: float) -> None:
 
 
 class MemoryStore(Store):
-    """A thread-safe, in-process :class:`~adapters.base.Store` with expiry on an injected clock.
+    """A thread-safe, in-process :class:`~fsm.store.Store` with expiry on an injected clock.
 
     >>> store = MemoryStore()
     >>> store.save("alice", b"snapshot", version=1, expected_version=0, ttl=60).status

@@ -1,4 +1,4 @@
-"""AsyncMemoryStore: the :class:`~adapters.base.AsyncStore` contract on a :class:`MemoryStore`.
+"""AsyncMemoryStore: the :class:`~fsm.store.AsyncStore` contract on a :class:`MemoryStore`.
 
 Every method delegates to the wrapped memory store, which never blocks (one short mutex, no
 I/O), so there is nothing to await and no second copy of its logic. The wrapped store is
@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.base import AsyncStore, HistoryEntry, Loaded, LockInfo, SaveResult
 from adapters.memory import MemoryStore
+from fsm.records import HistoryEntry, Loaded, LockInfo, SaveResult
+from fsm.store import AsyncStore
 
 
 class AsyncMemoryStore(AsyncStore):

@@ -31,16 +31,6 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from adapters.base import (
-    HistoryEntry,
-    Loaded,
-    LockInfo,
-    QuarantineEntry,
-    Record,
-    SaveResult,
-    SessionView,
-    Store,
-)
 from adapters.redis_keys import DEFAULT_NAMESPACE
 from adapters.redis_lua import Lua
 from adapters.redis_ops import (
@@ -58,6 +48,16 @@ from adapters.redis_ops import (
 )
 from adapters.redis_url import ClientClasses, connect
 from fsm.errors import StoreUnavailable
+from fsm.records import (
+    HistoryEntry,
+    Loaded,
+    LockInfo,
+    QuarantineEntry,
+    Record,
+    SaveResult,
+    SessionView,
+)
+from fsm.store import Store
 
 __all__ = ["RedisStore", "split_value"]
 
@@ -68,7 +68,7 @@ BLOCKING = ClientClasses(redis.Redis, RedisCluster, ClusterNode, Sentinel, Retry
 
 
 class RedisStore(Store):
-    """The :class:`~adapters.base.Store` contract on Redis. Build it with :meth:`from_url` or
+    """The :class:`~fsm.store.Store` contract on Redis. Build it with :meth:`from_url` or
     from a ready redis-py client (``redis.Redis``, a Sentinel ``master_for`` client or
     ``redis.cluster.RedisCluster``); clients must not decode responses.
 

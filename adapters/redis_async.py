@@ -1,4 +1,4 @@
-"""AsyncRedisStore: the :class:`~adapters.base.AsyncStore` contract on ``redis.asyncio``.
+"""AsyncRedisStore: the :class:`~fsm.store.AsyncStore` contract on ``redis.asyncio``.
 
 It runs the very operations :class:`~adapters.redis.RedisStore` runs (:mod:`adapters.redis_ops`:
 the same keys, Lua scripts, value layout, tags, retry rules and lock recovery), awaiting each
@@ -31,7 +31,6 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 
-from adapters.base import AsyncStore, HistoryEntry, Loaded, LockInfo, SaveResult
 from adapters.redis_keys import DEFAULT_NAMESPACE
 from adapters.redis_lua import Lua
 from adapters.redis_ops import (
@@ -44,6 +43,8 @@ from adapters.redis_ops import (
     Script,
 )
 from adapters.redis_url import ClientClasses, connect
+from fsm.records import HistoryEntry, Loaded, LockInfo, SaveResult
+from fsm.store import AsyncStore
 
 __all__ = ["AsyncRedisStore"]
 

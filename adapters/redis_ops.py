@@ -32,21 +32,21 @@ import msgspec
 import redis
 from redis.exceptions import RedisClusterException
 
-from adapters.base import (
+from adapters.environment import flag
+from adapters.redis_keys import DEFAULT_NAMESPACE, KeyLayout
+from adapters.redis_scripts import TAG_DIGITS, VALUE_PREFIX, scripts
+from fsm.errors import StoreUnavailable
+from fsm.records import (
     HistoryEntry,
     Loaded,
     LockInfo,
     Record,
     SaveResult,
     SaveStatus,
-    check_save_arguments,
     decode_history,
     encode_history,
 )
-from adapters.environment import flag
-from adapters.redis_keys import DEFAULT_NAMESPACE, KeyLayout
-from adapters.redis_scripts import TAG_DIGITS, VALUE_PREFIX, scripts
-from fsm.errors import StoreUnavailable
+from fsm.store import check_save_arguments
 
 T = TypeVar("T")
 

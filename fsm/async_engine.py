@@ -5,7 +5,7 @@
 >>> result = await engine.handle("263770000001", "hi")          # doctest: +SKIP
 
 The algorithm is :mod:`fsm.protocol`'s, unchanged; this driver performs its effects with an
-:class:`~adapters.base.AsyncStore`. Step handlers follow the Starlette/FastAPI rule: an
+:class:`~fsm.store.AsyncSessionStore`. Step handlers follow the Starlette/FastAPI rule: an
 ``async def`` handler is awaited on the loop; a plain ``def`` handler runs in a worker thread
 (blocking I/O in it never stalls other conversations) unless it is marked
 ``blocking=False``, which runs it on the loop.
@@ -28,9 +28,9 @@ from fsm.effects import HandlerCall, Sleep, Steps, StoreCall
 from fsm.protocol import MessageProtocol, Result
 from fsm.snapshot import Snapshot
 from fsm.step import Context
+from fsm.store import AsyncSessionStore
 
 if TYPE_CHECKING:
-    from adapters.base import AsyncStore
     from fsm.flow import Flow
 
 __all__ = ["AsyncEngine"]
@@ -38,19 +38,18 @@ __all__ = ["AsyncEngine"]
 T = TypeVar("T")
 
 
-class AsyncEngine(MessageProtocol["AsyncStore"]):
+class AsyncEngine(MessageProtocol[AsyncSessionStore]):
     """Runs a flow against an async store; the options, ``stats``, ``Result`` and errors are
     those of :class:`fsm.Engine`."""
 
     calls_in_place = frozenset({"inline"})  # a handler that never blocks runs on the loop
 
-    def __init__(self, flow: Flow, store: AsyncStore, **options: Any) -> None:
-        from adapters.base import AsyncStore
-
-        if not isinstance(store, AsyncStore):
+    def __init__(self, flow: Flow, store: AsyncSessionStore, **options: Any) -> None:
+        if not isinstance(store, AsyncSessionStore):
             raise TypeError(
-                f"AsyncEngine needs an adapters.AsyncStore (AsyncMemoryStore, AsyncRedisStore), "
-                f"got {type(store).__name__}: use fsm.Engine with a sync store"
+                f"AsyncEngine needs an async store (fsm.store.AsyncSessionStore: "
+                f"AsyncMemoryStore, AsyncRedisStore), got {type(store).__name__}: "
+                "use fsm.Engine with a sync store"
             )
         super().__init__(flow, store, **options)
 

@@ -1,4 +1,4 @@
-"""The engine: runs a flow against a :class:`~adapters.base.Store`, one message at a time.
+"""The engine: runs a flow against a :class:`~fsm.store.SessionStore`, one message at a time.
 
 :class:`Engine` is a driver of a few dozen lines. The per-message algorithm (load, restore,
 decide, save, act, return; retries, leases, dedupe, quarantine) lives in
@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fsm.effects import HandlerCall, Sleep, Steps, StoreCall
 from fsm.protocol import LOCK_AFTER_CONFLICTS, MAX_ACTIONS, MessageProtocol, Result
 from fsm.snapshot import Snapshot
+from fsm.store import SessionStore
 
 if TYPE_CHECKING:
-    from adapters.base import Store
     from fsm.flow import Flow
 
 __all__ = ["LOCK_AFTER_CONFLICTS", "MAX_ACTIONS", "Engine", "Result"]
@@ -25,7 +25,7 @@ __all__ = ["LOCK_AFTER_CONFLICTS", "MAX_ACTIONS", "Engine", "Result"]
 T = TypeVar("T")
 
 
-class Engine(MessageProtocol["Store"]):
+class Engine(MessageProtocol[SessionStore]):
     """Runs a flow against a store.
 
     >>> from adapters import MemoryStore
@@ -42,13 +42,11 @@ class Engine(MessageProtocol["Store"]):
 
     calls_in_place = frozenset({"inline", "thread"})  # a sync driver calls every handler
 
-    def __init__(self, flow: Flow, store: Store, **options: Any) -> None:
-        from adapters.base import Store
-
-        if not isinstance(store, Store):
+    def __init__(self, flow: Flow, store: SessionStore, **options: Any) -> None:
+        if not isinstance(store, SessionStore):
             raise TypeError(
-                f"Engine needs an adapters.Store (MemoryStore, RedisStore), got "
-                f"{type(store).__name__}: use fsm.AsyncEngine with an async store"
+                f"Engine needs a sync store (fsm.store.SessionStore: MemoryStore, RedisStore), "
+                f"got {type(store).__name__}: use fsm.AsyncEngine with an async store"
             )
         super().__init__(flow, store, **options)
         found = self._decider.async_methods()

@@ -9,7 +9,10 @@ loaded, and in bulk by ``fsm migrate`` (:mod:`fsm.ops.migrate`):
   of an older schema need not decode into today's :class:`~fsm.snapshot.Snapshot`;
 - the **flow version** (``Snapshot.flow_version``, :attr:`fsm.Flow.migrations`): a flow's own
   changes (a step renamed or removed), pure ``Snapshot -> Snapshot`` functions declared on the
-  flow.
+  flow, applied by :mod:`fsm.flow_migrations`.
+
+This module works on plain data only and imports neither :mod:`fsm.snapshot` nor
+:mod:`fsm.flow`: the snapshot decoder calls it, so it must not depend on them.
 
 >>> sorted(schema_migrations())
 [1]
@@ -20,15 +23,9 @@ loaded, and in bulk by ``fsm migrate`` (:mod:`fsm.ops.migrate`):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
-
-import msgspec
+from typing import Any
 
 from fsm.errors import FsmError
-
-if TYPE_CHECKING:
-    from fsm.flow import FlowSpec
-    from fsm.snapshot import Snapshot
 
 #: A schema migration: the snapshot of schema N as plain data, to schema N+1's.
 SchemaMigration = Callable[[dict[str, Any]], dict[str, Any]]
@@ -63,10 +60,9 @@ def upgrade(
     fields: dict[str, Any], from_schema: int, to_schema: int | None = None
 ) -> dict[str, Any]:
     """Apply the registered migrations from ``from_schema`` up to ``to_schema`` (default: the
-    current :data:`~fsm.snapshot.SCHEMA_VERSION`); each must set ``schema`` to its target."""
-    from fsm.snapshot import SCHEMA_VERSION
-
-    target = SCHEMA_VERSION if to_schema is None else to_schema
+    schema after the newest registered migration, which is
+    :data:`~fsm.snapshot.SCHEMA_VERSION`); each must set ``schema`` to its target."""
+    target = max(_REGISTRY, default=0) + 1 if to_schema is None else to_schema
     schema = from_schema
     while schema < target:
         migrate = _REGISTRY.get(schema)
@@ -91,36 +87,3 @@ def _maps_to_arrays(fields: dict[str, Any]) -> dict[str, Any]:
     """Schema 2 stores each struct as an array instead of a map (the field names are not
     stored: a session is ~130 bytes smaller). The fields are the same."""
     return {**fields, "schema": 2}
-
-
-def apply_flow_migrations(snapshot: Snapshot, spec: FlowSpec) -> tuple[Snapshot, int]:
-    """Bring a snapshot written by an older version of ``spec``'s flow up to date with the
-    flow's migrations; returns it and how many versions it moved. Versions without a migration
-    are taken as compatible. A migration cannot change the version chain (the store's) or the
-    token (the auth events'). :class:`MigrationError` if one fails or returns a non-snapshot.
-    """
-    from fsm.snapshot import Snapshot
-
-    auth, version, moved = snapshot.auth, snapshot.version, 0
-    while snapshot.flow_version < spec.version:
-        start = snapshot.flow_version
-        migrate = spec.migrations.get(start)
-        if migrate is not None:
-            try:
-                migrated = migrate(snapshot)
-            except Exception as exc:  # a migration bug: reported as such, the record is kept
-                raise MigrationError(
-                    f"migration from flow version {start} failed: {type(exc).__name__}"
-                    " - at `$.flow_version`"
-                ) from exc
-            if not isinstance(migrated, Snapshot):
-                raise MigrationError(
-                    f"migration from flow version {start} returned "
-                    f"{type(migrated).__name__}, not Snapshot - at `$.flow_version`"
-                )
-            snapshot = migrated
-        snapshot = msgspec.structs.replace(
-            snapshot, flow_version=start + 1, version=version, auth=auth
-        )
-        moved += 1
-    return snapshot, moved

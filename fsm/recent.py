@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from adapters.base import Loaded, Record
+from fsm.records import Loaded, Record
 from fsm.snapshot import Snapshot
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import msgspec
 
-from adapters.base import MAX_VERSION
 from fsm.errors import CorruptSnapshot, SchemaTooNew
 from fsm.migrations import upgrade
+from fsm.records import MAX_VERSION
 from fsm.reply import Reply
 
 #: The snapshot format this code writes. 2: each struct is a msgpack array in field order
@@ -246,7 +246,7 @@ def named_fields(value: Any) -> dict[str, Any] | None:
 
 def _typed(fields: dict[str, Any], schema: object) -> Snapshot:
     if isinstance(schema, int) and not isinstance(schema, bool) and 1 <= schema < SCHEMA_VERSION:
-        fields = upgrade(fields, schema)
+        fields = upgrade(fields, schema, SCHEMA_VERSION)
     old = msgspec.convert(fields, _SnapshotMap)
     values = {name: getattr(old, name) for name in old.__struct_fields__}
     values["auth"] = None if old.auth is None else Auth(**msgspec.structs.asdict(old.auth))

@@ -24,11 +24,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from adapters.base import AsyncStore
 from adapters.whatsapp.bot import WhatsAppBot
 from adapters.whatsapp.signature import signature_problem
 from adapters.whatsapp.updates import BadUpdate, parse_update
 from fsm.errors import FsmError
+from fsm.store import AsyncSessionStore
 
 log = logging.getLogger("adapters.whatsapp")
 
@@ -66,7 +66,7 @@ def create_app(
     """The webhook app for ``bot``; closing it (ASGI lifespan) closes the Graph client, after
     the ``on_close`` callbacks. ``routes`` are served beside the webhook's (the simulator's)."""
     metrics = bot.metrics
-    store: AsyncStore = bot.engine.store
+    store: AsyncSessionStore = bot.engine.store
 
     async def handshake(request: Request) -> Response:
         query = request.query_params
@@ -155,7 +155,7 @@ def _lifespan(
     return lifespan
 
 
-async def _store_answers(store: AsyncStore, timeout: float = 1.0) -> bool:
+async def _store_answers(store: AsyncSessionStore, timeout: float = 1.0) -> bool:
     """One read of a reserved key within ``timeout`` seconds: is the store usable now?"""
     try:
         async with asyncio.timeout(timeout):

@@ -12,7 +12,6 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from adapters.base import AsyncStore
 from adapters.memory_async import AsyncMemoryStore
 from adapters.redis_async import AsyncRedisStore
 from adapters.whatsapp.app import WebhookConfig, create_app
@@ -22,6 +21,7 @@ from adapters.whatsapp.settings import Settings
 from adapters.whatsapp.simulator import Contact, Simulator
 from adapters.whatsapp.simulator.app import LOOPBACK
 from fsm.async_engine import AsyncEngine
+from fsm.store import AsyncStore
 
 EngineFactory = Callable[[AsyncStore], AsyncEngine]
 #: The phone number id the simulated bot sends from (any id works; this one is recognisable).

@@ -33,10 +33,10 @@ from urllib.parse import urlsplit, urlunsplit
 import jwt
 from jwt.algorithms import get_default_algorithms
 
-from adapters.base import AsyncStore
 from flows.credex import build_async_engine
 from fsm import AsyncEngine, TokenVerifier
 from fsm.errors import ConfigurationError
+from fsm.store import AsyncStore
 
 __all__ = ["CredexSettings", "CredexSettingsError", "JwksKeys", "engine_from_env", "jwks_keys"]
 

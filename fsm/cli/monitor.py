@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from adapters.base import Store
 from fsm.cli.common import (
     EXIT_PROBLEM,
     Duration,
@@ -20,6 +19,7 @@ from fsm.cli.common import (
 from fsm.errors import StoreUnavailable
 from fsm.ops.health import Check, HealthReport, health_check
 from fsm.ops.metrics import collect_metrics
+from fsm.store import Store
 
 
 @main.command()

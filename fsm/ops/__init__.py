@@ -12,7 +12,7 @@ thin wrappers around these.
 - :mod:`fsm.ops.health`: a real write/read/lock round trip for probes (``health``)
 
 Nothing here touches the network itself: every read and write goes through the
-:class:`~adapters.base.Store` it is given.
+:class:`~fsm.store.Store` it is given.
 """
 
 from fsm.ops.backup import backup, restore

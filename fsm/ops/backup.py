@@ -31,12 +31,13 @@ from typing import IO, Any
 
 import msgspec
 
-from adapters.base import HistoryEntry, SaveStatus, SessionView, Store
 from fsm.clock import Clock
 from fsm.errors import CorruptSnapshot, FsmError, SchemaTooNew
 from fsm.ops.recover import DEFAULT_TTL, reached_version
 from fsm.ops.validate import is_reserved
+from fsm.records import HistoryEntry, SaveStatus, SessionView
 from fsm.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from fsm.store import Store
 
 FORMAT = "convo-fsm-backup"
 FORMAT_VERSION = 1

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from adapters.base import SaveStatus, Store
 from fsm.errors import FsmError, StoreUnavailable
 from fsm.ops.validate import RESERVED_PREFIX
+from fsm.records import SaveStatus
+from fsm.store import Store
 
 T = TypeVar("T")
 

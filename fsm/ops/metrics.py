@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from adapters.base import Store
 from fsm.errors import FsmError, SchemaTooNew
 from fsm.ops.validate import is_reserved
 from fsm.snapshot import decode_snapshot
+from fsm.store import Store
 
 #: The stage reported for sessions that do not decode.
 UNREADABLE = "<unreadable>"

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from adapters.base import HistoryEntry, SaveStatus, SessionView, Store
 from fsm.clock import Clock
 from fsm.flow import FlowSpec
 from fsm.ops.recover import DEFAULT_TTL
 from fsm.ops.validate import MIGRATABLE, diagnose_view, is_reserved
+from fsm.records import HistoryEntry, SaveStatus, SessionView
 from fsm.snapshot import encode_snapshot
+from fsm.store import Store
 
 
 class Step(enum.Enum):

@@ -26,12 +26,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from adapters.base import Store
 from fsm.async_engine import AsyncEngine
 from fsm.engine import Engine
 from fsm.errors import FsmError
 from fsm.ops.metrics import collect_metrics
 from fsm.stats import LATENCY_BUCKETS
+from fsm.store import Store
 
 #: EngineStats counter -> (metric name without ``fsm_`` and ``_total``, help).
 COUNTERS = {

@@ -15,21 +15,14 @@ from typing import Any
 
 import msgspec
 
-from adapters.base import (
-    HistoryEntry,
-    QuarantineEntry,
-    Record,
-    SaveStatus,
-    SessionView,
-    Store,
-    new_owner_token,
-)
 from fsm.auth import TokenVerifier
 from fsm.clock import Clock
 from fsm.errors import FsmError
 from fsm.flow import FlowSpec
 from fsm.ops.validate import MIGRATABLE, NOT_REPAIRABLE, Diagnosis, diagnose, diagnose_view
+from fsm.records import HistoryEntry, QuarantineEntry, Record, SaveStatus, SessionView
 from fsm.snapshot import Auth, Snapshot, chain_floor, decode_snapshot, encode_snapshot
+from fsm.store import Store, new_owner_token
 
 #: TTL of a repaired session whose broken one had none.
 DEFAULT_TTL = 30 * 60.0

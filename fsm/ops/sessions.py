@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import SessionView, Store
 from fsm.flow import FlowSpec
 from fsm.ops.validate import Diagnosis, diagnose_view, is_reserved
+from fsm.records import SessionView
+from fsm.store import Store
 
 #: Words that make a data key secret (matched as whole words of snake_case, kebab-case or
 #: camelCase keys: ``accessToken``, ``api_key``, ``PIN``; not ``shipping`` or ``footprint``).

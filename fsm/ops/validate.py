@@ -13,12 +13,14 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from adapters.base import Record, SessionView, Store
 from fsm import snapshot as snapshots
 from fsm.errors import CorruptSnapshot, SchemaTooNew
 from fsm.flow import FlowSpec
-from fsm.migrations import MigrationError, apply_flow_migrations
+from fsm.flow_migrations import apply_flow_migrations
+from fsm.migrations import MigrationError
+from fsm.records import Record, SessionView
 from fsm.snapshot import NEWER_FLOW_WINDOW, VERSION_LIMIT, Snapshot, decode_snapshot, stored_schema
+from fsm.store import Store
 
 #: User keys that start with NUL are the library's own (the health probe's); the engine refuses
 #: them as user ids, so no conversation can have one.
@@ -86,7 +88,7 @@ class Diagnosis:
 
 
 def diagnose_view(view: SessionView, spec: FlowSpec, *, now: float) -> Diagnosis:
-    """:func:`diagnose` for a session read with :meth:`~adapters.base.Store.sessions`: a key
+    """:func:`diagnose` for a session read with :meth:`~fsm.store.Store.sessions`: a key
     that holds no session value at all (``view.error``) is undecodable, and says why."""
     if view.error:
         return Diagnosis(view.user_key, 0, Problem.UNDECODABLE, view.error, None, None)

@@ -525,7 +525,7 @@ def test_the_state_of_a_message_in_flight_shows_neither_its_text_nor_its_lease()
     traceback with locals or an error tracker shows it): its repr names the user only."""
     from rich.pretty import pretty_repr
 
-    from fsm.protocol import _Message
+    from fsm.inflight import Message as _Message
 
     m = _Message("ann", "my secret answer", "wamid.1", None)
     m.owner = "lease-owner-token"

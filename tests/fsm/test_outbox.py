@@ -9,7 +9,7 @@ import pytest
 
 from adapters import MemoryStore
 from fsm import Context, FakeClock, Flow, Outcome, Stage, step
-from fsm.protocol import MAX_OUTBOX
+from fsm.outbox import MAX_OUTBOX
 from fsm.reply import buttons
 
 from .conftest import make_engine

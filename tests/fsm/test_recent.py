@@ -96,7 +96,7 @@ def test_a_warm_message_does_not_decode_what_this_process_saved(
     """The snapshot kept with the record this process saved is reused, and a save whose data is
     plain keeps its own snapshot: a warm message decodes nothing. A record another writer
     stored is decoded and checked."""
-    from fsm import protocol
+    from fsm import protocol, restore
 
     decoded: list[int] = []
     real = protocol.decode_snapshot
@@ -105,7 +105,8 @@ def test_a_warm_message_does_not_decode_what_this_process_saved(
         decoded.append(len(raw))
         return real(raw, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(protocol, "decode_snapshot", counting)
+    for module in (protocol, restore):  # the pass, and restoring what it loaded
+        monkeypatch.setattr(module, "decode_snapshot", counting)
     store = MemoryStore(clock=clock)
     one, two = (Engine(Counter(), store, clock=clock) for _ in range(2))
     one.handle("u", "go")

@@ -28,13 +28,14 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from adapters.base import SessionView
 from adapters.whatsapp.signature import signature
 from adapters.whatsapp.simulator import meta
 from adapters.whatsapp.simulator.hub import Hub
 from fsm.async_engine import AsyncEngine
 from fsm.ops.sessions import SessionReport
 from fsm.ops.validate import diagnose_view
+from fsm.records import LockInfo, SessionView
+from fsm.store import AsyncSessionStore, AsyncStore
 
 __all__ = ["PHONE", "Contact", "Simulator"]
 
@@ -204,7 +205,7 @@ class Simulator:
         loaded = await store.load(user)
         if loaded.record is None:
             return Response(msgspec.json.encode({"session": None, "history": []}))
-        view = SessionView(user, loaded.record, await store.ttl(user), await store.lock_info(user))
+        view = SessionView(user, loaded.record, *(await _ttl_and_lock(store, user)))
         history = await store.history(user, limit=12)
         report = SessionReport(
             view,
@@ -310,3 +311,13 @@ def _message(user: str, form: dict[str, Any]) -> tuple[meta.Message, dict[str, s
 def _graph_error(status: int, code: int, message: str) -> Response:
     error = {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "SIM"}
     return JSONResponse({"error": error}, status_code=status)
+
+
+async def _ttl_and_lock(
+    store: AsyncSessionStore, user: str
+) -> tuple[float | None, LockInfo | None]:
+    """The session's TTL and lock, where the store reads them (the engine's port alone does
+    not: then the panel shows neither)."""
+    if not isinstance(store, AsyncStore):
+        return None, None
+    return await store.ttl(user), await store.lock_info(user)

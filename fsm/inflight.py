@@ -1,0 +1,78 @@
+"""The state of one message in flight through the protocol, shared by its passes.
+
+:class:`Message` is where a message stands (what is at hand, whether it is applied, the lease
+it holds); :class:`Restored` is the conversation one pass applies it to. Both are msgspec
+Structs (made in one C call), and neither shows the message's text or the lease in its repr.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from fsm.auth import Claims
+from fsm.records import Loaded, Record
+from fsm.reply import Reply
+from fsm.result import Result
+from fsm.snapshot import Outgoing, Snapshot
+
+
+class Restored(msgspec.Struct, frozen=True):
+    """The conversation a message applies to, and what the store holds now."""
+
+    snapshot: Snapshot
+    expected_version: int  # what the compare-and-set expects: 0 when nothing is stored
+    expected_tag: str = ""  # and the write that stored it, where the store keeps tags
+    notices: tuple[Reply, ...] = ()
+    expired: bool = False
+    record: Record | None = None  # the stored bytes it was read from (None: nothing stored)
+    claims: Claims | None = None  # its token's claims, verified by this process, when known
+
+
+class Message(msgspec.Struct):
+    """Where one message stands: the state the passes of
+    :meth:`fsm.protocol.MessageProtocol.message` share (one mutable object per call; a
+    Struct, so making it is one C call)."""
+
+    key: str
+    text: str
+    message_id: str | None
+    #: What the next pass works on without asking the store: the record this process saw
+    #: last (the compare-and-set makes a stale one harmless), a conflict reply's current
+    #: record, or what the lock was taken with. None: load it.
+    ready: Loaded | None
+    pressed: str | None = None
+    due: bool = True  # the message is not applied yet (False once saved, or if seen)
+    duplicate: bool = False  # it was applied before; this delivery finishes its action
+    owner: str | None = None  # our lease's owner token while we hold it
+    leased_at: float = 0.0  # when the lease was taken or last renewed (monotonic)
+    locked: bool = False  # the last load said another worker holds the lease
+    #: Versions never go back: a session restarted after this call quarantined its record
+    #: continues above that record's version (None: nothing quarantined).
+    floor: int | None = None
+    notices: tuple[Reply, ...] = ()  # said once even if the save is retried
+    #: Replies still pending in a poisoned session this call quarantined: carried into the
+    #: restarted conversation's outbox, so healing loses no reply.
+    carried: tuple[Outgoing, ...] = ()
+    conflicts: int = 0
+    actions: int = 0
+    version: int = 0
+    said: list[Reply] = msgspec.field(default_factory=list)  # replies of this call's saves
+    events: list[str] = msgspec.field(default_factory=list)
+    stored: Snapshot | None = None  # the last snapshot this call saved
+    known: Restored | None = None  # set when we hold the lease and just saved
+
+    def __repr__(self) -> str:
+        return f"Message(key={self.key!r}, version={self.version}, due={self.due})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:  # not the text, the lease, the replies
+        return [("key", self.key), ("version", self.version), ("due", self.due)]
+
+    @property
+    def mid(self) -> str | None:
+        """The message id to check and record, while the message is still to be applied."""
+        return self.message_id if self.due else None
+
+    def result(self, snapshot: Snapshot) -> Result:
+        return Result(tuple(self.said), snapshot, self.duplicate, tuple(self.events))
