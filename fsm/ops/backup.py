@@ -37,7 +37,7 @@ from fsm.ops.recover import DEFAULT_TTL, reached_version
 from fsm.ops.validate import is_reserved
 from fsm.records import HistoryEntry, SaveStatus, SessionView
 from fsm.snapshot import Snapshot, decode_snapshot, encode_snapshot
-from fsm.store import Store
+from fsm.store import Store, operator_store
 
 FORMAT = "convo-fsm-backup"
 FORMAT_VERSION = 1
@@ -92,6 +92,7 @@ def backup(
     progress: Callable[[Entry], None] | None = None,
 ) -> BackupReport:
     """Write every session of ``store`` to ``out`` (a binary file), as the scan goes."""
+    store = operator_store(store)
     report = BackupReport()
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "created_at": clock.now()}
     out.write(_encoder.encode(header) + b"\n")
@@ -213,6 +214,7 @@ def restore(
     the session expired): then it is written one version above all of that, so no worker
     holding a later version can write over the restore, and versions never go backwards.
     Bytes another program left in the slot are moved to the quarantine, not overwritten."""
+    store = operator_store(store)
     report = RestoreReport()
     try:
         _restore_all(store, lines, report, clock, overwrite, dry_run, source, progress)

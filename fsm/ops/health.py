@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from fsm.errors import FsmError, StoreUnavailable
 from fsm.ops.validate import RESERVED_PREFIX
 from fsm.records import SaveStatus
-from fsm.store import Store
+from fsm.store import Store, operator_store
 
 T = TypeVar("T")
 
@@ -54,6 +54,7 @@ class _Failed(Exception):
 def health_check(store: Store, *, max_latency: float = 0.5) -> HealthReport:
     """Run every check; the first that cannot reach the store ends the run (the rest are
     reported as not run)."""
+    store = operator_store(store)
     report = HealthReport()
     key = f"{RESERVED_PREFIX}health:{secrets.token_hex(4)}"
     slowest = 0.0

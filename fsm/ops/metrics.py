@@ -12,7 +12,7 @@ from typing import Any
 from fsm.errors import FsmError, SchemaTooNew
 from fsm.ops.validate import is_reserved
 from fsm.snapshot import decode_snapshot
-from fsm.store import Store
+from fsm.store import Store, operator_store
 
 #: The stage reported for sessions that do not decode.
 UNREADABLE = "<unreadable>"
@@ -48,6 +48,7 @@ def collect_metrics(
     progress: Callable[[], None] | None = None,
 ) -> StoreMetrics:
     """Scan every session once and count (``progress`` is called once per session)."""
+    store = operator_store(store)
     stages: Counter[str] = Counter()
     metrics = StoreMetrics(expiring_within=expiring_within)
     ttl_total, with_ttl = 0.0, 0

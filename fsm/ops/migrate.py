@@ -25,7 +25,7 @@ from fsm.ops.recover import DEFAULT_TTL
 from fsm.ops.validate import MIGRATABLE, diagnose_view, is_reserved
 from fsm.records import HistoryEntry, SaveStatus, SessionView
 from fsm.snapshot import encode_snapshot
-from fsm.store import Store
+from fsm.store import Store, operator_store
 
 
 class Step(enum.Enum):
@@ -66,6 +66,7 @@ def migrate_one(
     attempts: int = 3,
 ) -> Migrated:
     """Migrate one session (read as ``view``) if it needs it."""
+    store = operator_store(store)
     user_key = view.user_key
     for _ in range(attempts):
         found = diagnose_view(view, spec, now=clock.now())
@@ -124,6 +125,7 @@ def migrate_sessions(
 ) -> MigrationReport:
     """Migrate every session that needs it (at most ``limit`` rewrites); ``progress`` is called
     once per session scanned. Invalid sessions are reported in ``problems`` and skipped."""
+    store = operator_store(store)
     report = MigrationReport()
     for outcome in _each(store, spec, clock, dry_run, batch, source):
         report.counts[outcome.step] += 1

@@ -31,7 +31,7 @@ from fsm.engine import Engine
 from fsm.errors import FsmError
 from fsm.ops.metrics import collect_metrics
 from fsm.stats import LATENCY_BUCKETS
-from fsm.store import Store
+from fsm.store import Store, operator_store
 
 #: EngineStats counter -> (metric name without ``fsm_`` and ``_total``, help).
 COUNTERS = {
@@ -109,6 +109,7 @@ class StoreCollector(Collector):
     """Store-wide gauges from :func:`~fsm.ops.metrics.collect_metrics` (a scan per scrape)."""
 
     def __init__(self, store: Store, *, expiring_within: float = 300.0) -> None:
+        store = operator_store(store)
         self.store = store
         self.expiring_within = expiring_within
 

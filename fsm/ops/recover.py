@@ -22,7 +22,7 @@ from fsm.flow import FlowSpec
 from fsm.ops.validate import MIGRATABLE, NOT_REPAIRABLE, Diagnosis, diagnose, diagnose_view
 from fsm.records import HistoryEntry, QuarantineEntry, Record, SaveStatus, SessionView
 from fsm.snapshot import Auth, Snapshot, chain_floor, decode_snapshot, encode_snapshot
-from fsm.store import Store, new_owner_token
+from fsm.store import Store, new_owner_token, operator_store
 
 #: TTL of a repaired session whose broken one had none.
 DEFAULT_TTL = 30 * 60.0
@@ -151,6 +151,7 @@ def recover_session(
 
     Keeps the token if it is still valid and, when the snapshot decodes, its data; restarts at
     ``spec.safe_stage``. The broken bytes go to the quarantine (``fsm quarantine show``)."""
+    store = operator_store(store)
     view = store.session_view(user_key)
     now = clock.now()
     found, decided = plan_recovery(view, user_key, spec, now=now, force=force)
@@ -283,6 +284,7 @@ def restore_quarantined(
     snapshot is then written one version above the current one, by compare-and-set, so no
     worker can write over it with a stale version. Bytes that still do not decode are not
     restored: the engine would only quarantine them again."""
+    store = operator_store(store)
     entry = find_quarantined(store, entry_id, user_key)
     if entry is None:
         return False, None, f"no quarantined entry {entry_id!r} for user {user_key!r}"

@@ -12,7 +12,7 @@ from typing import Any
 from fsm.flow import FlowSpec
 from fsm.ops.validate import Diagnosis, diagnose_view, is_reserved
 from fsm.records import SessionView
-from fsm.store import Store
+from fsm.store import Store, operator_store
 
 #: Words that make a data key secret (matched as whole words of snake_case, kebab-case or
 #: camelCase keys: ``accessToken``, ``api_key``, ``PIN``; not ``shipping`` or ``footprint``).
@@ -143,6 +143,7 @@ def inspect_session(
     store: Store, spec: FlowSpec, user_key: str, *, now: float
 ) -> SessionReport | None:
     """The user's session with its verdict, or None if there is none."""
+    store = operator_store(store)
     view = store.session_view(user_key)
     if view is None:
         return None
@@ -166,6 +167,7 @@ def list_sessions(
     """Every session that passes the filters, streamed as the store scans (SCAN on Redis,
     across every Cluster primary): ``stage`` (its stage is this one), ``locked`` (a worker
     holds its lease, or not), ``expiring_within`` (seconds of TTL left at most), ``invalid``."""
+    store = operator_store(store)
     for view in store.sessions(batch=batch):
         if is_reserved(view.user_key):
             continue

@@ -20,7 +20,7 @@ from fsm.flow_migrations import apply_flow_migrations
 from fsm.migrations import MigrationError
 from fsm.records import Record, SessionView
 from fsm.snapshot import NEWER_FLOW_WINDOW, VERSION_LIMIT, Snapshot, decode_snapshot, stored_schema
-from fsm.store import Store
+from fsm.store import Store, operator_store
 
 #: User keys that start with NUL are the library's own (the health probe's); the engine refuses
 #: them as user ids, so no conversation can have one.
@@ -193,6 +193,7 @@ def check_store(
 ) -> Iterator[Diagnosis]:
     """The verdict on every invalid session, streamed as the store is scanned (``progress``
     is called once per session checked)."""
+    store = operator_store(store)
     for view in store.sessions(batch=batch):
         if is_reserved(view.user_key):
             continue

@@ -75,7 +75,6 @@ def test_expired_entries_are_dropped_on_access() -> None:
     store.acquire_lock("u", "a", 5)
     clock.advance(6)
     store._deadlines.clear()  # no sweep help: only the reads themselves may purge
-    store._queued.clear()
     assert store.load("u", message_id="m").record is None
     assert store.history("u") == []
     assert store.lock_info("u") is None
@@ -114,7 +113,7 @@ def test_reads_alone_also_sweep() -> None:
     clock.advance(11)
     for _ in range(10):
         store.load("somebody")
-    assert sizes(store)["sessions"] == 0 and store._deadlines == []
+    assert sizes(store)["sessions"] == 0 and len(store._deadlines) == 0
 
 
 def test_refreshing_one_key_keeps_the_heap_small() -> None:
@@ -199,7 +198,8 @@ def test_the_sweep_follows_a_deadline_that_moved_either_way() -> None:
     clock.advance(8)  # t = 19
     store.load("somebody")
     assert sizes(store)["sessions"] == 0
-    assert store._queued == {}  # what is left in the heap is superseded, dropped when due
+    # What is left in the heap is superseded, dropped when due.
+    assert store._deadlines._queued == {}
     clock.advance(100)
     store.load("somebody")
-    assert store._deadlines == []
+    assert len(store._deadlines) == 0
