@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from adapters import MemoryStore, Store
-from adapters.base import SaveResult
 from fsm.errors import StoreUnavailable
+from fsm.records import HistoryEntry, Loaded, SaveResult
+from fsm.store import SessionStore
 
 
 def stored_bytes(store: Store, user: str) -> bytes | None:
@@ -64,3 +65,35 @@ def check_rows(stdout: str) -> list[dict[str, Any]]:
     assert set(last) == {"summary"}, last
     assert last["summary"]["invalid"] == len(rows)
     return rows
+
+
+class EnginePortOnly(SessionStore):
+    """A store that offers the engine's port and nothing else (:class:`fsm.store.SessionStore`,
+    seven methods), over ``inner``'s data: the engine must need no more than that."""
+
+    def __init__(self, inner: SessionStore) -> None:
+        self.inner = inner
+        self.takes_lease_on_save = inner.takes_lease_on_save
+
+    def load(self, user_key: str, *, message_id: str | None = None) -> Loaded:
+        return self.inner.load(user_key, message_id=message_id)
+
+    def save(self, user_key: str, payload: bytes, **options: Any) -> SaveResult:  # type: ignore[override]
+        return self.inner.save(user_key, payload, **options)
+
+    def history(self, user_key: str, *, limit: int | None = None) -> list[HistoryEntry]:
+        return self.inner.history(user_key, limit=limit)
+
+    def lock_and_load(
+        self, user_key: str, owner: str, ttl: float, *, message_id: str | None = None
+    ) -> Loaded | None:
+        return self.inner.lock_and_load(user_key, owner, ttl, message_id=message_id)
+
+    def release_lock(self, user_key: str, owner: str) -> bool:
+        return self.inner.release_lock(user_key, owner)
+
+    def extend_lock(self, user_key: str, owner: str, ttl: float) -> bool:
+        return self.inner.extend_lock(user_key, owner, ttl)
+
+    def quarantine(self, user_key: str, raw: bytes, reason: str) -> str | None:
+        return self.inner.quarantine(user_key, raw, reason)

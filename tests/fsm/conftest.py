@@ -9,7 +9,7 @@ from adapters import AsyncMemoryStore, MemoryStore
 from fsm import AsyncEngine, Engine, FakeClock, TokenVerifier
 from fsm.blocking import BlockingEngine
 from tests.fsm.sample_flows import SECRET, Counter, Vault
-from tests.support import stored_bytes
+from tests.support import EnginePortOnly, stored_bytes
 
 
 @dataclass
@@ -34,18 +34,22 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "async", "port"])
 def engine_kind(request: pytest.FixtureRequest) -> str:
     """Every engine test runs on both engines: ``Engine`` on the MemoryStore, and
     ``AsyncEngine`` on an AsyncMemoryStore over the same MemoryStore (driven through
-    :class:`fsm.blocking.BlockingEngine`, so the test reads the same)."""
+    :class:`fsm.blocking.BlockingEngine`, so the test reads the same); and ``Engine`` on a
+    store that offers the engine's port and nothing more (:class:`EnginePortOnly`)."""
     return str(request.param)
 
 
 def make_engine(kind: str, flow: Any, store: MemoryStore, **options: Any) -> Any:
-    """``Engine(flow, store, ...)``, or its AsyncEngine twin on the same data."""
+    """``Engine(flow, store, ...)``, or its twin on the same data: an AsyncEngine, or an
+    Engine that sees only the engine's port."""
     if kind == "sync":
         return Engine(flow, store, **options)
+    if kind == "port":
+        return Engine(flow, EnginePortOnly(store), **options)
     return BlockingEngine(AsyncEngine(flow, AsyncMemoryStore(store), **options))
 
 
