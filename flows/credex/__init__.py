@@ -11,18 +11,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from adapters import AsyncMemoryStore, AsyncStore, MemoryStore, Store
+from adapters import AsyncMemoryStore, MemoryStore
 from flows.credex.api import CredexApi
 from flows.credex.fake import FakeCredexApi
 from flows.credex.flow import CredexBot
 from fsm import AsyncEngine, Engine, TokenVerifier
 from fsm.clock import SYSTEM_CLOCK, Clock
+from fsm.store import AsyncSessionStore, SessionStore
 
 __all__ = ["CredexBot", "FakeCredexApi", "build_async_engine", "build_engine"]
 
 
 def build_engine(
-    store: Store | None = None,
+    store: SessionStore | None = None,
     api: CredexApi | None = None,
     *,
     clock: Clock = SYSTEM_CLOCK,
@@ -43,7 +44,7 @@ def build_engine(
 
 
 def build_async_engine(
-    store: AsyncStore | None = None,
+    store: AsyncSessionStore | None = None,
     api: CredexApi | None = None,
     *,
     clock: Clock = SYSTEM_CLOCK,
