@@ -1,8 +1,7 @@
-"""Persistence adapters: the :class:`Store` and :class:`AsyncStore` contracts and their
-implementations.
+"""Persistence adapters: implementations of the core's store contract (:mod:`fsm.store`).
 
-``base`` is imported first and imports nothing from :mod:`fsm`, so ``import adapters`` and
-``import fsm`` work in either order.
+The contract's names (``Store``, ``AsyncStore``, the records) are re-exported here for
+convenience; they are defined in :mod:`fsm.store` and :mod:`fsm.records`.
 """
 
 from adapters.memory import MemoryStore

@@ -125,3 +125,17 @@ def test_the_async_port_alone_runs_the_async_engine_with_a_lease() -> None:
     assert asyncio.run(chat()) == (2, 1)
     assert flow.side_effects == 1  # the step with side effects ran, under the lease
     assert store.inner.sync.lock_info("u") is None  # the lease was given back
+
+
+def test_the_old_homes_of_the_contract_still_give_the_same_names() -> None:
+    """adapters.base is a re-export for one release; ``adapters`` keeps its public names."""
+    import adapters
+    import adapters.base as base
+    from fsm import records, store
+
+    for name in base.__all__:
+        home = store if hasattr(store, name) else records
+        assert getattr(base, name) is getattr(home, name), name
+    assert adapters.Store is Store and adapters.AsyncStore is AsyncStore
+    assert issubclass(adapters.MemoryStore, Store) and issubclass(adapters.RedisStore, Store)
+    assert issubclass(adapters.AsyncRedisStore, AsyncStore)
