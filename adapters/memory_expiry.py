@@ -37,6 +37,11 @@ class Deadlines:
         self._queued[(kind, key)] = deadline
         heapq.heappush(self._heap, (deadline, kind, key))
 
+    def any_due(self, now: float) -> bool:
+        """Whether some deadline has come by ``now``."""
+        heap = self._heap
+        return bool(heap) and heap[0][0] <= now
+
     def due(self, now: float, budget: int = SWEEP_BUDGET) -> Iterator[tuple[int, str]]:
         """Up to ``budget`` entries whose deadline has come, each once; the caller drops what
         expired and calls :meth:`expire_at` again for what was refreshed meanwhile."""

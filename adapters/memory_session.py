@@ -77,6 +77,8 @@ class MemorySessionStore(SessionStore):
     def _tick(self) -> float:
         """Read the clock and purge a bounded number of due entries (caller holds the mutex)."""
         now = self._clock.now()
+        if not self._deadlines.any_due(now):
+            return now  # the common case: no generator made
         for kind, key in self._deadlines.due(now):
             later = self._purge(kind, key, now)
             if later is not None:  # refreshed since it was queued: check it again then
