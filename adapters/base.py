@@ -6,6 +6,8 @@ records it speaks in :mod:`fsm.records`). This module re-exports those names for
 
 from __future__ import annotations
 
+import warnings
+
 from fsm.records import (
     MAX_VERSION,
     HistoryEntry,
@@ -51,3 +53,10 @@ __all__ = [
     "lock_backoff",
     "new_owner_token",
 ]
+
+warnings.warn(
+    "adapters.base is deprecated: import the store contract from fsm.store and its records "
+    "from fsm.records (or from adapters); adapters.base goes in release 0.4",
+    DeprecationWarning,
+    stacklevel=2,
+)

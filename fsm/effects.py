@@ -4,7 +4,7 @@ The per-message algorithm (:mod:`fsm.protocol`) does no I/O of its own. It is a 
 yields one of these requests at a time and is sent back the result (or has the exception
 thrown in, exactly where the request was made). :class:`fsm.Engine` performs them with a
 :class:`~fsm.store.SessionStore` and plain calls; :class:`fsm.AsyncEngine` with an
-:class:`~fsm.store.AsyncStore`, ``await`` and worker threads. That is the whole difference
+:class:`~fsm.store.AsyncSessionStore`, ``await`` and worker threads. That is the whole difference
 between the two engines (the shape of psycopg's ``generators.py`` and ``waiting.py``).
 Requests are frozen msgspec Structs: one is made per store call, and a Struct is made in C.
 """

@@ -116,8 +116,8 @@ class EngineCore(Generic[S]):
         self._lease_on_save = bool(getattr(store, "takes_lease_on_save", False))
         self.poison_after = poison_after
         #: Keep each save's replies in the snapshot until the transport confirms them sent
-        #: (:class:`~fsm.snapshot.Outgoing`, :meth:`confirm_steps`): a transport that must
-        #: never lose a reply turns it on (the WhatsApp transport does).
+        #: (:class:`~fsm.snapshot.Outgoing`, :meth:`~fsm.outbox.Outbox.confirm_steps`): a
+        #: transport that must never lose a reply turns it on (the WhatsApp transport does).
         self.outbox = outbox
         self._failures = FailureCount()
         self._decider = Decider(

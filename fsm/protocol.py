@@ -62,9 +62,12 @@ from fsm.errors import (
 )
 from fsm.history import history_entry
 from fsm.inflight import Message, Restored
+from fsm.inputs import MAX_USER_KEY as MAX_USER_KEY
 from fsm.inputs import check_key, check_message_id, check_text
 from fsm.leases import Leasing
+from fsm.outbox import MAX_OUTBOX as MAX_OUTBOX
 from fsm.outbox import Outbox
+from fsm.poison import FAILURES_KEPT as FAILURES_KEPT
 from fsm.records import HistoryEntry, Loaded, Record, SaveResult, SaveStatus
 from fsm.reply import Reply
 from fsm.result import Result

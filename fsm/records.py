@@ -49,9 +49,9 @@ class Record(msgspec.Struct, frozen=True):
 
 
 class Loaded(msgspec.Struct, frozen=True):
-    """What :meth:`Store.load` returns: the record (``None`` if absent or expired), whether
-    the given message id was already applied for this user, and whether a worker holds the
-    user's lease lock right now.
+    """What :meth:`~fsm.store.SessionStore.load` returns: the record (``None`` if absent or
+    expired), whether the given message id was already applied for this user, and whether a
+    worker holds the user's lease lock right now.
 
     ``locked`` is a hint read in the same round trip: a writer that sees it queues behind the
     lock instead of racing its holder (the compare-and-set, not the hint, keeps data safe).
@@ -108,7 +108,7 @@ class LockInfo:
 @dataclass(frozen=True, slots=True)
 class SessionView:
     """One stored session as an operator sees it: the record, its TTL left and its lock,
-    read together (:meth:`Store.sessions`, :meth:`Store.session_view`)."""
+    read together (:meth:`~fsm.store.Store.sessions`, :meth:`~fsm.store.Store.session_view`)."""
 
     user_key: str
     record: Record

@@ -17,13 +17,10 @@ from typing import Any
 import msgspec
 
 from fsm.errors import CorruptSnapshot, SchemaTooNew
+from fsm.migrations import SCHEMA_VERSION as SCHEMA_VERSION
 from fsm.migrations import upgrade
 from fsm.records import MAX_VERSION
 from fsm.reply import Reply
-
-#: The snapshot format this code writes. 2: each struct is a msgpack array in field order
-#: (field names are not stored: a session is ~130 bytes smaller). 1: maps; still read.
-SCHEMA_VERSION = 2
 
 #: How far ahead of this code a record's ``schema`` may be and still be taken for a newer
 #: deploy's, refused and left untouched: the library raises it one at a time, and a rolling

@@ -27,6 +27,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from fsm.records import (
     MAX_VERSION,
@@ -62,6 +63,15 @@ class SessionStore(abc.ABC):
     #: A store that does not say so still works: the engine then takes the lease with
     #: :meth:`lock_and_load` before an action, one round trip more.
     takes_lease_on_save: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A store written for release 0.2 implements acquire_lock and took lock_and_load's
+        # default; it keeps working (before the ABC counts what is abstract).
+        if "acquire_lock" in cls.__dict__ and getattr(
+            cls.lock_and_load, "__isabstractmethod__", False
+        ):
+            cls.lock_and_load = _lock_then_load  # type: ignore[method-assign]
 
     @abc.abstractmethod
     def load(self, user_key: str, *, message_id: str | None = None) -> Loaded:
@@ -173,6 +183,16 @@ class SessionStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections; the store is unusable afterwards."""
+
+
+def _lock_then_load(
+    self: SessionStore, user_key: str, owner: str, ttl: float, *, message_id: str | None = None
+) -> Loaded | None:
+    """:meth:`SessionStore.lock_and_load` for a store that implements only ``acquire_lock``
+    (written for release 0.2): the two steps in turn, not one atomic one."""
+    if not self.acquire_lock(user_key, owner, ttl):
+        return None
+    return self.load(user_key, message_id=message_id)
 
 
 class OperatorStore(abc.ABC):

@@ -106,7 +106,8 @@ def find_quarantined(
     store: Store, entry_id: str, user_key: str | None = None
 ) -> QuarantineEntry | None:
     """The quarantined entry ``entry_id`` (looked up among ``user_key``'s only, if given)."""
-    return next((e for e in store.quarantined(user_key) if e.id == entry_id), None)
+    entries = operator_store(store).quarantined(user_key)
+    return next((e for e in entries if e.id == entry_id), None)
 
 
 def plan_recovery(

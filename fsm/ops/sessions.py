@@ -167,8 +167,20 @@ def list_sessions(
     """Every session that passes the filters, streamed as the store scans (SCAN on Redis,
     across every Cluster primary): ``stage`` (its stage is this one), ``locked`` (a worker
     holds its lease, or not), ``expiring_within`` (seconds of TTL left at most), ``invalid``."""
-    store = operator_store(store)
-    for view in store.sessions(batch=batch):
+    views = operator_store(store).sessions(batch=batch)  # refused here, not at the first row
+    return _filtered(views, spec, now, stage, locked, expiring_within, invalid)
+
+
+def _filtered(
+    views: Iterator[SessionView],
+    spec: FlowSpec,
+    now: float,
+    stage: str | None,
+    locked: bool | None,
+    expiring_within: float | None,
+    invalid: bool | None,
+) -> Iterator[SessionReport]:
+    for view in views:
         if is_reserved(view.user_key):
             continue
         if locked is not None and (view.lock is not None) != locked:

@@ -193,8 +193,17 @@ def check_store(
 ) -> Iterator[Diagnosis]:
     """The verdict on every invalid session, streamed as the store is scanned (``progress``
     is called once per session checked)."""
-    store = operator_store(store)
-    for view in store.sessions(batch=batch):
+    views = operator_store(store).sessions(batch=batch)  # refused here, not at the first row
+    return _invalid(views, spec, now, progress)
+
+
+def _invalid(
+    views: Iterator[SessionView],
+    spec: FlowSpec,
+    now: float,
+    progress: Callable[[], None] | None,
+) -> Iterator[Diagnosis]:
+    for view in views:
         if is_reserved(view.user_key):
             continue
         if progress is not None:

@@ -17,16 +17,8 @@ import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
-from adapters.base import (
-    AsyncStore,
-    HistoryEntry,
-    Loaded,
-    LockInfo,
-    QuarantineEntry,
-    SaveResult,
-    SessionView,
-    Store,
-)
+from fsm.records import HistoryEntry, Loaded, LockInfo, QuarantineEntry, SaveResult, SessionView
+from fsm.store import AsyncStore, Store
 
 T = TypeVar("T")
 

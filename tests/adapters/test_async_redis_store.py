@@ -22,8 +22,8 @@ import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from adapters import AsyncRedisStore, RedisStore
-from adapters.base import HistoryEntry, Loaded, Record, SaveStatus
 from fsm.errors import StoreUnavailable
+from fsm.records import HistoryEntry, Loaded, Record, SaveStatus
 from tests import redis_servers
 
 T = TypeVar("T")

@@ -9,9 +9,9 @@ import math
 import pytest
 
 from adapters import memory
-from adapters.base import HistoryEntry, Record
 from adapters.memory import MemoryStore
 from fsm.clock import FakeClock
+from fsm.records import HistoryEntry, Record
 
 
 def entry(version: int) -> HistoryEntry:
@@ -158,8 +158,8 @@ def test_quarantined_is_a_snapshot() -> None:
 
 
 def test_expired_history_is_not_revived_by_a_save() -> None:
-    from adapters.base import HistoryEntry
     from fsm.clock import FakeClock
+    from fsm.records import HistoryEntry
 
     clock = FakeClock()
     store = MemoryStore(clock=clock, history_ttl=5)

@@ -19,13 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from adapters.base import HistoryEntry, Record, SaveStatus
 from adapters.redis import RedisStore, split_value
 from adapters.redis_keys import KeyLayout
 from flows.credex import build_engine
 from flows.credex.fake import FakeCredexApi
 from fsm import SCHEMA_VERSION, Engine, FakeClock, decode_snapshot
 from fsm.errors import SchemaTooNew, StoreUnavailable
+from fsm.records import HistoryEntry, Record, SaveStatus
 from tests import redis_servers
 from tests.fsm.sample_flows import Counter
 

@@ -24,12 +24,13 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from adapters.base import AsyncStore, HistoryEntry, Loaded, Record, SaveStatus, Store
 from adapters.memory import MemoryStore
 from adapters.memory_async import AsyncMemoryStore
 from adapters.redis import RedisStore
 from adapters.redis_async import AsyncRedisStore
 from fsm.clock import FakeClock
+from fsm.records import HistoryEntry, Loaded, Record, SaveStatus
+from fsm.store import AsyncStore, Store
 from tests import redis_servers
 from tests.adapters.async_facade import AsyncStoreFacade
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import msgspec
 
-from adapters.base import HistoryEntry, Record
 from adapters.redis import BLOCKING, RedisStore
 from adapters.redis_lua import Lua
 from adapters.redis_url import connect
 from flows.credex import build_engine
 from flows.credex.fake import FakeCredexApi
 from fsm import Engine
+from fsm.records import HistoryEntry, Record
 from tests.benchmarks.common import Ping, check, per_call, targets_header
 from tests.redis_servers import RedisServer
 

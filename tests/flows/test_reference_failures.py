@@ -12,13 +12,13 @@ import msgspec
 import pytest
 
 from adapters import MemoryStore
-from adapters.base import HistoryEntry
 from flows.credex import build_engine
 from flows.credex.api import LoginResult
 from flows.credex.fake import FakeCredexApi
 from flows.credex.flow import CredexBot
 from fsm import FakeClock, Snapshot, decode_snapshot
 from fsm.errors import FsmError, StepFailed, StoreUnavailable, TransitionNotAllowed
+from fsm.records import HistoryEntry
 from tests.flows.conftest import ALICE, BOB, Bot
 from tests.flows.test_credex_bot import REFERENCE_EDGES
 from tests.support import FailingSaves

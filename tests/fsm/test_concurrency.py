@@ -11,10 +11,10 @@ import msgspec
 import pytest
 
 from adapters import MemoryStore
-from adapters.base import SaveResult
 from fsm import Engine, FakeClock, Result, decode_snapshot, encode_snapshot
 from fsm.engine import LOCK_AFTER_CONFLICTS
 from fsm.errors import ConflictError
+from fsm.records import SaveResult
 from tests.fsm.sample_flows import Counter
 
 THREADS = 8

@@ -458,7 +458,7 @@ def test_a_store_that_takes_no_lease_on_save_still_runs_actions_under_the_lease(
     ``lock_and_load`` before the action, as it did before."""
     from typing import Any
 
-    from adapters.base import SaveResult
+    from fsm.records import SaveResult
     from tests.benchmarks.common import Ping
 
     class OldStore(MemoryStore):

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters import MemoryStore, RedisStore, Store
-from adapters.base import MAX_VERSION
 from adapters.redis_ops import split_value
 from fsm import SCHEMA_VERSION, Engine, FakeClock, Snapshot, encode_snapshot
 from fsm.errors import FsmError, InvalidUserKey, SchemaTooNew, StepFailed
 from fsm.ops.validate import Problem, diagnose
+from fsm.records import MAX_VERSION
 from fsm.snapshot import NEWER_FLOW_WINDOW, VERSION_LIMIT
 from tests import redis_servers
 from tests.fsm.sample_flows import Counter

@@ -7,9 +7,9 @@ import enum
 import pytest
 
 from adapters import MemoryStore
-from adapters.base import Record
 from fsm import Context, Engine, FakeClock, Flow, Outcome, Stage, step
 from fsm.recent import RecentRecords
+from fsm.records import Record
 from fsm.snapshot import is_plain
 from tests.fsm.sample_flows import Counter
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ from adapters.memory_session import MemorySessionStore
 from fsm import AsyncEngine, Engine
 from fsm.clock import SYSTEM_CLOCK
 from fsm.ops import backup, check_store, health_check, list_sessions
-from fsm.records import HistoryEntry, Loaded, SaveResult
+from fsm.ops.recover import find_quarantined
+from fsm.records import HistoryEntry, Loaded, LockInfo, QuarantineEntry, SaveResult
 from fsm.store import (
     AsyncSessionStore,
     AsyncStore,
@@ -61,9 +63,11 @@ def test_the_toolkit_names_what_an_engine_port_store_lacks() -> None:
     with pytest.raises(TypeError, match="engine's port only"):
         backup(port_only, io.BytesIO(), clock=SYSTEM_CLOCK)  # type: ignore[arg-type]
     spec = Counter.spec
-    for listing in (list_sessions, check_store):
+    for listing in (list_sessions, check_store):  # refused when called, not at the first row
         with pytest.raises(TypeError, match="engine's port only"):
-            list(listing(port_only, spec, now=0.0))  # type: ignore[arg-type]
+            listing(port_only, spec, now=0.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="engine's port only"):
+        find_quarantined(port_only, "1-1")  # type: ignore[arg-type]
     full = MemoryStore()
     assert operator_store(full) is full
 
@@ -128,14 +132,82 @@ def test_the_async_port_alone_runs_the_async_engine_with_a_lease() -> None:
 
 
 def test_the_old_homes_of_the_contract_still_give_the_same_names() -> None:
-    """adapters.base is a re-export for one release; ``adapters`` keeps its public names."""
-    import adapters
-    import adapters.base as base
-    from fsm import records, store
+    """adapters.base is a re-export for one release (with a DeprecationWarning); ``adapters``
+    keeps its public names; the protocol's constants are found where they were."""
+    import importlib
+    import sys
 
+    import adapters
+    from fsm import protocol, records, store
+
+    sys.modules.pop("adapters.base", None)
+    with pytest.warns(DeprecationWarning, match="fsm.store"):
+        base = importlib.import_module("adapters.base")
     for name in base.__all__:
         home = store if hasattr(store, name) else records
         assert getattr(base, name) is getattr(home, name), name
     assert adapters.Store is Store and adapters.AsyncStore is AsyncStore
     assert issubclass(adapters.MemoryStore, Store) and issubclass(adapters.RedisStore, Store)
     assert issubclass(adapters.AsyncRedisStore, AsyncStore)
+    assert (protocol.MAX_OUTBOX, protocol.FAILURES_KEPT, protocol.MAX_USER_KEY) == (
+        64, 10_000, 256,
+    )  # fmt: skip
+
+
+class StoreOfRelease02(Store):
+    """A store written against release 0.2, over a MemoryStore's data: it implements
+    acquire_lock and not lock_and_load (which 0.2 built on acquire_lock and load)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+        self.locks = 0
+
+    def acquire_lock(self, user_key: str, owner: str, ttl: float) -> bool:
+        self.locks += 1
+        return self.inner.acquire_lock(user_key, owner, ttl)
+
+    def load(self, user_key: str, *, message_id: str | None = None) -> Loaded:
+        return self.inner.load(user_key, message_id=message_id)
+
+    def save(self, user_key: str, payload: bytes, **options: Any) -> SaveResult:  # type: ignore[override]
+        return self.inner.save(user_key, payload, **options)
+
+    def history(self, user_key: str, *, limit: int | None = None) -> list[HistoryEntry]:
+        return self.inner.history(user_key, limit=limit)
+
+    def release_lock(self, user_key: str, owner: str) -> bool:
+        return self.inner.release_lock(user_key, owner)
+
+    def extend_lock(self, user_key: str, owner: str, ttl: float) -> bool:
+        return self.inner.extend_lock(user_key, owner, ttl)
+
+    def quarantine(self, user_key: str, raw: bytes, reason: str) -> str | None:
+        return self.inner.quarantine(user_key, raw, reason)
+
+    def scan(self, *, batch: int = 500) -> Iterator[str]:
+        return self.inner.scan(batch=batch)
+
+    def ttl(self, user_key: str) -> float | None:
+        return self.inner.ttl(user_key)
+
+    def delete(self, user_key: str) -> bool:
+        return self.inner.delete(user_key)
+
+    def lock_info(self, user_key: str) -> LockInfo | None:
+        return self.inner.lock_info(user_key)
+
+    def quarantined(self, user_key: str | None = None) -> Iterator[QuarantineEntry]:
+        return self.inner.quarantined(user_key)
+
+    def remove_quarantined(self, user_key: str, entry_id: str) -> QuarantineEntry | None:
+        return self.inner.remove_quarantined(user_key, entry_id)
+
+
+def test_a_store_written_for_release_0_2_still_runs_the_engine() -> None:
+    store = StoreOfRelease02()  # instantiable: lock_and_load is made from its acquire_lock
+    flow = Counter()
+    engine = Engine(flow, store)
+    engine.handle("u", "locked")
+    assert engine.handle("u", "+1").snapshot.data == {"count": 1}
+    assert store.locks == 1 and flow.side_effects == 1  # the lease came from its acquire_lock
+    assert store.inner.lock_info("u") is None

@@ -16,10 +16,10 @@ import pytest
 import redis
 
 from adapters import MemoryStore, RedisStore
-from adapters.base import Record
 from fsm.clock import SYSTEM_CLOCK
 from fsm.ops.prometheus import store_registry
 from fsm.ops.recover import Outcome, recover_session, salvage_auth
+from fsm.records import Record
 from tests import redis_servers
 from tests.ops.conftest import ALICE, BOB, CAROL, Ops, make_ops, schema_1
 from tests.ops.test_monitor import _fsm
