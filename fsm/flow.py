@@ -58,6 +58,11 @@ def folded(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+#: What the user is told, by default, when a step fails unexpectedly (:attr:`Flow.failure_reply`).
+FAILURE_REPLY = "Sorry, something went wrong on our side. Please try again in a moment."
+#: ... and when it failed on I/O and will be finished by a re-delivery (:attr:`Flow.delay_reply`).
+DELAY_REPLY = "Sorry, this is taking longer than it should. I will answer as soon as it is done."
+
 #: What a user types to leave a sub-flow (compared trimmed and case-folded).
 EXIT_WORDS = frozenset({"cancel", "stop", "back", "menu", "exit", "quit", "/cancel", "/menu"})
 
@@ -277,6 +282,19 @@ class FlowSpec:
     #: Whether a new (or expired) conversation's first message is applied to the initial
     #: step (a greeting step reads it), rather than answered with that step's prompt.
     takes_first_message: bool = False
+    #: What the user is told when a step, a prompt or an action fails unexpectedly (the
+    #: flow's bug, or an API answering nonsense): nothing was saved, the user can try again.
+    failure_reply: str = ""
+    #: What the user is told when a step or action failed on I/O (:attr:`transient_errors`):
+    #: the platform re-delivers the message and the work completes without them writing again.
+    delay_reply: str = ""
+    #: Exceptions that mean "the outside world did not answer" (a timeout, a dropped
+    #: connection), looked for along a failure's ``__cause__`` / ``__context__`` chain.
+    transient_errors: tuple[type[BaseException], ...] = (OSError,)
+    #: Data keys that hold the user's personal data (an address, a drug name): every display
+    #: path (``fsm inspect``, ``fsm ls``, history, the simulator's panel, logs, errors) hides
+    #: their values, as it hides tokens. Backups keep them.
+    sensitive: frozenset[str] = frozenset()
 
     def path(self, source: str, dest: str) -> tuple[tuple[str, str], ...] | None:
         """Shortest sequence of ``(event, stage reached)`` from ``source`` to ``dest``."""
@@ -298,6 +316,18 @@ class FlowSpec:
 
     def is_protected(self, stage: str) -> bool:
         return self.stages[stage].protected
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (a :class:`~fsm.errors.StepFailed`, say) was caused by I/O: one of
+        :attr:`transient_errors` along its ``__cause__`` / ``__context__`` chain."""
+        seen: set[int] = set()
+        link: BaseException | None = exc
+        while link is not None and id(link) not in seen and len(seen) < 32:
+            if isinstance(link, self.transient_errors):
+                return True
+            seen.add(id(link))
+            link = link.__cause__ or link.__context__
+        return False
 
     def problem_with(self, snapshot: Snapshot) -> str | None:
         """Why a decoded snapshot cannot belong to this flow (msgspec-style ``$.path``), or
@@ -352,6 +382,14 @@ class Flow:
     the user was not asked. A flow whose initial step reads the first message (a greeting:
     "hi" signs in) sets it True; a flow whose initial step has no prompt must.
 
+    ``failure_reply`` is what the user is told when a step, a prompt or an action fails
+    unexpectedly (nothing is saved; a pending action stays pending, with its key);
+    ``delay_reply`` when it failed on I/O (an exception in ``transient_errors``, default
+    ``OSError``: timeouts and dropped connections; add your HTTP client's, such as
+    ``httpx.TransportError``), which the WhatsApp transport answers with 503 so the message is
+    delivered again. ``sensitive`` names data keys holding personal data: every display path
+    hides their values (backups keep them).
+
     ``blocking`` (default True; a class attribute, or set on an instance) says whether the
     flow's plain ``def`` handlers may block (a sync HTTP client, a database driver). On
     :class:`~fsm.AsyncEngine` they then run in a worker thread; a flow whose handlers only
@@ -369,6 +407,10 @@ class Flow:
     safe_stage: ClassVar[str | None] = None
     migrations: ClassVar[Mapping[int, Migration]] = {}
     takes_first_message: ClassVar[bool] = False
+    failure_reply: ClassVar[str] = FAILURE_REPLY
+    delay_reply: ClassVar[str] = DELAY_REPLY
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
+    sensitive: ClassVar[Iterable[str]] = ()
     spec: ClassVar[FlowSpec]
 
     def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
@@ -465,6 +507,7 @@ def _compile(cls: type[Flow]) -> FlowSpec:
             "conversation: add one, or set `takes_first_message = True` if that step reads "
             "the first message itself (a greeting)"
         )
+    said = _said(cls, fail)
     migrations = dict(getattr(cls, "migrations", {}) or {})
     for from_version, migrate in migrations.items():
         if (
@@ -497,6 +540,7 @@ def _compile(cls: type[Flow]) -> FlowSpec:
         machine=machine,
         migrations=migrations,
         takes_first_message=takes_first,
+        **said,
     )
     unreachable = [s for s in stages if s != initial and spec.path(initial, s) is None]
     if unreachable:
@@ -508,6 +552,27 @@ def _compile(cls: type[Flow]) -> FlowSpec:
         if spec.path(auth, stage_name) is None:
             raise fail(f"the auth stage {auth!r} has no path back to {stage_name!r}")
     return spec
+
+
+def _said(cls: type[Flow], fail: Callable[[str], InvalidFlowDefinition]) -> dict[str, Any]:
+    """The flow's failure texts, transient errors and sensitive keys, checked."""
+    out: dict[str, Any] = {}
+    for name in ("failure_reply", "delay_reply"):
+        text = getattr(cls, name)
+        if not isinstance(text, str) or not text.strip():
+            raise fail(f"`{name}` must be a non-empty str (what the user is told)")
+        out[name] = text
+    errors = cls.transient_errors
+    if not isinstance(errors, tuple) or not all(
+        isinstance(e, type) and issubclass(e, BaseException) for e in errors
+    ):
+        raise fail("`transient_errors` must be a tuple of exception classes")
+    out["transient_errors"] = errors
+    keys = cls.sensitive
+    if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+        raise fail("`sensitive` must be a list of data key names (str), not a str")
+    out["sensitive"] = frozenset(keys)
+    return out
 
 
 def _check_exits(
