@@ -196,13 +196,23 @@ class Decider:
         if spec.action:
             # No input reaches an action; the key names this pending action, not the message.
             ctx = msgspec.structs.replace(
-                ctx, text="", pressed=None, idempotency_key=self.key_of(key, current)
+                ctx,
+                text="",
+                pressed=None,
+                idempotency_key=self.key_of(key, current),
+                uncertain=False,
             )
         outcome = yield from self._call(key, current, spec.handler, ctx)
         if not isinstance(outcome, Outcome):
             raise StepFailed(
                 current.stage, current.step, user_key=key, version=current.version
             ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
+        if outcome.exit:
+            if way is None:
+                raise StepFailed(
+                    current.stage, current.step, user_key=key, version=current.version
+                ) from ValueError(f"ctx.exit(): stage {current.stage!r} declares no Exit")
+            return (yield from self._leave(key, current, way, now, notices, message_id, claims))
         if outcome.reauth:
             return (yield from self._send_to_auth(key, current, now, notices, said=outcome.replies))
         if outcome.keep_key and not spec.action:
@@ -279,10 +289,9 @@ class Decider:
     ) -> Steps[Decision]:
         """Take the stage's declared way out: its trigger (checked by the machine like any
         other) or its step, with its reply, the sub-flow's data deleted. A key kept for a
-        retry goes with it (in ``say``, ``ctx.idempotency_key`` is that key, so the reply can
-        say the last attempt may still have gone through)."""
+        retry goes with it (in ``say``, ``ctx.uncertain`` is True and ``ctx.idempotency_key``
+        is that key, so the reply can say the last attempt may still have gone through)."""
         ctx = self._context(key, current, "", now, message_id)
-        ctx = msgspec.structs.replace(ctx, idempotency_key=current.pending)
         said = self._exit_text(key, current, way.say, ctx)
         replies = (said,) if said else ()
         if way.to in self.spec.stages[current.stage].steps:
@@ -570,19 +579,27 @@ class Decider:
         pressed: str | None = None,
     ) -> Context:
         auth = snapshot.auth
+        # A key at a step that is no action was kept by ``retry_later``: the request may
+        # have been applied (an action's own context is given its key in ``decide``).
+        kept = snapshot.pending
+        if kept and self.spec.steps[(snapshot.stage, snapshot.step)].action:
+            kept = ""
         return Context(
             user_key=key,
             text=text,
             stage=snapshot.stage,
             step=snapshot.step,
             option=snapshot.option,
-            data=FrozenData(snapshot.data),
+            data=FrozenData(snapshot.data, self.spec.sensitive),
             subject=auth.subject if auth else "",
             token_expires_at=auth.expires_at if auth else None,
             now=now,
             message_id=message_id,
             _token=auth.token if auth else None,
+            idempotency_key=kept,
             pressed=pressed,
+            uncertain=bool(kept),
+            _sensitive=self.spec.sensitive,  # hidden in its repr (and data's)
         )
 
     # -- save -------------------------------------------------------------------------------

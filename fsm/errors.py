@@ -15,10 +15,18 @@ class FsmError(Exception):
 
     ``replies`` is set when :meth:`fsm.engine.Engine.handle` raises after it already saved
     something in the same call (a pending action finished before the message failed): those
-    replies were stored but not returned, so a transport should still send them.
+    replies were stored but not returned, so a transport should still send them. ``notice``
+    is what to tell the user after them, so that a user always hears something.
     """
 
     replies: tuple[Any, ...] = ()
+    #: What the user should be told about this failure, not saved anywhere: set by the engine
+    #: when the flow's own code failed (:class:`StepFailed` and the flow's refusals) to the
+    #: flow's ``failure_reply``, or its ``delay_reply`` when ``transient``. None otherwise.
+    notice: Any = None
+    #: The failure was caused by I/O (one of the flow's ``transient_errors``, such as
+    #: ``OSError``): delivering the same message again may well succeed.
+    transient: bool = False
 
 
 class InvalidFlowDefinition(FsmError):

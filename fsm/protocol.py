@@ -81,6 +81,10 @@ __all__ = ["LOCK_AFTER_CONFLICTS", "MAX_ACTIONS", "MessageProtocol", "Result", "
 #: under heavy contention on one user, queueing beats retrying.
 LOCK_AFTER_CONFLICTS = 3
 
+#: Failures of the flow's own code (a handler, a prompt, an action, or the outcome it
+#: returned): the user is told the flow's ``failure_reply`` (:meth:`MessageProtocol._failed`).
+FLOW_FAILURES = (StepFailed, StepNotFound, TransitionNotAllowed, TokenRefused)
+
 
 class MessageProtocol(Outbox[S], Leasing[S]):
     """The engine's per-message algorithm (the theory of operation above); the engines add
@@ -118,10 +122,31 @@ class MessageProtocol(Outbox[S], Leasing[S]):
                 # Earlier saves of this call (an action finished first) happened and were not
                 # said: the error carries their replies so the transport can still send them.
                 exc.replies = tuple(m.said)
+                if isinstance(exc, FLOW_FAILURES):
+                    self._failed(m, exc)
             raise
         finally:
             if m.owner is not None:
                 yield from self._release(key, m.owner)
+
+    def _failed(self, m: Message, exc: FsmError) -> None:
+        """The flow's own code failed on this message: what the user is told (the flow's
+        ``failure_reply``, or ``delay_reply`` when I/O failed and a re-delivery may finish
+        it), and one log line naming the step and the exception's class (never its text,
+        which may quote the user's data or a secret)."""
+        spec = self.spec
+        exc.transient = spec.is_transient(exc)
+        exc.notice = Reply(spec.delay_reply if exc.transient else spec.failure_reply)
+        cause = exc.__cause__ or exc
+        where = f"{exc.stage}.{exc.step}" if isinstance(exc, StepFailed) else "-"
+        log.warning(
+            "user %r: message %s failed at step %s: %s%s",
+            m.key,
+            m.message_id or "-",
+            where,
+            type(cause).__name__,
+            " (I/O: a re-delivery may finish it)" if exc.transient else "",
+        )
 
     def peek_steps(self, user_id: str) -> Steps[Snapshot | None]:
         """The stored snapshot, decoded, without changing anything (None if absent)."""
@@ -263,16 +288,17 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         """Give up a pending action that keeps failing: the conversation restarts at the safe
         stage (the token kept, the conversation's data cleared so no half-done request comes
         back), the user is told that the request may or may not have gone through, and the
-        error is logged with the action's idempotency key for follow-up. The history entry
-        says "abandon"."""
+        error is logged with the action's idempotency key for follow-up (its class, never its
+        text: that may quote the user's data, a sensitive key's value or a secret). The
+        history entry says "abandon"."""
         self.stats.incr("actions_abandoned")
         log.error(
-            "user %r: action %s.%s (idempotency key %s) failed again and was abandoned: %r",
+            "user %r: action %s.%s (idempotency key %s) failed again and was abandoned: %s",
             key,
             current.stage,
             current.step,
             current.pending or "-",
-            exc.__cause__ or exc,
+            type(exc.__cause__ or exc).__name__,
         )
         safe = self.spec.safe_stage
         new = msgspec.structs.replace(
@@ -425,10 +451,10 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         failing in a row on the same version (this process's count), the session is taken for
         poisoned (data on which the step can only fail): its bytes are quarantined and the
         user restarts with the reset notice, this message applied to the new conversation.
-        A failure caused by I/O (an API timing out: ``OSError``) and a re-delivery of the
-        message that failed last do not count. False: raise it."""
+        A failure caused by I/O (an API timing out: one of the flow's ``transient_errors``)
+        and a re-delivery of the message that failed last do not count. False: raise it."""
         record = restored.record
-        if record is None or m.actions or not m.due or isinstance(exc.__cause__, OSError):
+        if record is None or m.actions or not m.due or self.spec.is_transient(exc):
             return False  # a new conversation, an action's turn, or a transient failure
         failures = self._failures.add(m.key, record.version, m.message_id, self.poison_after)
         if failures < self.poison_after:

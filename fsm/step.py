@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from fsm.redaction import REDACTED, redact
 from fsm.reply import Reply
 from fsm.snapshot import SCALAR_TYPES
 
@@ -65,13 +66,15 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     #: From an action: the call may have been applied; keep its idempotency key for the
     #: user's next attempt (:meth:`Context.retry_later`).
     keep_key: bool = False
+    #: Leave by the stage's declared :class:`~fsm.flow.Exit` (:meth:`Context.exit`).
+    exit: bool = False
 
     def __repr__(self) -> str:
         return (
             f"Outcome(event={self.event!r}, step={self.step!r}, option={self.option!r}, "
             f"set={sorted(self.set)!r}, unset={sorted(self.unset)!r}, clear={self.clear}, "
             f"auth={self.auth!r}, resume={self.resume}, reauth={self.reauth}, "
-            f"keep_key={self.keep_key}, replies={len(self.replies)})"
+            f"keep_key={self.keep_key}, exit={self.exit}, replies={len(self.replies)})"
         )
 
     def __rich_repr__(self) -> list[tuple[str, Any]]:  # msgspec's would show set's values
@@ -136,15 +139,18 @@ class FrozenData(Mapping[str, Any]):
     Nothing in it changes anything: it has no method that writes, its attributes cannot be
     set, it reads the data through a ``MappingProxyType``, and every value it hands out is
     frozen all the way down. A handler cannot change the stored data behind its outcome's
-    back."""
+    back. Its repr hides the values of ``hidden`` keys (the flow's sensitive ones) and of
+    secret-looking keys (:func:`fsm.redaction.redact`)."""
 
-    __slots__ = ("_data", "_frozen")
+    __slots__ = ("_data", "_frozen", "_hidden")
     _data: Mapping[str, Any]
     _frozen: dict[str, Any]
+    _hidden: frozenset[str]
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, Any], hidden: frozenset[str] = frozenset()) -> None:
         object.__setattr__(self, "_data", MappingProxyType(data))
         object.__setattr__(self, "_frozen", {})
+        object.__setattr__(self, "_hidden", hidden)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"ctx.data is read-only: return set=... in the outcome ({name})")
@@ -185,7 +191,7 @@ class FrozenData(Mapping[str, Any]):
     __hash__ = None  # type: ignore[assignment]  # like a dict: equal views, changing data
 
     def __repr__(self) -> str:
-        return f"FrozenData({dict(self.items())!r})"
+        return f"FrozenData({redact(self._data, self._hidden)!r})"
 
 
 def thaw(value: Any) -> Any:
@@ -236,12 +242,24 @@ class Context(msgspec.Struct, frozen=True):
     message_id: str | None
     _token: str | None = None
     #: In an action (:func:`fsm.flow.action`): the same for every attempt at one pending
-    #: action, so an API that honours idempotency keys applies a retried call once.
+    #: action, so an API that honours idempotency keys applies a retried call once. At the
+    #: step an action sent the user back to with :meth:`retry_later`: that kept key (see
+    #: ``uncertain``); elsewhere "".
     idempotency_key: str = ""
     #: The id of the option the user tapped (a WhatsApp reply button or list row), when the
     #: message is a tap: ``text`` is then that id too. None for typed text, so a flow can
     #: tell a typed "cancel" from a pressed Cancel button.
     pressed: str | None = None
+    #: An earlier attempt at the request this step leads to may have been applied: its action
+    #: failed in a way that may still have gone through (:meth:`retry_later`) and the user is
+    #: back at this step with its key kept (``idempotency_key``). A step that lets the user
+    #: stop here must not say "cancelled" then: it may already have happened. Always False in
+    #: an action itself (pass ``idempotency_key``: it makes a retry safe).
+    uncertain: bool = False
+    #: The flow's sensitive data keys (:attr:`fsm.Flow.sensitive`), given by the engine: no
+    #: repr shows their values, nor, when the flow declares any, the message's ``text`` (the
+    #: answer to "your address?" is the address).
+    _sensitive: frozenset[str] = frozenset()
 
     @property
     def token(self) -> str | None:
@@ -251,8 +269,22 @@ class Context(msgspec.Struct, frozen=True):
         shown = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
         return f"Context({shown})"
 
-    def __rich_repr__(self) -> list[tuple[str, Any]]:  # every field but the token
-        return [(name, getattr(self, name)) for name in self.__struct_fields__ if name != "_token"]
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        """Every field but the token, with the data redacted (:func:`fsm.redaction.redact`:
+        the flow's sensitive keys and secret-looking ones) and, in a flow that declares
+        sensitive keys, the message's text hidden too."""
+        hidden = self._sensitive
+        shown: list[tuple[str, Any]] = []
+        for name in self.__struct_fields__:
+            if name in ("_token", "_sensitive"):
+                continue
+            value = getattr(self, name)
+            if name == "data":
+                value = redact(value, hidden)
+            elif name == "text" and hidden and value:
+                value = REDACTED
+            shown.append((name, value))
+        return shown
 
     @staticmethod
     def readonly(data: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -328,6 +360,13 @@ class Context(msgspec.Struct, frozen=True):
         """
         stay = self.stay(*replies, step=step, option=option, set=set, unset=unset)
         return msgspec.structs.replace(stay, keep_key=True)
+
+    def exit(self) -> Outcome:
+        """Leave by this stage's declared :class:`~fsm.flow.Exit`, exactly as a typed "cancel"
+        would: its trigger or step, its ``say`` (a function of the context can read
+        ``ctx.uncertain``), its ``unset``. For a step that offers its own way out ("2. Cancel")
+        so that what leaving says lives in one place. A stage with no ``exit`` fails."""
+        return Outcome(exit=True)
 
     def reauth(self, *replies: ReplyLike) -> Outcome:
         """The API refused our token (401): send the user to the flow's auth stage with a

@@ -133,12 +133,7 @@ class WhatsAppBot:
             log.warning("message %s refused: %s", message.message_id, exc)
             return HTTPStatus.OK
         except FsmError as exc:
-            # A flow bug or bad input: retrying the same body cannot help. Acknowledge it
-            # (the engine counts repeated failures and heals a poisoned session), and send
-            # what earlier saves of this message left pending.
-            self.metrics.messages.labels("failed").inc()
-            log.error("message %s failed: %s", message.message_id, exc)
-            return await self._flush(message.user)
+            return await self._failed(message, exc)
         self.metrics.messages.labels("duplicate" if result.duplicate else "applied").inc()
         return await self._send(message.user, result.outbox)
 
@@ -163,14 +158,43 @@ class WhatsAppBot:
             return HTTPStatus.SERVICE_UNAVAILABLE  # pending replies wait for the re-delivery
         return await self._send(user, snapshot.outbox if snapshot else ())
 
+    async def _failed(self, message: Incoming, exc: FsmError) -> int:
+        """The flow failed on ``message``: send what earlier saves of it left pending, then
+        tell the user (the flow's ``failure_reply``, once per message id in this process).
+        A failure on I/O (``exc.transient``: an API timed out or dropped the connection)
+        answers 503, so Meta delivers the message again and a pending action is finished
+        with the same idempotency key; any other (a flow bug: retrying the same body cannot
+        help) answers 200, and the engine counts repeated failures to heal a poisoned
+        session. The log names the step and the exception's class, never its text."""
+        self.metrics.messages.labels("retried" if exc.transient else "failed").inc()
+        cause = exc.__cause__ or exc
+        log.error(
+            "message %s failed: %s (%s)%s",
+            message.message_id,
+            exc,
+            type(cause).__name__,
+            ": answering 503 for a re-delivery" if exc.transient else "",
+        )
+        status = await self._flush(message.user)
+        if status == HTTPStatus.OK and exc.notice is not None:
+            status = await self._say_once(message, exc.notice, flushed=True)
+        return HTTPStatus.SERVICE_UNAVAILABLE if exc.transient else status
+
     async def _notice(self, message: Incoming, reply: Reply | None) -> int:
         """Answer a message the flow cannot read, once per message id in this process (it
         is not applied: nothing is saved)."""
         self.metrics.messages.labels("unsupported").inc()
+        return await self._say_once(message, reply)
+
+    async def _say_once(
+        self, message: Incoming, reply: Reply | None, *, flushed: bool = False
+    ) -> int:
+        """Send ``reply`` about ``message`` once per message id in this process, after what
+        is pending (unless ``flushed`` just sent it). Nothing is saved."""
         if reply is None or message.message_id in self._noticed:
             return HTTPStatus.OK
-        if await self._flush(message.user) != HTTPStatus.OK:  # what is pending goes first
-            return HTTPStatus.SERVICE_UNAVAILABLE
+        if not flushed and await self._flush(message.user) != HTTPStatus.OK:
+            return HTTPStatus.SERVICE_UNAVAILABLE  # what is pending goes first
         notice = Outgoing(0, 0, message.message_id, reply)
         delivered = await self.delivery.deliver(message.user, (notice,), remember=False)
         if delivered.left:

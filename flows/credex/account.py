@@ -58,8 +58,8 @@ class AccountSteps(CredexSteps, abstract=True):
         answer = confirmed(ctx.text)
         if answer is None:
             return ctx.stay("Please choose *Confirm* or *Cancel*.", *self.ask_upgrade(ctx))
-        if not answer:
-            return self.to_menu(ctx, "Upgrade cancelled.")
+        if not answer:  # the stage's way out, which says so honestly after a timeout
+            return ctx.exit()
         return ctx.stay(step="subscribe")
 
     @action("account", "subscribe")

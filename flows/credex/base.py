@@ -46,8 +46,8 @@ def maybe_sent(exc: ApiError) -> str:
 def stopped(ctx: Context, option: str, said: str) -> str:
     """What a sub-flow's declared way out says: ``said`` when the member leaves the ``option``
     sub-flow, nothing for another, and, after a failure that may have been applied (a kept
-    idempotency key), that the last attempt may still have gone through."""
-    if ctx.idempotency_key:
+    idempotency key: ``ctx.uncertain``), that the last attempt may still have gone through."""
+    if ctx.uncertain:
         return "Stopped. Your last attempt may still have gone through: check the menu."
     return said if ctx.option == option else ""
 

@@ -140,8 +140,8 @@ class OfferSteps(CredexSteps, abstract=True):
         answer = confirmed(ctx.text)
         if answer is None:
             return ctx.stay("Please choose *Confirm* or *Cancel*.", *self.ask_confirm(ctx))
-        if not answer:
-            return self.to_menu(ctx, "Offer cancelled.", unset=OFFER_KEYS)
+        if not answer:  # the stage's way out, which says so honestly after a timeout
+            return ctx.exit()
         return ctx.stay(step="create")
 
     @action("credex", "create")

@@ -24,8 +24,16 @@ REGISTER = buttons(
     "Register?", [("confirm", "Confirm"), ("change", "Change names"), ("cancel", "Cancel")]
 )
 CANCELLED = "Registration cancelled. Send *hi* whenever you want to start again."
+#: ... after an attempt that timed out: the account may exist already.
+MAYBE_REGISTERED = "Stopped. Your registration may still have gone through: send *hi* to check."
+
+
+def _left(ctx: Context) -> str:
+    return MAYBE_REGISTERED if ctx.uncertain else CANCELLED
+
+
 #: The registration's way out: back to the welcome, the names typed so far deleted.
-EXIT = Exit("welcome", say=CANCELLED, ask="Stop the registration?", unset=NAME_KEYS)
+EXIT = Exit("welcome", say=_left, ask="Stop the registration?", unset=NAME_KEYS)
 
 
 class RegistrationSteps(CredexSteps, abstract=True):
@@ -104,12 +112,9 @@ class RegistrationSteps(CredexSteps, abstract=True):
             return ctx.stay("Please choose *Confirm*, *Change names* or *Cancel*.", REGISTER)
         if chosen.id == "change":
             return ctx.stay(step="first_name", unset=NAME_KEYS)
-        if chosen.id == "cancel":
-            return self.cancelled(ctx)
+        if chosen.id == "cancel":  # the way out, which says so honestly after a timeout
+            return ctx.exit()
         return ctx.stay(step="onboard")
-
-    def cancelled(self, ctx: Context) -> Outcome:
-        return ctx.stay(CANCELLED, step="welcome", unset=NAME_KEYS)
 
     @action("registration", "onboard")
     def onboard(self, ctx: Context) -> Outcome:

@@ -528,3 +528,16 @@ def test_failure_13_cancelling_after_a_timeout_says_it_may_have_gone_through() -
     alice.run("> hi\n> 1\n> 10\n> bob\n> yes\n= credex.confirm\n")
     turn = alice.say("cancel").expect("may still have gone through", stage="menu")
     assert "Offer cancelled." not in turn.said and turn.snapshot.pending == ""
+
+
+@pytest.mark.parametrize("answer", ["2", "no", "Cancel"])
+def test_failure_13_any_no_after_a_timeout_says_it_may_have_gone_through(answer: str) -> None:
+    """ "2", "no" and a typed Cancel are answered by the confirm step itself (not by the
+    stage's exit words): it leaves with ``ctx.exit()``, so it says the same honest thing."""
+    clock = FakeClock()
+    api = _TimesOutAfterCreating(clock=clock)
+    alice = Conversation(build_engine(MemoryStore(clock=clock), api, clock=clock), ALICE)
+    alice.run("> hi\n> 1\n> 10\n> bob\n> yes\n= credex.confirm\n")
+    turn = alice.say(answer).expect("may still have gone through", stage="menu")
+    assert "cancelled" not in turn.said
+    assert api.count("createCredex") == 1

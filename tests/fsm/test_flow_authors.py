@@ -391,3 +391,137 @@ def test_a_late_tap_on_an_earlier_questions_no_asks_the_step_again(chat: Convers
     chat.run("> hi\n> 1\n= book.name\n")
     turn = chat.press(STAY_ID).expect("Your name?", step="name", data={"who": ABSENT})
     assert turn.snapshot.asked == ""  # not taken as a name
+
+
+# -- 3. an honest cancel after a timeout, and a user who always hears something ---------------
+
+
+class Honest(Booking):
+    """The documented pattern: "no" at confirm leaves by the stage's exit (``ctx.exit()``),
+    whose words depend on ``ctx.uncertain``; the confirm step records what it saw."""
+
+    name = "honest"
+    seen: list[tuple[bool, str]] = []
+    stages = (
+        Stage("menu", ("choose",)),
+        Stage(
+            "book",
+            ("name", "confirm", "place"),
+            exit=Exit(
+                "home",
+                say=lambda ctx: (
+                    "Stopped: it may have gone through, check your bookings."
+                    if ctx.uncertain
+                    else "Booking cancelled."
+                ),
+                unset=("who",),
+            ),
+        ),
+    )
+
+    @step("book", "confirm")
+    def confirm(self, ctx: Context) -> Outcome:
+        self.seen.append((ctx.uncertain, ctx.idempotency_key))
+        if ctx.text == "no":
+            return ctx.exit()
+        return super().confirm(ctx)
+
+
+def test_the_retry_step_sees_the_kept_key_and_no_says_it_may_have_gone_through(
+    api: BookingApi, engine_kind: str
+) -> None:
+    clock = FakeClock()
+    flow = Honest(api)
+    flow.seen = []
+    engine = make_engine(engine_kind, flow, MemoryStore(clock=clock), clock=clock)
+    chat = Conversation(engine, "u1", clock=clock)
+    at_confirm(chat)
+    chat.say("maybe")
+    assert flow.seen[-1] == (False, "")  # nothing attempted yet
+    api.timeout_after_applying = 1
+    chat.say("yes").expect("may or may not have gone through", step="confirm")
+    chat.say("maybe").expect("yes or change?")
+    assert flow.seen[-1] == (True, api.keys[0])  # the kept key, visible
+    turn = chat.say("no").expect("it may have gone through", stage="menu", data={"who": ABSENT})
+    assert "cancelled" not in turn.said and turn.snapshot.pending == ""
+    assert len(api.bookings) == 1
+    # With nothing attempted, the same "no" says it was cancelled.
+    at_confirm(chat)
+    chat.say("no").expect("Booking cancelled.", stage="menu")
+
+
+def test_ctx_exit_in_a_stage_without_an_exit_fails_clearly(engine_kind: str) -> None:
+    class NoWayOut(Flow):
+        name = "nowayout"
+        takes_first_message = True
+        stages = (Stage("a", ("x",)),)
+        transitions = ()
+
+        @step("a", "x")
+        def x(self, ctx: Context) -> Outcome:
+            return ctx.exit()
+
+    engine = make_engine(engine_kind, NoWayOut(), MemoryStore())
+    with pytest.raises(StepFailed) as info:
+        engine.handle("u", "hi")
+    assert "declares no Exit" in str(info.value.__cause__)
+
+
+class Wrapped(Exception):
+    """An HTTP client's own error, raised from the socket's."""
+
+
+class Fails(Flow):
+    name = "fails"
+    takes_first_message = True
+    failure_reply = "Our side failed; try again."
+    transient_errors = (OSError, Wrapped)
+    stages = (Stage("a", ("x",)),)
+    transitions = ()
+
+    @step("a", "x")
+    def x(self, ctx: Context) -> Outcome:
+        if ctx.text == "reset":
+            raise ConnectionResetError("reset by peer")
+        if ctx.text == "wrapped":
+            try:
+                raise TimeoutError("read timed out")
+            except TimeoutError as exc:
+                raise RuntimeError("the client gave up") from exc
+        if ctx.text == "declared":
+            raise Wrapped("the client's own error")
+        raise KeyError("a bug")
+
+
+@pytest.mark.parametrize(
+    ("text", "transient"),
+    [("bug", False), ("reset", True), ("wrapped", True), ("declared", True)],
+)
+def test_a_failure_carries_what_to_tell_the_user_and_whether_io_caused_it(
+    engine_kind: str, text: str, transient: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(engine_kind, Fails(), MemoryStore())
+    with caplog.at_level("WARNING", logger="fsm.engine"), pytest.raises(StepFailed) as info:
+        engine.handle("u", text, message_id="m-1")
+    failure = info.value
+    assert failure.transient is transient
+    assert failure.notice == Reply(
+        Fails.delay_reply if transient else "Our side failed; try again."
+    )
+    line = next(r.getMessage() for r in caplog.records if "m-1" in r.getMessage())
+    assert "a.x" in line and type(failure.__cause__).__name__ in line
+    assert "a bug" not in line and "reset by peer" not in line  # never the exception's text
+
+
+def test_failure_texts_are_checked_when_the_class_is_built() -> None:
+    with pytest.raises(InvalidFlowDefinition, match="failure_reply"):
+
+        class Silent(Fails):
+            name = "silent"
+            failure_reply = ""
+
+    with pytest.raises(InvalidFlowDefinition, match="transient_errors"):
+
+        class Odd(Fails):
+            name = "odd"
+            transient_errors = (OSError, "timeout")  # type: ignore[assignment]
