@@ -10,11 +10,12 @@ from fsm.auth import Claims, TokenVerifier
 from fsm.clock import Clock, FakeClock, SystemClock
 from fsm.engine import Engine, Result
 from fsm.flow import Exit, Flow, FlowSpec, Stage, action, on_enter, step
-from fsm.reply import Option, Reply, buttons, choices, pick, text
+from fsm.reply import MORE, Option, Page, Reply, buttons, choices, paged, pick, text
 from fsm.snapshot import SCHEMA_VERSION, Auth, Resume, Snapshot, decode_snapshot, encode_snapshot
 from fsm.step import Context, Login, Logout, Outcome
 
 __all__ = [
+    "MORE",
     "SCHEMA_VERSION",
     "AsyncEngine",
     "Auth",
@@ -30,6 +31,7 @@ __all__ = [
     "Logout",
     "Option",
     "Outcome",
+    "Page",
     "Reply",
     "Result",
     "Resume",
@@ -44,6 +46,7 @@ __all__ = [
     "encode_snapshot",
     "errors",
     "on_enter",
+    "paged",
     "pick",
     "step",
     "text",

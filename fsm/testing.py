@@ -11,29 +11,37 @@
 ... = credex.amount
 ... ''')                                                          # doctest: +SKIP
 
+>>> with Conversation(engine, clock=clock) as chat:                # doctest: +SKIP
+...     chat.say("hi")                                            # the store closed at the end
+
 Every message gets a fresh message id (as a transport would give it), so re-delivery
 (:meth:`Conversation.twice`) and races (:meth:`Conversation.concurrently`) are real: they go
 through the engine's dedupe, locking and compare-and-set like production traffic.
-Expectations raise ``AssertionError`` that quotes what the bot said. See ``docs/testing.md``.
+Expectations raise ``AssertionError`` that quotes what the bot said. Every reply is checked
+against WhatsApp's limits: one that cannot be sent fails the test; a title or description
+WhatsApp would show cut short is listed in :attr:`Turn.trimmed` and warned about
+(:class:`Trimmed`). See ``docs/testing.md``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from fsm.async_engine import AsyncEngine
-from fsm.blocking import BlockingEngine, blocking
+from fsm.blocking import BlockingEngine, blocking, run
 from fsm.clock import FakeClock
 from fsm.engine import Engine, Result
 from fsm.reply import Reply, check_whatsapp
 from fsm.snapshot import Snapshot
 from fsm.transcript import Directive, Run, Runner, contains_in_order, duration
 
-__all__ = ["ABSENT", "Conversation", "Turn"]
+__all__ = ["ABSENT", "Conversation", "Trimmed", "Turn"]
 
 
 class _Absent:
@@ -45,12 +53,23 @@ class _Absent:
 ABSENT: Any = _Absent()
 
 
-class Turn:
-    """One message and what came back; ``expect`` checks it and returns it for chaining."""
+class Trimmed(UserWarning):
+    """A reply WhatsApp would show with a title or description cut short (the conversation
+    goes on: the step still sees whole titles). ``-W error::fsm.testing.Trimmed`` makes it
+    fail a test run; ``-W ignore::fsm.testing.Trimmed`` hides it."""
 
-    def __init__(self, text: str, result: Result) -> None:
+
+class Turn:
+    """One message and what came back; ``expect`` checks it and returns it for chaining.
+
+    ``trimmed`` lists what the check (by default WhatsApp's limits) said would be cut short
+    in these replies, one line each: empty when everything fits.
+    """
+
+    def __init__(self, text: str, result: Result, trimmed: Iterable[str] = ()) -> None:
         self.text = text
         self.result = result
+        self.trimmed: list[str] = list(trimmed)
 
     @property
     def texts(self) -> list[str]:
@@ -127,7 +146,7 @@ class Conversation:
         *,
         clock: FakeClock | None = None,
         directives: Mapping[str, Directive] | None = None,
-        check: Callable[[Reply], None] | None = check_whatsapp,
+        check: Callable[[Reply], Iterable[str] | None] | None = check_whatsapp,
     ) -> None:
         # An AsyncEngine runs on a background event loop; threads (concurrently) are then
         # concurrent tasks on it.
@@ -138,11 +157,39 @@ class Conversation:
         self.clock = clock
         self.directives = {**self.engine.flow.transcript_directives(), **(directives or {})}
         #: Run on every reply the bot sends (default: WhatsApp's limits, so a flow that would
-        #: be refused by the Graph API fails its own tests); None checks nothing.
+        #: be refused by the Graph API fails its own tests); None checks nothing. What it
+        #: returns (what would be cut short) goes to :attr:`Turn.trimmed`, with a
+        #: :class:`Trimmed` warning.
         self.check = check
         self.turns: list[Turn] = []
         self._ids = 0
         self._id_lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Close the engine's store (its connections); the engine is unusable afterwards, for
+        every conversation on it. An async store (an :class:`~fsm.AsyncEngine`'s) is closed on
+        the kit's own event loop, where its connections were opened: ``asyncio.run(
+        store.aclose())`` would meet them "attached to a different loop". Closing twice does
+        nothing more. ``with Conversation(...) as chat:`` closes it at the end of the block."""
+        if self._closed:
+            return
+        self._closed = True
+        if isinstance(self.engine, BlockingEngine):
+            run(self.engine.engine.store.aclose())
+        else:
+            self.engine.store.close()
+
+    def __enter__(self) -> Conversation:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def next_message_id(self) -> str:
         with self._id_lock:
@@ -154,10 +201,8 @@ class Conversation:
         ``pressed``, as a tap on the option with that id (see :meth:`press`)."""
         if message_id is None:
             message_id = self.next_message_id()
-        result = self._checked(
-            self.engine.handle(self.user, text, message_id=message_id, pressed=pressed)
-        )
-        turn = Turn(text, result)
+        result = self.engine.handle(self.user, text, message_id=message_id, pressed=pressed)
+        turn = Turn(text, result, self._checked(result))
         self.turns.append(turn)
         return turn
 
@@ -166,11 +211,14 @@ class Conversation:
         the step reads the id as ``ctx.text`` and as ``ctx.pressed``."""
         return self.say(option_id, message_id=message_id, pressed=option_id)
 
-    def _checked(self, result: Result) -> Result:
-        if self.check is not None:
-            for reply in result.replies:
-                self.check(reply)
-        return result
+    def _checked(self, result: Result) -> list[str]:
+        """Run the check on every reply: what would be trimmed, also warned about."""
+        if self.check is None:
+            return []
+        cut = [note for reply in result.replies for note in self.check(reply) or ()]
+        for note in cut:
+            warnings.warn(f"on WhatsApp, {note}", Trimmed, stacklevel=3)
+        return cut
 
     def twice(self, text: str) -> tuple[Turn, Turn]:
         """Deliver one message twice in a row, as a webhook retry would."""
@@ -188,10 +236,10 @@ class Conversation:
 
         def deliver(message_id: str) -> Result:
             start.wait()
-            return self._checked(self.engine.handle(self.user, text, message_id=message_id))
+            return self.engine.handle(self.user, text, message_id=message_id)
 
         with ThreadPoolExecutor(workers) as pool:
-            turns = [Turn(text, r) for r in pool.map(deliver, ids)]
+            turns = [Turn(text, r, self._checked(r)) for r in pool.map(deliver, ids)]
         self.turns.extend(turns)
         return turns
 
@@ -230,6 +278,6 @@ class Conversation:
         return self.run(path.read_text(encoding="utf-8"), source=path.name)
 
     def _send(self, user: str, text: str, message_id: str) -> Result:
-        result = self._checked(self.engine.handle(user, text, message_id=message_id))
-        self.turns.append(Turn(text, result))
+        result = self.engine.handle(user, text, message_id=message_id)
+        self.turns.append(Turn(text, result, self._checked(result)))
         return result

@@ -87,10 +87,12 @@ def duration(text: str) -> float:
 
 @dataclass
 class Run:
-    """What running a transcript did: every turn, and every expectation that failed."""
+    """What running a transcript did: every turn, how many expectations it checked (``<``,
+    ``<!``, ``=`` lines and ``! again``), and every one that failed."""
 
     failures: list[str] = field(default_factory=list)
     turns: list[tuple[str, Result]] = field(default_factory=list)
+    checks: int = 0
 
     @property
     def ok(self) -> bool:
@@ -140,6 +142,8 @@ class Runner:
         result: Result | None = None
         for line in parse(text):
             where = f"{source}:{line.number}"
+            if line.kind in ("expect", "refuse", "state"):
+                run.checks += 1
             if line.kind == "say":
                 self._last = (line.text, self._next_id())
                 result = self._say(line.text, self._last[1], run)
@@ -151,6 +155,7 @@ class Runner:
                         raise TranscriptError(f"{where}: '! again' before any message")
                     result = self._say(self._last[0], self._last[1], run)
                     said, cursor = _rendered(result), 0
+                    run.checks += 1
                     if not result.duplicate:
                         run.failures.append(f"{where}: the re-delivery was applied again")
                 else:

@@ -2,137 +2,44 @@
 one replica behind a Sentinel, and a TLS-only server.
 
 Each server runs from the ``redis-server`` binary on a free loopback port, in its own temp
-directory, and is stopped by its PID. Nothing here talks to a Redis the tests did not start.
+directory, and is stopped by its PID (:class:`adapters.redis_server.RedisServer`, which the
+pytest plugin uses too). Nothing here talks to a Redis the tests did not start.
 Deployments start on first use and stop at the end of the session (``stop_all``).
 """
 
 from __future__ import annotations
 
 import atexit
-import os
-import random
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+# The launcher is the package's own (the pytest plugin uses it too); re-exported here for the
+# tests that import it from this module.
+from adapters.redis_server import RedisServer, free_port, redis_server_binary
 
+__all__ = [
+    "REDIS_SERVER",
+    "Cluster",
+    "RedisServer",
+    "SentinelSetup",
+    "cluster",
+    "free_port",
+    "self_signed",
+    "sentinel",
+    "standalone",
+    "stop_all",
+    "tls_server",
+]
 
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(*, bus: bool = False) -> int:
-    """A free loopback port; with ``bus``, one below 55536 whose +10000 is free too."""
-    if not bus:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
-    for _ in range(1000):
-        port = random.randint(20000, 45000)
-        if _free(port) and _free(port + 10000):
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-class RedisServer:
-    """One redis-server process on 127.0.0.1, in a temp dir, stopped by PID."""
-
-    def __init__(
-        self,
-        *args: str,
-        name: str = "redis",
-        port: int | None = None,
-        client_options: dict[str, Any] | None = None,
-    ) -> None:
-        self.port = port or free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix=f"fsm-{name}-"))
-        self.args = list(args)
-        self.client_options = client_options or {}  # e.g. TLS settings to reach it
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, *, config: Sequence[str] = ()) -> RedisServer:
-        command = [REDIS_SERVER, *config, "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--dir", str(self.dir), "--save", "", "--protected-mode", "no"]
-        command += ["--logfile", str(self.dir / "redis.log"), *self.args]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()  # a server that never answered leaves no process behind
-            raise
-        return self
-
-    def client(self, **kwargs: Any) -> redis.Redis:
-        options = {**self.client_options, **kwargs}
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **options)
-
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                log = (
-                    (self.dir / "redis.log").read_text()
-                    if (self.dir / "redis.log").exists()
-                    else ""
-                )
-                raise RuntimeError(
-                    f"redis-server exited ({self.process.returncode}): {log[-2000:]}"
-                )
-            try:
-                with self.client() as client:
-                    if client.ping():
-                        return
-            except redis.RedisError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not answer within {timeout}s")
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would, and reap it."""
-        if self.process is not None and self.process.poll() is None:
-            self.signal(signal.SIGKILL)
-            self.process.wait(timeout=10)
-        self._close_pipe()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._close_pipe()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def _close_pipe(self) -> None:
-        if self.process is not None and self.process.poll() is not None and self.process.stderr:
-            self.process.stderr.close()  # a stopped server's stderr, read by nobody now
+try:
+    REDIS_SERVER = redis_server_binary()
+except FileNotFoundError:
+    REDIS_SERVER = "/usr/bin/redis-server"  # as before: starting a server then fails clearly
 
 
 class Cluster:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,23 @@ def test_a_failed_expectation_exits_1_and_says_where(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "wrong.txt:2: expected 'Welcome Bob'" in proc.stderr
     assert "wrong.txt:3: expected to be at credex, at menu" in proc.stderr
+
+
+def test_a_passing_transcript_ends_with_a_summary_line(tmp_path: Path) -> None:
+    script = tmp_path / "short.txt"
+    script.write_text("> hi\n< Welcome Alice\n= menu\n! again\n<! Welcome Bob\n= menu.dashboard\n")
+    proc = _run("chat", "--script", str(script))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = proc.stdout.splitlines()[-1]  # after the conversation, on stdout
+    assert re.fullmatch(
+        r"transcript ok: 2 messages and 5 expectations checked in \d+\.\d\d s", summary
+    ), summary
+    assert proc.stderr == ""
+    one = _run("chat", "--script", "-", stdin="hi\n")
+    assert one.stdout.splitlines()[-1].startswith("transcript ok: 1 message and 0 expectations ")
+    failed = _run("chat", "--script", "-", stdin="> hi\n< Welcome Bob\n")
+    assert failed.returncode == 1
+    assert "transcript ok" not in failed.stdout + failed.stderr
 
 
 def test_a_bad_directive_is_a_usage_error(tmp_path: Path) -> None:

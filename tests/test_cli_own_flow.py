@@ -125,6 +125,61 @@ def test_an_unknown_directive_names_the_flows_own(tmp_path: Path) -> None:
     assert "unknown directive 'kitchen'" in chat.stderr and "booking" in chat.stderr
 
 
+ASYNC_BOT = """
+import asyncio
+
+from adapters import AsyncMemoryStore
+from fsm import AsyncEngine, Context, Engine, Flow, Outcome, Stage, on_enter, step
+
+
+class Echo(Flow):
+    name = "echo"
+    stages = (Stage("talk", ("echo",)),)
+    transitions = ()
+
+    @on_enter("talk", "echo")
+    async def prompt(self, ctx: Context) -> list[str]:
+        return ["Say something."]
+
+    @step("talk", "echo")
+    async def echo(self, ctx: Context) -> Outcome:
+        await asyncio.sleep(0)
+        return ctx.stay(f"You said {ctx.text}.")
+
+
+def build(clock, store=None):
+    return AsyncEngine(Echo(), store or AsyncMemoryStore(clock=clock), clock=clock)
+
+
+def build_sync(clock, store=None):  # a mistake: a sync engine for an async flow
+    return Engine(Echo(), store, clock=clock)
+"""
+
+
+def test_an_async_flow_on_a_redis_store_is_told_to_add_async(tmp_path: Path) -> None:
+    """A flow with async def handlers cannot use a sync store: the advice is --async, not the
+    engine's "use fsm.Engine with a sync store"."""
+    (tmp_path / "asyncbot.py").write_text(ASYNC_BOT)
+    (tmp_path / "mybot.py").write_text(MYBOT)
+    url = redis_servers.standalone().url
+    script = "> hi\n< Say something.\n> yo\n< You said yo.\n"
+    told = _fsm("chat", "--engine", "asyncbot:build", "--store", url, "--script", "-",
+                cwd=tmp_path, stdin=script)  # fmt: skip
+    assert told.returncode == 2
+    assert "add --async" in told.stderr and "use fsm.Engine" not in told.stderr, told.stderr
+    works = _fsm("chat", "--engine", "asyncbot:build", "--store", url, "--async", "--script",
+                 "-", "--namespace", "echo-async", cwd=tmp_path, stdin=script)  # fmt: skip
+    assert works.returncode == 0, works.stdout + works.stderr
+    # The factory built a sync Engine for the async flow: --async (and an AsyncEngine).
+    engine = _fsm("chat", "--engine", "asyncbot:build_sync", "--store", url, "--script", "-",
+                  cwd=tmp_path, stdin=script)  # fmt: skip
+    assert engine.returncode == 2 and "Add --async" in engine.stderr, engine.stderr
+    # And the other way round: a sync factory given an async store is told to drop --async.
+    sync = _fsm("chat", "--engine", "mybot:build", "--store", url, "--async", "--script", "-",
+                cwd=tmp_path, stdin=TRANSCRIPT)  # fmt: skip
+    assert sync.returncode == 2 and "drop --async" in sync.stderr, sync.stderr
+
+
 def test_check_json_prints_a_summary_even_when_all_is_valid() -> None:
     clock = FakeClock()
     store = MemoryStore(clock=clock)

@@ -124,3 +124,73 @@ def test_the_strict_site_build_fails_on_a_broken_link(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode != 0 and "missing.md" in done.stderr + done.stdout
+
+
+# convo-fsm is not on a package index yet: a doc or a message that says `pip install convo-fsm`
+# (quoted or not, with extras or a version) sends a newcomer to an install that fails. A
+# checkout (`pip install -e '.[whatsapp]'`) or a built wheel is what works.
+FROM_AN_INDEX = re.compile(
+    r"(?:(?:pip3?|uv pip|python3? -m pip) install\s+(?:--?[\w-]+\s+)*|(?:uv|poetry) add\s+)"
+    r"[\"']?convo[-_.]?fsm(?![\w./-])",  # a name, not a path (/path/to/convo-fsm, dist/...)
+    re.IGNORECASE,
+)
+#: Where users read install instructions: the docs, the README, and every message in the code.
+INSTALL_TEXTS = ("README.md", "docs", "fsm", "adapters", "flows", "scripts", "tests")
+
+
+def installs_from_an_index(path: Path) -> list[str]:
+    """``file:line: text`` for each line of ``path`` that installs convo-fsm from an index."""
+    found = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if FROM_AN_INDEX.search(line):
+            found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    return found
+
+
+def test_no_doc_or_message_installs_convo_fsm_from_a_package_index() -> None:
+    suffixes = {".md", ".py", ".html", ".js", ".txt", ".toml", ".yml", ""}
+    files = [ROOT / "mkdocs.yml", ROOT / "pyproject.toml"]
+    for name in INSTALL_TEXTS:
+        top = ROOT / name
+        files += [top] if top.is_file() else sorted(top.rglob("*"))
+    here = Path(__file__).resolve()  # left out: its samples below install from an index
+    files = [
+        f
+        for f in files
+        if f.is_file() and f.suffix in suffixes and "__pycache__" not in f.parts and f != here
+    ]
+    assert len(files) > 100
+    found = [hit for path in files for hit in installs_from_an_index(path)]
+    assert not found, "install from a checkout or a wheel (docs/your-bot.md):\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("line", "caught"),
+    [
+        ("pip install 'convo-fsm[whatsapp]'", True),
+        ('pip install "convo-fsm[fast]"', True),
+        ("python -m pip install -U convo-fsm==0.3.0", True),
+        ("(``pip install convo_fsm``)", True),
+        ("uv add convo-fsm", True),
+        ("pip install -e '.[whatsapp]'", False),
+        ("pip install '/path/to/convo-fsm[whatsapp]'", False),
+        ('pip install "dist/convo_fsm-0.3.0-py3-none-any.whl[whatsapp]"', False),
+        ("the ``convo-fsm[whatsapp]`` extra", False),
+    ],
+)
+def test_the_index_install_guard(line: str, caught: bool) -> None:
+    assert bool(FROM_AN_INDEX.search(line)) is caught
+
+
+def test_the_wheel_the_docs_name_is_this_version() -> None:
+    """A doc that shows installing the built wheel names the version pyproject.toml builds."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    named = {
+        f"{path.relative_to(ROOT)}: {found}"
+        for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for found in re.findall(r"convo_fsm-([^-\s]+)-py3-none-any\.whl", path.read_text())
+        if found != version
+    }
+    assert not named, f"pyproject.toml builds {version}; the docs name: {sorted(named)}"

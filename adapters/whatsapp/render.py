@@ -1,9 +1,12 @@
 """Replies (:mod:`fsm.reply`) as Graph API message payloads: text, reply buttons, lists.
 
 A text longer than WhatsApp's 4096 characters is split at a paragraph, line or word
-boundary. A buttons or list reply that breaks an interactive limit (the testing kit's
-:func:`fsm.reply.check_whatsapp` catches that in the flow's own tests) is sent as plain
-text with numbered options rather than refused: the user can still answer by number.
+boundary. Button and row titles, row descriptions and the list's button label over their
+limits are cut short, ending in "…" (:func:`fsm.reply.trimmed`; the step still sees the whole
+title: a tap arrives as the option's id). A buttons or list reply that breaks another
+interactive limit (the testing kit's :func:`fsm.reply.check_whatsapp` catches that in the
+flow's own tests) is sent as plain text with numbered options rather than refused: the user
+can still answer by number.
 """
 
 from __future__ import annotations
@@ -11,7 +14,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fsm.reply import WHATSAPP_TEXT, Reply, whatsapp_problems
+from fsm.reply import (
+    WHATSAPP_BUTTON_TITLE,
+    WHATSAPP_LIST_BUTTON,
+    WHATSAPP_ROW_DESCRIPTION,
+    WHATSAPP_ROW_TITLE,
+    WHATSAPP_TEXT,
+    Option,
+    Reply,
+    trimmed,
+    whatsapp_problems,
+)
 
 log = logging.getLogger("adapters.whatsapp")
 
@@ -53,15 +66,23 @@ def _interactive(reply: Reply) -> Payload:
     body = {"text": reply.body}
     if reply.kind == "buttons":
         buttons = [
-            {"type": "reply", "reply": {"id": o.id, "title": o.title}} for o in reply.options
+            {
+                "type": "reply",
+                "reply": {"id": o.id, "title": trimmed(o.title, WHATSAPP_BUTTON_TITLE)},
+            }
+            for o in reply.options
         ]
         return {"type": "button", "body": body, "action": {"buttons": buttons}}
-    rows = [{"id": o.id, "title": o.title} for o in reply.options]
-    return {
-        "type": "list",
-        "body": body,
-        "action": {"button": LIST_BUTTON, "sections": [{"rows": rows}]},
-    }
+    rows = [_row(o) for o in reply.options]
+    label = trimmed(LIST_BUTTON, WHATSAPP_LIST_BUTTON)
+    return {"type": "list", "body": body, "action": {"button": label, "sections": [{"rows": rows}]}}
+
+
+def _row(option: Option) -> Payload:
+    row = {"id": option.id, "title": trimmed(option.title, WHATSAPP_ROW_TITLE)}
+    if option.description:
+        row["description"] = trimmed(option.description, WHATSAPP_ROW_DESCRIPTION)
+    return row
 
 
 def split_text(text: str, limit: int = WHATSAPP_TEXT) -> list[str]:

@@ -2,7 +2,8 @@
 
 The snapshot keeps a compact :class:`Summary` under ``data["dashboard"]`` (balances, offer
 counts, what the menu needs), not the API's whole response, so a session stays small. Lists of
-offers are fetched when a sub-flow needs them and stored as ``(id, title)`` rows.
+offers are fetched when a sub-flow needs them and stored as ``(id, title)`` rows, shown a page
+at a time (:func:`fsm.paged`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import Any
 import msgspec
 
 from flows.credex.api import Account, ApiResponseError, Dashboard, Offer
-from fsm import Option, Reply, choices
+from fsm import Option, Page, Reply, choices, paged
 
-#: WhatsApp lists hold at most 10 rows; one is "Back to menu".
-MAX_OFFER_ROWS = 9
+#: The last row of every page of an offer list.
 BACK = Option("back", "Back to menu")
 
 
@@ -118,10 +118,8 @@ def offer_rows(dashboard: Dashboard, which: str) -> list[dict[str, str]]:
     ]
 
 
-def offer_list(rows: list[dict[str, str]] | tuple[Any, ...], which: str) -> Reply:
-    """The list reply: at most :data:`MAX_OFFER_ROWS` offers, then "Back to menu"."""
-    shown = list(rows)[:MAX_OFFER_ROWS]
+def offer_list(rows: list[dict[str, str]] | tuple[Any, ...], which: str, page: int = 0) -> Page:
+    """Page ``page`` of the offer list: up to 9 offers then "Back to menu", or with more
+    offers, 8 and a "More…" row (kept as ``data["offers_page"]``)."""
     verb = {"accept": "accept", "decline": "decline", "cancel": "cancel"}[which]
-    more = f" (the first {len(shown)} of {len(rows)})" if len(rows) > len(shown) else ""
-    body = f"Which offer do you want to {verb}?{more}"
-    return choices(body, [*(Option(r["id"], r["title"]) for r in shown), BACK])
+    return paged(f"Which offer do you want to {verb}?", rows, page, extra=[BACK])

@@ -67,6 +67,12 @@ class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):
     auth_stage = "auth"
     # The greeting step reads the first message ("hi" signs the member in by phone).
     takes_first_message = True
+    # Personal data, hidden by fsm inspect, the simulator's panel and every repr (kept by
+    # backups): a new member's name; the member's dashboard (name, handle, account, balances)
+    # and ledger (counterparties, amounts, dates); the offers listed, the one chosen and an
+    # offer's recipient (counterparties' names and handles). Not ``amount``: the number and
+    # currency of an offer being written names no one, and shows where an offer stopped.
+    sensitive = ("first_name", "last_name", "dashboard", "ledger", "offers", "chosen", "recipient")
     stages = (
         Stage("init", ("greeting",)),
         Stage("auth", ("login",)),

@@ -4,7 +4,8 @@ Offer: ``amount`` -> ``recipient`` -> ``confirm`` -> ``create`` (action: createC
 Accept / decline / cancel: ``pick`` (a list of offers) -> ``review`` ("Accept $25.00 from Bob?
 Confirm / Back": money never moves on one tap) -> ``settle`` (action) -> the list again, or the
 menu when none are left. Answers are stored under step ids (``amount``, ``recipient``,
-``offers``, ``chosen``) and deleted when the sub-flow ends, so a cancelled offer cannot come back.
+``offers``, ``offers_page``, ``chosen``) and deleted when the sub-flow ends, so a cancelled offer
+cannot come back.
 
 The way out (*cancel*, *menu*, *stop*, ...) is the stage's declared :data:`EXIT`, applied by the
 engine before any step here runs; at the recipient step, where any word may be a handle, the
@@ -28,12 +29,12 @@ from flows.credex.base import (
 )
 from flows.credex.dashboard import BACK, Summary, offer_list, offer_rows, summary_in
 from flows.credex.inputs import Amount, parse_amount, parse_handle, unknown_denomination
-from fsm import Context, Exit, Outcome, Reply, action, buttons, on_enter, pick, step
+from fsm import Context, Exit, Outcome, Page, Reply, action, buttons, on_enter, pick, step
 
 OFFER_KEYS = ("amount", "recipient")
 #: Statuses that say the request was refused and nothing happened (a retry is a new request).
 FINAL = frozenset({400, 403, 404, 422})
-LIST_KEYS = ("offers", "chosen")
+LIST_KEYS = ("offers", "offers_page", "chosen")
 VERB = {"accept": "Accept", "decline": "Decline", "cancel": "Cancel"}
 #: Confirm, or back to the list ("pick" is no exit id: Back returns to the offers, not the menu).
 REVIEW = buttons("Confirm?", [("confirm", "Confirm"), ("pick", "Back to list")])
@@ -176,16 +177,18 @@ class OfferSteps(CredexSteps, abstract=True):
     # -- accept / decline / cancel ----------------------------------------------------------------
     @on_enter("credex", "pick", blocking=False)
     def show_offers(self, ctx: Context) -> list[Reply]:
-        return [offer_list(ctx.data["offers"], ctx.option)]
+        return [offer_list(ctx.data["offers"], ctx.option, ctx.data.get("offers_page", 0)).reply]
 
     @step("credex", "pick", blocking=False)
     def pick_offer(self, ctx: Context) -> Outcome:
-        listed = offer_list(ctx.data["offers"], ctx.option)
-        chosen = pick(listed, ctx.text)
+        listed = offer_list(ctx.data["offers"], ctx.option, ctx.data.get("offers_page", 0))
+        chosen = listed.pick(ctx.text)
+        if isinstance(chosen, Page):  # "More…": the next page of offers
+            return ctx.stay(chosen.reply, set={"offers_page": chosen.number})
         if chosen == BACK:  # its number typed (tapped, its id is the stage's way out)
             return self.to_menu(ctx, unset=LIST_KEYS)
         if chosen is None:
-            return ctx.stay("Please choose an offer from the list.", listed)
+            return ctx.stay("Please choose an offer from the list.", listed.reply)
         return ctx.stay(step="review", set={"chosen": {"id": chosen.id, "title": chosen.title}})
 
     @on_enter("credex", "review", blocking=False)

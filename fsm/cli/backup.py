@@ -12,19 +12,48 @@ from fsm.cli.common import (
     Progress,
     clock,
     echo_json,
+    flow_option,
     json_option,
     main,
     open_store,
+    session_flow,
     store_options,
 )
+from fsm.flow import FlowSpec
 from fsm.ops.backup import BackupError, Entry, Restored, private_file
 from fsm.ops.backup import backup as write_backup
 from fsm.ops.backup import restore as read_restore
+from fsm.store import Store
 
 WARNING = (
-    "warning: the backup holds every user's API token. It is readable by you only (mode "
-    "0600); keep it that way and store it encrypted (see docs/operations.md)."
+    "warning: the backup holds every user's API token{personal}. It is readable by you only "
+    "(mode 0600); keep it that way and store it encrypted (see docs/operations.md)."
 )
+
+
+def warning(spec: FlowSpec | None) -> str:
+    """What ``fsm backup`` says of the file it wrote: it keeps tokens and, unlike every
+    display, the values of the flow's sensitive keys (personal data), named; with no flow to
+    name them (a store of several bots), that it may hold personal data."""
+    if spec is None:
+        personal = " and their data, personal data included"
+    elif spec.sensitive:
+        keys = ", ".join(sorted(spec.sensitive))
+        personal = f" and their personal data (flow {spec.name!r}, keys: {keys})"
+    else:
+        personal = ""
+    return WARNING.format(personal=personal)
+
+
+def _flow_of(flow_ref: str | None, store: Store, namespace: str | None) -> FlowSpec | None:
+    """The flow whose sensitive keys the warning names: the one named, else the one the
+    sessions are for; None when that cannot be told, since a backup needs no flow."""
+    try:
+        return session_flow(flow_ref, store, namespace)
+    except click.UsageError:
+        if flow_ref:
+            raise  # a --flow that names no flow is a mistake to report
+        return None
 
 
 @main.command()
@@ -36,12 +65,18 @@ WARNING = (
     help="The backup file to write (replaced whole when the backup is complete).",
 )
 @store_options
-def backup(output: Path, store_url: str | None, namespace: str | None) -> None:
+@flow_option
+def backup(
+    output: Path, store_url: str | None, namespace: str | None, flow_ref: str | None
+) -> None:
     """Stream every session (snapshot bytes, version, TTL left) to a JSON Lines file. Sessions
-    that do not decode are kept as raw bytes, reported, and not fatal."""
+    that do not decode are kept as raw bytes, reported, and not fatal. The file keeps
+    everything, tokens and the flow's sensitive keys (personal data) included: the warning
+    names those keys."""
     store = open_store(store_url, namespace)
     if not output.parent.exists():
         raise click.BadParameter(f"folder {output.parent} does not exist", param_hint="'-o'")
+    spec = _flow_of(flow_ref, store, namespace)
     with Progress("sessions backed up") as progress, private_file(output) as out:
 
         def seen(entry: Entry) -> None:
@@ -54,7 +89,7 @@ def backup(output: Path, store_url: str | None, namespace: str | None) -> None:
         f"backed up {report.sessions} session(s) to {output}"
         + (f"; {len(report.corrupt)} corrupt kept as raw bytes" if report.corrupt else "")
     )
-    click.echo(WARNING, err=True)
+    click.echo(warning(spec), err=True)
 
 
 @main.command()

@@ -3,6 +3,7 @@ transcript and check it. It never prints a token."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, TextIO
 
@@ -98,6 +99,7 @@ def chat(
         assert isinstance(clock, FakeClock)
         runner = Runner(engine, user, clock=clock, directives=directives, echo=click.echo)
         name = getattr(script, "name", "script")
+        started = time.perf_counter()
         try:
             run = runner.run(script.read(), source=str(name))
         except TranscriptError as exc:
@@ -111,6 +113,12 @@ def chat(
             for failure in run.failures:
                 click.echo(failure, err=True)
             raise SystemExit(1)
+        took = time.perf_counter() - started
+        messages = len(run.turns)
+        click.echo(
+            f"transcript ok: {messages} message{'s' * (messages != 1)} and {run.checks} "
+            f"expectation{'s' * (run.checks != 1)} checked in {took:.2f} s"
+        )
         return
     bot = "the Credex bot" if engine_ref is None else f"the {engine.spec.name!r} flow"
     click.echo(f"Chatting as {user} with {bot}. Say 'hi' to start; Ctrl-D to quit.")
@@ -166,13 +174,42 @@ def _chat_engine(
     try:
         engine = factory(**given)
     except TypeError as exc:  # most often: it does not take clock= (or store=)
-        raise click.BadParameter(f"calling {call} failed: {exc}", param_hint="'--engine'") from exc
+        raise click.BadParameter(
+            _factory_failed(call, exc, store), param_hint="'--engine'"
+        ) from exc
     if not isinstance(engine, Engine | AsyncEngine):
         raise click.BadParameter(
             f"{call} returned a {type(engine).__name__}, not an fsm.Engine or an fsm.AsyncEngine",
             param_hint="'--engine'",
         )
     return blocking(engine), dict(engine.flow.transcript_directives())
+
+
+def _factory_failed(call: str, exc: TypeError, store: object) -> str:
+    """Why the factory failed. When an engine refused the kind of store ``--store`` gave it,
+    say which flag gives the other kind: the engine's own message advises on code, and a flow
+    with ``async def`` handlers cannot follow its advice to use a sync store."""
+    from fsm.store import AsyncSessionStore
+
+    said = str(exc)
+    if store is not None and not isinstance(store, AsyncSessionStore):
+        kind = type(store).__name__
+        if "AsyncEngine needs an async store" in said:
+            return (
+                f"{call} builds an fsm.AsyncEngine, which needs an async store, and --store gave "
+                f"it a sync {kind}: add --async (the factory is then given an AsyncRedisStore)"
+            )
+        if "async def handlers" in said:
+            return (
+                f"calling {call} failed: {said}. Add --async: the factory is then given an "
+                "AsyncRedisStore to build that fsm.AsyncEngine on"
+            )
+    if isinstance(store, AsyncSessionStore) and "Engine needs a sync store" in said:
+        return (
+            f"{call} builds an fsm.Engine, which needs a sync store, and --async gave it an "
+            f"{type(store).__name__}: drop --async (the factory is then given a RedisStore)"
+        )
+    return f"calling {call} failed: {said}"
 
 
 def _echo_replies(replies: Iterable[Reply]) -> None:
@@ -201,8 +238,12 @@ def _converse(engine: ChatEngine, user: str, messages: Iterable[str]) -> int:
             result = engine.handle(user, message)
         except FsmError as exc:
             failures += 1
-            _echo_replies(exc.replies)
-            click.echo(f"error: {exc}", err=True)
+            _echo_replies(exc.replies)  # saved before the error: still the bot's answer
+            if exc.notice is not None:  # what the flow tells a user when it fails
+                _echo_replies([exc.notice])
+            cause = exc.__cause__
+            why = f" ({type(cause).__name__})" if cause is not None else ""
+            click.echo(f"error: {exc}{why}", err=True)
             continue
         _echo_replies(result.replies)
         snap = result.snapshot

@@ -196,16 +196,46 @@ def store_options(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def flow_option(fn: Callable[P, R]) -> Callable[P, R]:
-    """``--flow MODULE:NAME`` (``FSM_FLOW``): the flow whose sessions the store holds."""
+    """``--flow MODULE:NAME`` (``FSM_FLOW``): the flow whose sessions the store holds;
+    unset, :func:`session_flow` works it out from the sessions, or refuses to guess."""
     return click.option(
         "--flow",
         "flow_ref",
         envvar="FSM_FLOW",
-        default=DEFAULT_FLOW,
-        show_default=True,
+        default=None,
         metavar="MODULE:NAME",
-        help="The flow the sessions belong to (a Flow subclass) [env FSM_FLOW].",
+        help="The flow the sessions belong to (a Flow subclass) [env FSM_FLOW; default: the "
+        f"reference bot ({DEFAULT_FLOW}) when the stored sessions are its, or the namespace "
+        "is 'credex' and holds none; else the command asks for it].",
     )(fn)
+
+
+def session_flow(flow_ref: str | None, store: Store, namespace: str | None) -> FlowSpec:
+    """The flow to judge ``store``'s sessions by: the one named; else the reference bot's
+    when the sessions found are all its, or there is none at all (nothing to judge), or none
+    decodes in its ``credex`` namespace.
+    Otherwise a usage error naming the flows found: judged against another bot's flow,
+    every session would look broken, and a repair would rewrite it as that bot's."""
+    if flow_ref:
+        return flow_spec(flow_ref)
+    from fsm.ops.flows import flows_in
+
+    reference = flow_spec(DEFAULT_FLOW)
+    found, read = flows_in(store)
+    where = namespace_for(namespace)
+    if found.keys() == {reference.name} or not read or (not found and where == DEFAULT_NAMESPACE):
+        return reference  # (no session at all: there is nothing to judge, or to rewrite)
+    if not found:
+        raise click.UsageError(
+            f"namespace {where!r} holds no session that tells which flow it is for (none of "
+            f"the {read} read decodes): say it with --flow MODULE:NAME (or FSM_FLOW)"
+        )
+    names = ", ".join(f"{name!r} ({count})" for name, count in found.most_common())
+    raise click.UsageError(
+        f"the sessions in namespace {where!r} belong to flow {names} (of the first "
+        f"{sum(found.values())} read): say which flow class they are with --flow "
+        "MODULE:NAME (or FSM_FLOW); they are not judged as the reference bot's"
+    )
 
 
 def json_option(fn: Callable[P, R]) -> Callable[P, R]:

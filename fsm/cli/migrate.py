@@ -10,10 +10,10 @@ from fsm.cli.common import (
     clock,
     echo_json,
     flow_option,
-    flow_spec,
     json_option,
     main,
     open_store,
+    session_flow,
     store_options,
 )
 from fsm.ops.migrate import Migrated, Step, migrate_sessions
@@ -36,15 +36,15 @@ def migrate(
     limit: int | None,
     store_url: str | None,
     namespace: str | None,
-    flow_ref: str,
+    flow_ref: str | None,
     as_json: bool,
 ) -> None:
     """Bring every session to the current snapshot schema and flow version, by
     compare-and-set, while the bot runs. Idempotent: an interrupted run is resumed by running
     it again. Invalid sessions are reported and left for fsm check / fsm recover; sessions a
     worker holds are left for the next run. Exit 1 if any session was skipped."""
-    spec = flow_spec(flow_ref)
     store = open_store(store_url, namespace)
+    spec = session_flow(flow_ref, store, namespace)
     click.echo(
         f"migrating to schema {SCHEMA_VERSION}, flow {spec.name!r} version {spec.version}"
         + (" (dry run)" if dry_run else ""),

@@ -7,7 +7,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -19,11 +19,11 @@ from fsm.cli.common import (
     clock,
     echo_json,
     flow_option,
-    flow_spec,
     json_option,
     main,
     open_store,
     problem_exit,
+    session_flow,
     store_options,
     when,
 )
@@ -40,19 +40,26 @@ from fsm.ops.sessions import JWT, REDACTED, redact
 from fsm.ops.validate import NOT_REPAIRABLE, Problem, check_store
 from fsm.snapshot import named_fields
 
+if TYPE_CHECKING:
+    from fsm.clock import Clock
+    from fsm.flow import FlowSpec
+    from fsm.store import Store
+
 
 @main.command()
 @store_options
 @flow_option
 @json_option
-def check(store_url: str | None, namespace: str | None, flow_ref: str, as_json: bool) -> None:
+def check(
+    store_url: str | None, namespace: str | None, flow_ref: str | None, as_json: bool
+) -> None:
     """Scan every session and report the invalid ones with the reason: undecodable or wrong
     types, a newer schema, a stage or step the flow does not have, an expired token in a
     protected stage. Exit 1 if any is invalid. With --json: JSON Lines, one object per invalid
     session, then always a last line {"summary": {"checked": N, "invalid": M, "problems":
     {...}}}."""
-    spec = flow_spec(flow_ref)
     store = open_store(store_url, namespace)
+    spec = session_flow(flow_ref, store, namespace)
     now = clock().now()
     kinds: Counter[str] = Counter()
     with Progress("checking sessions") as progress:
@@ -106,7 +113,7 @@ def recover(
     force: bool,
     store_url: str | None,
     namespace: str | None,
-    flow_ref: str,
+    flow_ref: str | None,
     as_json: bool,
 ) -> None:
     """Move a broken session to the flow's safe stage, keeping the token if it is still valid
@@ -117,18 +124,10 @@ def recover(
         raise click.UsageError("give a USER or --all (not both)")
     if force and every:
         raise click.UsageError("--force is for one USER")
-    spec = flow_spec(flow_ref)
     store = open_store(store_url, namespace)
+    spec = session_flow(flow_ref, store, namespace)
     clk = clock()
-    if user is not None:
-        users = [user]
-    else:
-        now = clk.now()
-        users = [
-            found.user_key
-            for found in check_store(store, spec, now=now)
-            if found.problem not in NOT_REPAIRABLE and found.problem is not Problem.EXPIRED_TOKEN
-        ]
+    users, left = ([user], 0) if user is not None else _repairable(store, spec, clk, as_json)
     failed = 0
     for key in users:
         if dry_run:
@@ -158,9 +157,31 @@ def recover(
         )
         failed += result.outcome not in (Outcome.RECOVERED, Outcome.VALID)
     if every and not as_json:
-        click.echo(f"{len(users)} invalid session(s) handled, {failed} not recovered", err=True)
+        click.echo(
+            f"{len(users)} invalid session(s) handled, {failed} not recovered"
+            + (f", {left} left alone (another flow's, or written by newer code)" if left else ""),
+            err=True,
+        )
     if failed:
         raise SystemExit(EXIT_PROBLEM)
+
+
+def _repairable(store: Store, spec: FlowSpec, clk: Clock, as_json: bool) -> tuple[list[str], int]:
+    """The users ``recover --all`` repairs (invalid, and this flow's to repair), and how many
+    invalid sessions it leaves alone: each of those is reported (another flow's, or written
+    by newer code), never rewritten."""
+    users: list[str] = []
+    left = 0
+    for diagnosis in check_store(store, spec, now=clk.now()):
+        if diagnosis.problem in NOT_REPAIRABLE:
+            left += 1
+            reason = f"{diagnosis.problem.value}: {diagnosis.reason}; left alone"
+            _say(
+                as_json, {"user": diagnosis.user_key, "outcome": "not-repairable", "reason": reason}
+            )
+        elif diagnosis.problem is not Problem.EXPIRED_TOKEN:
+            users.append(diagnosis.user_key)
+    return users, left
 
 
 def _say(as_json: bool, info: dict[str, Any]) -> None:
@@ -221,8 +242,21 @@ _SECRET_PAIR = re.compile(
 )
 
 
-def _readable(raw: bytes, show_secrets: bool) -> Any:
-    """What the bytes hold (msgpack, JSON or text), with secrets hidden unless asked."""
+def _sensitive_pair(keys: frozenset[str]) -> re.Pattern[str] | None:
+    """In text that is neither msgpack nor JSON: ``"address": "..."`` or ``address=...`` for
+    the flow's sensitive keys (None if it declares none). Unquoted, the value runs to the next
+    separator or the end of the line: an address has spaces in it."""
+    if not keys:
+        return None
+    names = "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True))
+    return re.compile(
+        rf"""(["']?(?<![A-Za-z0-9_\-])(?:{names})["']?\s*[:=]\s*)("[^"]*"|'[^']*'|[^,;&}}\r\n]+)"""
+    )
+
+
+def _readable(raw: bytes, show_secrets: bool, sensitive: frozenset[str] = frozenset()) -> Any:
+    """What the bytes hold (msgpack, JSON or text), with secrets and the values of the flow's
+    ``sensitive`` keys hidden unless asked."""
     try:
         value: Any = msgspec.msgpack.decode(raw)
         if isinstance(value, int) and raw[:1] in (b"{", b"["):
@@ -234,11 +268,15 @@ def _readable(raw: bytes, show_secrets: bool) -> Any:
         except (ValueError, RecursionError):
             if show_secrets:
                 return text
-            return JWT.sub(REDACTED, _SECRET_PAIR.sub(lambda m: m[1] + REDACTED, text))
+            text = _SECRET_PAIR.sub(lambda m: m[1] + REDACTED, text)
+            pair = _sensitive_pair(sensitive)
+            if pair is not None:
+                text = pair.sub(lambda m: m[1] + REDACTED, text)
+            return JWT.sub(REDACTED, text)
     fields = named_fields(value)  # a snapshot array: show (and redact) by field name
     if fields is not None:
         value = fields
-    return value if show_secrets else redact(value)
+    return value if show_secrets else redact(value, sensitive)
 
 
 @quarantine.command(name="show")
@@ -251,8 +289,13 @@ def _readable(raw: bytes, show_secrets: bool) -> Any:
     default=None,
     help="Write the exact bytes to FILE (mode 0600: they may hold a token).",
 )
-@click.option("--show-secrets", is_flag=True, help="Do not hide tokens in what is shown.")
+@click.option(
+    "--show-secrets",
+    is_flag=True,
+    help="Do not hide tokens, secret-looking values or the flow's sensitive keys in what is shown.",
+)
 @store_options
+@flow_option
 @json_option
 def quarantine_show(
     entry_id: str,
@@ -261,15 +304,18 @@ def quarantine_show(
     show_secrets: bool,
     store_url: str | None,
     namespace: str | None,
+    flow_ref: str | None,
     as_json: bool,
 ) -> None:
-    """One quarantined entry: who, when, why, and what the bytes hold (tokens hidden)."""
+    """One quarantined entry: who, when, why, and what the bytes hold (tokens and the values
+    of the flow's sensitive keys hidden)."""
     store = open_store(store_url, namespace)
+    sensitive = session_flow(flow_ref, store, namespace).sensitive
     entry = find_quarantined(store, entry_id, user)
     if entry is None:
         problem_exit(f"no quarantined entry {entry_id!r}")
         return
-    content = _readable(entry.raw, show_secrets)
+    content = _readable(entry.raw, show_secrets, sensitive)
     if raw_out is not None:
         with private_file(raw_out) as out:
             out.write(entry.raw)
@@ -317,12 +363,12 @@ def quarantine_restore(
     ttl: float,
     store_url: str | None,
     namespace: str | None,
-    flow_ref: str,
+    flow_ref: str | None,
 ) -> None:
     """Put quarantined bytes back as the user's session (once a fix makes them valid for the
     flow), by compare-and-set, and drop them from the quarantine. Exit 1 if not restored."""
-    spec = flow_spec(flow_ref)
     store = open_store(store_url, namespace)
+    spec = session_flow(flow_ref, store, namespace)
     entry = find_quarantined(store, entry_id, user)
     if entry is None:
         problem_exit(f"no quarantined entry {entry_id!r}")

@@ -75,7 +75,8 @@ def serve_command(
         from adapters.whatsapp.settings import Settings, SettingsError
     except ImportError as exc:
         click.echo(
-            f"error: fsm serve needs the whatsapp extra (pip install 'convo-fsm[whatsapp]'): {exc}",
+            "error: fsm serve needs the whatsapp extra (in a checkout of convo-fsm: "
+            f"pip install -e '.[whatsapp]'; a wheel: docs/your-bot.md): {exc}",
             err=True,
         )
         raise SystemExit(EXIT_UNAVAILABLE) from None
@@ -92,8 +93,9 @@ def serve_command(
     if not callable(factory):
         raise click.BadParameter(f"{engine_ref} is not callable", param_hint="'--engine'")
     url = None if store_url in (None, "", "memory") else store_url
+    chosen = namespace_for(namespace, engine_ref)
     try:
-        store = server.open_async_store(url, namespace_for(namespace, engine_ref))
+        store = server.open_async_store(url, chosen)
     except (ValueError, TypeError) as exc:  # a URL redis-py cannot parse
         click.echo(f"error: --store: {exc}", err=True)
         raise SystemExit(EXIT_UNAVAILABLE) from None
@@ -108,7 +110,7 @@ def serve_command(
         raise SystemExit(EXIT_UNAVAILABLE) from None
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="'--engine'") from None
-    where = "memory" if url is None else safe_url(url)
+    where = "memory" if url is None else f"{safe_url(url)}, namespace {chosen!r}"
     click.echo(f"fsm serve: {engine_ref} on http://{host}:{port}/webhook, store {where}", err=True)
     if simulator:
         click.echo(f"simulator: open http://{host}:{port}/ in a browser", err=True)

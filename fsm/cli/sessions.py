@@ -12,12 +12,12 @@ from fsm.cli.common import (
     clock,
     echo_json,
     flow_option,
-    flow_spec,
     human_seconds,
     json_option,
     main,
     open_store,
     problem_exit,
+    session_flow,
     store_options,
     to_json,
     when,
@@ -33,21 +33,23 @@ from fsm.ops.sessions import inspect_session, list_sessions
 @click.option(
     "--show-secrets",
     is_flag=True,
-    help="Also print the JWT itself and secret-looking data values (hidden by default).",
+    help="Also print the JWT itself, secret-looking data values and the values of the flow's "
+    "sensitive keys (personal data; all hidden by default).",
 )
 def inspect(
     user: str,
     store_url: str | None,
     namespace: str | None,
-    flow_ref: str,
+    flow_ref: str | None,
     as_json: bool,
     show_secrets: bool,
 ) -> None:
     """One user's session: stage, step, version, schema, last update and by whom, TTL left,
-    lock holder, data, the token's claims (never the token unless --show-secrets), and whether
-    it is valid for the flow. Exit 1 if the user has no session."""
-    spec = flow_spec(flow_ref)
+    lock holder, data (the flow's sensitive keys hidden), the token's claims (never the token
+    unless --show-secrets), and whether it is valid for the flow. Exit 1 if the user has no
+    session."""
     store = open_store(store_url, namespace)
+    spec = session_flow(flow_ref, store, namespace)
     now = clock().now()
     report = inspect_session(store, spec, user, now=now)
     if report is None:
@@ -200,7 +202,7 @@ def history(
 def ls(
     store_url: str | None,
     namespace: str | None,
-    flow_ref: str,
+    flow_ref: str | None,
     as_json: bool,
     stage: str | None,
     locked: bool | None,
@@ -209,13 +211,13 @@ def ls(
 ) -> None:
     """List sessions, streamed as the store is scanned (SCAN, never KEYS; every Cluster
     primary), with filters. The count goes to stderr."""
-    spec = flow_spec(flow_ref)
+    store = open_store(store_url, namespace)
+    spec = session_flow(flow_ref, store, namespace)
     if stage is not None and stage not in spec.stages:
         raise click.BadParameter(
             f"flow {spec.name!r} has no stage {stage!r} (stages: {', '.join(spec.stages)})",
             param_hint="'--stage'",
         )
-    store = open_store(store_url, namespace)
     now = clock().now()
     count = 0
     if not as_json:

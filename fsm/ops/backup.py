@@ -13,8 +13,10 @@ byte-identical. A session that does not decode is kept as ``raw`` with the reaso
 lost) and is not restored. ``ttl`` is the seconds the session had left when it was read; a
 restore gives it that long again. The end line tells a complete file from a truncated one.
 
-A backup holds every user's API token: it is created with mode 0600 (owner only), and should be
-stored encrypted; see docs/operations.md.
+A backup holds every user's API token and all their data, the values of the flow's sensitive
+keys (personal data, :attr:`fsm.Flow.sensitive`) included: unlike every display, it hides
+nothing, since it is a backup. It is created with mode 0600 (owner only), and should be stored
+encrypted; see docs/operations.md.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Reading sessions as an operator: one in full (``fsm inspect``), or all of them, filtered and
-streamed (``fsm ls``). Nothing here writes, and nothing here shows a token unless asked to."""
+streamed (``fsm ls``). Nothing here writes, and nothing here shows a token, a secret-looking
+value or a value under one of the flow's sensitive keys unless asked to (:mod:`fsm.redaction`)."""
 
 from __future__ import annotations
 
-import itertools
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,24 +11,13 @@ from typing import Any
 from fsm.flow import FlowSpec
 from fsm.ops.validate import Diagnosis, diagnose_view, is_reserved
 from fsm.records import SessionView
+from fsm.redaction import JWT as JWT
+from fsm.redaction import REDACTED as REDACTED
+from fsm.redaction import SECRET_WORDS as SECRET_WORDS
+from fsm.redaction import TOO_DEEP as TOO_DEEP
+from fsm.redaction import is_secret_key as is_secret_key
+from fsm.redaction import redact as redact
 from fsm.store import Store, operator_store
-
-#: Words that make a data key secret (matched as whole words of snake_case, kebab-case or
-#: camelCase keys: ``accessToken``, ``api_key``, ``PIN``; not ``shipping`` or ``footprint``).
-SECRET_WORDS = frozenset(
-    {"token", "secret", "password", "passwd", "pwd", "jwt", "pin", "otp", "authorization",
-     "credential", "credentials", "cookie", "apikey", "bearer"}
-)  # fmt: skip
-#: A JWT anywhere in a string: three base64url parts, the first a JSON header (``eyJ``).
-JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-REDACTED = "<redacted>"
-_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
-
-
-def is_secret_key(key: str) -> bool:
-    words = [w.lower() for w in _WORDS.findall(key)]
-    pairs = {a + b for a, b in itertools.pairwise(words)}  # api_key -> apikey
-    return bool(SECRET_WORDS.intersection(words) or SECRET_WORDS.intersection(pairs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +30,18 @@ class SessionReport:
     #: Every write through this library appends one, so a stored version above it was
     #: written by something else.
     history_version: int | None = None
+    #: The data keys whose values :meth:`to_dict` hides (the flow's
+    #: :attr:`~fsm.flow.FlowSpec.sensitive`; :meth:`of` sets them).
+    sensitive: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(
+        cls, view: SessionView, spec: FlowSpec, *, now: float, history_version: int | None = None
+    ) -> SessionReport:
+        """``view`` judged against ``spec``, to be shown with ``spec``'s sensitive keys
+        hidden: how every display of a session (``fsm inspect``, ``fsm ls``, the simulator's
+        panel) makes its report."""
+        return cls(view, diagnose_view(view, spec, now=now), history_version, spec.sensitive)
 
     @property
     def user_key(self) -> str:
@@ -54,8 +54,8 @@ class SessionReport:
         return self.view.record.version > newest and self.view.record.version > 0
 
     def to_dict(self, *, now: float, show_secrets: bool = False) -> dict[str, Any]:
-        """Plain data for JSON or a table; the token (and secret-looking data) only with
-        ``show_secrets``."""
+        """Plain data for JSON or a table; the token, secret-looking data and the values of
+        the flow's sensitive keys (personal data) only with ``show_secrets``."""
         view, found = self.view, self.diagnosis
         snap, runs = found.stored, found.snapshot
         out: dict[str, Any] = {
@@ -103,40 +103,11 @@ class SessionReport:
                 else {"stage": snap.resume.stage, "step": snap.resume.step},
                 "last_updated": snap.last_updated,
                 "update_from": snap.update_from,
-                "data": snap.data if show_secrets else redact(snap.data),
+                "data": snap.data if show_secrets else redact(snap.data, self.sensitive),
                 "auth": token,
             }
         )
         return out
-
-
-#: Shown instead of a value nested too deeply to walk (it is not shown, so nothing leaks).
-TOO_DEEP = "<nested too deeply to show>"
-
-
-def redact(value: Any) -> Any:
-    """``value`` with secrets hidden at any depth: the values of secret-looking keys, and any
-    JWT inside a string (wherever it is kept). A value nested deeper than Python can walk is
-    replaced whole."""
-    try:
-        return _redact(value)
-    except RecursionError:
-        return TOO_DEEP
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: REDACTED if isinstance(k, str) and is_secret_key(k) else _redact(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [_redact(v) for v in value]
-    if isinstance(value, str):
-        return JWT.sub(REDACTED, value)
-    if isinstance(value, bytes):
-        return JWT.sub(REDACTED, value.decode("utf-8", "replace"))
-    return value
 
 
 def inspect_session(
@@ -148,8 +119,8 @@ def inspect_session(
     if view is None:
         return None
     newest = store.history(user_key, limit=1)
-    return SessionReport(
-        view, diagnose_view(view, spec, now=now), newest[0].version if newest else None
+    return SessionReport.of(
+        view, spec, now=now, history_version=newest[0].version if newest else None
     )
 
 
@@ -192,4 +163,4 @@ def _filtered(
             continue
         if invalid is not None and (not found.ok) != invalid:
             continue
-        yield SessionReport(view, found)
+        yield SessionReport(view, found, sensitive=spec.sensitive)

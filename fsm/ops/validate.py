@@ -44,8 +44,10 @@ class Problem(enum.Enum):
     EXPIRED_TOKEN = "expired-token"  # in a protected stage with no valid token
 
 
-#: Problems ``fsm recover`` leaves alone: the record is fine, this code is too old for it.
-NOT_REPAIRABLE = frozenset({Problem.SCHEMA_TOO_NEW})
+#: Problems ``fsm recover`` leaves alone, even with ``--force``: the record is fine, and not
+#: this code's to judge (written by newer code, or by another bot: rewritten as this flow's,
+#: it would be lost, a pending action's idempotency key with it).
+NOT_REPAIRABLE = frozenset({Problem.SCHEMA_TOO_NEW, Problem.WRONG_FLOW})
 #: Verdicts under which a session's format can still be migrated: an expired token is the
 #: engine's to handle (it sends the user to sign in), not a broken record.
 MIGRATABLE = frozenset({None, Problem.EXPIRED_TOKEN})

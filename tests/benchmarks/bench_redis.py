@@ -187,7 +187,7 @@ SESSION_BYTES = 700
 
 def parsers() -> dict[str, type]:
     """The reply parsers to measure with: redis-py's own, and hiredis's where installed
-    (``pip install convo-fsm[fast]``)."""
+    (``pip install -e '.[fast]'`` in a checkout)."""
     from redis._parsers import _HiredisParser, _RESP3Parser
     from redis.utils import HIREDIS_AVAILABLE
 

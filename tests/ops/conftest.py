@@ -55,7 +55,10 @@ class Ops:
             argv = list(args)
         else:
             argv = [*args, "--store", self.url, "--namespace", str(self.namespace)]
-        return CliRunner().invoke(main, argv, obj=obj, catch_exceptions=False)
+        # A namespace of the test's own: the operator names the flow (as FSM_FLOW would), for
+        # an empty or all-broken namespace does not tell (tests/test_cli_other_bots.py).
+        env = {"FSM_FLOW": "flows.credex.flow:CredexBot"}
+        return CliRunner().invoke(main, argv, obj=obj, env=env, catch_exceptions=False)
 
     def say(self, user: str, *texts: str) -> Snapshot:
         snap = None

@@ -291,7 +291,7 @@ def test_a_closed_pipe_ends_the_command_quietly() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FSM_")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "fsm.cli", "ls", "--store", ops.url or "", "--namespace",
-             ops.namespace or ""],
+             ops.namespace or "", "--flow", "flows.credex.flow:CredexBot"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,

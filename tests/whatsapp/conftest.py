@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from adapters import AsyncMemoryStore, MemoryStore, Store
 from adapters.whatsapp import GraphClient, WebhookConfig, WhatsAppBot, create_app
 from adapters.whatsapp.delivery import Delivery
+from adapters.whatsapp.testing import serving
 from fsm.async_engine import AsyncEngine
 from fsm.snapshot import Snapshot, decode_snapshot
-from tests.redis_servers import free_port
 
 from .fake_graph import FakeGraph, fake_graph
 from .payloads import APP_SECRET, VERIFY_TOKEN, signed
@@ -40,38 +37,6 @@ class Webhook:
     def metric(self, name: str, **labels: str) -> float:
         value = self.bot.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
-
-
-@contextmanager
-def serving(app: Any, port: int | None = None) -> Iterator[str]:
-    """``app`` on uvicorn, on ``port`` (default: a free loopback port), in a thread; yields
-    its base URL."""
-    # uvicorn binds the port itself: a socket handed over with ``sockets=`` is served without
-    # TCP_NODELAY, which costs every response a 40 ms delayed-ACK stall.
-    port = port or free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def stored(store: Store, user: str) -> Snapshot:

@@ -1,13 +1,13 @@
-"""Webhook bodies in the shapes Meta documents, and their signatures."""
+"""Webhook bodies in the shapes Meta documents, and their signatures: the package's builder
+(:mod:`adapters.whatsapp.testing`, which users have too) with the tests' secrets and ids."""
 
 from __future__ import annotations
 
 import itertools
-import json
 from typing import Any
 
-from adapters.whatsapp.signature import signature
 from adapters.whatsapp.simulator import meta
+from adapters.whatsapp.testing import signed_headers, update_body
 
 from .fake_graph import PHONE_NUMBER_ID
 
@@ -69,8 +69,8 @@ def body(
 ) -> bytes:
     """One webhook body: one entry, one change, with these messages and statuses (ASCII JSON,
     as Meta sends it, so a test can send even a lone surrogate escaped)."""
-    return json.dumps(meta.update(messages, statuses, phone_number_id=phone_number_id)).encode()
+    return update_body(messages, statuses, phone_number_id=phone_number_id)
 
 
 def signed(raw: bytes, secret: str = APP_SECRET) -> dict[str, str]:
-    return {"X-Hub-Signature-256": signature(raw, secret), "Content-Type": "application/json"}
+    return signed_headers(raw, secret)

@@ -207,6 +207,8 @@ def test_killed_after_the_save_before_the_send_the_redelivery_sends_once(
     env = serve_env(graph, FSM_STORE=redis.url, FSM_NAMESPACE=namespace)
     first = Served(env, tmp_path)
     served.append(first)
+    [started] = [line for line in first.log.read_text().splitlines() if "fsm serve: " in line]
+    assert f"store {redis.url.rsplit('/', 1)[0]}, namespace {namespace!r}" in started
     graph.plan(Answer(delay=3.0, drop=True))  # the first send hangs: kill the server then
     raw = p.body([p.text(ALICE, "hi")])
     poster = threading.Thread(target=lambda: _ignore_errors(first.post, raw), daemon=True)

@@ -104,6 +104,38 @@ def test_a_redelivery_is_applied_once(sim: Sim) -> None:
     assert [e["kind"] for e in events].count("redelivered") == 1
 
 
+def test_the_state_panel_hides_the_flows_sensitive_keys() -> None:
+    """A flow's personal data (``sensitive``) is in the chat the user typed, never in the
+    panel: the session's data shows those keys' values as <redacted>, at any depth."""
+    from fsm import AsyncEngine
+    from tests.fsm.sensitive_flow import ADDRESS, DRUG, Pharmacy
+
+    port = free_port()
+    app = build_simulator_app(
+        lambda store: AsyncEngine(Pharmacy(), store),
+        AsyncMemoryStore(),
+        host="127.0.0.1",
+        port=port,
+        contacts=[Contact(ALICE, "Alice Moyo")],
+    )
+    with serving(app, port) as url:
+        sim = Sim(url)
+        try:
+            for text in (DRUG, ADDRESS):
+                assert sim.say(ALICE, text=text).json()["status"] == 200
+            answer = sim.http.get("/api/session", params={"user": ALICE})
+            data = answer.json()["session"]["data"]
+        finally:
+            sim.http.close()
+    assert ADDRESS not in answer.text and DRUG not in answer.text
+    assert data == {
+        "drug": "<redacted>",
+        "address": "<redacted>",
+        "delivery": {"address": "<redacted>", "floor": 3},
+        "note": "ring twice",
+    }
+
+
 @pytest.mark.parametrize(
     ("body", "problem"),
     [

@@ -6,7 +6,8 @@ the small JSON API the page talks to.
   it (signed, a fresh wamid); the answer's status is returned and shown;
 - ``POST /api/redeliver``: the user's last body again, byte for byte (the bot dedupes it);
 - ``GET /api/events?user=``: the chat as server-sent events (:mod:`.hub`);
-- ``GET /api/session?user=``: the session as ``fsm inspect`` shows it (the token hidden);
+- ``GET /api/session?user=``: the session as ``fsm inspect`` shows it (the token, secret-looking
+  data and the flow's sensitive keys hidden);
 - ``POST /graph/{phone_number_id}/messages``: the fake Graph API the bot sends to; every send
   becomes an event of the recipient's chat, a read receipt turns the ticks blue.
 """
@@ -33,7 +34,6 @@ from adapters.whatsapp.simulator import meta
 from adapters.whatsapp.simulator.hub import Hub
 from fsm.async_engine import AsyncEngine
 from fsm.ops.sessions import SessionReport
-from fsm.ops.validate import diagnose_view
 from fsm.records import LockInfo, SessionView
 from fsm.store import AsyncSessionStore, AsyncStore
 
@@ -207,10 +207,8 @@ class Simulator:
             return Response(msgspec.json.encode({"session": None, "history": []}))
         view = SessionView(user, loaded.record, *(await _ttl_and_lock(store, user)))
         history = await store.history(user, limit=12)
-        report = SessionReport(
-            view,
-            diagnose_view(view, self.engine.spec, now=now),
-            history[0].version if history else None,
+        report = SessionReport.of(  # the flow's sensitive keys hidden, as fsm inspect does
+            view, self.engine.spec, now=now, history_version=history[0].version if history else None
         )
         payload = {"session": report.to_dict(now=now), "history": history}
         return Response(msgspec.json.encode(payload), media_type="application/json")

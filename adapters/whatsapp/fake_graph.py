@@ -1,0 +1,378 @@
+"""A fake Graph API: a real HTTP server on loopback that takes the sends a bot makes, answers
+them as Meta does, and records them; or answers as a test scripts it (Meta's error shapes and
+codes, delays, dropped connections). With it, ``fsm serve`` runs on your machine, and in your
+tests, without Meta.
+
+From a shell, ``fsm fake-graph`` (or ``python -m adapters.whatsapp.fake_graph``) serves one and
+prints every send it receives; point ``fsm serve`` at it with ``WHATSAPP_API_URL``::
+
+    fsm fake-graph --port 8700
+    WHATSAPP_API_URL=http://127.0.0.1:8700/v27.0 fsm serve      # and the other WHATSAPP_*
+
+In a test, :func:`fake_graph` serves one on a free port for a ``with`` block; ``graph.url`` is
+the ``WHATSAPP_API_URL`` to give the bot:
+
+>>> with fake_graph(token="t0ken", phone_number_id="1065") as graph:   # doctest: +SKIP
+...     ...                              # run the bot with WHATSAPP_API_URL=graph.url
+...     graph.wait_sends(1)
+...     assert graph.texts("263770000001") == ["What is your name?"]
+
+It needs no web framework (the standard library's ``http.server``). It accepts
+``POST <base>/<phone number id>/messages`` for any version base (``/v27.0``), with the access
+token and phone number id it was given (any, when given none), and answers a send with a fresh
+message id (``wamid.out.N``), a read receipt with ``{"success": true}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = [
+    "API_VERSION",
+    "Answer",
+    "FakeGraph",
+    "Request",
+    "body_text",
+    "describe",
+    "error",
+    "fake_graph",
+    "main",
+    "run_printing",
+    "serve",
+]
+
+#: The version part of the URL :func:`fake_graph` gives (any ``/vN.N`` is accepted).
+API_VERSION = "v99.0"
+_PATH = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?/(?P<number>[^/?]+)/messages$")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the next send gets: a status and Meta's error code, a delay, or a drop."""
+
+    status: int = 200
+    code: int = 0
+    delay: float = 0.0
+    drop: bool = False
+
+
+def error(status: int, code: int, message: str = "error") -> Answer:
+    """An error answer: HTTP ``status`` with Meta's error ``code`` (131047, 130429, ...)."""
+    return Answer(status=status, code=code)
+
+
+@dataclass
+class Request:
+    """One request the fake received: its path, Authorization header, JSON body, arrival time
+    (``time.time()``) and what it answered."""
+
+    path: str
+    authorization: str
+    body: dict[str, Any]
+    at: float
+    answered: int = 0  # the status sent back (0: dropped or never answered)
+    message_id: str = ""
+    #: Why it was refused, when it was ("bad access token", "unknown path", ...).
+    refused: str = ""
+
+
+@dataclass
+class FakeGraph:
+    """The fake's state: what it checks, what it answers, and what it received.
+
+    ``token`` and ``phone_number_id`` are what a send must carry (None: any). Tests read
+    :meth:`sends`, :meth:`texts`, :meth:`reads`, wait with :meth:`wait_sends`, and script the
+    next answers with :meth:`plan`. ``echo`` is called with each request once it is answered
+    (``fsm fake-graph`` prints it with :func:`describe`)."""
+
+    token: str | None = None
+    phone_number_id: str | None = None
+    requests: list[Request] = field(default_factory=list)
+    script: list[Answer] = field(default_factory=list)
+    #: Delay every accepted send by this much (latency of a real API).
+    latency: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    url: str = ""
+    #: Keep every request (tests read them); a benchmark's long run keeps none.
+    keep: bool = True
+    echo: Callable[[Request], None] | None = None
+
+    # -- what tests read ----------------------------------------------------------------
+    def sends(self, *, accepted: bool = True) -> list[Request]:
+        """Message sends (not mark-as-read), in arrival order; only accepted ones by default."""
+        with self.lock:
+            found = [r for r in self.requests if r.body.get("status") != "read"]
+        return [r for r in found if r.answered == 200] if accepted else found
+
+    def reads(self) -> list[Request]:
+        """Mark-as-read requests, in arrival order."""
+        with self.lock:
+            return [r for r in self.requests if r.body.get("status") == "read"]
+
+    def texts(self, to: str | None = None) -> list[str]:
+        """The bodies of accepted sends (interactive ones by their body text), to one user or
+        to all."""
+        out = []
+        for r in self.sends():
+            if to is not None and r.body.get("to") != to:
+                continue
+            out.append(body_text(r.body))
+        return out
+
+    def wait_sends(self, count: int, timeout: float = 10.0) -> list[Request]:
+        """Wait until at least ``count`` sends were accepted; AssertionError after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.sends()
+            if len(found) >= count:
+                return found
+            time.sleep(0.01)
+        raise AssertionError(f"expected {count} sends, got {len(self.sends())}")
+
+    def plan(self, *answers: Answer) -> None:
+        """Answer the next sends (one each, in order) so; then normally again."""
+        with self.lock:
+            self.script.extend(answers)
+
+    def _next(self, body: dict[str, Any]) -> Answer:
+        with self.lock:
+            if body.get("status") == "read" or not self.script:
+                return Answer(delay=self.latency)
+            return self.script.pop(0)
+
+
+def body_text(payload: dict[str, Any]) -> str:
+    """The text of a send: a text message's body, an interactive message's body text."""
+    if payload.get("type") == "text":
+        return str(payload.get("text", {}).get("body", ""))
+    return str(payload.get("interactive", {}).get("body", {}).get("text", ""))
+
+
+def describe(request: Request) -> str:
+    """A request as ``fsm fake-graph`` prints it: the recipient and the text, each option of a
+    button or list message (``id: title``), a read receipt, or why it was refused."""
+    body = request.body
+    if request.refused:
+        return f"refused ({request.answered}): {request.refused} [{request.path}]"
+    if body.get("status") == "read":
+        return f"read {body.get('message_id', '')}"
+    if not request.answered:
+        return f"dropped: a send to {body.get('to', '?')}"
+    kind = str(body.get("type", "?"))
+    interactive = body.get("interactive", {}) if kind == "interactive" else {}
+    if interactive:
+        kind = str(interactive.get("type", kind))
+    text = body_text(body)
+    lines = [f"to {body.get('to', '?')} ({kind}): " + "\n    ".join(text.splitlines() or [""])]
+    action = interactive.get("action", {})
+    for button in action.get("buttons", ()):
+        reply = button.get("reply", {})
+        lines.append(f"    [{reply.get('id', '')}] {reply.get('title', '')}")
+    for section in action.get("sections", ()):
+        for row in section.get("rows", ()):
+            lines.append(f"    [{row.get('id', '')}] {row.get('title', '')}")
+    if request.answered != 200:
+        lines[0] = f"answered {request.answered}: " + lines[0]
+    return "\n".join(lines)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        graph = self.server.graph
+        length = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        request = Request(
+            self.path,
+            self.headers.get("Authorization", ""),
+            body if isinstance(body, dict) else {},
+            time.time(),
+        )
+        if graph.keep:
+            with graph.lock:
+                graph.requests.append(request)
+        try:
+            self._answer(graph, request, valid=isinstance(body, dict))
+        finally:
+            if graph.echo is not None:
+                graph.echo(request)
+
+    def _answer(self, graph: FakeGraph, request: Request, *, valid: bool) -> None:
+        answer = graph._next(request.body)
+        if answer.delay:
+            time.sleep(answer.delay)
+        if answer.drop:
+            self.close_connection = True
+            self.connection.close()
+            return
+        given = request.authorization
+        if not given.startswith("Bearer ") or (
+            graph.token is not None and given != f"Bearer {graph.token}"
+        ):
+            return self._refuse(request, 401, 190, "Invalid OAuth access token", "bad token")
+        path = _PATH.match(self.path)
+        if path is None or (
+            graph.phone_number_id is not None and path["number"] != graph.phone_number_id
+        ):
+            return self._refuse(request, 400, 100, "Unknown path", "unknown path")
+        if not valid:
+            return self._refuse(request, 400, 100, "Invalid JSON", "the body is not JSON")
+        if answer.status != 200:
+            return self._reply(request, answer.status, _error(answer.code, "scripted error"))
+        if request.body.get("status") == "read":
+            return self._reply(request, 200, {"success": True})
+        request.message_id = f"wamid.out.{next(graph.ids)}"
+        to = request.body.get("to", "")
+        return self._reply(
+            request,
+            200,
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": to, "wa_id": to}],
+                "messages": [{"id": request.message_id}],
+            },
+        )
+
+    def _refuse(self, request: Request, status: int, code: int, message: str, why: str) -> None:
+        request.refused = why
+        self._reply(request, status, _error(code, message))
+
+    def _reply(self, request: Request, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        # Recorded before the answer goes out: the client (and a test reading sends() right
+        # after it) may see the answer before this thread runs again.
+        request.answered = status
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            request.answered = 0  # the client went away: it never got the answer
+            raise
+
+
+def _error(code: int, message: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": "OAuthException",
+            "code": code,
+            "error_data": {"messaging_product": "whatsapp", "details": message},
+            "fbtrace_id": "AbCdEf",
+        }
+    }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    graph: FakeGraph
+
+
+def serve(graph: FakeGraph, *, host: str = "127.0.0.1", port: int = 0) -> _Server:
+    """A server for ``graph`` bound to ``host``:``port`` (0: a free port), not yet serving
+    (call its ``serve_forever``); sets ``graph.url``."""
+    server = _Server((host, port), _Handler)
+    server.graph = graph
+    address = server.server_address
+    bound_host, bound_port = str(address[0]), int(address[1])
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    graph.url = f"http://{shown}:{bound_port}/{API_VERSION}"
+    return server
+
+
+@contextmanager
+def fake_graph(
+    *,
+    token: str | None = None,
+    phone_number_id: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    echo: Callable[[Request], None] | None = None,
+) -> Iterator[FakeGraph]:
+    """A :class:`FakeGraph` serving in a thread (on a free loopback port by default) for the
+    ``with`` block; ``graph.url`` is the API base URL (``WHATSAPP_API_URL``)."""
+    graph = FakeGraph(token=token, phone_number_id=phone_number_id, echo=echo)
+    server = serve(graph, host=host, port=port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield graph
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m adapters.whatsapp.fake_graph [--port 8700] [--quiet]``: serve until
+    interrupted, printing every request (``fsm fake-graph`` is the same)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m adapters.whatsapp.fake_graph",
+        description="A fake Graph API: prints every send a bot makes to it.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8700)
+    parser.add_argument("--quiet", action="store_true", help="print nothing but the ready line")
+    args = parser.parse_args(argv)
+    run_printing(host=args.host, port=args.port, quiet=args.quiet)
+
+
+def run_printing(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8700,
+    quiet: bool = False,
+    token: str | None = None,
+    phone_number_id: str | None = None,
+) -> None:
+    """Serve a fake Graph API until interrupted, printing a ready line with its URL, then
+    every request it receives (unless ``quiet``). Nothing is kept in memory."""
+    lock = threading.Lock()
+
+    def echo(request: Request) -> None:
+        with lock:
+            print(describe(request), flush=True)
+
+    graph = FakeGraph(
+        token=token, phone_number_id=phone_number_id, keep=False, echo=None if quiet else echo
+    )
+    server = serve(graph, host=host, port=port)
+    print(f"fake Graph API on {graph.url}: set WHATSAPP_API_URL={graph.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:
+        sys.exit(130)
