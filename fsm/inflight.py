@@ -28,6 +28,9 @@ class Restored(msgspec.Struct, frozen=True):
     expired: bool = False
     record: Record | None = None  # the stored bytes it was read from (None: nothing stored)
     claims: Claims | None = None  # its token's claims, verified by this process, when known
+    #: A new conversation although something is stored: the stored one expired by the
+    #: engine's clock (:meth:`fsm.restore.Restoring._stored`), and the store still held it.
+    fresh: bool = False
 
 
 class Message(msgspec.Struct):

@@ -179,8 +179,8 @@ class MessageProtocol(Outbox[S], Leasing[S]):
                 return None
             m.leased_at = time.monotonic()
         try:
-            # Nothing stored, and not a reset this call made: a new (or expired) conversation.
-            fresh = restored.expected_version == 0 and m.floor is None
+            # Nothing stored (or expired), not a reset this call made: a new conversation.
+            fresh = (restored.expected_version == 0 or restored.fresh) and m.floor is None
             decision = yield from self._decide(m, restored, at_action, fresh)
         except (StepFailed, StepNotFound, TransitionNotAllowed) as exc:
             if not (yield from self._poisoned(m, restored, exc)):

@@ -46,8 +46,23 @@ class Restoring(EngineCore[S]):
 
     def _stored(self, key: str, record: Record) -> Restored:
         """The conversation ``record`` holds (:class:`CorruptSnapshot` if it is broken), with
-        the claims of its token when this process verified them."""
+        the claims of its token when this process verified them.
+
+        Expiry is the engine's to decide, by its own clock: a conversation whose last save is
+        ``session_ttl`` old or older is over, whatever the store still holds (a store's own
+        expiry runs on its own clock: Redis's, not a test's fake one). So a conversation
+        expires at the same moment on every store. A snapshot that does not say when it was
+        saved (``last_updated`` 0) is left to the store's expiry."""
         snapshot = self._validated(key, record)
+        saved_at = snapshot.last_updated  # 0: not known (written by hand, or migrated)
+        if saved_at > 0 and self.clock.now() - saved_at >= self.session_ttl:
+            # A new conversation, saved over the stored one by compare-and-set, its version
+            # continuing the chain (as when the store expired it).
+            fresh = self._fresh(self.spec.initial, record.version)
+            notices = (Reply(self.expired_notice),)
+            return Restored(
+                fresh, record.version, record.tag, notices=notices, expired=True, fresh=True
+            )
         claims = self._recent.claims(key, record)
         return Restored(snapshot, record.version, record.tag, record=record, claims=claims)
 

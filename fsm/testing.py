@@ -39,7 +39,7 @@ from fsm.clock import FakeClock
 from fsm.engine import Engine, Result
 from fsm.reply import Reply, check_whatsapp
 from fsm.snapshot import Snapshot
-from fsm.transcript import Directive, Run, Runner, contains_in_order, duration
+from fsm.transcript import Directive, Run, Runner, contains_in_order, duration, move_clock
 
 __all__ = ["ABSENT", "Conversation", "Trimmed", "Turn"]
 
@@ -247,7 +247,11 @@ class Conversation:
         """Move the fake clock: ``90``, ``"30m"``, ``"2h"``, ``"1d"``."""
         if self.clock is None:
             raise RuntimeError("pass clock=FakeClock(...) (the engine's clock) to move time")
-        self.clock.advance(duration(seconds) if isinstance(seconds, str) else float(seconds))
+        moved = duration(seconds) if isinstance(seconds, str) else float(seconds)
+        try:
+            move_clock(self.engine, self.clock, moved)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
 
     @property
     def snapshot(self) -> Snapshot | None:

@@ -110,6 +110,19 @@ def contains_in_order(said: str, fragments: Iterable[str]) -> str | None:
     return None
 
 
+def move_clock(engine: object, clock: FakeClock, seconds: float) -> None:
+    """Move ``clock`` by ``seconds``, the clock ``engine`` runs on: every session it judges
+    (its expiry, its tokens' expiry) moves with it, on every store. A clock the engine does
+    not run on would move nothing: that is an error, not a silent no-op."""
+    runs_on = getattr(engine, "clock", clock)
+    if runs_on is not clock:
+        raise ValueError(
+            f"the engine runs on another clock ({type(runs_on).__name__}): moving this "
+            "FakeClock would change nothing; build the engine with clock= this FakeClock"
+        )
+    clock.advance(seconds)
+
+
 class Runner:
     """Plays a transcript against ``engine`` as ``user``; ``echo`` shows the conversation."""
 
@@ -211,7 +224,7 @@ class Runner:
                     raise ValueError("this run has no fake clock to move")
                 if len(args) != 1:
                     raise ValueError("use: ! clock +SECONDS (or 30m, 2h, 1d)")
-                self.clock.advance(duration(args[0]))
+                move_clock(self.engine, self.clock, duration(args[0]))
             elif name == "user":
                 if len(args) != 1:
                     raise ValueError("use: ! user USER_KEY")

@@ -222,7 +222,10 @@ def test_the_plugin_is_registered_by_the_installed_entry_point(
 ) -> None:
     """This very session loaded it (``pip install -e .`` registers the entry point; so does
     ``scripts/dev test``, which reinstalls whenever pyproject.toml changes)."""
-    assert request.config.pluginmanager.get_plugin("convo_fsm") is plugin
+    assert request.config.pluginmanager.get_plugin("convo_fsm") is plugin, (
+        "the convo_fsm entry point is not registered: .venv/bin/pip install -e . --no-deps "
+        "(scripts/dev test reinstalls by itself whenever pyproject.toml changed)"
+    )
 
 
 def fixtures_defined_in(path: Path) -> set[str]:

@@ -114,7 +114,8 @@ def test_a_schema_1_record_is_read_and_rewritten_in_the_current_layout(clock: Fa
         "flow": "survey", "stage": "q", "step": "city", "option": "o", "data": {"name": "Bo"},
         "auth": {"token": "a.b.c", "subject": "s", "expires_at": 5.0, "issued_at": 1.0},
         "resume": {"stage": "q", "step": "name", "option": "", "pending": ""},
-        "version": 4, "schema": 1, "flow_version": 3, "last_updated": 9.0, "update_from": "w",
+        "version": 4, "schema": 1, "flow_version": 3, "last_updated": clock.now() - 9.0,
+        "update_from": "w",
     }  # fmt: skip
     raw = msgspec.msgpack.encode(v1)
     snap = decode_snapshot(raw)
