@@ -76,7 +76,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_the_guides_project_passes_its_own_tests(project: tuple[Path, Path]) -> None:
     root, bin_dir = project
     proc = _run(bin_dir / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=root)
-    assert re.search(r"\b7 passed\b", proc.stdout), proc.stdout
+    assert re.search(r"\b8 passed\b", proc.stdout), proc.stdout
     # ...with the library from the wheel in the venv, not from this source tree.
     where = _run(bin_dir / "python", "-c", "import fsm; print(fsm.__file__)", cwd=root)
     assert str(bin_dir.parent) in where.stdout and str(ROOT) not in where.stdout
