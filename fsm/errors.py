@@ -24,8 +24,9 @@ class FsmError(Exception):
     #: when the flow's own code failed (:class:`StepFailed` and the flow's refusals) to the
     #: flow's ``failure_reply``, or its ``delay_reply`` when ``transient``. None otherwise.
     notice: Any = None
-    #: The failure was caused by I/O (one of the flow's ``transient_errors``, such as
-    #: ``OSError``): delivering the same message again may well succeed.
+    #: The message was saved and its action then failed on I/O (one of the flow's
+    #: ``transient_errors``, such as ``TimeoutError``): delivering the same message again
+    #: finishes the action with the same idempotency key, and may well succeed.
     transient: bool = False
 
 

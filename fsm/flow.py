@@ -60,7 +60,7 @@ def folded(text: str) -> str:
 
 #: What the user is told, by default, when a step fails unexpectedly (:attr:`Flow.failure_reply`).
 FAILURE_REPLY = "Sorry, something went wrong on our side. Please try again in a moment."
-#: ... and when it failed on I/O and will be finished by a re-delivery (:attr:`Flow.delay_reply`).
+#: ... and when an action failed on I/O and a re-delivery will finish it (:attr:`Flow.delay_reply`).
 DELAY_REPLY = "Sorry, this is taking longer than it should. I will answer as soon as it is done."
 
 #: What a user types to leave a sub-flow (compared trimmed and case-folded).
@@ -285,12 +285,12 @@ class FlowSpec:
     #: What the user is told when a step, a prompt or an action fails unexpectedly (the
     #: flow's bug, or an API answering nonsense): nothing was saved, the user can try again.
     failure_reply: str = ""
-    #: What the user is told when a step or action failed on I/O (:attr:`transient_errors`):
-    #: the platform re-delivers the message and the work completes without them writing again.
+    #: What the user is told when an action failed on I/O (:attr:`transient_errors`) after
+    #: their message was saved: a re-delivery of the message finishes it, same key.
     delay_reply: str = ""
     #: Exceptions that mean "the outside world did not answer" (a timeout, a dropped
     #: connection), looked for along a failure's ``__cause__`` / ``__context__`` chain.
-    transient_errors: tuple[type[BaseException], ...] = (OSError,)
+    transient_errors: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
     #: Data keys that hold the user's personal data (an address, a drug name): every display
     #: path (``fsm inspect``, ``fsm ls``, history, the simulator's panel, logs, errors) hides
     #: their values, as it hides tokens. Backups keep them.
@@ -319,14 +319,20 @@ class FlowSpec:
 
     def is_transient(self, exc: BaseException) -> bool:
         """Whether ``exc`` (a :class:`~fsm.errors.StepFailed`, say) was caused by I/O: one of
-        :attr:`transient_errors` along its ``__cause__`` / ``__context__`` chain."""
+        :attr:`transient_errors` along its ``__cause__`` / ``__context__`` chain (a context
+        hidden by ``raise ... from None`` is not followed: that code said it does not count)."""
         seen: set[int] = set()
         link: BaseException | None = exc
         while link is not None and id(link) not in seen and len(seen) < 32:
             if isinstance(link, self.transient_errors):
                 return True
             seen.add(id(link))
-            link = link.__cause__ or link.__context__
+            if link.__cause__ is not None:
+                link = link.__cause__
+            elif link.__suppress_context__:
+                return False
+            else:
+                link = link.__context__
         return False
 
     def problem_with(self, snapshot: Snapshot) -> str | None:
@@ -384,11 +390,12 @@ class Flow:
 
     ``failure_reply`` is what the user is told when a step, a prompt or an action fails
     unexpectedly (nothing is saved; a pending action stays pending, with its key);
-    ``delay_reply`` when it failed on I/O (an exception in ``transient_errors``, default
-    ``OSError``: timeouts and dropped connections; add your HTTP client's, such as
-    ``httpx.TransportError``), which the WhatsApp transport answers with 503 so the message is
-    delivered again. ``sensitive`` names data keys holding personal data: every display path
-    hides their values (backups keep them).
+    ``delay_reply`` when an action failed on I/O after the user's message was saved (an
+    exception in ``transient_errors``, default ``TimeoutError`` and ``ConnectionError``: add
+    your HTTP client's, such as ``httpx.TransportError``), which the WhatsApp transport
+    answers with 503 so the message is delivered again and the action finished, same key.
+    ``sensitive`` names data keys holding personal data: every display path hides their
+    values (backups keep them).
 
     ``blocking`` (default True; a class attribute, or set on an instance) says whether the
     flow's plain ``def`` handlers may block (a sync HTTP client, a database driver). On
@@ -409,7 +416,7 @@ class Flow:
     takes_first_message: ClassVar[bool] = False
     failure_reply: ClassVar[str] = FAILURE_REPLY
     delay_reply: ClassVar[str] = DELAY_REPLY
-    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (TimeoutError, ConnectionError)
     sensitive: ClassVar[Iterable[str]] = ()
     spec: ClassVar[FlowSpec]
 

@@ -131,11 +131,15 @@ class MessageProtocol(Outbox[S], Leasing[S]):
 
     def _failed(self, m: Message, exc: FsmError) -> None:
         """The flow's own code failed on this message: what the user is told (the flow's
-        ``failure_reply``, or ``delay_reply`` when I/O failed and a re-delivery may finish
-        it), and one log line naming the step and the exception's class (never its text,
+        ``failure_reply``, or ``delay_reply`` when its action failed on I/O and a re-delivery
+        may finish it), and one log line naming the step and the exception's class (never its text,
         which may quote the user's data or a secret)."""
         spec = self.spec
-        exc.transient = spec.is_transient(exc)
+        # Only a message already saved (its action failed) is worth delivering again: the
+        # re-delivery is then a duplicate that only finishes the action, same key. A message
+        # not applied (a step failed) is not: a newer message may be applied before it comes
+        # back, and it would then land on a question it was not typed for.
+        exc.transient = not m.due and spec.is_transient(exc)
         exc.notice = Reply(spec.delay_reply if exc.transient else spec.failure_reply)
         cause = exc.__cause__ or exc
         where = f"{exc.stage}.{exc.step}" if isinstance(exc, StepFailed) else "-"

@@ -31,7 +31,14 @@ from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import mark_read
 from adapters.whatsapp.updates import Incoming, Update
 from fsm.async_engine import AsyncEngine
-from fsm.errors import ConflictError, FsmError, LockTimeout, SchemaTooNew, StoreUnavailable
+from fsm.errors import (
+    ConflictError,
+    FsmError,
+    LockTimeout,
+    SchemaTooNew,
+    StepFailed,
+    StoreUnavailable,
+)
 from fsm.ops.prometheus import EngineCollector
 from fsm.reply import Reply
 from fsm.snapshot import Outgoing
@@ -48,6 +55,11 @@ UNSUPPORTED_NOTICE = "Sorry, I can only read text and button answers."
 def default_unsupported(message: Incoming) -> Reply | str | None:
     return Reply(UNSUPPORTED_NOTICE)
 
+
+#: How many times one message whose action keeps failing on I/O is answered 503 (so Meta
+#: delivers it again) before it is acknowledged: the action then stays pending, and the
+#: user's next message finishes it first (or gives it up, with the abandon notice).
+MAX_REDELIVERIES = 5
 
 #: Trouble a later delivery may not meet: answer 503 so Meta re-delivers. SchemaTooNew: the
 #: session was written by a newer deploy; a newer worker will take the re-delivery.
@@ -78,6 +90,7 @@ class WhatsAppBot:
         self.mark_as_read = mark_as_read
         self._locks = _UserLocks()
         self._noticed: OrderedDict[str, None] = OrderedDict()  # wamids answered by the hook
+        self._retried: OrderedDict[str, int] = OrderedDict()  # wamids answered 503 (failed)
         self._background: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
@@ -160,25 +173,37 @@ class WhatsAppBot:
 
     async def _failed(self, message: Incoming, exc: FsmError) -> int:
         """The flow failed on ``message``: send what earlier saves of it left pending, then
-        tell the user (the flow's ``failure_reply``, once per message id in this process).
-        A failure on I/O (``exc.transient``: an API timed out or dropped the connection)
-        answers 503, so Meta delivers the message again and a pending action is finished
-        with the same idempotency key; any other (a flow bug: retrying the same body cannot
-        help) answers 200, and the engine counts repeated failures to heal a poisoned
-        session. The log names the step and the exception's class, never its text."""
-        self.metrics.messages.labels("retried" if exc.transient else "failed").inc()
+        tell the user (the flow's ``failure_reply`` or ``delay_reply``, once per message id in
+        this process). An action that failed on I/O after the message was saved
+        (``exc.transient``) answers 503, up to :data:`MAX_REDELIVERIES` times, so Meta
+        delivers the message again and the action is finished with the same idempotency key;
+        any other failure answers 200 (retrying the same body cannot help, and the engine
+        counts repeated failures to heal a poisoned session). The log names the step and the
+        exception's class, never its text, and only the tail of the user's number."""
+        again = exc.transient and self._redeliveries(message.message_id) <= MAX_REDELIVERIES
+        self.metrics.messages.labels("retried" if again else "failed").inc()
         cause = exc.__cause__ or exc
         log.error(
-            "message %s failed: %s (%s)%s",
+            "message %s from %s failed at %s: %s%s",
             message.message_id,
-            exc,
+            phone_tail(message.user),
+            f"{exc.stage}.{exc.step}" if isinstance(exc, StepFailed) else type(exc).__name__,
             type(cause).__name__,
-            ": answering 503 for a re-delivery" if exc.transient else "",
+            ": answering 503 for a re-delivery" if again else "",
         )
         status = await self._flush(message.user)
         if status == HTTPStatus.OK and exc.notice is not None:
             status = await self._say_once(message, exc.notice, flushed=True)
-        return HTTPStatus.SERVICE_UNAVAILABLE if exc.transient else status
+        return HTTPStatus.SERVICE_UNAVAILABLE if again else status
+
+    def _redeliveries(self, message_id: str) -> int:
+        """How many times this process answered 503 to ``message_id`` for a failed action,
+        this time included (bounded memory: the oldest ids are forgotten)."""
+        count = self._retried.pop(message_id, 0) + 1
+        self._retried[message_id] = count
+        while len(self._retried) > 10_000:
+            self._retried.popitem(last=False)
+        return count
 
     async def _notice(self, message: Incoming, reply: Reply | None) -> int:
         """Answer a message the flow cannot read, once per message id in this process (it

@@ -472,44 +472,61 @@ class Wrapped(Exception):
 
 
 class Fails(Flow):
+    """A step that moves to an action, which fails the way the message says."""
+
     name = "fails"
     takes_first_message = True
     failure_reply = "Our side failed; try again."
-    transient_errors = (OSError, Wrapped)
-    stages = (Stage("a", ("x",)),)
+    transient_errors = (TimeoutError, ConnectionError, Wrapped)
+    stages = (Stage("a", ("x", "act")),)
     transitions = ()
 
     @step("a", "x")
     def x(self, ctx: Context) -> Outcome:
-        if ctx.text == "reset":
+        if ctx.text == "step-timeout":
+            raise TimeoutError("the lookup timed out")
+        return ctx.stay(step="act", set={"how": ctx.text})
+
+    @action("a", "act")
+    def act(self, ctx: Context) -> Outcome:
+        how = ctx.data["how"]
+        if how == "reset":
             raise ConnectionResetError("reset by peer")
-        if ctx.text == "wrapped":
+        if how in ("wrapped", "hidden"):
             try:
                 raise TimeoutError("read timed out")
             except TimeoutError as exc:
+                if how == "hidden":
+                    raise RuntimeError("not I/O, says the code") from None
                 raise RuntimeError("the client gave up") from exc
-        if ctx.text == "declared":
+        if how == "declared":
             raise Wrapped("the client's own error")
         raise KeyError("a bug")
 
 
 @pytest.mark.parametrize(
-    ("text", "transient"),
-    [("bug", False), ("reset", True), ("wrapped", True), ("declared", True)],
+    ("text", "where", "transient"),
+    [
+        ("bug", "a.act", False),
+        ("reset", "a.act", True),
+        ("wrapped", "a.act", True),
+        ("declared", "a.act", True),
+        ("hidden", "a.act", False),  # `from None`: the code said it is not I/O
+        ("step-timeout", "a.x", False),  # nothing saved: not worth a re-delivery
+    ],
 )
 def test_a_failure_carries_what_to_tell_the_user_and_whether_io_caused_it(
-    engine_kind: str, text: str, transient: bool, caplog: pytest.LogCaptureFixture
+    engine_kind: str, text: str, where: str, transient: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = make_engine(engine_kind, Fails(), MemoryStore())
     with caplog.at_level("WARNING", logger="fsm.engine"), pytest.raises(StepFailed) as info:
         engine.handle("u", text, message_id="m-1")
     failure = info.value
     assert failure.transient is transient
-    assert failure.notice == Reply(
-        Fails.delay_reply if transient else "Our side failed; try again."
-    )
+    expected = Fails.delay_reply if transient else "Our side failed; try again."
+    assert failure.notice == Reply(expected)
     line = next(r.getMessage() for r in caplog.records if "m-1" in r.getMessage())
-    assert "a.x" in line and type(failure.__cause__).__name__ in line
+    assert where in line and type(failure.__cause__).__name__ in line
     assert "a bug" not in line and "reset by peer" not in line  # never the exception's text
 
 
@@ -524,4 +541,4 @@ def test_failure_texts_are_checked_when_the_class_is_built() -> None:
 
         class Odd(Fails):
             name = "odd"
-            transient_errors = (OSError, "timeout")  # type: ignore[assignment]
+            transient_errors = (TimeoutError, "timeout")  # type: ignore[assignment]

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from adapters import AsyncMemoryStore, MemoryStore
+from adapters.whatsapp.bot import MAX_REDELIVERIES
 from fsm import Context, Flow, Outcome, Stage, action, on_enter, step
 from fsm.async_engine import AsyncEngine
 
@@ -133,12 +134,31 @@ def test_a_prompt_that_raises_tells_the_user_every_time_and_answers_200(
     assert refill_hook.metric("fsm_whatsapp_messages_total", outcome="failed") == 2
 
 
-def test_a_step_that_times_out_answers_503_and_says_so_once_per_message(
+def test_a_step_that_times_out_answers_200_and_asks_to_try_again(
     refill_hook: Webhook, graph: FakeGraph, store: MemoryStore
 ) -> None:
+    """Nothing of it was saved: delivered again later, it could land after a newer message."""
     refill_hook.post(p.body([p.text(ALICE, "hi")]))
     refill_hook.post(p.body([p.text(ALICE, "yes")]))
+    before = stored(store, ALICE)
     lookup = p.body([p.text(ALICE, "lookup", message_id="wamid.LOOKUP")])
-    assert refill_hook.post(lookup).status_code == 503
-    assert refill_hook.post(lookup).status_code == 503
+    assert refill_hook.post(lookup).status_code == 200
+    assert graph.texts()[-1] == SORRY
+    assert stored(store, ALICE).version == before.version
+
+
+def test_an_action_that_keeps_failing_on_io_is_redelivered_a_bounded_number_of_times(
+    refill_hook: Webhook, graph: FakeGraph, store: MemoryStore, api: Pharmacy
+) -> None:
+    refill_hook.post(p.body([p.text(ALICE, "hi")]))
+    api.drop_after_apply = 100
+    yes = p.body([p.text(ALICE, "yes", message_id="wamid.DOWN")])
+    answers = [refill_hook.post(yes).status_code for _ in range(MAX_REDELIVERIES + 2)]
+    assert answers == [503] * MAX_REDELIVERIES + [200, 200]
     assert graph.texts().count(Refill.delay_reply) == 1
+    assert stored(store, ALICE).step == "place"  # still pending, its key kept
+    assert len(api.orders) == 1
+    api.drop_after_apply = 0
+    refill_hook.post(p.body([p.text(ALICE, "hello?")]))  # the next message finishes it first
+    assert "Refill placed (receipt R1)." in graph.texts()
+    assert len(api.orders) == 1
