@@ -208,11 +208,9 @@ class Decider:
                 current.stage, current.step, user_key=key, version=current.version
             ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
         if outcome.exit:
-            if way is None:
-                raise StepFailed(
-                    current.stage, current.step, user_key=key, version=current.version
-                ) from ValueError(f"ctx.exit(): stage {current.stage!r} declares no Exit")
-            return (yield from self._leave(key, current, way, now, notices, message_id, claims))
+            return (
+                yield from self._exit(key, current, spec, way, now, notices, message_id, claims)
+            )
         if outcome.reauth:
             return (yield from self._send_to_auth(key, current, now, notices, said=outcome.replies))
         if outcome.keep_key and not spec.action:
@@ -228,6 +226,36 @@ class Decider:
                 current.stage, current.step, user_key=key, version=current.version
             ) from ValueError("an action must move the user to another step")
         return decision
+
+    def _exit(
+        self,
+        key: str,
+        current: Snapshot,
+        spec: StepSpec,
+        way: Exit | None,
+        now: float,
+        notices: tuple[Reply, ...],
+        message_id: str | None,
+        claims: Claims | None,
+    ) -> Steps[Decision]:
+        """A step's ``ctx.exit()``: the stage's declared way out, as a typed "cancel" takes it.
+        Not from an action: one whose call may have gone through returns ``retry_later``, one
+        that knows it did not returns where to go."""
+        problem = None
+        if way is None:
+            problem = f"ctx.exit(): stage {current.stage!r} declares no Exit"
+        elif spec.action:
+            problem = "ctx.exit() is for steps; an action returns retry_later(), stay() or go()"
+        if problem is not None:
+            raise StepFailed(
+                current.stage, current.step, user_key=key, version=current.version
+            ) from ValueError(problem)
+        assert way is not None
+        return (
+            yield from self._leave(
+                key, current, way, now, notices, message_id, claims, spec.side_effects
+            )
+        )
 
     def _restamped(self, current: Snapshot, now: float, **changes: Any) -> Snapshot:
         """``current`` as the next save writes it when no handler ran: one version on."""
@@ -286,6 +314,7 @@ class Decider:
         notices: tuple[Reply, ...],
         message_id: str | None,
         claims: Claims | None,
+        side_effects: bool = False,
     ) -> Steps[Decision]:
         """Take the stage's declared way out: its trigger (checked by the machine like any
         other) or its step, with its reply, the sub-flow's data deleted. A key kept for a
@@ -298,7 +327,9 @@ class Decider:
             outcome = ctx.stay(*replies, step=way.to, unset=way.unset)
         else:
             outcome = ctx.go(way.to, *replies, unset=way.unset)
-        decision = self._apply(key, current, outcome, now, notices, False, claims)
+        # ``side_effects``: a step that ran them chose to leave (a lost compare-and-set must
+        # then not run the step again).
+        decision = self._apply(key, current, outcome, now, notices, side_effects, claims)
         if decision.enters:
             decision = yield from self._entered(key, decision, now)
         left = decision.snapshot

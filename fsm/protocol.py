@@ -171,7 +171,12 @@ class MessageProtocol(Outbox[S], Leasing[S]):
             return m.result(
                 current if stored is None or current.version >= stored.version else stored
             )
-        m.notices = restored.notices or m.notices
+        if restored.expired:
+            m.notices, m.expiry = restored.notices, True
+        elif m.expiry:  # a pass found it expired, and lost to a live conversation
+            m.notices, m.expiry = (), False
+        else:
+            m.notices = restored.notices or m.notices
         if m.owner is None and self._needs_lock(m, current, at_action):
             # Lock and load in one step: the state may have moved meanwhile.
             yield from self._lock(m)

@@ -54,10 +54,19 @@ class Restoring(EngineCore[S]):
         expires at the same moment on every store. A snapshot that does not say when it was
         saved (``last_updated`` 0) is left to the store's expiry."""
         snapshot = self._validated(key, record)
-        saved_at = snapshot.last_updated  # 0: not known (written by hand, or migrated)
-        if saved_at > 0 and self.clock.now() - saved_at >= self.session_ttl:
+        if self._expired(snapshot):
             # A new conversation, saved over the stored one by compare-and-set, its version
             # continuing the chain (as when the store expired it).
+            if snapshot.pending or snapshot.outbox:  # what the store's expiry drops unsaid
+                self.stats.incr("expired_unfinished")
+                log.warning(
+                    "user %r: session expired with %s (idempotency key %s) and %d unsent "
+                    "replies; starting over",
+                    key,
+                    f"{snapshot.stage}.{snapshot.step} pending" if snapshot.pending else "nothing",
+                    snapshot.pending or "-",
+                    len(snapshot.outbox),
+                )
             fresh = self._fresh(self.spec.initial, record.version)
             notices = (Reply(self.expired_notice),)
             return Restored(
@@ -65,6 +74,12 @@ class Restoring(EngineCore[S]):
             )
         claims = self._recent.claims(key, record)
         return Restored(snapshot, record.version, record.tag, record=record, claims=claims)
+
+    def _expired(self, snapshot: Snapshot) -> bool:
+        """Whether ``snapshot``'s last save is ``session_ttl`` old by the engine's clock (a
+        snapshot that does not say when it was saved, ``last_updated`` 0, never is)."""
+        saved_at = snapshot.last_updated
+        return saved_at > 0 and self.clock.now() - saved_at >= self.session_ttl
 
     def _validated(self, key: str, record: Record) -> Snapshot:
         if record.version > VERSION_LIMIT:
@@ -144,5 +159,7 @@ class Restoring(EngineCore[S]):
         try:
             snapshot = self._validated(key, record)
         except (CorruptSnapshot, SchemaTooNew):
+            return None
+        if self._expired(snapshot):  # over: the next message starts a new conversation
             return None
         return snapshot if self._decider.is_action(snapshot) else None

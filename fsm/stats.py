@@ -37,6 +37,7 @@ class _Shard:
 
 class EngineStats:
     """Named counters: ``applied``, ``conflicts``, ``duplicates``, ``corrupt``, ``expired``,
+    ``expired_unfinished``,
     ``token_refused``, ``lock_acquisitions``, ``lock_waits``, ``lock_timeouts``,
     ``lease_lost``, ``step_failures``, ``migrated``, ``version_regressions``, ``actions``,
     ``actions_abandoned``, ``transitions:<from>-><to>``; and the store's latency per operation

@@ -114,10 +114,11 @@ def move_clock(engine: object, clock: FakeClock, seconds: float) -> None:
     """Move ``clock`` by ``seconds``, the clock ``engine`` runs on: every session it judges
     (its expiry, its tokens' expiry) moves with it, on every store. A clock the engine does
     not run on would move nothing: that is an error, not a silent no-op."""
-    runs_on = getattr(engine, "clock", clock)
+    runs_on = getattr(engine, "clock", None)
     if runs_on is not clock:
         raise ValueError(
-            f"the engine runs on another clock ({type(runs_on).__name__}): moving this "
+            f"the engine runs on another clock ({type(runs_on).__name__}, or says none): "
+            "moving this "
             "FakeClock would change nothing; build the engine with clock= this FakeClock"
         )
     clock.advance(seconds)

@@ -109,13 +109,13 @@ def test_with_its_flow_every_command_finds_the_sessions_valid(
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_a_namespace_of_broken_sessions_asks_for_the_flow_and_an_empty_one_does_not(
+def test_an_empty_or_broken_namespace_of_another_bot_asks_for_the_flow(
     tmp_path: Path,
 ) -> None:
     url = redis_servers.standalone().url
     namespace = f"broken-{secrets.token_hex(4)}"
     empty = _fsm("ls", "--store", url, cwd=tmp_path, namespace=namespace)
-    assert empty.returncode == 0, empty.stderr  # nothing to judge: nothing to guess
+    assert empty.returncode == 2 and "holds no session" in empty.stderr
     store = RedisStore.from_url(url, namespace=namespace)
     try:
         store.save("user-1", b"not a snapshot", version=1, expected_version=0, ttl=600)

@@ -78,9 +78,9 @@ class Request:
     (``time.time()``) and what it answered."""
 
     path: str
-    authorization: str
-    body: dict[str, Any]
-    at: float
+    authorization: str = field(repr=False)  # the bearer token: never in a test's output
+    body: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0
     answered: int = 0  # the status sent back (0: dropped or never answered)
     message_id: str = ""
     #: Why it was refused, when it was ("bad access token", "unknown path", ...).

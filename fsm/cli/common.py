@@ -212,8 +212,7 @@ def flow_option(fn: Callable[P, R]) -> Callable[P, R]:
 
 def session_flow(flow_ref: str | None, store: Store, namespace: str | None) -> FlowSpec:
     """The flow to judge ``store``'s sessions by: the one named; else the reference bot's
-    when the sessions found are all its, or there is none at all (nothing to judge), or none
-    decodes in its ``credex`` namespace.
+    when the sessions found are all its, or none decodes in its ``credex`` namespace.
     Otherwise a usage error naming the flows found: judged against another bot's flow,
     every session would look broken, and a repair would rewrite it as that bot's."""
     if flow_ref:
@@ -223,8 +222,13 @@ def session_flow(flow_ref: str | None, store: Store, namespace: str | None) -> F
     reference = flow_spec(DEFAULT_FLOW)
     found, read = flows_in(store)
     where = namespace_for(namespace)
-    if found.keys() == {reference.name} or not read or (not found and where == DEFAULT_NAMESPACE):
-        return reference  # (no session at all: there is nothing to judge, or to rewrite)
+    if found.keys() == {reference.name} or (not found and where == DEFAULT_NAMESPACE):
+        return reference
+    if not read:
+        raise click.UsageError(
+            f"namespace {where!r} holds no session to tell which flow it is for: say it with "
+            "--flow MODULE:NAME (or FSM_FLOW)"
+        )
     if not found:
         raise click.UsageError(
             f"namespace {where!r} holds no session that tells which flow it is for (none of "

@@ -44,6 +44,10 @@ COUNTERS = {
     "corrupt": ("corrupt_snapshots", "Snapshots quarantined because they did not decode."),
     "token_refused": ("token_refusals", "Messages sent to sign in again (token refused)."),
     "expired": ("sessions_expired", "Messages that found their session expired."),
+    "expired_unfinished": (
+        "sessions_expired_unfinished",
+        "Sessions found expired with an action pending or replies unsent (logged).",
+    ),
     "migrated": ("flow_migrations", "Flow-version migrations applied on load."),
     "version_regressions": ("version_regressions", "Stored versions seen going backwards."),
     "actions": ("actions", "Actions (side-effect steps) run."),

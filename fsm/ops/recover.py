@@ -280,7 +280,8 @@ def restore_quarantined(
     """Put quarantined bytes back as the user's session (once a fix made them readable) and
     take them out of the quarantine. Returns (restored?, the entry, what happened).
 
-    Into an empty slot the bytes go back unchanged. Over a session the user has now (the
+    The snapshot goes back as it was, its time of last save made now (so the engine does
+    not find it expired at once). Over a session the user has now (the
     engine restarts a conversation whose bytes it quarantined) only with ``replace``: the old
     snapshot is then written one version above the current one, by compare-and-set, so no
     worker can write over it with a stale version. Bytes that still do not decode are not
@@ -308,9 +309,12 @@ def restore_quarantined(
         )
     if floor >= version and (view is not None or floor > version):
         version = floor + 1  # continue the chain: a stale writer must not win
-        payload = encode_snapshot(
-            msgspec.structs.replace(snapshot, version=version), user_key=user_key
-        )
+    # Saved now: the engine judges expiry by the time of the last save, and a session put
+    # back hours after it was quarantined must not expire at its user's next message.
+    payload = encode_snapshot(
+        msgspec.structs.replace(snapshot, version=version, last_updated=clock.now()),
+        user_key=user_key,
+    )
     result = store.save(
         user_key,
         payload,

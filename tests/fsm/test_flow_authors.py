@@ -542,3 +542,40 @@ def test_failure_texts_are_checked_when_the_class_is_built() -> None:
         class Odd(Fails):
             name = "odd"
             transient_errors = (TimeoutError, "timeout")  # type: ignore[assignment]
+
+
+def test_ctx_exit_from_an_action_is_refused(engine_kind: str) -> None:
+    """An action whose call may have gone through returns retry_later; leaving from there
+    would say "cancelled" with nothing known."""
+
+    class ExitsFromAction(Flow):
+        name = "exitsfromaction"
+        takes_first_message = True
+        stages = (Stage("a", ("x", "act"), exit=Exit("x", say="cancelled")),)
+        transitions = ()
+
+        @step("a", "x")
+        def x(self, ctx: Context) -> Outcome:
+            return ctx.stay(step="act")
+
+        @action("a", "act")
+        def act(self, ctx: Context) -> Outcome:
+            return ctx.exit()
+
+    engine = make_engine(engine_kind, ExitsFromAction(), MemoryStore())
+    with pytest.raises(StepFailed) as info:
+        engine.handle("u", "go")
+    assert "ctx.exit() is for steps" in str(info.value.__cause__)
+
+
+def test_a_session_expired_with_a_kept_key_is_logged_and_counted(
+    chat: Conversation, api: BookingApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    at_confirm(chat)
+    api.timeout_after_applying = 1
+    key = chat.say("yes").expect(step="confirm").snapshot.pending
+    chat.advance("31m")
+    with caplog.at_level("WARNING", logger="fsm.engine"):
+        chat.say("yes").expect(chat.engine.expired_notice, stage="menu")
+    assert any(key in r.getMessage() for r in caplog.records)  # for follow-up by hand
+    assert chat.engine.stats["expired_unfinished"] == 1

@@ -231,3 +231,17 @@ def test_history_shows_a_dash_where_an_entry_has_no_origin(ops: Ops, tmp_path: P
     assert " - -> menu.dashboard " in line and "restore" in line
     [entry] = map(json.loads, ops.fsm("history", ALICE, "-n", "1", "--json").stdout.splitlines())
     assert (entry["from"], entry["to"], entry["event"]) == ("-", "menu.dashboard", "restore")
+
+
+def test_a_session_put_back_hours_later_is_not_expired_at_its_next_message(ops: Ops) -> None:
+    """The engine judges expiry by the time of the last save: a restore is a save now."""
+    snap = ops.say(ALICE, "hi", "1")
+    assert ops.fsm("recover", ALICE, "--force").exit_code == 0
+    [entry] = ops.store.quarantined(ALICE)
+    ops.store.delete(ALICE)
+    ops.clock.advance(3 * 3600)  # longer than the session TTL
+    assert ops.fsm("quarantine", "restore", entry.id).exit_code == 0
+    back = ops.snapshot(ALICE)
+    assert back.last_updated == ops.clock.now() and back.stage == snap.stage
+    after = ops.engine.handle(ALICE, "hello")
+    assert ops.engine.expired_notice not in after.texts
