@@ -380,7 +380,13 @@ PANELS: tuple[Panel, ...] = (
         "Auth and expiry",
         tuple(
             _rate(f"fsm_{name}_total")
-            for name in ("token_refusals", "sessions_expired", "dedupe_hits", "flow_migrations")
+            for name in (
+                "token_refusals",
+                "sessions_expired",
+                "sessions_expired_unfinished",
+                "dedupe_hits",
+                "flow_migrations",
+            )
         ),
         "ops",
     ),
