@@ -55,9 +55,6 @@ class Message(msgspec.Struct):
     #: continues above that record's version (None: nothing quarantined).
     floor: int | None = None
     notices: tuple[Reply, ...] = ()  # said once even if the save is retried
-    #: ``notices`` is the expiry notice of the conversation this pass found expired: a
-    #: retry that finds a live one (someone saved meanwhile) must not say it.
-    expiry: bool = False
     #: Replies still pending in a poisoned session this call quarantined: carried into the
     #: restarted conversation's outbox, so healing loses no reply.
     carried: tuple[Outgoing, ...] = ()

@@ -171,12 +171,6 @@ class MessageProtocol(Outbox[S], Leasing[S]):
             return m.result(
                 current if stored is None or current.version >= stored.version else stored
             )
-        if restored.expired:
-            m.notices, m.expiry = restored.notices, True
-        elif m.expiry:  # a pass found it expired, and lost to a live conversation
-            m.notices, m.expiry = (), False
-        else:
-            m.notices = restored.notices or m.notices
         if m.owner is None and self._needs_lock(m, current, at_action):
             # Lock and load in one step: the state may have moved meanwhile.
             yield from self._lock(m)
@@ -270,6 +264,10 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         decider = self._decider
         now = self.clock.now()
         current = restored.snapshot
+        # What this pass found (an expired session's notice) is said only by this pass: a
+        # retry that finds a live session (someone saved meanwhile) does not say it. What the
+        # message met earlier (a reset notice after a quarantine) is carried in ``m``.
+        notices = restored.notices or m.notices
         try:
             return (
                 yield from decider.decide(
@@ -277,7 +275,7 @@ class MessageProtocol(Outbox[S], Leasing[S]):
                     current,
                     text,
                     mid,
-                    m.notices,
+                    notices,
                     now,
                     m.pressed,
                     fresh=fresh,
@@ -289,7 +287,7 @@ class MessageProtocol(Outbox[S], Leasing[S]):
                 raise
             # A new message waits behind an action that fails: give up the action rather
             # than lock the user out of their conversation.
-            return self._abandon(m.key, current, exc, m.notices)
+            return self._abandon(m.key, current, exc, notices)
 
     def _abandon(
         self, key: str, current: Snapshot, exc: FsmError, notices: tuple[Reply, ...]

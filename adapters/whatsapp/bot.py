@@ -200,9 +200,7 @@ class WhatsAppBot:
         """How many times this process answered 503 to ``message_id`` for a failed action,
         this time included (bounded memory: the oldest ids are forgotten)."""
         count = self._retried.pop(message_id, 0) + 1
-        self._retried[message_id] = count
-        while len(self._retried) > 10_000:
-            self._retried.popitem(last=False)
+        _keep(self._retried, message_id, count)
         return count
 
     async def _notice(self, message: Incoming, reply: Reply | None) -> int:
@@ -224,9 +222,7 @@ class WhatsAppBot:
         delivered = await self.delivery.deliver(message.user, (notice,), remember=False)
         if delivered.left:
             return HTTPStatus.SERVICE_UNAVAILABLE  # not sent: the re-delivery tries again
-        self._noticed[message.message_id] = None
-        while len(self._noticed) > 10_000:
-            self._noticed.popitem(last=False)
+        _keep(self._noticed, message.message_id, None)
         return HTTPStatus.OK
 
     async def _mark_read(self, message_id: str) -> None:
@@ -254,6 +250,13 @@ class WhatsAppBot:
             close = getattr(self.engine.flow, "close", None)
             if callable(close):
                 await asyncio.to_thread(close)
+
+
+def _keep(seen: OrderedDict[str, Any], message_id: str, value: Any) -> None:
+    """Remember ``message_id`` (newest last), forgetting the oldest past 10,000 ids."""
+    seen[message_id] = value
+    while len(seen) > 10_000:
+        seen.popitem(last=False)
 
 
 class _UserLocks:
