@@ -21,10 +21,14 @@ the cancellation waits for it to return, so no lease is freed under a running st
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fsm.effects import HandlerCall, Sleep, Steps, StoreCall
+from fsm.effects import Guard, HandlerCall, Sleep, Steps, StoreCall, Unguard
+from fsm.errors import FsmError
+from fsm.inflight import Held, Sending
 from fsm.protocol import MessageProtocol, Result
 from fsm.snapshot import Snapshot
 from fsm.step import Context
@@ -37,12 +41,18 @@ __all__ = ["AsyncEngine"]
 
 T = TypeVar("T")
 
+log = logging.getLogger("fsm.engine")
+
 
 class AsyncEngine(MessageProtocol[AsyncSessionStore]):
     """Runs a flow against an async store; the options, ``stats``, ``Result`` and errors are
     those of :class:`fsm.Engine`."""
 
     calls_in_place = frozenset({"inline"})  # a handler that never blocks runs on the loop
+
+    #: How long :meth:`sent` waits before writing a confirmation, so that the user's next
+    #: message, if it comes meanwhile, writes it with its own save (one write, not two).
+    confirm_delay: float = 0.2
 
     def __init__(self, flow: Flow, store: AsyncSessionStore, **options: Any) -> None:
         if not isinstance(store, AsyncSessionStore):
@@ -52,6 +62,8 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
                 "use fsm.Engine with a sync store"
             )
         super().__init__(flow, store, **options)
+        self._flushes: dict[str, asyncio.TimerHandle] = {}
+        self._writing: set[asyncio.Task[None]] = set()
 
     async def handle(
         self,
@@ -65,9 +77,79 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
         (as :meth:`fsm.Engine.handle`)."""
         return await self._drive(self.message(user_id, text, message_id, pressed))
 
-    async def confirm(self, user_id: str, sent: Iterable[tuple[int, int]]) -> bool:
-        """Drop confirmed outbox entries (as :meth:`fsm.Engine.confirm`)."""
-        return await self._drive(self.confirm_steps(user_id, sent))
+    async def confirm(self, user_id: str, sent: Iterable[str], *, lease: str | None = None) -> bool:
+        """Drop confirmed outbox entries, now (as :meth:`fsm.Engine.confirm`)."""
+        return await self._drive(self.confirm_steps(user_id, sent, lease=lease))
+
+    async def take_outbox(self, user_id: str) -> Sending | None:
+        """Take the user's send lease and what is pending (as :meth:`fsm.Engine.take_outbox`)."""
+        return await self._drive(self.take_outbox_steps(user_id))
+
+    def sent(
+        self, user_id: str, lease: str, keys: Iterable[str] = (), *, done: bool = False
+    ) -> None:
+        """Record outbox entries the channel accepted under ``lease`` (a result's, or
+        :meth:`take_outbox`'s); ``done`` once the sending is over. The confirmation is written
+        :attr:`confirm_delay` later (freeing the lease once ``done``), unless the user's next
+        message comes first: its save then drops them and frees or renews the lease, in the
+        one write it makes anyway. Until it is written, the lease keeps other workers from
+        sending these replies again. Call it as each reply is accepted, not after the batch."""
+        held = self._held.get(user_id)
+        if held is None or held.lease != lease:
+            held = self._held[user_id] = Held(lease, set(), time.monotonic())
+        held.sent.update(keys)
+        held.done = held.done or done
+        self._flush_later(user_id)
+
+    @property
+    def settled(self) -> bool:
+        """Whether every confirmation :meth:`sent` deferred is written (or given up)."""
+        return not (self._held or self._flushes or self._writing)
+
+    async def flush(self) -> None:
+        """Write every deferred confirmation now (a server shutting down calls it)."""
+        for handle in self._flushes.values():
+            handle.cancel()
+        self._flushes.clear()
+        await asyncio.gather(*(self._flush(key) for key in list(self._held)))
+        if self._writing:
+            await asyncio.gather(*self._writing, return_exceptions=True)
+
+    def _flush_later(self, key: str) -> None:
+        if key in self._flushes:
+            return
+        loop = asyncio.get_running_loop()
+        self._flushes[key] = loop.call_later(self.confirm_delay, self._start_flush, key)
+
+    def _start_flush(self, key: str) -> None:
+        self._flushes.pop(key, None)
+        task = asyncio.ensure_future(self._flush(key))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _flush(self, key: str) -> None:
+        """Write the deferred confirmation of ``key``; if the store cannot take it, try again
+        while the lease lasts (after that another worker sends them again: never lost)."""
+        held = self._held.pop(key, None)
+        if held is None or (not held.sent and not held.done):
+            if held is not None:
+                self._held.setdefault(key, held)
+            return
+        try:
+            written = await self._drive(
+                self.confirm_steps(key, held.sent, lease=held.lease, release=held.done)
+            )
+        except FsmError as exc:
+            log.warning("user %r: could not confirm sent replies yet (%s)", key, exc)
+            written = False
+        if written and not held.done:
+            self.sent(key, held.lease)  # still sending: renewed, further keys come
+            self._held[key].since = time.monotonic()
+        elif not written and time.monotonic() < held.since + (self.send_lease or 0.0):
+            again = self._held.setdefault(key, Held(held.lease, set(), held.since))
+            again.sent |= held.sent
+            again.done = again.done or held.done
+            self._flush_later(key)
 
     async def peek(self, user_id: str) -> Snapshot | None:
         """The stored snapshot, decoded, without changing anything (None if absent)."""
@@ -79,6 +161,7 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
         store = self.store
         value: Any = None
         error: BaseException | None = None
+        guard: _Guard | None = None
         try:
             while True:
                 try:
@@ -93,6 +176,10 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
                         value = await _call(effect)
                     elif type(effect) is Sleep:
                         await asyncio.sleep(effect.seconds)
+                    elif type(effect) is Guard:
+                        guard = _Guard(store, effect)
+                    elif type(effect) is Unguard:
+                        value, guard = await guard.settle() if guard else None, None
                     else:
                         raise TypeError(f"not an effect: {effect!r}")
                 except BaseException as exc:  # noqa: BLE001 - handed to the protocol
@@ -101,6 +188,44 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
             # No cycle through this frame: an error's traceback must not keep the handler's
             # frames (and the payload, the token) alive until the cyclic collector runs.
             value = error = None
+            if guard is not None:  # abandoned mid-decision: a lease it took is given back
+                await guard.cancel()
+
+
+class _Guard:
+    """A :class:`~fsm.effects.Guard`'s call, made on the loop after its delay unless settled
+    first."""
+
+    def __init__(self, store: AsyncSessionStore, guard: Guard) -> None:
+        self.store = store
+        self.call = guard.call
+        self.calling = False
+        self.task = asyncio.ensure_future(self._run(guard.after))
+
+    async def _run(self, after: float) -> Any:
+        await asyncio.sleep(after)
+        self.calling = True
+        return await getattr(self.store, self.call.method)(*self.call.args, **self.call.kwargs)
+
+    async def settle(self) -> Any:
+        """The call's result if it was made (None if it failed), else cancel it: None."""
+        if not self.calling:
+            self.task.cancel()
+            return None
+        try:
+            return await asyncio.shield(self.task)
+        except Exception:  # noqa: BLE001 - best effort: the save's compare-and-set decides
+            return None
+
+    async def cancel(self) -> None:
+        """Settle it, and give back a lease it took (the caller is going away)."""
+        try:
+            taken = await self.settle()
+            if taken is not None:
+                key, owner = self.call.args[0], self.call.args[1]
+                await self.store.release_lock(key, owner)
+        except Exception:  # noqa: BLE001 - the lease expires by itself
+            log.warning("a guard's lease could not be given back; it expires by itself")
 
 
 async def _call(call: HandlerCall) -> Any:

@@ -81,8 +81,8 @@ class BlockingEngine:
     ) -> Result:
         return run(self.engine.handle(user_id, text, message_id=message_id, pressed=pressed))
 
-    def confirm(self, user_id: str, sent: Iterable[tuple[int, int]]) -> bool:
-        return run(self.engine.confirm(user_id, sent))
+    def confirm(self, user_id: str, sent: Iterable[str], *, lease: str | None = None) -> bool:
+        return run(self.engine.confirm(user_id, sent, lease=lease))
 
     def peek(self, user_id: str) -> Snapshot | None:
         return run(self.engine.peek(user_id))

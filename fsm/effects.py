@@ -45,7 +45,21 @@ class Sleep(msgspec.Struct, frozen=True):
     seconds: float
 
 
-Effect = StoreCall | HandlerCall | Sleep
+class Guard(msgspec.Struct, frozen=True):
+    """Make ``call`` if the protocol is still busy ``after`` seconds from now (its next
+    :class:`Unguard` has not come): the async engine's driver runs it concurrently with the
+    decision. A driver without concurrency (the sync engine's) never makes it."""
+
+    call: StoreCall
+    after: float
+
+
+class Unguard(msgspec.Struct, frozen=True):
+    """End the last :class:`Guard`: its call's result if it was made, else None (not made,
+    or failed: a guard is best effort)."""
+
+
+Effect = StoreCall | HandlerCall | Sleep | Guard | Unguard
 
 #: A piece of the protocol: yields effects, is sent their results, returns ``T``.
 Steps = Generator[Effect, Any, T]

@@ -12,7 +12,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fsm.effects import HandlerCall, Sleep, Steps, StoreCall
+from fsm.effects import Guard, HandlerCall, Sleep, Steps, StoreCall, Unguard
+from fsm.inflight import Sending
 from fsm.protocol import LOCK_AFTER_CONFLICTS, MAX_ACTIONS, MessageProtocol, Result
 from fsm.snapshot import Snapshot
 from fsm.store import SessionStore
@@ -75,11 +76,18 @@ class Engine(MessageProtocol[SessionStore]):
         """
         return self._drive(self.message(user_id, text, message_id, pressed))
 
-    def confirm(self, user_id: str, sent: Iterable[tuple[int, int]]) -> bool:
+    def confirm(self, user_id: str, sent: Iterable[str], *, lease: str | None = None) -> bool:
         """Drop the outbox entries with these keys (:attr:`Outgoing.key`): the channel
-        accepted them. False if the session moved on without them or could not be saved
-        (they stay pending, to be sent again: never lost)."""
-        return self._drive(self.confirm_steps(user_id, sent))
+        accepted them. With ``lease`` (a result's :attr:`~fsm.result.Result.lease`, or
+        :meth:`take_outbox`'s), the same write frees the send lease. False if that could not
+        be saved (they stay pending, to be sent again: never lost)."""
+        return self._drive(self.confirm_steps(user_id, sent, lease=lease))
+
+    def take_outbox(self, user_id: str) -> Sending | None:
+        """Take the user's send lease, waiting for another worker's (up to ``lock_wait``,
+        then :class:`~fsm.errors.LockTimeout`), and the replies still pending under it;
+        None if none is (nothing to send). Confirm with its ``lease``."""
+        return self._drive(self.take_outbox_steps(user_id))
 
     def peek(self, user_id: str) -> Snapshot | None:
         """The stored snapshot, decoded, without changing anything (None if absent)."""
@@ -105,6 +113,8 @@ class Engine(MessageProtocol[SessionStore]):
                         value = effect.fn(effect.ctx)
                     elif type(effect) is Sleep:
                         time.sleep(effect.seconds)
+                    elif type(effect) is Guard or type(effect) is Unguard:
+                        value = None  # no concurrency here: a guard is never made
                     else:
                         raise TypeError(f"not an effect: {effect!r}")
                 except BaseException as exc:  # noqa: BLE001 - handed to the protocol

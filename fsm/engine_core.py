@@ -22,14 +22,20 @@ from fsm.decide import Decider
 from fsm.effects import Steps as Steps
 from fsm.effects import StoreCall
 from fsm.flow import Flow, FlowSpec
+from fsm.inflight import Held
 from fsm.poison import FailureCount
 from fsm.recent import RecentRecords
 from fsm.records import Record
+from fsm.redaction import user_tail
 from fsm.snapshot import Snapshot
 from fsm.stats import EngineStats
 from fsm.store import AsyncSessionStore, SessionStore
 
 log = logging.getLogger("fsm.engine")
+
+#: Said first when a user's outbox overflowed (:data:`fsm.outbox.MAX_OUTBOX`): the replies
+#: kept are the newest.
+DROPPED_NOTICE = "Some of our earlier messages could not be delivered. Here are the latest."
 
 #: The store an engine runs on: the engine's port, sync or async.
 S = TypeVar("S", SessionStore, AsyncSessionStore)
@@ -87,6 +93,8 @@ class EngineCore(Generic[S]):
             "Please check before you try again."
         ),
         outbox: bool = False,
+        send_lease: float | None = None,
+        dropped_notice: str = DROPPED_NOTICE,
     ) -> None:
         if session_ttl <= 0 or lock_ttl <= 0 or lock_wait < 0:
             raise ValueError("session_ttl and lock_ttl must be > 0, lock_wait >= 0")
@@ -94,6 +102,8 @@ class EngineCore(Generic[S]):
             raise ValueError("max_attempts must be >= 1")
         if poison_after < 1:
             raise ValueError("poison_after must be >= 1")
+        if send_lease is not None and not send_lease > 0:
+            raise ValueError("send_lease must be > 0 seconds, or None")
         self.flow = flow
         self.spec: FlowSpec = type(flow).spec
         if self.spec.machine.protected and verifier is None:
@@ -119,6 +129,13 @@ class EngineCore(Generic[S]):
         #: (:class:`~fsm.snapshot.Outgoing`, :meth:`~fsm.outbox.Outbox.confirm_steps`): a
         #: transport that must never lose a reply turns it on (the WhatsApp transport does).
         self.outbox = outbox
+        #: Hold the user's lease while sending the outbox, for this many seconds at most
+        #: (:mod:`fsm.outbox`): None for no send lease. Needs ``outbox`` and a store that
+        #: takes the lease on save; the WhatsApp transport sets it.
+        self.send_lease = send_lease
+        self.dropped_notice = dropped_notice
+        #: Send leases this process holds with confirmations not written yet, by user key.
+        self._held: dict[str, Held] = {}
         self._failures = FailureCount()
         self._decider = Decider(
             flow,
@@ -152,6 +169,26 @@ class EngineCore(Generic[S]):
             update_from=self.source,
         )
 
+    def _take_held(self, key: str) -> Held | None:
+        """The send lease this process holds for ``key`` with its confirmation deferred, taken
+        out of :attr:`_held` so the caller folds the confirmation into its own save; None if
+        there is none, or its sending is not over."""
+        held = self._held.get(key)
+        if held is None or not held.done:
+            return None
+        del self._held[key]
+        return held
+
+    def _hold(self, key: str, held: Held) -> None:
+        """Keep ``held`` for ``key``: its confirmation is written later (:meth:`_flush_later`),
+        or folded into the user's next save in this process."""
+        self._held[key] = held
+        self._flush_later(key)
+
+    def _flush_later(self, key: str) -> None:
+        """Have the held confirmation of ``key`` written soon. Engines without a loop to do it
+        on never defer a confirmation, so there is nothing to do here."""
+
     def _remember(
         self,
         key: str,
@@ -172,9 +209,9 @@ class EngineCore(Generic[S]):
         ):
             self.stats.incr("version_regressions")
             log.error(
-                "user %r: the stored version went back from %d to %d (failover with lost "
+                "user %s: the stored version went back from %d to %d (failover with lost "
                 "writes, or an old copy restored); continuing from what is stored",
-                key,
+                user_tail(key),
                 old.version,
                 record.version,
             )

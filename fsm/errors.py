@@ -2,12 +2,21 @@
 
 Every error names what it is about (the user key, stage, event, step or version) so a log line
 is enough to find the conversation. None of them ever carries a JWT or another secret: tokens are
-described by their claims at most, never by their text.
+described by their claims at most, never by their text. A user key (a phone number) shows in a
+message as its last four characters only (:func:`fsm.redaction.user_tail`); the full key is
+kept on the error as ``user_key`` for code that needs it.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from fsm.redaction import mask_user, user_tail
+
+
+def _who(user_key: str | None, form: str) -> str:
+    """``form`` (holding ``{}``) with the tail of ``user_key``, or nothing without a key."""
+    return form.format(user_tail(user_key)) if user_key is not None else ""
 
 
 class FsmError(Exception):
@@ -49,8 +58,8 @@ class TransitionNotAllowed(FsmError):
         self.event = event
         self.user_key = user_key
         self.reason = reason
-        who = f" (user {user_key!r})" if user_key is not None else ""
-        why = f": {reason}" if reason else ""
+        who = _who(user_key, " (user {})")
+        why = f": {mask_user(reason, user_key)}" if reason else ""
         super().__init__(f"event {event!r} is not allowed from stage {stage!r}{who}{why}")
 
 
@@ -61,7 +70,7 @@ class StepNotFound(FsmError):
         self.stage = stage
         self.step = step
         self.user_key = user_key
-        who = f" (user {user_key!r})" if user_key is not None else ""
+        who = _who(user_key, " (user {})")
         super().__init__(f"stage {stage!r} has no step {step!r}{who}")
 
 
@@ -74,7 +83,7 @@ class StepFailed(FsmError):
         self.user_key = user_key
         self.version = version
         super().__init__(
-            f"step {stage}.{step} failed for user {user_key!r} at version {version}; "
+            f"step {stage}.{step} failed for user {user_tail(user_key)} at version {version}; "
             "the stored snapshot is unchanged"
         )
 
@@ -90,11 +99,12 @@ class CorruptSnapshot(FsmError):
         self.detail = detail
         self.raw = raw
         self.user_key = user_key
-        who = f"user {user_key!r}: " if user_key is not None else ""
-        super().__init__(f"{who}corrupt snapshot ({len(raw)} bytes): {detail}")
+        who = _who(user_key, "user {}: ")
+        super().__init__(f"{who}corrupt snapshot ({len(raw)} bytes): {mask_user(detail, user_key)}")
 
     def __repr__(self) -> str:  # never dump the raw bytes: they may contain a token
-        return f"CorruptSnapshot({self.detail!r}, raw=<{len(self.raw)} bytes>)"
+        detail = mask_user(self.detail, self.user_key)
+        return f"CorruptSnapshot({detail!r}, raw=<{len(self.raw)} bytes>)"
 
 
 class SchemaTooNew(FsmError):
@@ -110,7 +120,7 @@ class SchemaTooNew(FsmError):
         self.supported = supported
         self.user_key = user_key
         self.what = what
-        who = f"user {user_key!r}: " if user_key is not None else ""
+        who = _who(user_key, "user {}: ")
         super().__init__(
             f"{who}snapshot {what} {schema} is newer than this code supports ({supported}); "
             "upgrade this worker"
@@ -124,9 +134,10 @@ class ConflictError(FsmError):
         self.user_key = user_key
         self.attempts = attempts
         self.version = version
-        why = detail or "the stored version kept moving"
+        why = mask_user(detail, user_key) or "the stored version kept moving"
         super().__init__(
-            f"user {user_key!r}: gave up after {attempts} attempts, {why} (last seen {version})"
+            f"user {user_tail(user_key)}: gave up after {attempts} attempts, {why} "
+            f"(last seen {version})"
         )
 
 
@@ -137,8 +148,8 @@ class StoreUnavailable(FsmError):
         self.operation = operation
         self.user_key = user_key
         self.detail = detail
-        who = f" for user {user_key!r}" if user_key is not None else ""
-        tail = f": {detail}" if detail else ""
+        who = _who(user_key, " for user {}")
+        tail = f": {mask_user(detail, user_key)}" if detail else ""
         super().__init__(f"store unavailable during {operation}{who}{tail}")
 
 
@@ -149,7 +160,7 @@ class LockTimeout(FsmError):
         self.user_key = user_key
         self.waited = waited
         super().__init__(
-            f"user {user_key!r}: lock still held by another worker after {waited:.2f}s"
+            f"user {user_tail(user_key)}: lock still held by another worker after {waited:.2f}s"
         )
 
 
@@ -159,8 +170,8 @@ class TokenRefused(FsmError):
     def __init__(self, reason: str, *, user_key: str | None = None) -> None:
         self.reason = reason
         self.user_key = user_key
-        who = f"user {user_key!r}: " if user_key is not None else ""
-        super().__init__(f"{who}token refused: {reason}")
+        who = _who(user_key, "user {}: ")
+        super().__init__(f"{who}token refused: {mask_user(reason, user_key)}")
 
 
 class ConfigurationError(FsmError, ValueError):

@@ -58,6 +58,11 @@ class Message(msgspec.Struct):
     #: Replies still pending in a poisoned session this call quarantined: carried into the
     #: restarted conversation's outbox, so healing loses no reply.
     carried: tuple[Outgoing, ...] = ()
+    #: Outbox entries this process sent under the send lease it holds (``owner``) and has
+    #: not confirmed in the store yet: the save drops them (the confirmation folded in).
+    sent: set[str] = msgspec.field(default_factory=set)
+    #: The send lease the last save kept for the replies it returns (the result's ``lease``).
+    lease: str | None = None
     conflicts: int = 0
     actions: int = 0
     version: int = 0
@@ -78,4 +83,28 @@ class Message(msgspec.Struct):
         return self.message_id if self.due else None
 
     def result(self, snapshot: Snapshot) -> Result:
-        return Result(tuple(self.said), snapshot, self.duplicate, tuple(self.events))
+        return Result(tuple(self.said), snapshot, self.duplicate, tuple(self.events), self.lease)
+
+
+class Held(msgspec.Struct):
+    """A send lease this process holds for a user, with the entries it sent under it that
+    are not confirmed in the store yet (the async engine defers confirmations)."""
+
+    lease: str
+    sent: set[str]
+    since: float  # when the lease was last set (monotonic)
+    done: bool = False  # the transport finished sending: the confirmation frees the lease
+
+    def __repr__(self) -> str:  # not the lease token
+        return f"Held(sent={len(self.sent)}, done={self.done})"
+
+
+class Sending(msgspec.Struct, frozen=True):
+    """A user's outbox, taken for sending (:meth:`fsm.AsyncEngine.take_outbox`): the send
+    lease to confirm with, and the entries still to send, oldest first."""
+
+    lease: str
+    pending: tuple[Outgoing, ...]
+
+    def __repr__(self) -> str:
+        return f"Sending(pending={len(self.pending)})"

@@ -16,6 +16,7 @@ from fsm.engine_core import EngineCore, S, Steps, log
 from fsm.errors import FsmError, LockTimeout
 from fsm.inflight import Message
 from fsm.records import Loaded
+from fsm.redaction import user_tail
 from fsm.store import lock_backoff, new_owner_token
 
 
@@ -64,7 +65,11 @@ class Leasing(EngineCore[S]):
         try:
             yield StoreCall("release_lock", (key, owner), {})
         except FsmError as exc:
-            log.warning("user %r: could not release the lease (%s); it expires by itself", key, exc)
+            log.warning(
+                "user %s: could not release the lease (%s); it expires by itself",
+                user_tail(key),
+                exc,
+            )
 
     def _lease_aging(self, leased_at: float) -> bool:
         """Whether a lease taken (or renewed) at ``leased_at`` is old enough to renew before
@@ -82,4 +87,6 @@ class Leasing(EngineCore[S]):
 
     def _lease_lost(self, key: str) -> None:
         self.stats.incr("lease_lost")
-        log.warning("user %r: the lease expired during a step (lock_ttl=%ss)", key, self.lock_ttl)
+        log.warning(
+            "user %s: the lease expired during a step (lock_ttl=%ss)", user_tail(key), self.lock_ttl
+        )

@@ -49,7 +49,7 @@ from typing import Any
 import msgspec
 
 from fsm.decide import Decision
-from fsm.effects import Sleep, StoreCall
+from fsm.effects import Guard, Sleep, StoreCall, Unguard
 from fsm.engine_core import MAX_ACTIONS, S, Steps, log
 from fsm.errors import (
     ConflictError,
@@ -61,7 +61,7 @@ from fsm.errors import (
     TransitionNotAllowed,
 )
 from fsm.history import history_entry
-from fsm.inflight import Message, Restored
+from fsm.inflight import Held, Message, Restored
 from fsm.inputs import MAX_USER_KEY as MAX_USER_KEY
 from fsm.inputs import check_key, check_message_id, check_text
 from fsm.leases import Leasing
@@ -69,6 +69,7 @@ from fsm.outbox import MAX_OUTBOX as MAX_OUTBOX
 from fsm.outbox import Outbox
 from fsm.poison import FAILURES_KEPT as FAILURES_KEPT
 from fsm.records import HistoryEntry, Loaded, Record, SaveResult, SaveStatus
+from fsm.redaction import mask_user, user_tail
 from fsm.reply import Reply
 from fsm.result import Result
 from fsm.snapshot import Snapshot, decode_snapshot, encode_snapshot
@@ -80,6 +81,10 @@ __all__ = ["LOCK_AFTER_CONFLICTS", "MAX_ACTIONS", "MessageProtocol", "Result", "
 #: After this many lost compare-and-sets in one message, take the user's lock for the rest:
 #: under heavy contention on one user, queueing beats retrying.
 LOCK_AFTER_CONFLICTS = 3
+
+#: With a send lease, a decision still running after this many seconds takes the user's lease
+#: (:meth:`MessageProtocol._guard`): the user's next message waits for it on any worker.
+GUARD_AFTER = 0.05
 
 #: Failures of the flow's own code (a handler, a prompt, an action, or the outcome it
 #: returned): the user is told the flow's ``failure_reply`` (:meth:`MessageProtocol._failed`).
@@ -105,6 +110,9 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         if pressed is not None:
             check_text(pressed)
         m = Message(key, text, message_id, self._recent.get(key), pressed)
+        held = self._take_held(key)
+        if held is not None:  # our send lease, its confirmation deferred: fold it in
+            m.owner, m.sent, m.leased_at = held.lease, held.sent, held.since
         try:
             for _ in range(self._passes):
                 result = yield from self._pass(m)
@@ -127,7 +135,10 @@ class MessageProtocol(Outbox[S], Leasing[S]):
             raise
         finally:
             if m.owner is not None:
-                yield from self._release(key, m.owner)
+                if m.sent:  # the deferred confirmation was not folded into a save
+                    self._hold(key, Held(m.owner, m.sent, m.leased_at, done=True))
+                else:
+                    yield from self._release(key, m.owner)
 
     def _failed(self, m: Message, exc: FsmError) -> None:
         """The flow's own code failed on this message: what the user is told (the flow's
@@ -144,8 +155,8 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         cause = exc.__cause__ or exc
         where = f"{exc.stage}.{exc.step}" if isinstance(exc, StepFailed) else "-"
         log.warning(
-            "user %r: message %s failed at step %s: %s%s",
-            m.key,
+            "user %s: message %s failed at step %s: %s%s",
+            user_tail(m.key),
             m.message_id or "-",
             where,
             type(cause).__name__,
@@ -181,15 +192,37 @@ class MessageProtocol(Outbox[S], Leasing[S]):
                 m.owner = None  # it lapsed: someone else may be running it; re-lock
                 return None
             m.leased_at = time.monotonic()
+        # With a send lease, a decision that takes a while (a slow API lookup) takes the
+        # user's lease too, so the user's next message, on another worker, waits for it.
+        guard = self._guard(m, at_action)
+        if guard is not None:
+            lease = self.send_lease or self.lock_ttl
+            yield Guard(StoreCall("lock_and_load", (m.key, guard, lease), {}), GUARD_AFTER)
         try:
             # Nothing stored (or expired), not a reset this call made: a new conversation.
             fresh = (restored.expected_version == 0 or restored.fresh) and m.floor is None
             decision = yield from self._decide(m, restored, at_action, fresh)
         except (StepFailed, StepNotFound, TransitionNotAllowed) as exc:
+            yield from self._unguard(m, guard)
             if not (yield from self._poisoned(m, restored, exc)):
                 raise
             return None  # quarantined: the next pass restarts the user at the safe stage
+        yield from self._unguard(m, guard)
         return (yield from self._save(m, restored, decision, at_action))
+
+    def _guard(self, m: Message, at_action: bool) -> str | None:
+        """The owner token to take the lease with if deciding ``m`` takes longer than
+        :data:`GUARD_AFTER`; None when no lease is taken that way (no send lease, the lease
+        held already, or an action's turn: those lock first)."""
+        if self.send_lease is None or m.owner is not None or at_action or not m.due:
+            return None
+        return new_owner_token()
+
+    def _unguard(self, m: Message, guard: str | None) -> Steps[None]:
+        """End the guard of :meth:`_guard`: if it took the lease, the lease is ours now."""
+        if guard is not None and (yield Unguard()) is not None:
+            self.stats.incr("lock_acquisitions")
+            m.owner, m.leased_at = guard, time.monotonic()
 
     def _needs_lock(self, m: Message, current: Snapshot, at_action: bool) -> bool:
         return (
@@ -300,11 +333,11 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         history entry says "abandon"."""
         self.stats.incr("actions_abandoned")
         log.error(
-            "user %r: action %s.%s (idempotency key %s) failed again and was abandoned: %s",
-            key,
+            "user %s: action %s.%s (idempotency key %s) failed again and was abandoned: %s",
+            user_tail(key),
             current.stage,
             current.step,
-            current.pending or "-",
+            mask_user(current.pending or "-", key),
             type(exc.__cause__ or exc).__name__,
         )
         safe = self.spec.safe_stage
@@ -327,17 +360,18 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         self, m: Message, restored: Restored, decision: Decision, at_action: bool
     ) -> Steps[Result | None]:
         """Compare-and-set the decision; a Result if the message is done, None to go on."""
+        if self.outbox:
+            decision = self._with_outbox(m, restored.snapshot, decision)
         new = decision.snapshot
         acts_next = self._decider.is_action(new)
         # The last save of this call (the message applied, no action next) frees the lease
-        # in the same step; a save that leads to an action takes it in the same step, so the
-        # action runs next with no round trip to lock.
+        # in the same step, or keeps it as the send lease of the replies it leaves pending; a
+        # save that leads to an action takes it in the same step, so the action runs next
+        # with no round trip to lock.
         last = (not m.due or not at_action) and not acts_next
-        leased = acts_next and m.owner is None and self._lease_on_save
+        keep = last and bool(new.outbox) and self.send_lease is not None and self._lease_on_save
+        leased = (acts_next or keep) and m.owner is None and self._lease_on_save
         owner = new_owner_token() if leased else m.owner
-        if self.outbox:
-            decision = self._with_outbox(m, restored.snapshot, decision)
-            new = decision.snapshot
         payload = self._encode(m.key, decision)
         options: dict[str, Any] = {
             "version": new.version,
@@ -347,10 +381,10 @@ class MessageProtocol(Outbox[S], Leasing[S]):
             "history": self._history(restored.snapshot, decision),
             "message_id": None if at_action else m.message_id,
             "owner": owner,
-            "release": last and owner is not None,
+            "release": last and owner is not None and not keep,
         }
-        if leased:  # only then: a store that takes no lease on save never sees the option
-            options["lease"] = self.lock_ttl
+        if leased or keep:  # only then: a store that takes no lease on save never sees it
+            options["lease"] = self.send_lease if keep else self.lock_ttl
         call = StoreCall("save", (m.key, payload), options)
         since = self._recent.tick()
         try:
@@ -364,6 +398,12 @@ class MessageProtocol(Outbox[S], Leasing[S]):
             return None
         if leased and not saved.unleased:
             m.owner, m.leased_at = owner, time.monotonic()
+        if keep and not saved.unleased:
+            m.lease = owner  # the send lease, handed to the caller with the result
+        if m.sent:
+            folded = sum(1 for o in restored.snapshot.outbox if o.key in m.sent)
+            self.stats.incr("outbox_confirmed", folded)
+            m.sent = set()
         # (Unleased: it landed on a retry, but the lease is another worker's now. The owner
         # stays unset, so the next pass takes the lease, and reloads, before the action.)
         record = Record(payload, new.version, saved.tag)

@@ -6,6 +6,11 @@ sensitive (:attr:`fsm.Flow.sensitive`: an address, a drug name) or looks like a 
 lists; a JWT is hidden inside any string. ``fsm inspect``, ``fsm quarantine show``, the
 simulator's state panel and the :class:`~fsm.step.Context` repr all go through :func:`redact`;
 ``--show-secrets`` (one switch) shows both kinds. Backups keep everything: they are backups.
+
+A user key (a phone number) is shown by logs and exception messages as its last four
+characters at most (:func:`user_tail`: ``...0016``), wherever they come from: the engine, the
+stores, the WhatsApp transport. Exceptions keep the full key as an attribute (``user_key``);
+only the operator's CLI tables show it whole, on purpose.
 """
 
 from __future__ import annotations
@@ -28,6 +33,33 @@ REDACTED = "<redacted>"
 TOO_DEEP = "<nested too deeply to show>"
 _WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _NONE: frozenset[str] = frozenset()
+
+
+def user_tail(key: str) -> str:
+    """A user key (a phone number) as logs and exception messages show it: its last four
+    characters after ``...``; a key of four characters or fewer is shown as it is. Characters
+    that are not printable are escaped, so a key cannot forge a log line.
+
+    >>> user_tail("263773000016")
+    '...0016'
+    >>> user_tail("2631")
+    '2631'
+    """
+    tail = key[-4:]
+    shown = tail if tail.isprintable() else repr(tail)[1:-1]
+    return shown if len(key) <= 4 else f"...{shown}"
+
+
+def mask_user(text: str, user_key: str | None) -> str:
+    """``text`` (a driver's or decoder's message, an idempotency key) with the full
+    ``user_key`` in it, if any, cut to its :func:`user_tail`.
+
+    >>> mask_user("WRONGTYPE at fsm:263773000016:snap", "263773000016")
+    'WRONGTYPE at fsm:...0016:snap'
+    """
+    if not user_key or len(user_key) <= 4:
+        return text
+    return text.replace(user_key, user_tail(user_key))
 
 
 def is_secret_key(key: str) -> bool:

@@ -18,6 +18,7 @@ from fsm.flow_migrations import apply_flow_migrations
 from fsm.inflight import Restored
 from fsm.migrations import MigrationError
 from fsm.records import HistoryEntry, Record
+from fsm.redaction import mask_user, user_tail
 from fsm.reply import Reply
 from fsm.snapshot import VERSION_LIMIT, Snapshot, decode_snapshot, encode_snapshot
 from fsm.snapshot import chain_floor as _chain
@@ -60,11 +61,11 @@ class Restoring(EngineCore[S]):
             if snapshot.pending or snapshot.outbox:  # what the store's expiry drops unsaid
                 self.stats.incr("expired_unfinished")
                 log.warning(
-                    "user %r: session expired with %s (idempotency key %s) and %d unsent "
+                    "user %s: session expired with %s (idempotency key %s) and %d unsent "
                     "replies; starting over",
-                    key,
+                    user_tail(key),
                     f"{snapshot.stage}.{snapshot.step} pending" if snapshot.pending else "nothing",
-                    snapshot.pending or "-",
+                    mask_user(snapshot.pending or "-", key),
                     len(snapshot.outbox),
                 )
             fresh = self._fresh(self.spec.initial, record.version)
@@ -139,7 +140,10 @@ class Restoring(EngineCore[S]):
             return False
         self.stats.incr("corrupt")
         log.warning(
-            "user %r: corrupt snapshot quarantined as %s: %s", key, quarantine_id, exc.detail
+            "user %s: corrupt snapshot quarantined as %s: %s",
+            user_tail(key),
+            quarantine_id,
+            exc.detail,
         )
         return True
 

@@ -22,6 +22,11 @@ class Result(msgspec.Struct, frozen=True):
     snapshot: Snapshot
     duplicate: bool = False
     events: tuple[str, ...] = ()
+    #: With a send lease (``send_lease=``, :mod:`fsm.outbox`): the lease token this call
+    #: kept for sending :attr:`outbox`, held until :meth:`~fsm.Engine.confirm` (or
+    #: :meth:`fsm.AsyncEngine.sent`) frees it. None when the outbox is empty, or when another
+    #: worker holds the lease (take it with ``take_outbox``, which waits for it).
+    lease: str | None = None
 
     @property
     def texts(self) -> list[str]:
@@ -31,5 +36,6 @@ class Result(msgspec.Struct, frozen=True):
     def outbox(self) -> tuple[Outgoing, ...]:
         """With ``outbox=True``: every reply saved and not yet confirmed sent, oldest first
         (this message's, and any an earlier delivery could not send). Send these, not
-        ``replies``, then :meth:`~fsm.Engine.confirm` the ones the channel accepted."""
+        ``replies``, then :meth:`~fsm.Engine.confirm` the ones the channel accepted (by their
+        :attr:`~fsm.snapshot.Outgoing.key`)."""
         return self.snapshot.outbox

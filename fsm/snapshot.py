@@ -82,14 +82,20 @@ class Outgoing(msgspec.Struct, frozen=True, array_like=True):
     message or before the replies to the user's next one, so a reply is never lost between
     the save and the send."""
 
-    version: int  # the save that produced it (versions are never reused: a unique key)
+    version: int  # the save that produced it
     index: int  # its place among that save's replies
     message_id: str  # the message it answers ("" when the transport gave none)
     reply: Reply
+    #: A random id made when the entry is saved. Versions can be reused (a failover that
+    #: lost writes, an old copy restored), so what was sent is remembered and confirmed by
+    #: this id, never by the version: a reused version never matches an old sent-mark.
+    #: Entries saved by older releases have none (:attr:`key` then falls back).
+    id: str = ""
 
     @property
-    def key(self) -> tuple[int, int]:
-        return (self.version, self.index)
+    def key(self) -> str:
+        """What confirms this entry (:meth:`fsm.Engine.confirm`): its :attr:`id`."""
+        return self.id or f"{self.version}.{self.index}"
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True, array_like=True):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -61,6 +62,14 @@ def default_unsupported(message: Incoming) -> Reply | str | None:
 #: user's next message finishes it first (or gives it up, with the abandon notice).
 MAX_REDELIVERIES = 5
 
+#: How long (seconds) a worker holds a user's lease while it sends the user's replies, at most:
+#: no other worker sends them, or applies the user's next message, meanwhile. If the worker
+#: dies, the user's replies and messages wait this long for another worker to take over.
+SEND_LEASE = 15.0
+
+#: No reply is started after this share of the send lease: the rest stays pending (503).
+SEND_WINDOW = 0.8
+
 #: Trouble a later delivery may not meet: answer 503 so Meta re-delivers. SchemaTooNew: the
 #: session was written by a newer deploy; a newer worker will take the re-delivery.
 TRANSIENT = (StoreUnavailable, LockTimeout, ConflictError, SchemaTooNew)
@@ -80,6 +89,8 @@ class WhatsAppBot:
         if not isinstance(engine, AsyncEngine):
             raise TypeError(f"WhatsAppBot needs an fsm.AsyncEngine, got {type(engine).__name__}")
         engine.outbox = True  # replies are kept with the state until the Graph API has them
+        if engine.send_lease is None:  # and whoever sends them holds the user's lease
+            engine.send_lease = SEND_LEASE
         self.engine = engine
         self.client = client
         self.metrics = metrics if metrics is not None else WhatsAppMetrics()
@@ -148,20 +159,34 @@ class WhatsAppBot:
         except FsmError as exc:
             return await self._failed(message, exc)
         self.metrics.messages.labels("duplicate" if result.duplicate else "applied").inc()
-        return await self._send(message.user, result.outbox)
+        return await self._send(message.user, result.outbox, result.lease)
 
-    async def _send(self, user: str, pending: tuple[Outgoing, ...]) -> int:
+    async def _send(self, user: str, pending: tuple[Outgoing, ...], lease: str | None) -> int:
+        """Send ``pending`` under the user's send lease (taking it first when the result came
+        without one: another worker may be sending them), confirming each as it is accepted;
+        503 if some stay pending (Meta delivers the message again)."""
         if not pending:
             return HTTPStatus.OK
-        delivered = await self.delivery.deliver(user, pending)
-        if delivered.done:
+        if lease is None:
             try:
-                confirmed = await self.engine.confirm(user, delivered.done)
-            except FsmError as exc:
-                log.warning("could not confirm replies to %s: %s", phone_tail(user), exc)
-                confirmed = False
-            if not confirmed:
-                self.metrics.confirm_failures.inc(len(delivered.done))
+                taken = await self.engine.take_outbox(user)
+            except FsmError as exc:  # held by a worker still sending, or the store is down
+                log.warning("replies to %s wait (%s): answering 503", phone_tail(user), exc)
+                return HTTPStatus.SERVICE_UNAVAILABLE
+            if taken is None:
+                return HTTPStatus.OK  # sent meanwhile, by whoever held the lease
+            pending, lease = taken.pending, taken.lease
+        engine = self.engine
+        until = time.monotonic() + SEND_WINDOW * (engine.send_lease or 0.0)
+        try:
+            delivered = await self.delivery.deliver(
+                user,
+                pending,
+                on_done=lambda key: engine.sent(user, lease, (key,)),
+                until=until if engine.send_lease else None,
+            )
+        finally:
+            engine.sent(user, lease, done=True)
         return HTTPStatus.SERVICE_UNAVAILABLE if delivered.left else HTTPStatus.OK
 
     async def _flush(self, user: str) -> int:
@@ -169,7 +194,7 @@ class WhatsAppBot:
             snapshot = await self.engine.peek(user)
         except FsmError:
             return HTTPStatus.SERVICE_UNAVAILABLE  # pending replies wait for the re-delivery
-        return await self._send(user, snapshot.outbox if snapshot else ())
+        return await self._send(user, snapshot.outbox if snapshot else (), None)
 
     async def _failed(self, message: Incoming, exc: FsmError) -> int:
         """The flow failed on ``message``: send what earlier saves of it left pending, then
@@ -245,6 +270,7 @@ class WhatsAppBot:
         try:
             if self._background:
                 await asyncio.gather(*self._background, return_exceptions=True)
+            await self.engine.flush()  # deferred confirmations, written before we go
             await self.client.aclose()
         finally:
             close = getattr(self.engine.flow, "close", None)

@@ -15,28 +15,34 @@ import logging
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from adapters.whatsapp.graph import PAIR_LIMIT_PAUSE, GraphClient, GraphError
 from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import render
+from fsm.redaction import user_tail
 from fsm.snapshot import Outgoing
 
 log = logging.getLogger("adapters.whatsapp")
 
-#: How many sent message parts this process remembers (user, version, index, part), so that
-#: a reply whose confirmation was not saved, or a long text cut short after its first part,
-#: is not sent again by this process.
+#: How many sent message parts this process remembers (user, entry id, part), so that a reply
+#: whose confirmation was not saved yet, or a long text cut short after its first part, is not
+#: sent again by this process. Entry ids are random (:attr:`fsm.snapshot.Outgoing.id`): a
+#: version reused after a failover that lost writes never matches an old mark.
 SENT_KEPT = 100_000
+
+#: Users whose pending count the gauge keeps (past it the oldest are forgotten).
+PENDING_KEPT = 100_000
 
 
 @dataclass(slots=True)
 class Delivered:
     """What became of a user's pending replies."""
 
-    #: Keys to confirm: sent, or given up on a final error.
-    done: list[tuple[int, int]] = field(default_factory=list)
+    #: Keys to confirm (:attr:`fsm.snapshot.Outgoing.key`): sent, or given up on a final error.
+    done: list[str] = field(default_factory=list)
     #: How many stay pending (the retries ran out): the webhook answers 503.
     left: int = 0
 
@@ -58,40 +64,59 @@ class Delivery:
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self._sent: OrderedDict[tuple[str, int, int, int], None] = OrderedDict()
+        self._sent: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._pending: OrderedDict[str, int] = OrderedDict()
 
     async def deliver(
-        self, to: str, pending: Sequence[Outgoing], *, remember: bool = True
+        self,
+        to: str,
+        pending: Sequence[Outgoing],
+        *,
+        remember: bool = True,
+        on_done: Callable[[str], None] | None = None,
+        until: float | None = None,
     ) -> Delivered:
         """Send ``pending`` to ``to`` in order. With ``remember``, parts this process sent
-        already are skipped (their confirmation may not have been saved)."""
+        already are skipped (their confirmation may not be saved yet). ``on_done`` is called
+        with each entry's key as soon as it is sent (or given up), so it is confirmed then, not
+        after the batch; no entry is started after ``until`` (``time.monotonic()``: the send
+        lease's end), the rest stays pending."""
         delivered = Delivered()
         for index, entry in enumerate(pending):
+            if until is not None and time.monotonic() > until:
+                return self._left(to, delivered, len(pending) - index, "the send lease ends")
             try:
                 for part, payload in enumerate(render(entry.reply, to)):
-                    key = (to, entry.version, entry.index, part)
+                    key = (to, entry.key, part)
                     if remember and key in self._sent:
                         continue
                     await self._send(payload)
                     if remember:
-                        self._remember(key)
+                        _bounded(self._sent, key, None, SENT_KEPT)
             except GraphError as exc:
                 if exc.retryable or exc.hold:  # retries ran out, or the account is refused:
                     # keep this one and the rest, in order
-                    delivered.left = len(pending) - index
-                    self.metrics.pending.inc(delivered.left)
-                    log.warning(
-                        "%d replies to %s stay pending: %s", delivered.left, phone_tail(to), exc
-                    )
-                    return delivered
+                    return self._left(to, delivered, len(pending) - index, str(exc))
                 log.error("reply to %s given up: %s", phone_tail(to), exc)
             delivered.done.append(entry.key)
+            if on_done is not None:
+                on_done(entry.key)
+        self._count_pending(to, 0)
         return delivered
 
-    def _remember(self, key: tuple[str, int, int, int]) -> None:
-        self._sent[key] = None
-        while len(self._sent) > SENT_KEPT:
-            self._sent.popitem(last=False)
+    def _left(self, to: str, delivered: Delivered, left: int, why: str) -> Delivered:
+        delivered.left = left
+        self._count_pending(to, left)
+        log.warning("%d replies to %s stay pending: %s", left, phone_tail(to), why)
+        return delivered
+
+    def _count_pending(self, to: str, left: int) -> None:
+        """The pending gauge: what this process last left pending, summed over users."""
+        if left:
+            _bounded(self._pending, to, left, PENDING_KEPT)
+        elif self._pending.pop(to, None) is None:
+            return
+        self.metrics.pending.set(sum(self._pending.values()))
 
     async def _send(self, payload: dict[str, object]) -> str:
         """Send one payload, retrying what may succeed later; the last error if not."""
@@ -120,6 +145,13 @@ class Delivery:
         return delay
 
 
-def phone_tail(phone: str) -> str:
-    """A phone number as logs show it: its last four digits."""
-    return f"...{phone[-4:]}"
+def _bounded(seen: OrderedDict[Any, Any], key: Any, value: Any, most: int) -> None:
+    """``seen[key] = value`` as the newest entry, forgetting the oldest past ``most``."""
+    seen.pop(key, None)
+    seen[key] = value
+    while len(seen) > most:
+        seen.popitem(last=False)
+
+
+#: A phone number as logs show it: its last four digits (the one rule of the engine's too).
+phone_tail = user_tail

@@ -53,9 +53,10 @@ class WhatsAppMetrics:
             buckets=SEND_BUCKETS,
             registry=r,
         )
-        self.pending = Counter(
+        self.pending = Gauge(
             "fsm_whatsapp_replies_pending",
-            "Replies left pending after their retries ran out (sent at the next delivery).",
+            "Replies this process left pending (retries ran out, or the account is refused), "
+            "summed over users; each is sent at the user's next delivery.",
             registry=r,
         )
         self.confirm_failures = Counter(

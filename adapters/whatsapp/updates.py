@@ -5,16 +5,25 @@ A body is ``{"object": "whatsapp_business_account", "entry": [{"changes": [{"fie
 ``contacts[]``, ``messages[]`` and ``statuses[]``. Every entry, change and message is read,
 not only the first. Parsing is lenient where Meta adds fields and strict where it matters:
 a message that lacks ``id`` or ``from`` is counted as malformed and skipped, never applied.
+A body that is not an update at all (not JSON or not UTF-8, truncated, not an object, a wrong
+type in the envelope, a number out of range, nested deeper than :data:`MAX_NESTING`) is a
+:class:`BadUpdate`, whatever the decoder raised: answered 400, never 500.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from fsm.errors import InvalidUserKey
+from fsm.inputs import check_key
+
 OBJECT = "whatsapp_business_account"
+#: The deepest a change's ``value`` may nest (objects and arrays); Meta's go about 5 deep.
+MAX_NESTING = 32
 
 
 class BadUpdate(Exception):
@@ -92,15 +101,25 @@ def parse_update(body: bytes, *, phone_number_id: str, max_messages: int = 1000)
     than ``max_messages`` messages. A body for another ``object`` yields an empty update
     with ``ignored`` set (acknowledged: re-sending it would not make it ours)."""
     try:
+        body.decode("utf-8")  # all of it: the decoder does not look inside fields it skips
+    except UnicodeDecodeError:
+        raise BadUpdate("not a webhook update: not UTF-8") from None
+    try:
         envelope = _decoder.decode(body)
     except msgspec.DecodeError as exc:  # ValidationError included: a wrong envelope
         raise BadUpdate(f"not a webhook update: {_short(exc)}") from None
+    except RecursionError:  # nested deeper than the decoder can go
+        raise BadUpdate("not a webhook update: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # any other refusal of the bytes
+        raise BadUpdate(f"not a webhook update: {type(exc).__name__}") from None
     update = Update()
     if envelope.object != OBJECT:
         update.ignored = 1
         return update
     for entry in envelope.entry:
         for change in entry.changes:
+            if _nesting(change.value) > MAX_NESTING:
+                raise BadUpdate(f"not a webhook update: nested deeper than {MAX_NESTING} levels")
             _read_change(update, change, phone_number_id)
             if len(update.messages) > max_messages:
                 raise BadUpdate(f"more than {max_messages} messages in one body")
@@ -109,6 +128,26 @@ def parse_update(body: bytes, *, phone_number_id: str, max_messages: int = 1000)
 
 def _short(exc: Exception) -> str:
     return str(exc).splitlines()[0][:200]
+
+
+def _nesting(value: Any) -> int:
+    """How deep ``value`` nests objects and arrays (a scalar is 0), without recursing."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children: Iterable[Any]
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            break  # too deep already: no need to walk the rest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _read_change(update: Update, change: _Change, phone_number_id: str) -> None:
@@ -140,12 +179,23 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _usable_key(sender: str) -> bool:
+    """Whether ``sender`` can key a conversation, by the engine's own rule (so a message the
+    engine would refuse is counted as malformed here, not answered 503 at every re-delivery)."""
+    try:
+        check_key(sender)
+    except InvalidUserKey:
+        return False
+    return True
+
+
 def parse_message(raw: Any, phone_number_id: str = "") -> Incoming | None:
-    """One entry of ``messages[]``; None if it has no usable ``id``, ``from`` or ``type``."""
+    """One entry of ``messages[]``; None if it has no usable ``id``, ``from`` or ``type`` (a
+    ``from`` no conversation can be keyed by, such as a blank one, is not usable)."""
     if not isinstance(raw, dict):
         return None
     wamid, sender, kind = _str(raw.get("id")), _str(raw.get("from")), _str(raw.get("type"))
-    if wamid is None or sender is None or kind is None:
+    if wamid is None or sender is None or kind is None or not _usable_key(sender):
         return None
     text, pressed = _content(kind, raw)
     stamp = raw.get("timestamp")

@@ -54,7 +54,7 @@ THRESHOLDS: dict[str, Threshold] = {
     "step_failure_ratio": Threshold("0.05", "failed steps per applied message"),
     "signature_failures": Threshold("10", "webhook POSTs with a bad signature in 10 minutes"),
     "send_failures": Threshold("5", "Graph API sends given up, per error code, in 10 minutes"),
-    "replies_pending": Threshold("5", "replies left pending in 15 minutes"),
+    "replies_pending": Threshold("5", "replies pending for 15 minutes"),
     "sustained": Threshold("10m", "how long a rate must stay high before it alerts"),
 }
 
@@ -275,12 +275,11 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "FsmRepliesPending",
         "warning",
-        f"sum by (job) (increase(fsm_whatsapp_replies_pending_total{{{JOB}}}[15m])) "
-        "> {replies_pending}",
-        "0s",
+        f"sum by (job) (fsm_whatsapp_replies_pending{{{JOB}}}) > {{replies_pending}}",
+        "15m",
         "Replies are left pending",
-        "{{ $value }} replies ran out of retries in 15 minutes; they go out at the user's "
-        "next message or Meta's re-delivery.",
+        "{{ $value }} replies have been pending for 15 minutes (their retries ran out, or the "
+        "account is refused); they go out at the user's next message or Meta's re-delivery.",
     ),
 )
 
@@ -442,8 +441,8 @@ PANELS: tuple[Panel, ...] = (
         "s",
     ),
     Panel(
-        "Replies pending (15m)",
-        (f"sum(increase(fsm_whatsapp_replies_pending_total{{{JOB}}}[15m]))",),
+        "Replies pending",
+        (f"sum(fsm_whatsapp_replies_pending{{{JOB}}})",),
         "short",
         "replies_pending",
     ),

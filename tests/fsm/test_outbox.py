@@ -96,7 +96,24 @@ def test_the_outbox_is_bounded(outboxed: Any) -> None:
         last = outboxed.handle("u", "x", message_id=f"m{n}")
     assert len(last.outbox) == MAX_OUTBOX
     assert last.outbox[-1].reply.body == str(MAX_OUTBOX + 4)  # the newest kept
-    assert outboxed.stats.as_dict()["outbox_dropped"] == 5
+    # The user is told once, first, that earlier replies were dropped (it takes a place).
+    bodies = [o.reply.body for o in last.outbox]
+    assert bodies[0] == outboxed.dropped_notice and bodies.count(bodies[0]) == 1
+    assert bodies[1] == str(6)  # "counting", "1".."5" dropped
+    assert outboxed.stats.as_dict()["outbox_dropped"] == 6
+
+
+def test_outbox_entries_have_unique_ids_even_when_versions_are_reused(outboxed: Any) -> None:
+    """A failover that lost writes reuses versions: what was sent is told apart by id."""
+    first = outboxed.handle("u", "go", message_id="m1").outbox
+    # The store lost that write (a replica promoted without it): the next save is version 1.
+    lost = make_engine("sync", Counter(), MemoryStore(clock=outboxed.clock), outbox=True)
+    again = lost.handle("u", "go", message_id="m2").outbox
+    assert [o.version for o in first] == [o.version for o in again] == [1]
+    assert first[0].key != again[0].key and len(first[0].key) == 16
+    # Confirming the old entry's key does not drop the new one.
+    assert lost.confirm("u", [first[0].key])
+    assert [o.key for o in lost.peek("u").outbox] == [again[0].key]
 
 
 def test_without_the_outbox_nothing_is_kept(counter_engine: Any) -> None:

@@ -102,8 +102,8 @@ CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, str]]]] = {
         [counter("fsm_whatsapp_sends_total", 1, outcome="failed", code="131047")],
     ),
     "FsmRepliesPending": (
-        [counter("fsm_whatsapp_replies_pending_total", 1)],
-        [counter("fsm_whatsapp_replies_pending_total", 0.1)],
+        [series("fsm_whatsapp_replies_pending", "6x40")],
+        [series("fsm_whatsapp_replies_pending", "0x20 9x5 0x15")],  # pending, then sent
     ),
 }
 EVAL_AT = "30m"

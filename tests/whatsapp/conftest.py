@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,13 +31,25 @@ class Webhook:
         self.http = httpx.Client(base_url=url, timeout=30)
 
     def post(self, raw: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
-        return self.http.post(
+        """POST ``raw``; returns once the answer came and the confirmations the bot deferred
+        are written (within the engine's ``confirm_delay``), so the store can be checked."""
+        answer = self.http.post(
             "/webhook", content=raw, headers=signed(raw) if headers is None else headers
         )
+        settle(self.bot.engine)
+        return answer
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.bot.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
+
+
+def settle(engine: AsyncEngine, timeout: float = 5.0) -> None:
+    """Wait until ``engine`` holds no deferred confirmation (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not engine.settled:
+        assert time.monotonic() < deadline, "deferred confirmations not written in time"
+        time.sleep(0.01)
 
 
 def stored(store: Store, user: str) -> Snapshot:

@@ -5,6 +5,8 @@ on a failure the last one shows what the page looked like."""
 
 from __future__ import annotations
 
+import time
+
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -150,6 +152,8 @@ def make_an_offer(page: Page, url: str) -> None:
 
 def redeliver_and_switch(page: Page) -> None:
     sent = len(page.bot_messages())
+    time.sleep(0.5)  # the last message's confirmation is written a moment after its replies
+    page.driver.execute_script("return refreshSession()")
     version = page.panel("version")
     page.driver.find_element(By.ID, "redeliver").click()
     page.until("the re-delivery", lambda d: "Re-delivered" in d.find_element(By.ID, "chat").text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from adapters import MemoryStore
 
 from . import payloads as p
-from .conftest import Webhook, stored
+from .conftest import Webhook, settle, stored
 from .fake_graph import FakeGraph, body_text
 
 ALICE, BOB = "263770000001", "263770000002"
@@ -171,6 +172,7 @@ def test_the_same_body_posted_five_times_concurrently_applies_and_sends_once(
         return [a.status_code for a in answers]
 
     assert asyncio.run(post_all()) == [200] * 5
+    settle(hook.bot.engine)
     assert graph.texts() == ["Hello, you said hi", "Pick a fruit"]
     step, version = stage_step(store, ALICE)
     assert step == "fruit" and version == 2  # applied once (1), its replies confirmed (2)
@@ -209,6 +211,82 @@ def test_bad_bodies_get_a_4xx_or_200_never_a_500(
     assert "Traceback" not in answer.text and 'File "' not in answer.text
     assert graph.requests == []
     assert list(store.scan()) == []
+
+
+def _malformed_bodies() -> list[tuple[str, bytes]]:
+    """Bodies that are not updates, each signed and answered 400: some valid-looking."""
+    deep_objects, deep_arrays = b'{"a":' * 1000 + b"1" + b"}" * 1000, b"[" * 1000 + b"]" * 1000
+    envelope = b'{"object": "whatsapp_business_account", "entry": '
+    valid = p.body([p.text(ALICE, "MARK")])
+
+    def in_message(value: bytes) -> bytes:  # as the text of a message in a valid update
+        assert valid.count(b'"MARK"') == 1
+        return valid.replace(b'"MARK"', value)
+
+    return [
+        ("deep objects", deep_objects),
+        ("deep arrays", deep_arrays),
+        ("deep arrays in entry", envelope + b"[" + deep_arrays + b"]}"),
+        ("deep objects in entry", envelope + b'[{"id": "WABA-1", "x": ' + deep_objects + b"}]}"),
+        ("deep objects in a message", in_message(deep_objects)),
+        ("deep arrays in a message", in_message(deep_arrays)),
+        ("40 deep in a message", in_message(b"[" * 40 + b"]" * 40)),
+        ("invalid UTF-8", envelope + b'[], "x": "\xff\xfe\xc3\x28"}'),
+        ("invalid UTF-8 in a message", in_message(b'"\xc3\x28 \xff"')),
+        ("entry an object", envelope + b'{"a": 1}}'),
+        ("entry of numbers", envelope + b"[1, 2]}"),
+        ("changes a string", envelope + b'[{"changes": "x"}]}'),
+        ("value an array", envelope + b'[{"changes": [{"field": "messages", "value": [1]}]}]}'),
+        ("object a number", b'{"object": 5, "entry": []}'),
+        ("huge integer in a message", in_message(b"9" * 5000)),
+        ("huge float in a message", in_message(b"1e99999")),
+        ("a string", b'"whatsapp_business_account"'),
+        ("a number", b"42"),
+        ("null", b"null"),
+        ("true", b"true"),
+        ("an array", b"[]"),
+        ("empty", b""),
+        ("truncated", valid[: len(valid) // 2]),
+        ("truncated after a key", b'{"object": '),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"), _malformed_bodies(), ids=[n for n, _ in _malformed_bodies()]
+)
+def test_a_malformed_body_gets_a_400_and_one_warning_never_a_500(
+    hook: Webhook,
+    graph: FakeGraph,
+    store: MemoryStore,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    raw: bytes,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        answer = hook.post(raw)  # signed: it passes the signature check
+    assert answer.status_code == 400, (name, answer.status_code, answer.text[:200])
+    assert "Traceback" not in answer.text and 'File "' not in answer.text
+    assert answer.text.startswith("not a webhook update")
+    logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelname, r.getMessage().splitlines()[0]) for r in logged] == [
+        ("WARNING", f"webhook body refused (400): {answer.text}")
+    ]
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in logged)
+    assert graph.requests == []
+    assert list(store.scan()) == []
+    assert hook.metric("fsm_whatsapp_updates_total", outcome="bad_request") == 1
+
+
+@pytest.mark.parametrize("sender", [" ", "1" * 300, "2637\x00"], ids=["blank", "long", "nul"])
+def test_a_message_from_a_sender_no_conversation_can_have_is_counted_as_malformed(
+    hook: Webhook, graph: FakeGraph, store: MemoryStore, sender: str
+) -> None:
+    """Not a 503 at every re-delivery: the engine would refuse the key every time."""
+    for message in (p.image(sender), p.text(sender, "hi")):
+        answer = hook.post(p.body([message]))
+        assert answer.status_code == 200, answer.text
+    assert hook.metric("fsm_whatsapp_messages_total", outcome="malformed") == 2
+    assert graph.requests == [] and list(store.scan()) == []
 
 
 def test_unicode_and_nul_in_texts(hook: Webhook, graph: FakeGraph, store: MemoryStore) -> None:
