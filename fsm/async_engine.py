@@ -194,23 +194,24 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
 
 class _Guard:
     """A :class:`~fsm.effects.Guard`'s call, made on the loop after its delay unless settled
-    first."""
+    first (a timer, not a task: most decisions end long before it fires)."""
 
     def __init__(self, store: AsyncSessionStore, guard: Guard) -> None:
         self.store = store
         self.call = guard.call
-        self.calling = False
-        self.task = asyncio.ensure_future(self._run(guard.after))
+        self.task: asyncio.Future[Any] | None = None
+        self.timer = asyncio.get_running_loop().call_later(guard.after, self._start)
 
-    async def _run(self, after: float) -> Any:
-        await asyncio.sleep(after)
-        self.calling = True
-        return await getattr(self.store, self.call.method)(*self.call.args, **self.call.kwargs)
+    def _start(self) -> None:
+        call = self.call
+        self.task = asyncio.ensure_future(
+            getattr(self.store, call.method)(*call.args, **call.kwargs)
+        )
 
     async def settle(self) -> Any:
         """The call's result if it was made (None if it failed), else cancel it: None."""
-        if not self.calling:
-            self.task.cancel()
+        if self.task is None:
+            self.timer.cancel()
             return None
         try:
             return await asyncio.shield(self.task)
