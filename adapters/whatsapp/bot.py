@@ -1,18 +1,23 @@
 """A flow behind WhatsApp: each webhook message into ``engine.handle``, its replies out.
 
 Per message: ``await engine.handle(user, text, message_id=wamid, pressed=...)`` saves the
-new state with its replies in the engine's outbox (one atomic write); the pending replies
-are then sent in order (:mod:`adapters.whatsapp.delivery`) and the ones the Graph API
-accepted are confirmed (:meth:`fsm.AsyncEngine.confirm`). So:
+new state with its replies in the engine's outbox and takes the user's *send lease*, in one
+atomic write; the pending replies are then sent in order (:mod:`adapters.whatsapp.delivery`),
+each confirmed as the Graph API accepts it (:meth:`fsm.AsyncEngine.sent`: written a moment
+later, or folded into the user's next save), and the confirmation frees the lease. So:
 
 - a reply is sent only after the state that produced it is saved;
+- while one process sends a user's replies, no other sends them or applies that user's next
+  message (a re-delivery elsewhere waits for the lease: :meth:`fsm.AsyncEngine.take_outbox`);
 - if the process dies between the save and the send, or the retries run out, the replies
   stay in the outbox: the next delivery of the same message (Meta re-delivers when the
-  webhook did not answer 200) or the user's next message sends them first;
+  webhook did not answer 200) or the user's next message sends them first, once the lease
+  has lapsed;
 - a re-delivery of a message whose replies were confirmed sends nothing again.
 
-Messages of one user are handled one at a time in this process, in the order they come
-(so replies go out in the order the flow produced them); different users concurrently.
+Messages of one user are handled one at a time in this process, in the order they come;
+across processes, a slow decision holds the user's lease too (:data:`fsm.protocol.GUARD_AFTER`),
+so the user's next message waits for it. Different users are handled concurrently.
 """
 
 from __future__ import annotations
