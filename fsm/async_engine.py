@@ -30,6 +30,7 @@ from fsm.effects import Guard, HandlerCall, Sleep, Steps, StoreCall, Unguard
 from fsm.errors import FsmError
 from fsm.inflight import Held, Sending
 from fsm.protocol import MessageProtocol, Result
+from fsm.redaction import user_tail
 from fsm.snapshot import Snapshot
 from fsm.step import Context
 from fsm.store import AsyncSessionStore
@@ -140,7 +141,7 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
                 self.confirm_steps(key, held.sent, lease=held.lease, release=held.done)
             )
         except FsmError as exc:
-            log.warning("user %r: could not confirm sent replies yet (%s)", key, exc)
+            log.warning("user %s: could not confirm sent replies yet (%s)", user_tail(key), exc)
             written = False
         if written and not held.done:
             self.sent(key, held.lease)  # still sending: renewed, further keys come

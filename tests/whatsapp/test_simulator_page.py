@@ -5,9 +5,8 @@ on a failure the last one shows what the page looked like."""
 
 from __future__ import annotations
 
-import time
-
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
