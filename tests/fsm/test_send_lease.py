@@ -174,3 +174,16 @@ def test_without_the_send_lease_a_slow_decision_is_overtaken() -> None:
         return list((await first).snapshot.data["seen"])
 
     assert run(scenario()) == ["fast", "slow"]
+
+
+def test_the_sync_engine_takes_and_frees_the_send_lease_too() -> None:
+    from fsm import Engine
+
+    store = MemoryStore()
+    engine = Engine(Counter(), store, outbox=True, send_lease=5.0)
+    result = engine.handle("u", "go", message_id="m1")
+    assert result.lease is not None and store.lock_info("u") is not None
+    assert engine.confirm("u", [o.key for o in result.outbox], lease=result.lease)
+    assert store.lock_info("u") is None and engine.peek("u").outbox == ()
+    assert engine.take_outbox("u") is None  # nothing pending: the lease is not kept
+    assert store.lock_info("u") is None

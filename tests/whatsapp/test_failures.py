@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import pytest
 
@@ -15,10 +16,12 @@ from adapters import AsyncMemoryStore, MemoryStore
 from adapters.whatsapp.bot import MAX_REDELIVERIES
 from fsm import Context, Flow, Outcome, Stage, action, on_enter, step
 from fsm.async_engine import AsyncEngine
+from fsm.errors import StoreUnavailable
+from fsm.records import SaveResult
 
 from . import payloads as p
 from .conftest import Webhook, start_webhook, stored
-from .fake_graph import FakeGraph
+from .fake_graph import FakeGraph, error
 
 ALICE = "263770000001"
 SORRY = "Sorry, the pharmacy system had a problem. Please try again."
@@ -162,3 +165,41 @@ def test_an_action_that_keeps_failing_on_io_is_redelivered_a_bounded_number_of_t
     refill_hook.post(p.body([p.text(ALICE, "hello?")]))  # the next message finishes it first
     assert "Refill placed (receipt R1)." in graph.texts()
     assert len(api.orders) == 1
+
+
+class _FlakyStore(MemoryStore):
+    """Refuses saves while ``down``, as Redis would: the driver's error quotes the key."""
+
+    down = False
+
+    def save(self, user_key: str, payload: bytes, **options: Any) -> SaveResult:
+        if self.down:
+            raise StoreUnavailable(
+                "save", user_key=user_key, detail=f"ResponseError: READONLY fsm:{{{user_key}}}:s"
+            )
+        return super().save(user_key, payload, **options)
+
+
+def test_no_log_line_shows_more_than_the_tail_of_the_users_number(
+    graph: FakeGraph, api: Pharmacy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Failures of the flow, of the store and of the Graph API are logged with ``...0001``."""
+    store = _FlakyStore()
+    engine = AsyncEngine(Refill(api), AsyncMemoryStore(store))
+    with caplog.at_level(logging.DEBUG), start_webhook(graph, engine, store=store) as hook:
+        graph.plan(error(400, 131047))  # the first reply is given up: outside the window
+        assert hook.post(p.body([p.text(ALICE, "hi")])).status_code == 200
+        api.drop_after_apply = 1
+        yes = p.body([p.text(ALICE, "yes", message_id="wamid.YES")])
+        assert hook.post(yes).status_code == 503  # the action failed on I/O after applying
+        store.down = True
+        assert hook.post(yes).status_code == 503  # the store refused the save
+        store.down = False
+        assert hook.post(yes).status_code == 200
+        lookup = p.body([p.text(ALICE, "lookup")])
+        assert hook.post(lookup).status_code == 200  # the step timed out
+    assert len(api.orders) == 1
+    logged = [r.getMessage() for r in caplog.records]
+    assert sum(f"...{ALICE[-4:]}" in line for line in logged) >= 4
+    assert not [line for line in logged if ALICE[:-4] in line]
+    assert ALICE[:-4] not in caplog.text  # tracebacks included

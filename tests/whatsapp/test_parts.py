@@ -13,7 +13,7 @@ from adapters.whatsapp import GraphClient, Settings, SettingsError, WebhookConfi
 from adapters.whatsapp.graph import GraphError, Pacer
 from adapters.whatsapp.render import render, split_text
 from adapters.whatsapp.signature import signature, signature_problem
-from adapters.whatsapp.updates import BadUpdate
+from adapters.whatsapp.updates import MAX_NESTING, BadUpdate
 from fsm.reply import buttons, check_whatsapp, choices, text, whatsapp_problems
 
 from . import payloads as p
@@ -57,6 +57,18 @@ def test_parse_refuses_what_is_not_an_update() -> None:
         parse_update(many, phone_number_id=PHONE_NUMBER_ID, max_messages=2)
     other = parse_update(b'{"object": "instagram"}', phone_number_id=PHONE_NUMBER_ID)
     assert other.messages == [] and other.ignored == 1
+
+
+def test_parse_refuses_a_value_nested_deeper_than_the_limit_whatever_the_stack() -> None:
+    def nested(depth: int) -> bytes:  # the text of a message, nested: the value is 4 deep
+        inner = b"[" * (depth - 4) + b"]" * (depth - 4)
+        return p.body([p.text("1", "MARK")]).replace(b'"MARK"', inner)
+
+    [message] = parse_update(nested(MAX_NESTING), phone_number_id=PHONE_NUMBER_ID).messages
+    assert message.kind == "text:unreadable"  # read, and answered as unreadable
+    for depth in (MAX_NESTING + 1, 500, 5000):
+        with pytest.raises(BadUpdate, match="nested"):
+            parse_update(nested(depth), phone_number_id=PHONE_NUMBER_ID)
 
 
 def test_render_text_buttons_and_list() -> None:
