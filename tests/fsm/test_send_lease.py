@@ -130,7 +130,7 @@ def test_a_lease_still_held_when_the_wait_ends_is_a_lock_timeout() -> None:
 
 
 class Slow(Flow):
-    """"slow" takes 0.4 s to decide (an API lookup, in a worker thread); anything else is
+    """ "slow" takes 0.4 s to decide (an API lookup, in a worker thread); anything else is
     recorded at once."""
 
     name = "slow"
