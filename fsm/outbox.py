@@ -17,6 +17,7 @@ by itself a moment later (:meth:`fsm.AsyncEngine.sent`).
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterable
 
 import msgspec
@@ -26,7 +27,7 @@ from fsm.effects import Sleep, StoreCall
 from fsm.engine_core import S, Steps, log
 from fsm.errors import CorruptSnapshot, SchemaTooNew
 from fsm.history import history_entry
-from fsm.inflight import Message, Sending
+from fsm.inflight import Held, Message, Sending
 from fsm.inputs import check_key
 from fsm.leases import Leasing
 from fsm.migrations import MigrationError
@@ -82,6 +83,8 @@ class Outbox(Restoring[S], Leasing[S]):
             if current is None or not any(o.key in done for o in current.outbox):
                 if lease is not None and release:
                     yield from self._release(key, lease)
+                elif lease is not None:
+                    return (yield from self._still_ours(key, lease))
                 return True  # nothing of it left to drop
             assert record is not None
             saved = yield from self._save_confirm(key, record, current, done, lease, release)
@@ -98,31 +101,46 @@ class Outbox(Restoring[S], Leasing[S]):
     def take_outbox_steps(self, user_id: str) -> Steps[Sending | None]:
         """Take the user's send lease (waiting up to ``lock_wait``, as for a step with side
         effects) and what is pending under it; None when nothing is (the lease is not kept).
-        A lease this process holds already (a deferred confirmation) is reused."""
+        A lease this process holds already (a deferred confirmation) is reused if it is still
+        ours."""
         key = check_key(user_id)
-        held = self._held.get(key)
+        held = self._held.pop(key, None)  # ours now: its flush finds nothing to write
         m = Message(key, "", None, None, due=False)
-        if held is not None:
-            held.done = False  # sending again under it: its flush must not free it
-            m.owner = held.lease
-            since = self._recent.tick()
-            loaded = yield from self._timed("load", StoreCall("load", (key,), {}))
-            self._remember(key, loaded.record, since)
-        else:
-            yield from self._lock(m)
-            assert m.ready is not None
-            loaded = m.ready
-        current = self._confirmable(key, loaded.record)
-        sent = held.sent if held is not None else set()
+        sent: set[str] = set()
+        try:
+            if held is not None and (yield from self._still_ours(key, held.lease)):
+                m.owner, sent = held.lease, held.sent
+                since = self._recent.tick()
+                loaded = yield from self._timed("load", StoreCall("load", (key,), {}))
+                self._remember(key, loaded.record, since)
+            else:
+                yield from self._lock(m)
+                assert m.ready is not None
+                loaded = m.ready
+            current = self._confirmable(key, loaded.record)
+        except BaseException:
+            if m.owner is not None and sent:
+                self._hold(key, Held(m.owner, sent, 0.0, done=True))
+            elif m.owner is not None:
+                yield from self._release(key, m.owner)
+            raise
         pending = tuple(o for o in (current.outbox if current else ()) if o.key not in sent)
+        assert m.owner is not None
         if pending:
-            assert m.owner is not None
+            if sent:  # confirmed with what is sent next (AsyncEngine.sent)
+                self._held[key] = Held(m.owner, sent, time.monotonic())
             return Sending(m.owner, pending)
-        if held is None and m.owner is not None:
+        if sent:
+            self._hold(key, Held(m.owner, sent, time.monotonic(), done=True))
+        else:
             yield from self._release(key, m.owner)
-        elif held is not None:
-            held.done = True
         return None
+
+    def _still_ours(self, key: str, lease: str) -> Steps[bool]:
+        """Renew a send lease this process holds; False if it lapsed (someone may hold the
+        user's lease now)."""
+        ttl = self.send_lease or self.lock_ttl
+        return bool((yield StoreCall("extend_lock", (key, lease, ttl), {})))
 
     def _confirmable(self, key: str, record: Record | None) -> Snapshot | None:
         """The stored snapshot whose outbox to trim; None if there is none we may rewrite

@@ -112,7 +112,8 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         m = Message(key, text, message_id, self._recent.get(key), pressed)
         held = self._take_held(key)
         if held is not None:  # our send lease, its confirmation deferred: fold it in
-            m.owner, m.sent, m.leased_at = held.lease, held.sent, held.since
+            # (taken for aged: renewed before an action or a side effect runs under it)
+            m.owner, m.sent, m.leased_at = held.lease, held.sent, 0.0
         try:
             for _ in range(self._passes):
                 result = yield from self._pass(m)
@@ -120,12 +121,16 @@ class MessageProtocol(Outbox[S], Leasing[S]):
                     return result
             raise ConflictError(key, attempts=m.conflicts, version=m.version)
         except GeneratorExit:
+            if m.owner is not None and m.sent:  # no I/O now: its flush writes it
+                self._hold(key, Held(m.owner, m.sent, m.leased_at, done=True))
             m.owner = None  # abandoned by its driver: no more I/O; the lease expires by itself
             raise
         except BaseException as exc:
             # Whatever failed, the next message reads the store: a cached record must never
             # make an error permanent (the session may be repaired, rolled back or gone).
             self._recent.forget(key)
+            if m.lease is not None and m.owner is None:
+                m.owner = m.lease  # a send lease kept by a save the caller will not see
             if isinstance(exc, FsmError):
                 # Earlier saves of this call (an action finished first) happened and were not
                 # said: the error carries their replies so the transport can still send them.
@@ -186,8 +191,10 @@ class MessageProtocol(Outbox[S], Leasing[S]):
             # Lock and load in one step: the state may have moved meanwhile.
             yield from self._lock(m)
             return None
-        if at_action and m.owner is not None and self._lease_aging(m.leased_at):
-            # Renew a lease taken a while ago before running an action under it.
+        acts = at_action or self._decider.side_effects(current)
+        if acts and m.owner is not None and self._lease_aging(m.leased_at):
+            # Renew a lease taken a while ago (or for sending, or by a guard, which may be
+            # near its end) before running an action or a side effect under it.
             if not (yield from self._lease_held(m.key, m.owner)):
                 m.owner = None  # it lapsed: someone else may be running it; re-lock
                 return None
@@ -222,7 +229,7 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         """End the guard of :meth:`_guard`: if it took the lease, the lease is ours now."""
         if guard is not None and (yield Unguard()) is not None:
             self.stats.incr("lock_acquisitions")
-            m.owner, m.leased_at = guard, time.monotonic()
+            m.owner, m.leased_at = guard, 0.0  # taken for aged: renewed before an action
 
     def _needs_lock(self, m: Message, current: Snapshot, at_action: bool) -> bool:
         return (

@@ -83,14 +83,15 @@ class Delivery:
         lease's end), the rest stays pending."""
         delivered = Delivered()
         for index, entry in enumerate(pending):
-            if until is not None and time.monotonic() > until:
-                return self._left(to, delivered, len(pending) - index, "the send lease ends")
             try:
                 for part, payload in enumerate(render(entry.reply, to)):
                     key = (to, entry.key, part)
                     if remember and key in self._sent:
                         continue
-                    await self._send(payload)
+                    if until is not None and time.monotonic() > until:
+                        why = "the send lease ends"
+                        return self._left(to, delivered, len(pending) - index, why)
+                    await self._send(payload, until)
                     if remember:
                         _bounded(self._sent, key, None, SENT_KEPT)
             except GraphError as exc:
@@ -118,8 +119,9 @@ class Delivery:
             return
         self.metrics.pending.set(sum(self._pending.values()))
 
-    async def _send(self, payload: dict[str, object]) -> str:
-        """Send one payload, retrying what may succeed later; the last error if not."""
+    async def _send(self, payload: dict[str, object], until: float | None = None) -> str:
+        """Send one payload, retrying what may succeed later (no retry starts after
+        ``until``); the last error if not."""
         for attempt in range(1, self.attempts + 1):
             started = time.perf_counter()
             try:
@@ -129,7 +131,10 @@ class Delivery:
                 self.metrics.sends.labels(outcome, exc.label).inc()
                 if not exc.retryable or attempt == self.attempts:
                     raise
-                await asyncio.sleep(self._delay(attempt, exc))
+                delay = self._delay(attempt, exc)
+                if until is not None and time.monotonic() + delay > until:
+                    raise  # the send lease ends: the rest stays pending
+                await asyncio.sleep(delay)
                 continue
             finally:
                 self.metrics.send_seconds.observe(time.perf_counter() - started)

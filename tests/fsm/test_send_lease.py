@@ -187,3 +187,45 @@ def test_the_sync_engine_takes_and_frees_the_send_lease_too() -> None:
     assert store.lock_info("u") is None and engine.peek("u").outbox == ()
     assert engine.take_outbox("u") is None  # nothing pending: the lease is not kept
     assert store.lock_info("u") is None
+
+
+def test_taking_the_outbox_during_a_deferred_confirmation_frees_the_lease_after() -> None:
+    """A re-delivery in the same process while a confirmation waits: the lease is reused,
+    nothing is sent again, and the lease is freed (found by review: it stayed held)."""
+    store = MemoryStore()
+
+    async def scenario() -> None:
+        a, b = worker(store), worker(store, lock_wait=1.0)
+        a.confirm_delay = 0.05
+        result = await a.handle("u", "go", message_id="m1")
+        assert result.lease is not None
+        a.sent("u", result.lease, [o.key for o in result.outbox], done=True)
+        assert await a.take_outbox("u") is None  # sent already: nothing to send
+        deadline = time.monotonic() + 5
+        while not a.settled:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert store.lock_info("u") is None
+        assert [o.reply.body for o in (await b.handle("u", "x", message_id="m2")).outbox] == ["1"]
+
+    run(scenario())
+
+
+def test_a_cancelled_take_outbox_gives_the_lease_back() -> None:
+    store = MemoryStore()
+
+    async def scenario() -> None:
+        a, b = worker(store), worker(store, lock_wait=3.0)
+        result = await a.handle("u", "go", message_id="m1")
+        assert result.lease is not None
+        taking = asyncio.ensure_future(b.take_outbox("u"))  # waits for a's lease
+        await asyncio.sleep(0.1)
+        a.sent("u", result.lease, (), done=True)  # nothing sent: the lease is freed
+        await asyncio.sleep(0.05)
+        taking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await taking
+        await asyncio.sleep(0.3)
+        assert store.lock_info("u") is None  # whoever got it gave it back
+
+    run(scenario())
