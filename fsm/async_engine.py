@@ -141,6 +141,7 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
                 self.confirm_steps(key, held.sent, lease=held.lease, release=held.done)
             )
         except FsmError as exc:
+            self.stats.incr("outbox_confirm_failures")
             log.warning("user %s: could not confirm sent replies yet (%s)", user_tail(key), exc)
             written = False
         if written and not held.done:

@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
-from adapters.whatsapp.delivery import Delivery, phone_tail
+from adapters.whatsapp.delivery import Delivery, phone_tail, remember_bounded
 from adapters.whatsapp.graph import GraphClient
 from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import mark_read
@@ -74,6 +74,9 @@ SEND_LEASE = 15.0
 
 #: No reply is started after this share of the send lease: the rest stays pending (503).
 SEND_WINDOW = 0.8
+
+#: How many message ids the bot's own memories keep (notices said, 503s answered).
+IDS_KEPT = 10_000
 
 #: Trouble a later delivery may not meet: answer 503 so Meta re-delivers. SchemaTooNew: the
 #: session was written by a newer deploy; a newer worker will take the re-delivery.
@@ -230,7 +233,7 @@ class WhatsAppBot:
         """How many times this process answered 503 to ``message_id`` for a failed action,
         this time included (bounded memory: the oldest ids are forgotten)."""
         count = self._retried.pop(message_id, 0) + 1
-        _keep(self._retried, message_id, count)
+        remember_bounded(self._retried, message_id, count, IDS_KEPT)
         return count
 
     async def _notice(self, message: Incoming, reply: Reply | None) -> int:
@@ -252,7 +255,7 @@ class WhatsAppBot:
         delivered = await self.delivery.deliver(message.user, (notice,), remember=False)
         if delivered.left:
             return HTTPStatus.SERVICE_UNAVAILABLE  # not sent: the re-delivery tries again
-        _keep(self._noticed, message.message_id, None)
+        remember_bounded(self._noticed, message.message_id, None, IDS_KEPT)
         return HTTPStatus.OK
 
     async def _mark_read(self, message_id: str) -> None:
@@ -281,13 +284,6 @@ class WhatsAppBot:
             close = getattr(self.engine.flow, "close", None)
             if callable(close):
                 await asyncio.to_thread(close)
-
-
-def _keep(seen: OrderedDict[str, Any], message_id: str, value: Any) -> None:
-    """Remember ``message_id`` (newest last), forgetting the oldest past 10,000 ids."""
-    seen[message_id] = value
-    while len(seen) > 10_000:
-        seen.popitem(last=False)
 
 
 class _UserLocks:

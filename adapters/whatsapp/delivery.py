@@ -93,7 +93,7 @@ class Delivery:
                         return self._left(to, delivered, len(pending) - index, why)
                     await self._send(payload, until)
                     if remember:
-                        _bounded(self._sent, key, None, SENT_KEPT)
+                        remember_bounded(self._sent, key, None, SENT_KEPT)
             except GraphError as exc:
                 if exc.retryable or exc.hold:  # retries ran out, or the account is refused:
                     # keep this one and the rest, in order
@@ -114,7 +114,7 @@ class Delivery:
     def _count_pending(self, to: str, left: int) -> None:
         """The pending gauge: what this process last left pending, summed over users."""
         if left:
-            _bounded(self._pending, to, left, PENDING_KEPT)
+            remember_bounded(self._pending, to, left, PENDING_KEPT)
         elif self._pending.pop(to, None) is None:
             return
         self.metrics.pending.set(sum(self._pending.values()))
@@ -150,7 +150,7 @@ class Delivery:
         return delay
 
 
-def _bounded(seen: OrderedDict[Any, Any], key: Any, value: Any, most: int) -> None:
+def remember_bounded(seen: OrderedDict[Any, Any], key: Any, value: Any, most: int) -> None:
     """``seen[key] = value`` as the newest entry, forgetting the oldest past ``most``."""
     seen.pop(key, None)
     seen[key] = value

@@ -59,11 +59,6 @@ class WhatsAppMetrics:
             "summed over users; each is sent at the user's next delivery.",
             registry=r,
         )
-        self.confirm_failures = Counter(
-            "fsm_whatsapp_confirm_failures",
-            "Sent replies whose confirmation could not be saved (may be sent again).",
-            registry=r,
-        )
         self.store_up = Gauge(
             "fsm_store_up",
             "1 if the store answered a probe at this scrape, else 0.",

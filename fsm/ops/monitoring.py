@@ -447,10 +447,9 @@ PANELS: tuple[Panel, ...] = (
         "replies_pending",
     ),
     Panel(
-        "Delivery statuses, confirmations, read marks",
+        "Delivery statuses, read marks",
         (
             _rate("fsm_whatsapp_statuses_total", "status"),
-            _rate("fsm_whatsapp_confirm_failures_total"),
             _rate("fsm_whatsapp_mark_read_total", "outcome"),
         ),
         "ops",
