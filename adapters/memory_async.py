@@ -15,10 +15,11 @@ Record(version=1, payload=<8 bytes>)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.memory import MemoryStore
-from fsm.records import HistoryEntry, Loaded, LockInfo, SaveResult
+from fsm.records import Due, DueStats, HistoryEntry, Loaded, LockInfo, SaveResult
 from fsm.store import AsyncStore
 
 
@@ -27,6 +28,7 @@ class AsyncMemoryStore(AsyncStore):
     same as MemoryStore's: ``clock``, ``history_limit``, ...), or ``store`` if given."""
 
     takes_lease_on_save = True
+    keeps_timers = True
 
     def __init__(self, store: MemoryStore | None = None, **options: Any) -> None:
         if store is not None and options:
@@ -85,6 +87,18 @@ class AsyncMemoryStore(AsyncStore):
 
     async def quarantine(self, user_key: str, raw: bytes, reason: str) -> str | None:
         return self.sync.quarantine(user_key, raw, reason)
+
+    async def index_due(self, user_key: str, armed: str, due: float) -> None:
+        self.sync.index_due(user_key, armed, due)
+
+    async def claim_due(self, now: float, *, limit: int, hold: float) -> list[Due]:
+        return self.sync.claim_due(now, limit=limit, hold=hold)
+
+    async def settle_due(self, entries: Sequence[Due]) -> None:
+        self.sync.settle_due(entries)
+
+    async def due_stats(self, now: float) -> DueStats:
+        return self.sync.due_stats(now)
 
     async def aclose(self) -> None:
         self.sync.close()

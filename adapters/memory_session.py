@@ -9,13 +9,24 @@ adds the operator's port on the same state; build that one.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
 
 from adapters.memory_expiry import Deadlines
 from fsm.clock import SYSTEM_CLOCK, Clock
-from fsm.records import HistoryEntry, Loaded, QuarantineEntry, Record, SaveResult, SaveStatus
+from fsm.records import (
+    Due,
+    DueStats,
+    HistoryEntry,
+    Loaded,
+    QuarantineEntry,
+    Record,
+    SaveResult,
+    SaveStatus,
+)
 from fsm.store import SessionStore, check_save_arguments
 
 _SESSION, _HISTORY, _SEEN, _LOCK = range(4)
@@ -39,6 +50,7 @@ class MemorySessionStore(SessionStore):
     """The engine's port on in-process state, with expiry on an injected clock."""
 
     takes_lease_on_save = True
+    keeps_timers = True
 
     def __init__(
         self,
@@ -72,6 +84,11 @@ class MemorySessionStore(SessionStore):
         """Sessions that expired (and were purged) since this store was made."""
         self.quarantine_dropped = 0
         """Quarantined entries dropped (oldest first) to stay within ``quarantine_limit``."""
+        # The index of deadlines: (user, armed) -> due, a heap of (due, user, armed) with
+        # stale rows skipped when popped, and the claimed entries with their claim's end.
+        self._index: dict[tuple[str, str], float] = {}
+        self._index_heap: list[tuple[float, str, str]] = []
+        self._claimed: dict[tuple[str, str], tuple[float, float]] = {}
 
     # -- expiry ----------------------------------------------------------------------------
     def _tick(self) -> float:
@@ -259,3 +276,55 @@ class MemorySessionStore(SessionStore):
                 self._quarantine.popleft()
                 self.quarantine_dropped += 1
             return entry_id
+
+    # -- the index of deadlines ------------------------------------------------------------
+    def index_due(self, user_key: str, armed: str, due: float) -> None:
+        with self._mutex:
+            self._index_at(user_key, armed, float(due))
+
+    def _index_at(self, user_key: str, armed: str, due: float) -> None:
+        self._index[(user_key, armed)] = due
+        heapq.heappush(self._index_heap, (due, user_key, armed))
+
+    def claim_due(self, now: float, *, limit: int, hold: float) -> list[Due]:
+        positive("limit", limit)
+        positive("hold", hold)
+        with self._mutex:
+            for member, (due, until) in list(self._claimed.items()):
+                if until <= now:  # its ticker died: due again (its own due, or now)
+                    del self._claimed[member]
+                    self._index_at(*member, min(due, now))
+            taken: list[Due] = []
+            heap = self._index_heap
+            while heap and heap[0][0] <= now and len(taken) < limit:
+                due, user_key, armed = heapq.heappop(heap)
+                if self._index.get((user_key, armed)) != due:
+                    continue  # re-indexed at another due, or claimed: a stale row
+                del self._index[(user_key, armed)]
+                self._claimed[(user_key, armed)] = (due, now + hold)
+                taken.append(Due(user_key, armed, due))
+            return taken
+
+    def settle_due(self, entries: Sequence[Due]) -> None:
+        with self._mutex:
+            for entry in entries:
+                self._claimed.pop((entry.user_key, entry.armed), None)
+
+    def due_stats(self, now: float) -> DueStats:
+        with self._mutex:
+            dues = list(self._index.values())
+            return DueStats(
+                indexed=len(dues),
+                due=sum(1 for d in dues if d <= now),
+                claimed=len(self._claimed),
+                oldest_due=min(dues) if dues else None,
+            )
+
+    def indexed_due(self, *, user_key: str | None = None) -> Iterator[Due]:
+        with self._mutex:
+            rows = [
+                Due(user, armed, due)
+                for (user, armed), due in self._index.items()
+                if user_key is None or user == user_key
+            ]
+        yield from sorted(rows, key=lambda d: (d.due, d.user_key, d.armed))

@@ -13,6 +13,7 @@ from fsm.flow import Exit, Flow, FlowSpec, Stage, action, on_enter, step
 from fsm.reply import MORE, Option, Page, Reply, buttons, choices, paged, pick, text
 from fsm.snapshot import SCHEMA_VERSION, Auth, Resume, Snapshot, decode_snapshot, encode_snapshot
 from fsm.step import Context, Login, Logout, Outcome
+from fsm.timers import Event, event_option, on_event, timeout
 
 __all__ = [
     "MORE",
@@ -23,6 +24,7 @@ __all__ = [
     "Clock",
     "Context",
     "Engine",
+    "Event",
     "Exit",
     "FakeClock",
     "Flow",
@@ -45,9 +47,12 @@ __all__ = [
     "decode_snapshot",
     "encode_snapshot",
     "errors",
+    "event_option",
     "on_enter",
+    "on_event",
     "paged",
     "pick",
     "step",
     "text",
+    "timeout",
 ]

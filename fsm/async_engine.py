@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsm.effects import Guard, HandlerCall, Sleep, Steps, StoreCall, Unguard
@@ -77,6 +77,49 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
         """Apply one user message and return the replies, after the new state is saved
         (as :meth:`fsm.Engine.handle`)."""
         return await self._drive(self.message(user_id, text, message_id, pressed))
+
+    async def notify(
+        self,
+        user_id: str,
+        event: str,
+        *,
+        data: dict[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> Result:
+        """Apply an external event (as :meth:`fsm.Engine.notify`)."""
+        return await self._drive(self.event_steps(user_id, event, data, event_id))
+
+    #: How many claimed timers :meth:`fire_due` fires at once.
+    fire_concurrency: int = 16
+
+    async def fire_due(
+        self,
+        *,
+        limit: int | None = None,
+        on_result: Callable[[str, Result], Awaitable[None] | None] | None = None,
+    ) -> int:
+        """Fire the timers due by the engine's clock (as :meth:`fsm.Engine.fire_due`), up to
+        :attr:`fire_concurrency` at once; ``on_result`` may be a coroutine function."""
+        claims = await self._drive(self.claim_steps(limit))
+        gate = asyncio.Semaphore(self.fire_concurrency)
+        settled: list[Any] = []
+
+        async def fire(claim: Any) -> int:
+            async with gate:
+                done = await self._drive(self.fire_one_steps(claim))
+            if done.settle:
+                settled.append(claim)
+            if done.result is not None and on_result is not None:
+                pending = on_result(claim.user_key, done.result)
+                if pending is not None:
+                    await pending
+            return int(done.fired)
+
+        try:
+            fired = sum(await asyncio.gather(*(fire(c) for c in claims)))
+        finally:
+            await self._drive(self.settle_steps(settled))
+        return fired
 
     async def confirm(self, user_id: str, sent: Iterable[str], *, lease: str | None = None) -> bool:
         """Drop confirmed outbox entries, now (as :meth:`fsm.Engine.confirm`)."""

@@ -26,9 +26,19 @@ from fsm.effects import HandlerCall, Steps
 from fsm.errors import FsmError, StepFailed, StepNotFound, TokenRefused, TransitionNotAllowed
 from fsm.flow import Exit, Flow, FlowSpec, StepSpec, call_mode, folded
 from fsm.reply import Reply, buttons
-from fsm.snapshot import MAX_DEPTH, SCHEMA_VERSION, Auth, Resume, Snapshot, is_plain, nesting
+from fsm.snapshot import (
+    MAX_DEPTH,
+    SCHEMA_VERSION,
+    Armed,
+    Auth,
+    Resume,
+    Snapshot,
+    is_plain,
+    nesting,
+)
 from fsm.stats import EngineStats
 from fsm.step import Context, FrozenData, Login, Logout, Outcome, thaw
+from fsm.timers import Event
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -93,6 +103,8 @@ class Decider:
         # subclass override counts.
         names = {s.handler for s in self.spec.steps.values()}
         names |= {s.enter for s in self.spec.steps.values() if s.enter is not None}
+        names |= {t.handler for t in self.spec.timers.values()}
+        names |= {e.handler for e in self.spec.events.values()}
         blocking = bool(getattr(flow, "blocking", True))
         self._modes = {name: call_mode(getattr(flow, name), blocking=blocking) for name in names}
         # The call modes the driving engine would run by calling the handler where it is:
@@ -164,8 +176,11 @@ class Decider:
         pressed: str | None = None,
         fresh: bool = False,
         verified: Claims | None = None,
+        event: Event | None = None,
+        timer: Armed | None = None,
     ) -> Steps[Decision]:
-        """What ``text`` does to ``current``. Raises the flow's refusals (TransitionNotAllowed,
+        """What ``text`` does to ``current`` (or, given one, what ``event`` or the due
+        ``timer`` does: :meth:`_outside`). Raises the flow's refusals (TransitionNotAllowed,
         StepNotFound, TokenRefused) and StepFailed; nothing is changed when it raises.
 
         ``fresh``: ``current`` is a conversation just started (nothing was stored): unless
@@ -177,6 +192,12 @@ class Decider:
             claims: Claims | None = verified
         else:
             claims = self._claims(current.auth)
+        if event is not None or timer is not None:
+            return (
+                yield from self._outside(
+                    key, current, now, notices, claims, message_id, event=event, timer=timer
+                )
+            )
         if claims is None and self.spec.is_protected(current.stage):
             return (yield from self._send_to_auth(key, current, now, notices))
         spec = self.spec.steps[(current.stage, current.step)]
@@ -226,6 +247,64 @@ class Decider:
                 current.stage, current.step, user_key=key, version=current.version
             ) from ValueError("an action must move the user to another step")
         return decision
+
+    def _outside(
+        self,
+        key: str,
+        current: Snapshot,
+        now: float,
+        notices: tuple[Reply, ...],
+        claims: Claims | None,
+        message_id: str | None,
+        *,
+        event: Event | None,
+        timer: Armed | None,
+    ) -> Steps[Decision]:
+        """Input from outside the conversation: a due timer of the current step, or an event
+        (its handler was looked up by the protocol). The conversation is not sent to sign in:
+        the handler may reply and keep the step with an expired token (staying is no move),
+        and a move it makes is checked like any other. An event's handler that keeps the step
+        has the step's prompt said again after its replies (``reprompt``)."""
+        if timer is not None:
+            tspec = self.spec.timers[(current.stage, current.step, timer.name)]
+            handler, reprompt, side_effects = tspec.handler, False, False
+            note = f"timer:{timer.name}"
+        else:
+            assert event is not None
+            espec = self.spec.event_handler(event.name, current.stage)
+            assert espec is not None
+            handler, reprompt, side_effects = espec.handler, espec.reprompt, espec.side_effects
+            note = f"event:{event.name}"
+        ctx = msgspec.structs.replace(
+            self._context(key, current, "", now, message_id),
+            event=event,
+            timer=timer.name if timer is not None else "",
+        )
+        outcome = yield from self._call(key, current, handler, ctx)
+        if not isinstance(outcome, Outcome):
+            raise StepFailed(
+                current.stage, current.step, user_key=key, version=current.version
+            ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
+        way = self.spec.stages[current.stage].exit
+        if outcome.exit:
+            spec = self.spec.steps[(current.stage, current.step)]
+            left = yield from self._exit(key, current, spec, way, now, notices, message_id, claims)
+            return msgspec.structs.replace(left, note=note)
+        if outcome.reauth:
+            return (yield from self._send_to_auth(key, current, now, notices, said=outcome.replies))
+        if outcome.keep_key:
+            raise StepFailed(
+                current.stage, current.step, user_key=key, version=current.version
+            ) from ValueError("retry_later() is for actions")
+        decision = self._apply(
+            key, current, outcome, now, notices, side_effects, claims, lenient=True
+        )
+        if decision.enters:
+            decision = yield from self._entered(key, decision, now)
+        elif reprompt:
+            said = yield from self._enter(key, decision.snapshot, now)
+            decision = msgspec.structs.replace(decision, replies=(*decision.replies, *said))
+        return msgspec.structs.replace(decision, note=note)
 
     def _exit(
         self,
@@ -449,6 +528,7 @@ class Decider:
         notices: tuple[Reply, ...],
         side_effects: bool,
         claims: Claims | None,
+        lenient: bool = False,
     ) -> Decision:
         """The snapshot ``outcome`` makes of ``current``; ``claims``: those of the token
         ``current`` holds, verified for this message (None: not valid). A decision that
@@ -487,7 +567,7 @@ class Decider:
         else:
             token_valid = self._token_ok(auth)
         kept = self._kept(key, current, outcome, data)
-        place = self._route(key, current, outcome, auth, token_valid, kept)
+        place = self._route(key, current, outcome, auth, token_valid, kept, lenient)
         new = Snapshot(
             flow=self.spec.name,
             stage=place.stage,
@@ -536,10 +616,12 @@ class Decider:
         auth: Auth | None,
         token_valid: bool,
         kept: str,
+        lenient: bool = False,
     ) -> _Place:
         """Where ``outcome`` takes the conversation, each move checked by the machine.
         ``token_valid``: ``auth`` was verified valid for this message. ``kept`` is the
-        idempotency key carried while it stays in the stage (:meth:`_kept`)."""
+        idempotency key carried while it stays in the stage (:meth:`_kept`). ``lenient``: a
+        timer or an event may keep the step without a valid token (staying is no move)."""
         # The guard every transition checks. The engine alone builds ``auth``, so today this
         # holds by construction; the machine re-checks it so a future change cannot slip.
         token_preserved = outcome.auth is not None or auth == current.auth
@@ -572,7 +654,8 @@ class Decider:
             option = outcome.option if outcome.option is not None else ""
             resume = None
         else:
-            if self.spec.is_protected(stage) and not token_valid:
+            stays = outcome.step in (None, step)
+            if self.spec.is_protected(stage) and not token_valid and not (lenient and stays):
                 raise TokenRefused("this stage needs a valid token", user_key=key)
             step = outcome.step or step
             option = outcome.option if outcome.option is not None else option
@@ -599,6 +682,16 @@ class Decider:
         ctx = self._context(key, snapshot, "", now, None)
         replies: Sequence[Reply | str] = yield from self._call(key, snapshot, hook, ctx)
         return tuple(r if isinstance(r, Reply) else Reply(r) for r in replies)
+
+    def context_of(self, key: str, snapshot: Snapshot) -> Context:
+        """The context a handler at ``snapshot``'s step would see with no input (a timer's
+        ``after`` function reads it)."""
+        return self._context(key, snapshot, "", snapshot.last_updated, None)
+
+    def event_side_effects(self, event: str, current: Snapshot) -> bool:
+        """Whether ``event``'s handler at ``current``'s stage runs side effects (the lease)."""
+        handler = self.spec.event_handler(event, current.stage)
+        return handler is not None and handler.side_effects
 
     def _context(
         self,

@@ -9,7 +9,7 @@ module. :class:`fsm.AsyncEngine` drives the same protocol on asyncio.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsm.effects import Guard, HandlerCall, Sleep, Steps, StoreCall, Unguard
@@ -75,6 +75,46 @@ class Engine(MessageProtocol[SessionStore]):
         it as ``ctx.pressed``.
         """
         return self._drive(self.message(user_id, text, message_id, pressed))
+
+    def notify(
+        self,
+        user_id: str,
+        event: str,
+        *,
+        data: dict[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> Result:
+        """Apply the external event ``event`` to the user's conversation, wherever it is: the
+        handler declared with :func:`fsm.on_event` for its stage (or for every stage) sees
+        ``ctx.event`` (name, ``data``, ``event_id``). An ``event_id`` already applied for this
+        user is acknowledged (``result.duplicate``), not applied again. When no handler
+        applies (none for this stage; no conversation, and the handler does not start one)
+        nothing changes and ``result.ignored`` says why. ``ValueError`` for an event the flow
+        does not declare."""
+        return self._drive(self.event_steps(user_id, event, data, event_id))
+
+    def fire_due(
+        self,
+        *,
+        limit: int | None = None,
+        on_result: Callable[[str, Result], None] | None = None,
+    ) -> int:
+        """Fire the timers due by the engine's clock (at most ``limit`` index entries, else a
+        batch of :data:`fsm.firing.FIRE_BATCH`) and return how many fired. Each firing is
+        saved like a message; ``on_result(user_id, result)`` is called with its result, to
+        send its replies (the outbox keeps them until confirmed). Any number of tickers may
+        run it at once, on any number of processes: each due timer fires once."""
+        claims = self._drive(self.claim_steps(limit))
+        fired, settled = 0, []
+        for claim in claims:
+            done = self._drive(self.fire_one_steps(claim))
+            if done.settle:
+                settled.append(claim)
+            fired += done.fired
+            if done.result is not None and on_result is not None:
+                on_result(claim.user_key, done.result)
+        self._drive(self.settle_steps(settled))
+        return fired
 
     def confirm(self, user_id: str, sent: Iterable[str], *, lease: str | None = None) -> bool:
         """Drop the outbox entries with these keys (:attr:`Outgoing.key`): the channel

@@ -77,7 +77,7 @@ class EngineCore(Generic[S]):
         store: S,
         *,
         verifier: TokenVerifier | None = None,
-        session_ttl: float = 30 * 60,
+        session_ttl: float | None = None,
         max_attempts: int = 10,
         lock_ttl: float = 30.0,
         lock_wait: float = 10.0,
@@ -96,6 +96,9 @@ class EngineCore(Generic[S]):
         send_lease: float | None = None,
         dropped_notice: str = DROPPED_NOTICE,
     ) -> None:
+        self.spec: FlowSpec = type(flow).spec
+        if session_ttl is None:
+            session_ttl = self.spec.session_ttl
         if session_ttl <= 0 or lock_ttl <= 0 or lock_wait < 0:
             raise ValueError("session_ttl and lock_ttl must be > 0, lock_wait >= 0")
         if max_attempts < 1:
@@ -105,10 +108,10 @@ class EngineCore(Generic[S]):
         if send_lease is not None and not send_lease > 0:
             raise ValueError("send_lease must be > 0 seconds, or None")
         self.flow = flow
-        self.spec: FlowSpec = type(flow).spec
         if self.spec.machine.protected and verifier is None:
             raise ValueError(f"flow {self.spec.name!r} has protected stages: pass a TokenVerifier")
         self.store: S = store
+        _check_timers(self.spec, store, float(session_ttl))
         self.verifier = verifier
         self.session_ttl = float(session_ttl)
         self.max_attempts = max_attempts
@@ -169,6 +172,16 @@ class EngineCore(Generic[S]):
             update_from=self.source,
         )
 
+    def _session_ttl_for(self, snapshot: Snapshot) -> float:
+        """The TTL a save gives ``snapshot``: the session's, or longer while a timer that
+        extends the session is armed (a full session after it is due)."""
+        ttl = self.session_ttl
+        for timer in snapshot.timers:
+            spec = self.spec.timers.get((snapshot.stage, snapshot.step, timer.name))
+            if spec is not None and spec.extends_session:
+                ttl = max(ttl, timer.due - snapshot.last_updated + self.session_ttl)
+        return ttl
+
     def _take_held(self, key: str) -> Held | None:
         """The send lease this process holds for ``key`` with its confirmation deferred, taken
         out of :attr:`_held` so the caller folds the confirmation into its own save; None if
@@ -224,3 +237,22 @@ class EngineCore(Generic[S]):
             return (yield call)
         finally:
             self.stats.observe(operation, time.perf_counter() - started)
+
+
+def _check_timers(spec: FlowSpec, store: object, session_ttl: float) -> None:
+    """A flow with timers needs a store that keeps the index of deadlines, and each timer
+    must be able to fire within the session unless it extends it (``ValueError``)."""
+    if not spec.timers:
+        return
+    if not getattr(store, "keeps_timers", False):
+        raise ValueError(
+            f"flow {spec.name!r} declares timers, and {type(store).__name__} keeps no index "
+            "of deadlines (fsm.store.SessionStore.keeps_timers): use a store that does"
+        )
+    for timer in spec.timers.values():
+        if not callable(timer.after) and not timer.extends_session and timer.after >= session_ttl:
+            raise ValueError(
+                f"timer {timer.name!r} of {timer.stage}.{timer.step} is due after "
+                f"{timer.after:g}s, when the session ({session_ttl:g}s) is over: shorten it, "
+                "lengthen session_ttl, or declare it with extends_session=True"
+            )

@@ -42,6 +42,7 @@ from typing import Any, ClassVar, TypeVar
 from fsm.errors import InvalidFlowDefinition
 from fsm.machine import StageMachine
 from fsm.snapshot import NEWER_FLOW_WINDOW, Snapshot
+from fsm.timers import EventSpec, TimerSpec, collect
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -295,6 +296,20 @@ class FlowSpec:
     #: path (``fsm inspect``, ``fsm ls``, history, the simulator's panel, logs, errors) hides
     #: their values, as it hides tokens. Backups keep them.
     sensitive: frozenset[str] = frozenset()
+    #: The declared timers (:func:`fsm.timeout`), by (stage, step, name).
+    timers: Mapping[tuple[str, str, str], TimerSpec] = field(default_factory=dict)
+    #: The declared event handlers (:func:`fsm.on_event`), by (event, stage or None).
+    events: Mapping[tuple[str, str | None], EventSpec] = field(default_factory=dict)
+    #: How long a conversation lasts after its last save, unless the engine is told otherwise.
+    session_ttl: float = 30 * 60
+
+    def timers_at(self, stage: str, step: str) -> list[TimerSpec]:
+        """The timers declared at ``stage.step``."""
+        return [t for (s, p, _), t in self.timers.items() if (s, p) == (stage, step)]
+
+    def event_handler(self, event: str, stage: str) -> EventSpec | None:
+        """The handler of ``event`` in ``stage``: the stage's own, else the flow-wide one."""
+        return self.events.get((event, stage)) or self.events.get((event, None))
 
     def path(self, source: str, dest: str) -> tuple[tuple[str, str], ...] | None:
         """Shortest sequence of ``(event, stage reached)`` from ``source`` to ``dest``."""
@@ -418,6 +433,9 @@ class Flow:
     delay_reply: ClassVar[str] = DELAY_REPLY
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = (TimeoutError, ConnectionError)
     sensitive: ClassVar[Iterable[str]] = ()
+    #: How long a conversation lasts after its last save (seconds), unless the engine is built
+    #: with its own ``session_ttl``; a declared timer must fit in it or extend the session.
+    session_ttl: ClassVar[float] = 30 * 60
     spec: ClassVar[FlowSpec]
 
     def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
@@ -515,6 +533,15 @@ def _compile(cls: type[Flow]) -> FlowSpec:
             "the first message itself (a greeting)"
         )
     said = _said(cls, fail)
+    session_ttl = cls.session_ttl
+    if (
+        isinstance(session_ttl, bool)
+        or not isinstance(session_ttl, int | float)
+        or not session_ttl > 0
+    ):
+        raise fail("`session_ttl` must be a number of seconds > 0")
+    actions = {key for key, s in steps.items() if s.action}
+    timers, events = collect(cls, stages, actions, float(session_ttl), fail)
     migrations = dict(getattr(cls, "migrations", {}) or {})
     for from_version, migrate in migrations.items():
         if (
@@ -547,6 +574,9 @@ def _compile(cls: type[Flow]) -> FlowSpec:
         machine=machine,
         migrations=migrations,
         takes_first_message=takes_first,
+        timers=timers,
+        events=events,
+        session_ttl=float(session_ttl),
         **said,
     )
     unreachable = [s for s in stages if s != initial and spec.path(initial, s) is None]

@@ -12,10 +12,11 @@ from typing import Any
 import msgspec
 
 from fsm.auth import Claims
-from fsm.records import Loaded, Record
+from fsm.records import Due, Loaded, Record
 from fsm.reply import Reply
 from fsm.result import Result
-from fsm.snapshot import Outgoing, Snapshot
+from fsm.snapshot import Armed, Outgoing, Snapshot
+from fsm.timers import Event
 
 
 class Restored(msgspec.Struct, frozen=True):
@@ -70,6 +71,21 @@ class Message(msgspec.Struct):
     events: list[str] = msgspec.field(default_factory=list)
     stored: Snapshot | None = None  # the last snapshot this call saved
     known: Restored | None = None  # set when we hold the lease and just saved
+    #: Input from the user (a message, or a tap on an event's option), not from a timer or
+    #: the world outside (:meth:`fsm.Engine.notify`).
+    inbound: bool = True
+    #: An event to apply instead of text (:meth:`fsm.Engine.notify`).
+    event: Event | None = None
+    #: The index entry a ticker claimed: fire the due timer it stands for (fsm.firing).
+    claim: Due | None = None
+    #: The timer this firing consumes (set once the claim is checked against the snapshot).
+    firing: Armed | None = None
+    dropping: bool = False  # consume it without running its handler (it failed)
+    #: What became of the claim: "fired", "stale" (it stood for nothing: drop it), or a due
+    #: to index it at again (not due yet, or its arming save may still land).
+    verdict: str | float = ""
+    #: The index entry the next save needs first (:meth:`fsm.firing.Firing._with_timers`).
+    index: Due | None = None
 
     def __repr__(self) -> str:
         return f"Message(key={self.key!r}, version={self.version}, due={self.due})"
@@ -82,8 +98,10 @@ class Message(msgspec.Struct):
         """The message id to check and record, while the message is still to be applied."""
         return self.message_id if self.due else None
 
-    def result(self, snapshot: Snapshot) -> Result:
-        return Result(tuple(self.said), snapshot, self.duplicate, tuple(self.events), self.lease)
+    def result(self, snapshot: Snapshot, ignored: str = "") -> Result:
+        return Result(
+            tuple(self.said), snapshot, self.duplicate, tuple(self.events), self.lease, ignored
+        )
 
 
 class Held(msgspec.Struct):

@@ -174,7 +174,7 @@ class Outbox(Restoring[S], Leasing[S]):
             "version": new.version,
             "expected_version": record.version,
             "expected_tag": record.tag,
-            "ttl": self.session_ttl,
+            "ttl": self._session_ttl_for(new),
             "history": history_entry(current, new, "sent"),
             "owner": lease,
         }

@@ -60,6 +60,7 @@ from fsm.errors import (
     TokenRefused,
     TransitionNotAllowed,
 )
+from fsm.firing import FLOW_FAILURES, Ticking
 from fsm.history import history_entry
 from fsm.inflight import Held, Message, Restored
 from fsm.inputs import MAX_USER_KEY as MAX_USER_KEY
@@ -68,13 +69,14 @@ from fsm.leases import Leasing
 from fsm.outbox import MAX_OUTBOX as MAX_OUTBOX
 from fsm.outbox import Outbox
 from fsm.poison import FAILURES_KEPT as FAILURES_KEPT
-from fsm.records import HistoryEntry, Loaded, Record, SaveResult, SaveStatus
+from fsm.records import Due, HistoryEntry, Loaded, Record, SaveResult, SaveStatus
 from fsm.redaction import mask_user, user_tail
 from fsm.reply import Reply
 from fsm.result import Result
 from fsm.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from fsm.snapshot import chain_floor as _chain
 from fsm.store import new_owner_token
+from fsm.timers import pressed_event
 
 __all__ = ["LOCK_AFTER_CONFLICTS", "MAX_ACTIONS", "MessageProtocol", "Result", "check_key"]
 
@@ -86,12 +88,8 @@ LOCK_AFTER_CONFLICTS = 3
 #: (:meth:`MessageProtocol._guard`): the user's next message waits for it on any worker.
 GUARD_AFTER = 0.05
 
-#: Failures of the flow's own code (a handler, a prompt, an action, or the outcome it
-#: returned): the user is told the flow's ``failure_reply`` (:meth:`MessageProtocol._failed`).
-FLOW_FAILURES = (StepFailed, StepNotFound, TransitionNotAllowed, TokenRefused)
 
-
-class MessageProtocol(Outbox[S], Leasing[S]):
+class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
     """The engine's per-message algorithm (the theory of operation above); the engines add
     only a driver. Its parts: :class:`~fsm.engine_core.EngineCore` (options and shared
     state), :class:`~fsm.restore.Restoring`, :class:`~fsm.leases.Leasing` and
@@ -110,6 +108,38 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         if pressed is not None:
             check_text(pressed)
         m = Message(key, text, message_id, self._recent.get(key), pressed)
+        tapped = pressed_event(pressed, message_id)
+        if tapped is not None and any(name == tapped.name for name, _ in self.spec.events):
+            m.event, m.text, m.pressed = tapped, "", None  # an event's button, from any step
+        return (yield from self._run(m))
+
+    def event_steps(
+        self, user_id: str, event: str, data: object = None, event_id: str | None = None
+    ) -> Steps[Result]:
+        """Apply an external event (:meth:`fsm.Engine.notify`): once per ``event_id``."""
+        key = check_key(user_id)
+        happened = self.new_event(event, data, event_id)
+        mid = None if event_id is None else f"event:{event_id}"
+        check_message_id(mid)
+        m = Message(key, "", mid, self._recent.get(key), event=happened, inbound=False)
+        return (yield from self._run(m))
+
+    def fire_steps(self, claim: Due, *, drop: bool = False) -> Steps[tuple[Result, str | float]]:
+        """Fire the timer a claimed index entry stands for, if it is due; with the result, what
+        becomes of the claim (:mod:`fsm.firing`): "fired" or "stale" (settle it), or a time to
+        index it at again. ``drop``: consume the timer without running its handler (it
+        failed)."""
+        m = Message(claim.user_key, "", f"timer:{claim.armed}", None, claim=claim, inbound=False)
+        m.verdict = "drop" if drop else ""
+        result = yield from self._run(m)
+        verdict: str | float = m.verdict or "fired"
+        if result.duplicate:
+            verdict = "stale"  # fired before: its id is seen
+        return result, verdict
+
+    def _run(self, m: Message) -> Steps[Result]:
+        """Run the passes of one input (a message, an event or a timer) to its result."""
+        key = m.key
         held = self._take_held(key)
         if held is not None:  # our send lease, its confirmation deferred: fold it in
             # (taken for aged: renewed before an action or a side effect runs under it)
@@ -181,6 +211,11 @@ class MessageProtocol(Outbox[S], Leasing[S]):
             return restored
         current = restored.snapshot
         m.version = current.version
+        if m.due and (m.claim is not None or m.event is not None):
+            ignored = self._outside_input(m, restored)
+            if ignored:
+                m.due = False
+                return m.result(current, ignored)
         at_action = self._decider.is_action(current)
         if not m.due and not at_action:
             stored = m.stored
@@ -217,6 +252,19 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         yield from self._unguard(m, guard)
         return (yield from self._save(m, restored, decision, at_action))
 
+    def _outside_input(self, m: Message, restored: Restored) -> str:
+        """Check a timer's claim or an event against the conversation: "" to apply it, else
+        why not (the timer to fire is kept in ``m.firing``)."""
+        if m.event is not None:
+            return self._event_ignored(m, restored)
+        if m.verdict == "drop":  # its handler failed: consume it if it is still there
+            m.verdict = ""
+            m.firing = self._due_timer(m, restored)
+            m.dropping = True
+        else:
+            m.firing = self._due_timer(m, restored)
+        return "" if m.firing is not None else "nothing due"
+
     def _guard(self, m: Message, at_action: bool) -> str | None:
         """The owner token to take the lease with if deciding ``m`` takes longer than
         :data:`GUARD_AFTER`; None when no lease is taken that way (no send lease, the lease
@@ -237,6 +285,7 @@ class MessageProtocol(Outbox[S], Leasing[S]):
             or m.conflicts >= LOCK_AFTER_CONFLICTS
             or self._decider.side_effects(current)
             or m.locked  # someone holds the lease: queue behind them, do not race
+            or (m.event is not None and self._decider.event_side_effects(m.event.name, current))
         )
 
     def _at_hand(self, m: Message) -> Restored | None:
@@ -308,6 +357,9 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         # retry that finds a live session (someone saved meanwhile) does not say it. What the
         # message met earlier (a reset notice after a quarantine) is carried in ``m``.
         notices = restored.notices or m.notices
+        if m.firing is not None and not at_action and (m.dropping or self._late(current, m.firing)):
+            m.verdict = "dropped"
+            return self._dropped(m, current, m.firing, "failed" if m.dropping else "late")
         try:
             return (
                 yield from decider.decide(
@@ -318,8 +370,10 @@ class MessageProtocol(Outbox[S], Leasing[S]):
                     notices,
                     now,
                     m.pressed,
-                    fresh=fresh,
+                    fresh=fresh and m.event is None,
                     verified=restored.claims,
+                    event=None if at_action else m.event,
+                    timer=None if at_action else m.firing,
                 )
             )
         except (StepFailed, StepNotFound, TransitionNotAllowed, TokenRefused) as exc:
@@ -367,8 +421,14 @@ class MessageProtocol(Outbox[S], Leasing[S]):
         self, m: Message, restored: Restored, decision: Decision, at_action: bool
     ) -> Steps[Result | None]:
         """Compare-and-set the decision; a Result if the message is done, None to go on."""
+        decision = self._with_timers(m, restored, decision, at_action)
         if self.outbox:
             decision = self._with_outbox(m, restored.snapshot, decision)
+        if m.index is not None:  # the index first: a stored timer is never unindexed
+            index = m.index
+            yield from self._timed(
+                "index", StoreCall("index_due", (m.key, index.armed, index.due), {})
+            )
         new = decision.snapshot
         acts_next = self._decider.is_action(new)
         # The last save of this call (the message applied, no action next) frees the lease
@@ -384,7 +444,7 @@ class MessageProtocol(Outbox[S], Leasing[S]):
             "version": new.version,
             "expected_version": restored.expected_version,
             "expected_tag": restored.expected_tag,
-            "ttl": self.session_ttl,
+            "ttl": self._session_ttl_for(new),
             "history": self._history(restored.snapshot, decision),
             "message_id": None if at_action else m.message_id,
             "owner": owner,

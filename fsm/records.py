@@ -99,6 +99,28 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     to_step: str = ""
 
 
+class Due(msgspec.Struct, frozen=True):
+    """An entry of the store's *index of deadlines*: the user whose timers the snapshot's
+    ``armed`` stands for, and when the soonest of them is due (epoch seconds, the engine's
+    clock). The index may hold entries that no longer stand for anything (the timers were
+    cancelled, or the save that armed them lost its compare-and-set): every firing is checked
+    against the stored snapshot, so such an entry only costs a read."""
+
+    user_key: str
+    armed: str
+    due: float
+
+
+class DueStats(msgspec.Struct, frozen=True):
+    """The index of deadlines at a glance: entries indexed, of which due now, and claimed by a
+    ticker at work (:meth:`~fsm.store.SessionStore.due_stats`)."""
+
+    indexed: int
+    due: int
+    claimed: int
+    oldest_due: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class LockInfo:
     owner: str

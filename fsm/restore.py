@@ -77,10 +77,11 @@ class Restoring(EngineCore[S]):
         return Restored(snapshot, record.version, record.tag, record=record, claims=claims)
 
     def _expired(self, snapshot: Snapshot) -> bool:
-        """Whether ``snapshot``'s last save is ``session_ttl`` old by the engine's clock (a
+        """Whether ``snapshot``'s last save is ``session_ttl`` old by the engine's clock (longer
+        while a timer that extends the session is armed: :meth:`_session_ttl_for`; a
         snapshot that does not say when it was saved, ``last_updated`` 0, never is)."""
         saved_at = snapshot.last_updated
-        return saved_at > 0 and self.clock.now() - saved_at >= self.session_ttl
+        return saved_at > 0 and self.clock.now() - saved_at >= self._session_ttl_for(snapshot)
 
     def _validated(self, key: str, record: Record) -> Snapshot:
         if record.version > VERSION_LIMIT:

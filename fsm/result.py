@@ -27,6 +27,9 @@ class Result(msgspec.Struct, frozen=True):
     #: :meth:`fsm.AsyncEngine.sent`) frees it. None when the outbox is empty, or when another
     #: worker holds the lease (take it with ``take_outbox``, which waits for it).
     lease: str | None = None
+    #: For an event (:meth:`fsm.Engine.notify`) or a timer that did not apply: why not (no
+    #: handler in the conversation's stage, no conversation, nothing due). "" when applied.
+    ignored: str = ""
 
     @property
     def texts(self) -> list[str]:

@@ -98,6 +98,16 @@ class Outgoing(msgspec.Struct, frozen=True, array_like=True):
         return self.id or f"{self.version}.{self.index}"
 
 
+class Armed(msgspec.Struct, frozen=True, array_like=True):
+    """A timer armed in a snapshot (:func:`fsm.timeout`): the name it was declared with at the
+    conversation's step, and when it is due (epoch seconds, by the engine's clock). It is kept
+    under the snapshot's version, so it is armed, re-armed and cancelled by compare-and-set
+    with the state it belongs to."""
+
+    name: str
+    due: float
+
+
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """One conversation, as stored. Immutable: the engine derives a new one per save.
 
@@ -131,6 +141,14 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     #: At a free-text step where the user typed an exit word: that text, held while the
     #: engine asks whether to leave (:class:`fsm.flow.Exit`). Empty otherwise.
     asked: str = ""
+    #: The timers armed at this step (:class:`Armed`), soonest first; empty elsewhere.
+    timers: tuple[Armed, ...] = ()
+    #: Which index entry stands for ``timers`` in the store's index of deadlines
+    #: (``"<version>.<random>"``: the save that indexed them). Empty with no timers.
+    armed: str = ""
+    #: When the user last wrote (epoch seconds, the engine's clock; 0 if never): the start
+    #: of a channel's reply window (WhatsApp's 24 hours).
+    last_inbound: float = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -138,7 +156,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
             f"option={self.option!r}, version={self.version}, schema={self.schema}, "
             f"data_keys={sorted(self.data)!r}, auth={self.auth!r}, "
             f"last_updated={self.last_updated!r}, update_from={self.update_from!r}, "
-            f"outbox={len(self.outbox)})"
+            f"outbox={len(self.outbox)}, timers={[t.name for t in self.timers]!r})"
         )
 
     __str__ = __repr__
@@ -186,6 +204,9 @@ class _SnapshotMap(msgspec.Struct, frozen=True, kw_only=True):
     pending: str = ""
     outbox: tuple[Outgoing, ...] = ()
     asked: str = ""
+    timers: tuple[Armed, ...] = ()
+    armed: str = ""
+    last_inbound: float = 0.0
 
 
 #: How each schema that stores arrays lays its fields out, by position: the top level, and
@@ -199,6 +220,7 @@ ARRAY_LAYOUTS: dict[int, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
             "flow_version", "last_updated", "update_from", "pending",
             "outbox",  # appended with a default: records without it are still schema 2
             "asked",  # the same
+            "timers", "armed", "last_inbound",  # the same
         ),
         {
             "auth": ("token", "subject", "expires_at", "issued_at"),

@@ -21,6 +21,7 @@ import msgspec
 from fsm.redaction import REDACTED, redact
 from fsm.reply import Reply
 from fsm.snapshot import SCALAR_TYPES
+from fsm.timers import Event
 
 ReplyLike = Reply | str
 
@@ -260,6 +261,10 @@ class Context(msgspec.Struct, frozen=True):
     #: repr shows their values, nor, when the flow declares any, the message's ``text`` (the
     #: answer to "your address?" is the address).
     _sensitive: frozenset[str] = frozenset()
+    #: In an event handler (:func:`fsm.on_event`): the event (name, data, id); else None.
+    event: Event | None = None
+    #: In a timer's handler (:func:`fsm.timeout`): the timer's name; else "".
+    timer: str = ""
 
     @property
     def token(self) -> str | None:

@@ -25,12 +25,14 @@ import itertools
 import random
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from fsm.records import (
     MAX_VERSION,
+    Due,
+    DueStats,
     HistoryEntry,
     Loaded,
     LockInfo,
@@ -133,6 +135,33 @@ class SessionStore(abc.ABC):
         (kept byte-for-byte) and remove the session. Returns the quarantine id, or None if the
         session changed meanwhile (then nothing was moved)."""
 
+    # -- the index of deadlines (timers: fsm.timeout) ---------------------------------------
+    #: Whether this store keeps the index of deadlines (the four methods below). A flow that
+    #: declares timers needs one; the engine says so when built on a store without it.
+    keeps_timers: bool = False
+
+    def index_due(self, user_key: str, armed: str, due: float) -> None:
+        """Add ``(user_key, armed)`` to the index, due at ``due`` (replacing the due of the same
+        entry). The engine calls it *before* the save that stores the snapshot with those
+        timers, so a stored timer is never missing from the index (on Redis Cluster the index
+        lives in another slot than the user's keys and cannot be written in the same step)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no index of deadlines")
+
+    def claim_due(self, now: float, *, limit: int, hold: float) -> list[Due]:
+        """Take up to ``limit`` entries due at ``now`` (soonest first) out of the index for the
+        caller, hidden from other claimers for ``hold`` seconds; an entry whose claim ran out
+        (its ticker died) is due again. Atomic: two tickers never claim the same entry."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no index of deadlines")
+
+    def settle_due(self, entries: Sequence[Due]) -> None:
+        """Drop the claims on ``entries``: they were fired, or found to stand for nothing (an
+        entry to keep is indexed again first with :meth:`index_due`)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no index of deadlines")
+
+    def due_stats(self, now: float) -> DueStats:
+        """How many entries are indexed, due at ``now``, and claimed."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no index of deadlines")
+
     # -- helpers built on the port ---------------------------------------------------------
     def acquire_lock(self, user_key: str, owner: str, ttl: float) -> bool:
         """Take the user's lock for ``ttl`` seconds if it is free (or expired). The default
@@ -223,6 +252,11 @@ class OperatorStore(abc.ABC):
     def remove_quarantined(self, user_key: str, entry_id: str) -> QuarantineEntry | None:
         """Take one entry out of the quarantine (after it was restored or is no longer
         wanted); returns it, or None if there is no such entry."""
+
+    def indexed_due(self, *, user_key: str | None = None) -> Iterator[Due]:
+        """The index of deadlines, soonest first (``user_key``'s entries only if given); claimed
+        entries are not listed. Stores that keep no index list nothing."""
+        return iter(())
 
     def server_stats(self) -> dict[str, int | float]:
         """Store-wide figures the store keeps itself: ``expired_keys`` (sessions and other keys
@@ -330,6 +364,25 @@ class AsyncSessionStore(abc.ABC):
     @abc.abstractmethod
     async def quarantine(self, user_key: str, raw: bytes, reason: str) -> str | None:
         """As :meth:`SessionStore.quarantine`."""
+
+    #: As :attr:`SessionStore.keeps_timers`.
+    keeps_timers: bool = False
+
+    async def index_due(self, user_key: str, armed: str, due: float) -> None:
+        """As :meth:`SessionStore.index_due`."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no index of deadlines")
+
+    async def claim_due(self, now: float, *, limit: int, hold: float) -> list[Due]:
+        """As :meth:`SessionStore.claim_due`."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no index of deadlines")
+
+    async def settle_due(self, entries: Sequence[Due]) -> None:
+        """As :meth:`SessionStore.settle_due`."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no index of deadlines")
+
+    async def due_stats(self, now: float) -> DueStats:
+        """As :meth:`SessionStore.due_stats`."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no index of deadlines")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections; the store is unusable afterwards."""
