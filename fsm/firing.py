@@ -248,12 +248,17 @@ class Ticking(Firing[S]):
     claim, fire each with its failures handled, settle. The engines drive them (the async one
     fires claims concurrently)."""
 
+    #: How long this engine's claims hide an entry from other tickers (:data:`CLAIM_HOLD`):
+    #: longer than a firing takes, short enough that a dead ticker's claims come back soon.
+    claim_hold: float = CLAIM_HOLD
+
     def claim_steps(self, limit: int | None) -> Steps[list[Due]]:
         """Claim what is due by the engine's clock (at most ``limit``, else :data:`FIRE_BATCH`)."""
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         now = self.clock.now()
-        call = StoreCall("claim_due", (now,), {"limit": limit or FIRE_BATCH, "hold": CLAIM_HOLD})
+        options = {"limit": limit or FIRE_BATCH, "hold": self.claim_hold}
+        call = StoreCall("claim_due", (now,), options)
         claims: list[Due] = yield from self._timed("claim", call)
         return claims
 
