@@ -264,6 +264,13 @@ def _same_state(payload: bytes, version: int, entry: Entry, snapshot: Snapshot |
     return payload == encode_snapshot(msgspec.structs.replace(snapshot, version=version))
 
 
+def _index_timers(store: Store, user: str, snapshot: Snapshot | None) -> None:
+    """Index the restored snapshot's timers first (the store's index of deadlines is not in
+    a backup), so they fire in the restored store as they would have in the old one."""
+    if snapshot is not None and snapshot.timers and snapshot.armed and store.keeps_timers:
+        store.index_due(user, snapshot.armed, snapshot.timers[0].due)
+
+
 def _restore_one(
     store: Store, entry: Entry, clock: Clock, overwrite: bool, dry_run: bool, source: str
 ) -> tuple[Restored, str]:
@@ -321,6 +328,7 @@ def _restore_one(
             if store.quarantine(entry.user, stored.payload, "fsm restore: replaced") is None:
                 continue
             expected, tag = 0, ""
+        _index_timers(store, entry.user, snapshot)
         result = store.save(
             entry.user,
             payload,

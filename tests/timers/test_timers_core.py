@@ -271,3 +271,24 @@ def test_the_async_engine_notifies_and_fires() -> None:
         assert got == [("u", ["Still there? Confirm 5? yes/no"])]
 
     asyncio.run(scenario())
+
+
+def test_a_restored_backup_fires_its_timers_in_the_new_store() -> None:
+    import io
+
+    from fsm.ops.backup import backup, restore
+
+    clock = FakeClock()
+    engine = engine_on(clock)
+    to_confirm(engine, "u")
+    saved = io.BytesIO()
+    store = engine.store
+    assert isinstance(store, MemoryStore)
+    backup(store, saved, clock=clock)
+    fresh = MemoryStore(clock=clock)
+    saved.seek(0)
+    restore(fresh, saved, clock=clock)
+    assert [d.user_key for d in fresh.indexed_due()] == ["u"]
+    other = Engine(Nudge(), fresh, clock=clock)
+    clock.advance(600)
+    assert other.fire_due() == 1
