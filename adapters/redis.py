@@ -22,8 +22,9 @@ lost) is recognised by its exact bytes.
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, Unpack, cast
 
 import redis
@@ -49,6 +50,8 @@ from adapters.redis_ops import (
 from adapters.redis_url import ClientClasses, connect
 from fsm.errors import StoreUnavailable
 from fsm.records import (
+    Due,
+    DueStats,
     HistoryEntry,
     Loaded,
     LockInfo,
@@ -79,6 +82,7 @@ class RedisStore(Store):
     """
 
     takes_lease_on_save = True
+    keeps_timers = True
 
     def __init__(
         self, client: Client, *, namespace: str = DEFAULT_NAMESPACE, **limits: Unpack[RedisLimits]
@@ -250,6 +254,52 @@ class RedisStore(Store):
             return None
 
         return self._call("remove_quarantined", user_key, remove)
+
+    # -- the index of deadlines ------------------------------------------------------------
+    def index_due(self, user_key: str, armed: str, due: float) -> None:
+        self._run(self._ops.index_due(user_key, armed, due))
+
+    def claim_due(self, now: float, *, limit: int, hold: float) -> list[Due]:
+        return self._run(self._ops.claim_due(now, limit=limit, hold=hold))
+
+    def settle_due(self, entries: Sequence[Due]) -> None:
+        self._run(self._ops.settle_due(entries))
+
+    def due_stats(self, now: float) -> DueStats:
+        return self._run(self._ops.due_stats(now))
+
+    def indexed_due(self, *, user_key: str | None = None, batch: int = 500) -> Iterator[Due]:
+        """The index, soonest first, read a page of ``batch`` entries of a shard at a time
+        (never the whole index in one command): like SCAN, an entry indexed, claimed or moved
+        while the listing runs may be missed or listed twice."""
+        if batch <= 0:
+            raise ValueError(f"batch must be > 0, got {batch}")
+        if user_key is not None:
+            shards = [self.layout.index_shard(user_key)]
+        else:
+            sizes = self._run(self._ops.index_sizes())
+            shards = [n for n, size in enumerate(sizes) if size]
+        streams = [self._shard_listing(n, batch) for n in shards]
+        prefix = None if user_key is None else self.layout.index_member(user_key, "").encode()
+        entry = self.layout.index_entry
+        for due, member in heapq.merge(*streams):
+            if prefix is None or member.startswith(prefix):
+                yield Due(*entry(member), due)
+
+    def _shard_listing(self, shard: int, batch: int) -> Iterator[tuple[float, bytes]]:
+        """One shard's entries as (due, member), in Redis's order, a page at a time; each page
+        starts at the last one's due, past the entries of that due already listed."""
+        low, skip = float("-inf"), 0
+        while True:
+            page = self._run(self._ops.index_page(shard, low, skip, batch))
+            for member, due in page:
+                yield due, member
+            if len(page) < batch:
+                return
+            last = page[-1][1]
+            ties = sum(1 for _, due in page if due == last)
+            skip = skip + ties if last == low else ties
+            low = last
 
     # -- operations ------------------------------------------------------------------------
     def session_view(self, user_key: str) -> SessionView | None:

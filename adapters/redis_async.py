@@ -24,6 +24,7 @@ past their size instead of waiting): with a client of your own, pass its pool's 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, TypeVar, Unpack, cast
 
 import redis.asyncio
@@ -43,7 +44,7 @@ from adapters.redis_ops import (
     Script,
 )
 from adapters.redis_url import ClientClasses, connect
-from fsm.records import HistoryEntry, Loaded, LockInfo, SaveResult
+from fsm.records import Due, DueStats, HistoryEntry, Loaded, LockInfo, SaveResult
 from fsm.store import AsyncStore
 
 __all__ = ["AsyncRedisStore"]
@@ -64,6 +65,7 @@ class AsyncRedisStore(AsyncStore):
     a command rather than wait when every connection is busy."""
 
     takes_lease_on_save = True
+    keeps_timers = True
 
     def __init__(
         self,
@@ -206,6 +208,19 @@ class AsyncRedisStore(AsyncStore):
     # -- quarantine --------------------------------------------------------------------------
     async def quarantine(self, user_key: str, raw: bytes, reason: str) -> str | None:
         return await self._run(self._ops.quarantine(user_key, raw, reason))
+
+    # -- the index of deadlines --------------------------------------------------------------
+    async def index_due(self, user_key: str, armed: str, due: float) -> None:
+        await self._run(self._ops.index_due(user_key, armed, due))
+
+    async def claim_due(self, now: float, *, limit: int, hold: float) -> list[Due]:
+        return await self._run(self._ops.claim_due(now, limit=limit, hold=hold))
+
+    async def settle_due(self, entries: Sequence[Due]) -> None:
+        await self._run(self._ops.settle_due(entries))
+
+    async def due_stats(self, now: float) -> DueStats:
+        return await self._run(self._ops.due_stats(now))
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def aclose(self) -> None:

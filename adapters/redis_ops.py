@@ -15,6 +15,9 @@ is retried ``retries`` times with backoff, then raised as
 :class:`~fsm.errors.StoreUnavailable` naming the operation; any other Redis error at once. A
 retried write is applied once (the save script recognises its own tagged bytes, a lock its own
 owner token), and a lock attempt whose outcome stayed unknown frees the lock if it is ours.
+The index of deadlines' writes are idempotent (a retried index or settle sets or drops the
+same members again); a retried claim claims afresh, and what a lost reply had claimed comes
+back due when its hold runs out.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from adapters.redis_keys import DEFAULT_NAMESPACE, KeyLayout
 from adapters.redis_scripts import TAG_DIGITS, VALUE_PREFIX, scripts
 from fsm.errors import StoreUnavailable
 from fsm.records import (
+    Due,
+    DueStats,
     HistoryEntry,
     Loaded,
     LockInfo,
@@ -146,6 +151,19 @@ def _positive_ttl(ttl: float) -> None:
         raise ValueError(f"ttl must be > 0, got {ttl!r}")
 
 
+def _positive(name: str, value: float) -> None:
+    if not value > 0:  # also refuses NaN
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def score(seconds: float) -> str:
+    """A time as a sorted-set score: ``repr`` of the float, which Redis reads back exactly."""
+    value = float(seconds)
+    if value != value:
+        raise ValueError("a time must be a number, got NaN")
+    return repr(value)
+
+
 # -- replies -----------------------------------------------------------------------------------
 def _loaded(reply: Any) -> Loaded:
     value, seen, locked = reply
@@ -161,6 +179,23 @@ def _lock_info(reply: Any) -> LockInfo | None:
 
 def _seconds_left(reply: Any) -> float | None:
     return None if reply is None or reply < 0 else float(reply / 1000)
+
+
+def _pairs(reply: Any) -> list[tuple[bytes, float]]:
+    """A sorted set's ``WITHSCORES`` reply as (member, score): flat (RESP2, and what the
+    scripts return) or in pairs (RESP3)."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(member, float(at)) for member, at in reply]
+    return [(reply[i], float(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+def _due_stats(reply: Any) -> DueStats:
+    indexed, due, claimed, oldest = reply
+    return DueStats(int(indexed), int(due), int(claimed), None if not oldest else float(oldest))
+
+
+#: At most this many entries are settled per script call (each call's arguments are bounded).
+SETTLE_BATCH = 500
 
 
 class RedisLimits(TypedDict, total=False):
@@ -252,7 +287,7 @@ class RedisOperations:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _single(
-        self, operation: str, user_key: str, request: Request, parse: Callable[[Any], T]
+        self, operation: str, user_key: str | None, request: Request, parse: Callable[[Any], T]
     ) -> Operation[T]:
         """An operation of one call, whose retry cannot apply anything twice."""
 
@@ -401,6 +436,60 @@ class RedisOperations:
         return self._single(
             "quarantine", user_key, request, lambda moved: entry_id if moved else None
         )
+
+    # -- the index of deadlines (see adapters.redis_keys for its layout) ---------------------
+    def index_due(self, user_key: str, armed: str, due: float) -> Operation[None]:
+        layout = self.layout
+        n = layout.index_shard(user_key)
+        keys = [layout.index_shards[n], layout.index_heads]
+        request = Script("index_due", keys, [score(due), layout.index_member(user_key, armed), n])
+        # A retry sets the same score on the same member again: applied once.
+        return self._single("index_due", user_key, request, lambda _: None)
+
+    def claim_due(self, now: float, *, limit: int, hold: float) -> Operation[list[Due]]:
+        _positive("limit", limit)
+        _positive("hold", hold)
+        args = [score(now), max(1, int(limit)), score(now + hold)]
+        request = Script("claim_due", self.layout.index_keys, args)
+        entry = self.layout.index_entry
+
+        def claimed(reply: Any) -> list[Due]:
+            return [Due(*entry(member), due) for member, due in _pairs(reply)]
+
+        # A retry is a claim of its own. If the first attempt landed and only its reply was
+        # lost, what it claimed is hidden until its hold runs out, then due again (as for a
+        # ticker that died): fired late, never lost, and never fired twice (firing checks
+        # the stored snapshot).
+        return self._single("claim_due", None, request, claimed)
+
+    def settle_due(self, entries: Sequence[Due]) -> Operation[None]:
+        members = [self.layout.index_member(e.user_key, e.armed) for e in entries]
+        keys = [self.layout.index_claims, self.layout.index_claim_dues]
+
+        def attempt(_: bool) -> Operation[None]:
+            # Dropping a claim twice is dropping it once: a retry repeats every batch.
+            for start in range(0, len(members), SETTLE_BATCH):
+                yield Script("settle_due", keys, members[start : start + SETTLE_BATCH])
+
+        return self.retrying("settle_due", None, attempt)
+
+    def due_stats(self, now: float) -> Operation[DueStats]:
+        request = Script("due_stats", self.layout.index_keys, [score(now)])
+        return self._single("due_stats", None, request, _due_stats)
+
+    def index_sizes(self) -> Operation[list[int]]:
+        """How many entries each shard of the index holds, in shard order."""
+        request = Script("index_sizes", self.layout.index_shards, [])
+        return self._single("indexed_due", None, request, lambda sizes: [int(n) for n in sizes])
+
+    def index_page(
+        self, shard: int, low: float, skip: int, count: int
+    ) -> Operation[list[tuple[bytes, float]]]:
+        """Up to ``count`` entries of one shard due at ``low`` or later, soonest first, after
+        the first ``skip`` of them: a page of :meth:`RedisStore.indexed_due`'s listing."""
+        key = self.layout.index_shards[shard]
+        args = ("ZRANGEBYSCORE", key, score(low), "+inf", "WITHSCORES", "LIMIT", skip, count)
+        return self._single("indexed_due", None, Command(args), _pairs)
 
 
 def immediate(fn: Callable[[bool], T]) -> Callable[[bool], Operation[T]]:

@@ -1,8 +1,10 @@
 """The Lua scripts of :class:`adapters.redis.RedisStore`: one atomic script per operation.
 
 Each touches the keys of one user only (one Cluster slot), reads the time from the server (so
-every worker agrees on expiry) and is registered once per client; redis-py reloads a script
-that a ``SCRIPT FLUSH``, a restart or a failover removed (NOSCRIPT) transparently.
+every worker agrees on expiry) and is registered once per client; the store reloads a script
+that a ``SCRIPT FLUSH``, a restart or a failover removed (NOSCRIPT) transparently. The index
+of deadlines' scripts touch the index's keys only (a slot of their own) and take the time as
+an argument: the engine's clock, not the server's.
 
 A session value is ``b"<version>.<tag>:" + payload`` (the tag names the write): a script reads
 the version with one ``string.match`` and never decodes msgpack.
@@ -187,6 +189,183 @@ return 1
 )
 
 
+# -- the index of deadlines (adapters.redis_keys): every key under one hash tag, one slot ------
+# The scripts take the index's keys in the layout's order: KEYS[1..n] its shards, KEYS[n + 1]
+# the claims (score: the claim's end), KEYS[n + 2] the claims' dues ("<shard> <due>"),
+# KEYS[n + 3] the heads: each non-empty shard's soonest due, by shard number. The heads are
+# kept by every script that writes a shard (these alone do), so a claim reads only the shards
+# with something due, and a claim with nothing due costs two reads, not one per shard.
+# Times are the engine's clock, passed in (never the server's TIME, so a fake clock works on
+# Redis too). Scores travel as the strings Redis writes them with and never become Lua numbers
+# on their way back in: a Lua number prints with 14 digits, which would move a due.
+_HEADS = """
+local function set_head(heads, shard_key, shard)
+  local first = redis.call('ZRANGE', shard_key, 0, 0, 'WITHSCORES')
+  if first[2] then
+    redis.call('ZADD', heads, first[2], shard)
+  else
+    redis.call('ZREM', heads, shard)
+  end
+end
+"""
+
+# KEYS[1] the user's shard, KEYS[2] the heads; ARGV[1] due, ARGV[2] member, ARGV[3] shard number
+INDEX_DUE = (
+    _HEADS
+    + """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+set_head(KEYS[2], KEYS[1], ARGV[3])
+return false
+"""
+)
+
+# The k-way merge of the due shards' entries, soonest first: a heap of each shard's next entry,
+# {score, member, score as Redis wrote it, shard's key index}. A shard is read in pages of 1,
+# 2, 4, ... up to 64 entries: a claim takes few entries from most shards, and many from few.
+_MERGE = """
+local pages, at, read, size = {}, {}, {}, {}
+local function next_of(i, now)
+  local page = pages[i]
+  if page == nil or (at[i] > #page and #page == 2 * size[i]) then
+    local offset = read[i] or 0
+    size[i] = page == nil and 1 or math.min(2 * size[i], 64)
+    page = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', now, 'WITHSCORES', 'LIMIT', offset, size[i])
+    pages[i], at[i], read[i] = page, 1, offset + #page / 2
+  end
+  local p = at[i]
+  if p > #page then return nil end
+  at[i] = p + 2
+  return {tonumber(page[p + 1]), page[p], page[p + 1], i}
+end
+local heap = {}
+local function less(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end
+local function push(e)
+  heap[#heap + 1] = e
+  local c = #heap
+  while c > 1 do
+    local p = math.floor(c / 2)
+    if not less(heap[c], heap[p]) then break end
+    heap[c], heap[p] = heap[p], heap[c]
+    c = p
+  end
+end
+local function pop()
+  local top, last = heap[1], table.remove(heap)
+  if #heap > 0 then
+    heap[1] = last
+    local p = 1
+    while true do
+      local l, m = 2 * p, p
+      if l <= #heap and less(heap[l], heap[m]) then m = l end
+      if l + 1 <= #heap and less(heap[l + 1], heap[m]) then m = l + 1 end
+      if m == p then break end
+      heap[p], heap[m] = heap[m], heap[p]
+      p = m
+    end
+  end
+  return top
+end
+local function soonest(shards, now, limit)
+  for _, i in ipairs(shards) do
+    local e = next_of(i, now)
+    if e then push(e) end
+  end
+  local taken = {}
+  while #taken < limit and #heap > 0 do
+    local e = pop()
+    taken[#taken + 1] = e
+    local following = next_of(e[4], now)
+    if following then push(following) end
+  end
+  return taken
+end
+local function in_batches(command, key, args)
+  for s = 1, #args, 1000 do
+    redis.call(command, key, unpack(args, s, math.min(s + 999, #args)))
+  end
+end
+"""
+
+# ARGV[1] now, ARGV[2] limit, ARGV[3] the claim's end (now + hold)
+# returns {member, due, member, due, ...}: the entries taken, soonest first
+CLAIM_DUE = (
+    _HEADS
+    + _MERGE
+    + """
+local n = #KEYS - 3
+local claims, dues, heads = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
+local now, limit, held_until = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+-- Claims whose hold ran out (their ticker died) are due again, at their own due.
+local returned = {}
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', claims, '-inf', now)) do
+  local held = redis.call('HGET', dues, member)
+  if held then
+    local shard, due = string.match(held, '^(%d+) (.+)$')
+    if tonumber(due) > tonumber(now) then due = now end
+    redis.call('ZADD', KEYS[tonumber(shard) + 1], due, member)
+    returned[tonumber(shard) + 1] = true
+  end
+  redis.call('ZREM', claims, member)
+  redis.call('HDEL', dues, member)
+end
+for i in pairs(returned) do set_head(heads, KEYS[i], i - 1) end
+local shards = {}
+for _, shard in ipairs(redis.call('ZRANGEBYSCORE', heads, '-inf', now)) do
+  shards[#shards + 1] = tonumber(shard) + 1
+end
+local taken = soonest(shards, now, limit)
+-- Only now move them (the pages' offsets held while reading), a few commands per batch.
+local reply, removed, held, due_of = {}, {}, {}, {}
+for _, e in ipairs(taken) do
+  removed[e[4]] = removed[e[4]] or {}
+  table.insert(removed[e[4]], e[2])
+  held[#held + 1], held[#held + 2] = held_until, e[2]
+  due_of[#due_of + 1], due_of[#due_of + 2] = e[2], (e[4] - 1) .. ' ' .. e[3]
+  reply[#reply + 1], reply[#reply + 2] = e[2], e[3]
+end
+for i, members in pairs(removed) do
+  in_batches('ZREM', KEYS[i], members)
+  set_head(heads, KEYS[i], i - 1)
+end
+in_batches('ZADD', claims, held)
+in_batches('HSET', dues, due_of)
+return reply
+"""
+)
+
+# KEYS[1] the claims, KEYS[2] the claims' dues; ARGV the members to settle. Returns nothing.
+SETTLE_DUE = """
+for _, member in ipairs(ARGV) do
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('HDEL', KEYS[2], member)
+end
+return false
+"""
+
+# ARGV[1] now. Returns {indexed, due at now, claimed, the soonest due or false}.
+DUE_STATS = """
+local n = #KEYS - 3
+local heads = KEYS[n + 3]
+local indexed, due = 0, 0
+for i = 1, n do indexed = indexed + redis.call('ZCARD', KEYS[i]) end
+for _, shard in ipairs(redis.call('ZRANGEBYSCORE', heads, '-inf', ARGV[1])) do
+  due = due + redis.call('ZCOUNT', KEYS[tonumber(shard) + 1], '-inf', ARGV[1])
+end
+local first = redis.call('ZRANGE', heads, 0, 0, 'WITHSCORES')
+return {indexed, due, redis.call('ZCARD', KEYS[n + 1]), first[2] or false}
+"""
+
+# KEYS: the shards. Returns each shard's number of entries, in order.
+INDEX_SIZES = """
+local sizes = {}
+for i = 1, #KEYS do sizes[i] = redis.call('ZCARD', KEYS[i]) end
+return sizes
+"""
+
+
 def scripts(
     *,
     history_limit: int,
@@ -216,4 +395,9 @@ def scripts(
         "extend": EXTEND,
         "lock_info": LOCK_INFO,
         "quarantine": QUARANTINE,
+        "index_due": INDEX_DUE,
+        "claim_due": CLAIM_DUE,
+        "settle_due": SETTLE_DUE,
+        "due_stats": DUE_STATS,
+        "index_sizes": INDEX_SIZES,
     }

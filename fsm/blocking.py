@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsm.async_engine import AsyncEngine
@@ -59,10 +59,10 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class BlockingEngine:
-    """``handle`` and ``peek`` of an :class:`~fsm.AsyncEngine`, blocking; every other
-    attribute (``stats``, ``spec``, ``clock``, ...) is the async engine's own. ``store`` is
-    the blocking view of its store where it has one (``AsyncMemoryStore.sync``), else the
-    async store itself."""
+    """``handle``, ``notify``, ``fire_due``, ``confirm`` and ``peek`` of an
+    :class:`~fsm.AsyncEngine`, blocking; every other attribute (``stats``, ``spec``,
+    ``clock``, ...) is the async engine's own. ``store`` is the blocking view of its store
+    where it has one (``AsyncMemoryStore.sync``), else the async store itself."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -80,6 +80,25 @@ class BlockingEngine:
         pressed: str | None = None,
     ) -> Result:
         return run(self.engine.handle(user_id, text, message_id=message_id, pressed=pressed))
+
+    def notify(
+        self,
+        user_id: str,
+        event: str,
+        *,
+        data: dict[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> Result:
+        return run(self.engine.notify(user_id, event, data=data, event_id=event_id))
+
+    def fire_due(
+        self,
+        *,
+        limit: int | None = None,
+        on_result: Callable[[str, Result], None] | None = None,
+    ) -> int:
+        """As :meth:`fsm.Engine.fire_due`; ``on_result`` is called on the background loop."""
+        return run(self.engine.fire_due(limit=limit, on_result=on_result))
 
     def confirm(self, user_id: str, sent: Iterable[str], *, lease: str | None = None) -> bool:
         return run(self.engine.confirm(user_id, sent, lease=lease))

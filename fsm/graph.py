@@ -32,6 +32,13 @@ How the declaration maps to the diagram:
 - With ``steps=True`` a stage with one step shows it under the stage name; a stage with several
   is a composite state that lists them, ``[*]`` pointing at the entry step. No edges are drawn
   between steps: moving between steps of a stage is always allowed, so there is nothing to draw.
+- Timers (:func:`fsm.timeout`) and events (:func:`fsm.on_event`) are notes, not edges: where
+  one leads is its handler's choice when it fires, as for a step. A step's timers are a note
+  next to it, one a line (``after 10m: remind``; ``after 10m at confirm: remind`` next to the
+  stage when steps are not shown; ``after f(ctx)`` for a delay the function ``f`` reads from
+  the context); a stage's events are a note next to the stage (``on offer_received``), and
+  the events handled in any stage a note next to an ``any stage`` marker. Nothing is drawn
+  for a flow that has neither.
 
 Mermaid state ids are global and its grammar reserves some words, so every id is a sanitized,
 unique ASCII name (``credex__confirm`` for step ``confirm`` of stage ``credex``) and the real
@@ -41,7 +48,9 @@ name is its label. The output is deterministic: declaration order throughout.
 as labels. A point node marks the initial stage; with ``steps=True`` each stage is a record with
 its name above its steps, ``(entry)`` marking the step a stage with several is entered at.
 Protected stages have a thick orange border, a tooltip, and the graph's caption says what the
-border means:
+border means. A stage with timers or events has one dashed loop labelled with them, one a line
+(``after 10m at confirm: remind``, ``on offer_received``); the events handled in any stage are a
+dashed note; the caption then says ``dashed: timers and events``:
 
 >>> print(dot(Door.spec), end="")
 // flow door, version 1
@@ -67,12 +76,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from fsm.errors import FsmError
 from fsm.flow import FlowSpec
 
 __all__ = [
+    "ANY_STAGE",
     "PROTECTED_COLOR",
     "PROTECTED_STYLE",
     "RENDER_FORMATS",
@@ -85,6 +96,8 @@ __all__ = [
 ]
 
 PROTECTED_STYLE = "stroke:#b45309,stroke-width:3px"
+#: The label of what the diagram hangs the events handled in any stage on.
+ANY_STAGE = "any stage"
 PROTECTED_COLOR = "#b45309"
 #: What :func:`render` can produce.
 RENDER_FORMATS = ("png", "svg")
@@ -123,14 +136,24 @@ def mermaid(spec: FlowSpec, *, steps: bool = True) -> str:
                 for step, step_id in zip(stage.steps, step_ids, strict=True)
             ]
             lines.append(f"{_INDENT * 2}[*] --> {step_ids[0]}")
+            for step, step_id in zip(stage.steps, step_ids, strict=True):
+                lines += _note(step_id, _timer_labels(spec, name, step), _INDENT * 2)
             lines.append(f"{_INDENT}}}")
             # The composite's title is its id; name it when sanitizing changed the name.
             if sid != name:
                 lines.append(f'{_INDENT}state "{_label(name)}" as {sid}')
+            lines += _note(sid, _event_labels(spec, name), _INDENT)
         else:
             lines.append(f'{_INDENT}state "{_label(name)}" as {sid}')
             if steps:
                 lines.append(f"{_INDENT}{sid} : {_label(stage.entry, description=True)}")
+            timers = _stage_timers(spec, name, at_step=not steps)
+            lines += _note(sid, [*timers, *_event_labels(spec, name)], _INDENT)
+    anywhere = _event_labels(spec, None)
+    if anywhere:
+        any_id = ids.claim(ANY_STAGE)
+        lines.append(f'{_INDENT}state "{ANY_STAGE}" as {any_id}')
+        lines += _note(any_id, anywhere, _INDENT)
     for (source, dest), triggers in _edges(spec.transitions).items():
         label = ", ".join(triggers)
         lines.append(f"{_INDENT}{stage_ids[source]} --> {stage_ids[dest]} : {label}")
@@ -150,6 +173,8 @@ def dot(spec: FlowSpec, *, steps: bool = True) -> str:
     caption = _escape(title)
     if any(stage.protected for stage in spec.stages.values()):
         caption += r"\nthick orange border: protected stage"
+    if spec.timers or spec.events:
+        caption += r"\ndashed: timers and events"
     start = _quote(_START)
     lines = [
         f"// {title}",
@@ -174,6 +199,7 @@ def dot(spec: FlowSpec, *, steps: bool = True) -> str:
     for (source, dest), triggers in _edges(spec.transitions).items():
         label = _quote(_escape(", ".join(triggers)))
         lines.append(f"{_INDENT}{stage_ids[source]} -> {stage_ids[dest]} [label={label}];")
+    lines += _dot_timers_and_events(spec, stage_ids, ids)
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -232,6 +258,80 @@ def render(dot_text: str, fmt: str, *, timeout: float = 60.0) -> bytes:
     if not done.stdout:
         raise GraphvizFailed(f"printed no {fmt}", stderr)
     return done.stdout
+
+
+def _timer_labels(spec: FlowSpec, stage: str, step: str, *, at_step: bool = False) -> list[str]:
+    """``after 10m: remind`` for each timer of ``stage.step`` (``after 10m at confirm:
+    remind`` with ``at_step``), in declaration order; ``after f(ctx)`` for a delay read from
+    the context by the function ``f``."""
+    where = f" at {step}" if at_step else ""
+    return [f"after {_delay(t.after)}{where}: {t.name}" for t in spec.timers_at(stage, step)]
+
+
+def _stage_timers(spec: FlowSpec, stage: str, *, at_step: bool) -> list[str]:
+    """The timer labels of every step of ``stage``, in step order."""
+    steps = spec.stages[stage].steps
+    return [label for step in steps for label in _timer_labels(spec, stage, step, at_step=at_step)]
+
+
+def _event_labels(spec: FlowSpec, stage: str | None) -> list[str]:
+    """``on ping`` for each event handled in ``stage`` (None: in any stage without a handler
+    of its own), in declaration order."""
+    return [f"on {event}" for (event, where) in spec.events if where == stage]
+
+
+def _delay(after: float | Callable[[Any], float]) -> str:
+    """A timer's delay as written: ``10m``, ``1h30m``, ``2.5s``; ``f(ctx)`` for a function.
+
+    >>> _delay(600.0), _delay(5400.0), _delay(90061.0), _delay(2.5), _delay(lambda ctx: 1)
+    ('10m', '1h30m', '1d1h1m1s', '2.5s', 'f(ctx)')
+    """
+    if callable(after):
+        name = getattr(after, "__name__", "")
+        return f"{name if name.isidentifier() else 'f'}(ctx)"
+    parts, left = [], float(after)
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count:g}{unit}")
+    if left or not parts:
+        parts.append(f"{left:g}s")
+    return "".join(parts)
+
+
+def _note(state_id: str, labels: list[str], indent: str) -> list[str]:
+    """A Mermaid note right of ``state_id``, one line per label (nothing without labels)."""
+    if not labels:
+        return []
+    body = [f"{indent}{_INDENT}{_note_line(label)}" for label in labels]
+    return [f"{indent}note right of {state_id}", *body, f"{indent}end note"]
+
+
+def _note_line(text: str) -> str:
+    """``text`` as one line of a Mermaid note: no line break, nothing that ends the note."""
+    return re.sub(r"(?i)end\s*note", "end_note", _label(text))
+
+
+def _dot_timers_and_events(spec: FlowSpec, stage_ids: dict[str, str], ids: _Ids) -> list[str]:
+    """DOT statements for timers and events: a dashed loop on each stage that has some,
+    labelled with its timers and the events handled in it, one a line; a dashed note listing
+    the events handled in any stage."""
+    lines = []
+    for name in spec.stages:
+        rows = [*_stage_timers(spec, name, at_step=True), *_event_labels(spec, name)]
+        if rows:
+            sid = stage_ids[name]
+            lines.append(f"{_INDENT}{sid} -> {sid} [label={_rows(rows)}, style=dashed];")
+    anywhere = _event_labels(spec, None)
+    if anywhere:
+        attrs = f"shape=note, style=dashed, label={_rows([f'{ANY_STAGE}:', *anywhere])}"
+        lines.append(f"{_INDENT}{_quote(ids.claim(ANY_STAGE))} [{attrs}];")
+    return lines
+
+
+def _rows(rows: list[str]) -> str:
+    """A quoted DOT label of ``rows``, one a line, aligned left."""
+    return _quote("".join(rf"{_escape(row)}\l" for row in rows))
 
 
 def _edges(rows: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str], list[str]]:

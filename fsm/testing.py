@@ -3,7 +3,8 @@
 >>> from fsm.testing import Conversation
 >>> chat = Conversation(engine, "263770000001", clock=clock)      # doctest: +SKIP
 >>> chat.say("hi").expect("Welcome Alice", stage="menu")          # doctest: +SKIP
->>> chat.advance("2h")                                            # doctest: +SKIP
+>>> chat.advance("10m").expect("Still there?")                    # doctest: +SKIP
+>>> chat.notify("offer_received", {"amount": 5}).expect("offered you 5")  # doctest: +SKIP
 >>> first, again = chat.twice("yes")                              # doctest: +SKIP
 >>> chat.run('''
 ... > 1
@@ -16,7 +17,9 @@
 
 Every message gets a fresh message id (as a transport would give it), so re-delivery
 (:meth:`Conversation.twice`) and races (:meth:`Conversation.concurrently`) are real: they go
-through the engine's dedupe, locking and compare-and-set like production traffic.
+through the engine's dedupe, locking and compare-and-set like production traffic. Time
+passes with a ticker running (:meth:`Conversation.advance`): each timer fires at its due time,
+on every store, and nothing sleeps.
 Expectations raise ``AssertionError`` that quotes what the bot said. Every reply is checked
 against WhatsApp's limits: one that cannot be sent fails the test; a title or description
 WhatsApp would show cut short is listed in :attr:`Turn.trimmed` and warned about
@@ -37,11 +40,12 @@ from fsm.async_engine import AsyncEngine
 from fsm.blocking import BlockingEngine, blocking, run
 from fsm.clock import FakeClock
 from fsm.engine import Engine, Result
+from fsm.fake_ticker import blank, combined, pass_time
 from fsm.reply import Reply, check_whatsapp
 from fsm.snapshot import Snapshot
-from fsm.transcript import Directive, Run, Runner, contains_in_order, duration, move_clock
+from fsm.transcript import Directive, Proactive, Run, Runner, contains_in_order, duration
 
-__all__ = ["ABSENT", "Conversation", "Trimmed", "Turn"]
+__all__ = ["ABSENT", "Conversation", "Proactive", "Trimmed", "Turn"]
 
 
 class _Absent:
@@ -61,6 +65,8 @@ class Trimmed(UserWarning):
 
 class Turn:
     """One message and what came back; ``expect`` checks it and returns it for chaining.
+    Also what the bot said on its own: ``text`` is then what made it speak (``"! clock
+    +10m"``, ``"! event ping"``), as a transcript writes it.
 
     ``trimmed`` lists what the check (by default WhatsApp's limits) said would be cut short
     in these replies, one line each: empty when everything fits.
@@ -161,7 +167,13 @@ class Conversation:
         #: returns (what would be cut short) goes to :attr:`Turn.trimmed`, with a
         #: :class:`Trimmed` warning.
         self.check = check
+        #: One per message, and one per result the bot sent on its own (a timer that fired,
+        #: an event), in order.
         self.turns: list[Turn] = []
+        #: What the bot said on its own (:class:`Proactive`), for every user, in order: the
+        #: timers that fired as the clock moved (other users' too) and the events applied.
+        #: ``[p.result for p in chat.proactive if p.user == "u2"]``: what came to ``u2``.
+        self.proactive: list[Proactive] = []
         self._ids = 0
         self._id_lock = threading.Lock()
         self._closed = False
@@ -192,9 +204,12 @@ class Conversation:
         self.close()
 
     def next_message_id(self) -> str:
+        return self._next_id("msg")
+
+    def _next_id(self, kind: str) -> str:
         with self._id_lock:
             self._ids += 1
-            return f"{self.user}-msg-{self._ids}"
+            return f"{self.user}-{kind}-{self._ids}"
 
     def say(self, text: str, *, message_id: str | None = None, pressed: str | None = None) -> Turn:
         """Send ``text`` as a new message (or with ``message_id`` to re-deliver one); with
@@ -243,15 +258,52 @@ class Conversation:
         self.turns.extend(turns)
         return turns
 
-    def advance(self, seconds: float | str) -> None:
-        """Move the fake clock: ``90``, ``"30m"``, ``"2h"``, ``"1d"``."""
+    def advance(self, seconds: float | str) -> Turn:
+        """Let time pass (``90``, ``"30m"``, ``"2h"``, ``"1d"``) with a ticker running: the
+        fake clock stops at each timer's due time on the way and fires what is due
+        (:func:`fsm.fake_ticker.pass_time`), for every user. Returns a :class:`Turn` over what
+        the firings said to this conversation's user, one after another (none: no replies),
+        at the state the conversation is in now: ``chat.advance("10m").expect("Still
+        there?", step="confirm")``. Every user's firings are in :attr:`proactive`.
+        ``advance(0)`` fires what is due now: after ``chat.clock.advance(...)``, which moves
+        the clock alone (tickers that were down), it fires what they would find."""
         if self.clock is None:
             raise RuntimeError("pass clock=FakeClock(...) (the engine's clock) to move time")
         moved = duration(seconds) if isinstance(seconds, str) else float(seconds)
         try:
-            move_clock(self.engine, self.clock, moved)
+            fired = pass_time(self.engine, self.clock, moved)
         except ValueError as exc:
             raise RuntimeError(str(exc)) from None
+        told = seconds.strip().lstrip("+") if isinstance(seconds, str) else f"{moved:g}"
+        cause = f"! clock +{told}"
+        mine: list[Result] = []
+        trimmed: list[str] = []
+        for user, result in fired:
+            turn = self._heard(Proactive(user, cause, result))
+            if user == self.user:
+                mine.append(result)
+                trimmed += turn.trimmed
+        now = self.snapshot or (mine[-1].snapshot if mine else blank(self.engine))
+        return Turn(cause, combined(mine, now), trimmed)
+
+    def notify(
+        self, event: str, data: dict[str, Any] | None = None, *, event_id: str | None = None
+    ) -> Turn:
+        """Apply the external event ``event`` (with ``data``) to this user's conversation, as
+        :meth:`fsm.Engine.notify` does, under a fresh event id (or ``event_id``, to deliver
+        one again: ``turn.result.duplicate``). The turn's ``result.ignored`` says why an
+        event did not apply."""
+        if event_id is None:
+            event_id = self._next_id("event")
+        result = self.engine.notify(self.user, event, data=data, event_id=event_id)
+        return self._heard(Proactive(self.user, f"! event {event}", result))
+
+    def _heard(self, proactive: Proactive) -> Turn:
+        """Keep what the bot said on its own, checked, as a turn."""
+        self.proactive.append(proactive)
+        turn = Turn(proactive.cause, proactive.result, self._checked(proactive.result))
+        self.turns.append(turn)
+        return turn
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -268,6 +320,7 @@ class Conversation:
             directives=self.directives,
             send=self._send,
             next_id=self.next_message_id,
+            heard=self._heard,
         )
         try:
             outcome = runner.run(transcript, source=source)

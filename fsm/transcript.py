@@ -9,10 +9,22 @@ One line per thing that happens::
     <! coming soon            ...and never this
     = menu.dashboard          the conversation is now at stage "menu", step "dashboard"
     = menu                    (or just at stage "menu")
-    ! clock +2h               move the fake clock (s, m, h or d; plain numbers are seconds)
+    ! clock +10m              let time pass (s, m, h or d; plain numbers are seconds): the
+                              fake clock moves and every timer due on the way fires
+    < Still there?            what the firings said to this user, as for a message
+    ! event ping {"note": "hi"}    apply the event "ping" (data: a JSON object, optional) to
+                              this user's conversation; "< ..." checks what it said
+    ! event ping {} id=ev-1   the same, with the event id ev-1 (default: a fresh one)
     ! user 263770000002       talk as another user from here on
     ! again                   deliver the last message again, with the same message id
     ! api fail createCredex 503    a directive the caller supplies (here: the Credex bot's)
+
+``<``, ``<!`` and ``=`` lines check what happened last: the last message (or ``! again``),
+``! clock`` or ``! event``. After ``! clock`` that is what the timers that fired said to the
+current user, one firing after another (nothing, if none fired for them), and the state the
+conversation is in now. Timers fire for every user as the clock moves; what they said to other
+users is kept in :attr:`Run.proactive`, never mixed into the current user's: after ``! user X``
+the ``<`` lines still check only what comes next.
 
 The same file is a test (:func:`fsm.testing.Conversation.run_file`) and a demo
 (``fsm chat --script FILE`` prints the conversation and checks it). Expectations are checked
@@ -21,13 +33,16 @@ against the rendered replies (:meth:`fsm.reply.Reply.render`), so numbered optio
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fsm.clock import FakeClock
+from fsm.fake_ticker import blank, combined, pass_time
+from fsm.fake_ticker import move_clock as move_clock  # where it was first, for its importers
 
 if TYPE_CHECKING:
     from fsm.blocking import BlockingEngine
@@ -85,14 +100,26 @@ def duration(text: str) -> float:
     return float(match[1]) * _UNITS[match[2]]
 
 
+class Proactive(NamedTuple):
+    """What the bot said without being written to: ``user``'s conversation, what made it
+    speak (``"! clock +10m"`` for a timer that fired, ``"! event ping"``), and the result."""
+
+    user: str
+    cause: str
+    result: Result
+
+
 @dataclass
 class Run:
-    """What running a transcript did: every turn, how many expectations it checked (``<``,
-    ``<!``, ``=`` lines and ``! again``), and every one that failed."""
+    """What running a transcript did: every message and its result (``turns``), what the bot
+    said on its own (``proactive``: timers that fired, for every user, and events), how many
+    expectations it checked (``<``, ``<!``, ``=`` lines and ``! again``), and every one that
+    failed."""
 
     failures: list[str] = field(default_factory=list)
     turns: list[tuple[str, Result]] = field(default_factory=list)
     checks: int = 0
+    proactive: list[Proactive] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -110,22 +137,49 @@ def contains_in_order(said: str, fragments: Iterable[str]) -> str | None:
     return None
 
 
-def move_clock(engine: object, clock: FakeClock, seconds: float) -> None:
-    """Move ``clock`` by ``seconds``, the clock ``engine`` runs on: every session it judges
-    (its expiry, its tokens' expiry) moves with it, on every store. A clock the engine does
-    not run on would move nothing: that is an error, not a silent no-op."""
-    runs_on = getattr(engine, "clock", None)
-    if runs_on is not clock:
-        raise ValueError(
-            f"the engine runs on another clock ({type(runs_on).__name__}, or says none): "
-            "moving this "
-            "FakeClock would change nothing; build the engine with clock= this FakeClock"
-        )
-    clock.advance(seconds)
+def event_arguments(text: str) -> tuple[str, dict[str, Any], str | None]:
+    """The event name, data and id of an ``! event NAME [{json}] [id=ID]`` line.
+
+    >>> event_arguments('ping {"note": "hi there"} id=ev-1')
+    ('ping', {'note': 'hi there'}, 'ev-1')
+    """
+    usage = "use: ! event NAME [{JSON object}] [id=EVENT_ID]"
+    name, _, rest = text.strip().partition(" ")
+    if not name or name.startswith(("{", "id=")):
+        raise ValueError(usage)
+    rest = rest.strip()
+    data: dict[str, Any] = {}
+    if rest.startswith("{"):
+        try:
+            data, end = json.JSONDecoder().raw_decode(rest)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"the event's data is not a JSON object ({exc.msg}): {usage}"
+            ) from None
+        rest = rest[end:].strip()
+    key, equals, event_id = rest.partition("=")
+    if rest and (key != "id" or not equals or not event_id or event_id.split() != [event_id]):
+        raise ValueError(usage)
+    return name, data, event_id or None
+
+
+@dataclass
+class _Heard:
+    """What the last thing that happened came to: its result (None before any), what the bot
+    said (rendered), and where the next ``<`` line starts looking in it."""
+
+    result: Result | None = None
+    said: str = ""
+    cursor: int = 0
+
+    @classmethod
+    def of(cls, result: Result) -> _Heard:
+        return cls(result, "\n".join(reply.render() for reply in result.replies))
 
 
 class Runner:
-    """Plays a transcript against ``engine`` as ``user``; ``echo`` shows the conversation."""
+    """Plays a transcript against ``engine`` as ``user``; ``echo`` shows the conversation;
+    ``heard`` is told of each :class:`Proactive` result as it comes."""
 
     def __init__(
         self,
@@ -137,6 +191,7 @@ class Runner:
         echo: Callable[[str], None] | None = None,
         send: Callable[[str, str, str], Result] | None = None,
         next_id: Callable[[], str] | None = None,
+        heard: Callable[[Proactive], object] | None = None,
     ) -> None:
         self.engine = engine
         self.user = user
@@ -144,6 +199,7 @@ class Runner:
         self.directives = dict(directives or {})
         self.echo = echo
         self._send = send or (lambda user, text, mid: engine.handle(user, text, message_id=mid))
+        self._heard = heard
         self._count = 0
         self._run_id = secrets.token_hex(4)
         self._next_id = next_id or self._counted_id
@@ -151,50 +207,21 @@ class Runner:
 
     def run(self, text: str, *, source: str = "transcript") -> Run:
         run = Run()
-        said = ""
-        cursor = 0  # "<" lines match in order: each one after the previous match
-        result: Result | None = None
+        heard = _Heard()  # "<" lines match in order: each one after the previous match
         for line in parse(text):
             where = f"{source}:{line.number}"
-            if line.kind in ("expect", "refuse", "state"):
-                run.checks += 1
             if line.kind == "say":
                 self._last = (line.text, self._next_id())
-                result = self._say(line.text, self._last[1], run)
-                said, cursor = _rendered(result), 0
+                heard = _Heard.of(self._say(line.text, self._last[1], run))
             elif line.kind == "directive":
-                name, *args = line.text.split()
-                if name == "again":
-                    if self._last is None:
-                        raise TranscriptError(f"{where}: '! again' before any message")
-                    result = self._say(self._last[0], self._last[1], run)
-                    said, cursor = _rendered(result), 0
-                    run.checks += 1
-                    if not result.duplicate:
-                        run.failures.append(f"{where}: the re-delivery was applied again")
-                else:
-                    self._directive(name, args, where)
-            elif result is None:
+                result = self._act(line.text, where, run)
+                if result is not None:
+                    heard = _Heard.of(result)
+            elif heard.result is None:
                 raise TranscriptError(f"{where}: an expectation before any message")
-            elif line.kind == "expect":
-                found = said.find(line.text, cursor)
-                if found < 0:
-                    later = " after the previous expectation" if cursor else ""
-                    run.failures.append(
-                        f"{where}: expected {line.text!r}{later} in:\n{_quote(said)}"
-                    )
-                else:
-                    cursor = found + len(line.text)
-            elif line.kind == "refuse":
-                if line.text in said:
-                    run.failures.append(
-                        f"{where}: did not expect {line.text!r} in:\n{_quote(said)}"
-                    )
-            else:  # state
-                snap = result.snapshot
-                at = f"{snap.stage}.{snap.step}" if "." in line.text else snap.stage
-                if at != line.text:
-                    run.failures.append(f"{where}: expected to be at {line.text}, at {at}")
+            else:
+                run.checks += 1
+                _check(line, where, heard, run)
             if self.echo is not None and run.failures and run.failures[-1].startswith(where):
                 self.echo(f"  !! {run.failures[-1]}")
         return run
@@ -209,40 +236,111 @@ class Runner:
             self.echo(f"you> {text}")
         result = self._send(self.user, text, message_id)
         run.turns.append((text, result))
-        if self.echo is not None:
-            for reply in result.replies:
-                lines = reply.render().splitlines() or [""]
-                self.echo("bot> " + "\n     ".join(lines))
-            snap = result.snapshot
-            extra = " duplicate" if result.duplicate else ""
-            self.echo(f"     [{snap.stage}.{snap.step} v{snap.version}{extra}]")
+        self._show(result)
         return result
 
-    def _directive(self, name: str, args: list[str], where: str) -> None:
+    def _show(self, result: Result) -> None:
+        if self.echo is None:
+            return
+        for reply in result.replies:
+            lines = reply.render().splitlines() or [""]
+            self.echo("bot> " + "\n     ".join(lines))
+        snap = result.snapshot
+        extra = " duplicate" if result.duplicate else ""
+        self.echo(f"     [{snap.stage}.{snap.step} v{snap.version}{extra}]")
+
+    def _act(self, text: str, where: str, run: Run) -> Result | None:
+        """Apply a ``!`` line; the result that ``<`` lines check next, if it makes one."""
+        name, _, rest = text.partition(" ")
+        if name == "again":
+            if self._last is None:
+                raise TranscriptError(f"{where}: '! again' before any message")
+            result = self._say(self._last[0], self._last[1], run)
+            run.checks += 1
+            if not result.duplicate:
+                run.failures.append(f"{where}: the re-delivery was applied again")
+            return result
+        if self.echo is not None:
+            self.echo(f"     (! {text})")
         try:
-            if name == "clock":
-                if self.clock is None:
-                    raise ValueError("this run has no fake clock to move")
-                if len(args) != 1:
-                    raise ValueError("use: ! clock +SECONDS (or 30m, 2h, 1d)")
-                move_clock(self.engine, self.clock, duration(args[0]))
-            elif name == "user":
-                if len(args) != 1:
-                    raise ValueError("use: ! user USER_KEY")
-                self.user = args[0]
-            elif name in self.directives:
-                self.directives[name](args)
-            else:
-                known = ", ".join(sorted({"again", "clock", "user", *self.directives}))
-                raise ValueError(f"unknown directive {name!r} (known: {known})")
+            return self._directive(name, rest, run)
         except ValueError as exc:
             raise TranscriptError(f"{where}: {exc}") from None
-        if self.echo is not None:
-            self.echo(f"     (! {' '.join([name, *args])})")
+
+    def _directive(self, name: str, rest: str, run: Run) -> Result | None:
+        args = rest.split()
+        if name == "clock":
+            if self.clock is None:
+                raise ValueError("this run has no fake clock to move")
+            if len(args) != 1:
+                raise ValueError("use: ! clock +SECONDS (or 30m, 2h, 1d)")
+            return self._pass(duration(args[0]), f"! clock +{args[0].lstrip('+')}", run)
+        if name == "event":
+            event, data, event_id = event_arguments(rest)
+            result = self.engine.notify(
+                self.user, event, data=data, event_id=event_id or self._next_id()
+            )
+            self._tell(Proactive(self.user, f"! event {event}", result), run)
+            self._show(result)
+            if result.ignored and self.echo is not None:
+                self.echo(f"     (not applied: {result.ignored})")
+            return result
+        if name == "user":
+            if len(args) != 1:
+                raise ValueError("use: ! user USER_KEY")
+            self.user = args[0]
+        elif name in self.directives:
+            self.directives[name](args)
+        else:
+            known = ", ".join(sorted({"again", "clock", "event", "user", *self.directives}))
+            raise ValueError(f"unknown directive {name!r} (known: {known})")
+        return None
+
+    def _pass(self, seconds: float, cause: str, run: Run) -> Result:
+        """Let ``seconds`` pass, timers firing on the way; what they said to the current
+        user, at the state the conversation is in now."""
+        assert self.clock is not None
+        mine: list[Result] = []
+        fired = pass_time(self.engine, self.clock, seconds)
+        for user, result in fired:
+            self._tell(Proactive(user, cause, result), run)
+            if user == self.user:
+                mine.append(result)
+        stored = self.engine.peek(self.user)
+        now = stored or (mine[-1].snapshot if mine else blank(self.engine))
+        result = combined(mine, now)
+        if mine:
+            self._show(result)
+        others = len(fired) - len(mine)
+        if others and self.echo is not None:  # who they were is theirs: not shown
+            self.echo(f"     ({others} timer{'s' * (others != 1)} fired for other users)")
+        return result
+
+    def _tell(self, proactive: Proactive, run: Run) -> None:
+        run.proactive.append(proactive)
+        if self._heard is not None:
+            self._heard(proactive)
 
 
-def _rendered(result: Result) -> str:
-    return "\n".join(reply.render() for reply in result.replies)
+def _check(line: Line, where: str, heard: _Heard, run: Run) -> None:
+    """Check one ``<``, ``<!`` or ``=`` line against what was heard last."""
+    said = heard.said
+    if line.kind == "expect":
+        found = said.find(line.text, heard.cursor)
+        if found < 0:
+            later = " after the previous expectation" if heard.cursor else ""
+            run.failures.append(f"{where}: expected {line.text!r}{later} in:\n{_quote(said)}")
+        else:
+            heard.cursor = found + len(line.text)
+    elif line.kind == "refuse":
+        if line.text in said:
+            run.failures.append(f"{where}: did not expect {line.text!r} in:\n{_quote(said)}")
+    else:  # state
+        assert heard.result is not None
+        snap = heard.result.snapshot
+        at = f"{snap.stage}.{snap.step}" if "." in line.text else snap.stage
+        if at != line.text:
+            run.failures.append(f"{where}: expected to be at {line.text}, at {at}")
 
 
 def _quote(said: str) -> str:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from flows.credex import CredexBot
-from fsm import Context, Flow, FlowSpec, Outcome, Stage, step
+from fsm import Context, Flow, FlowSpec, Outcome, Stage, on_event, step, timeout
 from fsm.cli import main
 from fsm.graph import GraphvizFailed, GraphvizMissing, dot, mermaid, render
 from tests.fsm.sample_flows import Vault
@@ -679,3 +679,187 @@ def test_graph_writes_an_svg_naming_every_stage(tmp_path: Path) -> None:
     assert {", ".join(triggers) for triggers in edges(mermaid(spec)).values()} <= texts
     # Odd names come out exactly as declared: the escaping is what Graphviz reads.
     assert svg_texts(render(dot(OddDot.spec), "svg")) == ODD_TEXTS
+
+
+# -- timers and events ----------------------------------------------------------------------
+
+
+def reminder_delay(ctx: Context) -> float:
+    return 120.0
+
+
+class Reminders(Flow):
+    """Timers on a one-step stage (a delay read from the context) and on a step of a stage
+    with several; an event for one stage and two for any stage."""
+
+    name = "reminders"
+    takes_first_message = True
+    stages = (Stage("ask", ("name",)), Stage("order", ("amount", "confirm")))
+    transitions = (("order", "ask", "order"), ("done", "order", "ask"))
+
+    @step("ask", "name")
+    @step("order", "amount")
+    @step("order", "confirm")
+    def handle(self, ctx: Context) -> Outcome:
+        return ctx.stay()
+
+    @timeout("ask", "name", after=reminder_delay)
+    def nudge(self, ctx: Context) -> Outcome:
+        return ctx.stay("Your name?")
+
+    @timeout("order", "confirm", after="10m")
+    def remind(self, ctx: Context) -> Outcome:
+        return ctx.stay("Still there?")
+
+    @timeout("order", "confirm", after=90, rearm=False)
+    def drop(self, ctx: Context) -> Outcome:
+        return ctx.go("done", "Dropped.")
+
+    @on_event("offer_received", stage="order")
+    def offer(self, ctx: Context) -> Outcome:
+        return ctx.stay("An offer came.")
+
+    @on_event("ping")
+    def ping(self, ctx: Context) -> Outcome:
+        return ctx.stay("Ping.")
+
+    @on_event("gift", starts=True)
+    def gift(self, ctx: Context) -> Outcome:
+        return ctx.stay("A gift.")
+
+
+REMINDERS = """\
+stateDiagram-v2
+    %% flow reminders, version 1
+    [*] --> ask
+    state "ask" as ask
+    ask : name
+    note right of ask
+        after reminder_delay(ctx): nudge
+    end note
+    state order {
+        state "amount" as order__amount
+        state "confirm" as order__confirm
+        [*] --> order__amount
+        note right of order__confirm
+            after 10m: remind
+            after 1m30s: drop
+        end note
+    }
+    note right of order
+        on offer_received
+    end note
+    state "any stage" as any_stage
+    note right of any_stage
+        on ping
+        on gift
+    end note
+    ask --> order : order
+    order --> ask : done
+"""
+
+REMINDERS_STAGES_ONLY = """\
+stateDiagram-v2
+    %% flow reminders, version 1
+    [*] --> ask
+    state "ask" as ask
+    note right of ask
+        after reminder_delay(ctx) at name: nudge
+    end note
+    state "order" as order
+    note right of order
+        after 10m at confirm: remind
+        after 1m30s at confirm: drop
+        on offer_received
+    end note
+    state "any stage" as any_stage
+    note right of any_stage
+        on ping
+        on gift
+    end note
+    ask --> order : order
+    order --> ask : done
+"""
+
+#: The dashed loop of stage "order": its timers and its event, one a line.
+ORDER_LOOP = (
+    r'    "order" -> "order" [label="after 10m at confirm: remind\lafter 1m30s at confirm: '
+    r'drop\lon offer_received\l", style=dashed];'
+)
+
+REMINDERS_DOT = r"""// flow reminders, version 1
+digraph "reminders" {
+    graph [fontname="Helvetica,Arial,sans-serif", labelloc=b];
+    graph [label="flow reminders, version 1\ndashed: timers and events"];
+    node [shape=Mrecord, fontname="Helvetica,Arial,sans-serif"];
+    edge [fontname="Helvetica,Arial,sans-serif", fontsize=10];
+    "[*]" [shape=point, width=0.15, label=""];
+    "[*]" -> "ask";
+    "ask" [label="{ask|name\l}"];
+    "order" [label="{order|amount (entry)\lconfirm\l}"];
+    "ask" -> "order" [label="order"];
+    "order" -> "ask" [label="done"];
+    "ask" -> "ask" [label="after reminder_delay(ctx) at name: nudge\l", style=dashed];
+{ORDER_LOOP}
+    "any_stage" [shape=note, style=dashed, label="any stage:\lon ping\lon gift\l"];
+}
+""".replace("{ORDER_LOOP}", ORDER_LOOP)
+
+
+def test_timers_and_events_are_notes_in_mermaid() -> None:
+    assert mermaid(Reminders.spec) == REMINDERS
+    assert mermaid(Reminders.spec, steps=False) == REMINDERS_STAGES_ONLY
+    # Notes are no moves: the edges are the transitions, as without timers.
+    assert edges(REMINDERS) == {("ask", "order"): ["order"], ("order", "ask"): ["done"]}
+
+
+def test_timers_and_events_are_dashed_loops_in_dot() -> None:
+    source = dot(Reminders.spec)
+    assert source == REMINDERS_DOT
+    assert [line for line in source.splitlines()[2:-1] if not DOT_STATEMENT.match(line)] == []
+    assert dot_edges(source) == edges(REMINDERS)  # the plain edges: the transitions only
+    assert list(dot_nodes(source)) == ["ask", "order"]  # the note is not a stage
+    loops = dot(Reminders.spec, steps=False).splitlines()
+    assert [line for line in loops if "style=dashed" in line] == REMINDERS_DOT.splitlines()[-4:-1]
+
+
+def test_a_stage_name_a_note_could_end_on_stays_inside_it() -> None:
+    class Tricky(Flow):
+        name = "tricky"
+        takes_first_message = True
+        stages = (Stage("only", ("ask",)),)
+        transitions = ()
+
+        @step("only", "ask")
+        def ask(self, ctx: Context) -> Outcome:
+            return ctx.stay()
+
+        @on_event("end note", stage="only")
+        @on_event('say "end  Note"\nnow')
+        def odd(self, ctx: Context) -> Outcome:
+            return ctx.stay()
+
+    diagram = mermaid(Tricky.spec)
+    assert "        on end_note\n    end note\n" in diagram
+    assert "        on say 'end_note' now\n    end note\n" in diagram
+    assert diagram.count("end note") == 2  # only the notes' own ends
+
+
+def test_fsm_graph_draws_a_flows_timers() -> None:
+    code, out, err = invoke("--flow", f"{__name__}:Reminders")
+    assert (code, out, err) == (0, REMINDERS, "")
+    assert invoke("--flow", f"{__name__}:Reminders", "--format", "dot") == (0, REMINDERS_DOT, "")
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason=NO_DOT)
+def test_graphviz_draws_the_timer_and_event_labels() -> None:
+    texts = svg_texts(render(dot(Reminders.spec), "svg"))
+    assert {
+        "after reminder_delay(ctx) at name: nudge",
+        "after 10m at confirm: remind",
+        "after 1m30s at confirm: drop",
+        "on offer_received",
+        "any stage:",
+        "on ping",
+        "on gift",
+    } <= texts

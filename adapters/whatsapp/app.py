@@ -1,4 +1,5 @@
-"""The ASGI app: ``GET``/``POST /webhook``, ``GET /healthz`` and ``GET /metrics``.
+"""The ASGI app: ``GET``/``POST /webhook``, ``POST /events``, ``GET /healthz`` and ``GET
+/metrics``, and the ticker that fires due timers (:mod:`adapters.whatsapp.ticker`) while it runs.
 
 ``POST /webhook``, in order: the body is read up to ``max_body`` bytes (413 past it); the
 ``X-Hub-Signature-256`` header is checked on those raw bytes (401 missing, 403 wrong:
@@ -7,6 +8,9 @@ then every message is handled (:class:`~adapters.whatsapp.bot.WhatsAppBot`). The
 200 once every message's state is saved and its replies sent or kept pending; 503 while the
 store is unavailable or a reply could not be sent yet, so Meta delivers the body again (the
 messages already applied are not applied twice). An error never answers 500 with a trace.
+
+``POST /events`` (:mod:`adapters.whatsapp.events`) is served when the config has an events
+secret; the ticker runs when the store keeps an index of deadlines and ``timer_tick`` is set.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.whatsapp.body import TooLarge, read_body
 from adapters.whatsapp.bot import WhatsAppBot
+from adapters.whatsapp.events import EventsEndpoint
 from adapters.whatsapp.signature import signature_problem
+from adapters.whatsapp.ticker import DEFAULT_TICK, Ticker, sample_due
 from adapters.whatsapp.updates import BadUpdate, parse_update
 from fsm.errors import FsmError
 from fsm.store import AsyncSessionStore
@@ -44,16 +51,15 @@ class WebhookConfig:
     phone_number_id: str
     max_body: int = MAX_BODY
     max_messages: int = 1000
+    #: Signs ``POST /events`` bodies (``FSM_EVENTS_SECRET``); "" serves no ``/events``.
+    events_secret: str = ""
 
     def __repr__(self) -> str:
         return (
             f"WebhookConfig(phone_number_id={self.phone_number_id!r}, max_body={self.max_body}, "
-            "app_secret=<redacted>, verify_token=<redacted>)"
+            "app_secret=<redacted>, verify_token=<redacted>, "
+            f"events_secret={'<redacted>' if self.events_secret else '<none>'})"
         )
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(
@@ -62,11 +68,16 @@ def create_app(
     *,
     routes: Sequence[BaseRoute] = (),
     on_close: Sequence[Callable[[], Awaitable[None]]] = (),
+    timer_tick: float | None = DEFAULT_TICK,
 ) -> Starlette:
-    """The webhook app for ``bot``; closing it (ASGI lifespan) closes the Graph client, after
-    the ``on_close`` callbacks. ``routes`` are served beside the webhook's (the simulator's)."""
+    """The webhook app for ``bot``; closing it (ASGI lifespan) stops the ticker (the round under
+    way finishes), then runs the ``on_close`` callbacks, then closes the bot (its last
+    confirmations written, the Graph client closed). ``routes`` are served beside the
+    webhook's (the simulator's). ``timer_tick``: seconds between the ticker's rounds (None or
+    0: no ticker); it runs only on a store that keeps an index of deadlines."""
     metrics = bot.metrics
     store: AsyncSessionStore = bot.engine.store
+    ticker = _ticker(bot, timer_tick)
 
     async def handshake(request: Request) -> Response:
         query = request.query_params
@@ -78,8 +89,8 @@ def create_app(
 
     async def webhook(request: Request) -> Response:
         try:
-            body = await _read(request, config.max_body)
-        except _TooLarge:
+            body = await read_body(request, config.max_body)
+        except TooLarge:
             metrics.updates.labels("too_large").inc()
             return PlainTextResponse("body too large", status_code=413)
         except ClientDisconnect:
@@ -121,6 +132,7 @@ def create_app(
 
     async def prometheus(request: Request) -> Response:
         metrics.store_up.set(1 if await _store_answers(store) else 0)
+        await sample_due(store, metrics, bot.engine.clock.now())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def server_error(request: Request, exc: Exception) -> Response:
@@ -133,17 +145,34 @@ def create_app(
             Route("/webhook", webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
+            *_events_route(bot, config),
             *routes,
         ],
         exception_handlers={Exception: server_error},
-        lifespan=_lifespan(bot, on_close),
+        lifespan=_lifespan(bot, on_close, ticker),
     )
     app.state.bot = bot
+    app.state.ticker = ticker
     return app
 
 
+def _ticker(bot: WhatsAppBot, timer_tick: float | None) -> Ticker | None:
+    """The app's ticker, when asked for and the store keeps an index of deadlines."""
+    if not timer_tick or not getattr(bot.engine.store, "keeps_timers", False):
+        return None
+    return Ticker(bot, interval=timer_tick)
+
+
+def _events_route(bot: WhatsAppBot, config: WebhookConfig) -> list[BaseRoute]:
+    """``POST /events`` when there is a secret to check it with; else none (404)."""
+    if not config.events_secret:
+        return []
+    events = EventsEndpoint(bot, config.events_secret)
+    return [Route("/events", events.handle, methods=["POST"])]
+
+
 def _lifespan(
-    bot: WhatsAppBot, on_close: Sequence[Callable[[], Awaitable[None]]]
+    bot: WhatsAppBot, on_close: Sequence[Callable[[], Awaitable[None]]], ticker: Ticker | None
 ) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -151,9 +180,23 @@ def _lifespan(
             stack.push_async_callback(bot.aclose)  # last, even if a callback below fails
             for close in reversed(on_close):
                 stack.push_async_callback(close)
+            if ticker is not None:  # first to stop: its round's replies go out before aclose
+                await stack.enter_async_context(_ticking(ticker))
             yield
 
     return lifespan
+
+
+@asynccontextmanager
+async def _ticking(ticker: Ticker) -> AsyncIterator[None]:
+    """Run ``ticker`` in a task for the block; at its end, stop it once its round is over."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(ticker.run(stop), name="fsm-ticker")
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 async def _store_answers(store: AsyncSessionStore, timeout: float = 1.0) -> bool:
@@ -168,18 +211,3 @@ async def _store_answers(store: AsyncSessionStore, timeout: float = 1.0) -> bool
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
-
-
-async def _read(request: Request, limit: int) -> bytes:
-    """The body, refusing more than ``limit`` bytes without reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)

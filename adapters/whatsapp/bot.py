@@ -47,6 +47,7 @@ from fsm.errors import (
 )
 from fsm.ops.prometheus import EngineCollector
 from fsm.reply import Reply
+from fsm.result import Result
 from fsm.snapshot import Outgoing
 
 log = logging.getLogger("adapters.whatsapp")
@@ -168,6 +169,42 @@ class WhatsAppBot:
             return await self._failed(message, exc)
         self.metrics.messages.labels("duplicate" if result.duplicate else "applied").inc()
         return await self._send(message.user, result.outbox, result.lease)
+
+    async def notify(
+        self,
+        user: str,
+        event: str,
+        *,
+        data: dict[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> tuple[Result, int]:
+        """Apply the external event ``event`` to ``user``'s conversation
+        (:meth:`fsm.AsyncEngine.notify`) and send its replies as a message's: the result, and
+        200, or 503 if some stay pending (deliver the event again, same ``event_id``: they go
+        out then). The user's messages in this process wait meanwhile. Raises what
+        ``notify`` raises; on the flow's own failure, what earlier saves left pending is sent
+        first (no notice: the user did not write)."""
+        async with self._locks.hold(user):
+            try:
+                result = await self.engine.notify(user, event, data=data, event_id=event_id)
+            except TRANSIENT:
+                raise
+            except FsmError as exc:
+                if not isinstance(exc, ValueError):
+                    await self._flush(user)
+                raise
+            return result, await self._send(user, result.outbox, result.lease)
+
+    async def send_result(self, user: str, result: Result) -> int:
+        """Send the replies of ``result`` (a timer's firing: :meth:`fsm.AsyncEngine.fire_due`)
+        as a message's, under the send lease its save kept (else taken first): 200, or 503 if
+        some stay pending in the outbox. No per-user wait: the send lease orders the sends."""
+        return await self._send(user, result.outbox, result.lease)
+
+    async def flush_pending(self, user: str) -> int:
+        """Send what ``user``'s outbox holds (taking the send lease): 200, or 503 if some stay
+        pending (the store is unavailable, the lease is held, the retries ran out)."""
+        return await self._flush(user)
 
     async def _send(self, user: str, pending: tuple[Outgoing, ...], lease: str | None) -> int:
         """Send ``pending`` under the user's send lease (taking it first when the result came

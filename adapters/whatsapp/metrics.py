@@ -70,3 +70,32 @@ class WhatsAppMetrics:
             ["outcome"],
             registry=r,
         )
+        self.events = Counter(
+            "fsm_whatsapp_events",
+            "POST /events, by outcome (applied, duplicate, ignored, bad_signature, bad_request, "
+            "too_large, refused, failed, unavailable).",
+            ["outcome"],
+            registry=r,
+        )
+        self.timer_ticks = Counter(
+            "fsm_timer_ticks",
+            "Rounds of this process's ticker, by outcome (ok, failed).",
+            ["outcome"],
+            registry=r,
+        )
+        self.timers_due = Gauge(
+            "fsm_timers_due",
+            "Timers due now and not claimed by a ticker (the backlog; store-wide, sampled by "
+            "the ticker each round and at each scrape).",
+            registry=r,
+        )
+        self.timers_claimed = Gauge(
+            "fsm_timers_claimed",
+            "Timers claimed by tickers at work (store-wide).",
+            registry=r,
+        )
+        self.timers_overdue = Gauge(
+            "fsm_timers_overdue_seconds",
+            "How late the oldest timer due and not yet claimed is (0: none is due).",
+            registry=r,
+        )

@@ -55,21 +55,29 @@ def build_app(
     engine: AsyncEngine | None = None,
 ) -> Starlette:
     """The webhook app: the engine ``factory`` builds on ``store`` (or ``engine``), behind the
-    WhatsApp bot configured by ``settings``."""
+    WhatsApp bot configured by ``settings`` (``POST /events`` if it has an events secret, the
+    ticker unless its ``timer_tick`` is None)."""
     engine = engine if engine is not None else build_engine(factory, store)
+    bot = build_bot(settings, engine)
+    config = WebhookConfig(
+        app_secret=settings.app_secret,
+        verify_token=settings.verify_token,
+        phone_number_id=settings.phone_number_id,
+        events_secret=settings.events_secret,
+    )
+    return create_app(bot, config, routes=routes, on_close=on_close, timer_tick=settings.timer_tick)
+
+
+def build_bot(settings: Settings, engine: AsyncEngine) -> WhatsAppBot:
+    """The bot that sends ``engine``'s replies to the Graph API ``settings`` name (``fsm
+    serve``, and the commands that only send: ``fsm timers run``, ``fsm notify``)."""
     client = GraphClient(
         access_token=settings.access_token,
         phone_number_id=settings.phone_number_id,
         api_url=settings.api_url,
         rate=settings.rate,
     )
-    bot = WhatsAppBot(engine, client, mark_as_read=settings.mark_as_read)
-    config = WebhookConfig(
-        app_secret=settings.app_secret,
-        verify_token=settings.verify_token,
-        phone_number_id=settings.phone_number_id,
-    )
-    return create_app(bot, config, routes=routes, on_close=on_close)
+    return WhatsAppBot(engine, client, mark_as_read=settings.mark_as_read)
 
 
 def build_simulator_app(
@@ -79,10 +87,13 @@ def build_simulator_app(
     host: str,
     port: int,
     contacts: Sequence[Contact],
+    events_secret: str = "",
+    timer_tick: float | None = 1.0,
 ) -> Starlette:
     """The webhook app with the simulator beside it (``fsm serve --simulator``): the bot sends
     to the simulator's fake Graph API on this same server, and the page posts to its webhook.
-    The secrets are fresh random ones, known to both sides only."""
+    The secrets are fresh random ones, known to both sides only (``events_secret``, given,
+    signs ``POST /events``, as without the simulator; the ticker runs every ``timer_tick``)."""
     base = f"http://{_loopback(host)}:{port}"
     settings = Settings(
         access_token=secrets.token_urlsafe(24),
@@ -91,6 +102,8 @@ def build_simulator_app(
         phone_number_id=SIMULATOR_NUMBER_ID,
         api_url=f"{base}/graph",
         rate=0,
+        events_secret=events_secret,
+        timer_tick=timer_tick,
     )
     engine = build_engine(factory, store)
     simulator = Simulator(

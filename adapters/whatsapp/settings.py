@@ -14,6 +14,8 @@ REQUIRED = (
     "WHATSAPP_VERIFY_TOKEN",
     "WHATSAPP_PHONE_NUMBER_ID",
 )
+#: What a process that only sends replies needs (``fsm timers run``, ``fsm notify``).
+SENDING = ("WHATSAPP_ACCESS_TOKEN", "WHATSAPP_PHONE_NUMBER_ID")
 
 
 class SettingsError(ValueError):
@@ -30,17 +32,35 @@ class Settings:
     store_url: str | None = None  # None: the embedded memory store
     rate: float = 80.0  # messages per second per number
     mark_as_read: bool = True
+    #: Signs ``POST /events`` (``FSM_EVENTS_SECRET``); "": the route is off.
+    events_secret: str = ""
+    #: Seconds between the ticker's rounds (``FSM_TIMER_TICK``); None: no ticker.
+    timer_tick: float | None = 1.0
 
     def __repr__(self) -> str:
         return (
             f"Settings(phone_number_id={self.phone_number_id!r}, api_url={self.api_url!r}, "
-            f"rate={self.rate}, mark_as_read={self.mark_as_read}, "
-            "access_token=<redacted>, app_secret=<redacted>, verify_token=<redacted>)"
+            f"rate={self.rate}, mark_as_read={self.mark_as_read}, timer_tick={self.timer_tick}, "
+            "access_token=<redacted>, app_secret=<redacted>, verify_token=<redacted>, "
+            f"events_secret={'<redacted>' if self.events_secret else '<none>'})"
         )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        missing = [name for name in REQUIRED if not environ.get(name, "").strip()]
+        return cls._read(environ, REQUIRED)
+
+    @classmethod
+    def for_sending(cls, environ: Mapping[str, str]) -> Settings | None:
+        """What a process that only sends (``fsm timers run``, ``fsm notify``) needs:
+        ``WHATSAPP_ACCESS_TOKEN`` and ``WHATSAPP_PHONE_NUMBER_ID`` (the webhook's secrets are
+        not read: "" here). None when neither is set (WhatsApp is not configured)."""
+        if not any(environ.get(name, "").strip() for name in SENDING):
+            return None
+        return cls._read(environ, SENDING)
+
+    @classmethod
+    def _read(cls, environ: Mapping[str, str], required: tuple[str, ...]) -> Settings:
+        missing = [name for name in required if not environ.get(name, "").strip()]
         if missing:
             raise SettingsError(f"missing setting: {', '.join(missing)} (see docs/whatsapp.md)")
         api_url = environ.get("WHATSAPP_API_URL", "").strip() or DEFAULT_API_URL
@@ -49,14 +69,33 @@ class Settings:
         store = environ.get("FSM_STORE", "").strip()
         return cls(
             access_token=environ["WHATSAPP_ACCESS_TOKEN"].strip(),
-            app_secret=environ["WHATSAPP_APP_SECRET"].strip(),
-            verify_token=environ["WHATSAPP_VERIFY_TOKEN"].strip(),
+            app_secret=environ.get("WHATSAPP_APP_SECRET", "").strip(),
+            verify_token=environ.get("WHATSAPP_VERIFY_TOKEN", "").strip(),
             phone_number_id=environ["WHATSAPP_PHONE_NUMBER_ID"].strip(),
             api_url=api_url,
             store_url=None if store in ("", "memory") else store,
             rate=_number(environ, "WHATSAPP_RATE", 80.0),
             mark_as_read=_flag(environ, "WHATSAPP_MARK_READ", True),
+            events_secret=environ.get("FSM_EVENTS_SECRET", "").strip(),
+            timer_tick=timer_tick(environ),
         )
+
+
+def timer_tick(environ: Mapping[str, str]) -> float | None:
+    """``FSM_TIMER_TICK``: seconds between the ticker's rounds (default 1); 0 or ``off``: no
+    ticker in this process."""
+    raw = environ.get("FSM_TIMER_TICK", "").strip().lower()
+    if not raw:
+        return 1.0
+    if raw in ("off", "0", "no", "false"):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError("FSM_TIMER_TICK must be seconds (1, 0.5) or off") from None
+    if not 0 < value < float("inf"):
+        raise SettingsError("FSM_TIMER_TICK must be > 0 seconds, or off")
+    return value
 
 
 def _number(environ: Mapping[str, str], name: str, default: float) -> float:

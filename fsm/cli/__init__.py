@@ -4,7 +4,8 @@ Each group of commands lives in its own module: :mod:`fsm.cli.chat` (``fsm chat`
 :mod:`fsm.cli.graph` (``fsm graph``), :mod:`fsm.cli.serve` (``fsm serve``) with
 :mod:`fsm.cli.webhook` (``fsm fake-graph``, ``fsm sign-webhook``), and the operator's
 commands, which work on any store (``--store URL`` or ``FSM_STORE``): :mod:`fsm.cli.sessions`
-(``inspect``, ``history``, ``ls``),
+(``inspect``, ``history``, ``ls``), :mod:`fsm.cli.timers` (``timers ls``, ``timers run``,
+``notify``),
 :mod:`fsm.cli.repair` (``check``, ``recover``, ``quarantine``), :mod:`fsm.cli.migrate`,
 :mod:`fsm.cli.backup` (``backup``, ``restore``), :mod:`fsm.cli.monitor` (``metrics``,
 ``health``) and :mod:`fsm.cli.monitoring` (alerting rules and a dashboard). No command prints
@@ -33,6 +34,7 @@ from fsm.cli import monitoring as _monitoring  # noqa: F401  isort: skip
 from fsm.cli import repair as _repair  # noqa: F401  isort: skip
 from fsm.cli import serve as _serve  # noqa: F401  isort: skip
 from fsm.cli import sessions as _sessions  # noqa: F401  isort: skip
+from fsm.cli import timers as _timers  # noqa: F401  isort: skip
 from fsm.cli import webhook as _webhook  # noqa: F401  isort: skip
 
 __all__ = ["main"]

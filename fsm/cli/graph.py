@@ -52,8 +52,8 @@ SUFFIXES = {
     help="Write the diagram to FILE instead of stdout.",
 )
 def graph(flow_ref: str, steps: bool, fmt: str | None, output: Path | None) -> None:
-    """Print a flow's stage graph (and the steps in each stage) as Mermaid or Graphviz DOT text,
-    or write it as a PNG or SVG image (needs Graphviz's `dot`)."""
+    """Print a flow's stage graph (the steps in each stage, its timers and events) as Mermaid
+    or Graphviz DOT text, or write it as a PNG or SVG image (needs Graphviz's `dot`)."""
     from fsm.graph import GraphvizError, dot, mermaid, render
 
     if fmt is None:

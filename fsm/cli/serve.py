@@ -62,17 +62,20 @@ def serve_command(
     store_url: str | None,
     namespace: str | None,
 ) -> None:
-    """Serve a flow to WhatsApp users: GET/POST /webhook, GET /healthz, GET /metrics.
+    """Serve a flow to WhatsApp users: GET/POST /webhook, POST /events, GET /healthz, GET
+    /metrics, and a ticker that fires the flow's due timers.
 
     Configured by the environment: WHATSAPP_ACCESS_TOKEN, WHATSAPP_APP_SECRET,
     WHATSAPP_VERIFY_TOKEN, WHATSAPP_PHONE_NUMBER_ID, and optionally WHATSAPP_API_URL,
-    WHATSAPP_RATE (messages/s, default 80) and WHATSAPP_MARK_READ (1/0); the store is
-    --store (FSM_STORE), the embedded memory store when unset. The reference bot reads
-    CREDEX_* too. See docs/whatsapp.md and, for --simulator, docs/simulator.md.
+    WHATSAPP_RATE (messages/s, default 80) and WHATSAPP_MARK_READ (1/0); FSM_EVENTS_SECRET
+    signs POST /events (unset: no such route); FSM_TIMER_TICK is the ticker's period in
+    seconds (default 1; 0 or off: no ticker here, e.g. with fsm timers run elsewhere). The
+    store is --store (FSM_STORE), the embedded memory store when unset. The reference bot
+    reads CREDEX_* too. See docs/whatsapp.md and, for --simulator, docs/simulator.md.
     """
     try:
         from adapters.whatsapp import server
-        from adapters.whatsapp.settings import Settings, SettingsError
+        from adapters.whatsapp.settings import Settings, SettingsError, timer_tick
     except ImportError as exc:
         click.echo(
             "error: fsm serve needs the whatsapp extra (in a checkout of convo-fsm: "
@@ -83,12 +86,14 @@ def serve_command(
     if simulator and port == 0:
         raise click.BadParameter("the simulator needs a fixed port", param_hint="'--port'")
     settings = None
-    if not simulator:
-        try:
+    try:
+        tick = timer_tick(os.environ)
+        if not simulator:
             settings = Settings.from_env(os.environ)
-        except SettingsError as exc:
-            click.echo(f"error: {exc}", err=True)
-            raise SystemExit(EXIT_UNAVAILABLE) from None
+    except SettingsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(EXIT_UNAVAILABLE) from None
+    events_secret = os.environ.get("FSM_EVENTS_SECRET", "").strip()
     factory = resolve(engine_ref, "--engine", example="mybot.wiring:build_async_engine")
     if not callable(factory):
         raise click.BadParameter(f"{engine_ref} is not callable", param_hint="'--engine'")
@@ -102,7 +107,15 @@ def serve_command(
     try:
         if settings is None:
             people = _contacts(contacts, engine_ref)
-            app = server.build_simulator_app(factory, store, host=host, port=port, contacts=people)
+            app = server.build_simulator_app(
+                factory,
+                store,
+                host=host,
+                port=port,
+                contacts=people,
+                events_secret=events_secret,
+                timer_tick=tick,
+            )
         else:
             app = server.build_app(settings, factory, store)
     except ConfigurationError as exc:  # a setting the factory reads (CREDEX_*, say)
@@ -112,6 +125,7 @@ def serve_command(
         raise click.BadParameter(str(exc), param_hint="'--engine'") from None
     where = "memory" if url is None else f"{safe_url(url)}, namespace {chosen!r}"
     click.echo(f"fsm serve: {engine_ref} on http://{host}:{port}/webhook, store {where}", err=True)
+    _say_timers(app, tick, events_secret)
     if simulator:
         click.echo(f"simulator: open http://{host}:{port}/ in a browser", err=True)
         if host not in ("127.0.0.1", "::1", "localhost"):
@@ -125,6 +139,13 @@ def serve_command(
     except FsmError as exc:
         click.echo(f"error: cannot reach the store at {where}: {exc}", err=True)
         raise SystemExit(EXIT_UNAVAILABLE) from None
+
+
+def _say_timers(app: Any, tick: float | None, events_secret: str) -> None:
+    """One line on stderr: whether this process ticks, and whether POST /events is served."""
+    ticking = "off" if app.state.ticker is None else f"every {tick:g}s"
+    events = "on" if events_secret else "off (no FSM_EVENTS_SECRET)"
+    click.echo(f"timers: ticker {ticking}; POST /events: {events}", err=True)
 
 
 def _contacts(given: tuple[str, ...], engine_ref: str) -> list[Any]:

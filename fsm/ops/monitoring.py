@@ -10,7 +10,8 @@ the same thresholds. Nothing here talks to Prometheus or Grafana.
 
 Metric names: the bot process (``fsm serve``'s ``/metrics``) exports the engine's counters and
 store latency (:class:`fsm.ops.prometheus.EngineCollector`), ``fsm_store_up`` and the WhatsApp
-transport's metrics; the store exporter (``fsm metrics --serve``) exports the store-wide gauges
+transport's metrics (with the timers' backlog, ``fsm_timers_*``, read from the store's index
+at each scrape); the store exporter (``fsm metrics --serve``) exports the store-wide gauges
 and Redis's own memory and eviction figures (:class:`fsm.ops.prometheus.StoreCollector`).
 """
 
@@ -55,6 +56,7 @@ THRESHOLDS: dict[str, Threshold] = {
     "signature_failures": Threshold("10", "webhook POSTs with a bad signature in 10 minutes"),
     "send_failures": Threshold("5", "Graph API sends given up, per error code, in 10 minutes"),
     "replies_pending": Threshold("5", "replies pending for 15 minutes"),
+    "timers_overdue": Threshold("120", "seconds: how late the oldest due timer may be"),
     "sustained": Threshold("10m", "how long a rate must stay high before it alerts"),
 }
 
@@ -281,6 +283,15 @@ ALERTS: tuple[Alert, ...] = (
         "{{ $value }} replies have been pending for 15 minutes (their retries ran out, or the "
         "account is refused); they go out at the user's next message or Meta's re-delivery.",
     ),
+    Alert(
+        "FsmTimersBehind",
+        "warning",
+        f"max by (job) (fsm_timers_overdue_seconds{{{JOB}}}) > {{timers_overdue}}",
+        "5m",
+        "Timers fire late",
+        "The oldest due timer is {{ $value | humanizeDuration }} late (threshold "
+        "{timers_overdue}s): no ticker runs, or the tickers cannot keep up or reach the store.",
+    ),
 )
 
 
@@ -445,6 +456,44 @@ PANELS: tuple[Panel, ...] = (
         (f"sum(fsm_whatsapp_replies_pending{{{JOB}}})",),
         "short",
         "replies_pending",
+    ),
+    Panel(
+        "Timers due / firing lag",
+        (
+            f"max(fsm_timers_overdue_seconds{{{JOB}}})",
+            "histogram_quantile(0.99, sum by (le) "
+            f"(rate(fsm_timer_lag_seconds_bucket{{{JOB}}}[5m])))",
+        ),
+        "s",
+        "timers_overdue",
+    ),
+    Panel(
+        "Timers backlog",
+        (f"max(fsm_timers_due{{{JOB}}})", f"max(fsm_timers_claimed{{{JOB}}})"),
+    ),
+    Panel(
+        "Timers /s",
+        (
+            *(
+                _rate(f"fsm_{name}_total")
+                for name in (
+                    "timers_armed",
+                    "timers_fired",
+                    "timers_cancelled",
+                    "timers_dropped_late",
+                    "timers_failed",
+                    "timer_errors",
+                )
+            ),
+            _rate("fsm_timer_ticks_total", "outcome"),
+        ),
+        "ops",
+    ),
+    Panel(
+        "Events by outcome",
+        (_rate("fsm_whatsapp_events_total", "outcome"),),
+        "reqps",
+        legend="{{outcome}}",
     ),
     Panel(
         "Delivery statuses, read marks",

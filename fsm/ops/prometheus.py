@@ -61,6 +61,18 @@ COUNTERS = {
         "outbox_confirm_failures",
         "Confirmations of sent replies that could not be saved.",
     ),
+    "timers_armed": ("timers_armed", "Timer deadlines indexed (saves that armed timers)."),
+    "timers_fired": ("timers_fired", "Timers fired (their handler's save landed)."),
+    "timers_cancelled": ("timers_cancelled", "Timers cancelled: the conversation left the step."),
+    "timers_dropped_late": (
+        "timers_dropped_late",
+        "Timers dropped unfired: later than their max_late, or no longer declared.",
+    ),
+    "timers_failed": ("timers_failed", "Timers dropped because their handler failed."),
+    "timer_errors": (
+        "timer_errors",
+        "Firings not done for a store or I/O failure (tried again when the claim runs out).",
+    ),
 }
 
 
@@ -87,11 +99,24 @@ class EngineCollector(Collector):
                 source, _, dest = name.removeprefix("transitions:").partition("->")
                 transitions.add_metric([source, dest], value)
         yield transitions
+        merged = self._latencies()  # the store's operations, and timer_lag: not one of them
+        lag = merged.pop("timer_lag", ([0] * (len(LATENCY_BUCKETS) + 1), 0.0))
+        timer_lag = HistogramMetricFamily(
+            "fsm_timer_lag_seconds", "How late each timer fired, after its due time."
+        )
+        timer_lag.add_metric([], *_cumulative(*lag))
+        yield timer_lag
         latency = HistogramMetricFamily(
             "fsm_store_seconds",
             "Store latency on the message path by operation (lock includes waiting).",
             labels=["operation"],
         )
+        for op, (buckets, total) in sorted(merged.items()):
+            latency.add_metric([op], *_cumulative(buckets, total))
+        yield latency
+
+    def _latencies(self) -> dict[str, tuple[list[int], float]]:
+        """The engines' latency histograms added up, by operation: (buckets, sum)."""
         merged: dict[str, tuple[list[int], float]] = {}
         for engine in self.engines:
             for op, hist in engine.stats.latencies().items():
@@ -100,13 +125,16 @@ class EngineCollector(Collector):
                     [a + b for a, b in zip(buckets, hist.buckets, strict=True)],
                     total + hist.sum,
                 )
-        for op, (buckets, total) in sorted(merged.items()):
-            cumulative, running = [], 0
-            for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], buckets, strict=True):
-                running += count
-                cumulative.append((bound, running))
-            latency.add_metric([op], cumulative, total)
-        yield latency
+        return merged
+
+
+def _cumulative(buckets: list[int], total: float) -> tuple[list[tuple[str, float]], float]:
+    """Per-bucket counts as Prometheus's cumulative ``(le, count)`` pairs, and the sum."""
+    cumulative, running = [], 0
+    for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], buckets, strict=True):
+        running += count
+        cumulative.append((bound, float(running)))
+    return cumulative, total
 
 
 class StoreCollector(Collector):

@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Any, NamedTuple
 
@@ -29,7 +29,7 @@ from adapters.memory_async import AsyncMemoryStore
 from adapters.redis import RedisStore
 from adapters.redis_async import AsyncRedisStore
 from fsm.clock import FakeClock
-from fsm.records import HistoryEntry, Loaded, Record, SaveStatus
+from fsm.records import Due, DueStats, HistoryEntry, Loaded, Record, SaveStatus
 from fsm.store import AsyncStore, Store
 from tests import redis_servers
 from tests.adapters.async_facade import AsyncStoreFacade
@@ -767,6 +767,172 @@ def test_script_cache_reports_and_reloads(store_env: StoreEnv) -> None:
     scripted.client.script_flush()
     assert store.save("u", b"x", version=1, expected_version=0, ttl=10 * t).saved  # NOSCRIPT
     assert store.load("u").record == Record(b"x", 1)  # reloaded transparently
+
+
+# -- the index of deadlines ---------------------------------------------------------------
+# Times here are the engine's clock values, passed in: no test waits, on any adapter.
+T0 = 1_700_000_000.25
+
+
+class Deadlines:
+    """A store's index of deadlines, called blocking: an async store's own methods run on its
+    facade's loop; the listing (the operator's port) is the sync store's, so what an async
+    store indexes, a sync one lists."""
+
+    def __init__(self, store: Store) -> None:
+        self.facade = store if isinstance(store, AsyncStoreFacade) else None
+        self.store = store
+        self.lister: Store = store if self.facade is None else self.facade.twin
+
+    @property
+    def keeps_timers(self) -> bool:
+        return (self.store if self.facade is None else self.facade.store).keeps_timers
+
+    def index_due(self, user_key: str, armed: str, due: float) -> None:
+        if self.facade is None:
+            return self.store.index_due(user_key, armed, due)
+        return self.facade._wait(self.facade.store.index_due(user_key, armed, due))
+
+    def claim_due(self, now: float, *, limit: int, hold: float) -> list[Due]:
+        if self.facade is None:
+            return self.store.claim_due(now, limit=limit, hold=hold)
+        return self.facade._wait(self.facade.store.claim_due(now, limit=limit, hold=hold))
+
+    def settle_due(self, entries: Sequence[Due]) -> None:
+        if self.facade is None:
+            return self.store.settle_due(entries)
+        return self.facade._wait(self.facade.store.settle_due(entries))
+
+    def due_stats(self, now: float) -> DueStats:
+        if self.facade is None:
+            return self.store.due_stats(now)
+        return self.facade._wait(self.facade.store.due_stats(now))
+
+    def listed(self, user_key: str | None = None) -> list[tuple[str, str, float]]:
+        return [(d.user_key, d.armed, d.due) for d in self.lister.indexed_due(user_key=user_key)]
+
+
+@pytest.fixture
+def index(store_env: StoreEnv) -> Deadlines:
+    return Deadlines(store_env.store)
+
+
+def test_the_store_keeps_an_index_of_deadlines(index: Deadlines) -> None:
+    assert index.keeps_timers
+    assert index.listed() == []
+    assert index.due_stats(T0) == DueStats(indexed=0, due=0, claimed=0, oldest_due=None)
+    assert index.claim_due(T0, limit=10, hold=30) == []
+    index.settle_due([])  # nothing to settle: nothing happens
+
+
+def test_index_due_adds_and_replaces_entries_listed_soonest_first(index: Deadlines) -> None:
+    index.index_due("b", "1.aa", T0 + 20)
+    index.index_due("a", "1.bb", T0 + 10)
+    index.index_due("a", "2.cc", T0 + 30)
+    index.index_due("c", "4.dd", T0 + 0.001)
+    assert index.listed() == [
+        ("c", "4.dd", T0 + 0.001), ("a", "1.bb", T0 + 10), ("b", "1.aa", T0 + 20),
+        ("a", "2.cc", T0 + 30),
+    ]  # fmt: skip
+    index.index_due("a", "1.bb", T0 + 40)  # the same entry: its due replaced
+    index.index_due("b", "1.aa", T0 + 20)  # again, as a retry would: still one entry
+    assert index.listed(user_key="a") == [("a", "2.cc", T0 + 30), ("a", "1.bb", T0 + 40)]
+    assert index.listed(user_key="b") == [("b", "1.aa", T0 + 20)]
+    assert index.listed(user_key="nobody") == []
+    stats = index.due_stats(T0 + 25)
+    assert stats == DueStats(indexed=4, due=2, claimed=0, oldest_due=T0 + 0.001)
+
+
+def test_awkward_user_keys_and_dues_come_back_exactly(index: Deadlines) -> None:
+    dues = {key: T0 + i / 7 for i, key in enumerate([*AWKWARD_KEYS, "a|b", "a%7Cb", "|"])}
+    for key, due in dues.items():
+        index.index_due(key, "7.e1f2a3", due)
+    listed = index.listed()
+    assert sorted(listed) == sorted((key, "7.e1f2a3", due) for key, due in dues.items())
+    for key, due in dues.items():
+        assert index.listed(user_key=key) == [(key, "7.e1f2a3", due)]
+    claimed = index.claim_due(T0 + 100, limit=1000, hold=30)
+    assert {(c.user_key, c.armed, c.due) for c in claimed} == set(listed)  # dues to the bit
+
+
+def test_claim_takes_what_is_due_soonest_first_up_to_the_limit(index: Deadlines) -> None:
+    for n in range(30):  # due at T0 + 29, 28, ..., 0: indexed latest first
+        index.index_due(f"user{n}", f"{n}.00", T0 + 29 - n)
+    first = index.claim_due(T0 + 9, limit=4, hold=30)
+    assert [(c.user_key, c.due) for c in first] == [
+        (f"user{n}", T0 + 29 - n) for n in (29, 28, 27, 26)
+    ]
+    rest = index.claim_due(T0 + 9, limit=100, hold=30)
+    assert [c.due for c in rest] == [T0 + n for n in range(4, 10)]  # due by T0 + 9 only
+    assert index.claim_due(T0 + 9, limit=100, hold=30) == []  # claimed: hidden
+    assert index.due_stats(T0 + 9) == DueStats(indexed=20, due=0, claimed=10, oldest_due=T0 + 10)
+    assert [due for _, _, due in index.listed()] == [T0 + n for n in range(10, 30)]
+
+
+def test_claims_whose_hold_ran_out_are_due_again_with_their_own_due(index: Deadlines) -> None:
+    index.index_due("a", "1.aa", T0)
+    index.index_due("b", "1.bb", T0 + 1)
+    claimed = index.claim_due(T0 + 5, limit=10, hold=30)
+    assert [c.user_key for c in claimed] == ["a", "b"]
+    assert index.claim_due(T0 + 34.9, limit=10, hold=30) == []  # still held
+    again = index.claim_due(T0 + 35, limit=1, hold=30)  # the claims' end: its ticker died
+    assert again == [Due("a", "1.aa", T0)]
+    stats = index.due_stats(T0 + 35)
+    assert stats == DueStats(indexed=1, due=1, claimed=1, oldest_due=T0 + 1)
+    assert index.listed() == [("b", "1.bb", T0 + 1)]  # back in the index, unclaimed
+    index.settle_due(again)
+    assert index.claim_due(T0 + 36, limit=10, hold=30) == [Due("b", "1.bb", T0 + 1)]
+
+
+def test_settle_drops_claims_and_never_touches_the_index(index: Deadlines) -> None:
+    index.index_due("a", "1.aa", T0)
+    index.index_due("b", "1.bb", T0)
+    claimed = index.claim_due(T0, limit=10, hold=30)
+    assert len(claimed) == 2
+    index.index_due("a", "1.aa", T0 + 50)  # looked at again later (its save may land)
+    index.settle_due(claimed)
+    index.settle_due(claimed)  # a retried settle: nothing more happens
+    index.settle_due([Due("nobody", "9.zz", T0)])  # never claimed: nothing happens
+    assert index.due_stats(T0 + 100) == DueStats(1, 1, 0, T0 + 50)
+    assert index.listed() == [("a", "1.aa", T0 + 50)]
+    # Settled claims never come back when their hold would have run out.
+    assert index.claim_due(T0 + 40, limit=10, hold=30) == []
+    assert index.claim_due(T0 + 50, limit=10, hold=30) == [Due("a", "1.aa", T0 + 50)]
+
+
+def test_claim_refuses_a_limit_or_hold_that_is_not_positive(index: Deadlines) -> None:
+    index.index_due("a", "1.aa", T0)
+    for limit, hold in ((0, 30.0), (-1, 30.0), (10, 0.0), (10, -5.0), (10, float("nan"))):
+        with pytest.raises(ValueError):
+            index.claim_due(T0, limit=limit, hold=hold)
+    assert index.listed() == [("a", "1.aa", T0)]  # nothing was claimed
+
+
+@pytest.mark.usefixtures("eager_thread_switches")
+def test_simultaneous_claimers_never_claim_the_same_entry(index: Deadlines) -> None:
+    entries = {(f"user{n}", f"{n}.ab"): T0 + n / 100 for n in range(240)}
+    for (user, armed), due in entries.items():
+        index.index_due(user, armed, due)
+    threads_n = 6
+    got: list[list[Due]] = [[] for _ in range(threads_n)]
+    start = threading.Barrier(threads_n)
+
+    def work(me: int) -> None:
+        start.wait()
+        for _ in range(100):  # bounded: 240 entries, at least one per claim while any is due
+            claimed = index.claim_due(T0 + 10, limit=7, hold=60)
+            if not claimed:
+                return
+            got[me].extend(claimed)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    every = [(d.user_key, d.armed, d.due) for claims in got for d in claims]
+    assert sorted(every) == sorted((u, a, due) for (u, a), due in entries.items())  # once each
+    assert index.due_stats(T0 + 10) == DueStats(0, 0, 240, None)
 
 
 # -- concurrency ---------------------------------------------------------------------------

@@ -85,21 +85,25 @@ def worker(role: str, url: str, namespace: str, first: int, count: int) -> None:
     """A process of the drain run: ``fire`` until nothing is due, or ``message`` users."""
     engine = Engine(Pinger(), store(url, namespace))
     fired_at: list[tuple[str, float]] = []
-    started = time.perf_counter()
+    started, began = time.perf_counter(), time.time()
     if role == "fire":
 
         def note(user: str, result: Result) -> None:
             fired_at.append((user, time.time()))
 
-        idle = 0
-        while idle < 20:
-            idle = 0 if engine.fire_due(limit=50, on_result=note) else idle + 1
-            if idle:
+        idle, last = 0, started
+        while idle < 20:  # until nothing was due for 20 rounds; timed to the last firing
+            if engine.fire_due(limit=100, on_result=note):
+                idle, last = 0, time.perf_counter()
+            else:
+                idle += 1
                 time.sleep(0.01)
+        print(json.dumps({"seconds": last - started, "began": began, "fired": fired_at}))
+        return
     else:
         for i in range(first, first + count):
             engine.handle(f"m{i}", "x", message_id=f"m{i}-x")
-    print(json.dumps({"seconds": time.perf_counter() - started, "fired": fired_at}))
+    print(json.dumps({"seconds": time.perf_counter() - started, "began": began, "fired": []}))
 
 
 def run_workers(role: str, url: str, namespace: str, total: int) -> list[dict[str, Any]]:
@@ -129,8 +133,8 @@ def run_workers(role: str, url: str, namespace: str, total: int) -> list[dict[st
 def drain(url: str, total: int) -> dict[str, float]:
     users = [f"d{i}" for i in range(total)]
     seeder = seed(url, "drain", users, earlier=60.0)
-    began = time.time()
     outs = run_workers("fire", url, "drain", total)
+    began = min(out["began"] for out in outs)  # the first ticker up: all were due by then
     fired = [f for out in outs for f in out["fired"]]
     lags = sorted(at - began for _, at in fired)
     counts: dict[str, int] = {}
@@ -178,7 +182,7 @@ def main() -> int:
     print(f"  fired {d['fired']:.0f}, each exactly once: {'yes' if d['once'] else 'NO'}")
     print(
         f"  drained in {d['drain_s']:.2f} s; firing lag p50 {d['lag_p50']:.2f} s, "
-        f"p99 {d['lag_p99']:.2f} s (from the moment all were due and tickers started)"
+        f"p99 {d['lag_p99']:.2f} s (from the first ticker's start; all were due)"
     )
     ratio = d["firings_per_s"] / d["messages_per_s"]
     print(f"  {d['firings_per_s']:.0f} firings/s vs {d['messages_per_s']:.0f} plain messages/s"

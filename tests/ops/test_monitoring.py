@@ -105,6 +105,10 @@ CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, str]]]] = {
         [series("fsm_whatsapp_replies_pending", "6x40")],
         [series("fsm_whatsapp_replies_pending", "0x20 9x5 0x15")],  # pending, then sent
     ),
+    "FsmTimersBehind": (
+        [series("fsm_timers_overdue_seconds", "0x20 60+60x20")],  # a ticker stopped at 20m
+        [series("fsm_timers_overdue_seconds", "0x20 180x3 0x17")],  # late a moment, caught up
+    ),
 }
 EVAL_AT = "30m"
 

@@ -1,0 +1,75 @@
+"""Reading the armed timers as an operator (``fsm timers ls``): the store's index of deadlines
+joined with the snapshots that hold the timers. Nothing here writes.
+
+The index holds one entry per arming (:mod:`fsm.firing`); the timers themselves are in the
+snapshot, under its ``armed``. An entry whose ``armed`` is not the snapshot's stands for nothing
+(its save lost, or the timers were cancelled since): it is listed as ``stale``, and is dropped
+without firing when it comes due. Entries a ticker has claimed (firing now) are not listed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fsm.errors import FsmError
+from fsm.records import Due
+from fsm.snapshot import Snapshot, decode_snapshot
+from fsm.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class ArmedTimer:
+    """One row of ``fsm timers ls``: a timer armed in a conversation, or an index entry that
+    stands for none (``state`` ``stale``: no snapshot holds it; ``unreadable``: the snapshot
+    does not decode)."""
+
+    user_key: str
+    due: float
+    state: str = "armed"
+    stage: str = ""
+    step: str = ""
+    timer: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "user": self.user_key,
+            "stage": self.stage or None,
+            "step": self.step or None,
+            "timer": self.timer or None,
+            "due": self.due,
+            "state": self.state,
+        }
+
+
+def armed_timers(store: Store, *, user_key: str | None = None) -> Iterator[ArmedTimer]:
+    """Every timer the index of deadlines stands for, soonest entry first (``user_key``'s
+    only, if given); one load per user listed."""
+    seen: dict[str, Snapshot | str | None] = {}
+    for entry in store.indexed_due(user_key=user_key):
+        if entry.user_key not in seen:
+            seen[entry.user_key] = _snapshot(store, entry.user_key)
+        yield from _rows(entry, seen[entry.user_key])
+
+
+def _snapshot(store: Store, user_key: str) -> Snapshot | str | None:
+    """The stored snapshot, None if there is none, or "unreadable"."""
+    record = store.load(user_key).record
+    if record is None:
+        return None
+    try:
+        return decode_snapshot(record.payload, user_key=user_key)
+    except FsmError:
+        return "unreadable"
+
+
+def _rows(entry: Due, snapshot: Snapshot | str | None) -> Iterator[ArmedTimer]:
+    if isinstance(snapshot, str):
+        yield ArmedTimer(entry.user_key, entry.due, snapshot)
+    elif snapshot is None or snapshot.armed != entry.armed or not snapshot.timers:
+        yield ArmedTimer(entry.user_key, entry.due, "stale")
+    else:
+        for timer in snapshot.timers:
+            yield ArmedTimer(
+                entry.user_key, timer.due, "armed", snapshot.stage, snapshot.step, timer.name
+            )
