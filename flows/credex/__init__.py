@@ -4,6 +4,9 @@
 >>> result = engine.handle("263770000002", "hi")
 >>> result.snapshot.stage
 'menu'
+
+With the in-memory fake, what the API tells a member's bot (an offer made to them) reaches the
+engine at its next tick (``engine.fire_due()``): see :mod:`flows.credex.delivery`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from adapters import AsyncMemoryStore, MemoryStore
 from flows.credex.api import CredexApi
+from flows.credex.delivery import AsyncDeliveringEngine, DeliveringEngine, Mailbox
 from flows.credex.fake import FakeCredexApi
 from flows.credex.flow import CredexBot
 from fsm import AsyncEngine, Engine, TokenVerifier
@@ -31,15 +35,25 @@ def build_engine(
     jwt_algorithms: Sequence[str] = ("HS256",),
     jwt_leeway: float = 30.0,
     verifier: TokenVerifier | None = None,
+    mailbox: Mailbox | None = None,
     **options: Any,
 ) -> Engine:
     """The Credex bot wired to ``store`` (a fresh :class:`MemoryStore` by default) and ``api``
     (the :class:`FakeCredexApi` by default). ``jwt_key`` verifies the API's tokens; with the
     fake it defaults to the fake's signing key; or pass a ready ``verifier`` (a JWKS one, see
     :mod:`flows.credex.settings`). Other ``options`` go to :class:`fsm.Engine`
-    (``session_ttl``, ``max_attempts``, ``lock_ttl``, ``source``, ...)."""
+    (``session_ttl``, ``max_attempts``, ``lock_ttl``, ``source``, ...).
+
+    With a fake API that has no notifier yet, its notifications go to a new :class:`Mailbox`
+    and the engine's ticker (``fire_due``) applies them; pass ``mailbox`` to have them applied
+    from one you feed yourself (a fake behind an HTTP server, say)."""
     flow, verifier = _wired(api, clock, jwt_key, jwt_algorithms, jwt_leeway, verifier)
     store = store if store is not None else MemoryStore(clock=clock)
+    mailbox = _mailbox(flow.api, mailbox)
+    if mailbox is not None:
+        return DeliveringEngine(
+            flow, store, mailbox=mailbox, verifier=verifier, clock=clock, **options
+        )
     return Engine(flow, store, verifier=verifier, clock=clock, **options)
 
 
@@ -52,6 +66,7 @@ def build_async_engine(
     jwt_algorithms: Sequence[str] = ("HS256",),
     jwt_leeway: float = 30.0,
     verifier: TokenVerifier | None = None,
+    mailbox: Mailbox | None = None,
     **options: Any,
 ) -> AsyncEngine:
     """:func:`build_engine` on :class:`fsm.AsyncEngine` (a fresh :class:`AsyncMemoryStore` by
@@ -59,7 +74,21 @@ def build_async_engine(
     threads, the ones that only render run on the loop (``blocking=False``)."""
     flow, verifier = _wired(api, clock, jwt_key, jwt_algorithms, jwt_leeway, verifier)
     store = store if store is not None else AsyncMemoryStore(clock=clock)
+    mailbox = _mailbox(flow.api, mailbox)
+    if mailbox is not None:
+        return AsyncDeliveringEngine(
+            flow, store, mailbox=mailbox, verifier=verifier, clock=clock, **options
+        )
     return AsyncEngine(flow, store, verifier=verifier, clock=clock, **options)
+
+
+def _mailbox(api: CredexApi, mailbox: Mailbox | None) -> Mailbox | None:
+    """The mailbox the engine delivers from: ``mailbox``, or a new one fed by a fake API that
+    sends its notifications nowhere yet (None: nothing to deliver in-process)."""
+    if mailbox is None and isinstance(api, FakeCredexApi) and api.notifier is None:
+        mailbox = Mailbox()
+        api.notifier = mailbox.put
+    return mailbox
 
 
 def _wired(

@@ -24,6 +24,7 @@ __all__ = [
     "CALLS",
     "CREDEX_KIND",
     "DENOMINATIONS",
+    "OFFER_RECEIVED",
     "TIER_SUBSCRIPTION",
     "Account",
     "AccountNotFound",
@@ -41,6 +42,7 @@ __all__ = [
     "Member",
     "MemberNotFound",
     "Offer",
+    "OfferReceived",
     "RecurringCreated",
     "Unauthorized",
     "decode_response",
@@ -225,6 +227,29 @@ class LedgerEntry(_Wire, frozen=True):
 class LedgerPage(_Wire, frozen=True):
     entries: tuple[LedgerEntry, ...]
     has_more: bool
+
+
+# --- events: what the API tells a member's bot unasked ----------------------------------------
+
+#: The event the API sends the receiver's bot when an offer to them is created (``POST /events``
+#: on ``fsm serve``; in-process, :mod:`flows.credex.delivery`). Its id is the credex id.
+OFFER_RECEIVED = "offer_received"
+
+
+class OfferReceived(_Wire, frozen=True):
+    """The data of :data:`OFFER_RECEIVED`: who offered how much, and the credex to accept or
+    decline (``{"credexID": "cx-0006", "senderName": "Alice", "senderHandle": "alice",
+    "amount": 25.0, "denomination": "USD"}``)."""
+
+    credex_id: str = msgspec.field(name="credexID")
+    sender_name: str
+    sender_handle: str
+    amount: float
+    denomination: str
+
+    def __str__(self) -> str:
+        who = f"{self.sender_name} (@{self.sender_handle})"
+        return f"{who} offered you {self.amount:.2f} {self.denomination}"
 
 
 T = TypeVar("T")

@@ -11,6 +11,7 @@ from flows.credex.api import ApiError, ApiResponseError, CredexApi, Dashboard
 from flows.credex.dashboard import Summary, summary_in
 from fsm import Context, Flow, Outcome, buttons
 from fsm.step import ReplyLike
+from fsm.timers import seconds
 
 UNREACHABLE = "Credex is not reachable right now. Please try again in a moment."
 UNCLEAR = (
@@ -20,6 +21,14 @@ UNCLEAR = (
 CONFIRM = buttons("Confirm?", [("confirm", "Confirm"), ("cancel", "Cancel")])
 YES = frozenset({"yes", "y", "ok", "okay", "sure"})
 NO = frozenset({"no", "n", "nope"})
+
+#: At a confirm step where a draft waits (an offer, a choice of offer, a registration): a
+#: reminder after this long without an answer (a message there pushes it back) ...
+REMIND_AFTER = "10m"
+#: ... and the draft dropped this long after arriving (20 minutes after the reminder). That is
+#: the session's own length (30 minutes), so these timers extend the session to fire.
+DROP_AFTER = "30m"
+STILL_THERE = "Still there?"
 
 
 def problem(exc: ApiError) -> str:
@@ -50,6 +59,28 @@ def stopped(ctx: Context, option: str, said: str) -> str:
     if ctx.uncertain:
         return "Stopped. Your last attempt may still have gone through: check the menu."
     return said if ctx.option == option else ""
+
+
+def signed_in(ctx: Context) -> bool:
+    """Whether the member holds a token that has not expired (an event or a timer may come
+    when it has: the engine sends no one to sign in for those)."""
+    expires = ctx.token_expires_at
+    return ctx.token is not None and (expires is None or expires > ctx.now)
+
+
+def dropped(
+    ctx: Context,
+    what: str,
+    then: str,
+    maybe: str = "Your last attempt may still have gone through: check the menu.",
+) -> str:
+    """What a confirm step's ``drop`` timer says: ``what`` was dropped, and ``then``; or,
+    after a failure that may have been applied (``ctx.uncertain``), ``maybe``: the last
+    attempt may still have gone through."""
+    minutes = round(seconds(DROP_AFTER) / 60)
+    return f"{what} was dropped after {minutes} minutes without an answer. " + (
+        maybe if ctx.uncertain else then
+    )
 
 
 def confirmed(text: str) -> bool | None:
@@ -92,3 +123,13 @@ class CredexSteps(Flow, abstract=True):
                 if summary_in(ctx.data) is not None:
                     said.append("(Your balances may be out of date; send *menu* to refresh.)")
         return ctx.go("show_menu", *said, set=summary, unset=unset)
+
+    def drop_draft(self, ctx: Context, said: str, unset: Iterable[str]) -> Outcome:
+        """A confirm step's ``drop`` timer: back to the menu with the draft (``unset``)
+        deleted. The menu needs a valid token: with an expired one the member is sent to sign
+        in instead, the draft kept for when they are back (its timers armed again there)."""
+        if not signed_in(ctx):
+            return ctx.reauth(
+                "Your sign-in has expired. What you were confirming is kept: sign in to finish it."
+            )
+        return self.to_menu(ctx, said, unset=unset)

@@ -20,6 +20,13 @@ Seeded members, each with one owned personal account (``mem-000N`` owns ``acc-00
 cx-0001 is 12.50 USD, cx-0002 100.00 ZWG, cx-0003 7.25 USD (all pending). Settled history for
 ledgers: cx-0004 (Bob -> Alice, 20.00 USD) and cx-0005 (Alice -> Dan, 3.00 USD), both accepted.
 New ids continue from there: cx-0006, tok-0001, rec-0001, mem-0005 / acc-0005.
+
+Like the real service, it tells the receiver's bot about a new offer: each offer created
+(not a replay of one) makes a :class:`Notification` of the event ``offer_received`` for the
+receiver's phone (the bot's user key), kept in :attr:`FakeCredexApi.notifications` and handed
+to :attr:`FakeCredexApi.notifier`, if set, once the call is over (outside the fake's lock).
+:mod:`flows.credex.delivery` applies them in-process; the fake HTTP server POSTs them to the
+bot's ``/events`` (:mod:`flows.credex.fake_server`).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from .api import (
     CALLS,
     CREDEX_KIND,
     DENOMINATIONS,
+    OFFER_RECEIVED,
     TIER_SUBSCRIPTION,
     AccountNotFound,
     AccountRef,
@@ -59,7 +67,7 @@ from .api import (
     decode_response,
 )
 
-__all__ = ["DEV_SECRET", "FakeCredexApi"]
+__all__ = ["DEV_SECRET", "FakeCredexApi", "Notification", "Notifier"]
 
 #: The default signing key: fixed so demo runs are reproducible; 32+ bytes as HS256 asks.
 DEV_SECRET = b"credex-fake-api-dev-secret-not-for-production"
@@ -112,6 +120,25 @@ def _fmt(amount: float, denom: str) -> str:
     return f"{amount:.2f} {denom}"
 
 
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """An event the API sends a member's bot: for ``user`` (the member's phone, the bot's
+    user key), the event's name, its data (the API's JSON) and its id. Its repr names the
+    event and its id only: the phone and the data are the members' own."""
+
+    user: str
+    event: str
+    data: dict[str, Any]
+    event_id: str
+
+    def __repr__(self) -> str:
+        return f"Notification(event={self.event!r}, event_id={self.event_id!r})"
+
+
+#: Where the fake sends its notifications (called outside its lock, on the caller's thread).
+Notifier = Callable[[Notification], None]
+
+
 class FakeCredexApi:
     """The Credex API in memory. Thread-safe: one lock around every call. It never blocks
     (``blocking = False``), so the bot's handlers run on an AsyncEngine's loop.
@@ -131,6 +158,7 @@ class FakeCredexApi:
         key_id: str = "fake-credex-1",
         token_ttl: float = 3600.0,
         clock: Clock = SYSTEM_CLOCK,
+        notifier: Notifier | None = None,
     ) -> None:
         # HS256 with ``secret`` by default; with an RSA ``private_key``, RS256 tokens whose
         # header names ``key_id``, verifiable with the public key alone (see :meth:`jwks`).
@@ -153,6 +181,10 @@ class FakeCredexApi:
         # idempotency key -> ((call, request), result)
         self._done: dict[str, tuple[tuple[str, tuple[Any, ...]], Any]] = {}
         self.replays: list[tuple[str, str]] = []  # (call, idempotency key) answered from _done
+        #: Every notification sent, oldest first; ``notifier`` gets each one as it is sent.
+        self.notifications: list[Notification] = []
+        self.notifier = notifier
+        self._unsent: list[Notification] = []  # made under the lock, sent after it
         self._seed()
 
     # --- test controls --------------------------------------------------------------------
@@ -328,15 +360,28 @@ class FakeCredexApi:
         token: str,
         idempotency_key: str | None = None,
     ) -> CredexCreated:
-        return self._once(
-            "createCredex",
-            idempotency_key,
-            token,
-            (issuer_account_id, receiver_account_id, denomination, amount),
-            lambda: self._create(
-                issuer_account_id, receiver_account_id, denomination, amount, token
-            ),
-        )
+        try:
+            return self._once(
+                "createCredex",
+                idempotency_key,
+                token,
+                (issuer_account_id, receiver_account_id, denomination, amount),
+                lambda: self._create(
+                    issuer_account_id, receiver_account_id, denomination, amount, token
+                ),
+            )
+        finally:  # an offer made with a garbled answer (ApiResponseError) exists: tell them
+            self._send_notifications()
+
+    def _send_notifications(self) -> None:
+        """Hand the notifications made by this call to :attr:`notifier`, outside the lock (a
+        notifier may take its time, or call the fake again)."""
+        with self._lock:
+            unsent, self._unsent = self._unsent, []
+            notifier = self.notifier
+        for notification in unsent:
+            if notifier is not None:
+                notifier(notification)
 
     def _create(
         self,
@@ -364,11 +409,29 @@ class FakeCredexApi:
             if receiver_account_id == issuer_account_id:
                 raise ApiError(400, call, "an account cannot make an offer to itself")
             credex_id = self._next_id("cx")
-            self._credexes[credex_id] = _Credex(
+            credex = _Credex(
                 credex_id, issuer_account_id, receiver_account_id, denomination, float(amount)
             )
-            self._credexes[credex_id].updated_at = self._clock.now()
+            credex.updated_at = self._clock.now()
+            self._credexes[credex_id] = credex
+            self._offer_made(credex)
             return self._respond(call, {"credexID": credex_id}, CredexCreated)
+
+    def _offer_made(self, credex: _Credex) -> None:
+        """Record the receiver's ``offer_received`` notification, to send once the call is
+        over (lock held)."""
+        sender = self._members[self._accounts[credex.issuer].member_id]
+        receiver = self._members[self._accounts[credex.receiver].member_id]
+        data = {
+            "credexID": credex.credex_id,
+            "senderName": sender.firstname,
+            "senderHandle": self._accounts[credex.issuer].handle,
+            "amount": credex.amount,
+            "denomination": credex.denomination,
+        }
+        notification = Notification(receiver.phone, OFFER_RECEIVED, data, credex.credex_id)
+        self.notifications.append(notification)
+        self._unsent.append(notification)
 
     def accept_credex(
         self, credex_id: str, *, token: str, idempotency_key: str | None = None

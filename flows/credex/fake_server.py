@@ -17,17 +17,32 @@ Faults (:class:`Faults`, or ``POST /_faults`` with the same fields as JSON) appl
 - ``drop``: close the connection without an answer (``applied`` as above);
 - ``shape``: answer the call's JSON with its keys renamed (a changed response shape).
 
+Events: like the real service it tells the receiver's bot about an offer made to them. Given the
+bot's events URL and secret (``CREDEX_EVENTS_URL`` and ``FSM_EVENTS_SECRET``, or
+``events_url=`` and ``events_secret=``), each :class:`~flows.credex.fake.Notification` is POSTed
+there (``fsm serve``'s ``POST /events``) by an :class:`EventSender`: signed
+``X-Fsm-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``, from a background thread,
+tried again a few times on a 5xx or a connection error (the event id makes that harmless).
+
 Run it: ``python -m flows.credex.fake_server --port 8600`` (Ctrl-C stops it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
 import hmac
 import logging
+import os
+import queue
+import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,9 +54,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from flows.credex.api import CALLS, ApiError, ApiResponseError
-from flows.credex.fake import FakeCredexApi
+from flows.credex.fake import FakeCredexApi, Notification
 
-__all__ = ["DEV_CLIENT_KEY", "FakeCredexServer", "Fault", "Faults", "rsa_key", "serving"]
+__all__ = [
+    "DEV_CLIENT_KEY",
+    "EventSender",
+    "FakeCredexServer",
+    "Fault",
+    "Faults",
+    "rsa_key",
+    "serving",
+    "signature",
+]
 
 log = logging.getLogger("flows.credex.fake_server")
 
@@ -120,6 +144,160 @@ class Faults:
         return None
 
 
+#: The header that signs a POST /events body (the bot checks it with FSM_EVENTS_SECRET).
+SIGNATURE_HEADER = "X-Fsm-Signature-256"
+
+
+def signature(body: bytes, secret: str) -> str:
+    """The ``X-Fsm-Signature-256`` value for ``body``: ``sha256=`` and the hex HMAC-SHA256 of
+    the raw bytes under ``secret``.
+
+    >>> signature(b"{}", "s3cret")
+    'sha256=adbde1ce40c89c14215687d5d762a47df6dfaefcfad61e2e86718ffc8498571b'
+    """
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+class EventSender:
+    """POSTs notifications to a bot's ``POST /events``, signed with ``secret``, one after
+    another from a background thread (a call to :meth:`send` never waits for the network).
+
+    Each is tried up to ``attempts`` times: again after a 5xx or a connection error (waiting
+    ``backoff`` seconds, doubled each time), not after another 4xx (the bot refused it: trying
+    again cannot help). ``delivered`` and ``failed`` list the event ids, for tests and the
+    log; at most ``capacity`` wait to be sent (more are dropped, logged). Nothing logged shows
+    the secret, the user key or the event's data."""
+
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        *,
+        attempts: int = 4,
+        backoff: float = 0.2,
+        timeout: float = 5.0,
+        capacity: int = 1000,
+    ) -> None:
+        if not secret:
+            raise ValueError("an events secret is required (FSM_EVENTS_SECRET)")
+        if attempts < 1 or backoff < 0 or timeout <= 0:
+            raise ValueError("attempts must be >= 1, backoff >= 0 and timeout > 0")
+        self.url = url
+        self._secret = secret
+        self.attempts = attempts
+        self.backoff = backoff
+        self.timeout = timeout
+        self.delivered: list[str] = []
+        self.failed: list[str] = []
+        self._queue: queue.Queue[Notification | None] = queue.Queue(capacity)
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()
+        self._busy = 0  # queued or being sent
+        self._thread = threading.Thread(target=self._run, name="credex-events", daemon=True)
+
+    def __repr__(self) -> str:
+        return f"EventSender(url={_shown(self.url)!r}, secret=<redacted>)"
+
+    def start(self) -> EventSender:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop once what is being sent is done (what still waits is not sent)."""
+        self._stopping.set()
+        with contextlib.suppress(queue.Full):  # full: it sees _stopping after its send
+            self._queue.put_nowait(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def send(self, notification: Notification) -> None:
+        """Queue ``notification`` to be posted (the fake API's notifier)."""
+        with self._idle:
+            self._busy += 1
+        try:
+            self._queue.put_nowait(notification)
+        except queue.Full:
+            self._done()
+            log.warning("events queue full: event %s not sent", notification.event_id)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until everything queued was delivered or given up; False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def _done(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            notification = self._queue.get()
+            if notification is None:
+                return
+            try:
+                self._deliver(notification)
+            finally:
+                self._done()
+
+    def _deliver(self, notification: Notification) -> None:
+        body = msgspec.json.encode(
+            {
+                "user": notification.user,
+                "event": notification.event,
+                "data": notification.data,
+                "event_id": notification.event_id,
+            }
+        )
+        status: int | str = "not tried"
+        for attempt in range(self.attempts):
+            if attempt and self._stopping.wait(self.backoff * 2 ** (attempt - 1)):
+                break  # stopping: no more waiting
+            status = self._post(body)
+            if isinstance(status, int) and 200 <= status < 300:
+                self.delivered.append(notification.event_id)
+                return
+            if isinstance(status, int) and status < 500:
+                break  # refused: trying again cannot help
+        self.failed.append(notification.event_id)
+        log.warning("event %s not delivered (%s)", notification.event_id, status)
+
+    def _post(self, body: bytes) -> int | str:
+        """POST ``body`` once: the status, or the class of the connection error."""
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={
+                "content-type": "application/json",
+                SIGNATURE_HEADER: signature(body, self._secret),
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return exc.code
+        except (urllib.error.URLError, OSError) as exc:  # refused, reset, timed out
+            return type(getattr(exc, "reason", exc)).__name__
+
+
+def _shown(url: str) -> str:
+    """``url`` as it may be printed: without credentials, query or fragment."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 class _Drop(Exception):
     """Close the connection without answering."""
 
@@ -195,8 +373,17 @@ class FakeCredexServer:
         host: str = "127.0.0.1",
         port: int = 0,
         client_api_key: str = DEV_CLIENT_KEY,
+        events_url: str | None = None,
+        events_secret: str | None = None,
     ) -> None:
         self.api = api if api is not None else FakeCredexApi()
+        #: Posts the fake's notifications to the bot (with ``events_url``), else None.
+        self.events: EventSender | None = None
+        if events_url:
+            if self.api.notifier is not None:
+                raise ValueError("the fake API already sends its notifications elsewhere")
+            self.events = EventSender(events_url, events_secret or "")
+            self.api.notifier = self.events.send
         self.faults = Faults()
         self.client_api_key = client_api_key
         self.requests: list[dict[str, Any]] = []
@@ -213,6 +400,8 @@ class FakeCredexServer:
         return f"http://{name}:{port}"
 
     def start(self) -> FakeCredexServer:
+        if self.events is not None:
+            self.events.start()
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -224,9 +413,17 @@ class FakeCredexServer:
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(5)
+        if self.events is not None:
+            self.events.stop()
 
     def serve_forever(self) -> None:
-        self._httpd.serve_forever()
+        if self.events is not None:
+            self.events.start()
+        try:
+            self._httpd.serve_forever()
+        finally:
+            if self.events is not None:
+                self.events.stop()
 
     def seen(self, call: str) -> list[dict[str, Any]]:
         """The recorded requests of ``call``, oldest first."""
@@ -393,10 +590,28 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="sign tokens RS256 with a fresh key, served at /.well-known/jwks.json",
     )
+    parser.add_argument(
+        "--events-url",
+        default=os.environ.get("CREDEX_EVENTS_URL", ""),
+        help="the bot's POST /events URL, e.g. http://127.0.0.1:8000/events (default: "
+        "$CREDEX_EVENTS_URL; unset: no events are sent); signed with $FSM_EVENTS_SECRET",
+    )
     args = parser.parse_args(argv)
+    secret = os.environ.get("FSM_EVENTS_SECRET", "").strip()
+    if args.events_url and not secret:
+        parser.error("sending events needs FSM_EVENTS_SECRET (the secret the bot checks)")
     api = FakeCredexApi(private_key=rsa_key() if args.rsa else None)
-    server = FakeCredexServer(api, host=args.host, port=args.port, client_api_key=args.client_key)
+    server = FakeCredexServer(
+        api,
+        host=args.host,
+        port=args.port,
+        client_api_key=args.client_key,
+        events_url=args.events_url or None,
+        events_secret=secret,
+    )
     print(f"fake Credex API on {server.url}", flush=True)
+    if server.events is not None:
+        print(f"events to {_shown(args.events_url)}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

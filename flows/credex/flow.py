@@ -6,9 +6,11 @@ Stages and the moves between them are exactly the reference graph::
     menu -> credex | account | auth | menu   credex | account | registration -> menu
 
 Login is by the sender's phone number (the user key). The sub-flows live in their own modules
-and are combined here: :mod:`.offers` (the credex stage), :mod:`.account` (upgrade, ledger) and
-:mod:`.registration`. API calls that change something are actions (:func:`fsm.action`): they
-run after the state that expects their outcome is saved, once, with an idempotency key.
+and are combined here: :mod:`.offers` (the credex stage), :mod:`.account` (upgrade, ledger),
+:mod:`.registration`, and :mod:`.incoming` (offers that arrive wherever the member is, and the
+buttons that answer them from any step). API calls that change something are actions
+(:func:`fsm.action`): they run after the state that expects their outcome is saved, once, with
+an idempotency key.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from flows.credex.base import UNREACHABLE, problem
 from flows.credex.dashboard import Summary, menu_reply, summary_in
 from flows.credex.directives import directives
 from flows.credex.fake import FakeCredexApi
+from flows.credex.incoming import IncomingSteps
 from flows.credex.inputs import is_greeting
 from flows.credex.offers import EXIT as CREDEX_EXIT
 from flows.credex.offers import OfferSteps
@@ -58,11 +61,22 @@ def _from_v2(snap: Snapshot) -> Snapshot:
     return msgspec.structs.replace(snap, data=data, pending=kept)
 
 
-class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):
+def _from_v3(snap: Snapshot) -> Snapshot:
+    """Version 4 added timers at the confirm steps (``credex.confirm``, ``credex.review``,
+    ``registration.confirm``: a reminder after 10 minutes, the draft dropped after 30) and the
+    events ``offer_received``, ``offer_accept`` and ``offer_decline``. Nothing a version 3
+    session holds changes: a session waiting at a confirm step has no timer armed (timers arm
+    when the conversation arrives at their step) until the member's next message there arms
+    them. The version tells a version 3 deploy that a session with timers armed, or with an
+    offer's buttons on screen, is a newer deploy's."""
+    return snap
+
+
+class CredexBot(IncomingSteps, OfferSteps, AccountSteps, RegistrationSteps):
     """The Credex WhatsApp bot: login, the dashboard menu and every sub-flow."""
 
     name = "credex"
-    version = 3
+    version = 4
     initial = "init"
     auth_stage = "auth"
     # The greeting step reads the first message ("hi" signs the member in by phone).
@@ -98,7 +112,7 @@ class CredexBot(OfferSteps, AccountSteps, RegistrationSteps):
         ("open_credex", "menu", "credex"),
         ("open_account", "menu", "account"),
     )
-    migrations = {1: _from_v1, 2: _from_v2}
+    migrations = {1: _from_v1, 2: _from_v2, 3: _from_v3}
 
     def __init__(self, api: CredexApi) -> None:
         self.api = api

@@ -11,6 +11,10 @@ The way out (*cancel*, *menu*, *stop*, ...) is the stage's declared :data:`EXIT`
 engine before any step here runs; at the recipient step, where any word may be a handle, the
 engine asks first. A call that failed but may have been applied (a timeout, a 5xx) sends the
 member back to confirm with ``ctx.retry_later``: confirming again reuses the idempotency key.
+
+Idle at ``confirm`` or ``review`` (a draft waits there): after 10 minutes without an answer a
+reminder asks again, with the buttons; 30 minutes after arriving (20 after the reminder) the
+draft is dropped and the member is back at the menu. A message at the step pushes both back.
 """
 
 from __future__ import annotations
@@ -20,16 +24,32 @@ from typing import Any
 from flows.credex.api import ApiError, ApiResponseError, Unauthorized
 from flows.credex.base import (
     CONFIRM,
+    DROP_AFTER,
+    REMIND_AFTER,
+    STILL_THERE,
     UNREACHABLE,
     CredexSteps,
     confirmed,
+    dropped,
     maybe_sent,
     problem,
     stopped,
 )
 from flows.credex.dashboard import BACK, Summary, offer_list, offer_rows, summary_in
 from flows.credex.inputs import Amount, parse_amount, parse_handle, unknown_denomination
-from fsm import Context, Exit, Outcome, Page, Reply, action, buttons, on_enter, pick, step
+from fsm import (
+    Context,
+    Exit,
+    Outcome,
+    Page,
+    Reply,
+    action,
+    buttons,
+    on_enter,
+    pick,
+    step,
+    timeout,
+)
 
 OFFER_KEYS = ("amount", "recipient")
 #: Statuses that say the request was refused and nothing happened (a retry is a new request).
@@ -128,13 +148,25 @@ class OfferSteps(CredexSteps, abstract=True):
         return ctx.stay(step="confirm", set={"recipient": chosen})
 
     # -- offer: confirm and create -------------------------------------------------------------
-    @on_enter("credex", "confirm", blocking=False)
-    def ask_confirm(self, ctx: Context) -> list[Reply]:
+    @staticmethod
+    def offer_question(ctx: Context) -> str:
         to = ctx.data["recipient"]
         summary = summary_in(ctx.data)
         source = summary.account_name if summary else "your account"
-        body = f"Offer {_amount(ctx.data)} from {source} to {to['name']} (@{to['handle']})?"
-        return [CONFIRM.with_body(body)]
+        return f"Offer {_amount(ctx.data)} from {source} to {to['name']} (@{to['handle']})?"
+
+    @on_enter("credex", "confirm", blocking=False)
+    def ask_confirm(self, ctx: Context) -> list[Reply]:
+        return [CONFIRM.with_body(self.offer_question(ctx))]
+
+    @timeout("credex", "confirm", after=REMIND_AFTER)
+    def remind_offer(self, ctx: Context) -> Outcome:
+        return ctx.stay(CONFIRM.with_body(f"{STILL_THERE} {self.offer_question(ctx)}"))
+
+    @timeout("credex", "confirm", after=DROP_AFTER, extends_session=True)
+    def drop_offer(self, ctx: Context) -> Outcome:
+        what = f"Your offer of {_amount(ctx.data)} to @{ctx.data['recipient']['handle']}"
+        return self.drop_draft(ctx, dropped(ctx, what, "Nothing was sent."), OFFER_KEYS)
 
     @step("credex", "confirm", blocking=False)
     def confirm(self, ctx: Context) -> Outcome:
@@ -194,6 +226,17 @@ class OfferSteps(CredexSteps, abstract=True):
     @on_enter("credex", "review", blocking=False)
     def ask_review(self, ctx: Context) -> list[Reply]:
         return [REVIEW.with_body(f"{VERB[ctx.option]} {ctx.data['chosen']['title']}?")]
+
+    @timeout("credex", "review", after=REMIND_AFTER)
+    def remind_review(self, ctx: Context) -> Outcome:
+        question = f"{VERB[ctx.option]} {ctx.data['chosen']['title']}?"
+        return ctx.stay(REVIEW.with_body(f"{STILL_THERE} {question}"))
+
+    @timeout("credex", "review", after=DROP_AFTER, extends_session=True)
+    def drop_review(self, ctx: Context) -> Outcome:
+        what = f"Your choice ({VERB[ctx.option]} {ctx.data['chosen']['title']})"
+        then = f"Nothing was {DONE[ctx.option].lower()}."
+        return self.drop_draft(ctx, dropped(ctx, what, then), LIST_KEYS)
 
     @step("credex", "review", blocking=False)
     def review(self, ctx: Context) -> Outcome:

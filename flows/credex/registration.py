@@ -3,16 +3,39 @@
 ``welcome`` (register or not now) -> ``first_name`` -> ``last_name`` -> ``confirm`` ->
 ``onboard`` (action: onboardMember) -> menu, signed in with the token onboarding returns.
 Names are free text: "cancel" typed while one is asked for may be a name, so the engine asks
-"Stop the registration?" (the stage's declared :data:`EXIT`) instead of guessing.
+"Stop the registration?" (the stage's declared :data:`EXIT`) instead of guessing. Idle at
+``confirm``: a reminder after 10 minutes, and the names dropped 30 minutes after arriving
+(back to the welcome), as at the offer's confirmation.
 """
 
 from __future__ import annotations
 
 from flows.credex.api import ApiError, ApiResponseError, LoginResult, MemberNotFound
-from flows.credex.base import UNREACHABLE, CredexSteps, maybe_sent, problem
+from flows.credex.base import (
+    DROP_AFTER,
+    REMIND_AFTER,
+    STILL_THERE,
+    UNREACHABLE,
+    CredexSteps,
+    dropped,
+    maybe_sent,
+    problem,
+)
 from flows.credex.dashboard import Summary
 from flows.credex.inputs import DEFAULT_DENOM, is_greeting, parse_name, words
-from fsm import Context, Exit, Login, Outcome, Reply, action, buttons, on_enter, pick, step
+from fsm import (
+    Context,
+    Exit,
+    Login,
+    Outcome,
+    Reply,
+    action,
+    buttons,
+    on_enter,
+    pick,
+    step,
+    timeout,
+)
 
 NAME_KEYS = ("first_name", "last_name")
 NAME_RULE = "3 to 50 letters; spaces, hyphens and apostrophes are fine"
@@ -99,6 +122,21 @@ class RegistrationSteps(CredexSteps, abstract=True):
     def ask_register(self, ctx: Context) -> list[Reply]:
         full = f"{ctx.data['first_name']} {ctx.data['last_name']}"
         return [REGISTER.with_body(f"Register as *{full}*?")]
+
+    @timeout("registration", "confirm", after=REMIND_AFTER)
+    def remind_registration(self, ctx: Context) -> Outcome:
+        full = f"{ctx.data['first_name']} {ctx.data['last_name']}"
+        return ctx.stay(REGISTER.with_body(f"{STILL_THERE} Register as *{full}*?"))
+
+    @timeout("registration", "confirm", after=DROP_AFTER, extends_session=True)
+    def drop_registration(self, ctx: Context) -> Outcome:
+        said = dropped(
+            ctx,
+            "Your registration",
+            "Start again whenever you are ready.",
+            maybe="It may still have gone through: send *hi* to check.",
+        )
+        return ctx.stay(said, step="welcome", unset=NAME_KEYS)
 
     @step("registration", "confirm", blocking=False)
     def confirm_registration(self, ctx: Context) -> Outcome:

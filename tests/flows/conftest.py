@@ -8,6 +8,7 @@ import pytest
 
 from adapters import AsyncMemoryStore, MemoryStore
 from flows.credex import build_async_engine, build_engine, fake_server
+from flows.credex.delivery import Mailbox
 from flows.credex.fake import FakeCredexApi
 from flows.credex.fake_server import FakeCredexServer
 from flows.credex.http import CredexHttpApi, Timeouts
@@ -70,6 +71,11 @@ def http_bot(request: pytest.FixtureRequest) -> Iterator[HttpBot]:
         "session_ttl": 1800,
         "jwt_key": api.verification_key,
     }
+    # What the fake behind the server tells the bot reaches the engine's ticker in-process
+    # (the fake server's own POST /events is tested in test_credex_events_http.py).
+    mailbox = Mailbox()
+    api.notifier = mailbox.put
+    options["mailbox"] = mailbox
     with fake_server.serving(api) as server:
         client = CredexHttpApi(
             server.url, fake_server.DEV_CLIENT_KEY, timeouts=Timeouts(read=2.0), retries=1

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from adapters import MemoryStore
-from flows.credex import build_engine
+from flows.credex import CredexBot, build_engine
 from flows.credex.api import ApiError
 from flows.credex.dashboard import summary_in
 from flows.credex.fake import FakeCredexApi
@@ -284,7 +284,7 @@ def _v1_session(bot: Bot, user: str, stage: str, option: str, *, signed_in: bool
 def test_failure_12_a_version_1_session_in_a_placeholder_is_restored_at_the_menu(bot: Bot) -> None:
     old = _v1_session(bot, ALICE, "credex", "offer", signed_in=True)
     turn = chat(bot).say("hi").expect("Welcome Alice (@alice).", stage="menu")
-    assert turn.snapshot.flow_version == 3 and turn.snapshot.version == 5
+    assert turn.snapshot.flow_version == CredexBot.version and turn.snapshot.version == 5
     assert turn.snapshot.auth == old.auth  # the token came through the migration unchanged
     assert bot.api.count("login") == 1  # only the one _v1_session made: no re-login needed
     assert list(bot.store.quarantined()) == []

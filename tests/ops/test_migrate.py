@@ -11,6 +11,7 @@ import time
 import msgspec
 import pytest
 
+from flows.credex import CredexBot
 from fsm.migrations import MigrationError, schema_migration, schema_migrations, upgrade
 from fsm.ops.migrate import Step, migrate_sessions
 from fsm.snapshot import SCHEMA_VERSION, decode_snapshot, stored_schema
@@ -43,7 +44,8 @@ def test_an_old_schema_and_flow_version_session_is_read_correctly(ops_all: Ops) 
     assert info["needs_migration"] and info["on_load"] == {"stage": "menu", "step": "dashboard"}
     turn = ops.engine.handle(ALICE, "hi")  # lazily: migrated on load, then the step runs
     assert (turn.snapshot.stage, turn.snapshot.step) == ("menu", "dashboard")
-    assert turn.snapshot.flow_version == 3 and turn.snapshot.schema == SCHEMA_VERSION
+    assert turn.snapshot.flow_version == CredexBot.version
+    assert turn.snapshot.schema == SCHEMA_VERSION
     assert turn.snapshot.version == version + 1 and turn.snapshot.auth == token
     assert list(ops.store.quarantined()) == []
 
@@ -60,12 +62,12 @@ def test_migrate_rewrites_old_sessions_in_place(ops_all: Ops) -> None:
     record = ops.store.load(ALICE).record
     assert record is not None and stored_schema(record.payload) == SCHEMA_VERSION
     snap = decode_snapshot(record.payload)
-    assert (snap.stage, snap.step, snap.flow_version) == ("menu", "dashboard", 3)
+    assert (snap.stage, snap.step, snap.flow_version) == ("menu", "dashboard", CredexBot.version)
     assert record.version == snap.version == version + 1 and snap.auth == token
     ttl_after = ops.store.ttl(ALICE)
     assert ttl_before is not None and ttl_after is not None
     assert ttl_after <= ttl_before and ttl_after > ttl_before - 5  # kept, not refreshed
-    assert ops.store.history(ALICE, limit=1)[0].event == "migrate schema 1->2 flow 1->3"
+    assert ops.store.history(ALICE, limit=1)[0].event == f"migrate schema 1->2 flow 1->{CredexBot.version}"
     again = ops.fsm("migrate", "--json")
     assert json.loads(again.stdout)["migrated"] == 0  # idempotent
 
@@ -143,7 +145,7 @@ def test_migrate_while_the_bot_handles_messages_loses_nothing(kind: str) -> None
         for user in users:
             record = ops.store.load(user).record
             assert record is not None and stored_schema(record.payload) == SCHEMA_VERSION
-            assert decode_snapshot(record.payload).flow_version == 3
+            assert decode_snapshot(record.payload).flow_version == CredexBot.version
             history = ops.store.history(user)
             versions = [h.version for h in history if h.version > 2]  # 2: the setup's write
             # Every save of the bot and of the migration is in the chain, once, in order.

@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from adapters import RedisStore
+from flows.credex import CredexBot
 from tests.ops.conftest import ALICE, BOB, CAROL, DAVE, STRANGER, Ops
 
 
@@ -22,7 +23,7 @@ def test_inspect_shows_the_session_and_hides_the_token(ops: Ops) -> None:
     assert "valid       yes" in out
     assert f"stage       {snap.stage}.{snap.step}" in out
     assert f"version     {snap.version} (" in out
-    assert "flow        credex (flow version 3, schema 2)" in out
+    assert f"flow        credex (flow version {CredexBot.version}, schema 2)" in out
     assert f"by {ops.engine.source}" in out
     assert "expires in  29m" in out or "expires in  30m" in out
     assert "lock        free" in out
