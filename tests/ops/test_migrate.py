@@ -67,7 +67,8 @@ def test_migrate_rewrites_old_sessions_in_place(ops_all: Ops) -> None:
     ttl_after = ops.store.ttl(ALICE)
     assert ttl_before is not None and ttl_after is not None
     assert ttl_after <= ttl_before and ttl_after > ttl_before - 5  # kept, not refreshed
-    assert ops.store.history(ALICE, limit=1)[0].event == f"migrate schema 1->2 flow 1->{CredexBot.version}"
+    moved = f"migrate schema 1->2 flow 1->{CredexBot.version}"
+    assert ops.store.history(ALICE, limit=1)[0].event == moved
     again = ops.fsm("migrate", "--json")
     assert json.loads(again.stdout)["migrated"] == 0  # idempotent
 
