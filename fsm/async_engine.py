@@ -100,7 +100,10 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
     ) -> int:
         """Fire the timers due by the engine's clock (as :meth:`fsm.Engine.fire_due`), up to
         :attr:`fire_concurrency` at once; ``on_result`` may be a coroutine function."""
-        claims = await self._drive(self.claim_steps(limit))
+        if self.fire_concurrency < 1:
+            raise ValueError("fire_concurrency must be >= 1")
+        # A few batches' worth, not more: a claim hides its entries for claim_hold only.
+        claims = await self._drive(self.claim_steps(limit or 4 * self.fire_concurrency))
         gate = asyncio.Semaphore(self.fire_concurrency)
         settled: list[Any] = []
 
@@ -116,10 +119,13 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
             return int(done.fired)
 
         try:
-            fired = sum(await asyncio.gather(*(fire(c) for c in claims)))
+            outcomes = await asyncio.gather(*(fire(c) for c in claims), return_exceptions=True)
         finally:
             await self._drive(self.settle_steps(settled))
-        return fired
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            raise errors[0]
+        return sum(o for o in outcomes if isinstance(o, int))
 
     async def confirm(self, user_id: str, sent: Iterable[str], *, lease: str | None = None) -> bool:
         """Drop confirmed outbox entries, now (as :meth:`fsm.Engine.confirm`)."""

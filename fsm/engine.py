@@ -106,14 +106,23 @@ class Engine(MessageProtocol[SessionStore]):
         run it at once, on any number of processes: each due timer fires once."""
         claims = self._drive(self.claim_steps(limit))
         fired, settled = 0, []
-        for claim in claims:
-            done = self._drive(self.fire_one_steps(claim))
-            if done.settle:
-                settled.append(claim)
-            fired += done.fired
-            if done.result is not None and on_result is not None:
-                on_result(claim.user_key, done.result)
-        self._drive(self.settle_steps(settled))
+        failure: BaseException | None = None
+        try:
+            for claim in claims:
+                done = self._drive(self.fire_one_steps(claim))
+                if done.settle:
+                    settled.append(claim)
+                fired += done.fired
+                if done.result is None or on_result is None:
+                    continue
+                try:
+                    on_result(claim.user_key, done.result)
+                except Exception as exc:  # noqa: BLE001 - the batch goes on; raised at the end
+                    failure = failure or exc
+        finally:
+            self._drive(self.settle_steps(settled))
+        if failure is not None:
+            raise failure
         return fired
 
     def confirm(self, user_id: str, sent: Iterable[str], *, lease: str | None = None) -> bool:

@@ -33,6 +33,7 @@ the conversation's stage, applied once per event id (the seen-id window, as for 
 
 from __future__ import annotations
 
+import enum
 import secrets
 
 import msgspec
@@ -54,9 +55,8 @@ from fsm.timers import Event, TimerSpec
 CLAIM_HOLD = 30.0
 
 #: An entry whose arming save has not landed yet (the stored version is older) is looked at
-#: again this many seconds later ...
-RECHECK = 5.0
-#: ... and dropped once it is this many seconds past due (that save died with its writer).
+#: again when its claim runs out, until it is this many seconds past due (that save died with
+#: its writer, or failed after the entry was written): then it is dropped.
 GIVE_UP = 300.0
 
 #: How many entries a ticker claims at once when not told (:meth:`fsm.Engine.fire_due`).
@@ -64,6 +64,16 @@ FIRE_BATCH = 100
 
 #: A timer's handler failing with one of these is the flow's own bug: its timer is dropped.
 FLOW_FAILURES = (StepFailed, StepNotFound, TransitionNotAllowed, TokenRefused)
+
+
+class Verdict(enum.Enum):
+    """What becomes of a claimed index entry once checked against the stored snapshot."""
+
+    FIRED = "fired"  # a timer fired (or was dropped late, or failed): settle the claim
+    STALE = "stale"  # it stands for nothing any more: settle it
+    RECHECK = "recheck"  # its arming save may still land: leave the claim to run out
+    LATER = "later"  # its timers were pushed back: index it again at the soonest, settle
+    DROPPED = "dropped"  # its timer was consumed without firing (late, or it failed): settle
 
 
 def armed_version(armed: str) -> int:
@@ -93,7 +103,8 @@ class Firing(Restoring[S]):
             before = stored.timers[0].due if stored.timers and stored.armed else None
             if m.claim is not None or before is None or soonest < before:
                 armed = f"{new.version}.{secrets.token_hex(3)}"
-                m.index = Due(m.key, armed, soonest)
+                # Never in the past: a claim's lateness counts from when it was indexed.
+                m.index = Due(m.key, armed, max(soonest, now))
                 self.stats.incr("timers_armed")
             else:
                 armed = stored.armed
@@ -101,7 +112,7 @@ class Firing(Restoring[S]):
         inbound = now if heard else new.last_inbound or stored.last_inbound
         if (timers, armed, inbound) == (new.timers, new.armed, new.last_inbound):
             return decision
-        dropped = self._cancelled(stored, new, timers)
+        dropped = self._cancelled(m, stored, new)
         if dropped:
             self.stats.incr("timers_cancelled", dropped)
         changed = msgspec.structs.replace(new, timers=timers, armed=armed, last_inbound=inbound)
@@ -145,11 +156,12 @@ class Firing(Restoring[S]):
         return Armed(spec.name, new.last_updated + delay)
 
     @staticmethod
-    def _cancelled(stored: Snapshot, new: Snapshot, timers: tuple[Armed, ...]) -> int:
-        """How many of ``stored``'s timers this save cancels (leaving their step)."""
+    def _cancelled(m: Message, stored: Snapshot, new: Snapshot) -> int:
+        """How many of ``stored``'s timers this save cancels (leaving their step; the timer a
+        firing consumes is not cancelled)."""
         if not stored.timers or (new.stage, new.step) == (stored.stage, stored.step):
             return 0
-        return len(stored.timers)
+        return len([t for t in stored.timers if t is not m.firing])
 
     # -- firing --------------------------------------------------------------------------
     def _due_timer(self, m: Message, restored: Restored) -> Armed | None:
@@ -160,15 +172,16 @@ class Firing(Restoring[S]):
         current = restored.snapshot
         now = self.clock.now()
         if restored.fresh or current.armed != claim.armed:
-            stored_version = restored.expected_version
-            if stored_version >= armed_version(claim.armed) or now - claim.due > GIVE_UP:
-                m.verdict = "stale"
+            # The version the user's conversation reached (a new one continues the chain).
+            reached = max(restored.expected_version, current.version)
+            if reached >= armed_version(claim.armed) or now - claim.due > GIVE_UP:
+                m.verdict = Verdict.STALE
             else:
-                m.verdict = now + RECHECK  # its save may still land
+                m.verdict = Verdict.RECHECK  # its save may still land
             return None
         due = [t for t in current.timers if t.due <= now]
         if not due:  # pushed back since it was indexed: due later
-            m.verdict = current.timers[0].due if current.timers else "stale"
+            m.verdict, m.later = Verdict.LATER, current.timers[0].due
             return None
         return due[0]
 
@@ -180,18 +193,36 @@ class Firing(Restoring[S]):
             return True
         return spec.max_late is not None and self.clock.now() - timer.due > spec.max_late
 
-    def _dropped(self, m: Message, current: Snapshot, timer: Armed, why: str) -> Decision:
-        """A decision that consumes ``timer`` without running it (late, undeclared, or its
-        handler failed): nothing else changes and nothing is said."""
-        self.stats.incr("timers_dropped_late" if why == "late" else "timers_failed")
-        log.warning(
-            "user %s: timer %s.%s.%s dropped (%s)",
+    def _failed_timer(self, m: Message, current: Snapshot, exc: FsmError) -> Decision | None:
+        """The decision that drops the firing timer whose handler failed (the flow's bug: it
+        would fail again every tick), logged and counted; None if the failure is transient
+        (the claim runs out and the firing is tried again) or not a timer's."""
+        if m.firing is None or self.spec.is_transient(exc):
+            return None
+        log.error(
+            "user %s: timer %s.%s.%s failed (%s): dropped",
             user_tail(m.key),
             current.stage,
             current.step,
-            timer.name,
-            why,
+            m.firing.name,
+            type(exc.__cause__ or exc).__name__,
         )
+        return self._dropped(m, current, m.firing, "failed")
+
+    def _dropped(self, m: Message, current: Snapshot, timer: Armed, why: str) -> Decision:
+        """A decision that consumes ``timer`` without running it (late, undeclared, or its
+        handler failed): nothing else changes and nothing is said."""
+        m.verdict = Verdict.DROPPED
+        self.stats.incr("timers_failed" if why == "failed" else "timers_dropped_late")
+        if why != "failed":
+            log.warning(
+                "user %s: timer %s.%s.%s dropped (%s)",
+                user_tail(m.key),
+                current.stage,
+                current.step,
+                timer.name,
+                why,
+            )
         new = msgspec.structs.replace(
             current,
             version=current.version + 1,
@@ -263,37 +294,24 @@ class Ticking(Firing[S]):
         return claims
 
     def fire_one_steps(self, claim: Due) -> Steps[Fired]:
-        """Fire one claimed entry. A handler that fails (the flow's bug) has its timer dropped
-        (logged, counted: it would fail again); a failure of the store or of I/O leaves the
-        claim to run out, and the entry is tried again then."""
+        """Fire one claimed entry (:meth:`MessageProtocol.fire_steps`). A failure of the store,
+        of I/O or of a lease leaves the claim to run out, and the entry is tried again then; so
+        does an entry whose arming save may still land (:attr:`Verdict.RECHECK`)."""
         try:
             result, verdict = yield from self.fire_steps(claim)  # type: ignore[attr-defined]
-        except FLOW_FAILURES as exc:
-            if self.spec.is_transient(exc):
-                return Fired(None, settle=False)
-            log.error(
-                "user %s: timer handler failed (%s): the timer is dropped",
-                user_tail(claim.user_key),
-                type(exc.__cause__ or exc).__name__,
-            )
-            try:
-                result, verdict = yield from self.fire_steps(claim, drop=True)  # type: ignore[attr-defined]
-            except FsmError:
-                return Fired(None, settle=False)
         except FsmError as exc:
             self.stats.incr("timer_errors")
-            log.warning("user %s: timer not fired yet: %s", user_tail(claim.user_key), exc)
-            return Fired(None, settle=False)
-        if isinstance(verdict, float):
-            yield from self._timed(
-                "index", StoreCall("index_due", (claim.user_key, claim.armed, verdict), {})
+            log.warning(
+                "user %s: timer not fired yet (%s)", user_tail(claim.user_key), type(exc).__name__
             )
-        fired = verdict == "fired" and not result.ignored
+            return Fired(None, settle=False)
+        fired = verdict is Verdict.FIRED and not result.ignored
         if fired:
             self.stats.incr("timers_fired")
             self.stats.observe("timer_lag", max(0.0, self.clock.now() - claim.due))
         sends = result.replies or result.lease is not None
-        return Fired(result if sends else None, settle=True, fired=fired)
+        settle = verdict is not Verdict.RECHECK  # else the claim runs out: looked at again
+        return Fired(result if sends else None, settle=settle, fired=fired)
 
     def settle_steps(self, claims: list[Due]) -> Steps[None]:
         if claims:

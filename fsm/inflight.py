@@ -80,10 +80,9 @@ class Message(msgspec.Struct):
     claim: Due | None = None
     #: The timer this firing consumes (set once the claim is checked against the snapshot).
     firing: Armed | None = None
-    dropping: bool = False  # consume it without running its handler (it failed)
-    #: What became of the claim: "fired", "stale" (it stood for nothing: drop it), or a due
-    #: to index it at again (not due yet, or its arming save may still land).
-    verdict: str | float = ""
+    #: What becomes of the claim (:class:`fsm.firing.Verdict`), and for LATER, when.
+    verdict: Any = None
+    later: float = 0.0
     #: The index entry the next save needs first (:meth:`fsm.firing.Firing._with_timers`).
     index: Due | None = None
 

@@ -60,7 +60,7 @@ from fsm.errors import (
     TokenRefused,
     TransitionNotAllowed,
 )
-from fsm.firing import FLOW_FAILURES, Ticking
+from fsm.firing import FLOW_FAILURES, Ticking, Verdict
 from fsm.history import history_entry
 from fsm.inflight import Held, Message, Restored
 from fsm.inputs import MAX_USER_KEY as MAX_USER_KEY
@@ -110,7 +110,7 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         m = Message(key, text, message_id, self._recent.get(key), pressed)
         tapped = pressed_event(pressed, message_id)
         if tapped is not None and any(name == tapped.name for name, _ in self.spec.events):
-            m.event, m.text, m.pressed = tapped, "", None  # an event's button, from any step
+            m.event = tapped  # an event's button, from any step
         return (yield from self._run(m))
 
     def event_steps(
@@ -124,18 +124,34 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         m = Message(key, "", mid, self._recent.get(key), event=happened, inbound=False)
         return (yield from self._run(m))
 
-    def fire_steps(self, claim: Due, *, drop: bool = False) -> Steps[tuple[Result, str | float]]:
+    def fire_steps(self, claim: Due) -> Steps[tuple[Result, Verdict]]:
         """Fire the timer a claimed index entry stands for, if it is due; with the result, what
-        becomes of the claim (:mod:`fsm.firing`): "fired" or "stale" (settle it), or a time to
-        index it at again. ``drop``: consume the timer without running its handler (it
-        failed)."""
+        becomes of the claim (:class:`~fsm.firing.Verdict`). A timer whose handler fails (the
+        flow's bug) is dropped in the same way; a failure after the timer's save landed (an
+        action it led to) leaves the action pending for the user's next message, and the
+        result carries the replies saved before it."""
         m = Message(claim.user_key, "", f"timer:{claim.armed}", None, claim=claim, inbound=False)
-        m.verdict = "drop" if drop else ""
-        result = yield from self._run(m)
-        verdict: str | float = m.verdict or "fired"
+        try:
+            result = yield from self._run(m)
+        except FsmError as exc:
+            if m.firing is None or m.due or m.stored is None:
+                raise
+            log.warning(
+                "user %s: a timer's firing was saved, then what it led to failed (%s)",
+                user_tail(m.key),
+                type(exc.__cause__ or exc).__name__,
+            )
+            # I/O: the claim comes back, and the firing's id, seen, finishes what it left
+            # pending (as a message's re-delivery does); the flow's bug: the user's next
+            # message meets it.
+            verdict = Verdict.RECHECK if exc.transient else m.verdict or Verdict.FIRED
+            return Result(tuple(exc.replies), m.stored), verdict
         if result.duplicate:
-            verdict = "stale"  # fired before: its id is seen
-        return result, verdict
+            return result, Verdict.STALE  # fired before: its id is seen
+        if m.verdict is Verdict.LATER:  # pushed back since: indexed again at its soonest
+            call = StoreCall("index_due", (claim.user_key, claim.armed, m.later), {})
+            yield from self._timed("index", call)
+        return result, m.verdict or Verdict.FIRED
 
     def _run(self, m: Message) -> Steps[Result]:
         """Run the passes of one input (a message, an event or a timer) to its result."""
@@ -213,7 +229,9 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         m.version = current.version
         if m.due and (m.claim is not None or m.event is not None):
             ignored = self._outside_input(m, restored)
-            if ignored:
+            if ignored and m.inbound:  # a tapped event option that applies nowhere here:
+                m.event = None  # the tap is an ordinary message (the step answers it)
+            elif ignored:
                 m.due = False
                 return m.result(current, ignored)
         at_action = self._decider.is_action(current)
@@ -227,6 +245,8 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
             yield from self._lock(m)
             return None
         acts = at_action or self._decider.side_effects(current)
+        if m.event is not None and m.due:
+            acts = acts or self._decider.event_side_effects(m.event.name, current)
         if acts and m.owner is not None and self._lease_aging(m.leased_at):
             # Renew a lease taken a while ago (or for sending, or by a guard, which may be
             # near its end) before running an action or a side effect under it.
@@ -257,12 +277,8 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         why not (the timer to fire is kept in ``m.firing``)."""
         if m.event is not None:
             return self._event_ignored(m, restored)
-        if m.verdict == "drop":  # its handler failed: consume it if it is still there
-            m.verdict = ""
-            m.firing = self._due_timer(m, restored)
-            m.dropping = True
-        else:
-            m.firing = self._due_timer(m, restored)
+        m.verdict = None  # each pass judges the claim against what it loaded
+        m.firing = self._due_timer(m, restored)
         return "" if m.firing is not None else "nothing due"
 
     def _guard(self, m: Message, at_action: bool) -> str | None:
@@ -357,9 +373,8 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         # retry that finds a live session (someone saved meanwhile) does not say it. What the
         # message met earlier (a reset notice after a quarantine) is carried in ``m``.
         notices = restored.notices or m.notices
-        if m.firing is not None and not at_action and (m.dropping or self._late(current, m.firing)):
-            m.verdict = "dropped"
-            return self._dropped(m, current, m.firing, "failed" if m.dropping else "late")
+        if m.firing is not None and not at_action and self._late(current, m.firing):
+            return self._dropped(m, current, m.firing, "late")
         try:
             return (
                 yield from decider.decide(
@@ -377,6 +392,11 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
                 )
             )
         except (StepFailed, StepNotFound, TransitionNotAllowed, TokenRefused) as exc:
+            if m.claim is not None and not at_action:
+                dropped = self._failed_timer(m, current, exc)
+                if dropped is None:
+                    raise
+                return dropped
             if not (at_action and m.due):
                 raise
             # A new message waits behind an action that fails: give up the action rather
@@ -568,6 +588,8 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         A failure caused by I/O (an API timing out: one of the flow's ``transient_errors``)
         and a re-delivery of the message that failed last do not count. False: raise it."""
         record = restored.record
+        if m.claim is not None or m.event is not None:
+            return False  # a timer's failure drops it; an event's goes back to its sender
         if record is None or m.actions or not m.due or self.spec.is_transient(exc):
             return False  # a new conversation, an action's turn, or a transient failure
         failures = self._failures.add(m.key, record.version, m.message_id, self.poison_after)

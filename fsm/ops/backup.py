@@ -36,6 +36,7 @@ import msgspec
 from fsm.clock import Clock
 from fsm.errors import CorruptSnapshot, FsmError, SchemaTooNew
 from fsm.ops.recover import DEFAULT_TTL, reached_version
+from fsm.ops.timers import index_timers
 from fsm.ops.validate import is_reserved
 from fsm.records import HistoryEntry, SaveStatus, SessionView
 from fsm.snapshot import Snapshot, decode_snapshot, encode_snapshot
@@ -264,13 +265,6 @@ def _same_state(payload: bytes, version: int, entry: Entry, snapshot: Snapshot |
     return payload == encode_snapshot(msgspec.structs.replace(snapshot, version=version))
 
 
-def _index_timers(store: Store, user: str, snapshot: Snapshot | None) -> None:
-    """Index the restored snapshot's timers first (the store's index of deadlines is not in
-    a backup), so they fire in the restored store as they would have in the old one."""
-    if snapshot is not None and snapshot.timers and snapshot.armed and store.keeps_timers:
-        store.index_due(user, snapshot.armed, snapshot.timers[0].due)
-
-
 def _restore_one(
     store: Store, entry: Entry, clock: Clock, overwrite: bool, dry_run: bool, source: str
 ) -> tuple[Restored, str]:
@@ -328,7 +322,7 @@ def _restore_one(
             if store.quarantine(entry.user, stored.payload, "fsm restore: replaced") is None:
                 continue
             expected, tag = 0, ""
-        _index_timers(store, entry.user, snapshot)
+        index_timers(store, entry.user, snapshot, clock.now())
         result = store.save(
             entry.user,
             payload,

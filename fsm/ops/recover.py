@@ -19,6 +19,7 @@ from fsm.auth import TokenVerifier
 from fsm.clock import Clock
 from fsm.errors import FsmError
 from fsm.flow import FlowSpec
+from fsm.ops.timers import index_timers
 from fsm.ops.validate import MIGRATABLE, NOT_REPAIRABLE, Diagnosis, diagnose, diagnose_view
 from fsm.records import HistoryEntry, QuarantineEntry, Record, SaveStatus, SessionView
 from fsm.snapshot import Auth, Snapshot, chain_floor, decode_snapshot, encode_snapshot
@@ -315,6 +316,7 @@ def restore_quarantined(
         msgspec.structs.replace(snapshot, version=version, last_updated=clock.now()),
         user_key=user_key,
     )
+    index_timers(store, user_key, snapshot, clock.now())
     result = store.save(
         user_key,
         payload,

@@ -1,5 +1,6 @@
 """Reading the armed timers as an operator (``fsm timers ls``): the store's index of deadlines
-joined with the snapshots that hold the timers. Nothing here writes.
+joined with the snapshots that hold the timers. Only :func:`index_timers` writes: what a
+tool that puts a snapshot back (``fsm restore``, ``fsm quarantine restore``) calls first.
 
 The index holds one entry per arming (:mod:`fsm.firing`); the timers themselves are in the
 snapshot, under its ``armed``. An entry whose ``armed`` is not the snapshot's stands for nothing
@@ -16,6 +17,15 @@ from fsm.errors import FsmError
 from fsm.records import Due
 from fsm.snapshot import Snapshot, decode_snapshot
 from fsm.store import Store
+
+
+def index_timers(store: Store, user_key: str, snapshot: Snapshot | None, now: float) -> None:
+    """Index ``snapshot``'s timers before the save that puts it back (the index of deadlines
+    is in no backup or quarantine), due now at the earliest: an entry is never indexed in the
+    past, so a ticker that claims it before the save lands looks at it again rather than
+    giving it up."""
+    if snapshot is not None and snapshot.timers and snapshot.armed and store.keeps_timers:
+        store.index_due(user_key, snapshot.armed, max(snapshot.timers[0].due, now))
 
 
 @dataclass(frozen=True, slots=True)

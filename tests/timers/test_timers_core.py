@@ -24,7 +24,7 @@ from fsm import (
     timeout,
 )
 from fsm.errors import InvalidFlowDefinition
-from fsm.firing import GIVE_UP, RECHECK
+from fsm.firing import CLAIM_HOLD, GIVE_UP
 from fsm.records import Due
 from fsm.store import SessionStore
 from fsm.timers import seconds
@@ -225,15 +225,24 @@ def test_an_entry_whose_save_has_not_landed_is_looked_at_again_then_given_up() -
     assert stored is not None
     ahead = f"{stored.version + 5}.abcdef"  # a save in flight, not landed yet
     store.index_due("u", ahead, clock.now())
-    engine.fire_due()
-    assert [d.due for d in store.indexed_due() if d.armed == ahead] == [clock.now() + RECHECK]
-    clock.advance(GIVE_UP + RECHECK + 1)
-    engine.fire_due()
+    loads = 0
+    for _ in range(int(GIVE_UP // CLAIM_HOLD) + 3):  # a ticker every claim_hold, past GIVE_UP
+        engine.fire_due()
+        loads += 1
+        left = [d for d in store.indexed_due() if d.armed == ahead]
+        claimed = store.due_stats(clock.now()).claimed
+        if not left and not claimed:
+            break
+        assert left == [] and claimed == 1  # kept claimed: looked at again when it runs out
+        clock.advance(CLAIM_HOLD)
     assert [d for d in store.indexed_due() if d.armed == ahead] == []
+    assert store.due_stats(clock.now()).claimed == 0
+    assert loads <= GIVE_UP // CLAIM_HOLD + 2  # given up once GIVE_UP past its due
     behind = Due("u", "1.abcdef", clock.now())  # superseded: dropped at once
     store.index_due(behind.user_key, behind.armed, behind.due)
     engine.fire_due()
     assert [d for d in store.indexed_due() if d.armed == behind.armed] == []
+    assert store.due_stats(clock.now()).claimed == 0
 
 
 def test_a_ticker_that_dies_leaves_a_claim_that_comes_back() -> None:
