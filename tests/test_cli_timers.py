@@ -113,6 +113,34 @@ def test_timers_ls_on_redis() -> None:
     )  # the header only: nothing is due for 10 minutes
 
 
+def test_timers_reindex_brings_back_timers_whose_index_entries_were_lost() -> None:
+    url = redis_servers.standalone().url
+    namespace = f"cli-reindex-{uuid.uuid4().hex[:8]}"
+    clock = FakeClock()
+    store = RedisStore.from_url(url, namespace=namespace)
+    try:
+        engine = Engine(Nudge(), store, clock=clock)
+        for text in ("hi", "1", "5"):
+            engine.handle(ALICE, text)
+        lost = [d for d in store.indexed_due()]
+        assert len(lost) == 1
+        store.settle_due(store.claim_due(lost[0].due, limit=10, hold=1e9))  # a failover lost it
+        clock.advance(600)
+        assert engine.fire_due() == 0  # nothing stands for the timers any more
+        done = run("timers", "reindex", "--store", url, "--namespace", namespace,
+                   obj={"clock": clock})  # fmt: skip
+        assert done.exit_code == 0, done.output
+        assert "1 conversation(s) with timers indexed" in done.stdout
+        assert engine.fire_due() == 1
+        again = run("timers", "reindex", "--store", url, "--namespace", namespace,
+                    obj={"clock": clock})  # fmt: skip
+        assert "1 conversation(s) with timers indexed" in again.stdout  # the drop timer
+        clock.advance(900)  # its entry written again by the second reindex: fires once
+        assert engine.fire_due() == 1 and engine.fire_due() == 0
+    finally:
+        store.close()
+
+
 # -- fsm notify -------------------------------------------------------------------------------
 def test_notify_without_whatsapp_prints_the_replies_and_applies_once() -> None:
     store = MemoryStore()

@@ -35,7 +35,7 @@ from fsm.cli.common import (
 )
 from fsm.cli.serve import DEFAULT_ENGINE
 from fsm.errors import ConfigurationError
-from fsm.ops.timers import armed_timers
+from fsm.ops.timers import armed_timers, reindex_timers
 
 if TYPE_CHECKING:
     from adapters.whatsapp.bot import WhatsAppBot
@@ -88,6 +88,18 @@ def ls_command(
             name = row.timer or f"({row.state})"
             click.echo(f"{row.user_key:<24}  {where:<32}  {name:<20}  {when(row.due, now)}")
     click.echo(f"{count} timer(s){' due' if due else ''}", err=True)
+
+
+@timers.command("reindex")
+@store_options
+def reindex_command(store_url: str | None, namespace: str | None) -> None:
+    """Index every stored conversation's timers again (after a failover lost index entries:
+    their timers would not fire until the conversation arms new ones). Safe while tickers run:
+    each firing is checked against the stored snapshot."""
+    store = open_store(store_url, namespace)
+    with Progress("sessions read") as progress:
+        count = reindex_timers(store, now=clock().now(), progress=lambda _: progress.advance())
+    click.echo(f"{count} conversation(s) with timers indexed")
 
 
 @timers.command("run")

@@ -10,7 +10,7 @@ without firing when it comes due. Entries a ticker has claimed (firing now) are 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fsm.errors import FsmError
@@ -83,3 +83,24 @@ def _rows(entry: Due, snapshot: Snapshot | str | None) -> Iterator[ArmedTimer]:
             yield ArmedTimer(
                 entry.user_key, timer.due, "armed", snapshot.stage, snapshot.step, timer.name
             )
+
+
+def reindex_timers(
+    store: Store, *, now: float, progress: Callable[[str], None] | None = None
+) -> int:
+    """Index again every stored snapshot's timers (``fsm timers reindex``): after a failover
+    that lost index entries, whose timers would otherwise not fire until the conversation
+    arms new ones. Safe while tickers run: an entry already indexed is only written again, and
+    a firing is always checked against the snapshot. Returns how many were indexed."""
+    indexed = 0
+    for view in store.sessions():
+        if progress is not None:
+            progress(view.user_key)
+        try:
+            snapshot = decode_snapshot(view.record.payload, user_key=view.user_key)
+        except FsmError:
+            continue  # unreadable: the engine quarantines it at the next message
+        if snapshot.timers and snapshot.armed:
+            index_timers(store, view.user_key, snapshot, now)
+            indexed += 1
+    return indexed
