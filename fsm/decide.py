@@ -214,6 +214,21 @@ class Decider:
             if verdict == "prompt":
                 return (yield from self._prompt(key, current, now, notices, note="prompt"))
         ctx = self._context(key, current, text, now, message_id, pressed)
+        return (yield from self._run_step(key, current, spec, way, ctx, notices, claims))
+
+    def _run_step(
+        self,
+        key: str,
+        current: Snapshot,
+        spec: StepSpec,
+        way: Exit | None,
+        ctx: Context,
+        notices: tuple[Reply, ...],
+        claims: Claims | None,
+    ) -> Steps[Decision]:
+        """Run the step's handler (an action's, with its pending key and no input) and make
+        the decision its outcome asks for."""
+        now, message_id = ctx.now, ctx.message_id
         if spec.action:
             # No input reaches an action; the key names this pending action, not the message.
             ctx = msgspec.structs.replace(
@@ -223,11 +238,9 @@ class Decider:
                 idempotency_key=self.key_of(key, current),
                 uncertain=False,
             )
-        outcome = yield from self._call(key, current, spec.handler, ctx)
-        if not isinstance(outcome, Outcome):
-            raise StepFailed(
-                current.stage, current.step, user_key=key, version=current.version
-            ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
+        outcome = self._checked(
+            key, current, (yield from self._call(key, current, spec.handler, ctx))
+        )
         if outcome.exit:
             return (
                 yield from self._exit(key, current, spec, way, now, notices, message_id, claims)
@@ -247,6 +260,15 @@ class Decider:
                 current.stage, current.step, user_key=key, version=current.version
             ) from ValueError("an action must move the user to another step")
         return decision
+
+    @staticmethod
+    def _checked(key: str, current: Snapshot, outcome: object) -> Outcome:
+        """``outcome`` if a handler returned an :class:`Outcome`, else the flow's bug."""
+        if not isinstance(outcome, Outcome):
+            raise StepFailed(
+                current.stage, current.step, user_key=key, version=current.version
+            ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
+        return outcome
 
     def _outside(
         self,
@@ -280,11 +302,7 @@ class Decider:
             event=event,
             timer=timer.name if timer is not None else "",
         )
-        outcome = yield from self._call(key, current, handler, ctx)
-        if not isinstance(outcome, Outcome):
-            raise StepFailed(
-                current.stage, current.step, user_key=key, version=current.version
-            ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
+        outcome = self._checked(key, current, (yield from self._call(key, current, handler, ctx)))
         way = self.spec.stages[current.stage].exit
         if outcome.exit:
             spec = self.spec.steps[(current.stage, current.step)]

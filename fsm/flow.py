@@ -533,15 +533,7 @@ def _compile(cls: type[Flow]) -> FlowSpec:
             "the first message itself (a greeting)"
         )
     said = _said(cls, fail)
-    session_ttl = cls.session_ttl
-    if (
-        isinstance(session_ttl, bool)
-        or not isinstance(session_ttl, int | float)
-        or not session_ttl > 0
-    ):
-        raise fail("`session_ttl` must be a number of seconds > 0")
-    actions = {key for key, s in steps.items() if s.action}
-    timers, events = collect(cls, stages, actions, float(session_ttl), fail)
+    timed = _timed(cls, stages, steps, fail)
     migrations = dict(getattr(cls, "migrations", {}) or {})
     for from_version, migrate in migrations.items():
         if (
@@ -574,9 +566,7 @@ def _compile(cls: type[Flow]) -> FlowSpec:
         machine=machine,
         migrations=migrations,
         takes_first_message=takes_first,
-        timers=timers,
-        events=events,
-        session_ttl=float(session_ttl),
+        **timed,
         **said,
     )
     unreachable = [s for s in stages if s != initial and spec.path(initial, s) is None]
@@ -589,6 +579,23 @@ def _compile(cls: type[Flow]) -> FlowSpec:
         if spec.path(auth, stage_name) is None:
             raise fail(f"the auth stage {auth!r} has no path back to {stage_name!r}")
     return spec
+
+
+def _timed(
+    cls: type[Flow],
+    stages: Mapping[str, Stage],
+    steps: Mapping[tuple[str, str], StepSpec],
+    fail: Callable[[str], InvalidFlowDefinition],
+) -> dict[str, Any]:
+    """The flow's session length, timers and event handlers, checked."""
+    session_ttl = cls.session_ttl
+    if isinstance(session_ttl, bool) or not isinstance(session_ttl, int | float):
+        raise fail("`session_ttl` must be a number of seconds > 0")
+    if not session_ttl > 0:
+        raise fail("`session_ttl` must be a number of seconds > 0")
+    actions = {key for key, s in steps.items() if s.action}
+    timers, events = collect(cls, stages, actions, float(session_ttl), fail)
+    return {"timers": timers, "events": events, "session_ttl": float(session_ttl)}
 
 
 def _said(cls: type[Flow], fail: Callable[[str], InvalidFlowDefinition]) -> dict[str, Any]:

@@ -70,6 +70,10 @@ class WhatsAppMetrics:
             ["outcome"],
             registry=r,
         )
+        self._outside_world(r)
+
+    def _outside_world(self, r: CollectorRegistry) -> None:
+        """The metrics of ``POST /events`` and of the ticker."""
         self.events = Counter(
             "fsm_whatsapp_events",
             "POST /events, by outcome (applied, duplicate, ignored, bad_signature, bad_request, "
