@@ -130,7 +130,12 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         flow's bug) is dropped in the same way; a failure after the timer's save landed (an
         action it led to) leaves the action pending for the user's next message, and the
         result carries the replies saved before it."""
-        m = Message(claim.user_key, "", f"timer:{claim.armed}", None, claim=claim, inbound=False)
+        # What this process saved last for the user spares a load (the compare-and-set makes
+        # a stale one harmless, and a claim it does not fire is judged again on a fresh load).
+        key = claim.user_key
+        m = Message(
+            key, "", f"timer:{claim.armed}", self._recent.get(key), claim=claim, inbound=False
+        )
         try:
             result = yield from self._run(m)
         except FsmError as exc:
@@ -222,13 +227,16 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
 
     def _pass(self, m: Message) -> Steps[Result | None]:
         """One load-decide-save round. A Result ends the message; None: another pass."""
-        restored = self._at_hand(m) or (yield from self._obtain(m))
+        at_hand = self._at_hand(m)
+        restored = at_hand or (yield from self._obtain(m))
         if not isinstance(restored, Restored):
             return restored
         current = restored.snapshot
         m.version = current.version
         if m.due and (m.claim is not None or m.event is not None):
             ignored = self._outside_input(m, restored)
+            if ignored and at_hand is not None and m.stored is None:
+                return None  # judged on a record at hand, maybe stale: judge a fresh load
             if ignored and m.inbound:  # a tapped event option that applies nowhere here:
                 m.event = None  # the tap is an ordinary message (the step answers it)
             elif ignored:
