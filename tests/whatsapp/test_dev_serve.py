@@ -50,3 +50,31 @@ def test_stopping_the_stack_stops_every_process(
     for port in (stack.port, stack.credex_port):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_an_offer_reaches_its_receiver_in_the_simulator_as_it_is_made(tmp_path: Path) -> None:
+    """The fake Credex API POSTs offer_received to the bot's /events (signed with the secret
+    the stack made for the run); the bot tells Bob at once, in the simulator's chat."""
+    bob = "263770000002"
+    stack = Stack(tmp_path)
+    try:
+
+        def say(user: str, text: str) -> None:
+            said = httpx.post(f"{stack.url}/api/say", json={"user": user, "text": text}, timeout=30)
+            assert said.json()["status"] == 200, said.text
+
+        say(bob, "hi")
+        for text in ("hi", "1", "25", "bob", "1"):
+            say(ALICE, text)
+        deadline = time.monotonic() + 20
+        seen = ""
+        with httpx.stream(
+            "GET", f"{stack.url}/api/events", params={"user": bob}, timeout=20
+        ) as events:
+            for line in events.iter_lines():
+                seen += line
+                if "offered you 25.00 USD" in line or time.monotonic() > deadline:
+                    break
+        assert "Alice (@alice) offered you 25.00 USD" in seen
+    finally:
+        stack.stop()
