@@ -27,6 +27,7 @@ from adapters.whatsapp.bot import WhatsAppBot
 from adapters.whatsapp.metrics import WhatsAppMetrics
 from fsm.async_engine import AsyncEngine
 from fsm.errors import FsmError
+from fsm.records import DueStats
 from fsm.redaction import user_tail
 from fsm.result import Result
 from fsm.store import AsyncSessionStore
@@ -43,25 +44,27 @@ MAX_BACKOFF = 30.0
 RETRY_FIRST = 5.0
 RETRY_TIMES = 6
 RETRY_USERS = 10_000
+#: Batches one round fires at most while a backlog remains (then it waits for the next round).
+BACKLOG_ROUNDS = 50
 
 
 async def sample_due(
     store: AsyncSessionStore, metrics: WhatsAppMetrics, now: float, timeout: float = 1.0
-) -> bool:
-    """Set the backlog gauges from the store's index of deadlines (one cheap read); False if
-    the store keeps no index or did not answer within ``timeout`` seconds."""
+) -> DueStats | None:
+    """Set the backlog gauges from the store's index of deadlines (one cheap read) and return
+    what it read; None if the store keeps no index or did not answer within ``timeout``."""
     if not getattr(store, "keeps_timers", False):
-        return False
+        return None
     try:
         async with asyncio.timeout(timeout):
             stats = await store.due_stats(now)
     except (FsmError, TimeoutError):
-        return False
+        return None
     metrics.timers_due.set(stats.due)
     metrics.timers_claimed.set(stats.claimed)
     oldest = stats.oldest_due
     metrics.timers_overdue.set(max(0.0, now - oldest) if oldest is not None else 0.0)
-    return True
+    return stats
 
 
 class Ticker:
@@ -93,8 +96,7 @@ class Ticker:
         """One round: sample the backlog, fire what is due and send its replies, try again the
         replies earlier rounds left pending. False if it failed (logged and counted)."""
         try:
-            await sample_due(self.engine.store, self.metrics, self.engine.clock.now())
-            self.fired += await self.engine.fire_due(on_result=self._send)
+            await self._fire_backlog()
             await self._retry_pending()
         except FsmError as exc:
             self.metrics.timer_ticks.labels("failed").inc()
@@ -106,6 +108,16 @@ class Ticker:
             return False
         self.metrics.timer_ticks.labels("ok").inc()
         return True
+
+    async def _fire_backlog(self) -> None:
+        """Fire what is due, batch after batch while a backlog remains (a batch is what one
+        claim takes), for at most ``BACKLOG_ROUNDS`` batches: the next round goes on."""
+        for _ in range(BACKLOG_ROUNDS):
+            stats = await sample_due(self.engine.store, self.metrics, self.engine.clock.now())
+            fired = await self.engine.fire_due(on_result=self._send)
+            self.fired += fired
+            if not fired or stats is None or stats.due <= fired:
+                return
 
     async def _send(self, user: str, result: Result) -> None:
         try:

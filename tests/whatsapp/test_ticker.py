@@ -13,7 +13,7 @@ from adapters import AsyncMemoryStore
 from adapters.whatsapp import GraphClient, WhatsAppBot
 from adapters.whatsapp import ticker as ticker_module
 from adapters.whatsapp.ticker import Ticker
-from fsm import FakeClock
+from fsm import Engine, FakeClock
 from fsm.async_engine import AsyncEngine
 from tests.support import FailingSaves
 
@@ -139,3 +139,18 @@ def test_the_loop_alone_fires_until_stopped_then_closes(graph: FakeGraph) -> Non
 def test_the_interval_must_be_positive(graph: FakeGraph) -> None:
     with served(graph, timer_tick=None) as bot, pytest.raises(ValueError, match="> 0"):
         Ticker(bot.bot, interval=0)
+
+
+def test_one_round_fires_a_backlog_larger_than_a_batch(graph: FakeGraph) -> None:
+    users = [f"2637700002{n:02d}" for n in range(100)] + [f"2637700003{n:02d}" for n in range(100)]
+    with served(graph, timer_tick=3.0) as bot:
+        seeding = Engine(Reminder(), bot.store, clock=bot.clock)  # the same store, directly
+        for user in users:
+            seeding.handle(user, "hello", message_id=f"{user}-hello")
+        rounds = bot.metric("fsm_timer_ticks_total", outcome="ok")
+        bot.clock.advance(1)  # 200 due at once: more than one claim's batch (64)
+        until(lambda: len(graph.sends()) == 200, "200 reminders", timeout=15)
+        # All in the round that came next, batch after batch, not one batch per round.
+        assert bot.metric("fsm_timer_ticks_total", outcome="ok") <= rounds + 1
+        for user in users[:5]:
+            assert graph.texts(user) == [REMINDER]
