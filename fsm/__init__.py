@@ -10,9 +10,10 @@ from fsm.auth import Claims, TokenVerifier
 from fsm.clock import Clock, FakeClock, SystemClock
 from fsm.engine import Engine, Result
 from fsm.flow import Exit, Flow, FlowSpec, Stage, action, on_enter, step
-from fsm.reply import MORE, Option, Page, Reply, buttons, choices, paged, pick, text
+from fsm.reply import MORE, Option, Page, Reply, buttons, choices, paged, pick, template, text
 from fsm.snapshot import SCHEMA_VERSION, Auth, Resume, Snapshot, decode_snapshot, encode_snapshot
 from fsm.step import Context, Login, Logout, Outcome
+from fsm.templates import TemplateSpec, currency, date_time, media
 from fsm.timers import Event, event_option, on_event, timeout
 
 __all__ = [
@@ -40,19 +41,24 @@ __all__ = [
     "Snapshot",
     "Stage",
     "SystemClock",
+    "TemplateSpec",
     "TokenVerifier",
     "action",
     "buttons",
     "choices",
+    "currency",
+    "date_time",
     "decode_snapshot",
     "encode_snapshot",
     "errors",
     "event_option",
+    "media",
     "on_enter",
     "on_event",
     "paged",
     "pick",
     "step",
+    "template",
     "text",
     "timeout",
 ]

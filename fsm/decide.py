@@ -38,6 +38,7 @@ from fsm.snapshot import (
 )
 from fsm.stats import EngineStats
 from fsm.step import Context, FrozenData, Login, Logout, Outcome, thaw
+from fsm.templates import mismatch
 from fsm.timers import Event
 
 
@@ -261,14 +262,28 @@ class Decider:
             ) from ValueError("an action must move the user to another step")
         return decision
 
-    @staticmethod
-    def _checked(key: str, current: Snapshot, outcome: object) -> Outcome:
-        """``outcome`` if a handler returned an :class:`Outcome`, else the flow's bug."""
+    def _checked(self, key: str, current: Snapshot, outcome: object) -> Outcome:
+        """``outcome`` if a handler returned an :class:`Outcome` whose templates the flow
+        declares, else the flow's bug."""
         if not isinstance(outcome, Outcome):
             raise StepFailed(
                 current.stage, current.step, user_key=key, version=current.version
             ) from TypeError(f"handler returned {type(outcome).__name__}, not Outcome")
+        self._declared(key, current, outcome.replies)
         return outcome
+
+    def _declared(self, key: str, at: Snapshot, replies: Sequence[Reply]) -> None:
+        """Every message template among ``replies`` fits one the flow declares
+        (``Flow.templates``), else the flow's bug (StepFailed at ``at``'s step)."""
+        for reply in replies:
+            if reply.template is None:
+                continue
+            problem = mismatch(self.spec.templates, reply.template)
+            if problem is not None:
+                self.stats.incr("step_failures")
+                raise StepFailed(
+                    at.stage, at.step, user_key=key, version=at.version
+                ) from ValueError(problem)
 
     def _outside(
         self,
@@ -699,7 +714,9 @@ class Decider:
             return ()
         ctx = self._context(key, snapshot, "", now, None)
         replies: Sequence[Reply | str] = yield from self._call(key, snapshot, hook, ctx)
-        return tuple(r if isinstance(r, Reply) else Reply(r) for r in replies)
+        said = tuple(r if isinstance(r, Reply) else Reply(r) for r in replies)
+        self._declared(key, snapshot, said)
+        return said
 
     def context_of(self, key: str, snapshot: Snapshot) -> Context:
         """The context a handler at ``snapshot``'s step would see with no input (a timer's

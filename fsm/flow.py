@@ -42,6 +42,7 @@ from typing import Any, ClassVar, TypeVar
 from fsm.errors import InvalidFlowDefinition
 from fsm.machine import StageMachine
 from fsm.snapshot import NEWER_FLOW_WINDOW, Snapshot
+from fsm.templates import TemplateSpec, spec_problems
 from fsm.timers import EventSpec, TimerSpec, collect
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -302,6 +303,8 @@ class FlowSpec:
     events: Mapping[tuple[str, str | None], EventSpec] = field(default_factory=dict)
     #: How long a conversation lasts after its last save, unless the engine is told otherwise.
     session_ttl: float = 30 * 60
+    #: The message templates the flow uses (``Flow.templates``), by (name, language).
+    templates: Mapping[tuple[str, str], TemplateSpec] = field(default_factory=dict)
 
     def timers_at(self, stage: str, step: str) -> list[TimerSpec]:
         """The timers declared at ``stage.step``."""
@@ -412,6 +415,10 @@ class Flow:
     ``sensitive`` names data keys holding personal data: every display path hides their
     values (backups keep them).
 
+    ``templates`` declares the message templates the flow's replies use
+    (:class:`~fsm.templates.TemplateSpec`: name, language, parameter counts, as approved in
+    Meta's dashboard); a :func:`fsm.template` reply that matches none is refused when made.
+
     ``blocking`` (default True; a class attribute, or set on an instance) says whether the
     flow's plain ``def`` handlers may block (a sync HTTP client, a database driver). On
     :class:`~fsm.AsyncEngine` they then run in a worker thread; a flow whose handlers only
@@ -436,6 +443,7 @@ class Flow:
     #: How long a conversation lasts after its last save (seconds), unless the engine is built
     #: with its own ``session_ttl``; a declared timer must fit in it or extend the session.
     session_ttl: ClassVar[float] = 30 * 60
+    templates: ClassVar[Sequence[TemplateSpec]] = ()
     spec: ClassVar[FlowSpec]
 
     def __init_subclass__(cls, *, abstract: bool = False, **kwargs: Any) -> None:
@@ -566,6 +574,7 @@ def _compile(cls: type[Flow]) -> FlowSpec:
         machine=machine,
         migrations=migrations,
         takes_first_message=takes_first,
+        templates=_templates(cls, fail),
         **timed,
         **said,
     )
@@ -596,6 +605,26 @@ def _timed(
     actions = {key for key, s in steps.items() if s.action}
     timers, events = collect(cls, stages, actions, float(session_ttl), fail)
     return {"timers": timers, "events": events, "session_ttl": float(session_ttl)}
+
+
+def _templates(
+    cls: type[Flow], fail: Callable[[str], InvalidFlowDefinition]
+) -> dict[tuple[str, str], TemplateSpec]:
+    """The flow's declared message templates, checked, by (name, language)."""
+    declared = cls.templates
+    if isinstance(declared, str | TemplateSpec) or not isinstance(declared, Iterable):
+        raise fail("`templates` must be a tuple of TemplateSpec")
+    out: dict[tuple[str, str], TemplateSpec] = {}
+    for spec in declared:
+        if not isinstance(spec, TemplateSpec):
+            raise fail(f"`templates` must hold TemplateSpec objects, got {type(spec).__name__}")
+        problems = spec_problems(spec)
+        if problems:
+            raise fail(f"template {spec.name!r} ({spec.language}): " + "; ".join(problems))
+        if (spec.name, spec.language) in out:
+            raise fail(f"template {spec.name!r} ({spec.language}) is declared twice")
+        out[(spec.name, spec.language)] = spec
+    return out
 
 
 def _said(cls: type[Flow], fail: Callable[[str], InvalidFlowDefinition]) -> dict[str, Any]:

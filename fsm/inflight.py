@@ -118,10 +118,12 @@ class Held(msgspec.Struct):
 
 class Sending(msgspec.Struct, frozen=True):
     """A user's outbox, taken for sending (:meth:`fsm.AsyncEngine.take_outbox`): the send
-    lease to confirm with, and the entries still to send, oldest first."""
+    lease to confirm with, the entries still to send, oldest first, and when the user last
+    wrote (the stored snapshot's ``last_inbound``: a channel's reply window starts there)."""
 
     lease: str
     pending: tuple[Outgoing, ...]
+    last_inbound: float = 0.0
 
     def __repr__(self) -> str:
         return f"Sending(pending={len(self.pending)})"

@@ -129,7 +129,7 @@ class Outbox(Restoring[S], Leasing[S]):
         if pending:
             if sent:  # confirmed with what is sent next (AsyncEngine.sent)
                 self._held[key] = Held(m.owner, sent, time.monotonic())
-            return Sending(m.owner, pending)
+            return Sending(m.owner, pending, current.last_inbound if current else 0.0)
         if sent:
             self._hold(key, Held(m.owner, sent, time.monotonic(), done=True))
         else:

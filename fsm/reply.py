@@ -4,6 +4,8 @@ Typed so a transport can render them natively (WhatsApp interactive messages) wh
 chat renders them as numbered options. A list over more items than fit is shown a page at a
 time (:func:`paged`). Titles and descriptions are kept whole here; the WhatsApp transport cuts
 them to WhatsApp's limits when it sends them (:func:`whatsapp_trims` says what it would cut).
+Any of them may carry a message template (:func:`template`), which the WhatsApp transport
+sends in its place when the user's 24-hour window is closed (:mod:`fsm.templates`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import msgspec
+
+from fsm.templates import BodyParam, HeaderParam, Template, make_template, template_problems
 
 MAX_BUTTONS = 3
 MAX_ROWS = 10
@@ -46,21 +50,29 @@ class Option(msgspec.Struct, frozen=True, omit_defaults=True):
 Item = Option | str | Sequence[str] | Mapping[str, Any]
 
 
-class Reply(msgspec.Struct, frozen=True):
-    """A message to send. Build with :func:`text`, :func:`buttons`, :func:`choices` or
-    :func:`paged`."""
+class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A message to send. Build with :func:`text`, :func:`buttons`, :func:`choices`,
+    :func:`paged` or :func:`template`.
+
+    ``template``: the approved message template the WhatsApp transport sends instead when the
+    user's 24-hour window is closed (None: the reply has none). Stored in an outbox as a map
+    without its default fields (``omit_defaults``), so a reply without a template is stored
+    as before templates existed, and one stored then reads back with ``template=None``.
+    """
 
     body: str
     kind: Literal["text", "buttons", "list"] = "text"
     options: tuple[Option, ...] = ()
+    template: Template | None = None
 
     def with_body(self, body: str) -> Reply:
-        """The same options with another text: one set of buttons, asked in several ways.
+        """The same options (and template) with another text: one set of buttons, asked in
+        several ways.
 
         >>> buttons("Confirm?", ["Yes", "No"]).with_body("Send 5 USD to @bob?").body
         'Send 5 USD to @bob?'
         """
-        return Reply(body, self.kind, self.options)
+        return Reply(body, self.kind, self.options, self.template)
 
     def render(self) -> str:
         """Plain-text rendering: the body, then numbered options, whole (not cut to
@@ -79,6 +91,41 @@ class Reply(msgspec.Struct, frozen=True):
 
 def text(body: str) -> Reply:
     return Reply(body)
+
+
+def template(
+    name: str,
+    language: str,
+    *,
+    params: Iterable[BodyParam | str] = (),
+    header: HeaderParam | str | None = None,
+    buttons: Iterable[str] = (),
+    fallback: Reply | str,
+) -> Reply:
+    """A reply that is the approved message template ``name`` in ``language`` when the
+    user's 24-hour window is closed, and ``fallback`` (a Reply or a text) otherwise: inside
+    the window, in the terminal chat and in :mod:`fsm.testing`.
+
+    ``params`` fill the template's body variables in order: a str (text),
+    :func:`fsm.templates.currency` or :func:`fsm.templates.date_time`. ``header`` fills the
+    header's variable: a str, or :func:`fsm.templates.media` for an image, a document or a
+    video. ``buttons`` are the payloads of its quick-reply buttons, in order: a tap on one
+    reaches the step as a pressed option with that id (``ctx.pressed``). Checked against
+    Meta's limits here (``ValueError``), and against the flow's ``templates`` when a step
+    returns it.
+
+    >>> nudge = template("order_reminder", "en", params=["5 USD"], buttons=["yes", "no"],
+    ...                  fallback=buttons("Confirm 5 USD?", [("yes", "Yes"), ("no", "No")]))
+    >>> nudge.render().splitlines()[0], nudge.template.name, nudge.template.buttons
+    ('Confirm 5 USD?', 'order_reminder', ('yes', 'no'))
+    """
+    base = fallback if isinstance(fallback, Reply) else Reply(fallback)
+    if not isinstance(base.body, str):
+        raise TypeError(f"a template's fallback is a Reply or a str, got {type(fallback).__name__}")
+    if base.template is not None:
+        raise ValueError("a template's fallback is a free-form reply, not another template")
+    made = make_template(name, language, params=params, header=header, buttons=buttons)
+    return Reply(base.body, base.kind, base.options, made)
 
 
 def as_option(item: Item) -> Option:
@@ -355,6 +402,8 @@ def check_whatsapp(reply: Reply) -> list[str]:
     ValueError: reply '' cannot be sent on WhatsApp: the body is empty
     """
     problems = whatsapp_problems(reply)
+    if reply.template is not None:  # made by hand (fsm.template checks its own)
+        problems += [f"its template: {p}" for p in template_problems(reply.template)]
     if problems:
         raise ValueError(
             f"reply {reply.body[:40]!r} cannot be sent on WhatsApp: " + "; ".join(problems)

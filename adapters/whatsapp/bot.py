@@ -15,6 +15,11 @@ later, or folded into the user's next save), and the confirmation frees the leas
   has lapsed;
 - a re-delivery of a message whose replies were confirmed sends nothing again.
 
+Before sending, the bot decides whether the user's 24-hour window is open, by the engine's
+clock and the snapshot's ``last_inbound`` (:mod:`adapters.whatsapp.window`): outside it each
+reply goes out as its message template (:func:`fsm.template`), and one without a template is
+dropped or kept pending (``closed_window``), never attempted.
+
 Messages of one user are handled one at a time in this process, in the order they come;
 across processes, a slow decision holds the user's lease too (:data:`fsm.protocol.GUARD_AFTER`),
 so the user's next message waits for it. Different users are handled concurrently.
@@ -36,6 +41,7 @@ from adapters.whatsapp.graph import GraphClient
 from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import mark_read
 from adapters.whatsapp.updates import Incoming, Update
+from adapters.whatsapp.window import CLOSED_WINDOW, WINDOW, ClosedWindow, window_closed
 from fsm.async_engine import AsyncEngine
 from fsm.errors import (
     ConflictError,
@@ -48,7 +54,7 @@ from fsm.errors import (
 from fsm.ops.prometheus import EngineCollector
 from fsm.reply import Reply
 from fsm.result import Result
-from fsm.snapshot import Outgoing
+from fsm.snapshot import Outgoing, Snapshot
 
 log = logging.getLogger("adapters.whatsapp")
 
@@ -94,9 +100,15 @@ class WhatsAppBot:
         unsupported: Unsupported = default_unsupported,
         mark_as_read: bool = True,
         delivery: Delivery | None = None,
+        window: float = WINDOW,
+        closed_window: ClosedWindow = "drop",
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             raise TypeError(f"WhatsAppBot needs an fsm.AsyncEngine, got {type(engine).__name__}")
+        if closed_window not in CLOSED_WINDOW:
+            raise ValueError(f"closed_window is one of {CLOSED_WINDOW}, got {closed_window!r}")
+        if not 0 < window < float("inf"):
+            raise ValueError(f"window is a number of seconds > 0, got {window!r}")
         engine.outbox = True  # replies are kept with the state until the Graph API has them
         if engine.send_lease is None:  # and whoever sends them holds the user's lease
             engine.send_lease = SEND_LEASE
@@ -108,6 +120,10 @@ class WhatsAppBot:
         self.delivery = delivery if delivery is not None else Delivery(client, self.metrics)
         self.unsupported = unsupported
         self.mark_as_read = mark_as_read
+        #: Seconds after the user's last message in which free-form replies are sent
+        #: (WhatsApp's 24 hours), and what becomes of a reply without a template after it.
+        self.window = window
+        self.closed_window: ClosedWindow = closed_window
         self._locks = _UserLocks()
         self._noticed: OrderedDict[str, None] = OrderedDict()  # wamids answered by the hook
         self._retried: OrderedDict[str, int] = OrderedDict()  # wamids answered 503 (failed)
@@ -168,7 +184,7 @@ class WhatsAppBot:
         except FsmError as exc:
             return await self._failed(message, exc)
         self.metrics.messages.labels("duplicate" if result.duplicate else "applied").inc()
-        return await self._send(message.user, result.outbox, result.lease)
+        return await self._send(message.user, result)
 
     async def notify(
         self,
@@ -193,25 +209,30 @@ class WhatsAppBot:
                 if not isinstance(exc, ValueError):
                     await self._flush(user)
                 raise
-            return result, await self._send(user, result.outbox, result.lease)
+            return result, await self._send(user, result)
 
     async def send_result(self, user: str, result: Result) -> int:
         """Send the replies of ``result`` (a timer's firing: :meth:`fsm.AsyncEngine.fire_due`)
         as a message's, under the send lease its save kept (else taken first): 200, or 503 if
         some stay pending in the outbox. No per-user wait: the send lease orders the sends."""
-        return await self._send(user, result.outbox, result.lease)
+        return await self._send(user, result)
 
     async def flush_pending(self, user: str) -> int:
         """Send what ``user``'s outbox holds (taking the send lease): 200, or 503 if some stay
         pending (the store is unavailable, the lease is held, the retries ran out)."""
         return await self._flush(user)
 
-    async def _send(self, user: str, pending: tuple[Outgoing, ...], lease: str | None) -> int:
-        """Send ``pending`` under the user's send lease (taking it first when the result came
-        without one: another worker may be sending them), confirming each as it is accepted;
-        503 if some stay pending (Meta delivers the message again)."""
+    async def _send(self, user: str, result: Result | Snapshot, *, heard: bool = False) -> int:
+        """Send the outbox of ``result`` (or of a snapshot) under the user's send lease
+        (taking it first when the result came without one: another worker may be sending
+        them), confirming each as it is accepted; 503 if some stay pending (Meta delivers the
+        message again). The window is judged by the engine's clock, now; ``heard``: the user
+        has just written (a message not saved), so it is open."""
+        snapshot = result.snapshot if isinstance(result, Result) else result
+        pending, lease = snapshot.outbox, result.lease if isinstance(result, Result) else None
         if not pending:
             return HTTPStatus.OK
+        last_inbound = snapshot.last_inbound
         if lease is None:
             try:
                 taken = await self.engine.take_outbox(user)
@@ -221,25 +242,28 @@ class WhatsAppBot:
             if taken is None:
                 return HTTPStatus.OK  # sent meanwhile, by whoever held the lease
             pending, lease = taken.pending, taken.lease
+            last_inbound = max(last_inbound, taken.last_inbound)
         engine = self.engine
         until = time.monotonic() + SEND_WINDOW * (engine.send_lease or 0.0)
+        closed = not heard and window_closed(last_inbound, engine.clock.now(), self.window)
         try:
             delivered = await self.delivery.deliver(
                 user,
                 pending,
                 on_done=lambda key: engine.sent(user, lease, (key,)),
                 until=until if engine.send_lease else None,
+                closed=self.closed_window if closed else None,
             )
         finally:
             engine.sent(user, lease, done=True)
         return HTTPStatus.SERVICE_UNAVAILABLE if delivered.left else HTTPStatus.OK
 
-    async def _flush(self, user: str) -> int:
+    async def _flush(self, user: str, *, heard: bool = False) -> int:
         try:
             snapshot = await self.engine.peek(user)
         except FsmError:
             return HTTPStatus.SERVICE_UNAVAILABLE  # pending replies wait for the re-delivery
-        return await self._send(user, snapshot.outbox if snapshot else (), None)
+        return HTTPStatus.OK if snapshot is None else await self._send(user, snapshot, heard=heard)
 
     async def _failed(self, message: Incoming, exc: FsmError) -> int:
         """The flow failed on ``message``: send what earlier saves of it left pending, then
@@ -261,7 +285,7 @@ class WhatsAppBot:
             type(cause).__name__,
             ": answering 503 for a re-delivery" if again else "",
         )
-        status = await self._flush(message.user)
+        status = await self._flush(message.user, heard=True)
         if status == HTTPStatus.OK and exc.notice is not None:
             status = await self._say_once(message, exc.notice, flushed=True)
         return HTTPStatus.SERVICE_UNAVAILABLE if again else status
@@ -286,7 +310,7 @@ class WhatsAppBot:
         is pending (unless ``flushed`` just sent it). Nothing is saved."""
         if reply is None or message.message_id in self._noticed:
             return HTTPStatus.OK
-        if not flushed and await self._flush(message.user) != HTTPStatus.OK:
+        if not flushed and await self._flush(message.user, heard=True) != HTTPStatus.OK:
             return HTTPStatus.SERVICE_UNAVAILABLE  # what is pending goes first
         notice = Outgoing(0, 0, message.message_id, reply)
         delivered = await self.delivery.deliver(message.user, (notice,), remember=False)

@@ -6,6 +6,12 @@ at most ``attempts`` times. A final failure (outside the customer service window
 parameter) is logged and counted, and the reply is given up: confirmed like a sent one, so
 it is not retried forever. If the retries run out, delivery stops there, so later replies
 never overtake an earlier one: that reply and the rest stay pending, for the next delivery.
+
+When the user's 24-hour window is closed (the caller says so: :mod:`adapters.whatsapp.window`)
+each reply goes out as its message template instead; one without a template is not attempted:
+dropped (confirmed unsent) or kept pending, as the caller says, logged and counted. A reply
+the Graph API refuses for the window anyway (131047: the clocks differ) is sent once more, as
+its template, if it has one; else it is given up.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.whatsapp.graph import PAIR_LIMIT_PAUSE, GraphClient, GraphError
+from adapters.whatsapp.graph import PAIR_LIMIT_PAUSE, GraphClient, GraphError, OutsideWindow
 from adapters.whatsapp.metrics import WhatsAppMetrics
-from adapters.whatsapp.render import render
+from adapters.whatsapp.render import Payload, render, render_template
+from adapters.whatsapp.window import ClosedWindow
 from fsm.redaction import user_tail
 from fsm.snapshot import Outgoing
 
@@ -36,6 +43,9 @@ SENT_KEPT = 100_000
 #: Users whose pending count the gauge keeps (past it the oldest are forgotten).
 PENDING_KEPT = 100_000
 
+#: The part number under which a reply sent as its template is remembered as sent.
+TEMPLATE_PART = -1
+
 
 @dataclass(slots=True)
 class Delivered:
@@ -45,6 +55,13 @@ class Delivered:
     done: list[str] = field(default_factory=list)
     #: How many stay pending (the retries ran out): the webhook answers 503.
     left: int = 0
+    #: How many were kept pending for the user's next message (the window is closed and
+    #: they have no template): not a failure, no 503.
+    kept: int = 0
+
+
+class _Left(Exception):
+    """This reply and the rest stay pending (the retries ran out, the lease ends...)."""
 
 
 class Delivery:
@@ -65,6 +82,7 @@ class Delivery:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self._sent: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self._kept: OrderedDict[tuple[str, str, int], None] = OrderedDict()  # told once
         self._pending: OrderedDict[str, int] = OrderedDict()
 
     async def deliver(
@@ -75,35 +93,106 @@ class Delivery:
         remember: bool = True,
         on_done: Callable[[str], None] | None = None,
         until: float | None = None,
+        closed: ClosedWindow | None = None,
     ) -> Delivered:
         """Send ``pending`` to ``to`` in order. With ``remember``, parts this process sent
         already are skipped (their confirmation may not be saved yet). ``on_done`` is called
         with each entry's key as soon as it is sent (or given up), so it is confirmed then, not
         after the batch; no entry is started after ``until`` (``time.monotonic()``: the send
-        lease's end), the rest stays pending."""
+        lease's end), the rest stays pending. ``closed``: the user's 24-hour window is closed;
+        each reply goes out as its template, and one without is dropped (``"drop"``: done,
+        unsent) or kept pending (``"keep"``)."""
         delivered = Delivered()
         for index, entry in enumerate(pending):
             try:
-                for part, payload in enumerate(render(entry.reply, to)):
-                    key = (to, entry.key, part)
-                    if remember and key in self._sent:
-                        continue
-                    if until is not None and time.monotonic() > until:
-                        why = "the send lease ends"
-                        return self._left(to, delivered, len(pending) - index, why)
-                    await self._send(payload, until)
-                    if remember:
-                        remember_bounded(self._sent, key, None, SENT_KEPT)
-            except GraphError as exc:
-                if exc.retryable or exc.hold:  # retries ran out, or the account is refused:
-                    # keep this one and the rest, in order
-                    return self._left(to, delivered, len(pending) - index, str(exc))
-                log.error("reply to %s given up: %s", phone_tail(to), exc)
+                done = await self._entry(to, entry, closed, remember, until)
+            except _Left as stop:
+                return self._left(to, delivered, len(pending) - index, str(stop))
+            if not done:
+                delivered.kept += 1
+                continue
             delivered.done.append(entry.key)
             if on_done is not None:
                 on_done(entry.key)
         self._count_pending(to, 0)
         return delivered
+
+    async def _entry(
+        self,
+        to: str,
+        entry: Outgoing,
+        closed: ClosedWindow | None,
+        remember: bool,
+        until: float | None,
+    ) -> bool:
+        """Send one entry: True once it is done (sent, or given up), False if it is kept for
+        the user's next message; :class:`_Left` if it and the rest must stay pending."""
+        template = entry.reply.template
+        if closed is not None and template is None:
+            return self._unsendable(to, entry, closed)
+        try:
+            if closed is not None and template is not None:
+                payloads = [(TEMPLATE_PART, render_template(template, to))]
+            else:
+                payloads = list(enumerate(render(entry.reply, to)))
+            sent = await self._parts(to, entry, payloads, remember, until)
+        except OutsideWindow as exc:
+            if closed is None and template is not None:  # the clocks differ: once more
+                log.warning(
+                    "reply to %s refused for the window: sent as its template", phone_tail(to)
+                )
+                return await self._entry(to, entry, "drop", remember, until)
+            self.metrics.window_closed.labels("dropped").inc()
+            log.error("reply to %s given up: %s", phone_tail(to), exc)
+        except GraphError as exc:
+            if exc.retryable or exc.hold:  # retries ran out, or the account is refused:
+                raise _Left(str(exc)) from None  # keep this one and the rest, in order
+            log.error("reply to %s given up: %s", phone_tail(to), exc)
+        else:
+            if closed is not None and sent:
+                self.metrics.window_closed.labels("template").inc()
+        return True
+
+    async def _parts(
+        self,
+        to: str,
+        entry: Outgoing,
+        payloads: list[tuple[int, Payload]],
+        remember: bool,
+        until: float | None,
+    ) -> int:
+        """Send ``payloads`` (numbered parts of ``entry``), skipping those this process sent
+        already; how many it sent now."""
+        sent = 0
+        for part, payload in payloads:
+            key = (to, entry.key, part)
+            if remember and key in self._sent:
+                continue
+            if until is not None and time.monotonic() > until:
+                raise _Left("the send lease ends")
+            await self._send(payload, until)
+            sent += 1
+            if remember:
+                remember_bounded(self._sent, key, None, SENT_KEPT)
+        return sent
+
+    def _unsendable(self, to: str, entry: Outgoing, closed: ClosedWindow) -> bool:
+        """A reply without a template while the window is closed: not attempted. Dropped
+        (True: done) or kept for the user's next message (False); logged and counted once
+        per entry in this process."""
+        mark = (to, entry.key, TEMPLATE_PART)
+        if mark in self._kept:
+            return False
+        outcome = "kept" if closed == "keep" else "dropped"
+        self.metrics.window_closed.labels(outcome).inc()
+        log.warning(
+            "reply to %s not sent: the 24-hour window is closed and it has no template (%s)",
+            phone_tail(to),
+            outcome,
+        )
+        if closed == "keep":
+            remember_bounded(self._kept, mark, None, SENT_KEPT)
+        return closed != "keep"
 
     def _left(self, to: str, delivered: Delivered, left: int, why: str) -> Delivered:
         delivered.left = left

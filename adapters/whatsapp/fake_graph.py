@@ -20,7 +20,9 @@ the ``WHATSAPP_API_URL`` to give the bot:
 It needs no web framework (the standard library's ``http.server``). It accepts
 ``POST <base>/<phone number id>/messages`` for any version base (``/v27.0``), with the access
 token and phone number id it was given (any, when given none), and answers a send with a fresh
-message id (``wamid.out.N``), a read receipt with ``{"success": true}``.
+message id (``wamid.out.N``), a read receipt with ``{"success": true}``. A test can close a
+user's 24-hour window (:meth:`FakeGraph.close_window`): free-form sends to that user are then
+refused with 131047, as Meta refuses them, and only template messages are accepted.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ __all__ = [
 
 #: The version part of the URL :func:`fake_graph` gives (any ``/vN.N`` is accepted).
 API_VERSION = "v99.0"
+#: Meta's code for a free-form message outside the user's 24-hour window.
+OUTSIDE_WINDOW = 131047
 _PATH = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?/(?P<number>[^/?]+)/messages$")
 
 
@@ -108,6 +112,8 @@ class FakeGraph:
     #: Keep every request (tests read them); a benchmark's long run keeps none.
     keep: bool = True
     echo: Callable[[Request], None] | None = None
+    #: Users whose 24-hour window is closed: free-form sends to them get 131047.
+    closed: set[str] = field(default_factory=set)
 
     # -- what tests read ----------------------------------------------------------------
     def sends(self, *, accepted: bool = True) -> list[Request]:
@@ -142,6 +148,20 @@ class FakeGraph:
             time.sleep(0.01)
         raise AssertionError(f"expected {count} sends, got {len(self.sends())}")
 
+    def templates(self, to: str | None = None) -> list[dict[str, Any]]:
+        """The ``template`` objects of accepted template sends, to one user or to all."""
+        return [
+            r.body["template"]
+            for r in self.sends()
+            if r.body.get("type") == "template" and (to is None or r.body.get("to") == to)
+        ]
+
+    def close_window(self, *users: str) -> None:
+        """Close these users' 24-hour windows: free-form sends to them are refused with
+        131047 from now on; template messages are still accepted."""
+        with self.lock:
+            self.closed.update(users)
+
     def plan(self, *answers: Answer) -> None:
         """Answer the next sends (one each, in order) so; then normally again."""
         with self.lock:
@@ -155,9 +175,13 @@ class FakeGraph:
 
 
 def body_text(payload: dict[str, Any]) -> str:
-    """The text of a send: a text message's body, an interactive message's body text."""
+    """The text of a send: a text message's body, an interactive message's body text, or
+    ``[template NAME LANGUAGE]`` for a template message."""
     if payload.get("type") == "text":
         return str(payload.get("text", {}).get("body", ""))
+    if payload.get("type") == "template":
+        sent = payload.get("template", {})
+        return f"[template {sent.get('name', '?')} {sent.get('language', {}).get('code', '?')}]"
     return str(payload.get("interactive", {}).get("body", {}).get("text", ""))
 
 
@@ -244,6 +268,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(request, answer.status, _error(answer.code, "scripted error"))
         if request.body.get("status") == "read":
             return self._reply(request, 200, {"success": True})
+        refused = _refused(graph, request.body)
+        if refused:
+            return self._refuse(request, 400, *refused)
         request.message_id = f"wamid.out.{next(graph.ids)}"
         to = request.body.get("to", "")
         return self._reply(
@@ -274,6 +301,23 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             request.answered = 0  # the client went away: it never got the answer
             raise
+
+
+def _refused(graph: FakeGraph, body: dict[str, Any]) -> tuple[int, str, str] | None:
+    """Meta's code, message and why, for a send the script lets through that Meta would
+    refuse: a template without a name or language, a free-form message to a closed window."""
+    if body.get("type") == "template":
+        sent = body.get("template")
+        if not isinstance(sent, dict) or not sent.get("name"):
+            return 100, "Invalid parameter", "a template needs a name and a language"
+        if not isinstance(sent.get("language"), dict):
+            return 100, "Invalid parameter", "a template needs a name and a language"
+        return None
+    with graph.lock:
+        closed = body.get("to") in graph.closed
+    if closed:
+        return OUTSIDE_WINDOW, "Re-engagement message", "outside the 24-hour window"
+    return None
 
 
 def _error(code: int, message: str) -> dict[str, Any]:

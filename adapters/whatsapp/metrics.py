@@ -70,6 +70,14 @@ class WhatsAppMetrics:
             ["outcome"],
             registry=r,
         )
+        self.window_closed = Counter(
+            "fsm_whatsapp_window_closed",
+            "Replies to a user whose 24-hour window was closed, by what became of them "
+            "(template: sent as its template; dropped: no template, not sent; kept: no "
+            "template, kept pending until the user writes).",
+            ["outcome"],
+            registry=r,
+        )
         self._outside_world(r)
 
     def _outside_world(self, r: CollectorRegistry) -> None:

@@ -1,4 +1,5 @@
-"""Replies (:mod:`fsm.reply`) as Graph API message payloads: text, reply buttons, lists.
+"""Replies (:mod:`fsm.reply`) as Graph API message payloads: text, reply buttons, lists, and
+a reply's message template (:func:`render_template`, sent outside the 24-hour window).
 
 A text longer than WhatsApp's 4096 characters is split at a paragraph, line or word
 boundary. Button and row titles, row descriptions and the list's button label over their
@@ -25,6 +26,7 @@ from fsm.reply import (
     trimmed,
     whatsapp_problems,
 )
+from fsm.templates import BodyParam, Currency, DateTime, HeaderParam, Template, TextParam
 
 log = logging.getLogger("adapters.whatsapp")
 
@@ -42,6 +44,43 @@ def render(reply: Reply, to: str) -> list[Payload]:
             return [_envelope(to, "interactive", _interactive(reply))]
         log.warning("a %s reply breaks WhatsApp's limits, sent as text: %s", reply.kind, problems)
     return [_text(to, part) for part in split_text(reply.render())]
+
+
+def render_template(template: Template, to: str) -> Payload:
+    """The payload that sends ``template`` to ``to``: a ``template`` message naming it and its
+    language, with its components: the header's parameter, the body's in order, and a
+    ``quick_reply`` button component per payload, by index."""
+    components: list[Payload] = []
+    if template.header is not None:
+        components.append({"type": "header", "parameters": [_parameter(template.header)]})
+    if template.body:
+        components.append({"type": "body", "parameters": [_parameter(p) for p in template.body]})
+    for index, payload in enumerate(template.buttons):
+        components.append(
+            {
+                "type": "button",
+                "sub_type": "quick_reply",
+                "index": str(index),
+                "parameters": [{"type": "payload", "payload": payload}],
+            }
+        )
+    content: Payload = {"name": template.name, "language": {"code": template.language}}
+    if components:
+        content["components"] = components
+    return _envelope(to, "template", content)
+
+
+def _parameter(param: BodyParam | HeaderParam) -> Payload:
+    if isinstance(param, TextParam):
+        return {"type": "text", "text": param.text}
+    if isinstance(param, Currency):
+        money: Payload = {"fallback_value": param.fallback, "code": param.code}
+        money["amount_1000"] = param.amount_1000
+        return {"type": "currency", "currency": money}
+    if isinstance(param, DateTime):
+        return {"type": "date_time", "date_time": {"fallback_value": param.fallback}}
+    where = {"id": param.id} if param.id else {"link": param.link}
+    return {"type": param.kind, param.kind: where}
 
 
 def mark_read(message_id: str) -> Payload:

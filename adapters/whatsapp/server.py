@@ -77,7 +77,9 @@ def build_bot(settings: Settings, engine: AsyncEngine) -> WhatsAppBot:
         api_url=settings.api_url,
         rate=settings.rate,
     )
-    return WhatsAppBot(engine, client, mark_as_read=settings.mark_as_read)
+    return WhatsAppBot(
+        engine, client, mark_as_read=settings.mark_as_read, closed_window=settings.closed_window
+    )
 
 
 def build_simulator_app(

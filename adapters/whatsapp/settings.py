@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from adapters.environment import flag
 from adapters.whatsapp.graph import DEFAULT_API_URL
+from adapters.whatsapp.window import CLOSED_WINDOW, ClosedWindow
 
 REQUIRED = (
     "WHATSAPP_ACCESS_TOKEN",
@@ -36,11 +37,15 @@ class Settings:
     events_secret: str = ""
     #: Seconds between the ticker's rounds (``FSM_TIMER_TICK``); None: no ticker.
     timer_tick: float | None = 1.0
+    #: A reply without a template when the user's 24-hour window is closed
+    #: (``WHATSAPP_CLOSED_WINDOW``): dropped, or kept pending until the user writes.
+    closed_window: ClosedWindow = "drop"
 
     def __repr__(self) -> str:
         return (
             f"Settings(phone_number_id={self.phone_number_id!r}, api_url={self.api_url!r}, "
             f"rate={self.rate}, mark_as_read={self.mark_as_read}, timer_tick={self.timer_tick}, "
+            f"closed_window={self.closed_window!r}, "
             "access_token=<redacted>, app_secret=<redacted>, verify_token=<redacted>, "
             f"events_secret={'<redacted>' if self.events_secret else '<none>'})"
         )
@@ -78,6 +83,7 @@ class Settings:
             mark_as_read=_flag(environ, "WHATSAPP_MARK_READ", True),
             events_secret=environ.get("FSM_EVENTS_SECRET", "").strip(),
             timer_tick=timer_tick(environ),
+            closed_window=_closed_window(environ),
         )
 
 
@@ -96,6 +102,15 @@ def timer_tick(environ: Mapping[str, str]) -> float | None:
     if not 0 < value < float("inf"):
         raise SettingsError("FSM_TIMER_TICK must be > 0 seconds, or off")
     return value
+
+
+def _closed_window(environ: Mapping[str, str]) -> ClosedWindow:
+    """``WHATSAPP_CLOSED_WINDOW``: ``drop`` (the default) or ``keep``."""
+    raw = environ.get("WHATSAPP_CLOSED_WINDOW", "").strip().lower() or "drop"
+    for choice in CLOSED_WINDOW:
+        if raw == choice:
+            return choice
+    raise SettingsError("WHATSAPP_CLOSED_WINDOW must be drop or keep")
 
 
 def _number(environ: Mapping[str, str], name: str, default: float) -> float:

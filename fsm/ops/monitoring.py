@@ -57,6 +57,9 @@ THRESHOLDS: dict[str, Threshold] = {
     "send_failures": Threshold("5", "Graph API sends given up, per error code, in 10 minutes"),
     "replies_pending": Threshold("5", "replies pending for 15 minutes"),
     "timers_overdue": Threshold("120", "seconds: how late the oldest due timer may be"),
+    "window_unsent": Threshold(
+        "0", "replies not sent in 30 minutes: the 24-hour window closed, no template"
+    ),
     "sustained": Threshold("10m", "how long a rate must stay high before it alerts"),
 }
 
@@ -292,6 +295,16 @@ ALERTS: tuple[Alert, ...] = (
         "The oldest due timer is {{ $value | humanizeDuration }} late (threshold "
         "{timers_overdue}s): no ticker runs, or the tickers cannot keep up or reach the store.",
     ),
+    Alert(
+        "FsmRepliesOutsideWindow",
+        "warning",
+        'sum by (job) (increase(fsm_whatsapp_window_closed_total{outcome=~"dropped|kept",'
+        f"{JOB}}}[30m])) > {{window_unsent}}",
+        "0s",
+        "Replies without a template met a closed 24-hour window",
+        "{{ $value }} replies were not sent in 30 minutes (dropped, or kept until the user "
+        "writes): the user's 24-hour window was closed and the reply has no message template.",
+    ),
 )
 
 
@@ -488,6 +501,12 @@ PANELS: tuple[Panel, ...] = (
             _rate("fsm_timer_ticks_total", "outcome"),
         ),
         "ops",
+    ),
+    Panel(
+        "Replies outside the 24-hour window",
+        (_rate("fsm_whatsapp_window_closed_total", "outcome"),),
+        "ops",
+        legend="{{outcome}}",
     ),
     Panel(
         "Events by outcome",

@@ -109,6 +109,10 @@ CASES: dict[str, tuple[list[dict[str, str]], list[dict[str, str]]]] = {
         [series("fsm_timers_overdue_seconds", "0x20 60+60x20")],  # a ticker stopped at 20m
         [series("fsm_timers_overdue_seconds", "0x20 180x3 0x17")],  # late a moment, caught up
     ),
+    "FsmRepliesOutsideWindow": (
+        [series("fsm_whatsapp_window_closed_total", "0x25 1x15", outcome="dropped")],
+        [counter("fsm_whatsapp_window_closed_total", 5, outcome="template")],  # all went out
+    ),
 }
 EVAL_AT = "30m"
 

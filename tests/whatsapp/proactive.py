@@ -17,7 +17,7 @@ from adapters import AsyncMemoryStore, MemoryStore
 from adapters.whatsapp import GraphClient, WebhookConfig, WhatsAppBot, create_app
 from adapters.whatsapp.delivery import Delivery
 from adapters.whatsapp.testing import serving
-from fsm import FakeClock
+from fsm import FakeClock, Flow
 from fsm.async_engine import AsyncEngine
 
 from .conftest import settle
@@ -74,16 +74,20 @@ def served(
     timer_tick: float | None = None,
     store: MemoryStore | None = None,
     clock: FakeClock | None = None,
+    flow: Flow | None = None,
+    **bot_options: Any,
 ) -> Iterator[Bot]:
-    """The Reminder flow behind the webhook app, served on loopback (its lifespan, and so its
-    ticker when ``timer_tick`` is given, running), on ``store`` (a fresh one by default)."""
+    """The Reminder flow (or ``flow``) behind the webhook app, served on loopback (its
+    lifespan, and so its ticker when ``timer_tick`` is given, running), on ``store`` (a fresh
+    one by default); ``bot_options`` go to the WhatsAppBot."""
     clock = clock if clock is not None else FakeClock()
     store = store if store is not None else MemoryStore(clock=clock)
-    engine = AsyncEngine(Reminder(), AsyncMemoryStore(store), clock=clock)
+    flow = flow if flow is not None else Reminder()
+    engine = AsyncEngine(flow, AsyncMemoryStore(store), clock=clock)
     client = GraphClient(
         access_token=graph.token, phone_number_id=graph.phone_number_id, api_url=graph.url
     )
-    bot = WhatsAppBot(engine, client, mark_as_read=False)
+    bot = WhatsAppBot(engine, client, mark_as_read=False, **bot_options)
     bot.delivery = Delivery(client, bot.metrics, attempts=2, base_delay=0.02, max_delay=0.05)
     config = WebhookConfig(
         APP_SECRET, VERIFY_TOKEN, graph.phone_number_id, events_secret=events_secret

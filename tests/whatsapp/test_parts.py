@@ -11,10 +11,11 @@ import pytest
 
 from adapters.whatsapp import GraphClient, Settings, SettingsError, WebhookConfig, parse_update
 from adapters.whatsapp.graph import GraphError, Pacer
-from adapters.whatsapp.render import render, split_text
+from adapters.whatsapp.render import render, render_template, split_text
 from adapters.whatsapp.signature import signature, signature_problem
 from adapters.whatsapp.updates import MAX_NESTING, BadUpdate
-from fsm.reply import buttons, check_whatsapp, choices, text, whatsapp_problems
+from fsm.reply import buttons, check_whatsapp, choices, template, text, whatsapp_problems
+from fsm.templates import media
 
 from . import payloads as p
 from .fake_graph import PHONE_NUMBER_ID
@@ -88,6 +89,29 @@ def test_render_text_buttons_and_list() -> None:
     json.dumps([plain, pressed, listed])  # all plain JSON
 
 
+def test_render_a_template_message() -> None:
+    reply = template("weekly_digest", "pt_BR", header=media("image", id="4321"), fallback="x")
+    assert reply.template is not None
+    sent = render_template(reply.template, "263")
+    assert sent == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "263",
+        "type": "template",
+        "template": {
+            "name": "weekly_digest",
+            "language": {"code": "pt_BR"},
+            "components": [
+                {"type": "header", "parameters": [{"type": "image", "image": {"id": "4321"}}]}
+            ],
+        },
+    }
+    bare = render_template(template("hello_world", "en", fallback="x").template, "263")  # type: ignore[arg-type]
+    assert bare["template"] == {"name": "hello_world", "language": {"code": "en"}}
+    assert render(reply, "263")[0]["type"] == "text"  # render: always the free-form form
+    json.dumps([sent, bare])
+
+
 def test_a_reply_over_a_limit_goes_out_as_numbered_text() -> None:
     reply = buttons("Pick one", [("x" * 300, "A title")])  # an id cannot be cut short
     assert whatsapp_problems(reply)
@@ -134,10 +158,13 @@ def test_settings_name_what_is_missing_and_never_a_value() -> None:
         ("WHATSAPP_RATE", "fast"),
         ("WHATSAPP_MARK_READ", "maybe"),
         ("WHATSAPP_API_URL", "ftp://x"),
+        ("WHATSAPP_CLOSED_WINDOW", "wait"),
     ):
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({**env, name: bad})
     assert Settings.from_env({**env, "FSM_STORE": "memory"}).store_url is None
+    assert settings.closed_window == "drop"
+    assert Settings.from_env({**env, "WHATSAPP_CLOSED_WINDOW": " Keep "}).closed_window == "keep"
 
 
 def test_no_secret_in_reprs_or_errors() -> None:
