@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from flows.credex.api import ApiError, ApiResponseError, CredexApi, Dashboard
 from flows.credex.dashboard import Summary, summary_in
-from fsm import Context, Flow, Outcome, buttons
+from fsm import Context, Flow, Outcome, Reply, TemplateSpec, buttons, template
 from fsm.step import ReplyLike
 from fsm.timers import seconds
 
@@ -29,6 +29,28 @@ REMIND_AFTER = "10m"
 #: the session's own length (30 minutes), so these timers extend the session to fire.
 DROP_AFTER = "30m"
 STILL_THERE = "Still there?"
+
+#: The message templates the bot sends when a member's 24-hour window is closed (created and
+#: approved in Meta's dashboard, English): an offer received ("{{1}} (@{{2}}) offered you
+#: {{3}}." with Accept and Decline), and a confirm step's reminder ("Still there? {{1}}" with
+#: the step's two buttons).
+OFFER_RECEIVED_TEMPLATE = TemplateSpec("credex_offer_received", "en", body_params=3, buttons=2)
+REMINDER_TEMPLATE = TemplateSpec("credex_reminder", "en", body_params=1, buttons=2)
+TEMPLATES = (OFFER_RECEIVED_TEMPLATE, REMINDER_TEMPLATE)
+
+
+def reminder(question: Reply) -> Reply:
+    """A confirm step's reminder: ``question`` with "Still there?" in front, and the
+    ``credex_reminder`` template (its two buttons' ids as the payloads) for a closed window."""
+    said = question.with_body(f"{STILL_THERE} {question.body}")
+    spec = REMINDER_TEMPLATE
+    return template(
+        spec.name,
+        spec.language,
+        params=[" ".join(question.body.split())],
+        buttons=[option.id for option in question.options],
+        fallback=said,
+    )
 
 
 def problem(exc: ApiError) -> str:

@@ -20,7 +20,7 @@ import msgspec
 from flows.credex.account import EXIT as ACCOUNT_EXIT
 from flows.credex.account import AccountSteps
 from flows.credex.api import ApiError, CredexApi, LoginResult, MemberNotFound, Unauthorized
-from flows.credex.base import UNREACHABLE, problem
+from flows.credex.base import TEMPLATES, UNREACHABLE, problem
 from flows.credex.dashboard import Summary, menu_reply, summary_in
 from flows.credex.directives import directives
 from flows.credex.fake import FakeCredexApi
@@ -77,6 +77,8 @@ class CredexBot(IncomingSteps, OfferSteps, AccountSteps, RegistrationSteps):
 
     name = "credex"
     version = 4
+    # The message templates it sends when a member's 24-hour window is closed.
+    templates = TEMPLATES
     initial = "init"
     auth_stage = "auth"
     # The greeting step reads the first message ("hi" signs the member in by phone).

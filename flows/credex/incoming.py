@@ -32,9 +32,9 @@ from flows.credex.api import (
     Unauthorized,
     decode_response,
 )
-from flows.credex.base import CredexSteps, problem, signed_in
+from flows.credex.base import OFFER_RECEIVED_TEMPLATE, CredexSteps, problem, signed_in
 from flows.credex.dashboard import Summary, owned_account, summary_in
-from fsm import Context, Event, Outcome, Reply, buttons, event_option, on_event
+from fsm import Context, Event, Outcome, Reply, buttons, event_option, on_event, template
 from fsm.redaction import user_tail
 
 log = logging.getLogger("flows.credex")
@@ -51,13 +51,16 @@ UNREADABLE = "Credex sent you a notice this bot cannot read. Check your menu for
 
 def offer_buttons(notice: OfferReceived) -> Reply:
     """ "Alice (@alice) offered you 25.00 USD" with Accept and Decline, which work from any
-    step."""
-    return buttons(
-        str(notice),
-        [
-            (event_option(OFFER_ACCEPT, notice.credex_id), VERB[OFFER_ACCEPT]),
-            (event_option(OFFER_DECLINE, notice.credex_id), VERB[OFFER_DECLINE]),
-        ],
+    step; outside the member's 24-hour window, the ``credex_offer_received`` template with the
+    same two buttons."""
+    accept = event_option(OFFER_ACCEPT, notice.credex_id)
+    decline = event_option(OFFER_DECLINE, notice.credex_id)
+    said = buttons(str(notice), [(accept, VERB[OFFER_ACCEPT]), (decline, VERB[OFFER_DECLINE])])
+    amount = f"{notice.amount:.2f} {notice.denomination}"
+    spec = OFFER_RECEIVED_TEMPLATE
+    params = [" ".join(notice.sender_name.split()) or "-", notice.sender_handle or "-", amount]
+    return template(
+        spec.name, spec.language, params=params, buttons=[accept, decline], fallback=said
     )
 
 
@@ -77,7 +80,7 @@ def _key(event: Event) -> str | None:
 
 
 class IncomingSteps(CredexSteps, abstract=True):
-    @on_event(OFFER_RECEIVED)
+    @on_event(OFFER_RECEIVED, starts=True)
     def offer_received(self, ctx: Context) -> Outcome:
         assert ctx.event is not None
         try:

@@ -26,13 +26,13 @@ from flows.credex.base import (
     CONFIRM,
     DROP_AFTER,
     REMIND_AFTER,
-    STILL_THERE,
     UNREACHABLE,
     CredexSteps,
     confirmed,
     dropped,
     maybe_sent,
     problem,
+    reminder,
     stopped,
 )
 from flows.credex.dashboard import BACK, Summary, offer_list, offer_rows, summary_in
@@ -161,7 +161,7 @@ class OfferSteps(CredexSteps, abstract=True):
 
     @timeout("credex", "confirm", after=REMIND_AFTER)
     def remind_offer(self, ctx: Context) -> Outcome:
-        return ctx.stay(CONFIRM.with_body(f"{STILL_THERE} {self.offer_question(ctx)}"))
+        return ctx.stay(reminder(CONFIRM.with_body(self.offer_question(ctx))))
 
     @timeout("credex", "confirm", after=DROP_AFTER, extends_session=True)
     def drop_offer(self, ctx: Context) -> Outcome:
@@ -230,7 +230,7 @@ class OfferSteps(CredexSteps, abstract=True):
     @timeout("credex", "review", after=REMIND_AFTER)
     def remind_review(self, ctx: Context) -> Outcome:
         question = f"{VERB[ctx.option]} {ctx.data['chosen']['title']}?"
-        return ctx.stay(REVIEW.with_body(f"{STILL_THERE} {question}"))
+        return ctx.stay(reminder(REVIEW.with_body(question)))
 
     @timeout("credex", "review", after=DROP_AFTER, extends_session=True)
     def drop_review(self, ctx: Context) -> Outcome:

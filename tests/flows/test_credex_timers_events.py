@@ -276,12 +276,21 @@ def test_a_tap_without_a_valid_token_says_to_sign_in_and_changes_nothing(bot: Bo
     assert len(bot.api.calls) == calls  # not even a look
 
 
-def test_an_offer_for_someone_without_a_conversation_is_not_applied(bot: Bot) -> None:
+def test_an_offer_for_someone_without_a_conversation_starts_one_to_tell_them(bot: Bot) -> None:
+    """The receiver may not have written for days (issue 28 sends this as a template then):
+    the notice starts a conversation at the greeting, and Accept asks them to sign in."""
     at_offer_confirm(bot)
     chat(bot, ALICE).say("1")
-    assert tick(bot) == {}
-    assert bot.engine.peek(BOB) is None
+    told = tick(bot)
+    assert list(told) == [BOB]
+    (result,) = told[BOB]
+    assert result.texts[0].startswith("Alice (@alice) offered you")
+    assert result.replies[0].template is not None
+    assert result.replies[0].template.name == "credex_offer_received"
+    assert (result.snapshot.stage, result.snapshot.step) == ("init", "greeting")
     assert len(bot.engine.mailbox) == 0  # type: ignore[union-attr]
+    accept = result.replies[0].options[0].id
+    chat(bot, BOB).press(accept).expect("To accept the offer, sign in first", stage="init")
 
 
 def test_an_offer_notice_of_an_unexpected_shape_gets_a_clear_reply(bot: Bot) -> None:

@@ -75,6 +75,7 @@ def served(
     store: MemoryStore | None = None,
     clock: FakeClock | None = None,
     flow: Flow | None = None,
+    engine: AsyncEngine | None = None,
     **bot_options: Any,
 ) -> Iterator[Bot]:
     """The Reminder flow (or ``flow``) behind the webhook app, served on loopback (its
@@ -82,8 +83,9 @@ def served(
     one by default); ``bot_options`` go to the WhatsAppBot."""
     clock = clock if clock is not None else FakeClock()
     store = store if store is not None else MemoryStore(clock=clock)
-    flow = flow if flow is not None else Reminder()
-    engine = AsyncEngine(flow, AsyncMemoryStore(store), clock=clock)
+    if engine is None:  # else a ready engine, on AsyncMemoryStore(store) and this clock
+        flow = flow if flow is not None else Reminder()
+        engine = AsyncEngine(flow, AsyncMemoryStore(store), clock=clock)
     client = GraphClient(
         access_token=graph.token, phone_number_id=graph.phone_number_id, api_url=graph.url
     )
