@@ -15,6 +15,8 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "DISPLAY_NUMBER",
+    "button",
     "message",
     "new_wamid",
     "tap",
@@ -24,6 +26,9 @@ __all__ = [
 ]
 
 Message = dict[str, Any]
+
+#: The business's display number in the bodies (``metadata.display_phone_number``).
+DISPLAY_NUMBER = "15550001111"
 
 _serial = itertools.count(1)
 _run = base64.b32encode(os.urandom(5)).decode().rstrip("=")
@@ -70,6 +75,24 @@ def tap(
     return message(user, "interactive", {"interactive": reply}, message_id, timestamp)
 
 
+def button(
+    user: str,
+    payload: str,
+    text: str = "",
+    *,
+    context: str | None = None,
+    message_id: str | None = None,
+    timestamp: int | None = None,
+) -> Message:
+    """A tap on a template's quick-reply button: a message of type ``button`` with the
+    button's ``payload`` (what the template was sent with) and ``text`` (its label), and, as
+    WhatsApp adds it, the ``context`` of the template message tapped (its wamid)."""
+    content: dict[str, Any] = {"button": {"payload": payload, "text": text or payload}}
+    if context:
+        content["context"] = {"from": DISPLAY_NUMBER, "id": context}
+    return message(user, "button", content, message_id, timestamp)
+
+
 def webhook_body(
     messages: list[Message] | tuple[Message, ...] = (),
     *,
@@ -86,7 +109,7 @@ def update(
     *,
     phone_number_id: str,
     names: dict[str, str] | None = None,
-    display_number: str = "15550001111",
+    display_number: str = DISPLAY_NUMBER,
 ) -> dict[str, Any]:
     """One webhook update (one entry, one change) with these messages and statuses; ``names``
     gives the senders' profile names (default "Test")."""

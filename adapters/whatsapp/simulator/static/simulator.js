@@ -5,7 +5,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { user: null, contacts: [], events: null, chosenRow: null, sheetFor: null, refresh: null, ttlAt: null };
+const state = { user: null, contacts: [], events: null, chosenRow: null, sheetFor: null, refresh: null, ttlAt: null, window: null };
 
 // --- WhatsApp formatting: *bold*, _italic_, ~strike~, ```mono```, after HTML escaping ------------
 function escapeHtml(value) {
@@ -68,6 +68,8 @@ function showBot(event) {
     bubble("bot", event.id, format((p.text || {}).body), event.at);
   } else if (p.type === "interactive") {
     showInteractive(event, p.interactive || {});
+  } else if (p.type === "template") {
+    showTemplate(event, p.template || {});
   } else {
     bubble("bot", event.id, `<i>[${escapeHtml(String(p.type))} message]</i>`, event.at);
   }
@@ -103,6 +105,58 @@ function showInteractive(event, it) {
   }
 }
 
+// --- message templates ---------------------------------------------------------------------------
+// The simulator does not know the approved template's text: it shows the template's name and
+// language, its header's parameter and its body's parameters in order, and its quick-reply
+// buttons by payload. A tap is sent as WhatsApp sends it: a "button" message with the payload.
+function parameterText(prm) {
+  if (!prm || typeof prm !== "object") return "?";
+  if (prm.type === "text") return String(prm.text ?? "");
+  if (prm.type === "currency") return String((prm.currency || {}).fallback_value ?? "");
+  if (prm.type === "date_time") return String((prm.date_time || {}).fallback_value ?? "");
+  const media = prm[prm.type];
+  if (media && typeof media === "object") {
+    const where = media.link ? String(media.link).split("/").pop() : media.id ? `id ${media.id}` : "";
+    return `[${prm.type}${where ? `: ${where}` : ""}]`;
+  }
+  return `[${prm.type}]`;
+}
+
+function showTemplate(event, tpl) {
+  const parts = tpl.components || [];
+  const header = parts.find((c) => c.type === "header");
+  const body = parts.find((c) => c.type === "body");
+  const language = (tpl.language || {}).code || "?";
+  let html = '<div class="template-tag">template</div>';
+  if (header) {
+    const prm = (header.parameters || [])[0] || {};
+    html += prm.type === "text"
+      ? `<div class="header">${escapeHtml(prm.text)}</div>`
+      : `<div class="media">${escapeHtml(parameterText(prm))}</div>`;
+  }
+  const params = ((body || {}).parameters || []).map(parameterText);
+  html += `<div class="template-body"><span class="template-name">${escapeHtml(tpl.name)}</span> (${escapeHtml(language)})`;
+  html += params.length ? `: ${params.map(escapeHtml).join(" · ")}</div>` : "</div>";
+  const msg = bubble("bot", event.id, html, event.at);
+  msg.classList.add("template");
+  const quick = parts.filter((c) => c.type === "button" && c.sub_type === "quick_reply");
+  if (!quick.length) return;
+  const box = document.createElement("div");
+  box.className = "buttons";
+  for (const c of quick) {
+    const payload = String(((c.parameters || [])[0] || {}).payload ?? "");
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "quick-reply";
+    btn.dataset.payload = payload;
+    btn.title = `quick reply ${c.index}: the approved template gives its label; its payload is ${payload}`;
+    btn.textContent = payload;
+    btn.addEventListener("click", () => say({ reply: { kind: "button", payload, text: payload, context: event.id } }));
+    box.appendChild(btn);
+  }
+  msg.appendChild(box);
+}
+
 function mark(event) {
   const ticks = document.querySelector(`.msg.user[data-id="${CSS.escape(String(event.id))}"] .ticks`);
   if (!ticks) return;
@@ -133,6 +187,11 @@ function onEvent(event) {
   else if (event.kind === "redelivered") {
     note(`Re-delivered ${shortId(event.id)} (the same wamid)`);
     $("delivery-note").textContent = "";
+  } else if (event.kind === "moved") {
+    const closed = (event.window || {}).state === "closed";
+    note(`Last message moved back ${event.hours} h (v${event.version}): the 24-hour window is ${closed ? "closed" : "still open"}.`);
+  } else if (event.kind === "refused") {
+    note(`The Graph API refused a free-form ${event.type || ""} message: the 24-hour window is closed (${event.code}).`, true);
   }
   scrollDown();
   if (event.kind !== "user") refreshSoon();
@@ -194,7 +253,7 @@ async function refreshSession() {
   const user = state.user;
   const answer = await fetch(`/api/session?user=${encodeURIComponent(user)}`);
   if (!answer.ok || user !== state.user) return;
-  const { session, history } = await answer.json();
+  const { session, history, window: win } = await answer.json();
   if (user !== state.user) return; // the number changed while this was on its way
   const s = session || {};
   $("session-stage").textContent = s.stage || "-";
@@ -211,6 +270,7 @@ async function refreshSession() {
     : "-";
   state.ttlAt = session && s.ttl != null ? Date.now() / 1000 + s.ttl : null;
   showTtl();
+  showWindow(win);
   const list = $("session-history");
   list.innerHTML = "";
   for (const h of history || []) {
@@ -223,6 +283,51 @@ async function refreshSession() {
 
 function showTtl() {
   $("session-ttl").textContent = state.ttlAt == null ? "-" : `${Math.max(0, Math.round(state.ttlAt - Date.now() / 1000))} s`;
+  showWindowTime();
+}
+
+// --- the 24-hour window: open (time left), closed (since when) or unknown -------------------------
+function span(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h} h ${m} min` : m ? `${m} min ${s % 60} s` : `${s} s`;
+}
+
+function when(seconds) {
+  const d = new Date(seconds * 1000);
+  const today = d.toDateString() === new Date().toDateString();
+  return today ? clock(seconds) : d.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+}
+
+function showWindow(w) {
+  // Seconds are the server's (the engine's clock); the page only counts them down.
+  const seen = Date.now() / 1000;
+  state.window = w ? { ...w, seen } : null;
+  const dd = $("session-window");
+  dd.dataset.state = w ? w.state : "";
+  $("window-back").disabled = !w || w.state === "unknown";
+  showWindowTime();
+}
+
+function showWindowTime() {
+  const w = state.window;
+  const dd = $("session-window");
+  if (!w) { dd.textContent = "-"; return; }
+  const passed = Date.now() / 1000 - w.seen;
+  const refusing = w.refusing ? "; the fake Graph API refuses free-form messages" : "";
+  if (w.state === "open") {
+    const left = w.left - passed;
+    dd.textContent = left > 0 ? `open: ${span(left)} left` : "closed just now (refresh)";
+  } else if (w.state === "closed") {
+    dd.textContent = `closed since ${when(w.closed_at)} (${span(w.closed_for + passed)} ago)${refusing}`;
+  } else {
+    dd.textContent = "unknown: no message of the user's recorded";
+  }
+}
+
+async function moveBack() {
+  const answer = await post("/api/move-back", { user: state.user });
+  if (answer && answer.window) showWindow(answer.window);
 }
 
 // --- the phone number ---------------------------------------------------------------------------
@@ -285,6 +390,7 @@ async function start() {
     say({ reply: { kind: "list_reply", ...state.chosenRow } });
   });
   $("redeliver").addEventListener("click", () => post("/api/redeliver", { user: state.user }));
+  $("window-back").addEventListener("click", moveBack);
   setInterval(showTtl, 1000);
   useNumber(state.contacts[0].number);
 }
