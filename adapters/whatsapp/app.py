@@ -9,6 +9,13 @@ then every message is handled (:class:`~adapters.whatsapp.bot.WhatsAppBot`). The
 store is unavailable or a reply could not be sent yet, so Meta delivers the body again (the
 messages already applied are not applied twice). An error never answers 500 with a trace.
 
+A ``failed`` status of one of our messages (Meta could not deliver it: 131047 outside the
+24-hour window, 131026 undeliverable...) is counted by its code
+(``fsm_whatsapp_delivery_failures_total``), once per message in this process; when the flow
+declares a handler for :data:`~adapters.whatsapp.updates.FAILED_EVENT` it is applied to the
+recipient's conversation as that event, once per message (its event id is
+``status:<wamid>:failed``). No status moves a conversation by itself.
+
 ``POST /events`` (:mod:`adapters.whatsapp.events`) is served when the config has an events
 secret; the ticker runs when the store keeps an index of deadlines and ``timer_tick`` is set.
 """
@@ -18,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -29,12 +37,14 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters.whatsapp.body import TooLarge, read_body
-from adapters.whatsapp.bot import WhatsAppBot
+from adapters.whatsapp.bot import IDS_KEPT, TRANSIENT, WhatsAppBot
+from adapters.whatsapp.delivery import remember_bounded
 from adapters.whatsapp.events import EventsEndpoint
 from adapters.whatsapp.signature import signature_problem
 from adapters.whatsapp.ticker import DEFAULT_TICK, Ticker, sample_due
-from adapters.whatsapp.updates import BadUpdate, parse_update
+from adapters.whatsapp.updates import FAILED_EVENT, BadUpdate, StatusUpdate, parse_update
 from fsm.errors import FsmError
+from fsm.redaction import user_tail
 from fsm.store import AsyncSessionStore
 
 log = logging.getLogger("adapters.whatsapp")
@@ -78,6 +88,7 @@ def create_app(
     metrics = bot.metrics
     store: AsyncSessionStore = bot.engine.store
     ticker = _ticker(bot, timer_tick)
+    failures = FailedStatuses(bot)
 
     async def handshake(request: Request) -> Response:
         query = request.query_params
@@ -113,6 +124,7 @@ def create_app(
             return PlainTextResponse(str(exc), status_code=400)
         try:
             status = await bot.receive(update)
+            status = max(status, await failures.handle(update.statuses))
         except Exception:  # a bug: Meta will deliver again; the trace goes to the log only
             log.exception("webhook body not handled")
             metrics.updates.labels("unavailable").inc()
@@ -154,6 +166,52 @@ def create_app(
     app.state.bot = bot
     app.state.ticker = ticker
     return app
+
+
+class FailedStatuses:
+    """The ``failed`` statuses of ``bot``'s messages: counted by code once per message id in
+    this process (bounded memory), and applied to the flow as :data:`FAILED_EVENT` when it
+    declares a handler for it."""
+
+    def __init__(self, bot: WhatsAppBot) -> None:
+        self.bot = bot
+        self.hooked = any(event == FAILED_EVENT for event, _ in bot.engine.spec.events)
+        self._counted: OrderedDict[str, None] = OrderedDict()
+
+    async def handle(self, statuses: Iterable[StatusUpdate]) -> int:
+        """Count and apply the failed ones: 200, or 503 if one must be delivered again."""
+        answer = 200
+        for status in statuses:
+            if not status.failed:
+                continue
+            if status.message_id not in self._counted:
+                self.bot.metrics.delivery_failures.labels(status.code_label).inc()
+                remember_bounded(self._counted, status.message_id, None, IDS_KEPT)
+            if self.hooked and status.recipient:
+                answer = max(answer, await self._apply(status))
+        return answer
+
+    async def _apply(self, status: StatusUpdate) -> int:
+        """Apply one failed status to its recipient's conversation, once per message id (the
+        event id): 503 when the store is unavailable or the handler's action failed on I/O
+        (Meta delivers the status again), else 200, even when the handler failed."""
+        who, wamid = user_tail(status.recipient), status.message_id
+        data = {"code": status.code, "message_id": wamid}
+        try:
+            _, answer = await self.bot.notify(
+                status.recipient, FAILED_EVENT, data=data, event_id=f"status:{wamid}:failed"
+            )
+        except TRANSIENT as exc:
+            log.warning("failed status of %s for %s not applied yet: %s", wamid, who, exc)
+            return 503
+        except (ValueError, TypeError) as exc:  # a recipient no conversation can be keyed by
+            log.warning("failed status of %s not applied: %s", wamid, type(exc).__name__)
+            return 200
+        except FsmError as exc:
+            cause = type(exc.__cause__ or exc).__name__
+            log.error("the flow's %r handler failed for %s: %s", FAILED_EVENT, who, cause)
+            return 503 if exc.transient else 200
+        return answer
 
 
 def _ticker(bot: WhatsAppBot, timer_tick: float | None) -> Ticker | None:

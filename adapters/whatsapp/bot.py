@@ -20,6 +20,11 @@ clock and the snapshot's ``last_inbound`` (:mod:`adapters.whatsapp.window`): out
 reply goes out as its message template (:func:`fsm.template`), and one without a template is
 dropped or kept pending (``closed_window``), never attempted.
 
+A template sent outside the window opens a business-initiated conversation, counted against
+the messaging limit (``messaging_limit``: :mod:`adapters.whatsapp.limits`): one to a new user
+past the limit is *held*, left pending in the outbox (503, as for any reply left pending), and
+sent by :meth:`WhatsAppBot.send_held` (the ticker's rounds) once a slot frees, oldest first.
+
 Messages of one user are handled one at a time in this process, in the order they come;
 across processes, a slow decision holds the user's lease too (:data:`fsm.protocol.GUARD_AFTER`),
 so the user's next message waits for it. Different users are handled concurrently.
@@ -38,6 +43,7 @@ from typing import Any
 
 from adapters.whatsapp.delivery import Delivery, phone_tail, remember_bounded
 from adapters.whatsapp.graph import GraphClient
+from adapters.whatsapp.limits import MessagingLimit
 from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import mark_read
 from adapters.whatsapp.updates import Incoming, Update
@@ -102,6 +108,7 @@ class WhatsAppBot:
         delivery: Delivery | None = None,
         window: float = WINDOW,
         closed_window: ClosedWindow = "drop",
+        messaging_limit: int | MessagingLimit | None = None,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             raise TypeError(f"WhatsAppBot needs an fsm.AsyncEngine, got {type(engine).__name__}")
@@ -124,6 +131,14 @@ class WhatsAppBot:
         #: (WhatsApp's 24 hours), and what becomes of a reply without a template after it.
         self.window = window
         self.closed_window: ClosedWindow = closed_window
+        #: Unique users business-initiated messages may go to in a moving 24 hours (None: no
+        #: limit; they are counted all the same), and the users whose replies wait for a slot.
+        self.limit = (
+            messaging_limit
+            if isinstance(messaging_limit, MessagingLimit)
+            else MessagingLimit(messaging_limit)
+        )
+        self.metrics.limit.set(self.limit.limit or 0)
         self._locks = _UserLocks()
         self._noticed: OrderedDict[str, None] = OrderedDict()  # wamids answered by the hook
         self._retried: OrderedDict[str, int] = OrderedDict()  # wamids answered 503 (failed)
@@ -243,9 +258,9 @@ class WhatsAppBot:
                 return HTTPStatus.OK  # sent meanwhile, by whoever held the lease
             pending, lease = taken.pending, taken.lease
             last_inbound = max(last_inbound, taken.last_inbound)
-        engine = self.engine
+        engine, now = self.engine, self.engine.clock.now()
         until = time.monotonic() + SEND_WINDOW * (engine.send_lease or 0.0)
-        closed = not heard and window_closed(last_inbound, engine.clock.now(), self.window)
+        closed = not heard and window_closed(last_inbound, now, self.window)
         try:
             delivered = await self.delivery.deliver(
                 user,
@@ -253,10 +268,60 @@ class WhatsAppBot:
                 on_done=lambda key: engine.sent(user, lease, (key,)),
                 until=until if engine.send_lease else None,
                 closed=self.closed_window if closed else None,
+                gate=self.limit.gate(user, now),
             )
         finally:
             engine.sent(user, lease, done=True)
-        return HTTPStatus.SERVICE_UNAVAILABLE if delivered.left else HTTPStatus.OK
+        self._held(user, delivered.held, now)
+        pending_left = delivered.left or delivered.held
+        return HTTPStatus.SERVICE_UNAVAILABLE if pending_left else HTTPStatus.OK
+
+    def _held(self, user: str, held: int, now: float) -> None:
+        """Note whether ``user``'s replies wait for the messaging limit (``held`` of them)."""
+        if not held:
+            self.limit.unhold(user)
+        elif self.limit.hold(user, now):
+            self.metrics.limit_held.inc()
+            log.warning(
+                "%d replies to %s held: the messaging limit (%s users in 24 hours) is reached",
+                held,
+                phone_tail(user),
+                self.limit.limit,
+            )
+        self._limit_gauges(now)
+
+    def _limit_gauges(self, now: float) -> None:
+        self.metrics.limit_users.set(self.limit.users(now))
+        self.metrics.limit_waiting.set(self.limit.waiting)
+
+    def is_held(self, user: str) -> bool:
+        """Whether ``user``'s replies wait for the messaging limit (:meth:`send_held` sends
+        them)."""
+        return self.limit.held(user)
+
+    async def send_held(self) -> list[str]:
+        """Send the replies held for the messaging limit, oldest first, to as many users as
+        there are free slots (the ticker calls it each round); the users whose replies stay
+        pending for another reason (the Graph API kept failing), to try again later."""
+        now = self.engine.clock.now()
+        failed = []
+        for user in self.limit.ready(now):
+            try:
+                snapshot = await self.engine.peek(user)
+            except FsmError:
+                continue  # the store is unavailable: a later round tries again
+            if snapshot is None or not snapshot.outbox:  # sent meanwhile, or gone
+                self.limit.unhold(user)
+                if snapshot is None:
+                    log.warning(
+                        "replies held for %s expired with the conversation", phone_tail(user)
+                    )
+            elif await self._send(user, snapshot) == HTTPStatus.OK:
+                self.limit.unhold(user)
+            elif not self.limit.held(user):
+                failed.append(user)
+        self._limit_gauges(now)
+        return failed
 
     async def _flush(self, user: str, *, heard: bool = False) -> int:
         try:

@@ -12,6 +12,11 @@ each reply goes out as its message template instead; one without a template is n
 dropped (confirmed unsent) or kept pending, as the caller says, logged and counted. A reply
 the Graph API refuses for the window anyway (131047: the clocks differ) is sent once more, as
 its template, if it has one; else it is given up.
+
+A template sent outside the window opens a business-initiated conversation, which Meta counts
+against the account's messaging limit (:mod:`adapters.whatsapp.limits`): the caller's gate
+admits it first. A new user past the limit is not sent to: that reply and the rest stay
+pending, *held* until a slot frees (not a failure of the Graph API).
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.whatsapp.graph import PAIR_LIMIT_PAUSE, GraphClient, GraphError, OutsideWindow
+from adapters.whatsapp.limits import Gate
 from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import Payload, render, render_template
 from adapters.whatsapp.window import ClosedWindow
 from fsm.redaction import user_tail
 from fsm.snapshot import Outgoing
+from fsm.templates import Template
 
 log = logging.getLogger("adapters.whatsapp")
 
@@ -58,10 +65,17 @@ class Delivered:
     #: How many were kept pending for the user's next message (the window is closed and
     #: they have no template): not a failure, no 503.
     kept: int = 0
+    #: How many stay pending because the messaging limit is reached (the gate refused a
+    #: template to a new user): they wait for a slot, not a failure.
+    held: int = 0
 
 
 class _Left(Exception):
     """This reply and the rest stay pending (the retries ran out, the lease ends...)."""
+
+
+class _Held(Exception):
+    """This reply and the rest stay pending: the messaging limit is reached."""
 
 
 class Delivery:
@@ -94,6 +108,7 @@ class Delivery:
         on_done: Callable[[str], None] | None = None,
         until: float | None = None,
         closed: ClosedWindow | None = None,
+        gate: Gate | None = None,
     ) -> Delivered:
         """Send ``pending`` to ``to`` in order. With ``remember``, parts this process sent
         already are skipped (their confirmation may not be saved yet). ``on_done`` is called
@@ -101,13 +116,18 @@ class Delivery:
         after the batch; no entry is started after ``until`` (``time.monotonic()``: the send
         lease's end), the rest stays pending. ``closed``: the user's 24-hour window is closed;
         each reply goes out as its template, and one without is dropped (``"drop"``: done,
-        unsent) or kept pending (``"keep"``)."""
+        unsent) or kept pending (``"keep"``). ``gate``: the messaging limit, which admits
+        each template sent outside the window first; one it refuses and the rest are held."""
         delivered = Delivered()
         for index, entry in enumerate(pending):
             try:
-                done = await self._entry(to, entry, closed, remember, until)
+                done = await self._entry(to, entry, closed, remember, until, gate)
             except _Left as stop:
                 return self._left(to, delivered, len(pending) - index, str(stop))
+            except _Held:
+                delivered.held = len(pending) - index
+                self._count_pending(to, 0)  # held, not left: the limit's own gauge counts them
+                return delivered
             if not done:
                 delivered.kept += 1
                 continue
@@ -124,24 +144,26 @@ class Delivery:
         closed: ClosedWindow | None,
         remember: bool,
         until: float | None,
+        gate: Gate | None = None,
     ) -> bool:
         """Send one entry: True once it is done (sent, or given up), False if it is kept for
-        the user's next message; :class:`_Left` if it and the rest must stay pending."""
+        the user's next message; :class:`_Left` if it and the rest must stay pending,
+        :class:`_Held` if the messaging limit holds them."""
         template = entry.reply.template
         if closed is not None and template is None:
             return self._unsendable(to, entry, closed)
         try:
             if closed is not None and template is not None:
-                payloads = [(TEMPLATE_PART, render_template(template, to))]
+                sent = await self._template(to, entry, template, remember, until, gate)
             else:
                 payloads = list(enumerate(render(entry.reply, to)))
-            sent = await self._parts(to, entry, payloads, remember, until)
+                sent = await self._parts(to, entry, payloads, remember, until)
         except OutsideWindow as exc:
             if closed is None and template is not None:  # the clocks differ: once more
                 log.warning(
                     "reply to %s refused for the window: sent as its template", phone_tail(to)
                 )
-                return await self._entry(to, entry, "drop", remember, until)
+                return await self._entry(to, entry, "drop", remember, until, gate)
             self.metrics.window_closed.labels("dropped").inc()
             log.error("reply to %s given up: %s", phone_tail(to), exc)
         except GraphError as exc:
@@ -152,6 +174,30 @@ class Delivery:
             if closed is not None and sent:
                 self.metrics.window_closed.labels("template").inc()
         return True
+
+    async def _template(
+        self,
+        to: str,
+        entry: Outgoing,
+        template: Template,
+        remember: bool,
+        until: float | None,
+        gate: Gate | None,
+    ) -> int:
+        """Send ``entry`` as its ``template``, once ``gate`` admits it (:class:`_Held` if
+        not; unless this process sent it already); the slot is given back if it is not sent."""
+        payloads = [(TEMPLATE_PART, render_template(template, to))]
+        admission = None
+        if gate is not None and not (remember and (to, entry.key, TEMPLATE_PART) in self._sent):
+            admission = gate.admit()
+            if admission is None:
+                raise _Held
+        try:
+            return await self._parts(to, entry, payloads, remember, until)
+        except BaseException:
+            if gate is not None and admission is not None:
+                gate.give_back(admission)
+            raise
 
     async def _parts(
         self,

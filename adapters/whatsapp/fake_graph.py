@@ -23,11 +23,17 @@ token and phone number id it was given (any, when given none), and answers a sen
 message id (``wamid.out.N``), a read receipt with ``{"success": true}``. A test can close a
 user's 24-hour window (:meth:`FakeGraph.close_window`): free-form sends to that user are then
 refused with 131047, as Meta refuses them, and only template messages are accepted.
+
+It also lists a business account's message templates, as the WhatsApp Business Management API
+does (``GET <base>/<account id>/message_templates``, paged with ``limit`` and ``after``
+cursors): the ones a test gives it (:meth:`FakeGraph.set_templates`, records made with
+:func:`message_template`), what ``fsm whatsapp templates check`` reads.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import itertools
 import json
 import re
@@ -39,6 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
     "API_VERSION",
@@ -50,6 +57,7 @@ __all__ = [
     "error",
     "fake_graph",
     "main",
+    "message_template",
     "run_printing",
     "serve",
 ]
@@ -59,6 +67,9 @@ API_VERSION = "v99.0"
 #: Meta's code for a free-form message outside the user's 24-hour window.
 OUTSIDE_WINDOW = 131047
 _PATH = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?/(?P<number>[^/?]+)/messages$")
+_TEMPLATES = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?/(?P<account>[^/?]+)/message_templates$")
+#: Templates per page when the request gives no ``limit``.
+TEMPLATES_LIMIT = 25
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,39 @@ class Answer:
 def error(status: int, code: int, message: str = "error") -> Answer:
     """An error answer: HTTP ``status`` with Meta's error ``code`` (131047, 130429, ...)."""
     return Answer(status=status, code=code)
+
+
+def message_template(
+    name: str,
+    language: str,
+    *,
+    status: str = "APPROVED",
+    body_params: int = 0,
+    header: str | None = None,
+    buttons: int = 0,
+    category: str = "UTILITY",
+) -> dict[str, Any]:
+    """A template record as the Graph API lists it: a BODY with ``body_params`` variables
+    (``{{1}}``...), a HEADER (``header``: ``"text"`` with a variable, ``"fixed"`` text, or
+    ``"image"``, ``"document"``, ``"video"``), and ``buttons`` QUICK_REPLY buttons."""
+    variables = " ".join(f"{{{{{n}}}}}" for n in range(1, body_params + 1))
+    components: list[dict[str, Any]] = []
+    if header in ("text", "fixed"):
+        text = "Hello {{1}}" if header == "text" else "Hello"
+        components.append({"type": "HEADER", "format": "TEXT", "text": text})
+    elif header is not None:
+        components.append({"type": "HEADER", "format": header.upper()})
+    components.append({"type": "BODY", "text": f"Your update: {variables}".strip() + "."})
+    if buttons:
+        quick = [{"type": "QUICK_REPLY", "text": f"Option {n}"} for n in range(1, buttons + 1)]
+        components.append({"type": "BUTTONS", "buttons": quick})
+    return {
+        "name": name,
+        "language": language,
+        "status": status,
+        "category": category,
+        "components": components,
+    }
 
 
 @dataclass
@@ -114,6 +158,17 @@ class FakeGraph:
     echo: Callable[[Request], None] | None = None
     #: Users whose 24-hour window is closed: free-form sends to them get 131047.
     closed: set[str] = field(default_factory=set)
+    #: The business account's message templates, in Meta's shape (:func:`message_template`),
+    #: listed by ``GET <base>/<account id>/message_templates``.
+    message_templates: list[dict[str, Any]] = field(default_factory=list)
+    #: The business account id that listing must name (None: any).
+    account_id: str | None = None
+    #: At most this many templates per page, whatever ``limit`` the request asks for.
+    templates_page: int = 100
+    #: The template-list requests received (not in ``requests``: they send nothing).
+    template_reads: list[Request] = field(default_factory=list)
+    #: Scripted answers for the next template-list requests (:meth:`plan_templates`).
+    templates_script: list[Answer] = field(default_factory=list)
 
     # -- what tests read ----------------------------------------------------------------
     def sends(self, *, accepted: bool = True) -> list[Request]:
@@ -161,6 +216,17 @@ class FakeGraph:
         131047 from now on; template messages are still accepted."""
         with self.lock:
             self.closed.update(users)
+
+    def set_templates(self, *templates: dict[str, Any]) -> None:
+        """The account's message templates from now on (records of :func:`message_template`,
+        or any dicts in Meta's shape)."""
+        with self.lock:
+            self.message_templates = [dict(t) for t in templates]
+
+    def plan_templates(self, *answers: Answer) -> None:
+        """Answer the next template-list requests (one each, in order) so; then normally."""
+        with self.lock:
+            self.templates_script.extend(answers)
 
     def plan(self, *answers: Answer) -> None:
         """Answer the next sends (one each, in order) so; then normally again."""
@@ -244,6 +310,35 @@ class _Handler(BaseHTTPRequestHandler):
             if graph.echo is not None:
                 graph.echo(request)
 
+    def do_GET(self) -> None:
+        """``GET <base>/<account id>/message_templates``: the account's templates, paged."""
+        graph = self.server.graph
+        request = Request(self.path, self.headers.get("Authorization", ""), {}, time.time())
+        with graph.lock:
+            graph.template_reads.append(request)
+            answer = graph.templates_script.pop(0) if graph.templates_script else Answer()
+        if answer.delay:
+            time.sleep(answer.delay)
+        if answer.drop:
+            self.close_connection = True
+            self.connection.close()
+            return
+        given = request.authorization
+        if not given.startswith("Bearer ") or (
+            graph.token is not None and given != f"Bearer {graph.token}"
+        ):
+            return self._refuse(request, 401, 190, "Invalid OAuth access token", "bad token")
+        parts = urlsplit(self.path)
+        path = _TEMPLATES.match(parts.path)
+        if path is None or (graph.account_id is not None and path["account"] != graph.account_id):
+            return self._refuse(request, 400, 100, "Unsupported get request", "unknown path")
+        if answer.status != 200:
+            return self._reply(request, answer.status, _error(answer.code, "scripted error"))
+        page = _templates_page(graph, path["account"], parse_qs(parts.query))
+        if page is None:
+            return self._refuse(request, 400, 100, "Invalid parameter", "a bad cursor")
+        return self._reply(request, 200, page)
+
     def _answer(self, graph: FakeGraph, request: Request, *, valid: bool) -> None:
         answer = graph._next(request.body)
         if answer.delay:
@@ -301,6 +396,41 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             request.answered = 0  # the client went away: it never got the answer
             raise
+
+
+def _templates_page(
+    graph: FakeGraph, account: str, query: dict[str, list[str]]
+) -> dict[str, Any] | None:
+    """One page of the account's templates, as Meta pages them: ``data``, and ``paging`` with
+    ``cursors`` and, while more follow, ``next``; None for a cursor it never gave."""
+    try:
+        limit = int(query.get("limit", [str(TEMPLATES_LIMIT)])[0])
+        start = int(base64.urlsafe_b64decode(query["after"][0]).decode()) if "after" in query else 0
+    except (ValueError, UnicodeDecodeError):
+        return None
+    size = max(1, min(limit, graph.templates_page))
+    fields = set(",".join(query.get("fields", [])).split(",")) - {""}
+    with graph.lock:
+        listed = graph.message_templates[start : start + size]
+        more = start + size < len(graph.message_templates)
+    data = [
+        {"id": str(1000 + start + n)} | {k: v for k, v in t.items() if not fields or k in fields}
+        for n, t in enumerate(listed)
+    ]
+    page: dict[str, Any] = {"data": data}
+    if data:
+        cursors = {"before": _cursor(start), "after": _cursor(start + len(data))}
+        page["paging"] = {"cursors": cursors}
+        if more:
+            after = cursors["after"]
+            page["paging"]["next"] = (
+                f"{graph.url}/{account}/message_templates?limit={size}&after={after}"
+            )
+    return page
+
+
+def _cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(str(offset).encode()).decode()
 
 
 def _refused(graph: FakeGraph, body: dict[str, Any]) -> tuple[int, str, str] | None:

@@ -41,6 +41,13 @@ class WhatsAppMetrics:
             ["status"],
             registry=r,
         )
+        self.delivery_failures = Counter(
+            "fsm_whatsapp_delivery_failures",
+            "Our messages Meta reported failed (a failed status), by error code: a known "
+            "code, other, or none; once per message in this process.",
+            ["code"],
+            registry=r,
+        )
         self.sends = Counter(
             "fsm_whatsapp_sends",
             "Graph API send attempts, by outcome (sent, retry, failed) and error code.",
@@ -79,6 +86,7 @@ class WhatsAppMetrics:
             registry=r,
         )
         self._outside_world(r)
+        self._messaging_limit(r)
 
     def _outside_world(self, r: CollectorRegistry) -> None:
         """The metrics of ``POST /events`` and of the ticker."""
@@ -109,5 +117,32 @@ class WhatsAppMetrics:
         self.timers_overdue = Gauge(
             "fsm_timers_overdue_seconds",
             "How late the oldest timer due and not yet claimed is (0: none is due).",
+            registry=r,
+        )
+
+    def _messaging_limit(self, r: CollectorRegistry) -> None:
+        """The metrics of the messaging limit (:mod:`adapters.whatsapp.limits`)."""
+        self.limit = Gauge(
+            "fsm_whatsapp_messaging_limit",
+            "Unique users this process may send business-initiated messages (templates "
+            "outside the 24-hour window) to in a moving 24 hours (0: no limit).",
+            registry=r,
+        )
+        self.limit_users = Gauge(
+            "fsm_whatsapp_messaging_limit_users",
+            "Unique users this process sent a business-initiated message to in the last 24 "
+            "hours (counted against the limit).",
+            registry=r,
+        )
+        self.limit_waiting = Gauge(
+            "fsm_whatsapp_messaging_limit_waiting",
+            "Users whose replies are held for the messaging limit (pending, sent when a slot "
+            "frees).",
+            registry=r,
+        )
+        self.limit_held = Counter(
+            "fsm_whatsapp_messaging_limit_held",
+            "Times a user's replies were held for the messaging limit (once each time a user "
+            "starts waiting).",
             registry=r,
         )

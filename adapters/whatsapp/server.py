@@ -78,7 +78,11 @@ def build_bot(settings: Settings, engine: AsyncEngine) -> WhatsAppBot:
         rate=settings.rate,
     )
     return WhatsAppBot(
-        engine, client, mark_as_read=settings.mark_as_read, closed_window=settings.closed_window
+        engine,
+        client,
+        mark_as_read=settings.mark_as_read,
+        closed_window=settings.closed_window,
+        messaging_limit=settings.messaging_limit,
     )
 
 

@@ -40,12 +40,15 @@ class Settings:
     #: A reply without a template when the user's 24-hour window is closed
     #: (``WHATSAPP_CLOSED_WINDOW``): dropped, or kept pending until the user writes.
     closed_window: ClosedWindow = "drop"
+    #: Unique users business-initiated messages (templates outside the window) may go to in a
+    #: moving 24 hours, from this process (``WHATSAPP_MESSAGING_LIMIT``); None: no limit.
+    messaging_limit: int | None = None
 
     def __repr__(self) -> str:
         return (
             f"Settings(phone_number_id={self.phone_number_id!r}, api_url={self.api_url!r}, "
             f"rate={self.rate}, mark_as_read={self.mark_as_read}, timer_tick={self.timer_tick}, "
-            f"closed_window={self.closed_window!r}, "
+            f"closed_window={self.closed_window!r}, messaging_limit={self.messaging_limit}, "
             "access_token=<redacted>, app_secret=<redacted>, verify_token=<redacted>, "
             f"events_secret={'<redacted>' if self.events_secret else '<none>'})"
         )
@@ -84,6 +87,7 @@ class Settings:
             events_secret=environ.get("FSM_EVENTS_SECRET", "").strip(),
             timer_tick=timer_tick(environ),
             closed_window=_closed_window(environ),
+            messaging_limit=messaging_limit(environ),
         )
 
 
@@ -102,6 +106,23 @@ def timer_tick(environ: Mapping[str, str]) -> float | None:
     if not 0 < value < float("inf"):
         raise SettingsError("FSM_TIMER_TICK must be > 0 seconds, or off")
     return value
+
+
+def messaging_limit(environ: Mapping[str, str]) -> int | None:
+    """``WHATSAPP_MESSAGING_LIMIT``: unique users per moving 24 hours (250, 2000...), this
+    process's share of the account's limit; unset, ``off``, ``unlimited`` or 0: no limit."""
+    raw = environ.get("WHATSAPP_MESSAGING_LIMIT", "").strip().lower().replace("_", "")
+    if raw in ("", "off", "unlimited", "none", "0"):
+        return None
+    try:
+        value = int(raw.replace(",", ""))
+    except ValueError:
+        raise SettingsError(
+            "WHATSAPP_MESSAGING_LIMIT must be a number of users (250, 2000) or off"
+        ) from None
+    if value < 0:
+        raise SettingsError("WHATSAPP_MESSAGING_LIMIT must be >= 1 users, or off")
+    return value or None
 
 
 def _closed_window(environ: Mapping[str, str]) -> ClosedWindow:

@@ -12,6 +12,11 @@ write the last confirmations.
 Replies a round could not send (the Graph API kept failing) stay in the outbox, never lost: the
 ticker tries them again on later rounds (with a backoff, a few times), and the user's next
 message sends them in any case.
+
+Replies held for the messaging limit (:mod:`adapters.whatsapp.limits`: a template to a new user
+past the limit) are not retried on that schedule, and never given up: each round first sends
+those of this process's bot, oldest first, to as many users as there are free slots
+(:meth:`~adapters.whatsapp.bot.WhatsAppBot.send_held`), before it fires anything new.
 """
 
 from __future__ import annotations
@@ -94,8 +99,11 @@ class Ticker:
 
     async def tick(self) -> bool:
         """One round: sample the backlog, fire what is due and send its replies, try again the
-        replies earlier rounds left pending. False if it failed (logged and counted)."""
+        replies earlier rounds left pending. Replies held for the messaging limit go first, as
+        slots free. False if it failed (logged and counted)."""
         try:
+            for user in await self.bot.send_held():
+                self._later(user, 0)
             await self._fire_backlog()
             await self._retry_pending()
         except FsmError as exc:
@@ -125,8 +133,8 @@ class Ticker:
         except Exception as exc:  # noqa: BLE001 - the replies stay in the outbox
             log.error("timers: replies to %s not sent (%s)", user_tail(user), type(exc).__name__)
             status = HTTPStatus.SERVICE_UNAVAILABLE
-        if status != HTTPStatus.OK:
-            self._later(user, 0)
+        if status != HTTPStatus.OK and not self.bot.is_held(user):
+            self._later(user, 0)  # held ones wait for a slot: send_held, not this schedule
 
     def _later(self, user: str, tries: int) -> None:
         """Try ``user``'s pending replies again later (or give up, after enough tries)."""
@@ -145,7 +153,7 @@ class Ticker:
         now = time.monotonic()
         due = [(user, tries) for user, (at, tries) in self._retry.items() if at <= now]
         for user, tries in due:
-            if await self.bot.flush_pending(user) == HTTPStatus.OK:
+            if await self.bot.flush_pending(user) == HTTPStatus.OK or self.bot.is_held(user):
                 self._retry.pop(user, None)
             else:
                 self._later(user, tries)

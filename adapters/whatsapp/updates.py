@@ -22,6 +22,33 @@ from fsm.errors import InvalidUserKey
 from fsm.inputs import check_key
 
 OBJECT = "whatsapp_business_account"
+#: The event a ``failed`` delivery status of one of our messages is applied to the flow as,
+#: when the flow declares a handler for it (``@on_event("whatsapp.failed")``): its
+#: ``ctx.event.data`` is ``{"code": <Meta's error code, 0 if none>, "message_id": <wamid>}``.
+FAILED_EVENT = "whatsapp.failed"
+#: Meta's error codes a failed status is counted by (any other is counted as ``other``).
+FAILURE_CODES = frozenset(
+    {
+        130472,  # the user's number is part of an experiment
+        131000,  # something went wrong
+        131026,  # undeliverable: no WhatsApp on the number, old app, terms not accepted
+        131031,  # the business account is locked
+        131042,  # a payment problem of the business account
+        131047,  # re-engagement: more than 24 hours since the user last wrote
+        131048,  # spam rate limit: too many of the number's messages blocked or reported
+        131049,  # not delivered, to keep the ecosystem healthy (marketing limits)
+        131050,  # the user stopped marketing messages
+        131051,  # a message type WhatsApp does not support
+        131052,  # the media could not be downloaded
+        131053,  # the media could not be uploaded
+        132000,  # a template's parameter count does not match
+        132001,  # no such template (name or language)
+        132007,  # a template's content breaks a format policy
+        132012,  # a template parameter in the wrong format
+        132015,  # the template is paused (low quality)
+        132016,  # the template is disabled
+    }
+)
 #: The deepest a change's ``value`` may nest (objects and arrays); Meta's go about 5 deep.
 MAX_NESTING = 32
 
@@ -61,6 +88,22 @@ class StatusUpdate:
     status: str
     recipient: str = ""
     error_codes: tuple[int, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    @property
+    def code(self) -> int:
+        """Meta's (first) error code; 0 when the status gives none."""
+        return self.error_codes[0] if self.error_codes else 0
+
+    @property
+    def code_label(self) -> str:
+        """The code as a bounded metric label: a known code, ``other``, or ``none``."""
+        if not self.error_codes:
+            return "none"
+        return str(self.code) if self.code in FAILURE_CODES else "other"
 
 
 @dataclass(slots=True)

@@ -36,6 +36,7 @@ from fsm.cli import serve as _serve  # noqa: F401  isort: skip
 from fsm.cli import sessions as _sessions  # noqa: F401  isort: skip
 from fsm.cli import timers as _timers  # noqa: F401  isort: skip
 from fsm.cli import webhook as _webhook  # noqa: F401  isort: skip
+from fsm.cli import whatsapp as _whatsapp  # noqa: F401  isort: skip
 
 __all__ = ["main"]
 
