@@ -41,13 +41,6 @@ class WhatsAppMetrics:
             ["status"],
             registry=r,
         )
-        self.delivery_failures = Counter(
-            "fsm_whatsapp_delivery_failures",
-            "Our messages Meta reported failed (a failed status), by error code: a known "
-            "code, other, or none; once per message in this process.",
-            ["code"],
-            registry=r,
-        )
         self.sends = Counter(
             "fsm_whatsapp_sends",
             "Graph API send attempts, by outcome (sent, retry, failed) and error code.",
@@ -77,6 +70,19 @@ class WhatsAppMetrics:
             ["outcome"],
             registry=r,
         )
+        self._outside_world(r)
+        self._messaging_limit(r)
+        self._delivery(r)
+
+    def _delivery(self, r: CollectorRegistry) -> None:
+        """What became of replies outside the window and of messages Meta later failed."""
+        self.delivery_failures = Counter(
+            "fsm_whatsapp_delivery_failures",
+            "Our messages Meta reported failed (a failed status), by error code: a known "
+            "code, other, or none; once per message in this process.",
+            ["code"],
+            registry=r,
+        )
         self.window_closed = Counter(
             "fsm_whatsapp_window_closed",
             "Replies to a user whose 24-hour window was closed, by what became of them "
@@ -85,8 +91,6 @@ class WhatsAppMetrics:
             ["outcome"],
             registry=r,
         )
-        self._outside_world(r)
-        self._messaging_limit(r)
 
     def _outside_world(self, r: CollectorRegistry) -> None:
         """The metrics of ``POST /events`` and of the ticker."""
