@@ -509,6 +509,25 @@ PANELS: tuple[Panel, ...] = (
         legend="{{outcome}}",
     ),
     Panel(
+        "Messaging limit: users reached in 24 h, waiting, limit",
+        (
+            f"sum(fsm_whatsapp_messaging_limit_users{{{JOB}}})",
+            f"sum(fsm_whatsapp_messaging_limit_waiting{{{JOB}}})",
+            f"max(fsm_whatsapp_messaging_limit{{{JOB}}})",
+        ),
+    ),
+    Panel(
+        "Replies held for the messaging limit /s",
+        (_rate("fsm_whatsapp_messaging_limit_held_total"),),
+        "ops",
+    ),
+    Panel(
+        "Messages Meta failed to deliver, by code",
+        (_rate("fsm_whatsapp_delivery_failures_total", "code"),),
+        "ops",
+        legend="{{code}}",
+    ),
+    Panel(
         "Events by outcome",
         (_rate("fsm_whatsapp_events_total", "outcome"),),
         "reqps",
