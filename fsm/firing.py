@@ -309,9 +309,8 @@ class Ticking(Firing[S]):
         if fired:
             self.stats.incr("timers_fired")
             self.stats.observe("timer_lag", max(0.0, self.clock.now() - claim.due))
-        sends = result.replies or result.lease is not None
         settle = verdict is not Verdict.RECHECK  # else the claim runs out: looked at again
-        return Fired(result if sends else None, settle=settle, fired=fired)
+        return Fired(result if result.to_send else None, settle=settle, fired=fired)
 
     def settle_steps(self, claims: list[Due]) -> Steps[None]:
         if claims:

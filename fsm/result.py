@@ -32,6 +32,12 @@ class Result(msgspec.Struct, frozen=True):
     ignored: str = ""
 
     @property
+    def to_send(self) -> bool:
+        """Whether a transport has something to do with it: replies, or a send lease kept for
+        replies pending in the outbox."""
+        return bool(self.replies) or self.lease is not None
+
+    @property
     def texts(self) -> list[str]:
         return [reply.render() for reply in self.replies]
 

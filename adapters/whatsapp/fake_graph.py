@@ -317,17 +317,8 @@ class _Handler(BaseHTTPRequestHandler):
         with graph.lock:
             graph.template_reads.append(request)
             answer = graph.templates_script.pop(0) if graph.templates_script else Answer()
-        if answer.delay:
-            time.sleep(answer.delay)
-        if answer.drop:
-            self.close_connection = True
-            self.connection.close()
+        if not self._admitted(graph, request, answer):
             return
-        given = request.authorization
-        if not given.startswith("Bearer ") or (
-            graph.token is not None and given != f"Bearer {graph.token}"
-        ):
-            return self._refuse(request, 401, 190, "Invalid OAuth access token", "bad token")
         parts = urlsplit(self.path)
         path = _TEMPLATES.match(parts.path)
         if path is None or (graph.account_id is not None and path["account"] != graph.account_id):
@@ -341,17 +332,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, graph: FakeGraph, request: Request, *, valid: bool) -> None:
         answer = graph._next(request.body)
-        if answer.delay:
-            time.sleep(answer.delay)
-        if answer.drop:
-            self.close_connection = True
-            self.connection.close()
+        if not self._admitted(graph, request, answer):
             return
-        given = request.authorization
-        if not given.startswith("Bearer ") or (
-            graph.token is not None and given != f"Bearer {graph.token}"
-        ):
-            return self._refuse(request, 401, 190, "Invalid OAuth access token", "bad token")
         path = _PATH.match(self.path)
         if path is None or (
             graph.phone_number_id is not None and path["number"] != graph.phone_number_id
@@ -377,6 +359,23 @@ class _Handler(BaseHTTPRequestHandler):
                 "messages": [{"id": request.message_id}],
             },
         )
+
+    def _admitted(self, graph: FakeGraph, request: Request, answer: Answer) -> bool:
+        """Play ``answer``'s delay or dropped connection, then check the bearer token (a 401
+        answered when it is wrong); True if the request goes on."""
+        if answer.delay:
+            time.sleep(answer.delay)
+        if answer.drop:
+            self.close_connection = True
+            self.connection.close()
+            return False
+        given = request.authorization
+        if not given.startswith("Bearer ") or (
+            graph.token is not None and given != f"Bearer {graph.token}"
+        ):
+            self._refuse(request, 401, 190, "Invalid OAuth access token", "bad token")
+            return False
+        return True
 
     def _refuse(self, request: Request, status: int, code: int, message: str, why: str) -> None:
         request.refused = why

@@ -111,11 +111,6 @@ def _not_applied(notification: Notification, exc: FsmError) -> bool:
     return True
 
 
-def _says_something(result: Result) -> bool:
-    """Whether ``result`` has something to send (as a timer's firing is handed on)."""
-    return bool(result.replies) or result.lease is not None
-
-
 class DeliveringEngine(Engine):
     """:class:`fsm.Engine` whose ticker (:meth:`fire_due`) first applies the notifications
     waiting in ``mailbox`` (the module's doc)."""
@@ -153,7 +148,7 @@ class DeliveringEngine(Engine):
                     break
                 continue
             applied += not (result.ignored or result.duplicate)
-            if on_result is not None and _says_something(result):
+            if on_result is not None and result.to_send:
                 on_result(notification.user, result)
         return applied
 
@@ -199,7 +194,7 @@ class AsyncDeliveringEngine(AsyncEngine):
                     break
                 continue
             applied += not (result.ignored or result.duplicate)
-            if on_result is not None and _says_something(result):
+            if on_result is not None and result.to_send:
                 pending = on_result(notification.user, result)
                 if pending is not None:
                     await pending
