@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -44,10 +45,15 @@ def test_three_tickers_one_killed_every_second_fire_each_timer_once() -> None:
     url, namespace = server.url, f"tick{os.getpid()}"
     seeding = engine(url, namespace)
     users = [f"2637{n:08d}" for n in range(USERS)]
-    for user in users:
-        assert seeding.handle(user, "hi", message_id=f"{user}-hi").texts == ["waiting"]
+    seeded: list[list[str]] = []
+
+    def seed() -> None:  # while the tickers run (and are killed): timers come due all along
+        seeded.extend(seeding.handle(u, "hi", message_id=f"{u}-hi").texts for u in users)
+
     deadline = time.time() + 90
     tickers = [spawn(url, namespace, deadline) for _ in range(3)]
+    seeder = threading.Thread(target=seed)
+    seeder.start()
     kills = 0
     store = seeding.store
     try:
@@ -59,12 +65,14 @@ def test_three_tickers_one_killed_every_second_fire_each_timer_once() -> None:
             tickers[victim] = spawn(url, namespace, deadline)
             kills += 1
             stats = store.due_stats(time.time())  # type: ignore[union-attr]
-            if stats.indexed == 0 and stats.claimed == 0:
+            if not seeder.is_alive() and stats.indexed == 0 and stats.claimed == 0:
                 break
     finally:
+        seeder.join(timeout=60)
         for ticker in tickers:
             ticker.kill()
             ticker.wait(timeout=10)
+    assert seeded == [["waiting"]] * USERS
     assert kills >= 3
     fired = Counter()
     for user in users:
