@@ -22,6 +22,13 @@ one primary; each bot's namespace its own)::
     <namespace>:{timers:<namespace>}:h      the heads: member a shard's number, score its
                                             soonest due (only the shards with entries)
 
+WhatsApp's messaging limit (:mod:`adapters.whatsapp.limits_redis`), shared by every process of
+a bot, has a hash tag of its own too, ``{limit:<namespace>}``::
+
+    <namespace>:{limit:<namespace>}:u       the users counted: a sorted set, member the user
+                                            key, score their last business-initiated send
+    <namespace>:{limit:<namespace>}:w       the users whose replies wait: score held since
+
 A user's entries all live in one shard, chosen by the CRC-32 of the escaped user key. The
 index is sharded so that each shard stays a small sorted set, which Redis keeps as one compact
 listpack (about 45 bytes an entry) rather than a skiplist (about 120): that holds while a
@@ -86,6 +93,8 @@ class KeyLayout:
         self.index_shards = tuple(f"{base}i{n}" for n in range(INDEX_SHARDS))
         self.index_claims, self.index_claim_dues = base + "c", base + "cd"
         self.index_heads = base + "h"
+        limit = f"{namespace}:{{limit:{namespace}}}:"
+        self.limit_counted, self.limit_waiting = limit + "u", limit + "w"
         #: Every key of the index, in the order its scripts take them (one slot).
         self.index_keys = (
             *self.index_shards,

@@ -6,11 +6,32 @@ The public API: declare a :class:`Flow`, run it with an :class:`Engine` on a sto
 
 from fsm import errors
 from fsm.async_engine import AsyncEngine
+from fsm.attachments import Contact, Contacts, InboundMedia, Location, Reaction
 from fsm.auth import Claims, TokenVerifier
 from fsm.clock import Clock, FakeClock, SystemClock
 from fsm.engine import Engine, Result
 from fsm.flow import Exit, Flow, FlowSpec, Stage, action, on_enter, step
-from fsm.reply import MORE, Option, Page, Reply, buttons, choices, paged, pick, template, text
+from fsm.media import MediaChannel, MediaError
+from fsm.reply import (
+    MORE,
+    Option,
+    Page,
+    Reply,
+    audio,
+    buttons,
+    choices,
+    document,
+    image,
+    location,
+    location_request,
+    paged,
+    pick,
+    reaction,
+    sticker,
+    template,
+    text,
+    video,
+)
 from fsm.snapshot import SCHEMA_VERSION, Auth, Resume, Snapshot, decode_snapshot, encode_snapshot
 from fsm.step import Context, Login, Logout, Outcome
 from fsm.templates import TemplateSpec, currency, date_time, media
@@ -23,6 +44,8 @@ __all__ = [
     "Auth",
     "Claims",
     "Clock",
+    "Contact",
+    "Contacts",
     "Context",
     "Engine",
     "Event",
@@ -30,11 +53,16 @@ __all__ = [
     "FakeClock",
     "Flow",
     "FlowSpec",
+    "InboundMedia",
+    "Location",
     "Login",
     "Logout",
+    "MediaChannel",
+    "MediaError",
     "Option",
     "Outcome",
     "Page",
+    "Reaction",
     "Reply",
     "Result",
     "Resume",
@@ -44,21 +72,29 @@ __all__ = [
     "TemplateSpec",
     "TokenVerifier",
     "action",
+    "audio",
     "buttons",
     "choices",
     "currency",
     "date_time",
     "decode_snapshot",
+    "document",
     "encode_snapshot",
     "errors",
     "event_option",
+    "image",
+    "location",
+    "location_request",
     "media",
     "on_enter",
     "on_event",
     "paged",
     "pick",
+    "reaction",
     "step",
+    "sticker",
     "template",
     "text",
     "timeout",
+    "video",
 ]

@@ -26,7 +26,17 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fsm.effects import Guard, HandlerCall, Sleep, Steps, StoreCall, Unguard
+from fsm.attachments import Attachment
+from fsm.effects import (
+    Download,
+    Guard,
+    HandlerCall,
+    Sleep,
+    Steps,
+    StoreCall,
+    Unguard,
+    Upload,
+)
 from fsm.errors import FsmError
 from fsm.inflight import Held, Sending
 from fsm.protocol import MessageProtocol, Result
@@ -73,10 +83,11 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
         *,
         message_id: str | None = None,
         pressed: str | None = None,
+        attachment: Attachment | None = None,
     ) -> Result:
         """Apply one user message and return the replies, after the new state is saved
         (as :meth:`fsm.Engine.handle`)."""
-        return await self._drive(self.message(user_id, text, message_id, pressed))
+        return await self._drive(self.message(user_id, text, message_id, pressed, attachment))
 
     async def notify(
         self,
@@ -227,6 +238,12 @@ class AsyncEngine(MessageProtocol[AsyncSessionStore]):
                         value = await _call(effect)
                     elif type(effect) is Sleep:
                         await asyncio.sleep(effect.seconds)
+                    elif type(effect) is Upload:
+                        assert self.media is not None  # asked for only with a channel
+                        value = await self.media.upload(effect.media)
+                    elif type(effect) is Download:
+                        assert self.media is not None
+                        value = await self.media.download(effect.media)
                     elif type(effect) is Guard:
                         guard = _Guard(store, effect)
                     elif type(effect) is Unguard:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsm.async_engine import AsyncEngine
+from fsm.attachments import Attachment
 
 if TYPE_CHECKING:
     from fsm.engine import Engine
@@ -78,8 +79,13 @@ class BlockingEngine:
         *,
         message_id: str | None = None,
         pressed: str | None = None,
+        attachment: Attachment | None = None,
     ) -> Result:
-        return run(self.engine.handle(user_id, text, message_id=message_id, pressed=pressed))
+        return run(
+            self.engine.handle(
+                user_id, text, message_id=message_id, pressed=pressed, attachment=attachment
+            )
+        )
 
     def notify(
         self,

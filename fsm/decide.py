@@ -15,16 +15,19 @@ pending action's idempotency key in the context.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
+from fsm.attachments import Attachment, attachment_kind
 from fsm.auth import Claims, TokenVerifier
 from fsm.effects import HandlerCall, Steps
 from fsm.errors import FsmError, StepFailed, StepNotFound, TokenRefused, TransitionNotAllowed
 from fsm.flow import Exit, Flow, FlowSpec, StepSpec, call_mode, folded
+from fsm.media import MediaAccess, MediaChannel
 from fsm.reply import Reply, buttons
 from fsm.snapshot import (
     MAX_DEPTH,
@@ -93,8 +96,10 @@ class Decider:
         source: Callable[[], str],
         auth_notice: str,
         in_place: frozenset[str] = frozenset(),
+        media: MediaChannel | None = None,
     ) -> None:
         self.flow = flow
+        self.media = media
         self.spec: FlowSpec = type(flow).spec
         self.verifier = verifier
         self.stats = stats
@@ -179,10 +184,12 @@ class Decider:
         verified: Claims | None = None,
         event: Event | None = None,
         timer: Armed | None = None,
+        attachment: Attachment | None = None,
     ) -> Steps[Decision]:
-        """What ``text`` does to ``current`` (or, given one, what ``event`` or the due
-        ``timer`` does: :meth:`_outside`). Raises the flow's refusals (TransitionNotAllowed,
-        StepNotFound, TokenRefused) and StepFailed; nothing is changed when it raises.
+        """What ``text`` (and ``attachment``) does to ``current`` (or, given one, what
+        ``event`` or the due ``timer`` does: :meth:`_outside`). Raises the flow's refusals
+        (TransitionNotAllowed, StepNotFound, TokenRefused) and StepFailed; nothing is
+        changed when it raises.
 
         ``fresh``: ``current`` is a conversation just started (nothing was stored): unless
         the flow takes its first message, the user is shown the initial step's prompt.
@@ -205,6 +212,9 @@ class Decider:
         if fresh and not self.spec.takes_first_message and current.stage == self.spec.initial:
             # A new conversation: the first message is not applied to a question not yet seen.
             return (yield from self._prompt(key, current, now, notices, note="start"))
+        kind = attachment_kind(attachment)
+        if kind != "text" and not spec.action and kind not in spec.accepts:
+            return (yield from self._not_accepted(key, current, spec, kind, now, notices))
         way = self.spec.stages[current.stage].exit
         if way is not None and not spec.action:
             verdict, text, pressed = self._way_out(way, current, spec, text, pressed)
@@ -214,8 +224,27 @@ class Decider:
                 return self._ask(key, current, way, text, now, notices, message_id)
             if verdict == "prompt":
                 return (yield from self._prompt(key, current, now, notices, note="prompt"))
-        ctx = self._context(key, current, text, now, message_id, pressed)
+        ctx = self._context(key, current, text, now, message_id, pressed, attachment)
         return (yield from self._run_step(key, current, spec, way, ctx, notices, claims))
+
+    def _not_accepted(
+        self,
+        key: str,
+        current: Snapshot,
+        spec: StepSpec,
+        kind: str,
+        now: float,
+        notices: tuple[Reply, ...],
+    ) -> Steps[Decision]:
+        """An attachment the step does not take: nothing for a reaction (it asks nothing),
+        else the step's prompt again if it accepts other kinds, else the flow's
+        ``unsupported_reply``. The conversation stays where it is."""
+        self.stats.incr("attachments_refused")
+        if spec.accepts and kind != "reaction":
+            return (yield from self._prompt(key, current, now, notices, note="prompt"))
+        said = () if kind == "reaction" else (Reply(self.spec.unsupported_reply),)
+        new = self._restamped(current, now)
+        return Decision(new, (*notices, *said), (), side_effects=False, note=kind, plain=True)
 
     def _run_step(
         self,
@@ -236,6 +265,7 @@ class Decider:
                 ctx,
                 text="",
                 pressed=None,
+                attachment=None,
                 idempotency_key=self.key_of(key, current),
                 uncertain=False,
             )
@@ -736,6 +766,7 @@ class Decider:
         now: float,
         message_id: str | None,
         pressed: str | None = None,
+        attachment: Attachment | None = None,
     ) -> Context:
         auth = snapshot.auth
         # A key at a step that is no action was kept by ``retry_later``: the request may
@@ -757,8 +788,18 @@ class Decider:
             _token=auth.token if auth else None,
             idempotency_key=kept,
             pressed=pressed,
+            attachment=attachment,
+            _media=None if self.media is None else MediaAccess(self.media, _running_loop()),
             uncertain=bool(kept),
             _sensitive=self.spec.sensitive,  # hidden in its repr (and data's)
         )
 
     # -- save -------------------------------------------------------------------------------
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop this decision runs on (an async engine's), or None (the sync one's)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from fsm.attachments import InboundMedia
+from fsm.media_replies import OutboundMedia
 from fsm.step import Context
 
 T = TypeVar("T")
@@ -39,6 +41,20 @@ class HandlerCall(msgspec.Struct, frozen=True):
     mode: str
 
 
+class Download(msgspec.Struct, frozen=True):
+    """Fetch the bytes of a file the user sent from the engine's media channel (a reply
+    forwards it); the result is the bytes."""
+
+    media: InboundMedia
+
+
+class Upload(msgspec.Struct, frozen=True):
+    """Upload a media reply's bytes to the engine's media channel (:mod:`fsm.media`); the
+    result is the channel's media id. Asked for before the save that keeps the reply."""
+
+    media: OutboundMedia
+
+
 class Sleep(msgspec.Struct, frozen=True):
     """Wait ``seconds`` (a backoff before a retry or another lock attempt)."""
 
@@ -59,7 +75,7 @@ class Unguard(msgspec.Struct, frozen=True):
     or failed: a guard is best effort)."""
 
 
-Effect = StoreCall | HandlerCall | Sleep | Guard | Unguard
+Effect = StoreCall | HandlerCall | Sleep | Guard | Unguard | Upload | Download
 
 #: A piece of the protocol: yields effects, is sent their results, returns ``T``.
 Steps = Generator[Effect, Any, T]

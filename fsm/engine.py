@@ -8,11 +8,22 @@ module. :class:`fsm.AsyncEngine` drives the same protocol on asyncio.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fsm.effects import Guard, HandlerCall, Sleep, Steps, StoreCall, Unguard
+from fsm.attachments import Attachment
+from fsm.effects import (
+    Download,
+    Guard,
+    HandlerCall,
+    Sleep,
+    Steps,
+    StoreCall,
+    Unguard,
+    Upload,
+)
 from fsm.inflight import Sending
 from fsm.protocol import LOCK_AFTER_CONFLICTS, MAX_ACTIONS, MessageProtocol, Result
 from fsm.snapshot import Snapshot
@@ -64,6 +75,7 @@ class Engine(MessageProtocol[SessionStore]):
         *,
         message_id: str | None = None,
         pressed: str | None = None,
+        attachment: Attachment | None = None,
     ) -> Result:
         """Apply one user message and return the replies, after the new state is saved.
 
@@ -72,9 +84,11 @@ class Engine(MessageProtocol[SessionStore]):
         message id already applied for this user is acknowledged (``result.duplicate``)
         without being applied again. ``pressed`` is the id of the option the user tapped (a
         button or list row), when the message is a tap rather than typed text: the step sees
-        it as ``ctx.pressed``.
+        it as ``ctx.pressed``. ``attachment`` is what the user sent besides text (a file, a
+        place, a reaction, contact cards: :mod:`fsm.attachments`; ``text`` is then its
+        caption or ""): a step that accepts its kind sees it (``ctx.media``...).
         """
-        return self._drive(self.message(user_id, text, message_id, pressed))
+        return self._drive(self.message(user_id, text, message_id, pressed, attachment))
 
     def notify(
         self,
@@ -164,6 +178,12 @@ class Engine(MessageProtocol[SessionStore]):
                         time.sleep(effect.seconds)
                     elif type(effect) is Guard or type(effect) is Unguard:
                         value = None  # no concurrency here: a guard is never made
+                    elif type(effect) is Upload:
+                        assert self.media is not None  # asked for only with a channel
+                        value = asyncio.run(self.media.upload(effect.media))
+                    elif type(effect) is Download:
+                        assert self.media is not None
+                        value = asyncio.run(self.media.download(effect.media))
                     else:
                         raise TypeError(f"not an effect: {effect!r}")
                 except BaseException as exc:  # noqa: BLE001 - handed to the protocol

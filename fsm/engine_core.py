@@ -23,6 +23,7 @@ from fsm.effects import Steps as Steps
 from fsm.effects import StoreCall
 from fsm.flow import Flow, FlowSpec
 from fsm.inflight import Held
+from fsm.media import MediaChannel
 from fsm.poison import FailureCount
 from fsm.recent import RecentRecords
 from fsm.records import Record
@@ -95,6 +96,7 @@ class EngineCore(Generic[S]):
         outbox: bool = False,
         send_lease: float | None = None,
         dropped_notice: str = DROPPED_NOTICE,
+        media: MediaChannel | None = None,
     ) -> None:
         self.spec: FlowSpec = type(flow).spec
         if session_ttl is None:
@@ -132,6 +134,9 @@ class EngineCore(Generic[S]):
         #: (:class:`~fsm.snapshot.Outgoing`, :meth:`~fsm.outbox.Outbox.confirm_steps`): a
         #: transport that must never lose a reply turns it on (the WhatsApp transport does).
         self.outbox = outbox
+        #: Where files go and come from (:mod:`fsm.media`): a reply made from bytes is
+        #: uploaded before its save, and ``ctx.download()`` fetches a file the user sent.
+        self._media: MediaChannel | None = None
         #: Hold the user's lease while sending the outbox, for this many seconds at most
         #: (:mod:`fsm.outbox`): None for no send lease. Needs ``outbox`` and a store that
         #: takes the lease on save; the WhatsApp transport sets it.
@@ -142,6 +147,7 @@ class EngineCore(Generic[S]):
         self._failures = FailureCount()
         self._decider = Decider(
             flow,
+            media=media,
             verifier=verifier,
             stats=self.stats,
             source=lambda: self.source,
@@ -152,9 +158,21 @@ class EngineCore(Generic[S]):
         # that reload under a new lock, after a lost quarantine race or after an action are
         # bounded too, so a message always ends.
         self._passes = 3 * self.max_attempts + 3 * MAX_ACTIONS + 2
+        self.media = media
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(flow={self.spec.name!r}, store={type(self.store).__name__})"
+
+    @property
+    def media(self) -> MediaChannel | None:
+        """Where files go and come from (:mod:`fsm.media`): a reply made from bytes is
+        uploaded before its save, and ``ctx.download()`` fetches a file the user sent. A
+        transport may set it (the WhatsApp one sets the Graph API's when none is given)."""
+        return self._media
+
+    @media.setter
+    def media(self, channel: MediaChannel | None) -> None:
+        self._media = self._decider.media = channel
 
     @property
     def source(self) -> str:

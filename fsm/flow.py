@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from fsm.attachments import check_accepts
 from fsm.errors import InvalidFlowDefinition
 from fsm.machine import StageMachine
 from fsm.snapshot import NEWER_FLOW_WINDOW, Snapshot
@@ -64,6 +65,8 @@ def folded(text: str) -> str:
 FAILURE_REPLY = "Sorry, something went wrong on our side. Please try again in a moment."
 #: ... and when an action failed on I/O and a re-delivery will finish it (:attr:`Flow.delay_reply`).
 DELAY_REPLY = "Sorry, this is taking longer than it should. I will answer as soon as it is done."
+#: What a step that accepts no attachment answers one with (``Flow.unsupported_reply``).
+UNSUPPORTED_REPLY = "Sorry, I can only read text and button answers."
 
 #: What a user types to leave a sub-flow (compared trimmed and case-folded).
 EXIT_WORDS = frozenset({"cancel", "stop", "back", "menu", "exit", "quit", "/cancel", "/menu"})
@@ -178,6 +181,9 @@ class StepSpec:
     #: The step takes free text (a name, a handle), so an exit word there may be the answer:
     #: the engine asks before leaving (:class:`Exit`).
     free_text: bool = False
+    #: The kinds of attachment the step takes besides text (:mod:`fsm.attachments`): another
+    #: kind gets the step's prompt again; none declared: the flow's ``unsupported_reply``.
+    accepts: frozenset[str] = frozenset()
 
 
 def step(
@@ -187,11 +193,17 @@ def step(
     side_effects: bool = False,
     blocking: bool = True,
     free_text: bool = False,
+    accepts: Iterable[str] = (),
 ) -> Callable[[F], F]:
     """Mark a method as the handler of ``stage.step_id``.
 
     ``free_text=True`` says the step takes any text (a name, a handle), so a word like
     "cancel" may be its answer: the stage's :class:`Exit` then asks before leaving.
+
+    ``accepts={"image", "document"}`` says the step takes these kinds of attachment besides
+    text (:data:`fsm.attachments.ATTACHMENT_KINDS`: the handler reads ``ctx.media``,
+    ``ctx.location``...). A message of another kind gets the step's prompt again; at a step
+    that accepts none, the flow's ``unsupported_reply`` answers it (a reaction: nothing).
 
     ``side_effects=True`` (the handler calls an API that creates or changes something) makes the
     engine run it under the user's lease lock, so two workers never run it at once.
@@ -202,10 +214,14 @@ def step(
     ``ctx`` and computes), and it then runs on the loop itself, saving the thread hop.
     """
 
+    kinds = check_accepts(accepts, f"@step({stage!r}, {step_id!r})")
+
     def mark(fn: F) -> F:
         fn.__dict__.setdefault("_fsm_steps", []).append((stage, step_id, side_effects))
         if free_text:
             fn.__dict__.setdefault("_fsm_free_text", set()).add((stage, step_id))
+        if kinds:
+            fn.__dict__.setdefault("_fsm_accepts", {})[(stage, step_id)] = kinds
         _mark_blocking(fn, blocking)
         return fn
 
@@ -290,6 +306,8 @@ class FlowSpec:
     #: What the user is told when an action failed on I/O (:attr:`transient_errors`) after
     #: their message was saved: a re-delivery of the message finishes it, same key.
     delay_reply: str = ""
+    #: What a step that accepts no attachment answers one with.
+    unsupported_reply: str = UNSUPPORTED_REPLY
     #: Exceptions that mean "the outside world did not answer" (a timeout, a dropped
     #: connection), looked for along a failure's ``__cause__`` / ``__context__`` chain.
     transient_errors: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError)
@@ -415,6 +433,9 @@ class Flow:
     ``sensitive`` names data keys holding personal data: every display path hides their
     values (backups keep them).
 
+    ``unsupported_reply`` answers an attachment (an image, a location...) at a step that
+    accepts none (``@step(..., accepts=...)``): the conversation stays where it is.
+
     ``templates`` declares the message templates the flow's replies use
     (:class:`~fsm.templates.TemplateSpec`: name, language, parameter counts, as approved in
     Meta's dashboard); a :func:`fsm.template` reply that matches none is refused when made.
@@ -438,6 +459,7 @@ class Flow:
     takes_first_message: ClassVar[bool] = False
     failure_reply: ClassVar[str] = FAILURE_REPLY
     delay_reply: ClassVar[str] = DELAY_REPLY
+    unsupported_reply: ClassVar[str] = UNSUPPORTED_REPLY
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = (TimeoutError, ConnectionError)
     sensitive: ClassVar[Iterable[str]] = ()
     #: How long a conversation lasts after its last save (seconds), unless the engine is built
@@ -630,7 +652,7 @@ def _templates(
 def _said(cls: type[Flow], fail: Callable[[str], InvalidFlowDefinition]) -> dict[str, Any]:
     """The flow's failure texts, transient errors and sensitive keys, checked."""
     out: dict[str, Any] = {}
-    for name in ("failure_reply", "delay_reply"):
+    for name in ("failure_reply", "delay_reply", "unsupported_reply"):
         text = getattr(cls, name)
         if not isinstance(text, str) or not text.strip():
             raise fail(f"`{name}` must be a non-empty str (what the user is told)")
@@ -678,6 +700,7 @@ def _collect_steps(
     handlers: dict[tuple[str, str], tuple[str, bool | str]] = {}
     enters: dict[tuple[str, str], str] = {}
     free_text: set[tuple[str, str]] = set()
+    accepts: dict[tuple[str, str], frozenset[str]] = {}
     for klass in reversed(cls.__mro__):  # a subclass may override its base's handlers
         own_handlers: set[tuple[str, str]] = set()
         own_enters: set[tuple[str, str]] = set()
@@ -692,6 +715,11 @@ def _collect_steps(
                     free_text.add((stage, step_id))
                 else:
                     free_text.discard((stage, step_id))
+                kinds = getattr(fn, "_fsm_accepts", {}).get((stage, step_id))
+                if kinds:
+                    accepts[(stage, step_id)] = kinds
+                else:
+                    accepts.pop((stage, step_id), None)
             for stage, step_id in getattr(fn, "_fsm_enter", ()):
                 if (stage, step_id) in own_enters:
                     raise fail(f"step {stage}.{step_id} has two @on_enter hooks")
@@ -716,5 +744,6 @@ def _collect_steps(
                 enter=enters.get((stage.name, step_id)),
                 action=found[1] == "action",
                 free_text=(stage.name, step_id) in free_text,
+                accepts=accepts.get((stage.name, step_id), frozenset()),
             )
     return out

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from fsm.attachments import Attachment
 from fsm.auth import Claims
 from fsm.records import Due, Loaded, Record
 from fsm.reply import Reply
@@ -47,6 +48,8 @@ class Message(msgspec.Struct):
     #: record, or what the lock was taken with. None: load it.
     ready: Loaded | None
     pressed: str | None = None
+    #: What the user sent besides text (:mod:`fsm.attachments`); None for text.
+    attachment: Attachment | None = None
     due: bool = True  # the message is not applied yet (False once saved, or if seen)
     duplicate: bool = False  # it was applied before; this delivery finishes its action
     owner: str | None = None  # our lease's owner token while we hold it

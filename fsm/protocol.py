@@ -48,8 +48,9 @@ from typing import Any
 
 import msgspec
 
+from fsm.attachments import ATTACHMENT_TYPES, Attachment
 from fsm.decide import Decision
-from fsm.effects import Guard, Sleep, StoreCall, Unguard
+from fsm.effects import Download, Guard, Sleep, StoreCall, Unguard, Upload
 from fsm.engine_core import MAX_ACTIONS, S, Steps, log
 from fsm.errors import (
     ConflictError,
@@ -99,7 +100,12 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
     """
 
     def message(
-        self, user_id: str, text: str, message_id: str | None, pressed: str | None = None
+        self,
+        user_id: str,
+        text: str,
+        message_id: str | None,
+        pressed: str | None = None,
+        attachment: Attachment | None = None,
     ) -> Steps[Result]:
         """Apply one user message; returns the replies once the new state is saved."""
         key = check_key(user_id)
@@ -107,7 +113,11 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         check_message_id(message_id)
         if pressed is not None:
             check_text(pressed)
-        m = Message(key, text, message_id, self._recent.get(key), pressed)
+        if attachment is not None and not isinstance(attachment, ATTACHMENT_TYPES):
+            raise TypeError(
+                f"an attachment is one of fsm.attachments' types, got {type(attachment).__name__}"
+            )
+        m = Message(key, text, message_id, self._recent.get(key), pressed, attachment)
         tapped = pressed_event(pressed, message_id)
         if tapped is not None and any(name == tapped.name for name, _ in self.spec.events):
             m.event = tapped  # an event's button, from any step
@@ -381,6 +391,8 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         # retry that finds a live session (someone saved meanwhile) does not say it. What the
         # message met earlier (a reset notice after a quarantine) is carried in ``m``.
         notices = restored.notices or m.notices
+        if m.event is not None and restored.expired:  # the user did not write: nothing to
+            notices = m.notices  # tell them about their old session (a reset notice stays)
         if m.firing is not None and not at_action and self._late(current, m.firing):
             return self._dropped(m, current, m.firing, "late")
         try:
@@ -397,6 +409,7 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
                     verified=restored.claims,
                     event=None if at_action else m.event,
                     timer=None if at_action else m.firing,
+                    attachment=None if at_action else m.attachment,
                 )
             )
         except (StepFailed, StepNotFound, TransitionNotAllowed, TokenRefused) as exc:
@@ -445,10 +458,30 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         replies = (*notices, Reply(self.abandon_notice))
         return Decision(new, replies, (), side_effects=False, note="abandon", plain=True)
 
+    def _uploaded(self, decision: Decision) -> Steps[Decision]:
+        """``decision`` with every reply made from bytes uploaded to the media channel and
+        kept by its media id (:mod:`fsm.media`): no snapshot holds a file, and a resend
+        never uploads again."""
+        if not any(_to_upload(r) for r in decision.replies):
+            return decision
+        replies = []
+        for reply in decision.replies:
+            if reply.media is not None and _to_upload(reply):
+                media = reply.media
+                if media.forward:  # a file the user sent, sent back: its bytes first
+                    media = media.fetched((yield Download(media.forwarded())))
+                media_id: str = yield Upload(media)
+                self.stats.incr("media_uploads")
+                reply = msgspec.structs.replace(reply, media=media.uploaded(media_id))
+            replies.append(reply)
+        return msgspec.structs.replace(decision, replies=tuple(replies))
+
     def _save(
         self, m: Message, restored: Restored, decision: Decision, at_action: bool
     ) -> Steps[Result | None]:
         """Compare-and-set the decision; a Result if the message is done, None to go on."""
+        if self.media is not None:
+            decision = yield from self._uploaded(decision)
         decision = self._with_timers(m, restored, decision, at_action)
         if self.outbox:
             decision = self._with_outbox(m, restored.snapshot, decision)
@@ -641,3 +674,9 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
             self.stats.incr("lock_acquisitions")
         if decision.events:
             self.stats.incr(f"transitions:{restored.snapshot.stage}->{decision.snapshot.stage}")
+
+
+def _to_upload(reply: Reply) -> bool:
+    """Whether ``reply``'s file must reach the media channel before the save (bytes, or a
+    file the user sent that it forwards)."""
+    return reply.media is not None and bool(reply.media.data or reply.media.forward)

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from fsm.attachments import InboundMedia, Location, MediaKind, Reaction
+from fsm.media_replies import OutboundMedia, make_media, media_problems
 from fsm.templates import BodyParam, HeaderParam, Template, make_template, template_problems
 
 MAX_BUTTONS = 3
@@ -50,9 +52,35 @@ class Option(msgspec.Struct, frozen=True, omit_defaults=True):
 Item = Option | str | Sequence[str] | Mapping[str, Any]
 
 
+#: What a reply is: text, interactive options, a file, a place, a request for the user's
+#: location, or a reaction to one of the user's messages.
+ReplyKind = Literal[
+    "text",
+    "buttons",
+    "list",
+    "image",
+    "document",
+    "audio",
+    "video",
+    "sticker",
+    "location",
+    "location_request",
+    "reaction",
+]
+#: The kinds whose ``body`` may be empty (a caption is optional; a place or a reaction
+#: has none).
+WITHOUT_BODY = frozenset({"image", "document", "audio", "video", "sticker", "location", "reaction"})
+
+
 class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
     """A message to send. Build with :func:`text`, :func:`buttons`, :func:`choices`,
-    :func:`paged` or :func:`template`.
+    :func:`paged`, :func:`template`, the media replies (:func:`image`, :func:`document`,
+    :func:`audio`, :func:`video`, :func:`sticker`), :func:`location`,
+    :func:`location_request` or :func:`reaction`.
+
+    ``media`` is a media reply's file (its ``body`` the caption), ``place`` a location
+    reply's place, ``reaction`` a reaction's target and emoji (default fields, omitted when
+    stored: a reply stored before they existed reads back as it was).
 
     ``template``: the approved message template the WhatsApp transport sends instead when the
     user's 24-hour window is closed (None: the reply has none). Stored in an outbox as a map
@@ -61,9 +89,12 @@ class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
     """
 
     body: str
-    kind: Literal["text", "buttons", "list"] = "text"
+    kind: ReplyKind = "text"
     options: tuple[Option, ...] = ()
     template: Template | None = None
+    media: OutboundMedia | None = None
+    place: Location | None = None
+    reaction: Reaction | None = None
 
     def with_body(self, body: str) -> Reply:
         """The same options (and template) with another text: one set of buttons, asked in
@@ -72,7 +103,7 @@ class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
         >>> buttons("Confirm?", ["Yes", "No"]).with_body("Send 5 USD to @bob?").body
         'Send 5 USD to @bob?'
         """
-        return Reply(body, self.kind, self.options, self.template)
+        return msgspec.structs.replace(self, body=body)
 
     def render(self) -> str:
         """Plain-text rendering: the body, then numbered options, whole (not cut to
@@ -82,15 +113,126 @@ class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
         Which one?
           1. Amoxicillin - 500 mg, 21 capsules
         """
-        lines = [self.body]
+        lines = [self.body] if self.kind not in WITHOUT_BODY or self.body else []
+        shown = self._shown()
+        if shown:
+            lines.insert(0, shown)
+        if self.kind == "location_request":
+            lines.append("  [Send location]")
         for n, opt in enumerate(self.options, start=1):
             about = f" - {opt.description}" if opt.description else ""
             lines.append(f"  {n}. {opt.title}{about}")
         return "\n".join(lines)
 
+    def _shown(self) -> str:
+        """The line that stands for a file, a place or a reaction ("" for other kinds)."""
+        if self.media is not None:
+            return f"[{self.media.describe()}]"
+        if self.place is not None:
+            named = ", ".join(part for part in (self.place.name, self.place.address) if part)
+            at = f"{self.place.latitude:.5f}, {self.place.longitude:.5f}"
+            return f"[location: {named} ({at})]" if named else f"[location: {at}]"
+        if self.reaction is not None:
+            emoji = self.reaction.emoji
+            return f"[reaction {emoji}]" if emoji else "[reaction removed]"
+        return ""
+
 
 def text(body: str) -> Reply:
     return Reply(body)
+
+
+def _media_reply(
+    kind: MediaKind,
+    source: str | bytes | InboundMedia | None,
+    media_id: str,
+    caption: str,
+    mime_type: str,
+    filename: str = "",
+) -> Reply:
+    media = make_media(kind, source, media_id=media_id, mime_type=mime_type, filename=filename)
+    return Reply(caption, kind, media=media)
+
+
+def image(
+    source: str | bytes | InboundMedia | None = None,
+    *,
+    caption: str = "",
+    media_id: str = "",
+    mime_type: str = "",
+) -> Reply:
+    """An image (JPEG or PNG) from a link, bytes, a ``media_id`` or an image the user sent
+    (``ctx.media``: fetched and sent again), with an optional caption.
+
+    >>> image(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(2048), caption="Your receipt").render()
+    '[image: 2 KB]\\nYour receipt'
+    """
+    return _media_reply("image", source, media_id, caption, mime_type)
+
+
+def document(
+    source: str | bytes | InboundMedia | None = None,
+    *,
+    filename: str,
+    caption: str = "",
+    media_id: str = "",
+    mime_type: str = "",
+) -> Reply:
+    """A document (the user sees ``filename``) from a link, bytes or a ``media_id``; the
+    mime type is guessed from the file name when not given.
+
+    >>> document(b"date,amount\\n", filename="statement.csv", mime_type="text/plain").render()
+    '[document: statement.csv, 12 B]'
+    """
+    return _media_reply("document", source, media_id, caption, mime_type, filename)
+
+
+def audio(
+    source: str | bytes | InboundMedia | None = None, *, media_id: str = "", mime_type: str = ""
+) -> Reply:
+    """Audio (AAC, AMR, MP3, MP4 audio, OGG Opus), without a caption."""
+    return _media_reply("audio", source, media_id, "", mime_type)
+
+
+def video(
+    source: str | bytes | InboundMedia | None = None,
+    *,
+    caption: str = "",
+    media_id: str = "",
+    mime_type: str = "",
+) -> Reply:
+    """A video (MP4 or 3GPP), with an optional caption."""
+    return _media_reply("video", source, media_id, caption, mime_type)
+
+
+def sticker(source: str | bytes | InboundMedia | None = None, *, media_id: str = "") -> Reply:
+    """A sticker (WebP, 512x512), without a caption."""
+    return _media_reply("sticker", source, media_id, "", "image/webp")
+
+
+def location(latitude: float, longitude: float, *, name: str = "", address: str = "") -> Reply:
+    """A place the user can open in their maps app.
+
+    >>> location(-17.8292, 31.0522, name="Credex office", address="Harare").render()
+    '[location: Credex office, Harare (-17.82920, 31.05220)]'
+    """
+    return Reply("", "location", place=Location(float(latitude), float(longitude), name, address))
+
+
+def location_request(body: str) -> Reply:
+    """Ask the user to share their location (WhatsApp shows a *Send location* button under
+    ``body``); the answer reaches a step that accepts ``"location"`` as ``ctx.location``."""
+    if not body.strip():
+        raise ValueError("a location request needs a body (what the location is for)")
+    return Reply(body, "location_request")
+
+
+def reaction(message_id: str, emoji: str) -> Reply:
+    """React with ``emoji`` to the user's message ``message_id`` (``ctx.message_id``); ""
+    removes the bot's reaction."""
+    if not message_id:
+        raise ValueError("a reaction needs the id of the message it reacts to")
+    return Reply("", "reaction", reaction=Reaction(message_id, emoji))
 
 
 def template(
@@ -125,7 +267,7 @@ def template(
     if base.template is not None:
         raise ValueError("a template's fallback is a free-form reply, not another template")
     made = make_template(name, language, params=params, header=header, buttons=buttons)
-    return Reply(base.body, base.kind, base.options, made)
+    return msgspec.structs.replace(base, template=made)
 
 
 def as_option(item: Item) -> Option:
@@ -337,9 +479,15 @@ def whatsapp_problems(reply: Reply) -> list[str]:
     """Every way ``reply`` breaks WhatsApp's limits that cutting cannot mend (empty: it can be
     sent as an interactive message, perhaps with titles cut: :func:`whatsapp_trims`)."""
     problems: list[str] = []
-    if not reply.body.strip():
+    if not reply.body.strip() and reply.kind not in WITHOUT_BODY:
         problems.append("the body is empty")
-    if reply.kind == "text":
+    if reply.media is not None:
+        return problems + media_problems(reply.media, reply.body)
+    if reply.kind in ("text", "location", "reaction"):
+        return problems
+    if reply.kind == "location_request":
+        if len(reply.body) > WHATSAPP_INTERACTIVE_BODY:
+            problems.append(f"the body is {len(reply.body)} characters (at most 1024)")
         return problems
     if len(reply.body) > WHATSAPP_INTERACTIVE_BODY:
         problems.append(
@@ -367,7 +515,7 @@ def whatsapp_problems(reply: Reply) -> list[str]:
 def whatsapp_trims(reply: Reply) -> list[str]:
     """What the WhatsApp transport would cut short to send ``reply``: one line per title or
     description over its limit, saying what is shown instead (empty: nothing is cut)."""
-    if reply.kind == "text":
+    if reply.kind not in ("buttons", "list"):
         return []
     what, title_max = (
         ("button", WHATSAPP_BUTTON_TITLE)

@@ -18,6 +18,17 @@ from typing import Any
 
 import msgspec
 
+from fsm.attachments import (
+    Attachment,
+    Contact,
+    Contacts,
+    InboundMedia,
+    Location,
+    Reaction,
+    attachment_kind,
+    media_from,
+)
+from fsm.media import MediaAccess, MediaError
 from fsm.redaction import REDACTED, redact
 from fsm.reply import Reply
 from fsm.snapshot import SCALAR_TYPES
@@ -265,10 +276,64 @@ class Context(msgspec.Struct, frozen=True):
     event: Event | None = None
     #: In a timer's handler (:func:`fsm.timeout`): the timer's name; else "".
     timer: str = ""
+    #: What the user sent besides text (:mod:`fsm.attachments`), at a step that accepts it;
+    #: None for text (``text`` is then a media's caption, or "").
+    attachment: Attachment | None = None
+    #: The channel's media store, for :meth:`download` (given by the engine; None: none).
+    _media: MediaAccess | None = None
 
     @property
     def token(self) -> str | None:
         return self._token
+
+    @property
+    def kind(self) -> str:
+        """``"text"``, or the attachment's kind (``"image"``, ``"location"``...)."""
+        return attachment_kind(self.attachment)
+
+    @property
+    def media(self) -> InboundMedia | None:
+        """The file the user sent (an image, a document...), or None."""
+        return self.attachment if isinstance(self.attachment, InboundMedia) else None
+
+    @property
+    def location(self) -> Location | None:
+        """The place the user shared, or None."""
+        return self.attachment if isinstance(self.attachment, Location) else None
+
+    @property
+    def reaction(self) -> Reaction | None:
+        """The user's reaction to one of the bot's messages, or None."""
+        return self.attachment if isinstance(self.attachment, Reaction) else None
+
+    @property
+    def contacts(self) -> tuple[Contact, ...]:
+        """The contact cards the user shared (empty for none)."""
+        return self.attachment.contacts if isinstance(self.attachment, Contacts) else ()
+
+    def download(self, media: InboundMedia | Mapping[str, Any] | None = None) -> bytes:
+        """The bytes of ``media`` (default: the one this message carries; or one kept in the
+        data), fetched from the channel now, in a ``def`` handler (it blocks this thread;
+        an ``async def`` handler awaits :meth:`adownload`). Raises
+        :class:`~fsm.media.MediaError` (too large, a type not allowed, the sha256 does not
+        match, the link expired, the channel unreachable, or no channel at all)."""
+        return self._media_access().download(self._media_of(media))
+
+    async def adownload(self, media: InboundMedia | Mapping[str, Any] | None = None) -> bytes:
+        """:meth:`download`, awaited (in an ``async def`` handler)."""
+        return await self._media_access().adownload(self._media_of(media))
+
+    def _media_access(self) -> MediaAccess:
+        if self._media is None:
+            raise MediaError("no_channel", "the engine was given no media channel (media=)")
+        return self._media
+
+    def _media_of(self, media: InboundMedia | Mapping[str, Any] | None) -> InboundMedia:
+        if media is not None:
+            return media_from(media)
+        if self.media is None:
+            raise ValueError(f"this message carries no file ({self.kind})")
+        return self.media
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
@@ -281,7 +346,7 @@ class Context(msgspec.Struct, frozen=True):
         hidden = self._sensitive
         shown: list[tuple[str, Any]] = []
         for name in self.__struct_fields__:
-            if name in ("_token", "_sensitive"):
+            if name in ("_token", "_sensitive", "_media"):
                 continue
             value = getattr(self, name)
             if name == "data":

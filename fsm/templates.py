@@ -113,6 +113,29 @@ class Template(msgspec.Struct, frozen=True, omit_defaults=True):
             f"header={header_kind(self.header)}, buttons={len(self.buttons)})"
         )
 
+    def render(self) -> str:
+        """Plain-text rendering, as a transcript shows a template that went out: its name and
+        language, the parameters (a currency or a date-time by its fallback text), and the
+        buttons' payloads. The approved text itself is Meta's: not known here.
+
+        >>> Template("credex_reminder", "en", body=(TextParam("10.00 USD"),),
+        ...          buttons=("yes", "no")).render()
+        '[template credex_reminder en] 10.00 USD [buttons: yes, no]'
+        """
+        parts = [f"[template {self.name} {self.language}]"]
+        if self.header is not None:
+            head = self.header.text if isinstance(self.header, TextParam) else self.header.kind
+            parts.append(f"[header: {head}]")
+        if self.body:
+            parts.append(" | ".join(_shown(param) for param in self.body))
+        if self.buttons:
+            parts.append(f"[buttons: {', '.join(self.buttons)}]")
+        return " ".join(parts)
+
+
+def _shown(param: BodyParam) -> str:
+    return param.text if isinstance(param, TextParam) else param.fallback
+
 
 def currency(amount: Decimal | int | str | float, code: str, fallback: str) -> Currency:
     """A currency parameter: ``amount`` (at most 3 decimals) of ``code`` (``"USD"``), shown

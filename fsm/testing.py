@@ -37,10 +37,12 @@ from types import TracebackType
 from typing import Any
 
 from fsm.async_engine import AsyncEngine
+from fsm.attachments import Attachment, MediaKind
 from fsm.blocking import BlockingEngine, blocking, run
 from fsm.clock import FakeClock
 from fsm.engine import Engine, Result
 from fsm.fake_ticker import blank, combined, pass_time
+from fsm.memory_media import MemoryMedia
 from fsm.reply import Reply, check_whatsapp
 from fsm.snapshot import Snapshot
 from fsm.transcript import Directive, Proactive, Run, Runner, contains_in_order, duration
@@ -154,6 +156,12 @@ class Conversation:
         directives: Mapping[str, Directive] | None = None,
         check: Callable[[Reply], Iterable[str] | None] | None = check_whatsapp,
     ) -> None:
+        core = engine.engine if isinstance(engine, BlockingEngine) else engine
+        if core.media is None:  # files the user "sends" are kept here, uploads land here
+            core.media = MemoryMedia()
+        #: The engine's media channel: :meth:`send` puts files in it (a
+        #: :class:`~fsm.memory_media.MemoryMedia` unless the engine came with its own).
+        self.media = core.media
         # An AsyncEngine runs on a background event loop; threads (concurrently) are then
         # concurrent tasks on it.
         self.engine = blocking(engine)
@@ -211,15 +219,42 @@ class Conversation:
             self._ids += 1
             return f"{self.user}-{kind}-{self._ids}"
 
-    def say(self, text: str, *, message_id: str | None = None, pressed: str | None = None) -> Turn:
+    def say(
+        self,
+        text: str,
+        *,
+        message_id: str | None = None,
+        pressed: str | None = None,
+        attachment: Attachment | None = None,
+    ) -> Turn:
         """Send ``text`` as a new message (or with ``message_id`` to re-deliver one); with
-        ``pressed``, as a tap on the option with that id (see :meth:`press`)."""
+        ``pressed``, as a tap on the option with that id (see :meth:`press`); with
+        ``attachment``, as a file, a place, a reaction or contacts (see :meth:`send`)."""
         if message_id is None:
             message_id = self.next_message_id()
-        result = self.engine.handle(self.user, text, message_id=message_id, pressed=pressed)
+        result = self.engine.handle(
+            self.user, text, message_id=message_id, pressed=pressed, attachment=attachment
+        )
         turn = Turn(text, result, self._checked(result))
         self.turns.append(turn)
         return turn
+
+    def send(
+        self,
+        data: bytes,
+        mime_type: str,
+        *,
+        caption: str = "",
+        filename: str = "",
+        kind: MediaKind | None = None,
+    ) -> Turn:
+        """Send a file as the user would (an image, a document...: its kind from the mime
+        type unless given): it is kept in :attr:`media`, so a step can download it.
+        ``chat.send(png, "image/png", caption="my receipt").expect("Got it")``."""
+        if not isinstance(self.media, MemoryMedia):
+            raise RuntimeError("send() keeps files in a MemoryMedia: the engine has another")
+        sent = self.media.add(data, mime_type, kind=kind, caption=caption, filename=filename)
+        return self.say(caption, attachment=sent)
 
     def press(self, option_id: str, *, message_id: str | None = None) -> Turn:
         """Tap the option ``option_id`` of a button or list reply, as WhatsApp delivers it:
@@ -334,7 +369,9 @@ class Conversation:
         path = Path(path)
         return self.run(path.read_text(encoding="utf-8"), source=path.name)
 
-    def _send(self, user: str, text: str, message_id: str) -> Result:
-        result = self.engine.handle(user, text, message_id=message_id)
+    def _send(
+        self, user: str, text: str, message_id: str, attachment: Attachment | None = None
+    ) -> Result:
+        result = self.engine.handle(user, text, message_id=message_id, attachment=attachment)
         self.turns.append(Turn(text, result, self._checked(result)))
         return result

@@ -17,6 +17,11 @@ One line per thing that happens::
     ! event ping {} id=ev-1   the same, with the event id ev-1 (default: a fresh one)
     ! user 263770000002       talk as another user from here on
     ! again                   deliver the last message again, with the same message id
+    ! send image | caption    send a file, a place, a reaction or a contact card, as the
+                              user would (:mod:`fsm.transcript_send` lists them)
+    ! window 24h              play a channel with a reply window (WhatsApp's 24 hours):
+                              what the bot says on its own to a user who last wrote longer
+                              ago shows as it goes out (off: ``! window off``)
     ! api fail createCredex 503    a directive the caller supplies (here: the Credex bot's)
 
 ``<``, ``<!`` and ``=`` lines check what happened last: the last message (or ``! again``),
@@ -29,6 +34,14 @@ the ``<`` lines still check only what comes next.
 The same file is a test (:func:`fsm.testing.Conversation.run_file`) and a demo
 (``fsm chat --script FILE`` prints the conversation and checks it). Expectations are checked
 against the rendered replies (:meth:`fsm.reply.Reply.render`), so numbered options count.
+
+With ``! window 24h`` the run plays the channel's side of WhatsApp's rule: it notes when each
+user last wrote (by the fake clock), and a reply the bot sends on its own (``! clock``,
+``! event``) after that user's window has closed is shown as what would go out: a template
+reply as its template (:meth:`fsm.templates.Template.render`: ``[template credex_reminder en]
+10.00 USD [buttons: ...]``), a reply without one as ``(not sent: outside the window) ...``.
+The channel knows when the user last wrote, so this holds even when the conversation that
+knew it has expired. Replies to a message are always inside the window.
 """
 
 from __future__ import annotations
@@ -40,13 +53,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from fsm.attachments import Attachment, attachment_kind
 from fsm.clock import FakeClock
 from fsm.fake_ticker import blank, combined, pass_time
 from fsm.fake_ticker import move_clock as move_clock  # where it was first, for its importers
+from fsm.memory_media import MemoryMedia
+from fsm.transcript_send import attachment
 
 if TYPE_CHECKING:
     from fsm.blocking import BlockingEngine
     from fsm.engine import Engine, Result
+    from fsm.reply import Reply
 
 #: A caller-supplied directive: gets the words after its name; raises ValueError on bad input.
 Directive = Callable[[Sequence[str]], None]
@@ -173,8 +190,22 @@ class _Heard:
     cursor: int = 0
 
     @classmethod
-    def of(cls, result: Result) -> _Heard:
-        return cls(result, "\n".join(reply.render() for reply in result.replies))
+    def of(cls, result: Result, closed: bool = False) -> _Heard:
+        return cls(result, "\n".join(rendered(reply, closed) for reply in result.replies))
+
+
+#: How a reply without a template shows when the window is closed (it is not attempted).
+NOT_SENT = "(not sent: outside the window)"
+
+
+def rendered(reply: Reply, closed: bool = False) -> str:
+    """``reply`` as the user would see it: its free-form form, or, when the window is
+    ``closed``, its template (or :data:`NOT_SENT` and the free-form form, if it has none)."""
+    if not closed:
+        return reply.render()
+    if reply.template is not None:
+        return reply.template.render()
+    return f"{NOT_SENT} {reply.render()}"
 
 
 class Runner:
@@ -189,7 +220,7 @@ class Runner:
         clock: FakeClock | None = None,
         directives: Mapping[str, Directive] | None = None,
         echo: Callable[[str], None] | None = None,
-        send: Callable[[str, str, str], Result] | None = None,
+        send: Callable[..., Result] | None = None,
         next_id: Callable[[], str] | None = None,
         heard: Callable[[Proactive], object] | None = None,
     ) -> None:
@@ -198,12 +229,19 @@ class Runner:
         self.clock = clock
         self.directives = dict(directives or {})
         self.echo = echo
-        self._send = send or (lambda user, text, mid: engine.handle(user, text, message_id=mid))
+        self._send = send or (
+            lambda user, text, mid, attachment=None: engine.handle(
+                user, text, message_id=mid, attachment=attachment
+            )
+        )
         self._heard = heard
         self._count = 0
         self._run_id = secrets.token_hex(4)
         self._next_id = next_id or self._counted_id
         self._last: tuple[str, str] | None = None  # (text, message id) of the last message
+        #: The channel's reply window in seconds (``! window 24h``), None: not played.
+        self.window: float | None = None
+        self._wrote: dict[str, float] = {}  # user -> when they last wrote (the fake clock)
 
     def run(self, text: str, *, source: str = "transcript") -> Run:
         run = Run()
@@ -216,7 +254,7 @@ class Runner:
             elif line.kind == "directive":
                 result = self._act(line.text, where, run)
                 if result is not None:
-                    heard = _Heard.of(result)
+                    heard = _Heard.of(result, self._closed(result))
             elif heard.result is None:
                 raise TranscriptError(f"{where}: an expectation before any message")
             else:
@@ -231,19 +269,36 @@ class Runner:
         self._count += 1
         return f"transcript-{self._run_id}-{self._count}"
 
-    def _say(self, text: str, message_id: str, run: Run) -> Result:
+    def _say(
+        self, text: str, message_id: str, run: Run, attachment: Attachment | None = None
+    ) -> Result:
         if self.echo is not None:
-            self.echo(f"you> {text}")
-        result = self._send(self.user, text, message_id)
+            sent = f"[{attachment_kind(attachment)}] " if attachment is not None else ""
+            self.echo(f"you> {sent}{text}")
+        if self.clock is not None:
+            self._wrote[self.user] = self.clock.now()
+        if attachment is None:  # the callable a caller gave may not take attachments
+            result = self._send(self.user, text, message_id)
+        else:
+            result = self._send(self.user, text, message_id, attachment)
         run.turns.append((text, result))
         self._show(result)
         return result
 
-    def _show(self, result: Result) -> None:
+    def _closed(self, result: Result) -> bool:
+        """Whether the current user's window was closed when the bot said ``result`` on its
+        own (at its save's time), with a window played."""
+        if self.window is None or self.clock is None:
+            return False
+        at = result.snapshot.last_updated or self.clock.now()
+        wrote = self._wrote.get(self.user)
+        return wrote is None or at - wrote >= self.window
+
+    def _show(self, result: Result, closed: bool = False) -> None:
         if self.echo is None:
             return
         for reply in result.replies:
-            lines = reply.render().splitlines() or [""]
+            lines = rendered(reply, closed).splitlines() or [""]
             self.echo("bot> " + "\n     ".join(lines))
         snap = result.snapshot
         extra = " duplicate" if result.duplicate else ""
@@ -281,7 +336,7 @@ class Runner:
                 self.user, event, data=data, event_id=event_id or self._next_id()
             )
             self._tell(Proactive(self.user, f"! event {event}", result), run)
-            self._show(result)
+            self._show(result, self._closed(result))
             if result.ignored and self.echo is not None:
                 self.echo(f"     (not applied: {result.ignored})")
             return result
@@ -289,12 +344,44 @@ class Runner:
             if len(args) != 1:
                 raise ValueError("use: ! user USER_KEY")
             self.user = args[0]
+        elif name == "window":
+            self.window = self._window(args)
+        elif name == "send":
+            said, sent = attachment(rest, self._media())
+            self._last = (said, self._next_id())
+            return self._say(said, self._last[1], run, sent)
         elif name in self.directives:
             self.directives[name](args)
         else:
-            known = ", ".join(sorted({"again", "clock", "event", "user", *self.directives}))
+            known = ", ".join(
+                sorted({"again", "clock", "event", "send", "user", "window", *self.directives})
+            )
             raise ValueError(f"unknown directive {name!r} (known: {known})")
         return None
+
+    def _media(self) -> MemoryMedia:
+        """Where ``! send`` keeps its files: the engine's media channel (a MemoryMedia, given
+        to an engine that had none)."""
+        from fsm.blocking import BlockingEngine  # at run time only: it imports the engines
+
+        core = self.engine.engine if isinstance(self.engine, BlockingEngine) else self.engine
+        if core.media is None:
+            core.media = MemoryMedia()
+        if not isinstance(core.media, MemoryMedia):
+            raise ValueError("! send keeps files in a MemoryMedia: this engine has another")
+        return core.media
+
+    def _window(self, args: list[str]) -> float | None:
+        if len(args) != 1:
+            raise ValueError("use: ! window 24h (or off)")
+        if args[0] == "off":
+            return None
+        if self.clock is None:
+            raise ValueError("this run has no fake clock: a window needs one")
+        seconds = duration(args[0])
+        if seconds <= 0:
+            raise ValueError("a window is longer than 0 seconds")
+        return seconds
 
     def _pass(self, seconds: float, cause: str, run: Run) -> Result:
         """Let ``seconds`` pass, timers firing on the way; what they said to the current
@@ -310,7 +397,7 @@ class Runner:
         now = stored or (mine[-1].snapshot if mine else blank(self.engine))
         result = combined(mine, now)
         if mine:
-            self._show(result)
+            self._show(result, self._closed(result))
         others = len(fired) - len(mine)
         if others and self.echo is not None:  # who they were is theirs: not shown
             self.echo(f"     ({others} timer{'s' * (others != 1)} fired for other users)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -267,3 +268,46 @@ def test_timers_run_needs_whatsapp_and_a_shared_store(graph: FakeGraph) -> None:
     )  # fmt: skip
     assert down.exit_code == 2
     assert "error:" in down.stderr and graph.token not in down.output
+
+
+def test_notify_past_the_messaging_limit_holds_the_reply_for_the_serving_workers(
+    graph: FakeGraph,
+) -> None:
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from adapters.whatsapp.limits_redis import RedisMessagingLimit
+
+    bob, namespace = "263770000002", f"notify-{uuid.uuid4().hex[:8]}"
+    env = {
+        **whatsapp(graph),
+        "WHATSAPP_MESSAGING_LIMIT": "1",
+        "FSM_STORE": redis_servers.standalone().url,
+        "FSM_NAMESPACE": namespace,
+    }
+    graph.close_window(ALICE, bob)  # both last wrote long ago: only a template goes through
+    offers = "tests.whatsapp.exactly_once_flows:offers_engine"
+    for user, event_id in ((ALICE, "o-1"), (bob, "o-2")):
+        args = ("notify", user, "offer", "--data", '{"amount": 5}', "--id", event_id)
+        done = run(*args, "--engine", offers, **env)
+        assert done.exit_code == 0, done.output
+    assert "held for the messaging limit" in done.stdout  # bob's: the one slot is alice's
+    assert len(graph.templates(ALICE)) == 1 and graph.templates(bob) == []
+
+    async def counted() -> tuple[int, int]:
+        client = Redis.from_url(env["FSM_STORE"])
+        try:
+            return await RedisMessagingLimit(client, 1, namespace=namespace).counts(time.time())
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(counted()) == (1, 1)  # alice counted, bob waiting for any worker
+    from tests.whatsapp.exactly_once_flows import Offers
+
+    store = RedisStore.from_url(env["FSM_STORE"], namespace=namespace)
+    held = Engine(Offers(), store).peek(bob)
+    assert held is not None and [o.reply.template.name for o in held.outbox] == [  # type: ignore[union-attr]
+        "offer_received"
+    ]
+    store.close()

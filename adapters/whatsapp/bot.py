@@ -43,7 +43,7 @@ from typing import Any
 
 from adapters.whatsapp.delivery import Delivery, phone_tail, remember_bounded
 from adapters.whatsapp.graph import GraphClient
-from adapters.whatsapp.limits import MessagingLimit
+from adapters.whatsapp.limits import Gate, MessagingLimit, Tracker
 from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import mark_read
 from adapters.whatsapp.updates import Incoming, Update
@@ -108,7 +108,7 @@ class WhatsAppBot:
         delivery: Delivery | None = None,
         window: float = WINDOW,
         closed_window: ClosedWindow = "drop",
-        messaging_limit: int | MessagingLimit | None = None,
+        messaging_limit: int | Tracker | None = None,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             raise TypeError(f"WhatsAppBot needs an fsm.AsyncEngine, got {type(engine).__name__}")
@@ -133,10 +133,10 @@ class WhatsAppBot:
         self.closed_window: ClosedWindow = closed_window
         #: Unique users business-initiated messages may go to in a moving 24 hours (None: no
         #: limit; they are counted all the same), and the users whose replies wait for a slot.
-        self.limit = (
-            messaging_limit
-            if isinstance(messaging_limit, MessagingLimit)
-            else MessagingLimit(messaging_limit)
+        self.limit: Tracker = (
+            MessagingLimit(messaging_limit)
+            if messaging_limit is None or isinstance(messaging_limit, int)
+            else messaging_limit
         )
         self.metrics.limit.set(self.limit.limit or 0)
         self._locks = _UserLocks()
@@ -211,8 +211,9 @@ class WhatsAppBot:
     ) -> tuple[Result, int]:
         """Apply the external event ``event`` to ``user``'s conversation
         (:meth:`fsm.AsyncEngine.notify`) and send its replies as a message's: the result, and
-        200, or 503 if some stay pending (deliver the event again, same ``event_id``: they go
-        out then). The user's messages in this process wait meanwhile. Raises what
+        200; 202 if they are held for the messaging limit (a ticker sends them when a slot
+        frees); 503 if some stay pending otherwise (deliver the event again, same
+        ``event_id``: they go out then). The user's messages in this process wait meanwhile. Raises what
         ``notify`` raises; on the flow's own failure, what earlier saves left pending is sent
         first (no notice: the user did not write)."""
         async with self._locks.hold(user):
@@ -224,7 +225,10 @@ class WhatsAppBot:
                 if not isinstance(exc, ValueError):
                     await self._flush(user)
                 raise
-            return result, await self._send(user, result)
+            status = await self._send(user, result)
+            if status != HTTPStatus.OK and await self.limit.held(user):
+                status = HTTPStatus.ACCEPTED  # pending for the limit: the ticker sends them
+            return result, status
 
     async def send_result(self, user: str, result: Result) -> int:
         """Send the replies of ``result`` (a timer's firing: :meth:`fsm.AsyncEngine.fire_due`)
@@ -268,19 +272,19 @@ class WhatsAppBot:
                 on_done=lambda key: engine.sent(user, lease, (key,)),
                 until=until if engine.send_lease else None,
                 closed=self.closed_window if closed else None,
-                gate=self.limit.gate(user, now),
+                gate=Gate(self.limit, user, now),
             )
         finally:
             engine.sent(user, lease, done=True)
-        self._held(user, delivered.held, now)
+        await self._held(user, delivered.held, now)
         pending_left = delivered.left or delivered.held
         return HTTPStatus.SERVICE_UNAVAILABLE if pending_left else HTTPStatus.OK
 
-    def _held(self, user: str, held: int, now: float) -> None:
+    async def _held(self, user: str, held: int, now: float) -> None:
         """Note whether ``user``'s replies wait for the messaging limit (``held`` of them)."""
         if not held:
-            self.limit.unhold(user)
-        elif self.limit.hold(user, now):
+            await self.limit.unhold(user)
+        elif await self.limit.hold(user, now):
             self.metrics.limit_held.inc()
             log.warning(
                 "%d replies to %s held: the messaging limit (%s users in 24 hours) is reached",
@@ -288,16 +292,21 @@ class WhatsAppBot:
                 phone_tail(user),
                 self.limit.limit,
             )
-        self._limit_gauges(now)
+        await self._limit_gauges(now)
 
-    def _limit_gauges(self, now: float) -> None:
-        self.metrics.limit_users.set(self.limit.users(now))
-        self.metrics.limit_waiting.set(self.limit.waiting)
+    async def _limit_gauges(self, now: float) -> None:
+        try:
+            users, waiting = await self.limit.counts(now)
+        except FsmError as exc:  # a shared count unreachable: the gauges keep their values
+            log.warning("the messaging limit's gauges are not updated (%s)", exc)
+            return
+        self.metrics.limit_users.set(users)
+        self.metrics.limit_waiting.set(waiting)
 
-    def is_held(self, user: str) -> bool:
+    async def is_held(self, user: str) -> bool:
         """Whether ``user``'s replies wait for the messaging limit (:meth:`send_held` sends
         them)."""
-        return self.limit.held(user)
+        return await self.limit.held(user)
 
     async def send_held(self) -> list[str]:
         """Send the replies held for the messaging limit, oldest first, to as many users as
@@ -305,22 +314,22 @@ class WhatsAppBot:
         pending for another reason (the Graph API kept failing), to try again later."""
         now = self.engine.clock.now()
         failed = []
-        for user in self.limit.ready(now):
+        for user in await self.limit.ready(now):
             try:
                 snapshot = await self.engine.peek(user)
             except FsmError:
                 continue  # the store is unavailable: a later round tries again
             if snapshot is None or not snapshot.outbox:  # sent meanwhile, or gone
-                self.limit.unhold(user)
+                await self.limit.unhold(user)
                 if snapshot is None:
                     log.warning(
                         "replies held for %s expired with the conversation", phone_tail(user)
                     )
             elif await self._send(user, snapshot) == HTTPStatus.OK:
-                self.limit.unhold(user)
-            elif not self.limit.held(user):
+                await self.limit.unhold(user)
+            elif not await self.limit.held(user):
                 failed.append(user)
-        self._limit_gauges(now)
+        await self._limit_gauges(now)
         return failed
 
     async def _flush(self, user: str, *, heard: bool = False) -> int:

@@ -189,14 +189,14 @@ class Delivery:
         payloads = [(TEMPLATE_PART, render_template(template, to))]
         admission = None
         if gate is not None and not (remember and (to, entry.key, TEMPLATE_PART) in self._sent):
-            admission = gate.admit()
+            admission = await gate.admit()
             if admission is None:
                 raise _Held
         try:
             return await self._parts(to, entry, payloads, remember, until)
         except BaseException:
             if gate is not None and admission is not None:
-                gate.give_back(admission)
+                await gate.give_back(admission)
             raise
 
     async def _parts(

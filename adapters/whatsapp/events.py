@@ -15,9 +15,11 @@ webhooks: ``X-Fsm-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`` with
 - the event is applied: 422 for an event the flow does not declare or a user key no
   conversation can have; 503 when the store is unavailable or busy (post it again: with the
   same ``event_id`` it is applied once); 500 when the flow's handler failed;
-- 200 once it is applied (or acknowledged) and its replies are sent; 503 if some stay pending
-  (post it again with the same ``event_id``: they are sent then, the event is not applied
-  twice). The answer is JSON: ``{"applied": bool, "duplicate": bool, "ignored": "why not"}``.
+- 200 once it is applied (or acknowledged) and its replies are sent; 202 if they are held
+  for the messaging limit (``"held": true``: a ticker sends them when a slot frees, nothing
+  to do); 503 if some stay pending otherwise (post it again with the same ``event_id``: they
+  are sent then, the event is not applied twice). The answer is JSON: ``{"applied": bool,
+  "duplicate": bool, "ignored": "why not"}``, and ``"held"`` on a 202.
 
 Give every event an ``event_id``: it is what makes a retry harmless.
 """
@@ -25,6 +27,7 @@ Give every event an ``event_id``: it is what makes a retry harmless.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
@@ -159,12 +162,16 @@ class EventsEndpoint:
     def _applied(self, result: Result, status: int) -> Response:
         applied = not result.duplicate and not result.ignored
         outcome = "duplicate" if result.duplicate else "ignored" if result.ignored else "applied"
-        self.metrics.events.labels(outcome if status == 200 else "unavailable").inc()
+        held = status == HTTPStatus.ACCEPTED
+        counted = outcome if status == HTTPStatus.OK else "held" if held else "unavailable"
+        self.metrics.events.labels(counted).inc()
         answer: dict[str, Any] = {
             "applied": applied,
             "duplicate": result.duplicate,
             "ignored": result.ignored,
         }
-        if status != 200:
+        if held:
+            answer["held"] = True  # sent by a ticker when the messaging limit frees a slot
+        elif status != HTTPStatus.OK:
             answer["error"] = "replies pending: post the event again (same event_id)"
         return _answer(status, answer)

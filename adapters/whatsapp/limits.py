@@ -10,16 +10,20 @@ while the count is at the limit is not sent: the reply stays pending in the outb
 waits, oldest first), and goes out when a counted user's 24 hours are over and a slot frees.
 Replies inside the window are never counted nor held.
 
-The count is this process's own (a bounded dict in memory), not shared between processes:
-give each process that sends proactive replies (its ticker, ``POST /events``, ``fsm timers
-run``) its share of the account's limit. A user one process counted may be counted again by
-another, so the processes together stay under the limit, never past it.
+Every process that sends proactive replies (each ``fsm serve`` worker's ticker and ``POST
+/events``, ``fsm timers run``, ``fsm notify``) must see one count, or each would spend the
+whole limit: :class:`Tracker` is that count's contract. :class:`MessagingLimit` keeps it in
+this process's memory (one process: the memory store, tests);
+:class:`~adapters.whatsapp.limits_redis.RedisMessagingLimit` keeps it in Redis, shared by
+every process on the same store (``fsm serve`` picks it on a Redis store).
 
+>>> import asyncio
 >>> limit = MessagingLimit(2)
->>> [limit.admit(user, 0.0) is not None for user in ("a", "b", "a", "c")]
-[True, True, True, False]
->>> limit.hold("c", 0.0), limit.users(0.0), limit.ready(DAY)
-(True, 2, ['c'])
+>>> async def demo():
+...     admitted = [await limit.admit(user, 0.0) is not None for user in ("a", "b", "a", "c")]
+...     return admitted, await limit.hold("c", 0.0), await limit.counts(0.0), await limit.ready(DAY)
+>>> asyncio.run(demo())
+([True, True, True, False], True, (2, 1), ['c'])
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from itertools import islice
+from typing import Protocol
 
 #: The moving period over which Meta counts unique users (seconds).
 DAY = 24 * 60 * 60.0
@@ -53,28 +58,58 @@ class Admission:
 class Gate:
     """The limit as one user's send at ``now`` meets it (handed to the delivery)."""
 
-    limit: MessagingLimit
+    limit: Tracker
     user: str
     now: float
 
-    def admit(self) -> Admission | None:
-        return self.limit.admit(self.user, self.now)
+    async def admit(self) -> Admission | None:
+        return await self.limit.admit(self.user, self.now)
 
-    def give_back(self, admission: Admission) -> None:
-        self.limit.give_back(admission)
+    async def give_back(self, admission: Admission) -> None:
+        await self.limit.give_back(admission)
+
+
+class Tracker(Protocol):
+    """The count of users sent business-initiated messages in a moving day, and the users
+    whose replies wait for a slot: what the bot, its delivery and its ticker need."""
+
+    #: Users per moving day (None: no limit; users are counted all the same).
+    limit: int | None
+
+    async def admit(self, user: str, now: float) -> Admission | None:
+        """Count ``user`` for a business-initiated send at ``now``: an :class:`Admission`,
+        or None if it must wait (a new user, and the limit is reached, or others wait
+        first)."""
+
+    async def give_back(self, admission: Admission) -> None:
+        """Nothing was sent on ``admission``: a user it counted anew is forgotten (unless
+        counted again since); one counted before stays counted, from the later time."""
+
+    async def hold(self, user: str, now: float) -> bool:
+        """``user``'s replies wait for a slot: True if they were not waiting already."""
+
+    async def unhold(self, user: str) -> None:
+        """``user``'s replies no longer wait (sent, or gone)."""
+
+    async def held(self, user: str) -> bool:
+        """Whether ``user``'s replies wait for a slot."""
+
+    async def ready(self, now: float) -> list[str]:
+        """The waiting users who may be sent to at ``now``, oldest first: as many as there
+        are free slots."""
+
+    async def counts(self, now: float) -> tuple[int, int]:
+        """The users counted at ``now``, and the users waiting (for the gauges);
+        :class:`~fsm.errors.StoreUnavailable` if a shared count cannot be read."""
 
 
 class MessagingLimit:
-    """Unique users sent a business-initiated message in the last ``period`` seconds, at most
-    ``limit`` (None: no limit, counted only), and the users whose replies wait for a slot."""
+    """A :class:`Tracker` in this process's memory (bounded): unique users sent a
+    business-initiated message in the last ``period`` seconds, at most ``limit``."""
 
     def __init__(self, limit: int | None = None, *, period: float = DAY) -> None:
-        if limit is not None and (isinstance(limit, bool) or limit < 1):
-            raise ValueError(f"a messaging limit is a number of users >= 1, got {limit!r}")
-        if not 0 < period < float("inf"):
-            raise ValueError(f"period is a number of seconds > 0, got {period!r}")
-        self.limit = limit
-        self.period = period
+        self.limit = checked_limit(limit)
+        self.period = checked_period(period)
         self._counted: OrderedDict[str, float] = OrderedDict()  # user -> last send, oldest first
         self._waiting: OrderedDict[str, float] = OrderedDict()  # user -> held since
 
@@ -84,13 +119,8 @@ class MessagingLimit:
             f"waiting={len(self._waiting)})"
         )
 
-    def gate(self, user: str, now: float) -> Gate:
-        return Gate(self, user, now)
-
-    def admit(self, user: str, now: float) -> Admission | None:
-        """Count ``user`` for a business-initiated send at ``now``: an :class:`Admission`, or
-        None if it must wait (a new user, and the limit is reached, or others wait first)."""
-        self.expire(now)
+    async def admit(self, user: str, now: float) -> Admission | None:
+        self._expire(now)
         before = self._counted.get(user)
         if before is None and self.limit is not None:
             ahead = 0 if user in self._waiting else len(self._waiting)
@@ -103,13 +133,11 @@ class MessagingLimit:
         self._waiting.pop(user, None)
         return Admission(user, now, before is None)
 
-    def give_back(self, admission: Admission) -> None:
-        """Nothing was sent on ``admission``: a user it counted anew is forgotten (unless
-        counted again since); one counted before stays counted, from the later time."""
+    async def give_back(self, admission: Admission) -> None:
         if admission.new and self._counted.get(admission.user) == admission.at:
             del self._counted[admission.user]
 
-    def expire(self, now: float) -> None:
+    def _expire(self, now: float) -> None:
         """Forget the users whose 24 hours are over at ``now`` (they are the oldest)."""
         horizon = now - self.period
         while self._counted:
@@ -118,13 +146,7 @@ class MessagingLimit:
                 return
             del self._counted[user]
 
-    def users(self, now: float) -> int:
-        """How many unique users are counted at ``now``."""
-        self.expire(now)
-        return len(self._counted)
-
-    def hold(self, user: str, now: float) -> bool:
-        """``user``'s replies wait for a slot: True if they were not waiting already."""
+    async def hold(self, user: str, now: float) -> bool:
         if user in self._waiting:
             return False
         self._waiting[user] = now
@@ -132,21 +154,29 @@ class MessagingLimit:
             self._waiting.popitem(last=False)
         return True
 
-    def unhold(self, user: str) -> None:
-        """``user``'s replies no longer wait (sent, or gone)."""
+    async def unhold(self, user: str) -> None:
         self._waiting.pop(user, None)
 
-    def held(self, user: str) -> bool:
+    async def held(self, user: str) -> bool:
         return user in self._waiting
 
-    @property
-    def waiting(self) -> int:
-        """How many users' replies wait for a slot."""
-        return len(self._waiting)
-
-    def ready(self, now: float) -> list[str]:
-        """The waiting users who may be sent to at ``now``, oldest first: as many as there
-        are free slots."""
-        self.expire(now)
+    async def ready(self, now: float) -> list[str]:
+        self._expire(now)
         free = len(self._waiting) if self.limit is None else self.limit - len(self._counted)
         return list(islice(self._waiting, max(free, 0)))
+
+    async def counts(self, now: float) -> tuple[int, int]:
+        self._expire(now)
+        return len(self._counted), len(self._waiting)
+
+
+def checked_limit(limit: int | None) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"a messaging limit is a number of users >= 1, got {limit!r}")
+    return limit
+
+
+def checked_period(period: float) -> float:
+    if not 0 < period < float("inf"):
+        raise ValueError(f"period is a number of seconds > 0, got {period!r}")
+    return period

@@ -97,7 +97,7 @@ class WhatsAppMetrics:
         self.events = Counter(
             "fsm_whatsapp_events",
             "POST /events, by outcome (applied, duplicate, ignored, bad_signature, bad_request, "
-            "too_large, refused, failed, unavailable).",
+            "too_large, refused, failed, unavailable, held).",
             ["outcome"],
             registry=r,
         )

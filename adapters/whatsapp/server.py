@@ -17,6 +17,8 @@ from adapters.redis_async import AsyncRedisStore
 from adapters.whatsapp.app import WebhookConfig, create_app
 from adapters.whatsapp.bot import WhatsAppBot
 from adapters.whatsapp.graph import GraphClient
+from adapters.whatsapp.limits import MessagingLimit, Tracker
+from adapters.whatsapp.limits_redis import RedisMessagingLimit
 from adapters.whatsapp.settings import Settings
 from adapters.whatsapp.simulator import Contact, Simulator
 from adapters.whatsapp.simulator.app import LOOPBACK
@@ -82,8 +84,17 @@ def build_bot(settings: Settings, engine: AsyncEngine) -> WhatsAppBot:
         client,
         mark_as_read=settings.mark_as_read,
         closed_window=settings.closed_window,
-        messaging_limit=settings.messaging_limit,
+        messaging_limit=messaging_tracker(settings.messaging_limit, engine.store),
     )
+
+
+def messaging_tracker(limit: int | None, store: object) -> Tracker:
+    """The messaging limit's count: in Redis beside ``store``'s keys when it is a Redis store
+    (every process of the bot shares it), else in this process (the memory store is one
+    process's)."""
+    if isinstance(store, AsyncRedisStore):
+        return RedisMessagingLimit(store.client, limit, namespace=store.layout.namespace)
+    return MessagingLimit(limit)
 
 
 def build_simulator_app(

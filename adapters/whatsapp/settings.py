@@ -41,7 +41,8 @@ class Settings:
     #: (``WHATSAPP_CLOSED_WINDOW``): dropped, or kept pending until the user writes.
     closed_window: ClosedWindow = "drop"
     #: Unique users business-initiated messages (templates outside the window) may go to in a
-    #: moving 24 hours, from this process (``WHATSAPP_MESSAGING_LIMIT``); None: no limit.
+    #: moving 24 hours, by all of the bot's processes together on a Redis store
+    #: (``WHATSAPP_MESSAGING_LIMIT``); None: no limit.
     messaging_limit: int | None = None
 
     def __repr__(self) -> str:
@@ -109,8 +110,9 @@ def timer_tick(environ: Mapping[str, str]) -> float | None:
 
 
 def messaging_limit(environ: Mapping[str, str]) -> int | None:
-    """``WHATSAPP_MESSAGING_LIMIT``: unique users per moving 24 hours (250, 2000...), this
-    process's share of the account's limit; unset, ``off``, ``unlimited`` or 0: no limit."""
+    """``WHATSAPP_MESSAGING_LIMIT``: unique users per moving 24 hours (250, 2000...), the
+    account's limit (shared by the bot's processes on a Redis store; on the memory store, one
+    process's); unset, ``off``, ``unlimited`` or 0: no limit."""
     raw = environ.get("WHATSAPP_MESSAGING_LIMIT", "").strip().lower().replace("_", "")
     if raw in ("", "off", "unlimited", "none", "0"):
         return None

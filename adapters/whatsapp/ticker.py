@@ -133,7 +133,7 @@ class Ticker:
         except Exception as exc:  # noqa: BLE001 - the replies stay in the outbox
             log.error("timers: replies to %s not sent (%s)", user_tail(user), type(exc).__name__)
             status = HTTPStatus.SERVICE_UNAVAILABLE
-        if status != HTTPStatus.OK and not self.bot.is_held(user):
+        if status != HTTPStatus.OK and not await self.bot.is_held(user):
             self._later(user, 0)  # held ones wait for a slot: send_held, not this schedule
 
     def _later(self, user: str, tries: int) -> None:
@@ -153,7 +153,7 @@ class Ticker:
         now = time.monotonic()
         due = [(user, tries) for user, (at, tries) in self._retry.items() if at <= now]
         for user, tries in due:
-            if await self.bot.flush_pending(user) == HTTPStatus.OK or self.bot.is_held(user):
+            if await self.bot.flush_pending(user) == HTTPStatus.OK or await self.bot.is_held(user):
                 self._retry.pop(user, None)
             else:
                 self._later(user, tries)

@@ -2,18 +2,37 @@
 
 Upgrade: ``upgrade`` (confirm "$1 per 28 days") -> ``subscribe`` (action: createRecurring) ->
 menu. Ledger: ``ledger`` shows ``LEDGER_PAGE`` settled credexes at a time, with next/previous.
+Statement (from the menu): the whole ledger (up to ``STATEMENT_ROWS`` credexes) as a CSV
+document, sent as plain text (WhatsApp takes no ``text/csv``), the member staying at the menu.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import time
 from typing import Any
 
 from flows.credex.api import ApiError, ApiResponseError, Unauthorized
 from flows.credex.base import CONFIRM, CredexSteps, confirmed, maybe_sent, problem, stopped
 from flows.credex.dashboard import summary_in
-from fsm import Context, Exit, Option, Outcome, Reply, action, buttons, on_enter, pick, step
+from fsm import (
+    Context,
+    Exit,
+    Option,
+    Outcome,
+    Reply,
+    action,
+    buttons,
+    document,
+    on_enter,
+    pick,
+    step,
+)
 
 LEDGER_PAGE = 5
+#: The most credexes a statement lists, and the page size it reads the ledger with.
+STATEMENT_ROWS, STATEMENT_PAGE = 500, 50
 UPGRADE = (
     "Upgrade to the tier 3 membership for $1.00 every 28 days, paid from your account? "
     "It raises how much you can offer."
@@ -85,14 +104,45 @@ class AccountSteps(CredexSteps, abstract=True):
             ctx, "Done: you are now a tier 3 member ($1.00 every 28 days).", refresh=True
         )
 
+    # -- statement ----------------------------------------------------------------------------
+    def send_statement(self, ctx: Context, menu: Reply) -> Outcome:
+        """From the menu: the ledger as a CSV document, then the menu again."""
+        try:
+            rows = self.statement_rows(ctx)
+        except Unauthorized:
+            return ctx.reauth()
+        except ApiError as exc:
+            return ctx.stay(problem(exc), menu)
+        if not rows:
+            return ctx.stay("Your ledger is empty: no settled credexes yet.", menu)
+        day = _today(ctx.now)
+        statement = document(
+            statement_csv(rows),
+            filename=f"credex-statement-{day}.csv",
+            mime_type="text/plain",
+            caption=f"Your Credex statement: {_credexes(len(rows))}, newest first.",
+        )
+        return ctx.stay(statement, menu)
+
+    def statement_rows(self, ctx: Context) -> list[dict[str, str]]:
+        """Every settled credex, newest first, up to ``STATEMENT_ROWS`` (ApiError when the
+        API fails: the caller says so)."""
+        rows: list[dict[str, str]] = []
+        while len(rows) < STATEMENT_ROWS:
+            page = self.ledger_page(ctx, len(rows), STATEMENT_PAGE)
+            rows += page["rows"]
+            if not page["more"] or not page["rows"]:
+                break
+        return rows[:STATEMENT_ROWS]
+
     # -- ledger -------------------------------------------------------------------------------
-    def ledger_page(self, ctx: Context, start: int) -> dict[str, Any]:
+    def ledger_page(self, ctx: Context, start: int, size: int = LEDGER_PAGE) -> dict[str, Any]:
         """Fetch one page; raises ApiError (the caller says so and keeps the member where
         they are)."""
         summary = summary_in(ctx.data)
         if summary is None:
             summary = self.refreshed_summary(ctx)
-        page = self.api.get_ledger(summary.account_id, start, LEDGER_PAGE, token=ctx.token or "")
+        page = self.api.get_ledger(summary.account_id, start, size, token=ctx.token or "")
         rows = [
             {"amount": e.formatted_amount, "counterparty": e.counterparty, "date": e.timestamp[:10]}
             for e in page.entries
@@ -130,3 +180,24 @@ class AccountSteps(CredexSteps, abstract=True):
         except ApiError as exc:
             return ctx.stay(problem(exc), shown)
         return ctx.stay(ledger_reply(new_page), set={"ledger": new_page})
+
+
+def statement_csv(rows: list[dict[str, str]]) -> bytes:
+    """The statement's bytes: a header, then one line per credex (UTF-8, CRLF as CSV wants).
+
+    >>> statement_csv([{"date": "2026-12-01", "amount": "+20.00 USD", "counterparty": "Bob"}])
+    b'date,amount,counterparty\\r\\n2026-12-01,+20.00 USD,Bob\\r\\n'
+    """
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=("date", "amount", "counterparty"))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def _credexes(count: int) -> str:
+    return f"{count} settled credex" + ("" if count == 1 else "es")
+
+
+def _today(now: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(now))

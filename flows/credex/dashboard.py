@@ -87,6 +87,7 @@ def menu_options(summary: Summary) -> list[Option]:
     if summary.tier <= 2:
         options.append(Option("upgrade", "Upgrade membership"))
     options.append(Option("ledger", "My ledger"))
+    options.append(Option("statement", "My statement"))
     return options
 
 

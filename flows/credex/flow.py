@@ -88,7 +88,16 @@ class CredexBot(IncomingSteps, OfferSteps, AccountSteps, RegistrationSteps):
     # and ledger (counterparties, amounts, dates); the offers listed, the one chosen and an
     # offer's recipient (counterparties' names and handles). Not ``amount``: the number and
     # currency of an offer being written names no one, and shows where an offer stopped.
-    sensitive = ("first_name", "last_name", "dashboard", "ledger", "offers", "chosen", "recipient")
+    sensitive = (
+        "first_name",
+        "last_name",
+        "photo",
+        "dashboard",
+        "ledger",
+        "offers",
+        "chosen",
+        "recipient",
+    )
     stages = (
         Stage("init", ("greeting",)),
         Stage("auth", ("login",)),
@@ -102,7 +111,7 @@ class CredexBot(IncomingSteps, OfferSteps, AccountSteps, RegistrationSteps):
         Stage("account", ("upgrade", "subscribe", "ledger"), protected=True, exit=ACCOUNT_EXIT),
         Stage(
             "registration",
-            ("welcome", "first_name", "last_name", "confirm", "onboard"),
+            ("welcome", "first_name", "last_name", "photo", "confirm", "onboard"),
             exit=REGISTRATION_EXIT,
         ),
     )
@@ -196,6 +205,8 @@ class CredexBot(IncomingSteps, OfferSteps, AccountSteps, RegistrationSteps):
             return self.open_list(ctx, chosen.id)
         if chosen.id == "upgrade":
             return ctx.go("open_account", step="upgrade", option="upgrade")
+        if chosen.id == "statement":
+            return self.send_statement(ctx, shown)
         return self.open_ledger(ctx)
 
     def _refresh(self, ctx: Context) -> Outcome:

@@ -1,7 +1,9 @@
 """The registration stage: onboarding for a phone number Credex does not know.
 
-``welcome`` (register or not now) -> ``first_name`` -> ``last_name`` -> ``confirm`` ->
-``onboard`` (action: onboardMember) -> menu, signed in with the token onboarding returns.
+``welcome`` (register or not now) -> ``first_name`` -> ``last_name`` -> ``photo`` (an optional
+profile photo: sent, it is shown back; *Skip* with a tap) -> ``confirm`` -> ``onboard``
+(action: onboardMember) -> menu, signed in with the token onboarding returns. The photo is
+kept as the channel's media id and metadata (``data["photo"]``), never as bytes.
 Names are free text: "cancel" typed while one is asked for may be a name, so the engine asks
 "Stop the registration?" (the stage's declared :data:`EXIT`) instead of guessing. Idle at
 ``confirm``: a reminder after 10 minutes, and the names dropped 30 minutes after arriving
@@ -31,13 +33,14 @@ from fsm import (
     Reply,
     action,
     buttons,
+    image,
     on_enter,
     pick,
     step,
     timeout,
 )
 
-NAME_KEYS = ("first_name", "last_name")
+NAME_KEYS = ("first_name", "last_name", "photo")
 NAME_RULE = "3 to 50 letters; spaces, hyphens and apostrophes are fine"
 WELCOME = buttons(
     "Welcome to Credex! This number has no Credex account yet. Would you like to register?",
@@ -45,6 +48,9 @@ WELCOME = buttons(
 )
 REGISTER = buttons(
     "Register?", [("confirm", "Confirm"), ("change", "Change names"), ("cancel", "Cancel")]
+)
+PHOTO = buttons(
+    "Would you like a profile photo? Send one now, or tap *Skip*.", [("skip", "Skip")]
 )
 CANCELLED = "Registration cancelled. Send *hi* whenever you want to start again."
 #: ... after an attempt that timed out: the account may exist already.
@@ -116,12 +122,28 @@ class RegistrationSteps(CredexSteps, abstract=True):
             return ctx.stay(
                 f"A last name is {NAME_RULE}. What is your last name? (First name kept: {first}.)"
             )
-        return ctx.stay(step="confirm", set={"last_name": name})
+        return ctx.stay(step="photo", set={"last_name": name})
+
+    @on_enter("registration", "photo", blocking=False)
+    def ask_photo(self, ctx: Context) -> list[Reply]:
+        return [PHOTO]
+
+    @step("registration", "photo", accepts={"image"})
+    def photo(self, ctx: Context) -> Outcome:
+        media = ctx.media
+        if media is None:
+            if pick(PHOTO, ctx.text) is not None or words(ctx.text) in {"no", "skip", "later"}:
+                return ctx.stay(step="confirm")
+            return ctx.stay("Please send a photo, or tap *Skip*.", PHOTO)
+        # Shown back: the engine fetches it from the channel and sends it as a new image.
+        shown = image(media, caption="Your profile photo.")
+        return ctx.stay(shown, step="confirm", set={"photo": media})
 
     @on_enter("registration", "confirm", blocking=False)
     def ask_register(self, ctx: Context) -> list[Reply]:
         full = f"{ctx.data['first_name']} {ctx.data['last_name']}"
-        return [REGISTER.with_body(f"Register as *{full}*?")]
+        photo = " with your photo" if ctx.data.get("photo") else ""
+        return [REGISTER.with_body(f"Register as *{full}*{photo}?")]
 
     @timeout("registration", "confirm", after=REMIND_AFTER)
     def remind_registration(self, ctx: Context) -> Outcome:

@@ -234,7 +234,9 @@ async def _notify(
             result, status = await bot.notify(user, event, data=data, event_id=event_id)
         finally:
             await bot.aclose()
-        return result, status != 200
+        if status == 202:  # held for the messaging limit: a running ticker sends them
+            click.echo("replies held for the messaging limit: fsm serve's ticker sends them")
+        return result, status not in (200, 202)
     finally:
         await _close(engine.store)
 

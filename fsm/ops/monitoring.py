@@ -511,8 +511,8 @@ PANELS: tuple[Panel, ...] = (
     Panel(
         "Messaging limit: users reached in 24 h, waiting, limit",
         (
-            f"sum(fsm_whatsapp_messaging_limit_users{{{JOB}}})",
-            f"sum(fsm_whatsapp_messaging_limit_waiting{{{JOB}}})",
+            f"max(fsm_whatsapp_messaging_limit_users{{{JOB}}})",
+            f"max(fsm_whatsapp_messaging_limit_waiting{{{JOB}}})",
             f"max(fsm_whatsapp_messaging_limit{{{JOB}}})",
         ),
     ),

@@ -61,6 +61,11 @@ COUNTERS = {
         "outbox_confirm_failures",
         "Confirmations of sent replies that could not be saved.",
     ),
+    "attachments_refused": (
+        "attachments_refused",
+        "Attachments a step does not accept (answered with its prompt or unsupported_reply).",
+    ),
+    "media_uploads": ("media_uploads", "Replies made from bytes uploaded before their save."),
     "timers_armed": ("timers_armed", "Timer deadlines indexed (saves that armed timers)."),
     "timers_fired": ("timers_fired", "Timers fired (their handler's save landed)."),
     "timers_cancelled": ("timers_cancelled", "Timers cancelled: the conversation left the step."),

@@ -60,9 +60,9 @@ def test_unknown_member_goes_to_registration(bot: Bot) -> None:
 @pytest.mark.parametrize(
     ("user", "expected"),
     [
-        (ALICE, ["offer", "accept", "decline", "cancel", "upgrade", "ledger"]),
-        (BOB, ["offer", "ledger"]),
-        (CAROL, ["offer", "accept", "decline", "upgrade", "ledger"]),
+        (ALICE, ["offer", "accept", "decline", "cancel", "upgrade", "ledger", "statement"]),
+        (BOB, ["offer", "ledger", "statement"]),
+        (CAROL, ["offer", "accept", "decline", "upgrade", "ledger", "statement"]),
     ],
 )
 def test_menu_shows_only_the_options_that_apply(bot: Bot, user: str, expected: list[str]) -> None:
@@ -104,7 +104,7 @@ def test_greeting_in_menu_refreshes_the_dashboard(bot: Bot) -> None:
                           token=bot.api.login("263770000004").token)  # fmt: skip
     result = bot.engine.handle(BOB, "menu")
     assert bot.api.count("getMemberDashboardByPhone") == 1
-    assert [o.id for o in result.replies[0].options] == ["offer", "accept", "decline", "ledger"]
+    assert [o.id for o in result.replies[0].options] == ["offer", "accept", "decline", "ledger", "statement"]
     assert result.snapshot.stage == "menu"
 
 

@@ -165,7 +165,7 @@ def test_an_idle_review_is_reminded_then_the_choice_dropped(bot: Bot) -> None:
 
 
 def test_an_idle_registration_is_reminded_then_the_names_dropped(bot: Bot) -> None:
-    chat(bot, STRANGER).run("> hi\n> Register\n> Ann\n> Lee\n= registration.confirm\n")
+    chat(bot, STRANGER).run("> hi\n> Register\n> Ann\n> Lee\n> Skip\n= registration.confirm\n")
     bot.clock.advance(10 * MINUTE)
     reminder = tick(bot)[STRANGER][0]
     assert reminder.texts[0].startswith("Still there? Register as *Ann Lee*?")

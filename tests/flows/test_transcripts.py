@@ -12,9 +12,20 @@ from fsm.transcript import TranscriptError
 from tests.flows.conftest import ALICE, Bot, HttpBot
 
 TRANSCRIPTS = sorted((Path(__file__).parents[2] / "flows" / "credex" / "transcripts").glob("*.txt"))
-FLOWS = {"login", "registration", "offer", "accept", "decline", "cancel", "upgrade", "ledger"}
-#: Beyond one per flow: offers arriving from outside, and the confirm steps' timers.
-PROACTIVE = {"offer_received", "confirm_idle"}
+FLOWS = {
+    "login",
+    "registration",
+    "offer",
+    "accept",
+    "decline",
+    "cancel",
+    "upgrade",
+    "ledger",
+    "statement",
+}
+#: Beyond one per flow: offers arriving from outside, the confirm steps' timers, and the 24-hour
+#: window.
+PROACTIVE = {"offer_received", "confirm_idle", "window"}
 
 
 def test_there_is_a_transcript_per_flow() -> None:

@@ -143,7 +143,7 @@ def test_a_transcript_runner_on_its_own_fires_too() -> None:
         ("! event ping [1]", "transcript:2: use: ! event NAME"),
         ("! event ping {} idx=3", "transcript:2: use: ! event NAME"),
         ("! clock", "transcript:2: use: ! clock +SECONDS"),
-        ("! tick", "unknown directive 'tick' (known: again, clock, event, user)"),
+        ("! tick", "unknown directive 'tick' (known: again, clock, event, send, user, window)"),
     ],
 )
 def test_bad_directive_lines_name_the_line(line: str, message: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fsm import Context, Flow, Outcome, Stage, step
+from fsm import Context, Flow, Outcome, Stage, TemplateSpec, on_event, step, template
 from fsm.async_engine import AsyncEngine
 from fsm.store import AsyncStore
 from tests.fsm.sample_flows import Counter
@@ -41,3 +41,31 @@ def counter_engine(store: AsyncStore) -> AsyncEngine:
 
 def ledger_engine(store: AsyncStore) -> AsyncEngine:
     return AsyncEngine(Ledger(), store)
+
+
+class Offers(Flow):
+    """An ``offer`` event starts a conversation and says so with the ``offer_received``
+    template (its free-form fallback inside the window); messages are noted."""
+
+    name = "offers"
+    takes_first_message = True
+    session_ttl = 48 * 3600
+    stages = (Stage("open", ("note",)),)
+    transitions = ()
+    templates = (TemplateSpec("offer_received", "en", body_params=1),)
+
+    @step("open", "note")
+    def note(self, ctx: Context) -> Outcome:
+        return ctx.stay(f"noted {ctx.text}")
+
+    @on_event("offer", starts=True, reprompt=False)
+    def offer(self, ctx: Context) -> Outcome:
+        assert ctx.event is not None
+        amount = str(ctx.event.data["amount"])
+        return ctx.stay(
+            template("offer_received", "en", params=[amount], fallback=f"An offer: {amount}.")
+        )
+
+
+def offers_engine(store: AsyncStore) -> AsyncEngine:
+    return AsyncEngine(Offers(), store)
