@@ -38,6 +38,7 @@ from fsm.media_replies import OutboundMedia
 PHOTO = InboundMedia("image", "media-1", "image/jpeg", caption="my prescription")
 FILE = InboundMedia("document", "media-2", "application/pdf", filename="rx.pdf")
 HERE = Location(-17.8292, 31.0522, "Clinic", "Harare")
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(64)
 
 
 class Refill(Flow):
