@@ -213,9 +213,9 @@ class WhatsAppBot:
         (:meth:`fsm.AsyncEngine.notify`) and send its replies as a message's: the result, and
         200; 202 if they are held for the messaging limit (a ticker sends them when a slot
         frees); 503 if some stay pending otherwise (deliver the event again, same
-        ``event_id``: they go out then). The user's messages in this process wait meanwhile. Raises what
-        ``notify`` raises; on the flow's own failure, what earlier saves left pending is sent
-        first (no notice: the user did not write)."""
+        ``event_id``: they go out then). The user's messages in this process wait
+        meanwhile. Raises what ``notify`` raises; on the flow's own failure, what earlier
+        saves left pending is sent first (no notice: the user did not write)."""
         async with self._locks.hold(user):
             try:
                 result = await self.engine.notify(user, event, data=data, event_id=event_id)

@@ -49,9 +49,7 @@ WELCOME = buttons(
 REGISTER = buttons(
     "Register?", [("confirm", "Confirm"), ("change", "Change names"), ("cancel", "Cancel")]
 )
-PHOTO = buttons(
-    "Would you like a profile photo? Send one now, or tap *Skip*.", [("skip", "Skip")]
-)
+PHOTO = buttons("Would you like a profile photo? Send one now, or tap *Skip*.", [("skip", "Skip")])
 CANCELLED = "Registration cancelled. Send *hi* whenever you want to start again."
 #: ... after an attempt that timed out: the account may exist already.
 MAYBE_REGISTERED = "Stopped. Your registration may still have gone through: send *hi* to check."

@@ -104,7 +104,8 @@ def test_greeting_in_menu_refreshes_the_dashboard(bot: Bot) -> None:
                           token=bot.api.login("263770000004").token)  # fmt: skip
     result = bot.engine.handle(BOB, "menu")
     assert bot.api.count("getMemberDashboardByPhone") == 1
-    assert [o.id for o in result.replies[0].options] == ["offer", "accept", "decline", "ledger", "statement"]
+    options = [o.id for o in result.replies[0].options]
+    assert options == ["offer", "accept", "decline", "ledger", "statement"]
     assert result.snapshot.stage == "menu"
 
 
