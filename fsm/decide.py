@@ -27,7 +27,7 @@ from fsm.auth import Claims, TokenVerifier
 from fsm.effects import HandlerCall, Steps
 from fsm.errors import FsmError, StepFailed, StepNotFound, TokenRefused, TransitionNotAllowed
 from fsm.flow import Exit, Flow, FlowSpec, StepSpec, call_mode, folded
-from fsm.media import MediaAccess, MediaChannel
+from fsm.media import MediaAccess, MediaChannel, MediaError
 from fsm.reply import Reply, buttons
 from fsm.snapshot import (
     MAX_DEPTH,
@@ -163,6 +163,11 @@ class Decider:
             if mode in self._in_place:
                 return fn(ctx)
             return (yield HandlerCall(fn, ctx, mode))
+        except MediaError as exc:  # a download the step did not catch: the step failed
+            self.stats.incr("step_failures")
+            raise StepFailed(
+                snapshot.stage, snapshot.step, user_key=key, version=snapshot.version
+            ) from exc
         except FsmError:
             raise
         except Exception as exc:

@@ -67,6 +67,7 @@ from fsm.inflight import Held, Message, Restored
 from fsm.inputs import MAX_USER_KEY as MAX_USER_KEY
 from fsm.inputs import check_key, check_message_id, check_text
 from fsm.leases import Leasing
+from fsm.media import MediaError
 from fsm.outbox import MAX_OUTBOX as MAX_OUTBOX
 from fsm.outbox import Outbox
 from fsm.poison import FAILURES_KEPT as FAILURES_KEPT
@@ -468,13 +469,30 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         for reply in decision.replies:
             if reply.media is not None and _to_upload(reply):
                 media = reply.media
-                if media.forward:  # a file the user sent, sent back: its bytes first
-                    media = media.fetched((yield Download(media.forwarded())))
-                media_id: str = yield Upload(media)
+                try:
+                    if media.forward:  # a file the user sent, sent back: its bytes first
+                        media = media.fetched((yield Download(media.forwarded())))
+                    media_id: str = yield Upload(media)
+                except Exception as exc:  # told as a MediaError
+                    raise self._media_failed(exc) from exc
                 self.stats.incr("media_uploads")
                 reply = msgspec.structs.replace(reply, media=media.uploaded(media_id))
             replies.append(reply)
         return msgspec.structs.replace(decision, replies=tuple(replies))
+
+    def _media_failed(self, exc: Exception) -> MediaError:
+        """A file that could not reach the channel before the save (nothing is saved): a
+        channel out of reach is worth a re-delivery (``transient``: the transport answers
+        503 and the user hears the flow's ``delay_reply``); a file it refuses is not (the
+        ``failure_reply``)."""
+        error = (
+            exc if isinstance(exc, MediaError) else MediaError("unavailable", type(exc).__name__)
+        )
+        error.transient = error.reason == "unavailable"
+        reply = self.spec.delay_reply if error.transient else self.spec.failure_reply
+        error.notice = Reply(reply)
+        log.warning("a reply's file did not reach the media channel: %s", error)
+        return error
 
     def _save(
         self, m: Message, restored: Restored, decision: Decision, at_action: bool

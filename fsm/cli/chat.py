@@ -1,11 +1,21 @@
 """``fsm chat``: talk to the reference Credex bot (or your own) in the terminal, or play a
-transcript and check it. It never prints a token."""
+transcript and check it. It never prints a token.
+
+Besides text, the user can send what a phone sends (:data:`COMMANDS`): a file (``/send PATH
+[caption]``: its type from its name, else its first bytes; an image, audio, a video, a sticker
+or a document by that type) and a place (``/location LAT,LONG [name]``). A file is kept in the
+engine's media channel, a :class:`~fsm.memory_media.MemoryMedia` given to an engine that has
+none, so a step can download it; the bot's files show as a line (``[image: 3 KB]``).
+"""
 
 from __future__ import annotations
 
+import re
+import secrets
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 import click
 
@@ -16,8 +26,10 @@ from fsm.transcript import Directive, Runner, TranscriptError
 
 if TYPE_CHECKING:
     from adapters import AsyncStore, Store
+    from fsm.attachments import Attachment
     from fsm.blocking import BlockingEngine
     from fsm.engine import Engine
+    from fsm.memory_media import MemoryMedia
     from fsm.reply import Reply
 
     ChatEngine = Engine | BlockingEngine
@@ -25,6 +37,16 @@ if TYPE_CHECKING:
 DEFAULT_USER = "263770000001"  # Alice, a seeded member of the fake Credex API
 #: Who ``--engine`` chats as unless ``--user`` says otherwise (a neutral id, no phone number).
 ENGINE_USER = "user-1"
+#: What the interactive chat takes besides text (anything else, ``/cancel`` and ``/menu``
+#: too, goes to the bot as typed).
+COMMANDS = (
+    ("/send PATH [caption]", "send a file: an image, a document... (by its type)"),
+    ("/location LAT,LONG [name]", "send a place, like /location -17.8292,31.0522 Harare"),
+    ("/help", "these commands"),
+)
+#: The largest file ``/send`` reads (WhatsApp's largest: a 100 MB document).
+MAX_SEND = 100 * 1024 * 1024
+_PLACE = re.compile(r"([+-]?[0-9]+(?:\.[0-9]*)?)\s*,\s*([+-]?[0-9]+(?:\.[0-9]*)?)(?:\s+(.*))?")
 
 
 @main.command()
@@ -122,7 +144,7 @@ def chat(
         return
     bot = "the Credex bot" if engine_ref is None else f"the {engine.spec.name!r} flow"
     click.echo(f"Chatting as {user} with {bot}. Say 'hi' to start; Ctrl-D to quit.")
-    click.echo("Answer a list by number or by title.")
+    click.echo("Answer a list by number or by title; /help for sending a file or a place.")
     _converse(engine, user, _prompt_lines())
 
 
@@ -231,11 +253,34 @@ def _prompt_lines() -> Iterator[str]:
             raise SystemExit(EXIT_INTERRUPTED) from None
 
 
+class _Said(NamedTuple):
+    """One message of the user's: its text (a caption, or ""), what it carries besides, and
+    its message id (an attachment has one, as a channel's message does)."""
+
+    text: str
+    attachment: Attachment | None = None
+    message_id: str | None = None
+
+
+class _Unusable(Exception):
+    """A command that cannot be sent as typed: one line says why, and the chat goes on."""
+
+
 def _converse(engine: ChatEngine, user: str, messages: Iterable[str]) -> int:
     failures = 0
+    ids = _message_ids()
     for message in messages:
         try:
-            result = engine.handle(user, message)
+            said = _said(engine, message, ids)
+        except _Unusable as exc:
+            click.echo(f"error: {exc}", err=True)
+            continue
+        if said is None:  # a command answered here: /help
+            continue
+        try:
+            result = engine.handle(
+                user, said.text, message_id=said.message_id, attachment=said.attachment
+            )
         except FsmError as exc:
             failures += 1
             _echo_replies(exc.replies)  # saved before the error: still the bot's answer
@@ -249,3 +294,113 @@ def _converse(engine: ChatEngine, user: str, messages: Iterable[str]) -> int:
         snap = result.snapshot
         click.echo(click.style(f"     [{snap.stage}.{snap.step} v{snap.version}]", dim=True))
     return failures
+
+
+def _message_ids() -> Iterator[str]:
+    """Message ids unique across chats (two on one shared store must not dedupe each other)."""
+    run = secrets.token_hex(4)
+    count = 0
+    while True:
+        count += 1
+        yield f"chat-{run}-{count}"
+
+
+def _said(engine: ChatEngine, line: str, ids: Iterator[str]) -> _Said | None:
+    """What ``line`` sends: its text, or a command's file or place; None for ``/help``
+    (printed here); :class:`_Unusable` for a command typed wrong."""
+    command, _, rest = line.strip().partition(" ")
+    rest = rest.strip()
+    if command == "/help":
+        width = max(len(usage) for usage, _ in COMMANDS)
+        for usage, what in COMMANDS:
+            click.echo(f"  {usage.ljust(width)}  {what}")
+        click.echo("  Anything else is sent as typed; Ctrl-D quits.")
+        return None
+    if command == "/send":
+        return _file(engine, rest, next(ids))
+    if command == "/location":
+        return _Said("", _place(rest), next(ids))
+    return _Said(line)
+
+
+def _file(engine: ChatEngine, rest: str, message_id: str) -> _Said:
+    """``/send PATH [caption]`` (a PATH with spaces in quotes): the file, kept in the
+    engine's media channel, as the user's image, document..."""
+    from fsm.media_replies import CAPTIONED, guessed, human_size
+    from fsm.memory_media import kind_of
+
+    name, caption = _path_and_caption(rest)
+    path = Path(name).expanduser()
+    data = _read(path)
+    mime_type = guessed(path.name, data)
+    kind = kind_of(mime_type)
+    if caption and kind not in CAPTIONED:
+        raise _Unusable(f"/send: {path.name} is sent as {kind}, which carries no caption")
+    filename = path.name if kind == "document" else ""
+    sent = _media(engine).add(data, mime_type, caption=caption, filename=filename)
+    shown = f"{kind}: {path.name}, {mime_type}, {human_size(len(data))}"
+    click.echo(click.style(f"     [you sent {shown}]", dim=True))
+    return _Said(caption, sent, message_id)
+
+
+def _path_and_caption(rest: str) -> tuple[str, str]:
+    if not rest:
+        raise _Unusable("use: /send PATH [caption] (a PATH with spaces in quotes)")
+    quote = rest[0]
+    if quote in "'\"":
+        end = rest.find(quote, 1)
+        if end < 1:
+            raise _Unusable(f"/send: the path's closing {quote} is missing")
+        return rest[1:end], rest[end + 1 :].strip()
+    name, _, caption = rest.partition(" ")
+    return name, caption.strip()
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes; :class:`_Unusable` saying why it cannot be sent."""
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise _Unusable(f"/send: {path} is not a file")
+        if size > MAX_SEND:
+            raise _Unusable(f"/send: {path} is over 100 MB, more than WhatsApp takes")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise _Unusable(f"/send: no such file: {path}") from None
+    except OSError as exc:
+        raise _Unusable(f"/send: cannot read {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise _Unusable(f"/send: {path} is empty")
+    return data
+
+
+def _media(engine: ChatEngine) -> MemoryMedia:
+    """The engine's media channel, where ``/send`` keeps its files: a MemoryMedia, given to
+    an engine that has none."""
+    from fsm.blocking import BlockingEngine
+    from fsm.memory_media import MemoryMedia
+
+    core = engine.engine if isinstance(engine, BlockingEngine) else engine
+    if core.media is None:
+        core.media = MemoryMedia()
+    if not isinstance(core.media, MemoryMedia):
+        channel = type(core.media).__name__
+        raise _Unusable(f"/send keeps files in a MemoryMedia: this engine's channel is a {channel}")
+    return core.media
+
+
+def _place(rest: str) -> Attachment:
+    """``/location LAT,LONG [name]``: a place within range."""
+    from fsm.attachments import Location
+
+    usage = "use: /location LAT,LONG [name], like /location -17.8292,31.0522 Harare"
+    found = _PLACE.fullmatch(rest)
+    if found is None:
+        raise _Unusable(usage)
+    latitude, longitude, name = found.groups()
+    try:
+        return Location(float(latitude), float(longitude), name or "")
+    except ValueError:
+        raise _Unusable(
+            f"/location: the latitude is within ±90, the longitude ±180 ({usage})"
+        ) from None

@@ -255,16 +255,34 @@ def test_an_async_handler_awaits_the_download_and_the_loop_is_never_blocked() ->
     asyncio.run(run())
 
 
-def test_a_missing_file_or_channel_raises_media_error_with_the_reason() -> None:
+def test_a_download_the_step_does_not_catch_fails_the_step_with_the_reason() -> None:
     gone = InboundMedia("image", "media-404", "image/jpeg")
-    with pytest.raises(MediaError) as failed:
+    with pytest.raises(StepFailed) as failed:
         Engine(Reader(), MemoryStore(), media=Channel()).handle(
             "u1", "", message_id="a", attachment=gone
         )
-    assert failed.value.reason == "expired"
-    with pytest.raises(MediaError) as failed:
+    cause = failed.value.__cause__
+    assert isinstance(cause, MediaError) and cause.reason == "expired"
+    assert failed.value.notice is not None  # the user is told (the flow's failure_reply)
+    with pytest.raises(StepFailed) as failed:
         Engine(Reader(), MemoryStore()).handle("u1", "", message_id="a", attachment=PHOTO)
-    assert failed.value.reason == "no_channel"
+    cause = failed.value.__cause__
+    assert isinstance(cause, MediaError) and cause.reason == "no_channel"
+
+
+class Unreachable(Channel):
+    async def upload(self, media: OutboundMedia) -> str:
+        raise ConnectionError("the channel is down")
+
+
+def test_a_file_that_cannot_be_uploaded_saves_nothing_and_asks_for_a_redelivery() -> None:
+    store = MemoryStore()
+    e = Engine(Refill(), store, media=Unreachable(), outbox=True)
+    with pytest.raises(MediaError) as failed:
+        e.handle("u1", "statement", message_id="m1")
+    assert failed.value.reason == "unavailable" and failed.value.transient
+    assert failed.value.notice is not None and "longer" in failed.value.notice.body
+    assert e.peek("u1") is None  # nothing saved: the re-delivery runs the step again
 
 
 def test_a_reply_from_bytes_is_uploaded_before_its_save_and_kept_by_id() -> None:
