@@ -244,9 +244,8 @@ class Decider:
         """An attachment the step does not take: nothing for a reaction (it asks nothing),
         else the step's prompt again if it accepts other kinds, else the flow's
         ``unsupported_reply``. The conversation stays where it is."""
-        self.stats.incr("attachments_refused")
-        if spec.accepts and kind != "reaction":
-            return (yield from self._prompt(key, current, now, notices, note="prompt"))
+        if spec.accepts and kind != "reaction":  # the history notes the kind (counted once saved)
+            return (yield from self._prompt(key, current, now, notices, note=kind))
         said = () if kind == "reaction" else (Reply(self.spec.unsupported_reply),)
         new = self._restamped(current, now)
         return Decision(new, (*notices, *said), (), side_effects=False, note=kind, plain=True)

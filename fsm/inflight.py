@@ -51,6 +51,9 @@ class Message(msgspec.Struct):
     #: What the user sent besides text (:mod:`fsm.attachments`); None for text.
     attachment: Attachment | None = None
     due: bool = True  # the message is not applied yet (False once saved, or if seen)
+    #: This pass decides on a record at hand (the recent one), not on a fresh load: whether
+    #: the message was applied already is only known when its save is refused.
+    cached: bool = False
     duplicate: bool = False  # it was applied before; this delivery finishes its action
     owner: str | None = None  # our lease's owner token while we hold it
     leased_at: float = 0.0  # when the lease was taken or last renewed (monotonic)

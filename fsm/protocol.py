@@ -48,7 +48,7 @@ from typing import Any
 
 import msgspec
 
-from fsm.attachments import ATTACHMENT_TYPES, Attachment
+from fsm.attachments import ATTACHMENT_KINDS, ATTACHMENT_TYPES, Attachment
 from fsm.decide import Decision
 from fsm.effects import Download, Guard, Sleep, StoreCall, Unguard, Upload
 from fsm.engine_core import MAX_ACTIONS, S, Steps, log
@@ -289,6 +289,11 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
                 raise
             return None  # quarantined: the next pass restarts the user at the safe stage
         yield from self._unguard(m, guard)
+        if m.cached and m.due and self.media is not None and _files(decision):
+            # Files reach the channel before the save, and a record at hand does not say
+            # whether this message was applied already (a re-delivery): judge a fresh load,
+            # so that a duplicate uploads nothing.
+            return None
         return (yield from self._save(m, restored, decision, at_action))
 
     def _outside_input(self, m: Message, restored: Restored) -> str:
@@ -327,7 +332,7 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         """The conversation this pass works on when getting it takes no store call: what this
         call just saved under the lease, or a record at hand (the recent one, a refusal's)
         with no message id seen and nothing broken in it. None: :meth:`_obtain` it."""
-        m.locked = False
+        m.locked, m.cached = False, False
         if m.known is not None:
             restored, m.known = m.known, None
             return restored
@@ -340,6 +345,7 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
             return None  # _obtain quarantines it
         m.ready = None
         m.locked = loaded.locked and m.owner is None
+        m.cached = True
         return restored
 
     def _obtain(self, m: Message) -> Steps[Restored | Result | None]:
@@ -463,7 +469,7 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
         """``decision`` with every reply made from bytes uploaded to the media channel and
         kept by its media id (:mod:`fsm.media`): no snapshot holds a file, and a resend
         never uploads again."""
-        if not any(_to_upload(r) for r in decision.replies):
+        if not _files(decision):
             return decision
         replies = []
         for reply in decision.replies:
@@ -688,10 +694,17 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
             self.stats.incr("expired")
         if decision.reauth:
             self.stats.incr("token_refused")
+        if decision.note in ATTACHMENT_KINDS:  # an attachment the step does not accept
+            self.stats.incr("attachments_refused")
         if leased:
             self.stats.incr("lock_acquisitions")
         if decision.events:
             self.stats.incr(f"transitions:{restored.snapshot.stage}->{decision.snapshot.stage}")
+
+
+def _files(decision: Decision) -> bool:
+    """Whether ``decision`` has replies whose files must reach the media channel first."""
+    return any(_to_upload(reply) for reply in decision.replies)
 
 
 def _to_upload(reply: Reply) -> bool:

@@ -22,8 +22,14 @@ dropped or kept pending (``closed_window``), never attempted.
 
 A template sent outside the window opens a business-initiated conversation, counted against
 the messaging limit (``messaging_limit``: :mod:`adapters.whatsapp.limits`): one to a new user
-past the limit is *held*, left pending in the outbox (503, as for any reply left pending), and
+past the limit is *held*, left pending in the outbox (202 to ``POST /events``), and
 sent by :meth:`WhatsAppBot.send_held` (the ticker's rounds) once a slot frees, oldest first.
+
+A message with a file, a location, a reaction or contact cards reaches the engine as its
+``attachment`` (:mod:`fsm.attachments`; parsed by :mod:`adapters.whatsapp.updates`). The
+engine's media channel is the Graph API's (:class:`~adapters.whatsapp.media.GraphMedia`)
+unless it came with one: a reply made from bytes is uploaded before its save and sent by its
+media id, and a step downloads what the user sent when it asks (``ctx.download()``).
 
 Messages of one user are handled one at a time in this process, in the order they come;
 across processes, a slow decision holds the user's lease too (:data:`fsm.protocol.GUARD_AFTER`),
@@ -44,6 +50,7 @@ from typing import Any
 from adapters.whatsapp.delivery import Delivery, phone_tail, remember_bounded
 from adapters.whatsapp.graph import GraphClient
 from adapters.whatsapp.limits import Gate, MessagingLimit, Tracker
+from adapters.whatsapp.media import GraphMedia
 from adapters.whatsapp.metrics import WhatsAppMetrics
 from adapters.whatsapp.render import mark_read
 from adapters.whatsapp.updates import Incoming, Update
@@ -57,6 +64,7 @@ from fsm.errors import (
     StepFailed,
     StoreUnavailable,
 )
+from fsm.media import MediaChannel
 from fsm.ops.prometheus import EngineCollector
 from fsm.reply import Reply
 from fsm.result import Result
@@ -109,6 +117,7 @@ class WhatsAppBot:
         window: float = WINDOW,
         closed_window: ClosedWindow = "drop",
         messaging_limit: int | Tracker | None = None,
+        media: MediaChannel | None = None,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             raise TypeError(f"WhatsAppBot needs an fsm.AsyncEngine, got {type(engine).__name__}")
@@ -117,6 +126,8 @@ class WhatsAppBot:
         if not 0 < window < float("inf"):
             raise ValueError(f"window is a number of seconds > 0, got {window!r}")
         engine.outbox = True  # replies are kept with the state until the Graph API has them
+        if engine.media is None:  # files go to and come from the Graph API (or ``media``)
+            engine.media = media if media is not None else GraphMedia(client)
         if engine.send_lease is None:  # and whoever sends them holds the user's lease
             engine.send_lease = SEND_LEASE
         self.engine = engine
@@ -186,7 +197,11 @@ class WhatsAppBot:
             text, pressed = answer, None
         try:
             result = await self.engine.handle(
-                message.user, text, message_id=message.message_id, pressed=pressed
+                message.user,
+                text,
+                message_id=message.message_id,
+                pressed=pressed,
+                attachment=message.attachment,
             )
         except TRANSIENT as exc:
             self.metrics.messages.labels("unavailable").inc()

@@ -170,6 +170,8 @@ class Delivery:
             if exc.retryable or exc.hold:  # retries ran out, or the account is refused:
                 raise _Left(str(exc)) from None  # keep this one and the rest, in order
             log.error("reply to %s given up: %s", phone_tail(to), exc)
+        except ValueError as exc:  # no payload can say it (a file never uploaded): a bug
+            log.error("reply to %s cannot be sent, given up: %s", phone_tail(to), exc)
         else:
             if closed is not None and sent:
                 self.metrics.window_closed.labels("template").inc()

@@ -28,21 +28,35 @@ It also lists a business account's message templates, as the WhatsApp Business M
 does (``GET <base>/<account id>/message_templates``, paged with ``limit`` and ``after``
 cursors): the ones a test gives it (:meth:`FakeGraph.set_templates`, records made with
 :func:`message_template`), what ``fsm whatsapp templates check`` reads.
+
+And it keeps media as Meta does: ``POST <base>/<phone number id>/media`` uploads a file
+(multipart: ``messaging_product``, ``type``, ``file``) and answers its media id;
+``GET <base>/<media id>`` answers the file's download URL, mime type, sha256 (hex) and size
+(a string, as Meta sends it); the URL (``<host>/media-bytes/<media id>?sig=...``) answers the
+bytes to a request with the bearer token, for :attr:`FakeGraph.media_url_ttl` seconds (Meta's:
+about five minutes). A test puts a user's file in with :meth:`FakeGraph.add_media`, reads the
+uploads in :attr:`FakeGraph.uploads`, and makes the fake lie or expire
+(:meth:`FakeGraph.misannounce`, :meth:`FakeGraph.corrupt_media`,
+:meth:`FakeGraph.expire_media_urls`).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import itertools
 import json
 import re
+import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -51,6 +65,7 @@ __all__ = [
     "API_VERSION",
     "Answer",
     "FakeGraph",
+    "MediaFile",
     "Request",
     "body_text",
     "describe",
@@ -68,6 +83,11 @@ API_VERSION = "v99.0"
 OUTSIDE_WINDOW = 131047
 _PATH = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?/(?P<number>[^/?]+)/messages$")
 _TEMPLATES = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?/(?P<account>[^/?]+)/message_templates$")
+_UPLOAD = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?/(?P<number>[^/?]+)/media$")
+_MEDIA_INFO = re.compile(r"^/v[0-9]+(?:\.[0-9]+)?/(?P<media>[^/?]+)$")
+_MEDIA_BYTES = re.compile(r"^/media-bytes/(?P<media>[^/?]+)$")
+#: The first media id the fake gives (Meta's are long numbers too).
+MEDIA_IDS = 900_000_000_000_001
 #: Templates per page when the request gives no ``limit``.
 TEMPLATES_LIMIT = 25
 
@@ -136,6 +156,23 @@ class Request:
 
 
 @dataclass
+class MediaFile:
+    """A file the fake holds: uploaded, or added by a test (:meth:`FakeGraph.add_media`). Its
+    ``sha256`` is the hex digest of its bytes, ``size`` their length."""
+
+    id: str
+    mime_type: str
+    filename: str
+    size: int
+    sha256: str
+    data: bytes = field(repr=False)
+    #: What the download URL serves instead of ``data`` (:meth:`FakeGraph.corrupt_media`).
+    served: bytes | None = field(default=None, repr=False)
+    #: What ``GET <base>/<media id>`` tells instead of the truth (:meth:`FakeGraph.misannounce`).
+    announced: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
 class FakeGraph:
     """The fake's state: what it checks, what it answers, and what it received.
 
@@ -169,6 +206,21 @@ class FakeGraph:
     template_reads: list[Request] = field(default_factory=list)
     #: Scripted answers for the next template-list requests (:meth:`plan_templates`).
     templates_script: list[Answer] = field(default_factory=list)
+    #: The files it holds, by media id: uploaded ones and those a test added.
+    media: dict[str, MediaFile] = field(default_factory=dict)
+    #: The files uploaded (``POST <base>/<phone number id>/media``), in arrival order.
+    uploads: list[MediaFile] = field(default_factory=list)
+    #: The media requests received (uploads, URL lookups, downloads; not in ``requests``).
+    media_reads: list[Request] = field(default_factory=list)
+    #: Scripted answers for the next media requests (:meth:`plan_media`).
+    media_script: list[Answer] = field(default_factory=list)
+    #: How long a download URL answers, in seconds (Meta's: about five minutes).
+    media_url_ttl: float = 300.0
+    #: Serve downloads chunked, without a Content-Length (as a media host may).
+    media_chunked: bool = False
+    #: The download URLs issued: their ``sig`` -> (media id, expiry on ``time.monotonic()``).
+    media_urls: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
+    media_ids: Iterator[int] = field(default_factory=lambda: itertools.count(MEDIA_IDS))
 
     # -- what tests read ----------------------------------------------------------------
     def sends(self, *, accepted: bool = True) -> list[Request]:
@@ -227,6 +279,54 @@ class FakeGraph:
         """Answer the next template-list requests (one each, in order) so; then normally."""
         with self.lock:
             self.templates_script.extend(answers)
+
+    def add_media(self, data: bytes, mime_type: str, filename: str = "") -> str:
+        """Hold a file, as if a user had sent it; its media id (what a webhook would carry)."""
+        return self._store(data, mime_type, filename).id
+
+    def _store(self, data: bytes, mime_type: str, filename: str) -> MediaFile:
+        digest = hashlib.sha256(data).hexdigest()
+        with self.lock:
+            media_id = str(next(self.media_ids))
+            stored = MediaFile(media_id, mime_type, filename, len(data), digest, data)
+            self.media[media_id] = stored
+        return stored
+
+    def misannounce(
+        self,
+        media_id: str,
+        *,
+        file_size: int | str | None = None,
+        sha256: str | None = None,
+        mime_type: str | None = None,
+    ) -> None:
+        """Tell these (false) values of a file from now on, not the truth; it still serves
+        its own bytes."""
+        lies = {"file_size": file_size, "sha256": sha256, "mime_type": mime_type}
+        with self.lock:
+            self.media[media_id].announced.update({k: v for k, v in lies.items() if v is not None})
+
+    def corrupt_media(self, media_id: str) -> None:
+        """Serve other bytes for a file (its last byte changed, of the same size) from now
+        on; its announced sha256 stays the true one's."""
+        with self.lock:
+            stored = self.media[media_id]
+            data = bytearray(stored.data or b"\x00")
+            data[-1] ^= 0xFF
+            stored.served = bytes(data)
+
+    def expire_media_urls(self) -> None:
+        """Every download URL issued so far answers 404 from now on (later ones work)."""
+        with self.lock:
+            self.media_urls = {
+                sig: (media_id, 0.0) for sig, (media_id, _) in self.media_urls.items()
+            }
+
+    def plan_media(self, *answers: Answer) -> None:
+        """Answer the next media requests (uploads, URL lookups, downloads; one each, in
+        order) so; then normally."""
+        with self.lock:
+            self.media_script.extend(answers)
 
     def plan(self, *answers: Answer) -> None:
         """Answer the next sends (one each, in order) so; then normally again."""
@@ -291,6 +391,8 @@ class _Handler(BaseHTTPRequestHandler):
         graph = self.server.graph
         length = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(length)
+        if _UPLOAD.match(urlsplit(self.path).path):
+            return self._upload(graph, raw)
         try:
             body = json.loads(raw)
         except ValueError:
@@ -311,6 +413,13 @@ class _Handler(BaseHTTPRequestHandler):
                 graph.echo(request)
 
     def do_GET(self) -> None:
+        """A media's download URL or bytes, or the account's message templates."""
+        path = urlsplit(self.path).path
+        if _MEDIA_BYTES.match(path) or _MEDIA_INFO.match(path):
+            return self._media_get(self.server.graph, path)
+        return self._templates()
+
+    def _templates(self) -> None:
         """``GET <base>/<account id>/message_templates``: the account's templates, paged."""
         graph = self.server.graph
         request = Request(self.path, self.headers.get("Authorization", ""), {}, time.time())
@@ -329,6 +438,93 @@ class _Handler(BaseHTTPRequestHandler):
         if page is None:
             return self._refuse(request, 400, 100, "Invalid parameter", "a bad cursor")
         return self._reply(request, 200, page)
+
+    def _media_request(self, graph: FakeGraph) -> Request | None:
+        """Record a media request, play the next scripted media answer and check the token;
+        the request if it goes on (None: answered, or dropped)."""
+        request = Request(self.path, self.headers.get("Authorization", ""), {}, time.time())
+        with graph.lock:
+            graph.media_reads.append(request)
+            answer = graph.media_script.pop(0) if graph.media_script else Answer()
+        if not self._admitted(graph, request, answer):
+            return None
+        if answer.status != 200:
+            self._reply(request, answer.status, _error(answer.code, "scripted error"))
+            return None
+        return request
+
+    def _upload(self, graph: FakeGraph, raw: bytes) -> None:
+        """``POST <base>/<phone number id>/media``: keep the file, answer its media id."""
+        request = self._media_request(graph)
+        if request is None:
+            return None
+        path = _UPLOAD.match(urlsplit(self.path).path)
+        if path is None or (
+            graph.phone_number_id is not None and path["number"] != graph.phone_number_id
+        ):
+            return self._refuse(request, 400, 100, "Unknown path", "unknown path")
+        fields, file = _multipart(self.headers.get("Content-Type", ""), raw) or ({}, None)
+        if fields.get("messaging_product") != "whatsapp" or file is None:
+            why = "an upload needs messaging_product=whatsapp and a file"
+            return self._refuse(request, 400, 100, "Invalid parameter", why)
+        filename, part_type, data = file
+        mime_type = fields.get("type") or part_type
+        request.body = {"type": mime_type, "filename": filename, "size": len(data)}
+        stored = graph._store(data, mime_type, filename)
+        with graph.lock:
+            graph.uploads.append(stored)
+        return self._reply(request, 200, {"id": stored.id})
+
+    def _media_get(self, graph: FakeGraph, path: str) -> None:
+        """``GET <base>/<media id>`` (the download URL) or ``GET /media-bytes/<media id>``."""
+        request = self._media_request(graph)
+        if request is None:
+            return None
+        download = _MEDIA_BYTES.match(path)
+        media_id = (download or _MEDIA_INFO.match(path) or {"media": ""})["media"]
+        with graph.lock:
+            stored = graph.media.get(media_id)
+        if download is not None:
+            sig = parse_qs(urlsplit(self.path).query).get("sig", [""])[0]
+            return self._media_bytes(graph, request, stored, sig)
+        if stored is None:
+            return self._refuse(request, 400, 100, "Unsupported get request", "unknown media")
+        return self._reply(request, 200, _media_info(graph, stored))
+
+    def _media_bytes(
+        self, graph: FakeGraph, request: Request, stored: MediaFile | None, sig: str
+    ) -> None:
+        """The bytes at a download URL, while it is valid (404 once it expired)."""
+        with graph.lock:
+            issued = graph.media_urls.get(sig)
+        if (
+            stored is None
+            or issued is None
+            or issued[0] != stored.id
+            or time.monotonic() >= issued[1]
+        ):
+            return self._refuse(request, 404, 100, "URL signature expired", "media url expired")
+        data = stored.data if stored.served is None else stored.served
+        request.answered = 200
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", stored.mime_type)
+            # One download per connection: a client that stops reading at its cap hangs up.
+            self.send_header("Connection", "close")
+            if graph.media_chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if graph.media_chunked:
+                for at in range(0, len(data), 64 * 1024):
+                    chunk = data[at : at + 64 * 1024]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self.wfile.write(data)
+        except OSError:  # the client stopped reading (a download over its cap)
+            request.answered = 0
 
     def _answer(self, graph: FakeGraph, request: Request, *, valid: bool) -> None:
         answer = graph._next(request.body)
@@ -426,6 +622,49 @@ def _templates_page(
                 f"{graph.url}/{account}/message_templates?limit={size}&after={after}"
             )
     return page
+
+
+def _media_info(graph: FakeGraph, stored: MediaFile) -> dict[str, Any]:
+    """Meta's answer to ``GET <base>/<media id>``, with a new download URL for the file."""
+    sig = secrets.token_urlsafe(16)
+    parts = urlsplit(graph.url)
+    with graph.lock:
+        graph.media_urls[sig] = (stored.id, time.monotonic() + graph.media_url_ttl)
+        announced = dict(stored.announced)
+    info = {
+        "messaging_product": "whatsapp",
+        "url": f"{parts.scheme}://{parts.netloc}/media-bytes/{stored.id}?sig={sig}",
+        "mime_type": stored.mime_type,
+        "sha256": stored.sha256,
+        "file_size": str(stored.size),
+        "id": stored.id,
+    }
+    return info | announced
+
+
+def _multipart(
+    content_type: str, raw: bytes
+) -> tuple[dict[str, str], tuple[str, str, bytes] | None] | None:
+    """A multipart/form-data body's text fields, and its ``file`` part (file name, content
+    type, bytes) if it has one; None when it is not multipart/form-data."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        return None
+    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
+    message = BytesParser(policy=policy.HTTP).parsebytes(head + raw)
+    if not message.is_multipart():
+        return None
+    fields: dict[str, str] = {}
+    file: tuple[str, str, bytes] | None = None
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if not isinstance(name, str) or not isinstance(payload, bytes):
+            continue
+        if name == "file":
+            file = (part.get_filename() or "", part.get_content_type(), payload)
+        else:
+            fields[name] = payload.decode("utf-8", "replace")
+    return fields, file
 
 
 def _cursor(offset: int) -> str:

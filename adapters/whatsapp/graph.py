@@ -6,14 +6,23 @@ decides what happens next (:class:`GraphError`): throughput and pair rate limits
 network errors are worth retrying after a pause; everything else (131047: outside the
 24-hour customer service window, a bad parameter, an expired token) is final.
 
-The access token lives in the client's headers only: it is in no repr, log line or error.
+Media (:mod:`adapters.whatsapp.media` uses them): ``GET {api_url}/{media_id}`` tells a file's
+download URL, type, size and sha256 (:meth:`GraphClient.media_info`); the URL, on Meta's media
+host, takes the same bearer token and answers the bytes, read with a cap
+(:meth:`GraphClient.fetch_media`); ``POST {api_url}/{phone_number_id}/media`` uploads a file
+(:meth:`GraphClient.upload_media`).
+
+The access token lives in the client's headers only: it is in no repr, log line or error;
+nor is a media download URL (it carries a signature).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -84,6 +93,19 @@ class AccountRefused(GraphError):
     or HTTP 401/403): every reply is held pending, none given up."""
 
 
+class MediaExpired(GraphError):
+    """A media download URL no longer answers (404 or 410; 401 or 403 from the media host):
+    it lives about five minutes. Asking :meth:`GraphClient.media_info` again gives a new one."""
+
+
+class MediaTooLarge(Exception):
+    """A media download was stopped: more bytes came than the cap (``limit``) allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"media larger than {limit} bytes")
+        self.limit = limit
+
+
 #: Codes about the account, not the reply.
 ACCOUNT_CODES = frozenset({10, 190, 200})
 
@@ -107,6 +129,20 @@ class _Sent(msgspec.Struct):
 
 class _SendAnswer(msgspec.Struct):
     messages: list[_Sent] = []
+
+
+class MediaInfo(msgspec.Struct, frozen=True):
+    """What the Graph API tells of a media id: the download ``url`` (valid about five
+    minutes, signed: in no repr), the ``mime_type``, the ``sha256`` of the bytes (as Meta
+    gives it) and the ``file_size`` in bytes (Meta sends it as a string)."""
+
+    url: str = ""
+    mime_type: str = ""
+    sha256: str = ""
+    file_size: int = 0
+
+    def __repr__(self) -> str:
+        return f"MediaInfo(mime_type={self.mime_type!r}, file_size={self.file_size})"
 
 
 class Pacer:
@@ -186,8 +222,101 @@ class GraphClient:
             raise _error(answer)
         return answer
 
+    async def media_info(self, media_id: str) -> MediaInfo:
+        """Where and what a media is (``GET /{media_id}``): a :class:`MediaInfo`; a
+        :class:`GraphError` when the Graph API refuses or cannot be reached (refused without
+        a request: an id that is not one, which could name another path)."""
+        if not _MEDIA_ID.fullmatch(media_id):
+            raise GraphRefused(0, 0, "not a media id", retryable=False)
+        try:
+            answer = await self._client.get(f"/{media_id}")
+        except httpx.HTTPError as exc:
+            raise GraphUnavailable(0, 0, type(exc).__name__, retryable=True) from None
+        if answer.status_code >= 400:
+            raise _error(answer)
+        try:  # not strict: Meta sends file_size as a string ("303833")
+            info = msgspec.json.decode(answer.content, type=MediaInfo, strict=False)
+        except msgspec.DecodeError:
+            info = MediaInfo()
+        if not info.url:
+            raise GraphUnavailable(answer.status_code, 0, "no media url", retryable=True)
+        return info
+
+    async def fetch_media(self, url: str, max_bytes: int) -> bytes:
+        """The bytes at a media ``url`` (from :meth:`media_info`), with the bearer token as
+        Meta asks; :class:`MediaTooLarge` as soon as more than ``max_bytes`` are announced or
+        arrive, :class:`MediaExpired` once the URL is no longer valid, another
+        :class:`GraphError` when refused or not reached."""
+        if not self._may_carry_token(url):
+            raise GraphRefused(0, 0, "media url not https", retryable=False)
+        try:
+            async with self._client.stream("GET", url, follow_redirects=True) as answer:
+                if answer.status_code in _EXPIRED:
+                    raise MediaExpired(answer.status_code, 0, "media url expired", retryable=False)
+                if answer.status_code >= 400:
+                    body = await _capped(answer, _ERROR_BODY)
+                    raise _error(httpx.Response(answer.status_code, content=body or b""))
+                announced = answer.headers.get("Content-Length", "")
+                if announced.isdigit() and int(announced) > max_bytes:
+                    raise MediaTooLarge(max_bytes)
+                data = await _capped(answer, max_bytes)
+        except httpx.HTTPError as exc:  # connect/read timeouts, refused, dropped
+            raise GraphUnavailable(0, 0, type(exc).__name__, retryable=True) from None
+        if data is None:
+            raise MediaTooLarge(max_bytes)
+        return data
+
+    def _may_carry_token(self, url: str) -> bool:
+        """A URL the bearer token may go to: https, or on the API's own host (a local
+        fake Graph API serves both over http)."""
+        target, api = urlsplit(url), urlsplit(self.api_url)
+        return target.scheme == "https" or (
+            target.scheme == api.scheme and target.netloc == api.netloc
+        )
+
+    async def upload_media(self, data: bytes, mime_type: str, filename: str) -> str:
+        """Upload a file (``POST /{phone_number_id}/media``, multipart); its media id. Not
+        paced: an upload is not a message. A :class:`GraphError` when refused or not
+        reached."""
+        try:
+            answer = await self._client.post(
+                f"/{self.phone_number_id}/media",
+                data={"messaging_product": "whatsapp", "type": mime_type},
+                files={"file": (filename or "file", data, mime_type)},
+            )
+        except httpx.HTTPError as exc:
+            raise GraphUnavailable(0, 0, type(exc).__name__, retryable=True) from None
+        if answer.status_code >= 400:
+            raise _error(answer)
+        try:
+            uploaded = msgspec.json.decode(answer.content, type=_Sent)
+        except msgspec.DecodeError:
+            uploaded = _Sent()
+        if not uploaded.id:
+            raise GraphUnavailable(answer.status_code, 0, "no media id", retryable=True)
+        return uploaded.id
+
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+#: A media id (Meta's are numbers): one path segment, nothing else.
+_MEDIA_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: What a media URL answers once it expired (401 and 403 from the media host: the signature).
+_EXPIRED = frozenset({401, 403, 404, 410})
+#: How much of a media host's error answer is read (for its Graph error, if it has one).
+_ERROR_BODY = 64 * 1024
+
+
+async def _capped(answer: httpx.Response, limit: int) -> bytes | None:
+    """The body of a streamed ``answer``, or None as soon as more than ``limit`` bytes came
+    (the rest is not read: the connection is dropped)."""
+    data = bytearray()
+    async for chunk in answer.aiter_bytes():
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
 
 
 def _error(answer: httpx.Response) -> GraphError:

@@ -8,6 +8,13 @@ title: a tap arrives as the option's id). A buttons or list reply that breaks an
 interactive limit (the testing kit's :func:`fsm.reply.check_whatsapp` catches that in the
 flow's own tests) is sent as plain text with numbered options rather than refused: the user
 can still answer by number.
+
+A media reply is sent by its media id or its link, never its bytes: the engine uploads them
+before it saves the reply, and a reply that still holds only bytes is a ``ValueError`` here,
+as is a media, location or reaction reply without its file, place or target. A caption the
+media cannot carry (on audio or a sticker, or longer than 1,024 characters) follows it as
+text; a type or size WhatsApp may refuse is logged and sent all the same (Meta's ``failed``
+status says if it refused). A location request over the body's limit is sent as its text.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from fsm.attachments import MEDIA_KINDS
+from fsm.media_replies import CAPTIONED, WHATSAPP_CAPTION, media_problems
 from fsm.reply import (
     WHATSAPP_BUTTON_TITLE,
     WHATSAPP_LIST_BUTTON,
@@ -37,13 +46,75 @@ Payload = dict[str, Any]
 
 
 def render(reply: Reply, to: str) -> list[Payload]:
-    """The payloads that send ``reply`` to ``to``, in order (more than one: a long text)."""
+    """The payloads that send ``reply`` to ``to``, in order (more than one: a long text, or
+    a caption that follows its media). ``ValueError`` for a reply that cannot be sent as it
+    is: a media of bytes only, or a reply without its file, place or reaction."""
+    if reply.kind in MEDIA_KINDS:
+        return _media(reply, to)
+    if reply.kind == "location":
+        return [_location(reply, to)]
+    if reply.kind == "reaction":
+        return [_reaction(reply, to)]
     if reply.kind != "text":
         problems = whatsapp_problems(reply)
         if not problems:
             return [_envelope(to, "interactive", _interactive(reply))]
         log.warning("a %s reply breaks WhatsApp's limits, sent as text: %s", reply.kind, problems)
-    return [_text(to, part) for part in split_text(reply.render())]
+    plain = reply.body if reply.kind == "location_request" else reply.render()
+    return [_text(to, part) for part in split_text(plain)]
+
+
+def _media(reply: Reply, to: str) -> list[Payload]:
+    """The media message (by id, else by link), its caption inside when the kind takes one
+    and it fits, else after it as text."""
+    media = reply.media
+    if media is None or media.kind != reply.kind:
+        raise ValueError(f"the {reply.kind} reply has no {reply.kind} to send")
+    if not media.id and not media.link:
+        raise ValueError(
+            f"a {media.kind} of bytes only cannot be sent: it is sent by its media id once "
+            "uploaded (the engine's media channel uploads it before saving), or by a link"
+        )
+    problems = media_problems(media, "")  # its type and size (the caption: below)
+    if problems:
+        log.warning(
+            "a %s reply may be refused by WhatsApp, sent all the same: %s", media.kind, problems
+        )
+    content: Payload = {"id": media.id} if media.id else {"link": media.link}
+    caption = reply.body
+    if caption and media.kind in CAPTIONED and len(caption) <= WHATSAPP_CAPTION:
+        content["caption"], caption = caption, ""
+    if media.kind == "document" and media.filename:
+        content["filename"] = media.filename
+    sent = [_envelope(to, media.kind, content)]
+    if caption:
+        log.warning(
+            "a %s reply's caption (%d characters) cannot ride with it: sent after it as text",
+            media.kind,
+            len(caption),
+        )
+        sent += [_text(to, part) for part in split_text(caption)]
+    return sent
+
+
+def _location(reply: Reply, to: str) -> Payload:
+    place = reply.place
+    if place is None:
+        raise ValueError("a location reply without its place cannot be sent")
+    content: Payload = {"latitude": place.latitude, "longitude": place.longitude}
+    if place.name:
+        content["name"] = place.name
+    if place.address:
+        content["address"] = place.address
+    return _envelope(to, "location", content)
+
+
+def _reaction(reply: Reply, to: str) -> Payload:
+    """A reaction to one of the user's messages; its ``emoji`` "" removes the bot's."""
+    reaction = reply.reaction
+    if reaction is None or not reaction.message_id:
+        raise ValueError("a reaction reply without the message it reacts to cannot be sent")
+    return _envelope(to, "reaction", {"message_id": reaction.message_id, "emoji": reaction.emoji})
 
 
 def render_template(template: Template, to: str) -> Payload:
@@ -103,6 +174,12 @@ def _text(to: str, body: str) -> Payload:
 
 def _interactive(reply: Reply) -> Payload:
     body = {"text": reply.body}
+    if reply.kind == "location_request":  # a "Send location" button under the body
+        return {
+            "type": "location_request_message",
+            "body": body,
+            "action": {"name": "send_location"},
+        }
     if reply.kind == "buttons":
         buttons = [
             {

@@ -5,6 +5,10 @@ A body is ``{"object": "whatsapp_business_account", "entry": [{"changes": [{"fie
 ``contacts[]``, ``messages[]`` and ``statuses[]``. Every entry, change and message is read,
 not only the first. Parsing is lenient where Meta adds fields and strict where it matters:
 a message that lacks ``id`` or ``from`` is counted as malformed and skipped, never applied.
+A message that is not text (an image, a location, a reaction, contact cards) is read into an
+:data:`fsm.attachments.Attachment` (:func:`parse_attachment`); one whose content is broken (a
+media without its ``id``, a latitude that is not a number within ±90) is kept, unreadable, for
+the bot's hook to answer, like a kind no flow can read.
 A body that is not an update at all (not JSON or not UTF-8, truncated, not an object, a wrong
 type in the envelope, a number out of range, nested deeper than :data:`MAX_NESTING`) is a
 :class:`BadUpdate`, whatever the decoder raised: answered 400, never 500.
@@ -12,12 +16,24 @@ type in the envelope, a number out of range, nested deeper than :data:`MAX_NESTI
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from fsm.attachments import (
+    ATTACHMENT_KINDS,
+    MEDIA_KINDS,
+    Attachment,
+    Contact,
+    Contacts,
+    InboundMedia,
+    Location,
+    MediaKind,
+    Reaction,
+)
 from fsm.errors import InvalidUserKey
 from fsm.inputs import check_key
 
@@ -59,25 +75,32 @@ class BadUpdate(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """One user message. ``text`` is what reaches the flow: the typed text, or the id of
-    the tapped option (then ``pressed`` is that id too). ``kind`` is Meta's ``type``."""
+    """One user message. ``text`` is what reaches the flow: the typed text, the id of the
+    tapped option (then ``pressed`` is that id too), or a media's caption. ``kind`` is Meta's
+    ``type`` (``"text:unreadable"``, ``"image:unreadable"``...: that type, its content
+    broken). ``attachment`` is what a message that is not text carries (:mod:`fsm.attachments`);
+    None for text, a tap, or a kind no flow reads. Neither ``text`` nor ``raw`` is in the
+    ``repr``: they are the user's words."""
 
     user: str  # the sender's WhatsApp id (``from``): the conversation key
     message_id: str  # the wamid: the dedupe key
     kind: str
-    text: str = ""
+    text: str = field(default="", repr=False)
     pressed: str | None = None
     timestamp: int = 0
     phone_number_id: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    attachment: Attachment | None = None
 
     @property
     def readable(self) -> bool:
-        """Whether the flow can read it: text or a tapped option."""
-        return self.kind in READABLE
+        """Whether the flow can take it: text, a tapped option, or a parsed attachment."""
+        return self.kind in READABLE or self.attachment is not None
 
 
 READABLE = frozenset({"text", "interactive", "button"})
+#: The message types read into an attachment (Meta's type names are the kinds' own).
+ATTACHED: frozenset[str] = frozenset(ATTACHMENT_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +263,13 @@ def parse_message(raw: Any, phone_number_id: str = "") -> Incoming | None:
     wamid, sender, kind = _str(raw.get("id")), _str(raw.get("from")), _str(raw.get("type"))
     if wamid is None or sender is None or kind is None or not _usable_key(sender):
         return None
-    text, pressed = _content(kind, raw)
+    attachment = parse_attachment(kind, raw.get(kind))
+    if attachment is not None:
+        text, pressed = _caption(attachment), None
+    elif kind in ATTACHED:  # an image, a place... too broken to read
+        text, pressed = None, None
+    else:
+        text, pressed = _content(kind, raw)
     stamp = raw.get("timestamp")
     timestamp = (
         int(stamp)
@@ -256,6 +285,7 @@ def parse_message(raw: Any, phone_number_id: str = "") -> Incoming | None:
         timestamp=timestamp,
         phone_number_id=phone_number_id,
         raw=raw,
+        attachment=attachment,
     )
 
 
@@ -276,7 +306,111 @@ def _content(kind: str, raw: dict[str, Any]) -> tuple[str | None, str | None]:
     if kind == "button":  # a template's quick-reply button: its payload is the id
         chosen = _str(body.get("payload")) or _str(body.get("text"))
         return (chosen, chosen) if chosen is not None else (None, None)
-    return ("", None)  # media, location, reaction...: not text; the bot's hook answers
+    return ("", None)  # a kind no flow reads (an order, a system message): the hook answers
+
+
+def _caption(attachment: Attachment) -> str:
+    return attachment.caption if isinstance(attachment, InboundMedia) else ""
+
+
+# -- attachments: each read whole, or not at all ---------------------------------------------
+def parse_attachment(kind: str, content: Any) -> Attachment | None:
+    """The attachment a message of type ``kind`` carries in ``content`` (its ``kind`` field:
+    ``message["image"]``, ``message["contacts"]``...), or None if ``kind`` is not one or its
+    content is broken: a media without an ``id``; a place whose latitude or longitude is not
+    a number within ±90 and ±180; a reaction without the ``message_id`` it reacts to;
+    contact cards that are not a non-empty list, or a card without a name."""
+    if kind in MEDIA_KINDS:
+        return _media(kind, content)
+    if kind == "location":
+        return _location(content)
+    if kind == "reaction":
+        return _reaction(content)
+    if kind == "contacts":
+        return _contacts(content)
+    return None
+
+
+def _text_field(content: dict[str, Any], name: str) -> str:
+    """An optional text field: "" when absent or not text (Meta sends text, or nothing)."""
+    value = content.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def _media(kind: MediaKind, content: Any) -> InboundMedia | None:
+    """``{"id", "mime_type", "sha256", "caption"?}``, a document's ``filename``, an audio's
+    ``voice`` (a voice note); a sticker's ``animated`` is not kept."""
+    if not isinstance(content, dict) or _str(content.get("id")) is None:
+        return None
+    return InboundMedia(
+        kind,
+        content["id"],
+        mime_type=_text_field(content, "mime_type"),
+        sha256=_text_field(content, "sha256"),
+        caption=_text_field(content, "caption"),
+        filename=_text_field(content, "filename") if kind == "document" else "",
+        voice=kind == "audio" and content.get("voice") is True,
+    )
+
+
+def _coordinate(value: Any, most: float) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None  # a bool is an int to Python, not a number to JSON
+    number = float(value)
+    return number if math.isfinite(number) and -most <= number <= most else None
+
+
+def _location(content: Any) -> Location | None:
+    """``{"latitude", "longitude", "name"?, "address"?, "url"?}`` (the ``url`` is not kept)."""
+    if not isinstance(content, dict):
+        return None
+    latitude = _coordinate(content.get("latitude"), 90.0)
+    longitude = _coordinate(content.get("longitude"), 180.0)
+    if latitude is None or longitude is None:
+        return None
+    name, address = _text_field(content, "name"), _text_field(content, "address")
+    return Location(latitude, longitude, name, address)
+
+
+def _reaction(content: Any) -> Reaction | None:
+    """``{"message_id", "emoji"}``; no ``emoji`` (or "") when the user removed theirs."""
+    if not isinstance(content, dict) or _str(content.get("message_id")) is None:
+        return None
+    emoji = content.get("emoji", "")
+    if not isinstance(emoji, str):
+        return None
+    return Reaction(content["message_id"], emoji)
+
+
+def _contacts(content: Any) -> Contacts | None:
+    """``[{"name": {"formatted_name", ...}, "phones": [{"phone", "wa_id"?, "type"?}], ...}]``:
+    each card's formatted name (else its first and last names) and the numbers of its
+    phones (a phone's ``phone``, else its ``wa_id``)."""
+    if not isinstance(content, list) or not content:
+        return None
+    cards = [_contact(card) for card in content]
+    if any(card is None for card in cards):
+        return None  # a card we cannot name: the message is not read in part
+    return Contacts(tuple(card for card in cards if card is not None))
+
+
+def _contact(card: Any) -> Contact | None:
+    if not isinstance(card, dict) or not isinstance(card.get("name"), dict):
+        return None
+    names = card["name"]
+    full = " ".join(
+        p for p in (_text_field(names, "first_name"), _text_field(names, "last_name")) if p
+    )
+    name = _str(names.get("formatted_name")) or full
+    if not name.strip():
+        return None
+    phones = tuple(
+        number
+        for phone in _list(card.get("phones"))
+        if isinstance(phone, dict)
+        and (number := _str(phone.get("phone")) or _str(phone.get("wa_id"))) is not None
+    )
+    return Contact(name, phones)
 
 
 def _parse_status(raw: Any) -> StatusUpdate | None:

@@ -303,3 +303,31 @@ def test_without_a_channel_the_bytes_stay_in_the_reply() -> None:
     done = engine().handle("u1", "statement", message_id="m1")
     [reply] = done.replies
     assert reply.media is not None and reply.media.data == b"date,amount\n1,2\n"
+
+
+class Receipts(Flow):
+    """Every message is answered with a receipt made from bytes."""
+
+    name = "receipts"
+    takes_first_message = True
+    stages = (Stage("open", ("note",)),)
+    transitions = ()
+
+    @step("open", "note")
+    def note(self, ctx: Context) -> Outcome:
+        return ctx.stay(document(ctx.text.encode(), filename="r.txt", mime_type="text/plain"))
+
+
+def test_a_redelivery_judged_on_a_cached_record_uploads_nothing() -> None:
+    """Worker B remembers the conversation as it was; worker A applies a message with a file;
+    the same message re-delivered to B is a duplicate, and B must not upload its file again
+    (it would decide on its cached record, which does not say the message was applied)."""
+    store, channel = MemoryStore(), Channel()
+    a = Engine(Receipts(), store, media=channel, outbox=True)
+    b = Engine(Receipts(), store, media=channel, outbox=True)
+    b.handle("u1", "first", message_id="m0")  # B's cached record: version 1
+    a.handle("u1", "second", message_id="m1")  # A applies m1: version 2, one upload
+    again = b.handle("u1", "second", message_id="m1")  # re-delivered to B
+    assert again.duplicate
+    assert [u.data for u in channel.uploads] == [b"first", b"second"]
+    assert b.handle("u1", "third", message_id="m2").texts == ["[document: r.txt, 5 B]"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fsm import Context, Flow, Outcome, Stage, TemplateSpec, on_event, step, template
+from fsm import Context, Flow, Outcome, Stage, TemplateSpec, document, on_event, step, template
 from fsm.async_engine import AsyncEngine
 from fsm.store import AsyncStore
 from tests.fsm.sample_flows import Counter
@@ -69,3 +69,22 @@ class Offers(Flow):
 
 def offers_engine(store: AsyncStore) -> AsyncEngine:
     return AsyncEngine(Offers(), store)
+
+
+class Receipts(Flow):
+    """Every message is answered with a receipt made from bytes (a document: uploaded before
+    the save, sent by its media id)."""
+
+    name = "receipts"
+    takes_first_message = True
+    stages = (Stage("open", ("note",)),)
+    transitions = ()
+
+    @step("open", "note")
+    def note(self, ctx: Context) -> Outcome:
+        receipt = f"receipt for {ctx.text}\n".encode()
+        return ctx.stay(document(receipt, filename="receipt.txt", mime_type="text/plain"))
+
+
+def receipts_engine(store: AsyncStore) -> AsyncEngine:
+    return AsyncEngine(Receipts(), store)

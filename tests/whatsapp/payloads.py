@@ -41,9 +41,95 @@ def template_button(user: str, payload: str) -> dict[str, Any]:
     return _message(user, "button", {"button": {"payload": payload, "text": payload}})
 
 
-def image(user: str) -> dict[str, Any]:
-    media = {"image": {"id": "1234", "mime_type": "image/jpeg", "sha256": "abc"}}
-    return _message(user, "image", media)
+#: The ``sha256`` Meta sends with a test media (hex, as Meta's; of no particular bytes).
+SHA256 = "3b6e6f1d5c0c4b8e9a2f7d1e0c9b8a7f6e5d4c3b2a19f8e7d6c5b4a392817060"
+
+
+def media(user: str, kind: str, media_id: str, mime_type: str, **fields: Any) -> dict[str, Any]:
+    """A media message as Meta sends it: ``{"type": kind, kind: {"id", "mime_type",
+    "sha256", ...fields}}`` (a field given None is left out)."""
+    content = {"id": media_id, "mime_type": mime_type, "sha256": SHA256}
+    content |= {name: value for name, value in fields.items() if value is not None}
+    return _message(user, kind, {kind: content})
+
+
+def image(
+    user: str, *, media_id: str = "1234", caption: str | None = None, mime_type: str = "image/jpeg"
+) -> dict[str, Any]:
+    return media(user, "image", media_id, mime_type, caption=caption)
+
+
+def video(user: str, *, media_id: str = "2345", caption: str | None = None) -> dict[str, Any]:
+    return media(user, "video", media_id, "video/mp4", caption=caption)
+
+
+def document(
+    user: str,
+    *,
+    media_id: str = "3456",
+    filename: str = "statement.pdf",
+    caption: str | None = None,
+    mime_type: str = "application/pdf",
+) -> dict[str, Any]:
+    return media(user, "document", media_id, mime_type, caption=caption, filename=filename)
+
+
+def audio(user: str, *, media_id: str = "4567", voice: bool = False) -> dict[str, Any]:
+    """An audio file, or a voice note (``voice``: Meta's ``"voice": true``, OGG Opus)."""
+    if voice:
+        return media(user, "audio", media_id, "audio/ogg; codecs=opus", voice=True)
+    return media(user, "audio", media_id, "audio/mpeg", voice=False)
+
+
+def sticker(user: str, *, media_id: str = "5678", animated: bool = False) -> dict[str, Any]:
+    return media(user, "sticker", media_id, "image/webp", animated=animated)
+
+
+def location(
+    user: str,
+    latitude: Any = -17.8292,
+    longitude: Any = 31.0522,
+    *,
+    name: str | None = None,
+    address: str | None = None,
+    url: str | None = None,
+) -> dict[str, Any]:
+    """A shared place (a pin: only the coordinates; a named place: its name, address, url)."""
+    place = {"latitude": latitude, "longitude": longitude}
+    place |= {k: v for k, v in (("name", name), ("address", address), ("url", url)) if v}
+    return _message(user, "location", {"location": place})
+
+
+def reaction(
+    user: str, message_id: str, emoji: str | None = "\N{THUMBS UP SIGN}"
+) -> dict[str, Any]:
+    """A reaction to our message ``message_id``; ``emoji`` None: removed (Meta sends no
+    ``emoji`` then)."""
+    content: dict[str, Any] = {"message_id": message_id}
+    if emoji is not None:
+        content["emoji"] = emoji
+    return _message(user, "reaction", {"reaction": content})
+
+
+def contact_card(
+    formatted_name: str, *phones: str, first_name: str = "", wa_ids: bool = True
+) -> dict[str, Any]:
+    """One card of a ``contacts`` message: its name object and phones (each with the
+    ``wa_id`` WhatsApp adds for a number on WhatsApp, unless ``wa_ids`` is false)."""
+    name = {"formatted_name": formatted_name}
+    first = first_name or next(iter(formatted_name.split()), "")
+    if first:
+        name["first_name"] = first
+    numbers = [
+        {"phone": phone, "type": "CELL"}
+        | ({"wa_id": phone.lstrip("+").replace(" ", "")} if wa_ids else {})
+        for phone in phones
+    ]
+    return {"name": name, "phones": numbers}
+
+
+def contacts(user: str, *cards: dict[str, Any]) -> dict[str, Any]:
+    return _message(user, "contacts", {"contacts": list(cards)})
 
 
 def _message(

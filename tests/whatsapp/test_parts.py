@@ -44,7 +44,7 @@ def test_parse_reads_every_kind_and_counts_the_broken() -> None:
         ("3", "image", "", None),
         ("4", "text:unreadable", "", None),
     ]
-    assert [m.readable for m in update.messages] == [True] * 4 + [False, False]
+    assert [m.readable for m in update.messages] == [True] * 5 + [False]  # an image is read
     assert update.malformed == 1
     assert update.statuses[0].status == "failed" and update.statuses[0].error_codes == (131047,)
 

@@ -148,15 +148,18 @@ def test_another_phone_number_id_is_ignored(
     assert hook.metric("fsm_whatsapp_updates_total", outcome="ignored") == 1
 
 
-def test_an_image_gets_the_hook_reply_once_and_is_not_applied(
+def test_an_image_at_a_text_only_step_gets_the_unsupported_reply_once(
     hook: Webhook, graph: FakeGraph, store: MemoryStore
 ) -> None:
     message = p.image(ALICE)
     raw = p.body([message])
     assert hook.post(raw).status_code == 200
-    assert hook.post(raw).status_code == 200  # re-delivered
+    assert hook.post(raw).status_code == 200  # re-delivered: a duplicate, not said again
+    settle(hook.bot.engine)
     assert graph.texts() == ["Sorry, I can only read text and button answers."]
-    assert store.load(ALICE).record is None
+    step, _version = stage_step(store, ALICE)
+    assert step == "hello"  # the conversation stays where it was (its first step)
+    assert hook.metric("fsm_attachments_refused_total") == 1
 
 
 def test_the_same_body_posted_five_times_concurrently_applies_and_sends_once(
