@@ -396,10 +396,12 @@ def serve_env(graph_url: str, store_url: str) -> dict[str, str]:
     return env
 
 
-def start_serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_serve(
+    env: dict[str, str], port: int, log: Path, *, engine: str = ENGINE
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [FSM, "serve", "--engine", ENGINE, "--host", "127.0.0.1", "--port", str(port)],
+            [FSM, "serve", "--engine", engine, "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             cwd=ROOT,
             stdout=out,

@@ -17,6 +17,8 @@ import msgspec
 __all__ = [
     "DISPLAY_NUMBER",
     "button",
+    "location",
+    "media",
     "message",
     "new_wamid",
     "tap",
@@ -91,6 +93,52 @@ def button(
     if context:
         content["context"] = {"from": DISPLAY_NUMBER, "id": context}
     return message(user, "button", content, message_id, timestamp)
+
+
+def media(
+    user: str,
+    kind: str,
+    media_id: str,
+    *,
+    mime_type: str,
+    sha256: str,
+    caption: str = "",
+    filename: str = "",
+    message_id: str | None = None,
+) -> Message:
+    """A file the user sent (``kind`` image, document, audio, video or sticker), as Meta
+    announces it: its media ``id`` (the bot fetches the bytes by it), ``mime_type`` and
+    ``sha256``, the ``caption`` written with it (an image's, a video's or a document's) and a
+    document's ``filename``."""
+    content: dict[str, Any] = {"id": media_id, "mime_type": mime_type, "sha256": sha256}
+    if caption:
+        content["caption"] = caption
+    if filename and kind == "document":
+        content["filename"] = filename
+    if kind == "audio":
+        content["voice"] = False
+    if kind == "sticker":
+        content["animated"] = False
+    return message(user, kind, {kind: content}, message_id)
+
+
+def location(
+    user: str,
+    latitude: float,
+    longitude: float,
+    *,
+    name: str = "",
+    address: str = "",
+    message_id: str | None = None,
+) -> Message:
+    """A place the user shared (their own, or one they picked: then with a name and an
+    address), as Meta sends it."""
+    place: dict[str, Any] = {"latitude": latitude, "longitude": longitude}
+    if name:
+        place["name"] = name
+    if address:
+        place["address"] = address
+    return message(user, "location", {"location": place}, message_id)
 
 
 def webhook_body(

@@ -1,11 +1,19 @@
 // The WhatsApp simulator page. Everything the chat shows arrives as server-sent events from
 // /api/events (the user's own messages included), so two tabs on one number stay in step and a
 // reload replays the conversation. User actions go to /api/say, which posts them to the bot's
-// webhook as Meta would. No framework, no external asset.
+// webhook as Meta would (an attached file is first kept by /api/upload, then sent by its media
+// id). No framework, no external asset; files show from /api/media/ on this server.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { user: null, contacts: [], events: null, chosenRow: null, sheetFor: null, refresh: null, ttlAt: null, window: null };
+const state = { user: null, contacts: [], events: null, chosenRow: null, sheetFor: null, refresh: null, ttlAt: null, window: null, attached: null };
+const MEDIA_KINDS = ["image", "document", "audio", "video", "sticker"];
+// The largest file the page attaches (the simulator's limit: /api/upload answers 413 above it).
+const MAX_ATTACH = 32 * 1024 * 1024;
+// The place "Demo place" fills in.
+const DEMO_PLACE = { latitude: -17.8292, longitude: 31.0522, name: "Africa Unity Square", address: "Harare, Zimbabwe" };
+// A map pin (inline: the page loads no asset from elsewhere, and needs no emoji font).
+const PIN = '<svg viewBox="0 0 24 24" width="22" height="22" aria-hidden="true"><path fill="currentColor" d="M12 2a7 7 0 0 0-7 7c0 5.25 7 13 7 13s7-7.75 7-13a7 7 0 0 0-7-7zm0 9.5a2.5 2.5 0 1 1 0-5 2.5 2.5 0 0 1 0 5z"/></svg>';
 
 // --- WhatsApp formatting: *bold*, _italic_, ~strike~, ```mono```, after HTML escaping ------------
 function escapeHtml(value) {
@@ -58,7 +66,11 @@ function note(text, bad) {
 }
 
 function showUser(event) {
-  const msg = bubble("user", event.id, format(event.text), event.at);
+  let html = format(event.text);
+  if (event.media) html = mediaHtml(event.media.kind, { caption: event.text, filename: event.media.filename }, event.media);
+  else if (event.location) html = placeHtml(event.location);
+  const msg = bubble("user", event.id, html, event.at);
+  if (event.media && event.media.kind === "sticker") msg.classList.add("sticker-msg");
   msg.querySelector(".meta").insertAdjacentHTML("beforeend", '<span class="ticks">&#10003;</span>');
 }
 
@@ -70,6 +82,13 @@ function showBot(event) {
     showInteractive(event, p.interactive || {});
   } else if (p.type === "template") {
     showTemplate(event, p.template || {});
+  } else if (MEDIA_KINDS.includes(p.type)) {
+    const msg = bubble("bot", event.id, mediaHtml(p.type, p[p.type] || {}, event.media), event.at);
+    if (p.type === "sticker") msg.classList.add("sticker-msg");
+  } else if (p.type === "location") {
+    bubble("bot", event.id, placeHtml(p.location || {}), event.at);
+  } else if (p.type === "reaction") {
+    react(p.reaction || {});
   } else {
     bubble("bot", event.id, `<i>[${escapeHtml(String(p.type))} message]</i>`, event.at);
   }
@@ -102,7 +121,88 @@ function showInteractive(event, it) {
     open.innerHTML = `&#9776; ${escapeHtml(action.button || "Choose")}`;
     open.addEventListener("click", () => openSheet(action));
     msg.appendChild(open);
+  } else if (it.type === "location_request_message") {
+    const ask = document.createElement("button");
+    ask.type = "button";
+    ask.className = "list-open location-request";
+    ask.innerHTML = `${PIN} Send location`;
+    ask.addEventListener("click", () => openAttach(true));
+    msg.appendChild(ask);
   }
+}
+
+// --- files, places and reactions, as WhatsApp shows them ------------------------------------------
+// A file the simulator holds (`held`: sent by its media id) shows from /api/media/: an image or a
+// sticker as an image, audio and video as a player, a document as a chip that downloads it. A
+// file sent by link shows as a chip; its link is followed only when clicked.
+function humanSize(size) {
+  if (size < 1024) return `${size} B`;
+  if (size < 1024 * 1024) return `${Math.round(size / 1024)} KB`;
+  return `${(size / (1024 * 1024)).toFixed(1)} MB`;
+}
+
+function mediaHtml(kind, content, held) {
+  const caption = content.caption ? `<div class="caption">${format(content.caption)}</div>` : "";
+  const src = held ? escapeHtml(held.url) : "";
+  if (held && kind === "image") return `<img class="photo" src="${src}" alt="image">${caption}`;
+  if (held && kind === "sticker") return `<img class="sticker" src="${src}" alt="sticker">`;
+  if (held && kind === "video") return `<video class="player" controls preload="metadata" src="${src}"></video>${caption}`;
+  const player = held && kind === "audio" ? `<audio class="player" controls preload="metadata" src="${src}"></audio>` : "";
+  return `${player}${fileChip(kind, content, held)}${caption}`;
+}
+
+function fileChip(kind, content, held) {
+  const linked = content.link ? decodeURIComponent(String(content.link).split(/[?#]/)[0].split("/").pop() || "") : "";
+  const name = content.filename || (held && held.filename) || linked || kind;
+  const type = name.includes(".") ? name.split(".").pop().toUpperCase() : (held ? held.mime_type : "");
+  let about = held ? humanSize(held.size) : content.link ? "by link" : `id ${content.id || "?"}, not held here`;
+  if (type) about += ` · ${type}`;
+  const label = /^[A-Z0-9]{1,4}$/.test(type) ? type : kind.slice(0, 3).toUpperCase();
+  const inner = `<span class="file-icon" data-kind="${escapeHtml(kind)}">${escapeHtml(label)}</span><span class="file-info">`
+    + `<span class="file-name">${escapeHtml(name)}</span><span class="file-size">${escapeHtml(about)}</span></span>`;
+  const attrs = `class="file-chip" data-kind="${escapeHtml(kind)}"`;
+  if (held) return `<a ${attrs} href="${escapeHtml(held.url)}?download=1" download="${escapeHtml(name)}">${inner}</a>`;
+  if (/^https?:\/\//.test(content.link || "")) {
+    return `<a ${attrs} href="${escapeHtml(content.link)}" target="_blank" rel="noopener noreferrer">${inner}</a>`;
+  }
+  return `<div ${attrs}>${inner}</div>`;
+}
+
+function placeHtml(place) {
+  const lat = Number(place.latitude), lon = Number(place.longitude);
+  const at = `${lat.toFixed(5)}, ${lon.toFixed(5)}`;
+  const map = `https://www.openstreetmap.org/?mlat=${lat}&mlon=${lon}#map=16/${lat}/${lon}`;
+  return `<div class="place"><div class="place-pin">${PIN}</div><div class="place-info">`
+    + (place.name ? `<div class="place-name">${escapeHtml(place.name)}</div>` : "")
+    + (place.address ? `<div class="place-address">${escapeHtml(place.address)}</div>` : "")
+    + `<div class="place-coords">${at}</div>`
+    + `<a class="place-link" href="${escapeHtml(map)}" target="_blank" rel="noopener noreferrer">Open in a map</a></div></div>`;
+}
+
+function react(reaction) {
+  // The bot's emoji on the message it reacts to; "" takes it off. A message not in this chat
+  // gets a small line instead.
+  const emoji = String(reaction.emoji || "");
+  const target = document.querySelector(`.msg[data-id="${CSS.escape(String(reaction.message_id || ""))}"] .bubble`);
+  if (!target) {
+    const n = document.createElement("div");
+    n.className = "note reaction-note";
+    n.textContent = emoji ? `The bot reacted ${emoji} to a message not in this chat` : "The bot took back a reaction";
+    $("chat").appendChild(n);
+    return;
+  }
+  let badge = target.querySelector(".reaction");
+  if (!emoji) {
+    if (badge) badge.remove();
+    return;
+  }
+  if (!badge) {
+    badge = document.createElement("span");
+    badge.className = "reaction";
+    badge.title = "the bot's reaction";
+    target.appendChild(badge);
+  }
+  badge.textContent = emoji;
 }
 
 // --- message templates ---------------------------------------------------------------------------
@@ -190,8 +290,10 @@ function onEvent(event) {
   } else if (event.kind === "moved") {
     const closed = (event.window || {}).state === "closed";
     note(`Last message moved back ${event.hours} h (v${event.version}): the 24-hour window is ${closed ? "closed" : "still open"}.`);
-  } else if (event.kind === "refused") {
+  } else if (event.kind === "refused" && event.code === 131047) {
     note(`The Graph API refused a free-form ${event.type || ""} message: the 24-hour window is closed (${event.code}).`, true);
+  } else if (event.kind === "refused") {
+    note(`The Graph API refused a ${event.type || ""} message: ${event.error || "invalid"} (${event.code}).`, true);
   }
   scrollDown();
   if (event.kind !== "user") refreshSoon();
@@ -237,6 +339,79 @@ async function post(path, body) {
 
 function say(what) {
   return post("/api/say", { user: state.user, ...what });
+}
+
+// --- attaching: a photo, a document or a place ----------------------------------------------------
+function openAttach(place) {
+  $("attach-error").textContent = "";
+  $("attach-backdrop").hidden = false;
+  if (place) {
+    if (!$("attach-latitude").value.trim()) fillDemoPlace();
+    $("attach-latitude").focus();
+  }
+}
+
+function closeAttach() {
+  $("attach-backdrop").hidden = true;
+}
+
+function fillDemoPlace() {
+  $("attach-latitude").value = String(DEMO_PLACE.latitude);
+  $("attach-longitude").value = String(DEMO_PLACE.longitude);
+  $("attach-place-name").value = DEMO_PLACE.name;
+  $("attach-place-address").value = DEMO_PLACE.address;
+}
+
+function chooseFile(kind, input, other) {
+  const file = input.files && input.files[0];
+  other.value = ""; // one file at a time: the last chosen
+  state.attached = file ? { kind, file } : null;
+  $("attach-send").disabled = !file;
+  $("attach-error").textContent = "";
+}
+
+function base64(buffer) {
+  const bytes = new Uint8Array(buffer);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
+}
+
+async function sendFile() {
+  const chosen = state.attached;
+  if (!chosen) return;
+  if (chosen.file.size > MAX_ATTACH) {
+    $("attach-error").textContent = `A file is at most ${MAX_ATTACH / (1024 * 1024)} MB here.`;
+    return;
+  }
+  $("attach-send").disabled = true;
+  const data = base64(await chosen.file.arrayBuffer());
+  const kept = await post("/api/upload", { data, mime_type: chosen.file.type || "application/octet-stream", filename: chosen.file.name });
+  if (!kept.id) {
+    $("attach-error").textContent = kept.error || "The upload failed.";
+    $("attach-send").disabled = false;
+    return;
+  }
+  const caption = $("attach-caption").value.trim();
+  closeAttach();
+  $("attach-photo").value = $("attach-document").value = $("attach-caption").value = "";
+  state.attached = null;
+  await say({ media: { id: kept.id, kind: chosen.kind, ...(caption ? { caption } : {}) } });
+}
+
+async function sendLocation() {
+  const [lat, lon] = [$("attach-latitude").value.trim(), $("attach-longitude").value.trim()];
+  const latitude = Number(lat), longitude = Number(lon);
+  if (!lat || !lon || !(Math.abs(latitude) <= 90) || !(Math.abs(longitude) <= 180)) {
+    $("attach-error").textContent = "A place needs a latitude within ±90 and a longitude within ±180.";
+    return;
+  }
+  const place = { latitude, longitude };
+  const name = $("attach-place-name").value.trim(), address = $("attach-place-address").value.trim();
+  if (name) place.name = name;
+  if (address) place.address = address;
+  closeAttach();
+  await say({ location: place });
 }
 
 // --- the session panel --------------------------------------------------------------------------
@@ -389,6 +564,13 @@ async function start() {
     closeSheet();
     say({ reply: { kind: "list_reply", ...state.chosenRow } });
   });
+  $("attach").addEventListener("click", () => openAttach(false));
+  $("attach-close").addEventListener("click", closeAttach);
+  $("attach-photo").addEventListener("change", () => chooseFile("image", $("attach-photo"), $("attach-document")));
+  $("attach-document").addEventListener("change", () => chooseFile("document", $("attach-document"), $("attach-photo")));
+  $("attach-send").addEventListener("click", sendFile);
+  $("attach-demo").addEventListener("click", fillDemoPlace);
+  $("attach-send-location").addEventListener("click", sendLocation);
   $("redeliver").addEventListener("click", () => post("/api/redeliver", { user: state.user }));
   $("window-back").addEventListener("click", moveBack);
   setInterval(showTtl, 1000);
