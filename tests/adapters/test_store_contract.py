@@ -33,6 +33,8 @@ from fsm.records import Due, DueStats, HistoryEntry, Loaded, Record, SaveStatus
 from fsm.store import AsyncStore, Store
 from tests import redis_servers
 from tests.adapters.async_facade import AsyncStoreFacade
+from tests.adapters.postgres_envs import postgres_adapters
+from tests.adapters.sqlite_envs import sqlite_adapters
 
 
 class StoreEnv:
@@ -133,6 +135,9 @@ ADAPTERS: dict[str, Adapter] = {
     "async-redis-cluster": Adapter(tick=0.1, open=_redis_env(_cluster, asynchronous=True)),
     "async-redis-sentinel": Adapter(tick=0.1, open=_redis_env(_sentinel, asynchronous=True)),
 }
+# The SQL stores' entries live in their own modules (each opens a fresh store as a StoreEnv).
+ADAPTERS.update(sqlite_adapters(Adapter, StoreEnv))
+ADAPTERS.update(postgres_adapters(Adapter, StoreEnv))
 
 
 class EnvMaker:
