@@ -517,6 +517,11 @@ PANELS: tuple[Panel, ...] = (
         ),
     ),
     Panel(
+        "Media: files uploaded, attachments a step did not accept /s",
+        (_rate("fsm_media_uploads_total"), _rate("fsm_attachments_refused_total")),
+        "ops",
+    ),
+    Panel(
         "Replies held for the messaging limit /s",
         (_rate("fsm_whatsapp_messaging_limit_held_total"),),
         "ops",
