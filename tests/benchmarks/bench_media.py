@@ -35,7 +35,7 @@ import httpx
 
 from adapters.redis_server import free_port
 from adapters.whatsapp import fake_graph as graph_server
-from tests.benchmarks.bench_serve_writes import start_serve, stop
+from tests.benchmarks.bench_serve_writes import serve_env, start_serve, stop
 from tests.whatsapp import payloads as p
 from tests.whatsapp.fake_graph import PHONE_NUMBER_ID, TOKEN
 
@@ -43,22 +43,6 @@ ROOT = Path(__file__).parents[2]
 FSM = str(Path(sys.executable).with_name("fsm"))
 ENGINE = "tests.benchmarks.serve_media:engine"
 MB = 1024 * 1024
-
-
-def serve_env(graph_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WHATSAPP_", "FSM_"))}
-    env.update(
-        WHATSAPP_ACCESS_TOKEN=TOKEN,
-        WHATSAPP_APP_SECRET=p.APP_SECRET,
-        WHATSAPP_VERIFY_TOKEN=p.VERIFY_TOKEN,
-        WHATSAPP_PHONE_NUMBER_ID=PHONE_NUMBER_ID,
-        WHATSAPP_API_URL=graph_url,
-        WHATSAPP_RATE="0",
-        WHATSAPP_MARK_READ="0",
-        FSM_TIMER_TICK="off",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
 
 
 def replied(graph: graph_server.FakeGraph, user: str, count: int, within: float = 60) -> None:
@@ -123,7 +107,7 @@ def run(size_mb: float, rounds: int) -> int:
     threading.Thread(target=graph_http.serve_forever, daemon=True).start()
     graph_url = f"http://127.0.0.1:{graph_http.server_address[1]}/v99.0"
     port, logs = free_port(), Path(tempfile.mkdtemp(prefix="bench-media-"))
-    serve = start_serve(serve_env(graph_url), port, logs / "serve.log", engine=ENGINE)
+    serve = start_serve(serve_env(graph_url, None), port, logs / "serve.log", engine=ENGINE)
     data = os.urandom(int(size_mb * MB))
     digest = hashlib.sha256(data).hexdigest()
     url, user = f"http://127.0.0.1:{port}", "263770009999"

@@ -376,7 +376,9 @@ async def baseline_load(
 
 
 # -- fsm serve -------------------------------------------------------------------------------
-def serve_env(graph_url: str, store_url: str) -> dict[str, str]:
+def serve_env(graph_url: str, store_url: str | None) -> dict[str, str]:
+    """``fsm serve``'s environment: the fake Graph API at ``graph_url``, the store at
+    ``store_url`` (None: the embedded memory store), no ticker."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WHATSAPP_", "FSM_"))}
     env.update(
         WHATSAPP_ACCESS_TOKEN=TOKEN,
@@ -386,13 +388,13 @@ def serve_env(graph_url: str, store_url: str) -> dict[str, str]:
         WHATSAPP_API_URL=graph_url,
         WHATSAPP_RATE="0",  # no pacing of sends: the run measures the store, not the rate
         WHATSAPP_MARK_READ="0",
-        FSM_STORE=store_url,
-        FSM_NAMESPACE=NAMESPACE,
         # The counter flow has no timers: no ticker, so what Redis counts is the messages'
         # own (a ticker's rounds are measured by tests/benchmarks/bench_timers.py).
         FSM_TIMER_TICK="off",
         PYTHONPATH=str(ROOT),
     )
+    if store_url is not None:
+        env.update(FSM_STORE=store_url, FSM_NAMESPACE=NAMESPACE)
     return env
 
 

@@ -10,7 +10,7 @@ import time
 
 import jwt
 
-from fsm import Context, FakeClock, Flow, Login, Logout, Outcome, Stage, on_enter, step
+from fsm import Context, FakeClock, Flow, Login, Logout, Outcome, Stage, document, on_enter, step
 
 SECRET = b"vault-test-secret-0123456789abcdef"
 
@@ -156,3 +156,19 @@ class Vault(Flow):
         if ctx.text == "no":
             return ctx.go("open_home", "cancelled", unset=["amount"])
         return ctx.stay("yes or no?")
+
+
+class Receipts(Flow):
+    """Every message is answered with a receipt made from bytes (a document, uploaded before
+    the save and sent by its media id when the engine has a media channel), then a text."""
+
+    name = "receipts"
+    takes_first_message = True
+    stages = (Stage("open", ("note",)),)
+    transitions = ()
+
+    @step("open", "note")
+    def note(self, ctx: Context) -> Outcome:
+        receipt = f"receipt for {ctx.text}\n".encode()
+        file = document(receipt, filename="receipt.txt", mime_type="text/plain")
+        return ctx.stay(file, f"noted {ctx.text}")

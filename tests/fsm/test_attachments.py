@@ -34,6 +34,7 @@ from fsm import (
 from fsm.attachments import media_from
 from fsm.errors import InvalidFlowDefinition, StepFailed
 from fsm.media_replies import OutboundMedia
+from tests.fsm.sample_flows import Receipts
 
 PHOTO = InboundMedia("image", "media-1", "image/jpeg", caption="my prescription")
 FILE = InboundMedia("document", "media-2", "application/pdf", filename="rx.pdf")
@@ -305,19 +306,6 @@ def test_without_a_channel_the_bytes_stay_in_the_reply() -> None:
     assert reply.media is not None and reply.media.data == b"date,amount\n1,2\n"
 
 
-class Receipts(Flow):
-    """Every message is answered with a receipt made from bytes."""
-
-    name = "receipts"
-    takes_first_message = True
-    stages = (Stage("open", ("note",)),)
-    transitions = ()
-
-    @step("open", "note")
-    def note(self, ctx: Context) -> Outcome:
-        return ctx.stay(document(ctx.text.encode(), filename="r.txt", mime_type="text/plain"))
-
-
 def test_a_redelivery_judged_on_a_cached_record_uploads_nothing() -> None:
     """Worker B remembers the conversation as it was; worker A applies a message with a file;
     the same message re-delivered to B is a duplicate, and B must not upload its file again
@@ -329,5 +317,6 @@ def test_a_redelivery_judged_on_a_cached_record_uploads_nothing() -> None:
     a.handle("u1", "second", message_id="m1")  # A applies m1: version 2, one upload
     again = b.handle("u1", "second", message_id="m1")  # re-delivered to B
     assert again.duplicate
-    assert [u.data for u in channel.uploads] == [b"first", b"second"]
-    assert b.handle("u1", "third", message_id="m2").texts == ["[document: r.txt, 5 B]"]
+    assert [u.data for u in channel.uploads] == [b"receipt for first\n", b"receipt for second\n"]
+    third = b.handle("u1", "third", message_id="m2")
+    assert third.texts == ["[document: receipt.txt, 18 B]", "noted third"]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fsm import Context, Flow, Outcome, Stage, TemplateSpec, document, on_event, step, template
+from fsm import Context, Flow, Outcome, Stage, TemplateSpec, on_event, step, template
 from fsm.async_engine import AsyncEngine
 from fsm.store import AsyncStore
-from tests.fsm.sample_flows import Counter
+from tests.fsm.sample_flows import Counter, Receipts
 
 #: How long the Ledger's "slow..." messages take to handle.
 SLOW_STEP = 2.0
@@ -69,21 +69,6 @@ class Offers(Flow):
 
 def offers_engine(store: AsyncStore) -> AsyncEngine:
     return AsyncEngine(Offers(), store)
-
-
-class Receipts(Flow):
-    """Every message is answered with a receipt made from bytes (a document: uploaded before
-    the save, sent by its media id)."""
-
-    name = "receipts"
-    takes_first_message = True
-    stages = (Stage("open", ("note",)),)
-    transitions = ()
-
-    @step("open", "note")
-    def note(self, ctx: Context) -> Outcome:
-        receipt = f"receipt for {ctx.text}\n".encode()
-        return ctx.stay(document(receipt, filename="receipt.txt", mime_type="text/plain"))
 
 
 def receipts_engine(store: AsyncStore) -> AsyncEngine:

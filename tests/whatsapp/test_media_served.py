@@ -14,7 +14,8 @@ import pytest
 
 from adapters import AsyncMemoryStore, MemoryStore
 from flows.credex import FakeCredexApi, build_async_engine
-from fsm import Context, FakeClock, Flow, Outcome, Stage, document, step
+from fsm import FakeClock
+from tests.fsm.sample_flows import Receipts
 
 from . import payloads as p
 from .fake_graph import FakeGraph, error
@@ -107,20 +108,6 @@ def test_a_location_at_a_text_only_step_gets_the_unsupported_reply(
     assert credex.message(p.body([place])).status_code == 200
     until(lambda: graph.texts(ALICE)[-1:] == ["Sorry, I can only read text and button answers."],
           "the unsupported reply")  # fmt: skip
-
-
-class Receipts(Flow):
-    """Each message is answered with a receipt made from bytes, then a text."""
-
-    name = "receipts"
-    takes_first_message = True
-    stages = (Stage("open", ("note",)),)
-    transitions = ()
-
-    @step("open", "note")
-    def note(self, ctx: Context) -> Outcome:
-        receipt = document(b"paid\n", filename="receipt.txt", mime_type="text/plain")
-        return ctx.stay(receipt, f"noted {ctx.text}")
 
 
 def test_a_reply_whose_bytes_never_reached_a_channel_is_given_up_and_the_next_sent(
