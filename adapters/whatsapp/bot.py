@@ -291,7 +291,9 @@ class WhatsAppBot:
             )
         finally:
             engine.sent(user, lease, done=True)
-        await self._held(user, delivered.held, now)
+        # Only a template can be held or counted: a plain reply costs the limit no store call.
+        if closed or delivered.held or any(e.reply.template is not None for e in pending):
+            await self._held(user, delivered.held, now)
         pending_left = delivered.left or delivered.held
         return HTTPStatus.SERVICE_UNAVAILABLE if pending_left else HTTPStatus.OK
 

@@ -314,3 +314,33 @@ def test_an_unknown_window_counts_on_131047_and_a_held_reply_lives_with_its_conv
             until(lambda: gauges(bot)[2] == 0, "the held user let go")
         assert "replies held for ...0201 expired with the conversation" in caplog.text
         assert graph.templates(bob) == []
+
+
+class CountingLimit(MessagingLimit):
+    """The in-memory count, noting each call the bot makes on it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.calls: list[str] = []
+
+    async def unhold(self, user: str) -> None:
+        self.calls.append("unhold")
+        await super().unhold(user)
+
+    async def counts(self, now: float) -> tuple[int, int]:
+        self.calls.append("counts")
+        return await super().counts(now)
+
+
+def test_a_plain_reply_inside_the_window_costs_the_limit_nothing(graph: FakeGraph) -> None:
+    """On Redis each call on the count is a round trip: a message answered free-form inside
+    the window makes none (the paced users' writes per message stay at 2.00)."""
+    limit = CountingLimit(5)
+    with served(graph, flow=Parcels(), messaging_limit=limit) as bot:
+        for n in range(3):
+            assert bot.message(p.body([p.text(USERS[0], f"hi {n}")])).status_code == 200
+        assert graph.texts(USERS[0]) == ["noted hi 0", "noted hi 1", "noted hi 2"]
+        assert limit.calls == []
+        bot.clock.advance(25 * HOUR)
+        assert parcel(bot, USERS[0], "p-9") == 200  # a template: now the count is used
+        assert limit.calls != []
