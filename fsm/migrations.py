@@ -15,9 +15,9 @@ This module works on plain data only and imports neither :mod:`fsm.snapshot` nor
 :mod:`fsm.flow`: the snapshot decoder calls it, so it must not depend on them.
 
 >>> sorted(schema_migrations())
-[1]
+[1, 2]
 >>> upgrade({"flow": "f", "stage": "s", "step": "x", "schema": 1}, 1)["schema"]
-2
+3
 """
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ from typing import Any
 from fsm.errors import FsmError
 
 #: The snapshot format this code writes (``Snapshot.schema``; re-exported by
-#: :mod:`fsm.snapshot`). 2: each struct is a msgpack array in field order (field names are not
-#: stored: a session is ~130 bytes smaller). 1: maps; still read. Raising it needs the
-#: migration to it registered below.
-SCHEMA_VERSION = 2
+#: :mod:`fsm.snapshot`). 3: schema 2's layout, with the fields it gained since (an outbox,
+#: timers, the last inbound time) and replies of kinds an older release cannot read
+#: (templates, files, places, reactions): a worker of that release refuses it as too new
+#: (it answers 503 and a newer worker takes the message) instead of taking it for corrupt. 2:
+#: each struct is a msgpack array in field order (field names are not stored: a session is
+#: ~130 bytes smaller). 1: maps; still read. Raising it needs the migration to it registered
+#: below.
+SCHEMA_VERSION = 3
 
 #: A schema migration: the snapshot of schema N as plain data, to schema N+1's.
 SchemaMigration = Callable[[dict[str, Any]], dict[str, Any]]
@@ -92,3 +96,11 @@ def _maps_to_arrays(fields: dict[str, Any]) -> dict[str, Any]:
     """Schema 2 stores each struct as an array instead of a map (the field names are not
     stored: a session is ~130 bytes smaller). The fields are the same."""
     return {**fields, "schema": 2}
+
+
+@schema_migration(2)
+def _newer_replies(fields: dict[str, Any]) -> dict[str, Any]:
+    """Schema 3 has schema 2's layout; what it adds (fields appended with defaults, new
+    reply kinds) an older release must not read as its own, so its number is new. A schema 2
+    record reads as it is."""
+    return {**fields, "schema": 3}

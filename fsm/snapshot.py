@@ -228,6 +228,7 @@ ARRAY_LAYOUTS: dict[int, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
         },
     ),
 }  # fmt: skip
+ARRAY_LAYOUTS[3] = ARRAY_LAYOUTS[2]  # the same layout: see fsm.migrations.SCHEMA_VERSION
 
 
 def _from_map(raw: bytes) -> Snapshot:

@@ -119,7 +119,7 @@ def test_a_schema_1_record_is_read_and_rewritten_in_the_current_layout(clock: Fa
     }  # fmt: skip
     raw = msgspec.msgpack.encode(v1)
     snap = decode_snapshot(raw)
-    assert snap.schema == SCHEMA_VERSION == 2
+    assert snap.schema == SCHEMA_VERSION == 3
     assert snap.auth == Auth(token="a.b.c", subject="s", expires_at=5.0, issued_at=1.0)
     assert snap.resume == Resume(stage="q", step="name")
     assert (snap.data, snap.version, snap.flow_version) == ({"name": "Bo"}, 4, 3)
@@ -135,8 +135,33 @@ def test_a_schema_1_record_is_read_and_rewritten_in_the_current_layout(clock: Fa
 def test_a_newer_schema_is_refused_even_if_its_fields_changed_type() -> None:
     from fsm import decode_snapshot
     from fsm.errors import SchemaTooNew
+    from fsm.snapshot import SCHEMA_VERSION
 
-    fields = ["survey", "q", "name", "", {}, None, None, 1, 3, 1, 0.0, ""]
+    fields = ["survey", "q", "name", "", {}, None, None, 1, SCHEMA_VERSION + 1, 1, 0.0, ""]
     fields[0] = {"renamed": True}  # a type this code cannot read
     with pytest.raises(SchemaTooNew):
         decode_snapshot(msgspec.msgpack.encode(fields))
+
+
+def test_a_release_that_writes_schema_2_refuses_todays_sessions_as_too_new(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rolling deploy: a session saved today (schema 3, a file in its outbox) read by a
+    worker of the release before (schema 2) is refused as too new (a newer worker takes the
+    message), never decoded without what it does not know, nor taken for corrupt."""
+    import msgspec.structs
+
+    from fsm import Snapshot, document, encode_snapshot
+    from fsm import snapshot as snapshot_module
+    from fsm.errors import SchemaTooNew
+    from fsm.snapshot import Outgoing
+
+    reply = document(b"a,b\n", filename="s.csv", mime_type="text/plain")
+    assert reply.media is not None
+    kept = msgspec.structs.replace(reply, media=reply.media.uploaded("m-1"))
+    today = Snapshot(flow="f", stage="s", step="x", version=4,
+                     outbox=(Outgoing(4, 0, "w1", kept, id="o1"),))  # fmt: skip
+    raw = encode_snapshot(today)
+    monkeypatch.setattr(snapshot_module, "SCHEMA_VERSION", 2)
+    with pytest.raises(SchemaTooNew):
+        snapshot_module.decode_snapshot(raw)

@@ -67,7 +67,7 @@ def test_migrate_rewrites_old_sessions_in_place(ops_all: Ops) -> None:
     ttl_after = ops.store.ttl(ALICE)
     assert ttl_before is not None and ttl_after is not None
     assert ttl_after <= ttl_before and ttl_after > ttl_before - 5  # kept, not refreshed
-    moved = f"migrate schema 1->2 flow 1->{CredexBot.version}"
+    moved = f"migrate schema 1->{SCHEMA_VERSION} flow 1->{CredexBot.version}"
     assert ops.store.history(ALICE, limit=1)[0].event == moved
     again = ops.fsm("migrate", "--json")
     assert json.loads(again.stdout)["migrated"] == 0  # idempotent
@@ -91,7 +91,8 @@ def test_migrate_is_resumable(ops_all: Ops) -> None:
     assert first["migrated"] == 2  # stopped after two: an interrupted run
     second = json.loads(ops.fsm("migrate", "--json").stdout)
     assert second["migrated"] == 2 and second["current"] == 4
-    assert {stored_schema(ops.store.load(u).record.payload) for u in users} == {2}  # type: ignore[union-attr]
+    schemas = {stored_schema(ops.store.load(u).record.payload) for u in users}  # type: ignore[union-attr]
+    assert schemas == {SCHEMA_VERSION}
 
 
 def test_a_corrupt_session_mid_migration_is_reported_skipped_and_kept(ops_all: Ops) -> None:
@@ -172,7 +173,7 @@ def _chat(
 
 
 def test_the_schema_registry() -> None:
-    assert set(schema_migrations()) == {1}
+    assert set(schema_migrations()) == set(range(1, SCHEMA_VERSION))
     with pytest.raises(MigrationError, match="no migration from snapshot schema 0"):
         upgrade({"schema": 0}, 0)
     with pytest.raises(ValueError, match="already registered"):
@@ -208,11 +209,12 @@ def test_the_array_layout_of_the_current_schema_is_the_structs(ops: Ops) -> None
     assert Resume.__struct_fields__[: len(nested["resume"])] == nested["resume"]
 
 
-def test_a_future_schema_3_migrates_every_stored_schema_2_session(
+def test_a_future_schema_migrates_every_stored_session_of_todays(
     ops: Ops, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What the next format change will do: register 2 -> 3, and every session written today
-    is read through it (lazily, and by fsm migrate), not taken for corruption."""
+    """What the next format change will do: register today's -> the next, and every session
+    written today is read through it (lazily, and by fsm migrate), not taken for corruption."""
+    today, future = SCHEMA_VERSION, SCHEMA_VERSION + 1
     from fsm import migrations, snapshot
 
     snap = ops.say(ALICE, "hi")
@@ -222,14 +224,14 @@ def test_a_future_schema_3_migrates_every_stored_schema_2_session(
     def rename_dashboard(fields: dict[str, object]) -> dict[str, object]:
         data = dict(fields["data"])  # type: ignore[call-overload]
         data["summary"] = data.pop("dashboard", None)
-        return {**fields, "data": data, "schema": 3}
+        return {**fields, "data": data, "schema": future}
 
-    monkeypatch.setattr(snapshot, "SCHEMA_VERSION", 3)
-    monkeypatch.setitem(migrations._REGISTRY, 2, rename_dashboard)
+    monkeypatch.setattr(snapshot, "SCHEMA_VERSION", future)
+    monkeypatch.setitem(migrations._REGISTRY, today, rename_dashboard)
     read = decode_snapshot(before.payload)
-    assert read.schema == 3 and "summary" in read.data and "dashboard" not in read.data
+    assert read.schema == future and "summary" in read.data and "dashboard" not in read.data
     assert read.auth == snap.auth and read.version == snap.version
-    assert stored_schema(before.payload) == 2
+    assert stored_schema(before.payload) == today
     from fsm.ops.validate import diagnose
 
     found = diagnose(ALICE, before, ops.engine.spec, now=ops.clock.now())
@@ -237,7 +239,7 @@ def test_a_future_schema_3_migrates_every_stored_schema_2_session(
     report = migrate_sessions(ops.store, ops.engine.spec, clock=ops.clock)
     assert report.counts[Step.MIGRATED] == 1
     after = ops.store.load(ALICE).record
-    assert after is not None and stored_schema(after.payload) == 3
+    assert after is not None and stored_schema(after.payload) == future
     assert decode_snapshot(after.payload).data["summary"] == snap.data["dashboard"]
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from adapters import RedisStore
 from flows.credex import CredexBot
+from fsm import SCHEMA_VERSION
 from tests.ops.conftest import ALICE, BOB, CAROL, DAVE, STRANGER, Ops
 
 
@@ -23,7 +24,7 @@ def test_inspect_shows_the_session_and_hides_the_token(ops: Ops) -> None:
     assert "valid       yes" in out
     assert f"stage       {snap.stage}.{snap.step}" in out
     assert f"version     {snap.version} (" in out
-    assert f"flow        credex (flow version {CredexBot.version}, schema 2)" in out
+    assert f"flow        credex (flow version {CredexBot.version}, schema {SCHEMA_VERSION})" in out
     assert f"by {ops.engine.source}" in out
     assert "expires in  29m" in out or "expires in  30m" in out
     assert "lock        free" in out
@@ -38,7 +39,7 @@ def test_inspect_json_and_show_secrets(ops: Ops) -> None:
     assert snap.auth is not None
     info = json.loads(ops.fsm("inspect", ALICE, "--json").stdout)
     assert (info["stage"], info["step"], info["version"]) == (snap.stage, snap.step, snap.version)
-    assert info["schema"] == 2 and info["valid"] is True and info["lock"] is None
+    assert info["schema"] == SCHEMA_VERSION and info["valid"] is True and info["lock"] is None
     assert info["auth"]["subject"] == snap.auth.subject and "token" not in info["auth"]
     assert info["auth"]["expires_at"] == snap.auth.expires_at and not info["auth"]["expired"]
     assert 1790 < info["ttl"] <= 1800
