@@ -8,6 +8,8 @@ from adapters.memory import MemoryStore
 from adapters.memory_async import AsyncMemoryStore
 from adapters.redis import RedisStore
 from adapters.redis_async import AsyncRedisStore
+from adapters.sqlite import SQLiteStore
+from adapters.sqlite_async import AsyncSQLiteStore
 from fsm.records import (
     HistoryEntry,
     Loaded,
@@ -23,6 +25,7 @@ from fsm.store import AsyncStore, Store
 __all__ = [
     "AsyncMemoryStore",
     "AsyncRedisStore",
+    "AsyncSQLiteStore",
     "AsyncStore",
     "HistoryEntry",
     "Loaded",
@@ -31,6 +34,7 @@ __all__ = [
     "QuarantineEntry",
     "Record",
     "RedisStore",
+    "SQLiteStore",
     "SaveResult",
     "SaveStatus",
     "SessionView",

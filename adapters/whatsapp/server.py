@@ -12,6 +12,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from adapters import urls
 from adapters.memory_async import AsyncMemoryStore
 from adapters.redis_async import AsyncRedisStore
 from adapters.whatsapp.app import WebhookConfig, create_app
@@ -31,10 +32,11 @@ SIMULATOR_NUMBER_ID = "100000000000001"
 
 
 def open_async_store(url: str | None, namespace: str) -> AsyncStore:
-    """The embedded memory store (``url`` None), else an AsyncRedisStore for ``url``."""
+    """The embedded memory store (``url`` None), else the store ``url`` names (Redis, SQLite,
+    PostgreSQL: :mod:`adapters.urls`)."""
     if url is None:
         return AsyncMemoryStore()
-    return AsyncRedisStore.from_url(url, namespace=namespace)
+    return urls.open_async_store(url, namespace=namespace)
 
 
 def build_engine(factory: EngineFactory, store: AsyncStore) -> AsyncEngine:

@@ -149,19 +149,19 @@ def chat(
 
 
 def _chat_store(url: str, namespace: str, use_async: bool) -> Store | AsyncStore | None:
-    """None for the embedded memory store, else a RedisStore (an AsyncRedisStore with
-    ``use_async``); a usage error if it is unusable."""
+    """None for the embedded memory store, else the store the URL names (Redis, SQLite,
+    PostgreSQL; its async twin with ``use_async``); a usage error if it is unusable."""
     if url == "memory":
         return None
-    from adapters import AsyncRedisStore, RedisStore
+    from adapters.urls import open_async_store, open_store
     from fsm.blocking import run
 
     try:
         if use_async:
-            astore = AsyncRedisStore.from_url(url, namespace=namespace)
-            run(astore.lock_info("-"))  # one round trip: fail now, clearly, if Redis is absent
+            astore = open_async_store(url, namespace=namespace)
+            run(astore.lock_info("-"))  # one round trip: fail now, clearly, if it is absent
             return astore
-        store = RedisStore.from_url(url, namespace=namespace)
+        store = open_store(url, namespace=namespace)
         store.lock_info("-")
     except (ValueError, FsmError) as exc:
         raise click.BadParameter(str(exc), param_hint="'--store'") from None

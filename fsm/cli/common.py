@@ -191,7 +191,8 @@ def store_options(fn: Callable[P, R]) -> Callable[P, R]:
         default=None,
         metavar="URL",
         help="The bot's store: a Redis URL (redis://host:port/db, rediss://, unix://, "
-        "redis+cluster://h:p,h:p, redis+sentinel://h:p/service) [env FSM_STORE].",
+        "redis+cluster://h:p,h:p, redis+sentinel://h:p/service), sqlite:///path/to/fsm.db "
+        "or postgresql://user@host/db [env FSM_STORE].",
     )(fn)
 
 
@@ -326,12 +327,13 @@ def open_store_unchecked(url: str | None, namespace: str | None) -> Store:
     if url == "memory":
         raise click.UsageError(
             "a memory store lives inside one process: run the command in that process, "
-            "fsm.cli.main(args, obj={'store': store}); --store takes a Redis URL"
+            "fsm.cli.main(args, obj={'store': store}); --store takes a Redis, SQLite or "
+            "PostgreSQL URL"
         )
-    from adapters import RedisStore
+    from adapters.urls import open_store as store_at
 
     try:
-        store = RedisStore.from_url(url, namespace=namespace_for(namespace))
+        store = store_at(url, namespace=namespace_for(namespace))
     except (ValueError, TypeError) as exc:
         raise click.BadParameter(f"{safe_url(url)}: {exc}", param_hint="'--store'") from None
     ctx.call_on_close(store.close)
