@@ -22,8 +22,24 @@ from fsm.records import (
 )
 from fsm.store import AsyncStore, Store
 
+
+def __getattr__(name: str) -> object:
+    """The PostgreSQL stores, imported on first use: psycopg is the optional ``postgres``
+    extra, and ``import adapters`` must work without it."""
+    if name == "PostgresStore":
+        from adapters.postgres import PostgresStore
+
+        return PostgresStore
+    if name == "AsyncPostgresStore":
+        from adapters.postgres_async import AsyncPostgresStore
+
+        return AsyncPostgresStore
+    raise AttributeError(f"module 'adapters' has no attribute {name!r}")
+
+
 __all__ = [
     "AsyncMemoryStore",
+    "AsyncPostgresStore",
     "AsyncRedisStore",
     "AsyncSQLiteStore",
     "AsyncStore",
@@ -31,6 +47,7 @@ __all__ = [
     "Loaded",
     "LockInfo",
     "MemoryStore",
+    "PostgresStore",
     "QuarantineEntry",
     "Record",
     "RedisStore",

@@ -4,11 +4,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import redis_servers
+from tests import postgres_servers, redis_servers
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _stop_redis_servers() -> Iterator[None]:
-    """Every redis-server a test started is stopped by PID when the session ends."""
+def _stop_servers() -> Iterator[None]:
+    """Every redis-server and PostgreSQL cluster a test started is stopped by PID when the
+    session ends."""
     yield
     redis_servers.stop_all()
+    postgres_servers.stop_all()

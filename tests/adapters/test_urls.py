@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
     [
         ("redis://127.0.0.1:1/0", "redis"),
         ("rediss://h:1/0", "redis"),
-        ("unix:///tmp/r.sock", "redis"),
+        ("unix:///run/r.sock", "redis"),
         ("redis+cluster://h:1,h:2", "redis"),
         ("redis+sentinel://h:1/svc", "redis"),
         ("sqlite:///bot.db", "sqlite"),
