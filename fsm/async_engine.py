@@ -21,7 +21,10 @@ the cancellation waits for it to return, so no lease is freed under a running st
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -305,12 +308,33 @@ async def _call(call: HandlerCall) -> Any:
     return await _in_thread(call.fn, call.ctx)
 
 
+#: The threads ``def`` handlers run in: a pool of the library's own, not the loop's default
+#: executor, which the loop's own work needs (``getaddrinfo`` for a new connection): a handler
+#: blocked on ``ctx.download()``, which the loop serves, must never hold the thread the loop
+#: waits for.
+_HANDLER_THREADS = 32
+_handlers: concurrent.futures.ThreadPoolExecutor | None = None
+_handlers_made = threading.Lock()
+
+
+def _handler_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _handlers
+    with _handlers_made:
+        if _handlers is None:
+            _handlers = concurrent.futures.ThreadPoolExecutor(
+                _HANDLER_THREADS, thread_name_prefix="fsm-step"
+            )
+        return _handlers
+
+
 async def _in_thread(fn: Callable[[Context], Any], ctx: Context) -> Any:
-    """``fn(ctx)`` in the default executor. If the caller is cancelled meanwhile, wait for the
-    thread to return first (it cannot be stopped, and the protocol must not free the lease
-    under a step still running), however often the cancellation is repeated, then let the
-    cancellation through."""
-    running = asyncio.ensure_future(asyncio.to_thread(fn, ctx))
+    """``fn(ctx)`` in a handler thread (:data:`_HANDLER_THREADS`, with this task's context
+    variables). If the caller is cancelled meanwhile, wait for the thread to return first (it
+    cannot be stopped, and the protocol must not free the lease under a step still running),
+    however often the cancellation is repeated, then let the cancellation through."""
+    variables = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    running = loop.run_in_executor(_handler_pool(), variables.run, fn, ctx)
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:

@@ -8,12 +8,12 @@ module. :class:`fsm.AsyncEngine` drives the same protocol on asyncio.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fsm.attachments import Attachment
+from fsm.background import run
 from fsm.effects import (
     Download,
     Guard,
@@ -180,10 +180,10 @@ class Engine(MessageProtocol[SessionStore]):
                         value = None  # no concurrency here: a guard is never made
                     elif type(effect) is Upload:
                         assert self.media is not None  # asked for only with a channel
-                        value = asyncio.run(self.media.upload(effect.media))
+                        value = _on_background(self.media.upload(effect.media))
                     elif type(effect) is Download:
                         assert self.media is not None
-                        value = asyncio.run(self.media.download(effect.media))
+                        value = _on_background(self.media.download(effect.media))
                     else:
                         raise TypeError(f"not an effect: {effect!r}")
                 except BaseException as exc:  # noqa: BLE001 - handed to the protocol
@@ -192,3 +192,10 @@ class Engine(MessageProtocol[SessionStore]):
             # No cycle through this frame: an error's traceback must not keep the handler's
             # frames (and the payload, the token) alive until the cyclic collector runs.
             value = error = None
+
+
+def _on_background(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a media channel's coroutine on the library's background event loop: this engine
+    may be called from code that runs a loop of its own (``asyncio.run`` would refuse), and
+    the channel's connections stay on one loop."""
+    return run(coroutine)

@@ -43,6 +43,7 @@ from fsm.effects import StoreCall
 from fsm.engine_core import S, Steps, log
 from fsm.errors import FsmError, StepFailed, StepNotFound, TokenRefused, TransitionNotAllowed
 from fsm.inflight import Message, Restored
+from fsm.media import MediaError
 from fsm.records import Due
 from fsm.redaction import user_tail
 from fsm.restore import Restoring
@@ -299,6 +300,13 @@ class Ticking(Firing[S]):
         does an entry whose arming save may still land (:attr:`Verdict.RECHECK`)."""
         try:
             result, verdict = yield from self.fire_steps(claim)  # type: ignore[attr-defined]
+        except MediaError as exc:
+            if exc.transient:  # the channel out of reach: the claim runs out, tried again then
+                self.stats.incr("timer_errors")
+                return Fired(None, settle=False)
+            self.stats.incr("timers_failed")  # a file the channel refuses: never, retrying
+            log.warning("user %s: timer dropped: %s", user_tail(claim.user_key), exc)
+            return Fired(None, settle=True)
         except FsmError as exc:
             self.stats.incr("timer_errors")
             log.warning(

@@ -42,6 +42,7 @@ from typing import Any, ClassVar, TypeVar
 from fsm.attachments import check_accepts
 from fsm.errors import InvalidFlowDefinition
 from fsm.machine import StageMachine
+from fsm.media import MediaError
 from fsm.snapshot import NEWER_FLOW_WINDOW, Snapshot
 from fsm.templates import TemplateSpec, spec_problems
 from fsm.timers import EventSpec, TimerSpec, collect
@@ -362,6 +363,8 @@ class FlowSpec:
         while link is not None and id(link) not in seen and len(seen) < 32:
             if isinstance(link, self.transient_errors):
                 return True
+            if isinstance(link, MediaError) and link.reason in ("unavailable", "expired"):
+                return True  # the media channel out of reach: not the flow's bug
             seen.add(id(link))
             if link.__cause__ is not None:
                 link = link.__cause__

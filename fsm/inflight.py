@@ -54,6 +54,9 @@ class Message(msgspec.Struct):
     #: This pass decides on a record at hand (the recent one), not on a fresh load: whether
     #: the message was applied already is only known when its save is refused.
     cached: bool = False
+    #: ``ready`` came from a load that checked this message's id (a lock-and-load, or the
+    #: check a cached decision with files makes), not from this process's memory.
+    ready_checked: bool = False
     duplicate: bool = False  # it was applied before; this delivery finishes its action
     owner: str | None = None  # our lease's owner token while we hold it
     leased_at: float = 0.0  # when the lease was taken or last renewed (monotonic)

@@ -43,6 +43,7 @@ class Leasing(EngineCore[S]):
         finally:
             self.stats.observe("lock", time.perf_counter() - started)
         m.owner, m.ready, m.leased_at = owner, loaded, time.monotonic()
+        m.ready_checked = True  # the lock-and-load checked the message id
 
     def _lock_attempt(self, m: Message, owner: str, call: StoreCall) -> Steps[Loaded | None]:
         since = self._recent.tick()

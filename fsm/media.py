@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from fsm.background import run
 from fsm.errors import FsmError
 
 if TYPE_CHECKING:
@@ -71,8 +72,8 @@ class MediaAccess:
     def download(self, media: InboundMedia, timeout: float | None = 120.0) -> bytes:
         """Block this thread until the bytes arrive (not on the engine's loop itself: an
         ``async def`` handler awaits :meth:`adownload`)."""
-        if self.loop is None:  # the sync engine: no loop of its own
-            return asyncio.run(self.channel.download(media))
+        if self.loop is None:  # the sync engine: on the library's background loop
+            return run(self.channel.download(media))
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -83,4 +84,8 @@ class MediaAccess:
                 "(an async def handler), or make the step's handler blocking (a thread)"
             )
         future = asyncio.run_coroutine_threadsafe(self.channel.download(media), self.loop)
-        return future.result(timeout)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()  # the download stops too, its buffer with it
+            raise MediaError("unavailable", f"no answer within {timeout:g} s") from None

@@ -289,12 +289,28 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
                 raise
             return None  # quarantined: the next pass restarts the user at the safe stage
         yield from self._unguard(m, guard)
-        if m.cached and m.due and self.media is not None and _files(decision):
-            # Files reach the channel before the save, and a record at hand does not say
-            # whether this message was applied already (a re-delivery): judge a fresh load,
-            # so that a duplicate uploads nothing.
-            return None
+        # Files reach the channel before the save, and a record at hand does not say whether
+        # this message was applied already (a re-delivery): check it with one load, so that a
+        # duplicate uploads nothing (and the decision is not made twice).
+        checks = m.cached and m.due and self.media is not None and _files(decision)
+        if checks and not (yield from self._unchanged(m, restored)):
+            return None  # applied already, or moved on: the next pass works on that load
         return (yield from self._save(m, restored, decision, at_action))
+
+    def _unchanged(self, m: Message, restored: Restored) -> Steps[bool]:
+        """Whether the stored conversation is still the one ``restored`` was read from and
+        this message is not seen; else the load is kept for the next pass."""
+        call = StoreCall("load", (m.key,), {"message_id": m.mid})
+        loaded: Loaded = yield from self._timed("load", call)
+        record = loaded.record
+        same = record is not None and (record.version, record.tag) == (
+            restored.expected_version,
+            restored.expected_tag,
+        )
+        if same and not loaded.seen and not loaded.locked:
+            return True
+        m.ready, m.ready_checked = loaded, True
+        return False
 
     def _outside_input(self, m: Message, restored: Restored) -> str:
         """Check a timer's claim or an event against the conversation: "" to apply it, else
@@ -345,7 +361,7 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
             return None  # _obtain quarantines it
         m.ready = None
         m.locked = loaded.locked and m.owner is None
-        m.cached = True
+        m.cached, m.ready_checked = not m.ready_checked, False
         return restored
 
     def _obtain(self, m: Message) -> Steps[Restored | Result | None]:
@@ -480,21 +496,22 @@ class MessageProtocol(Outbox[S], Ticking[S], Leasing[S]):
                         media = media.fetched((yield Download(media.forwarded())))
                     media_id: str = yield Upload(media)
                 except Exception as exc:  # told as a MediaError
-                    raise self._media_failed(exc) from exc
+                    raise self._media_failed(exc, decision) from exc
                 self.stats.incr("media_uploads")
                 reply = msgspec.structs.replace(reply, media=media.uploaded(media_id))
             replies.append(reply)
         return msgspec.structs.replace(decision, replies=tuple(replies))
 
-    def _media_failed(self, exc: Exception) -> MediaError:
+    def _media_failed(self, exc: Exception, decision: Decision) -> MediaError:
         """A file that could not reach the channel before the save (nothing is saved): a
         channel out of reach is worth a re-delivery (``transient``: the transport answers
-        503 and the user hears the flow's ``delay_reply``); a file it refuses is not (the
-        ``failure_reply``)."""
+        503 and the user hears the flow's ``delay_reply``), unless the step had side effects
+        (a re-delivery would run them again: the user hears the ``failure_reply`` and tries
+        again); a file the channel refuses is not either."""
         error = (
             exc if isinstance(exc, MediaError) else MediaError("unavailable", type(exc).__name__)
         )
-        error.transient = error.reason == "unavailable"
+        error.transient = error.reason == "unavailable" and not decision.side_effects
         reply = self.spec.delay_reply if error.transient else self.spec.failure_reply
         error.notice = Reply(reply)
         log.warning("a reply's file did not reach the media channel: %s", error)

@@ -19,6 +19,7 @@ nor is a media download URL (it carries a signature).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import Any
@@ -26,6 +27,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import msgspec
+
+# httpx logs every request's URL at INFO ("HTTP Request: GET <url>"): a media download URL
+# is signed by Meta, and no log line may carry it. Its warnings still show.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 DEFAULT_API_URL = "https://graph.facebook.com/v27.0"  # WHATSAPP_API_URL overrides
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +26,8 @@ from adapters.whatsapp.simulator import Contact, Simulator
 from adapters.whatsapp.simulator.app import LOOPBACK
 from fsm.async_engine import AsyncEngine
 from fsm.store import AsyncStore
+
+log = logging.getLogger("adapters.whatsapp")
 
 EngineFactory = Callable[[AsyncStore], AsyncEngine]
 #: The phone number id the simulated bot sends from (any id works; this one is recognisable).
@@ -96,6 +99,13 @@ def messaging_tracker(limit: int | None, store: object) -> Tracker:
     process's)."""
     if isinstance(store, AsyncRedisStore):
         return RedisMessagingLimit(store.client, limit, namespace=store.layout.namespace)
+    if limit is not None and not isinstance(store, AsyncMemoryStore):
+        log.warning(
+            "the messaging limit (%d users in 24 hours) is counted by this process alone on "
+            "%s: give each process that sends its share of the account's limit",
+            limit,
+            type(store).__name__,
+        )
     return MessagingLimit(limit)
 
 

@@ -186,13 +186,23 @@ def statement_csv(rows: list[dict[str, str]]) -> bytes:
     """The statement's bytes: a header, then one line per credex (UTF-8, CRLF as CSV wants).
 
     >>> statement_csv([{"date": "2026-12-01", "amount": "+20.00 USD", "counterparty": "Bob"}])
-    b'date,amount,counterparty\\r\\n2026-12-01,+20.00 USD,Bob\\r\\n'
+    b'date,amount,counterparty\\r\\n2026-12-01,'+20.00 USD,Bob\\r\\n'
     """
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=("date", "amount", "counterparty"))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
     return out.getvalue().encode()
+
+
+def _cell(value: str) -> str:
+    """A value a spreadsheet shows as text, never runs as a formula (a counterparty's name is
+    another member's words; an amount starts with + or -): ``'`` before = + - @ tab CR.
+
+    >>> _cell("=HYPERLINK(1)"), _cell("+20.00 USD"), _cell("Bob")
+    ("'=HYPERLINK(1)", "'+20.00 USD", 'Bob')
+    """
+    return f"'{value}" if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 def _credexes(count: int) -> str:
