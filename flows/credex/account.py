@@ -186,7 +186,7 @@ def statement_csv(rows: list[dict[str, str]]) -> bytes:
     """The statement's bytes: a header, then one line per credex (UTF-8, CRLF as CSV wants).
 
     >>> statement_csv([{"date": "2026-12-01", "amount": "+20.00 USD", "counterparty": "Bob"}])
-    b'date,amount,counterparty\\r\\n2026-12-01,'+20.00 USD,Bob\\r\\n'
+    b"date,amount,counterparty\\r\\n2026-12-01,'+20.00 USD,Bob\\r\\n"
     """
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=("date", "amount", "counterparty"))
