@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
+from typing import Any
 
 from fsm.attachments import MEDIA_KINDS, InboundMedia, MediaKind
-from fsm.media import MediaError
+from fsm.media import MediaChannel, MediaError
 from fsm.media_replies import WHATSAPP_MEDIA, OutboundMedia
 
 #: The largest file a download returns (the WhatsApp transport's default cap).
@@ -77,6 +78,19 @@ class MemoryMedia:
         with self._lock:
             self.uploads.append(media)
         return self._keep(media.data, media.mime_type)
+
+
+def media_of(engine: Any) -> MediaChannel:
+    """The media channel of ``engine`` (an Engine, an AsyncEngine or a BlockingEngine), a
+    :class:`MemoryMedia` given to it when it has none: where the testing kit and transcripts
+    keep the files a user "sends"."""
+    from fsm.blocking import BlockingEngine  # at call time: it imports the engines
+
+    core = engine.engine if isinstance(engine, BlockingEngine) else engine
+    if core.media is None:
+        core.media = MemoryMedia()
+    channel: MediaChannel = core.media
+    return channel
 
 
 def kind_of(mime_type: str) -> MediaKind:

@@ -42,7 +42,7 @@ from fsm.blocking import BlockingEngine, blocking, run
 from fsm.clock import FakeClock
 from fsm.engine import Engine, Result
 from fsm.fake_ticker import blank, combined, pass_time
-from fsm.memory_media import MemoryMedia
+from fsm.memory_media import MemoryMedia, media_of
 from fsm.reply import Reply, check_whatsapp
 from fsm.snapshot import Snapshot
 from fsm.transcript import Directive, Proactive, Run, Runner, contains_in_order, duration
@@ -156,12 +156,9 @@ class Conversation:
         directives: Mapping[str, Directive] | None = None,
         check: Callable[[Reply], Iterable[str] | None] | None = check_whatsapp,
     ) -> None:
-        core = engine.engine if isinstance(engine, BlockingEngine) else engine
-        if core.media is None:  # files the user "sends" are kept here, uploads land here
-            core.media = MemoryMedia()
         #: The engine's media channel: :meth:`send` puts files in it (a
         #: :class:`~fsm.memory_media.MemoryMedia` unless the engine came with its own).
-        self.media = core.media
+        self.media = media_of(engine)
         # An AsyncEngine runs on a background event loop; threads (concurrently) are then
         # concurrent tasks on it.
         self.engine = blocking(engine)

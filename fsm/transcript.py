@@ -57,7 +57,7 @@ from fsm.attachments import Attachment, attachment_kind
 from fsm.clock import FakeClock
 from fsm.fake_ticker import blank, combined, pass_time
 from fsm.fake_ticker import move_clock as move_clock  # where it was first, for its importers
-from fsm.memory_media import MemoryMedia
+from fsm.memory_media import MemoryMedia, media_of
 from fsm.transcript_send import attachment
 
 if TYPE_CHECKING:
@@ -362,14 +362,10 @@ class Runner:
     def _media(self) -> MemoryMedia:
         """Where ``! send`` keeps its files: the engine's media channel (a MemoryMedia, given
         to an engine that had none)."""
-        from fsm.blocking import BlockingEngine  # at run time only: it imports the engines
-
-        core = self.engine.engine if isinstance(self.engine, BlockingEngine) else self.engine
-        if core.media is None:
-            core.media = MemoryMedia()
-        if not isinstance(core.media, MemoryMedia):
+        media = media_of(self.engine)
+        if not isinstance(media, MemoryMedia):
             raise ValueError("! send keeps files in a MemoryMedia: this engine has another")
-        return core.media
+        return media
 
     def _window(self, args: list[str]) -> float | None:
         if len(args) != 1:

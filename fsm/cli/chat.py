@@ -377,16 +377,13 @@ def _read(path: Path) -> bytes:
 def _media(engine: ChatEngine) -> MemoryMedia:
     """The engine's media channel, where ``/send`` keeps its files: a MemoryMedia, given to
     an engine that has none."""
-    from fsm.blocking import BlockingEngine
-    from fsm.memory_media import MemoryMedia
+    from fsm.memory_media import MemoryMedia, media_of
 
-    core = engine.engine if isinstance(engine, BlockingEngine) else engine
-    if core.media is None:
-        core.media = MemoryMedia()
-    if not isinstance(core.media, MemoryMedia):
-        channel = type(core.media).__name__
+    media = media_of(engine)
+    if not isinstance(media, MemoryMedia):
+        channel = type(media).__name__
         raise _Unusable(f"/send keeps files in a MemoryMedia: this engine's channel is a {channel}")
-    return core.media
+    return media
 
 
 def _place(rest: str) -> Attachment:
