@@ -7,10 +7,10 @@ TTL, delete, lock info, the quarantine's listing) on the same state, under the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from adapters.memory_session import MemorySessionStore, positive
-from fsm.records import LockInfo, QuarantineEntry, SessionView
+from fsm.records import HistoryEntry, LockInfo, QuarantineEntry, SessionView
 from fsm.store import Store
 
 
@@ -35,6 +35,13 @@ class MemoryStore(MemorySessionStore, Store):
             if self._live_session(user_key, now) is None:
                 return None
             return self._sessions[user_key][1] - now
+
+    def import_history(self, user_key: str, entries: Sequence[HistoryEntry]) -> int:
+        with self._mutex:
+            now = self._tick()
+            for entry in entries:
+                self._append_history(user_key, entry, now)
+        return len(entries)
 
     def scan(self, *, batch: int = 500) -> Iterator[str]:
         positive("batch", batch)

@@ -416,6 +416,33 @@ class PostgresOperations:
         return Call("history", user_key, self.sql.history, params, _entries)
 
     # -- the lease -----------------------------------------------------------------------------
+    def import_history(
+        self, user_key: str, entries: Sequence[HistoryEntry]
+    ) -> Callable[[], Generator[Step, Rows, None]]:
+        """What makes the steps (one transaction) that append ``entries`` (oldest first; past
+        the limit, only the newest) as saves would have. Every attempt's steps carry the same
+        tags, and stop at once when the newest entry is stored already (a lost commit reply)."""
+        k = _key(user_key)
+        kept = list(entries)[-self.history_limit :]
+        tags = [secrets.token_hex(8) for _ in kept]
+        encoded = [encode_history(entry) for entry in kept]
+
+        def steps() -> Generator[Step, Rows, None]:
+            now = self.clock.now()
+            until = now + self.history_ttl
+            if not kept or (yield self.sql.history_has_tag, {"k": k, "tag": tags[-1]}):
+                return
+            seq, expires = (yield self.sql.history_head, {"k": k, "until": until})[0]
+            if expires <= now:  # none, or expired and not swept yet
+                yield self.sql.history_clear, {"k": k}
+                seq = 0
+            yield self.sql.history_insert, {"k": k, "base": seq, "tags": tags, "entries": encoded}
+            last = seq + len(kept)
+            yield self.sql.history_set_head, {"k": k, "last": last, "until": until}
+            yield self.sql.history_trim, {"k": k, "last": last, "limit": self.history_limit}
+
+        return steps
+
     def _lease(self, user_key: str, owner: str, ttl: float) -> dict[str, Any]:
         _positive("ttl", ttl)
         now = self.clock.now()
@@ -728,16 +755,27 @@ class PostgresStore(Store):
             self._ready = True
 
     def _migrate(self) -> None:
+        self._transaction("schema", None, self._ops.migration)
+
+    def _transaction(
+        self,
+        operation: str,
+        user_key: str | None,
+        steps: Callable[[], Generator[Step, Rows, None]],
+    ) -> None:
+        """Run the steps ``steps()`` makes in one transaction, each sent the rows of the one
+        before; a transient failure runs them again from new steps."""
         for attempt in itertools.count():
             try:
                 with self.pool.connection() as conn, conn.transaction():
-                    steps, rows = self._ops.migration(), None
-                    while (step := next_step(steps, rows)) is not None:
+                    running, rows = steps(), None
+                    while (step := next_step(running, rows)) is not None:
                         cursor = conn.execute(*step)
                         rows = cursor.fetchall() if cursor.description is not None else []
                 return
             except psycopg.Error as exc:
-                time.sleep(self._ops.pause_after("schema", None, attempt, exc, self._password))
+                pause = self._ops.pause_after(operation, user_key, attempt, exc, self._password)
+                time.sleep(pause)
 
     # -- sessions --------------------------------------------------------------------------------
     def load(self, user_key: str, *, message_id: str | None = None) -> Loaded:
@@ -779,6 +817,11 @@ class PostgresStore(Store):
         return self._run(self._ops.history(user_key, limit=limit))
 
     # -- the lease -------------------------------------------------------------------------------
+    def import_history(self, user_key: str, entries: Sequence[HistoryEntry]) -> int:
+        self._ensure_schema()
+        self._transaction("import_history", user_key, self._ops.import_history(user_key, entries))
+        return len(entries)
+
     def acquire_lock(self, user_key: str, owner: str, ttl: float) -> bool:
         return self._run(self._ops.acquire_lock(user_key, owner, ttl))
 

@@ -580,6 +580,31 @@ class Statements:
         self._locks(s)
         self._operator(s, live)
         self._timers(s)
+        self._imports(s)
+
+    def _imports(self, s: str) -> None:
+        """The steps of an import of history entries (one transaction)."""
+        self.history_has_tag = (
+            f"SELECT 1 FROM {s}.history AS h WHERE h.user_key = %(k)s AND h.tag = %(tag)s"
+        ).encode()
+        self.history_head = (  # makes the row if there is none, and locks it
+            f"INSERT INTO {s}.sessions AS s (user_key, keep_until) VALUES (%(k)s, %(until)s) "
+            "ON CONFLICT (user_key) DO UPDATE SET keep_until = greatest(s.keep_until, "
+            "EXCLUDED.keep_until) RETURNING s.history_seq, s.history_expires"
+        ).encode()
+        self.history_clear = f"DELETE FROM {s}.history WHERE user_key = %(k)s".encode()
+        self.history_insert = (
+            f"INSERT INTO {s}.history (user_key, seq, tag, entry) SELECT %(k)s, %(base)s + x.n, "
+            "x.tag, x.entry FROM unnest(%(tags)s::text[], %(entries)s::bytea[]) "
+            "WITH ORDINALITY AS x(tag, entry, n)"
+        ).encode()
+        self.history_set_head = (
+            f"UPDATE {s}.sessions SET history_seq = %(last)s, history_expires = %(until)s "
+            "WHERE user_key = %(k)s"
+        ).encode()
+        self.history_trim = (
+            f"DELETE FROM {s}.history WHERE user_key = %(k)s AND seq <= %(last)s - %(limit)s"
+        ).encode()
 
     def _locks(self, s: str) -> None:
         held = "s.lease_owner IS NOT NULL AND s.lease_expires > %(now)s"

@@ -197,6 +197,9 @@ class RedisStore(Store):
     def history(self, user_key: str, *, limit: int | None = None) -> list[HistoryEntry]:
         return self._run(self._ops.history(user_key, limit=limit))
 
+    def import_history(self, user_key: str, entries: Sequence[HistoryEntry]) -> int:
+        return self._run(self._ops.import_history(user_key, entries))
+
     # -- lease lock ------------------------------------------------------------------------
     def acquire_lock(self, user_key: str, owner: str, ttl: float) -> bool:
         return self._run(self._ops.acquire_lock(user_key, owner, ttl))

@@ -426,22 +426,7 @@ class SQLiteStore(Store):
     ) -> None:
         """Append ``history`` and record ``message_id`` (in the save's transaction)."""
         if history is not None:
-            head = db.execute(
-                "SELECT expires_at, last_seq FROM history_heads WHERE user_key = ?", (user_key,)
-            ).fetchone()
-            if head is None or head[0] <= now:  # none, or expired and not swept yet
-                db.execute("DELETE FROM history WHERE user_key = ?", (user_key,))
-                head = (now, 0)
-            seq = int(head[1]) + 1
-            db.execute(
-                "INSERT INTO history (user_key, seq, entry) VALUES (?, ?, ?)",
-                (user_key, seq, encode_history(history)),
-            )
-            db.execute(_HEAD, (user_key, now + self._history_ttl, seq))
-            db.execute(
-                "DELETE FROM history WHERE user_key = ? AND seq <= ?",
-                (user_key, seq - self._history_limit),
-            )
+            self._append_history(db, user_key, now, history)
         if message_id is not None:
             # REPLACE: an expired copy of the id (not swept yet) goes; the new row is the
             # user's newest (the highest seq), so eviction drops the oldest first.
@@ -450,6 +435,34 @@ class SQLiteStore(Store):
                 (user_key, message_id, now + self._dedupe_ttl),
             )
             db.execute(_EVICT_SEEN, {"key": user_key, "keep": self._dedupe_limit})
+
+    def _append_history(
+        self, db: sqlite3.Connection, user_key: str, now: float, entry: HistoryEntry
+    ) -> None:
+        """Append ``entry`` to the user's history, trimmed to the limit (in a write)."""
+        head = db.execute(
+            "SELECT expires_at, last_seq FROM history_heads WHERE user_key = ?", (user_key,)
+        ).fetchone()
+        if head is None or head[0] <= now:  # none, or expired and not swept yet
+            db.execute("DELETE FROM history WHERE user_key = ?", (user_key,))
+            head = (now, 0)
+        seq = int(head[1]) + 1
+        db.execute(
+            "INSERT INTO history (user_key, seq, entry) VALUES (?, ?, ?)",
+            (user_key, seq, encode_history(entry)),
+        )
+        db.execute(_HEAD, (user_key, now + self._history_ttl, seq))
+        db.execute(
+            "DELETE FROM history WHERE user_key = ? AND seq <= ?",
+            (user_key, seq - self._history_limit),
+        )
+
+    def import_history(self, user_key: str, entries: Sequence[HistoryEntry]) -> int:
+        if entries:
+            with self._writing("import_history", user_key) as (db, now):
+                for entry in entries:
+                    self._append_history(db, user_key, now, entry)
+        return len(entries)
 
     def delete(self, user_key: str) -> bool:
         with self._writing("delete", user_key) as (db, now):

@@ -253,6 +253,13 @@ class OperatorStore(abc.ABC):
         """Take one entry out of the quarantine (after it was restored or is no longer
         wanted); returns it, or None if there is no such entry."""
 
+    def import_history(self, user_key: str, entries: Sequence[HistoryEntry]) -> int:
+        """Append ``entries`` (oldest first) to the user's history as saves would have: kept
+        the store's history TTL from now, the oldest dropped past its history limit. For moving
+        a conversation between stores (``fsm restore``); returns how many were appended.
+        Raises ``NotImplementedError`` on a store that cannot (the default)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot import history entries")
+
     def indexed_due(self, *, user_key: str | None = None) -> Iterator[Due]:
         """The index of deadlines, soonest first (``user_key``'s entries only if given); claimed
         entries are not listed. Stores that keep no index list nothing."""

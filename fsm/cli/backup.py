@@ -136,6 +136,7 @@ def restore(
                 "entries": report.entries,
                 "complete": report.complete,
                 **counts,
+                "history_entries": report.history,
                 "skipped": [{"user": u, "why": o.value, "detail": d} for u, o, d in report.skipped],
             }
         )
@@ -143,10 +144,12 @@ def restore(
         for user, outcome, detail in report.skipped:
             click.echo(f"{outcome.value}: {user}: {detail}", err=True)
         prefix = "dry run: " if dry_run else ""
-        click.echo(
-            prefix + ", ".join(f"{n} {name}" for name, n in counts.items() if n)
-            or prefix + "nothing to restore"
-        )
+        done = [f"{n} {name}" for name, n in counts.items() if n]
+        if report.history:
+            done.append(f"{report.history} history entr(ies) appended")
+        click.echo(prefix + ", ".join(done) if done else prefix + "nothing to restore")
+    if report.history_refused:
+        click.echo(f"warning: history not restored: {report.history_refused}", err=True)
     if not report.complete:
         click.echo(f"error: {file} is truncated (no end line): restored what it holds", err=True)
     if report.counts.get(Restored.CORRUPT):

@@ -4,14 +4,18 @@ The file is JSON Lines, one object per line, written as the store is scanned (ne
 store in memory)::
 
     {"format": "convo-fsm-backup", "format_version": 1, "created_at": 1764000000.0}
-    {"user": "263770000001", "version": 7, "ttl": 1712.5, "payload": "<base64 of the snapshot>"}
+    {"user": "263770000001", "version": 7, "ttl": 1712.5, "payload": "<base64 of the snapshot>",
+     "history": [{"version": 6, "from_stage": "MENU", ...}, ...]}
     {"user": "263770000009", "version": 3, "ttl": 60.0, "raw": "<base64>", "corrupt": "why"}
     {"end": true, "sessions": 1, "corrupt": 1}
 
 ``payload`` is the encoded snapshot exactly as stored, so a round trip through any stores is
 byte-identical. A session that does not decode is kept as ``raw`` with the reason (nothing is
 lost) and is not restored. ``ttl`` is the seconds the session had left when it was read; a
-restore gives it that long again. The end line tells a complete file from a truncated one.
+restore gives it that long again. ``history`` is the user's history, oldest first, as the store
+kept it (files written before it existed have none); a restore appends the entries the target
+store lacks, on stores that can (:meth:`fsm.store.OperatorStore.import_history`). The end line
+tells a complete file from a truncated one.
 
 A backup holds every user's API token and all their data, the values of the flow's sensitive
 keys (personal data, :attr:`fsm.Flow.sensitive`) included: unlike every display, it hides
@@ -66,6 +70,7 @@ class Entry(msgspec.Struct, omit_defaults=True):
     raw: bytes | None = None  # the bytes as stored (sessions that do not decode)
     corrupt: str | None = None
     newer: bool = False  # written by newer code (a newer schema): restored byte for byte
+    history: list[HistoryEntry] | None = None  # oldest first
 
     def __repr__(self) -> str:  # payloads hold tokens
         return f"Entry(user={self.user!r}, version={self.version}, corrupt={self.corrupt!r})"
@@ -103,6 +108,9 @@ def backup(
         if is_reserved(view.user_key):
             continue
         entry = _entry(view)
+        history = store.history(view.user_key)
+        if history:
+            entry = msgspec.structs.replace(entry, history=history[::-1])
         if entry.corrupt is None:
             report.sessions += 1
         else:
@@ -170,6 +178,8 @@ class RestoreReport:
     skipped: list[tuple[str, Restored, str]] = field(default_factory=list)
     complete: bool = False  # the file's end line was read
     entries: int = 0
+    history: int = 0  # history entries appended
+    history_refused: str = ""  # why the store took none (it cannot import history)
 
 
 def read_backup(lines: IO[bytes]) -> Iterator[Entry | _End]:
@@ -242,7 +252,7 @@ def _restore_all(
             report.complete = True
             break
         report.entries += 1
-        outcome, why = _restore_one(store, item, clock, overwrite, dry_run, source)
+        outcome, why = _restore_one(store, item, clock, overwrite, dry_run, source, report)
         report.counts[outcome] += 1
         if outcome in (Restored.SKIPPED_NEWER, Restored.BUSY, Restored.CORRUPT):
             report.skipped.append((item.user, outcome, why))
@@ -265,8 +275,29 @@ def _same_state(payload: bytes, version: int, entry: Entry, snapshot: Snapshot |
     return payload == encode_snapshot(msgspec.structs.replace(snapshot, version=version))
 
 
+def _import_history(store: Store, entry: Entry, report: RestoreReport) -> None:
+    """Append the entry's history entries above the newest one the store has for the user."""
+    if not entry.history or report.history_refused:
+        return
+    newest = store.history(entry.user, limit=1)
+    above = newest[0].version if newest else 0
+    missing = [h for h in entry.history if h.version > above]
+    if not missing:
+        return
+    try:
+        report.history += store.import_history(entry.user, missing)
+    except NotImplementedError as exc:
+        report.history_refused = str(exc)
+
+
 def _restore_one(
-    store: Store, entry: Entry, clock: Clock, overwrite: bool, dry_run: bool, source: str
+    store: Store,
+    entry: Entry,
+    clock: Clock,
+    overwrite: bool,
+    dry_run: bool,
+    source: str,
+    report: RestoreReport,
 ) -> tuple[Restored, str]:
     if entry.payload is None:
         return Restored.CORRUPT, entry.corrupt or "no payload"
@@ -323,6 +354,7 @@ def _restore_one(
                 continue
             expected, tag = 0, ""
         index_timers(store, entry.user, snapshot, clock.now())
+        _import_history(store, entry, report)
         result = store.save(
             entry.user,
             payload,

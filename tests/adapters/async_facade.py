@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 from fsm.records import HistoryEntry, Loaded, LockInfo, QuarantineEntry, SaveResult, SessionView
@@ -80,6 +80,9 @@ class AsyncStoreFacade(Store):
     # -- the operator's methods, on the sync twin -------------------------------------------
     def scan(self, *, batch: int = 500) -> Iterator[str]:
         return self.twin.scan(batch=batch)
+
+    def import_history(self, user_key: str, entries: Sequence[HistoryEntry]) -> int:
+        return self.twin.import_history(user_key, entries)
 
     def quarantined(self, user_key: str | None = None) -> Iterator[QuarantineEntry]:
         return self.twin.quarantined(user_key)

@@ -392,6 +392,32 @@ def test_history_expires_on_its_own_ttl_refreshed_by_appends(make_store_env: Env
     assert [h.version for h in store.history("u")] == [4, 3]
 
 
+def test_imported_history_reads_as_if_saved_bounded_and_expiring(
+    make_store_env: EnvMaker,
+) -> None:
+    env = make_store_env(history_limit=3, history_ttl=20 * make_store_env.tick)
+    store, t = env.store, env.tick
+    assert store.import_history("u", []) == 0
+    assert store.history("u") == []
+    assert store.import_history("u", [entry(1), entry(2)]) == 2  # no session: history only
+    assert store.history("u") == [entry(2), entry(1)]
+    assert store.load("u").record is None
+    store.save("u", b"x", version=3, expected_version=0, ttl=10 * t, history=entry(3))
+    assert store.import_history("u", [entry(4), entry(5)]) == 2
+    assert [h.version for h in store.history("u")] == [5, 4, 3]  # bounded, newest first
+    store.save("u", b"y", version=4, expected_version=3, ttl=10 * t, history=entry(6))
+    assert [h.version for h in store.history("u")] == [6, 5, 4]  # saves append after it
+    assert store.import_history("v", [entry(n) for n in range(1, 8)]) == 7
+    assert [h.version for h in store.history("v")] == [7, 6, 5]
+    env.wait(15)
+    store.import_history("v", [entry(8)])  # an import refreshes the history's TTL...
+    env.wait(15)
+    assert [h.version for h in store.history("v")] == [8, 7, 6]
+    assert store.history("u") == []  # ... and an untouched one expires
+    store.import_history("u", [entry(9)])  # after expiry it starts afresh
+    assert store.history("u") == [entry(9)]
+
+
 # -- delete and scan -----------------------------------------------------------------------
 def test_delete_removes_only_the_session(store_env: StoreEnv) -> None:
     store, t = store_env.store, store_env.tick

@@ -61,6 +61,54 @@ def test_round_trip_redis_file_memory_file_cluster_is_byte_identical(tmp_path: P
         assert cluster.say(ALICE, "/menu").stage == "menu"  # the restored bot goes on
 
 
+def _history(ops: Ops, user: str) -> list[tuple[int, str, str]]:
+    return [(h.version, h.event, h.to_stage) for h in ops.store.history(user)]
+
+
+def test_history_travels_with_the_sessions_once(tmp_path: Path) -> None:
+    path = tmp_path / "backup.jsonl"
+    for ops in make_ops("redis"):
+        _population(ops)
+        before = {user: _history(ops, user) for user in (ALICE, BOB, CAROL, STRANGER)}
+        assert all(before.values())
+        assert ops.fsm("backup", "-o", str(path)).exit_code == 0
+    with path.open("rb") as lines:
+        kept = {e.user: e.history for e in read_backup(lines) if hasattr(e, "user")}
+    assert {
+        u: [(h.version, h.event, h.to_stage) for h in hs or []][::-1] for u, hs in kept.items()
+    } == before
+    for memory in make_ops("memory"):
+        result = memory.fsm("restore", str(path))
+        assert result.exit_code == 0, result.output
+        appended = sum(len(h) for h in before.values())
+        assert f"{appended} history entr(ies) appended" in result.stdout
+        for user, old in before.items():
+            version = old[0][0]
+            assert _history(memory, user) == [(version, "restore", old[0][2]), *old]
+        again = memory.fsm("restore", str(path))  # nothing twice
+        assert again.exit_code == 0 and "history" not in again.stdout, again.output
+        assert all(len(_history(memory, u)) == len(old) + 1 for u, old in before.items())
+
+
+def test_a_store_that_cannot_import_history_still_restores_and_warns(
+    ops: Ops, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "backup.jsonl"
+    _population(ops)
+    assert ops.fsm("backup", "-o", str(path)).exit_code == 0
+    for memory in make_ops("memory"):
+
+        def refuse(user_key: str, entries: object) -> int:
+            raise NotImplementedError("OldStore cannot import history entries")
+
+        monkeypatch.setattr(memory.store, "import_history", refuse)
+        result = memory.fsm("restore", str(path))
+        assert result.exit_code == 0, result.output
+        assert "4 restored" in result.stdout
+        assert "history not restored: OldStore cannot import" in result.stderr
+        assert [e for _v, e, _s in _history(memory, ALICE)] == ["restore"]
+
+
 def test_backup_file_is_private_and_says_so(ops_all: Ops, tmp_path: Path) -> None:
     _population(ops_all)
     out = tmp_path / "b.jsonl"
