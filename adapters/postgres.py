@@ -744,15 +744,19 @@ class PostgresStore(Store):
 
     def _ensure_schema(self) -> None:
         """Make or migrate the schema, once per store (the first call)."""
-        if self._ready:
-            return
+        if not self._ready:
+            self.migrate_schema()
+
+    def migrate_schema(self) -> tuple[int, int]:
+        """Make or migrate the schema now (else the first call does): (the version found, 0
+        for none; :data:`~adapters.postgres_schema.LATEST`). One migrator at a time runs."""
         with self._schema_mutex:
-            if self._ready:
-                return
             exists = self._attempts(self._ops.schema_exists())
-            if not exists or self._attempts(self._ops.schema_version()) < LATEST:
+            found = self._attempts(self._ops.schema_version()) if exists else 0
+            if found < LATEST:
                 self._migrate()
             self._ready = True
+            return found, LATEST
 
     def _migrate(self) -> None:
         self._transaction("schema", None, self._ops.migration)

@@ -69,6 +69,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, NamedTuple, TypedDict, Unpack
 
 from adapters.sqlite_schema import (
+    SCHEMA_VERSION,
     SYNCHRONOUS,
     Connections,
     check_sqlite_version,
@@ -299,7 +300,7 @@ class SQLiteStore(Store):
         self._write_mutex, self._pid = threading.Lock(), os.getpid()
         self._connections = Connections(self.path, timeout=timeout, synchronous=self.synchronous)
         try:
-            migrate(self._connections.get())
+            self._schema_found = migrate(self._connections.get())
         except sqlite3.Error as exc:  # SchemaError too: a file this code may not use
             self._connections.close()
             raise StoreUnavailable("open", detail=f"{self.path}: {_describe(exc)}") from exc
@@ -463,6 +464,11 @@ class SQLiteStore(Store):
                 for entry in entries:
                     self._append_history(db, user_key, now, entry)
         return len(entries)
+
+    def migrate_schema(self) -> tuple[int, int]:
+        """The file is made or migrated when the store opens it: (the version it had then,
+        the version now)."""
+        return self._schema_found, SCHEMA_VERSION
 
     def delete(self, user_key: str) -> bool:
         with self._writing("delete", user_key) as (db, now):

@@ -260,6 +260,12 @@ class OperatorStore(abc.ABC):
         Raises ``NotImplementedError`` on a store that cannot (the default)."""
         raise NotImplementedError(f"{type(self).__name__} cannot import history entries")
 
+    def migrate_schema(self) -> tuple[int, int] | None:
+        """For a store with a schema of its own (the SQL stores): make or migrate it now rather
+        than on first use, and return (the version found, 0 for none; the version now). None
+        for a store without one (memory, Redis)."""
+        return None
+
     def indexed_due(self, *, user_key: str | None = None) -> Iterator[Due]:
         """The index of deadlines, soonest first (``user_key``'s entries only if given); claimed
         entries are not listed. Stores that keep no index list nothing."""

@@ -7,6 +7,7 @@ commands, which work on any store (``--store URL`` or ``FSM_STORE``): :mod:`fsm.
 (``inspect``, ``history``, ``ls``), :mod:`fsm.cli.timers` (``timers ls``, ``timers run``,
 ``notify``),
 :mod:`fsm.cli.repair` (``check``, ``recover``, ``quarantine``), :mod:`fsm.cli.migrate`,
+:mod:`fsm.cli.db` (``db migrate``, a SQL store's schema),
 :mod:`fsm.cli.backup` (``backup``, ``restore``), :mod:`fsm.cli.monitor` (``metrics``,
 ``health``) and :mod:`fsm.cli.monitoring` (alerting rules and a dashboard). No command prints
 a token unless asked to with ``--show-secrets``.
@@ -27,6 +28,7 @@ from fsm.cli.common import main
 # Importing the modules registers their commands on ``main``.
 from fsm.cli import backup as _backup  # noqa: F401  isort: skip
 from fsm.cli import chat as _chat  # noqa: F401  isort: skip
+from fsm.cli import db as _db  # noqa: F401  isort: skip
 from fsm.cli import graph as _graph  # noqa: F401  isort: skip
 from fsm.cli import migrate as _migrate  # noqa: F401  isort: skip
 from fsm.cli import monitor as _monitor  # noqa: F401  isort: skip
