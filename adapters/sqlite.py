@@ -61,6 +61,7 @@ Record(version=1, payload=<8 bytes>)
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import sqlite3
 import threading
@@ -145,6 +146,18 @@ UPDATE sessions SET version = :version, tag = :tag, payload = :payload, expires_
 WHERE user_key = :key AND version = :expected AND expires_at > :now
     AND (:expected_tag = '' OR tag = :expected_tag)
 """
+# The common case in one statement: the compare-and-set with every check of the contract in
+# its WHERE (the message id not seen, no lease but the caller's). No row: the slow path reads
+# the state to say why.
+_FAST_UPDATE = """
+UPDATE sessions SET version = :version, tag = :tag, payload = :payload, expires_at = :expires_at
+WHERE user_key = :key AND version = :expected AND expires_at > :now
+    AND (:expected_tag = '' OR tag = :expected_tag)
+    AND NOT EXISTS (SELECT 1 FROM seen WHERE user_key = :key AND message_id = :message_id
+                    AND expires_at > :now)
+    AND NOT EXISTS (SELECT 1 FROM leases WHERE user_key = :key AND expires_at > :now
+                    AND owner IS NOT :owner)
+"""
 _TAKE_LEASE = """
 INSERT INTO leases (user_key, owner, expires_at) VALUES (:key, :owner, :expires_at)
 ON CONFLICT (user_key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
@@ -154,10 +167,22 @@ _SET_LEASE = """
 INSERT INTO leases (user_key, owner, expires_at) VALUES (?, ?, ?)
 ON CONFLICT (user_key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
 """
-_HEAD = """
-INSERT INTO history_heads (user_key, expires_at, last_seq) VALUES (?, ?, ?)
-ON CONFLICT (user_key) DO UPDATE SET expires_at = excluded.expires_at,
-    last_seq = excluded.last_seq
+# The user's next history sequence number, and when their history expires. The expiry is
+# moved by a second statement, and only when it would move by more than a hundredth of the
+# TTL: most appends leave the indexed column, and so its index, untouched.
+_NEXT_SEQ = """
+UPDATE history_heads SET last_seq = last_seq + 1 WHERE user_key = ?
+RETURNING last_seq, expires_at
+"""
+#: Where write tags come from (distinct, not secret): a generator of this module's own, seeded
+#: from the OS (and again in each forked child), which random.seed() cannot make repeat.
+_tags = random.Random()
+os.register_at_fork(after_in_child=_tags.seed)
+#: Appends between two trims of a user's history past its limit (reads stop at the limit).
+_TRIM_EVERY = 8
+_NEW_HEAD = """
+INSERT INTO history_heads (user_key, expires_at, last_seq) VALUES (?, ?, 1)
+ON CONFLICT (user_key) DO UPDATE SET expires_at = excluded.expires_at, last_seq = 1
 """
 _EVICT_SEEN = """
 DELETE FROM seen WHERE user_key = :key AND seq <= (
@@ -347,21 +372,22 @@ class SQLiteStore(Store):
             detail = f"another thread kept the write turn for {self._timeout:g}s"
             raise StoreUnavailable(operation, user_key=user_key, detail=detail)
         try:
-            with self._failing(operation, user_key):
-                db = self._connections.get()
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    now = self._clock.now()
-                    yield db, now
-                    self._writes += 1
-                    if self._writes % self._sweep_every == 0:
-                        self._sweep_rows(db, now, self._sweep_limit)
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        with suppress(sqlite3.Error):
-                            db.execute("ROLLBACK")
-                    raise
+            db = self._connections.get()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                now = self._clock.now()
+                yield db, now
+                self._writes += 1
+                if self._writes % self._sweep_every == 0:
+                    self._sweep_rows(db, now, self._sweep_limit)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(operation, user_key=user_key, detail=_describe(exc)) from exc
         finally:
             self._write_mutex.release()
 
@@ -389,8 +415,17 @@ class SQLiteStore(Store):
         lease: float | None = None,
     ) -> SaveResult:
         check_save_arguments(ttl, version, expected_version, owner, release, lease)
-        tag = secrets.token_hex(4)  # names this write, as RedisStore's tags do
+        tag = f"{_tags.getrandbits(32):08x}"  # names this write, as RedisStore's tags do
         with self._writing("save", user_key) as (db, now):
+            args = {"key": user_key, "version": version, "tag": tag, "payload": bytes(payload)}
+            args |= {"expires_at": now + ttl, "now": now}
+            if expected_version != 0:
+                fast = args | {"expected": expected_version, "expected_tag": expected_tag}
+                fast |= {"message_id": message_id, "owner": owner}
+                if db.execute(_FAST_UPDATE, fast).rowcount == 1:
+                    self._after_save(db, user_key, now, history, message_id)
+                    self._after_lease(db, user_key, owner, release, lease, now)
+                    return SaveResult(SaveStatus.SAVED, tag=tag)
             row = db.execute(_STATE, _state_args(user_key, message_id, now)).fetchone()
             current, holder = _record(row, now), row[5]
             # Duplicate first: a re-delivered message is acknowledged, never retried against
@@ -399,8 +434,6 @@ class SQLiteStore(Store):
                 return SaveResult(SaveStatus.DUPLICATE, current)
             if holder is not None and holder != owner:
                 return SaveResult(SaveStatus.LOCKED, current)
-            args = {"key": user_key, "version": version, "tag": tag, "payload": bytes(payload)}
-            args |= {"expires_at": now + ttl, "now": now}
             if expected_version == 0:
                 landed = db.execute(_CREATE, args).rowcount == 1
             else:
@@ -411,11 +444,24 @@ class SQLiteStore(Store):
             if current is None and row[0] is not None:  # replaced a session that expired
                 db.execute(_COUNT, ("expired_sessions", 1))
             self._after_save(db, user_key, now, history, message_id)
-            if release and holder == owner:
-                db.execute("DELETE FROM leases WHERE user_key = ?", (user_key,))
-            elif lease is not None:
-                db.execute(_SET_LEASE, (user_key, owner, now + lease))
+            self._after_lease(db, user_key, owner, release, lease, now)
         return SaveResult(SaveStatus.SAVED, tag=tag)
+
+    @staticmethod
+    def _after_lease(
+        db: sqlite3.Connection,
+        user_key: str,
+        owner: str | None,
+        release: bool,
+        lease: float | None,
+        now: float,
+    ) -> None:
+        """Free ``owner``'s lease (``release``) or give it to them for ``lease`` seconds, in
+        a save that landed (so no one else holds it)."""
+        if release:
+            db.execute("DELETE FROM leases WHERE user_key = ? AND owner = ?", (user_key, owner))
+        elif lease is not None:
+            db.execute(_SET_LEASE, (user_key, owner, now + lease))
 
     def _after_save(
         self,
@@ -440,23 +486,29 @@ class SQLiteStore(Store):
     def _append_history(
         self, db: sqlite3.Connection, user_key: str, now: float, entry: HistoryEntry
     ) -> None:
-        """Append ``entry`` to the user's history, trimmed to the limit (in a write)."""
-        head = db.execute(
-            "SELECT expires_at, last_seq FROM history_heads WHERE user_key = ?", (user_key,)
-        ).fetchone()
-        if head is None or head[0] <= now:  # none, or expired and not swept yet
+        """Append ``entry`` to the user's history (in a write); past the limit, every
+        :data:`_TRIM_EVERY`th append trims it (reads stop at the limit)."""
+        until = now + self._history_ttl
+        head = db.execute(_NEXT_SEQ, (user_key,)).fetchone()
+        if head is None or head[1] <= now:  # none, or expired and not swept yet
+            db.execute(_NEW_HEAD, (user_key, until))
             db.execute("DELETE FROM history WHERE user_key = ?", (user_key,))
-            head = (now, 0)
-        seq = int(head[1]) + 1
+            seq = 1
+        else:
+            seq = int(head[0])
+            if until - head[1] > self._history_ttl / 100:
+                db.execute(
+                    "UPDATE history_heads SET expires_at = ? WHERE user_key = ?", (until, user_key)
+                )
         db.execute(
             "INSERT INTO history (user_key, seq, entry) VALUES (?, ?, ?)",
             (user_key, seq, encode_history(entry)),
         )
-        db.execute(_HEAD, (user_key, now + self._history_ttl, seq))
-        db.execute(
-            "DELETE FROM history WHERE user_key = ? AND seq <= ?",
-            (user_key, seq - self._history_limit),
-        )
+        if seq > self._history_limit and seq % _TRIM_EVERY == 0:  # reads stop at the limit
+            db.execute(
+                "DELETE FROM history WHERE user_key = ? AND seq <= ?",
+                (user_key, seq - self._history_limit),
+            )
 
     def import_history(self, user_key: str, entries: Sequence[HistoryEntry]) -> int:
         if entries:
@@ -489,7 +541,8 @@ class SQLiteStore(Store):
         db = self._read("history", user_key)
         now = self._clock.now()
         with self._failing("history", user_key):
-            rows = db.execute(_HISTORY, (user_key, now, -1 if limit is None else limit))
+            kept = self._history_limit if limit is None else min(limit, self._history_limit)
+            rows = db.execute(_HISTORY, (user_key, now, kept))
             return [decode_history(bytes(entry)) for (entry,) in rows.fetchall()]
 
     # -- the lease lock --------------------------------------------------------------------
