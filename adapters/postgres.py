@@ -223,20 +223,20 @@ def describe(exc: BaseException, password: str | None = None) -> str:
 # -- calls ---------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """One statement of an operation: its SQL and parameters, how to read its rows, what a
-    retry sends instead (``retry``; None: the same), and ``undo``, a call to make (best effort)
-    when it fails for good with its outcome unknown."""
+    """One statement of an operation: its SQL and parameters, how to read its rows, whether a
+    retry says so (``retried``: its parameter ``retried`` is then true), and ``undo``, a call
+    to make (best effort) when it fails for good with its outcome unknown."""
 
     operation: str
     user_key: str | None
     sql: bytes = field(repr=False)
     params: dict[str, Any] = field(repr=False)
     parse: Callable[[Rows], T] = field(repr=False)
-    retry: dict[str, Any] | None = field(default=None, repr=False)
+    retried: bool = False
     undo: Call[Any] | None = field(default=None, repr=False)
 
     def params_for(self, attempt: int) -> dict[str, Any]:
-        return self.params if attempt == 0 or self.retry is None else self.retry
+        return self.params if attempt == 0 or not self.retried else {**self.params, "retried": True}
 
 
 class PostgresLimits(TypedDict, total=False):
@@ -394,8 +394,7 @@ class PostgresOperations:
                 return SaveResult(SaveStatus.SAVED, tag=tag, unleased=status == "unleased")
             return SaveResult(_STATUS[status], _record(*current))
 
-        retry = {**params, "retried": True}
-        return Call("save", user_key, self.sql.save, params, parse, retry=retry)
+        return Call("save", user_key, self.sql.save, params, parse, retried=True)
 
     def delete(self, user_key: str) -> Call[bool]:
         params = {"k": _key(user_key), "now": self.clock.now()}
@@ -452,7 +451,7 @@ class PostgresOperations:
         params = {**self._lease(user_key, owner, ttl), "retried": False}
         return Call(
             "acquire_lock", user_key, self.sql.acquire_lock, params, bool,
-            retry={**params, "retried": True}, undo=self.release_lock(user_key, owner),
+            retried=True, undo=self.release_lock(user_key, owner),
         )  # fmt: skip
 
     def lock_and_load(
@@ -462,7 +461,7 @@ class PostgresOperations:
         params["retried"] = False
         return Call(
             "lock_and_load", user_key, self.sql.lock_and_load, params, _locked_load,
-            retry={**params, "retried": True}, undo=self.release_lock(user_key, owner),
+            retried=True, undo=self.release_lock(user_key, owner),
         )  # fmt: skip
 
     def release_lock(self, user_key: str, owner: str) -> Call[bool]:
@@ -726,7 +725,7 @@ class PostgresStore(Store):
         try:
             with self.pool.connection() as conn:
                 cursor = conn.execute(call.sql, params)
-                rows = cursor.fetchall() if cursor.description is not None else []
+                rows = cursor.fetchall() if cursor.rownumber is not None else []
         except psycopg.Error:
             if conn is not None and conn.broken:
                 self._check_pool()  # the server restarted, say: replace the dead connections
@@ -775,7 +774,7 @@ class PostgresStore(Store):
                     running, rows = steps(), None
                     while (step := next_step(running, rows)) is not None:
                         cursor = conn.execute(*step)
-                        rows = cursor.fetchall() if cursor.description is not None else []
+                        rows = cursor.fetchall() if cursor.rownumber is not None else []
                 return
             except psycopg.Error as exc:
                 pause = self._ops.pause_after(operation, user_key, attempt, exc, self._password)

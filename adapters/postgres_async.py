@@ -120,7 +120,7 @@ class AsyncPostgresStore(AsyncStore):
         try:
             async with self.pool.connection() as conn:
                 cursor = await conn.execute(call.sql, params)
-                rows = await cursor.fetchall() if cursor.description is not None else []
+                rows = await cursor.fetchall() if cursor.rownumber is not None else []
         except psycopg.Error:
             if conn is not None and conn.broken:
                 await self._check_pool()
@@ -158,7 +158,7 @@ class AsyncPostgresStore(AsyncStore):
                     steps, rows = self._ops.migration(), None
                     while (step := next_step(steps, rows)) is not None:
                         cursor = await conn.execute(*step)
-                        rows = await cursor.fetchall() if cursor.description is not None else []
+                        rows = await cursor.fetchall() if cursor.rownumber is not None else []
                 return
             except psycopg.Error as exc:
                 pause = self._ops.pause_after("schema", None, attempt, exc, self._password)

@@ -297,19 +297,19 @@ def test_a_retried_save_whose_first_attempt_landed_is_saved_once(store: Postgres
         "u", b"two", version=2, expected_version=1, ttl=60, history=entry(2), message_id="m"
     )
     assert store._run(call).saved  # the first attempt: it lands (its reply "lost")
-    assert call.retry is not None and call.retry["retried"]
-    again = store._execute(call, call.retry)  # the retry: not a duplicate, not a conflict
+    assert call.retried and call.params_for(1)["retried"]
+    again = store._execute(call, call.params_for(1))  # the retry: not a duplicate, not a conflict
     assert again.saved and again.tag == store.load("u").record.tag  # type: ignore[union-attr]
     assert store.history("u") == [entry(2)]
     # With a lease asked for: the retry takes it, or says it could not (unleased).
     call = store._ops.save("u", b"3", version=3, expected_version=2, ttl=60, owner="a", lease=30)
     assert store._run(call).saved
     assert store.release_lock("u", "a") and store.acquire_lock("u", "b", 30)
-    unleased = store._execute(call, call.retry or {})
+    unleased = store._execute(call, call.params_for(1))
     assert unleased.saved and unleased.unleased
     # A lock attempt that landed: the retry finds the lease already its own.
     lock = store._ops.acquire_lock("v", "me", 30)
-    assert store._run(lock) and store._execute(lock, lock.retry or {})
+    assert store._run(lock) and store._execute(lock, lock.params_for(1))
     assert not store._run(store._ops.acquire_lock("v", "me", 30))  # never re-entrant otherwise
 
 

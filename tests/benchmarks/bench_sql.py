@@ -353,7 +353,7 @@ def private_server() -> Iterator[Any]:
 def postgres_times(url: str, n: int, u: int, rounds: int, deadline: Deadline) -> list[bool]:
     import psycopg
 
-    from adapters.postgres import PostgresStore
+    from adapters.postgres import PostgresOperations, PostgresStore
 
     schema = "bench"
     store = PostgresStore.from_url(url, schema=schema)
@@ -367,6 +367,10 @@ def postgres_times(url: str, n: int, u: int, rounds: int, deadline: Deadline) ->
         payload = payload_of(store, warm_keys[0])
         versions = seed_raw(store, raw_keys, payload, deadline)
         save = store_saves(store, users(4, u), warm_keys[0], deadline)
+        entry = store.history(warm_keys[0], limit=1)[0]
+        fn_keys = users(5, u)
+        fn_versions = seed_raw(store, fn_keys, payload, deadline)
+        ops = PostgresOperations(schema)
         with psycopg.connect(url, autocommit=True) as db:
             server_version = db.execute("SHOW server_version").fetchone()
             update = f"UPDATE {schema}.sessions SET payload = %s, version = version + 1 "
@@ -378,6 +382,17 @@ def postgres_times(url: str, n: int, u: int, rounds: int, deadline: Deadline) ->
                 done = db.execute(update, (payload, key.encode(), versions[key]))
                 assert done.rowcount == 1
                 versions[key] += 1
+
+            def save_function(i: int) -> None:
+                key = fn_keys[i % u]
+                old = fn_versions[key]
+                call = ops.save(
+                    key, payload, version=old + 1, expected_version=old, ttl=RAW_TTL,
+                    history=msgspec.structs.replace(entry, version=old + 1),
+                )  # fmt: skip
+                row = db.execute(call.sql, call.params).fetchone()
+                assert row is not None and row[0] == "saved", row
+                fn_versions[key] = old + 1
 
             def raw_select_update(i: int) -> None:
                 key = raw_keys[i % u]
@@ -392,6 +407,7 @@ def postgres_times(url: str, n: int, u: int, rounds: int, deadline: Deadline) ->
                     "raw": raw_update,
                     "warm": lambda i: warm.handle(warm_keys[i % u], "1"),
                     "save": save,
+                    "function": save_function,
                     "raw2": raw_select_update,
                     "cold": lambda i: cold.handle(cold_keys[i % u], "1"),
                 },
@@ -411,6 +427,7 @@ def postgres_times(url: str, n: int, u: int, rounds: int, deadline: Deadline) ->
         ("raw UPDATE ... WHERE version=$3 (1 round trip)", figures["raw"], None),
         ("engine, warm message (one save)", figures["warm"], figures["raw"]),
         ("  its store.save alone (CAS + history entry)", figures["save"], figures["raw"]),
+        ("  the save function's SQL alone (no pool)", figures["function"], figures["raw"]),
         ("raw SELECT + UPDATE (2 round trips)", figures["raw2"], None),
         ("engine, cold message (load + save)", figures["cold"], figures["raw2"]),
     ])  # fmt: skip
