@@ -71,7 +71,7 @@ _PLACE = re.compile(r"([+-]?[0-9]+(?:\.[0-9]*)?)\s*,\s*([+-]?[0-9]+(?:\.[0-9]*)?
     default=None,
     metavar="MODULE:FACTORY",
     help="Chat with your own bot instead: a callable taking clock= (an fsm.Clock), and "
-    "store= when --store names a Redis URL, and returning an fsm.Engine or an "
+    "store= when --store names a store, and returning an fsm.Engine or an "
     "fsm.AsyncEngine, e.g. mybot.wiring:build_engine. Its flow's transcript_directives() "
     "work in --script. Default: the reference Credex bot.",
 )
@@ -81,7 +81,7 @@ _PLACE = re.compile(r"([+-]?[0-9]+(?:\.[0-9]*)?)\s*,\s*([+-]?[0-9]+(?:\.[0-9]*)?
     is_flag=True,
     help="Run the reference bot on fsm.AsyncEngine and an async store (the same conversation "
     "and the same stored sessions as the sync engine); with --engine and --store, the "
-    "factory is given an AsyncRedisStore.",
+    "factory is given the async store (AsyncRedisStore, AsyncSQLiteStore, ...).",
 )
 @click.option(
     "--store",
@@ -89,9 +89,10 @@ _PLACE = re.compile(r"([+-]?[0-9]+(?:\.[0-9]*)?)\s*,\s*([+-]?[0-9]+(?:\.[0-9]*)?
     default="memory",
     show_default=True,
     metavar="URL",
-    help="Where conversations live: 'memory' (this process only) or a Redis URL "
+    help="Where conversations live: 'memory' (this process only), a SQLite file "
+    "(sqlite:///path/to/chat.db: kept across runs), a PostgreSQL URL or a Redis URL "
     "(redis://host:port/db, rediss://, unix://, redis+cluster://, redis+sentinel://); "
-    "several chats on one Redis share each user's conversation.",
+    "several chats on one store share each user's conversation.",
 )
 @click.option(
     "--namespace",
@@ -108,7 +109,7 @@ def chat(
     namespace: str | None,
 ) -> None:
     """Chat with the reference Credex bot (or your own, --engine) in the terminal, on the
-    in-memory store unless --store names a Redis URL."""
+    in-memory store unless --store names another."""
     # A script runs on a fake clock so '! clock +2h' can move time; it starts where the testing
     # kit's does (fsm.clock.FAKE_EPOCH), so a transcript plays the same in pytest and here.
     clock: Clock = FakeClock() if script is not None else SYSTEM_CLOCK
