@@ -135,6 +135,10 @@ class AsyncPostgresStore(AsyncStore):
         with contextlib.suppress(psycopg.Error):
             await self._execute(call, call.params)
 
+    async def open(self) -> None:
+        """Open the pool and make or migrate the schema now (else the first call does)."""
+        await self._ensure_ready()
+
     async def _ensure_ready(self) -> None:
         """Open the pool and make or migrate the schema, once (the first call)."""
         if self._ready:

@@ -16,11 +16,13 @@ from starlette.routing import BaseRoute
 from adapters import urls
 from adapters.memory_async import AsyncMemoryStore
 from adapters.redis_async import AsyncRedisStore
+from adapters.sqlite_async import AsyncSQLiteStore
 from adapters.whatsapp.app import WebhookConfig, create_app
 from adapters.whatsapp.bot import WhatsAppBot
 from adapters.whatsapp.graph import GraphClient
 from adapters.whatsapp.limits import MessagingLimit, Tracker
 from adapters.whatsapp.limits_redis import RedisMessagingLimit
+from adapters.whatsapp.limits_sql import PostgresLimitBackend, SQLiteLimitBackend, SQLMessagingLimit
 from adapters.whatsapp.settings import Settings
 from adapters.whatsapp.simulator import Contact, Simulator
 from adapters.whatsapp.simulator.app import LOOPBACK
@@ -94,11 +96,18 @@ def build_bot(settings: Settings, engine: AsyncEngine) -> WhatsAppBot:
 
 
 def messaging_tracker(limit: int | None, store: object) -> Tracker:
-    """The messaging limit's count: in Redis beside ``store``'s keys when it is a Redis store
-    (every process of the bot shares it), else in this process (the memory store is one
-    process's)."""
+    """The messaging limit's count: beside ``store``'s data when it is a Redis, SQLite or
+    PostgreSQL store (every process of the bot shares it), else in this process (the memory
+    store is one process's)."""
     if isinstance(store, AsyncRedisStore):
         return RedisMessagingLimit(store.client, limit, namespace=store.layout.namespace)
+    if isinstance(store, AsyncSQLiteStore):
+        return SQLMessagingLimit(SQLiteLimitBackend(store.sync.path), limit)
+    if type(store).__name__ == "AsyncPostgresStore":  # psycopg is an optional extra
+        from adapters.postgres_async import AsyncPostgresStore
+
+        assert isinstance(store, AsyncPostgresStore)
+        return SQLMessagingLimit(PostgresLimitBackend(store), limit)
     if limit is not None and not isinstance(store, AsyncMemoryStore):
         log.warning(
             "the messaging limit (%d users in 24 hours) is counted by this process alone on "

@@ -1,5 +1,5 @@
 """The messaging limit's rules, run against any :class:`~adapters.whatsapp.limits.Tracker`
-(in memory, in Redis), and a process that admits users against a shared Redis count."""
+(in memory, in Redis, in SQL), and a process that admits users against a shared count."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import sys
 
 from redis.asyncio import Redis
 
+from adapters.urls import open_async_store
 from adapters.whatsapp.limits import DAY, Tracker
 from adapters.whatsapp.limits_redis import RedisMessagingLimit
+from adapters.whatsapp.server import messaging_tracker
 
 HOUR = 3600.0
 
@@ -37,6 +39,16 @@ async def counts_unique_users_in_a_moving_day(limit: Tracker) -> None:
 
 
 async def _admit_all(url: str, namespace: str, limit: int, users: list[str]) -> int:
+    """Admit ``users`` against the count of the store ``url`` names (Redis, SQLite or
+    PostgreSQL, as ``fsm serve`` picks it); how many got in."""
+    if url.startswith(("sqlite:", "postgres")):
+        store = open_async_store(url)
+        try:
+            tracker = messaging_tracker(limit, store)
+            admitted = [await tracker.admit(user, 1000.0) for user in users]
+        finally:
+            await store.aclose()
+        return sum(a is not None for a in admitted)
     client = Redis.from_url(url)
     try:
         tracker = RedisMessagingLimit(client, limit, namespace=namespace)
