@@ -4,7 +4,7 @@ It runs the very operations :class:`~adapters.redis.RedisStore` runs (:mod:`adap
 the same keys, Lua scripts, value layout, tags, retry rules and lock recovery), awaiting each
 Redis call instead of blocking on it; this module is only the driver, with two guards around
 redis-py's asyncio clients (a bound on the commands in flight, and a Cluster's discovery done
-once, up front). A sync and an async worker therefore serve the same users of one deployment
+once, up front), and auto-pipelining (:mod:`adapters.redis_pipeline`). A sync and an async worker therefore serve the same users of one deployment
 side by side: each sees the other's sessions, versions, locks, history and seen message ids.
 
 Cancellation (a client disconnect, ``asyncio.timeout``) is safe: redis-py closes a connection
@@ -43,6 +43,7 @@ from adapters.redis_ops import (
     RedisOperations,
     Script,
 )
+from adapters.redis_pipeline import AutoPipeline
 from adapters.redis_url import ClientClasses, connect
 from fsm.records import Due, DueStats, HistoryEntry, Loaded, LockInfo, SaveResult
 from fsm.store import AsyncStore
@@ -51,6 +52,9 @@ __all__ = ["AsyncRedisStore"]
 
 T = TypeVar("T")
 AsyncClient = redis.asyncio.Redis | RedisCluster
+
+#: Pipelines in flight at once (a connection each), at most: a few keep the server busy.
+MAX_PIPELINES = 16
 
 ASYNCIO = ClientClasses(redis.asyncio.Redis, RedisCluster, ClusterNode, Sentinel, Retry)
 
@@ -62,7 +66,9 @@ class AsyncRedisStore(AsyncStore):
     The options are RedisStore's (``history_limit``, ``dedupe_ttl``, ``retries``, ...), and
     ``max_connections``: at most that many commands in flight at once (the client's pool size,
     per node on a Cluster). Further ones wait their turn, since redis-py's asyncio pools refuse
-    a command rather than wait when every connection is busy."""
+    a command rather than wait when every connection is busy. ``pipeline`` (default true):
+    the commands of one turn of the event loop go as one pipeline
+    (:mod:`adapters.redis_pipeline`; not on a Cluster client)."""
 
     takes_lease_on_save = True
     keeps_timers = True
@@ -73,6 +79,7 @@ class AsyncRedisStore(AsyncStore):
         *,
         namespace: str = DEFAULT_NAMESPACE,
         max_connections: int = 100,
+        pipeline: bool = True,
         **limits: Unpack[RedisLimits],
     ) -> None:
         if max_connections < 1:
@@ -84,6 +91,11 @@ class AsyncRedisStore(AsyncStore):
         self._in_flight = asyncio.Semaphore(max_connections)
         self._cluster_pending = isinstance(client, RedisCluster)
         self._initializing = asyncio.Lock()
+        #: Commands of one turn of the loop batched into pipelines (not on a Cluster client).
+        self.pipeline: AutoPipeline | None = None
+        if pipeline and not self._cluster_pending:
+            slots = min(MAX_PIPELINES, max_connections)
+            self.pipeline = AutoPipeline(client, self._scripts, max_pipelines=slots)
 
     @classmethod
     def from_url(
@@ -132,6 +144,10 @@ class AsyncRedisStore(AsyncStore):
             operation.close()
 
     async def _execute(self, request: Script | Command) -> Any:
+        if self.pipeline is not None:
+            if isinstance(request, Script):
+                return await self.pipeline.script(request.name, request.keys, request.args)
+            return await self.pipeline.command(*request.args)
         async with self._in_flight:
             if self._cluster_pending:
                 await self._initialize_cluster()
@@ -226,6 +242,8 @@ class AsyncRedisStore(AsyncStore):
     async def aclose(self) -> None:
         """Close the client's connections, and a Sentinel client's connections to its
         Sentinels too."""
+        if self.pipeline is not None:
+            await self.pipeline.aclose()
         await self.client.aclose()
         pool = getattr(self.client, "connection_pool", None)
         manager = getattr(pool, "sentinel_manager", None)

@@ -18,6 +18,7 @@ import redis.asyncio
 
 from adapters import AsyncRedisStore
 from adapters.redis_lua import Lua
+from adapters.redis_pipeline import AutoPipeline
 from flows.credex import build_async_engine
 from flows.credex.fake import FakeCredexApi
 from fsm import AsyncEngine
@@ -81,11 +82,14 @@ async def measure(url: str, n: int) -> dict[str, float]:
 
     store = AsyncRedisStore.from_url(url, namespace="bench-async")
     engine: AsyncEngine = build_async_engine(store, FakeCredexApi())
+    unpiped_store = AsyncRedisStore.from_url(url, namespace="bench-async", pipeline=False)
+    unpiped: AsyncEngine = build_async_engine(unpiped_store, FakeCredexApi())
     cold: AsyncEngine = build_async_engine(store, FakeCredexApi(), recent=0)
     acting = AsyncEngine(Ping(), store)
     try:
         await floor(keys=["floor"], args=["x"])
         await engine.handle(BOB, "hi")
+        await unpiped.handle(BOB, "9")
         await acting.handle("ping", "x")
 
         async def get_eval(key: str) -> None:
@@ -111,6 +115,7 @@ async def measure(url: str, n: int) -> dict[str, float]:
                 "original": lock_get_set_unlock,
                 "two_key": two_keys,
                 "warm": lambda: engine.handle(BOB, "9"),
+                "warm_unpiped": lambda: unpiped.handle(BOB, "9"),
                 "cold": lambda: cold.handle(BOB, "9"),
                 "action": lambda: acting.handle("ping", "x"),
             },
@@ -125,22 +130,60 @@ async def measure(url: str, n: int) -> dict[str, float]:
             timer=time.process_time,
         )
         out |= cpu
+        out |= await conversations(url, n, engine, get_eval, floor)
+        return out
+    finally:
+        await store.aclose()
+        await unpiped_store.aclose()
+        await client.aclose()
+        await pool.disconnect()
+
+
+async def conversations(
+    url: str,
+    n: int,
+    engine: AsyncEngine,
+    get_eval: Callable[[str], Awaitable[None]],
+    floor: Callable[..., Awaitable[Any]],
+) -> dict[str, float]:
+    """Messages per second at 50 and 500 concurrent conversations: the engine (auto-pipelined,
+    the default, and without), raw GET + EVALSHA one command at a time (redis-py's way, on a
+    pool of 64 connections: the engine's bound on what it has in flight is as wide), and the
+    same raw commands auto-pipelined (:class:`~adapters.redis_pipeline.AutoPipeline`)."""
+    out: dict[str, float] = {}
+    unpiped_store = AsyncRedisStore.from_url(url, namespace="bench-async", pipeline=False)
+    unpiped: AsyncEngine = build_async_engine(unpiped_store, FakeCredexApi())
+    raw_client = redis.asyncio.Redis.from_url(url, max_connections=64)
+    lua = Lua(FLOOR_SCRIPT)
+    batched = AutoPipeline(raw_client, {"floor": lua})
+
+    async def piped_get_eval(key: str) -> None:
+        await batched.command("GET", key)
+        await batched.script("floor", [key], ["x" * 500])
+
+    try:
+        await floor(keys=["floor"], args=["x"])
         for tasks in (50, 500):
             users = [f"bench-{tasks}-{i}" for i in range(tasks)]
             for user in users:
                 await engine.handle(user, "hi")
+                await unpiped.handle(user, "9")  # this engine holds their records too
             per_task = max(4, 4 * n // tasks)
-            out[f"raw_{tasks}"] = await throughput(
-                tasks, per_task, lambda i: lambda: get_eval(f"raw-{i}")
-            )
-            out[f"engine_{tasks}"] = await throughput(
-                tasks, per_task, lambda i, users=users: lambda: engine.handle(users[i], "9")
-            )
+            cases: dict[str, Callable[[int], Case]] = {
+                "raw": lambda i: lambda: get_eval(f"raw-{i}"),
+                "raw_piped": lambda i: lambda: piped_get_eval(f"raw-{i}"),
+                "engine": lambda i, users=users: lambda: engine.handle(users[i], "9"),
+                "unpiped": lambda i, users=users: lambda: unpiped.handle(users[i], "9"),
+            }
+            for _ in range(2):  # alternating rounds, the best of each kept
+                for name, make in cases.items():
+                    key = f"{name}_{tasks}"
+                    out[key] = max(out.get(key, 0.0), await throughput(tasks, per_task, make))
         return out
     finally:
-        await store.aclose()
-        await client.aclose()
-        await pool.disconnect()
+        await batched.aclose()
+        await unpiped_store.aclose()
+        await raw_client.aclose()
 
 
 def main() -> None:
@@ -162,6 +205,7 @@ def main() -> None:
         ("raw redis.asyncio EVALSHA (the floor)", floor, floor),
         ("raw redis.asyncio GET + EVALSHA", get_eval, floor),
         ("AsyncEngine, warm (reference menu step)", warm, floor),
+        ("  the same, not auto-pipelined", m["warm_unpiped"], floor),
         ("AsyncEngine, cold (reference menu step)", m["cold"], get_eval),
         ("AsyncEngine, a step that leads to an action", m["action"], floor),
         ("original bot: lock/GET/SET/unlock", m["original"], floor),
@@ -170,10 +214,14 @@ def main() -> None:
         print(f"{label:46} {cost:8.1f} {1e6 / cost:8.0f} {cost / base:6.2f}x")
     print(f"{'worker CPU, raw EVALSHA / AsyncEngine warm':46} {m['cpu_floor']:8.1f} "
           f"{m['cpu_warm']:8.1f}  us")  # fmt: skip
-    for tasks in (50, 500):
-        raw, eng = m[f"raw_{tasks}"], m[f"engine_{tasks}"]
-        label = f"{tasks} conversations on one loop: raw / engine"
-        print(f"{label:46} {raw:8.0f} {eng:8.0f} {eng / raw:6.2f}x msg/s")
+    print(f"\n{'conversations on one loop, msg/s':46} {'50':>8} {'500':>8}")
+    for label, name in [
+        ("raw GET + EVALSHA, a command at a time", "raw"),
+        ("raw GET + EVALSHA, auto-pipelined", "raw_piped"),
+        ("AsyncEngine, warm, auto-pipelined", "engine"),
+        ("AsyncEngine, warm, a command at a time", "unpiped"),
+    ]:
+        print(f"{label:46} {m[f'{name}_50']:8.0f} {m[f'{name}_500']:8.0f}")
     targets_header("AsyncEngine on Redis")
     verdicts = [
         check("warm / raw EVALSHA", warm / floor, WARM_RATIO, "x"),
@@ -186,10 +234,10 @@ def main() -> None:
               at_least=True),
         check("two-key cycle / warm", m["two_key"] / warm, FASTER_THAN, "x", at_least=True),
     ]  # fmt: skip
-    for tasks in (50, 500):
+    for tasks, wanted in ((50, 1.3), (500, 1.5)):
         ratio = m[f"engine_{tasks}"] / m[f"raw_{tasks}"]
-        verdicts.append(check(f"{tasks} conversations: engine / raw msg/s", ratio, 0.8, "x",
-                              at_least=True))  # fmt: skip
+        verdicts.append(check(f"{tasks} conversations: engine / raw msg/s (one at a time)",
+                              ratio, wanted, "x", at_least=True))  # fmt: skip
     print(f"\n{sum(verdicts)} of {len(verdicts)} targets met")
 
 
