@@ -4,8 +4,9 @@ It runs the very operations :class:`~adapters.redis.RedisStore` runs (:mod:`adap
 the same keys, Lua scripts, value layout, tags, retry rules and lock recovery), awaiting each
 Redis call instead of blocking on it; this module is only the driver, with two guards around
 redis-py's asyncio clients (a bound on the commands in flight, and a Cluster's discovery done
-once, up front), and auto-pipelining (:mod:`adapters.redis_pipeline`). A sync and an async worker therefore serve the same users of one deployment
-side by side: each sees the other's sessions, versions, locks, history and seen message ids.
+once, up front), and auto-pipelining (:mod:`adapters.redis_pipeline`). A sync and an async
+worker therefore serve the same users of one deployment side by side: each sees the other's
+sessions, versions, locks, history and seen message ids.
 
 Cancellation (a client disconnect, ``asyncio.timeout``) is safe: redis-py closes a connection
 whose reply was not read yet (the CVE-2023-28858/28859 class of bug is fixed in the redis-py
