@@ -23,19 +23,21 @@ How a command travels:
 4. A script the server does not have (``NOSCRIPT``: a restart, a ``SCRIPT FLUSH``, a
    failover) is loaded, and the commands that met it are sent again, once.
 
-Cancellation is safe: a caller cancelled before its batch is sent is left out of it; one
-cancelled while its batch is in flight stops waiting, and the batch's task still reads every
-reply, so no connection is left with a reply unread. A user's commands are in order: an
-operation issues its next command only once the one before answered.
+Cancellation is safe: a caller cancelled before its batch is sent (queued, or waiting for a
+free pipeline) is left out of it; one cancelled while its batch is in flight stops waiting,
+and the batch's task still reads every reply, so no connection is left with a reply unread.
+A user's commands are in order: an operation issues its next command only once the one
+before answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from adapters.redis_lua import Lua
 
@@ -98,28 +100,29 @@ class AutoPipeline:
 
     async def _send(self, batch: list[_Queued]) -> None:
         async with self._slots:
+            batch = [item for item in batch if not item[2].done()]  # cancelled while waiting
+            if not batch:
+                return
             try:
                 replies = await self._pipeline([args for args, _, _ in batch])
-                missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-                if missing:
-                    await self._load({batch[i][1] for i in missing})
-                    again = await self._pipeline([batch[i][0] for i in missing])
-                    for i, reply in zip(missing, again, strict=True):
-                        replies[i] = reply
             except BaseException as exc:
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                _fail(batch, exc)
                 if not isinstance(exc, Exception):
                     raise
                 return
-        for (_, _, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue  # its caller stopped waiting
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            done = [n for n in range(len(batch)) if n not in missing]
+            _deliver([batch[n] for n in done], [replies[n] for n in done])
+            if not missing:
+                return
+            # The server lost scripts: load each, and send its commands again.
+            again = await self._reload([batch[i] for i in missing])
+            try:
+                _deliver(again, await self._pipeline([args for args, _, _ in again]))
+            except BaseException as exc:
+                _fail(again, exc)  # those callers only
+                if not isinstance(exc, Exception):
+                    raise
 
     async def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Each command's reply, or its own error (the batch's error raises)."""
@@ -133,12 +136,52 @@ class AutoPipeline:
             pipe.execute_command(*args)
         return list(await pipe.execute(raise_on_error=False))
 
-    async def _load(self, names: set[str | None]) -> None:
-        for name in names:
-            if name is not None:
-                await self.client.script_load(self._scripts[name].script)
+    async def _reload(self, missing: list[_Queued]) -> list[_Queued]:
+        """Load the scripts ``missing`` ran; the commands whose script loaded (the callers of
+        one that did not get its error)."""
+        loaded = []
+        for name in {script for _, script, _ in missing}:
+            callers = [item for item in missing if item[1] == name]
+            try:
+                if name is not None:
+                    await self.client.script_load(self._scripts[name].script)
+            except RedisError as exc:
+                _fail(callers, exc)  # that script's callers only
+            else:
+                loaded += callers
+        return loaded
 
     async def aclose(self) -> None:
-        """Wait for the batches in flight (their callers get their replies)."""
+        """Send what is queued and wait for the batches in flight (their callers get their
+        replies)."""
+        if self._queued:
+            self._flush()
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+def _deliver(batch: list[_Queued], replies: list[Any]) -> None:
+    """Each reply, or each command's own error, to its caller (unless it stopped waiting)."""
+    for (_, _, future), reply in zip(batch, replies, strict=True):
+        if future.done():
+            continue
+        if isinstance(reply, Exception):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
+
+
+def _fail(batch: list[_Queued], exc: BaseException) -> None:
+    """``exc`` to every caller still waiting, each its own copy (a traceback each)."""
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(_copy(exc))
+
+
+def _copy(exc: BaseException) -> BaseException:
+    try:
+        twin = copy.copy(exc)
+    except Exception:  # noqa: BLE001 - an exception that will not copy goes as it is
+        return exc
+    twin.__cause__, twin.__traceback__ = exc.__cause__, None
+    return twin

@@ -209,3 +209,48 @@ def test_each_conversations_commands_keep_their_order(server: RedisServer) -> No
 
     lists = run(main)
     assert all(items == [str(n).encode() for n in range(30)] for items in lists.values())
+
+
+def test_a_caller_cancelled_while_its_batch_waits_for_a_pipeline_is_never_sent(
+    server: RedisServer,
+) -> None:
+    async def main() -> None:
+        client = redis.asyncio.Redis.from_url(server.url)
+        batch = AutoPipeline(client, {}, max_pipelines=1)
+        try:
+            busy = asyncio.ensure_future(batch.command("BLPOP", "pipe:empty", 0.3))
+            await asyncio.sleep(0.05)  # its batch holds the only pipeline, 0.3 s
+            waiting = asyncio.ensure_future(batch.command("SET", "pipe:late", "1"))
+            await asyncio.sleep(0.05)  # flushed: its batch waits for the pipeline
+            waiting.cancel()
+            assert await busy is None
+            await batch.aclose()
+            assert await client.get("pipe:late") is None
+        finally:
+            await client.aclose()
+
+    run(main)
+
+
+def test_a_script_that_cannot_be_loaded_fails_its_callers_alone(server: RedisServer) -> None:
+    async def main() -> list[object]:
+        client = redis.asyncio.Redis.from_url(server.url)
+        batch = AutoPipeline(client, {"bad": Lua("this is not Lua"), "good": Lua("return 7")})
+        try:
+            return await asyncio.gather(
+                batch.command("SET", "pipe:fine", "1"),
+                batch.script("bad", [], []),  # NOSCRIPT, then a SCRIPT LOAD that fails
+                batch.script("good", [], []),  # NOSCRIPT too: loaded and sent again
+                batch.command("GET", "pipe:fine"),
+                return_exceptions=True,
+            )
+        finally:
+            await batch.aclose()
+            await client.aclose()
+
+    with redis_servers.RedisServer.client(server) as sync:
+        sync.script_flush()
+    fine, bad, good, got = run(main)
+    assert fine is True and got == b"1"
+    assert isinstance(bad, ResponseError) and "NOSCRIPT" not in str(bad)
+    assert good == 7
