@@ -32,6 +32,7 @@ from adapters.postgres import (
     PostgresLimits,
     PostgresOperations,
     StoreOptions,
+    describe,
     next_step,
     parse_url,
     pool_arguments,
@@ -134,6 +135,10 @@ class AsyncPostgresStore(AsyncStore):
     async def _quietly(self, call: Call[Any]) -> None:
         with contextlib.suppress(psycopg.Error):
             await self._execute(call, call.params)
+
+    def describe(self, exc: BaseException) -> str:
+        """``exc``'s text for a log or an error, the URL's password scrubbed from it."""
+        return describe(exc, self._password)
 
     async def open(self) -> None:
         """Open the pool and make or migrate the schema now (else the first call does)."""

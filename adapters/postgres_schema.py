@@ -478,6 +478,15 @@ END $$;
 """
 
 
+# -- migration 3: the messaging limit's count (adapters.whatsapp.limits_sql) ------------------
+_LIMIT_TABLES = """
+CREATE TABLE {s}.limit_counted (user_key text PRIMARY KEY, at double precision NOT NULL);
+CREATE INDEX limit_counted_by_at ON {s}.limit_counted (at);
+CREATE TABLE {s}.limit_waiting (user_key text PRIMARY KEY, since double precision NOT NULL);
+CREATE INDEX limit_waiting_by_since ON {s}.limit_waiting (since, user_key);
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One change to the schema: its number, what it does, and its SQL (``{s}``: the quoted
@@ -500,6 +509,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _COUNT + _REMEMBER + _CREATE_ROW + _LANDED + _SAVE + _LOCK_AND_LOAD + _QUARANTINE
         + _CLAIM_DUE + _SETTLE_DUE + _SWEEP,
     ),
+    Migration(3, "the WhatsApp transport's shared messaging-limit count", _LIMIT_TABLES),
 )  # fmt: skip
 LATEST = MIGRATIONS[-1].version
 

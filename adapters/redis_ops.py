@@ -382,22 +382,18 @@ class RedisOperations:
         return self.retrying("history", user_key, attempt)
 
     def import_history(self, user_key: str, entries: Sequence[HistoryEntry]) -> Operation[int]:
-        """Push ``entries`` (oldest first) as saves would have, then trim and expire the list.
-        Each gets a fresh tag; a retry after a lost reply finds the newest one's and stops."""
+        """Push ``entries`` (oldest first) as saves would have, trimmed and given the history's
+        TTL, in one script. Each gets a fresh tag; a retry after a lost reply finds the newest
+        one's and pushes nothing again."""
         hist = self.layout.keys(user_key)[1]
         compact = not self.legacy
         items = [
             b"%08x" % _tags.getrandbits(32) + encode_history(e, compact=compact) for e in entries
         ]
 
-        def attempt(retried: bool) -> Operation[int]:
-            if not items:
-                return 0
-            if retried and items[-1] in (yield Command(("LRANGE", hist, 0, len(items) - 1))):
-                return len(items)
-            yield Command(("LPUSH", hist, *items))
-            yield Command(("LTRIM", hist, 0, self.history_limit - 1))
-            yield Command(("PEXPIRE", hist, ms(self.history_ttl)))
+        def attempt(_: bool) -> Operation[int]:
+            if items:
+                yield Script("import_history", [hist], items)
             return len(items)
 
         return self.retrying("import_history", user_key, attempt)

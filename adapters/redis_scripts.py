@@ -366,6 +366,21 @@ return sizes
 """
 
 
+# KEYS[1] history; ARGV the tagged entries to import, oldest first. Pushed, trimmed and given
+# the history's TTL in one step; 0 (nothing pushed) when the newest is listed already, as after
+# a retry whose first attempt landed.
+IMPORT_HISTORY = """
+local newest = ARGV[#ARGV]
+for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, HISTORY_LIMIT + #ARGV)) do
+    if item == newest then return 0 end
+end
+for i = 1, #ARGV do redis.call('LPUSH', KEYS[1], ARGV[i]) end
+redis.call('LTRIM', KEYS[1], 0, HISTORY_LIMIT - 1)
+redis.call('PEXPIRE', KEYS[1], HISTORY_TTL)
+return #ARGV
+"""
+
+
 def scripts(
     *,
     history_limit: int,
@@ -391,6 +406,7 @@ def scripts(
         "load": with_ids + _LOAD,
         "lock_and_load": with_ids + _LOCK_AND_LOAD,
         "save": with_ids + _SAVE,
+        "import_history": constants + IMPORT_HISTORY,
         "release": RELEASE,
         "extend": EXTEND,
         "lock_info": LOCK_INFO,

@@ -1,7 +1,7 @@
 """The SQLite store's file: where it is (its URL), its tables and their migrations, and the
 connections that open it.
 
-The layout (schema version 1; ``PRAGMA user_version`` holds the version, ``PRAGMA
+The layout (schema version 2; ``PRAGMA user_version`` holds the version, ``PRAGMA
 application_id`` marks the file as this store's):
 
 - ``sessions(user_key PK, version, tag, payload BLOB, expires_at)``: one row per conversation,
@@ -45,7 +45,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from fsm.store import lock_backoff
 
 #: The layout this code reads and writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: ``PRAGMA application_id`` of a file of this store: "FSM1".
 APPLICATION_ID = 0x46534D31
 #: The oldest SQLite with every feature used (UPSERT: 3.24; RETURNING: 3.35).
@@ -122,8 +122,17 @@ _V1 = (
     f"PRAGMA application_id = {APPLICATION_ID}",
 )
 
+#: Version 2: the WhatsApp transport's shared messaging-limit count
+#: (:mod:`adapters.whatsapp.limits_sql`).
+_V2 = (
+    "CREATE TABLE limit_counted (user_key TEXT PRIMARY KEY, at REAL NOT NULL)",
+    "CREATE INDEX limit_counted_by_at ON limit_counted (at)",
+    "CREATE TABLE limit_waiting (user_key TEXT PRIMARY KEY, since REAL NOT NULL)",
+    "CREATE INDEX limit_waiting_by_since ON limit_waiting (since, user_key)",
+)
+
 #: ``MIGRATIONS[n]``: the statements that take a file from version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 
 
 class SchemaError(sqlite3.DatabaseError):

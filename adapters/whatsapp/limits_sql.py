@@ -4,10 +4,12 @@
 
 Two tables beside the store's: ``limit_counted`` (a user and when a business-initiated message
 last went to them) and ``limit_waiting`` (a user whose replies wait for a slot, and since
-when), made on first use. Each decision is one transaction that holds a lock for its length,
-so two processes never both take the last slot: the file's write lock on SQLite (``BEGIN
-IMMEDIATE``), a transaction-scoped advisory lock on PostgreSQL. Decisions are rare (a template
-to a user outside their window), so they are not on any message's path.
+when). The store's schema makes them (SQLite schema 2, PostgreSQL migration 3: ``fsm db
+migrate`` or the store's first use), so the workers' role needs no right to create tables.
+Each decision is one transaction that holds a lock for its length, so two processes never
+both take the last slot: the file's write lock on SQLite (``BEGIN IMMEDIATE``), a
+transaction-scoped advisory lock on PostgreSQL. Decisions are rare (a template to a user
+outside their window), so they are not on any message's path.
 
 An operation is a generator of statements (``%(name)s`` parameters), sent the rows of each;
 a backend runs it in one transaction: :class:`SQLiteLimitBackend` on a thread,
@@ -38,15 +40,6 @@ log = logging.getLogger(__name__)
 Rows = list[tuple[Any, ...]]
 Step = tuple[str, dict[str, Any]]
 Steps = Generator[Step, Rows, Any]
-
-_TABLES = (
-    "CREATE TABLE IF NOT EXISTS {p}limit_counted (user_key TEXT PRIMARY KEY, "
-    "at DOUBLE PRECISION NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS limit_counted_by_at ON {p}limit_counted (at)",
-    "CREATE TABLE IF NOT EXISTS {p}limit_waiting (user_key TEXT PRIMARY KEY, "
-    "since DOUBLE PRECISION NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS limit_waiting_by_since ON {p}limit_waiting (since, user_key)",
-)
 
 
 class Backend(Protocol):
@@ -203,14 +196,9 @@ class SQLiteLimitBackend:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(
+            self._conn = sqlite3.connect(
                 self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
             )
-            conn.execute("BEGIN IMMEDIATE")
-            for sql in _TABLES:
-                conn.execute(sql.format(p=""))
-            conn.execute("COMMIT")
-            self._conn = conn
         return self._conn
 
     def _run(self, steps: Callable[[], Steps]) -> Any:
@@ -246,12 +234,9 @@ class PostgresLimitBackend:
         self.store = store
         self.prefix = f'"{store.schema}".'
         self._lock = f"convo-fsm messaging limit {store.schema}"
-        self._made = False
 
     async def run(self, steps: Callable[[], Steps]) -> Any:
         import psycopg
-
-        from adapters.postgres import describe
 
         try:
             await self.store.open()
@@ -259,9 +244,6 @@ class PostgresLimitBackend:
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._lock,)
                 )
-                if not self._made:
-                    for sql in _TABLES:
-                        await conn.execute(sql.format(p=self.prefix).encode())
                 running, rows = steps(), None
                 try:
                     step = next(running)
@@ -271,7 +253,7 @@ class PostgresLimitBackend:
                         step = running.send(rows)
                 except StopIteration as done:
                     result = done.value
-            self._made = True
             return result
         except psycopg.Error as exc:
-            raise StoreUnavailable("messaging limit", detail=describe(exc)) from exc
+            detail = self.store.describe(exc)
+            raise StoreUnavailable("messaging limit", detail=detail) from exc

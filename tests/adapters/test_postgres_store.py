@@ -90,6 +90,7 @@ def test_the_schema_is_made_on_first_use_and_recorded(url: str, schema: str, adm
         assert _tables(admin, schema) == set()  # nothing is made before the first call
         assert store.load("u").record is None
         tables = {"fsm_schema", "sessions", "history", "seen", "quarantine", "timers", "counters"}
+        tables |= {"limit_counted", "limit_waiting"}  # the WhatsApp messaging limit's count
         assert _tables(admin, schema) == tables
         assert _applied(admin, schema) == [(m.version, m.description) for m in MIGRATIONS]
         assert MIGRATIONS[-1].version == LATEST

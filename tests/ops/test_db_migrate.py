@@ -33,8 +33,9 @@ def test_postgres_schema_is_made_once_then_left_alone() -> None:
     assert fsm("db", "migrate", "--store", url) == (
         0, f"schema at version {LATEST}: nothing to do\n", ""
     )  # fmt: skip
-    with psycopg.connect(server.url, autocommit=True) as conn:  # as if made by an older release
+    with psycopg.connect(server.url, autocommit=True) as conn:  # as made by an older release
         conn.execute(f'DELETE FROM "{schema}".fsm_schema WHERE version = {LATEST}')
+        conn.execute(f'DROP TABLE "{schema}".limit_counted, "{schema}".limit_waiting')
     code, out, _ = fsm("db", "migrate", "--store", url)
     assert (code, out) == (0, f"schema migrated: version {LATEST - 1} -> {LATEST}\n")
 
