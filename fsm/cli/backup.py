@@ -89,6 +89,8 @@ def backup(
         f"backed up {report.sessions} session(s) to {output}"
         + (f"; {len(report.corrupt)} corrupt kept as raw bytes" if report.corrupt else "")
     )
+    for user, why in report.history_unreadable:
+        click.echo(f"history not backed up: {user}: {why}", err=True)
     click.echo(warning(spec), err=True)
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import click
 
-from fsm.cli.common import EXIT_UNAVAILABLE, main, open_store_unchecked, safe_url, store_options
+from fsm.cli.common import (
+    EXIT_PROBLEM,
+    EXIT_UNAVAILABLE,
+    main,
+    open_store_unchecked,
+    safe_url,
+    store_options,
+)
 from fsm.errors import StoreUnavailable
 
 
@@ -21,8 +28,8 @@ def migrate_schema(store_url: str | None, namespace: str | None) -> None:
     (one migrator at a time; running it again changes nothing). Workers do the same on first
     use; run it as a deploy step to do it once, with a role that may (the workers' may not).
     A store without a schema (Redis) has nothing to migrate."""
-    store = open_store_unchecked(store_url, namespace)
     try:
+        store = open_store_unchecked(store_url, namespace)
         versions = store.migrate_schema()
     except StoreUnavailable as exc:
         click.echo(f"error: cannot migrate {safe_url(store_url or '')}: {exc.detail}", err=True)
@@ -31,6 +38,9 @@ def migrate_schema(store_url: str | None, namespace: str | None) -> None:
         click.echo(f"nothing to migrate: {type(store).__name__} keeps no schema")
         return
     found, now = versions
+    if found > now:
+        click.echo(f"schema at version {found}, newer than this code's ({now}): nothing done")
+        raise SystemExit(EXIT_PROBLEM)
     if found == now:
         click.echo(f"schema at version {now}: nothing to do")
     else:

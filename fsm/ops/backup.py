@@ -86,6 +86,7 @@ class _End(msgspec.Struct):
 class BackupReport:
     sessions: int = 0
     corrupt: list[tuple[str, str]] = field(default_factory=list)  # (user, reason)
+    history_unreadable: list[tuple[str, str]] = field(default_factory=list)  # (user, reason)
 
 
 _encoder = msgspec.json.Encoder()
@@ -107,10 +108,7 @@ def backup(
     for view in store.sessions(batch=batch):
         if is_reserved(view.user_key):
             continue
-        entry = _entry(view)
-        history = store.history(view.user_key)
-        if history:
-            entry = msgspec.structs.replace(entry, history=history[::-1])
+        entry = _with_history(store, _entry(view), report)
         if entry.corrupt is None:
             report.sessions += 1
         else:
@@ -121,6 +119,17 @@ def backup(
     end = _End(True, report.sessions, len(report.corrupt))
     out.write(_encoder.encode(end) + b"\n")
     return report
+
+
+def _with_history(store: Store, entry: Entry, report: BackupReport) -> Entry:
+    """``entry`` with the user's history, oldest first; without it (reported) if the history
+    does not decode: the session is backed up all the same."""
+    try:
+        history = store.history(entry.user)
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+        report.history_unreadable.append((entry.user, str(exc)))
+        return entry
+    return msgspec.structs.replace(entry, history=history[::-1]) if history else entry
 
 
 def _entry(view: SessionView) -> Entry:

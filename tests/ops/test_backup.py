@@ -299,3 +299,19 @@ def test_a_bad_line_mid_file_says_what_was_done_before_it(ops: Ops, tmp_path: Pa
         "line 3" in result.stderr
         and "entries before it were processed: 1 unchanged" in result.stderr
     )
+
+
+def test_a_history_that_does_not_decode_leaves_the_session_backed_up(tmp_path: Path) -> None:
+    path = tmp_path / "backup.jsonl"
+    for ops in make_ops("redis"):
+        _population(ops)
+        assert isinstance(ops.store, RedisStore)
+        history_key = ops.store.layout.keys(ALICE)[1]
+        ops.store.client.lpush(history_key, b"00000000\xc1 not msgpack")  # another program's
+        result = ops.fsm("backup", "-o", str(path))
+        assert result.exit_code == 0, result.output
+        assert f"history not backed up: {ALICE}:" in result.stderr
+        assert _entries(path) == _sessions(ops)  # every session is in the file
+        with path.open("rb") as lines:
+            kept = {e.user: e.history for e in read_backup(lines) if hasattr(e, "user")}
+        assert kept[ALICE] is None and kept[BOB]

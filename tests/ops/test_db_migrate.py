@@ -3,6 +3,7 @@ and files; Redis has none; an unreachable server exits 2 without the password.""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import psycopg
@@ -61,3 +62,24 @@ def test_an_unreachable_server_exits_2_without_the_password() -> None:
     code, out, err = fsm("db", "migrate", "--store", url)
     assert code == 2 and out == ""
     assert err.startswith("error: cannot migrate ") and "s3cret-pw" not in err
+
+
+def test_a_schema_newer_than_the_code_is_left_alone_and_said() -> None:
+    server = postgres_servers.standalone()
+    schema = postgres_servers.fresh_schema("dbn")
+    url = f"{server.url}?schema={schema}"
+    assert fsm("db", "migrate", "--store", url)[0] == 0
+    with psycopg.connect(server.url, autocommit=True) as conn:  # a later release migrated it
+        conn.execute(f"INSERT INTO \"{schema}\".fsm_schema VALUES ({LATEST + 1}, 'later')")
+    code, out, _ = fsm("db", "migrate", "--store", url)
+    assert (code, out) == (1, f"schema at version {LATEST + 1}, newer than this code's "
+                              f"({LATEST}): nothing done\n")  # fmt: skip
+
+
+def test_a_sqlite_file_of_a_newer_schema_exits_2_saying_so(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'bot.db'}"
+    assert fsm("db", "migrate", "--store", url)[0] == 0
+    with sqlite3.connect(tmp_path / "bot.db") as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    code, out, err = fsm("db", "migrate", "--store", url)
+    assert code == 2 and out == "" and "newer than this code knows" in err
