@@ -66,7 +66,7 @@ import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any, NamedTuple, TypedDict, Unpack
 
 from adapters.sqlite_schema import (
@@ -75,6 +75,7 @@ from adapters.sqlite_schema import (
     Connections,
     check_sqlite_version,
     file_from_url,
+    immediate,
     migrate,
     refuse_private,
 )
@@ -373,19 +374,12 @@ class SQLiteStore(Store):
             raise StoreUnavailable(operation, user_key=user_key, detail=detail)
         try:
             db = self._connections.get()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(db):
                 now = self._clock.now()
                 yield db, now
                 self._writes += 1
                 if self._writes % self._sweep_every == 0:
                     self._sweep_rows(db, now, self._sweep_limit)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    with suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(operation, user_key=user_key, detail=_describe(exc)) from exc
         finally:

@@ -39,7 +39,8 @@ import sqlite3
 import threading
 import time
 import weakref
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from fsm.store import lock_backoff
@@ -185,23 +186,31 @@ def _to_wal(connection: sqlite3.Connection, timeout: float) -> str:
             time.sleep(next(delays))
 
 
-def migrate(connection: sqlite3.Connection) -> int:
-    """Bring the file to :data:`SCHEMA_VERSION` (creating it on first use); returns the
-    version found. Raises :class:`SchemaError` for a file this code may not use."""
+@contextmanager
+def immediate(connection: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` transaction (the file's write lock from its start): committed
+    when the block ends, rolled back whole when it raises."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        found = _check_file(connection)
-        for statements in MIGRATIONS[found:]:
-            for statement in statements:
-                connection.execute(statement)
-        if found < SCHEMA_VERSION:
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        yield
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
             with suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
         raise
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring the file to :data:`SCHEMA_VERSION` (creating it on first use); returns the
+    version found. Raises :class:`SchemaError` for a file this code may not use."""
+    with immediate(connection):
+        found = _check_file(connection)
+        for statements in MIGRATIONS[found:]:
+            for statement in statements:
+                connection.execute(statement)
+        if found < SCHEMA_VERSION:
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return found
 
 

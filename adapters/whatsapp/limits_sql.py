@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from adapters.sqlite_schema import immediate
 from adapters.whatsapp.limits import DAY, Admission, checked_limit, checked_period
 from fsm.errors import StoreUnavailable
 
@@ -205,16 +206,10 @@ class SQLiteLimitBackend:
         with self._mutex:
             try:
                 conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(conn):
                     result = _drive(
                         steps(), lambda s: conn.execute(_NAMED.sub(r":\1", s[0]), s[1]).fetchall()
                     )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 if self._conn is not None:
                     self._conn.close()

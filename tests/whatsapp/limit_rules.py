@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 
 from redis.asyncio import Redis
@@ -56,6 +58,31 @@ async def _admit_all(url: str, namespace: str, limit: int, users: list[str]) -> 
         return sum(a is not None for a in admitted)
     finally:
         await client.aclose()
+
+
+def admit_in_processes(url: str, namespace: str, limit: int, root: str) -> list[int]:
+    """4 processes admitting 10 distinct users each, at once, against one count of the store
+    ``url`` names (run from the checkout at ``root``): how many each got in."""
+    batches = [[f"2637{p}{n:04d}" for n in range(10)] for p in range(4)]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.whatsapp.limit_rules",
+                url,
+                namespace,
+                str(limit),
+                *users,
+            ],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": root},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for users in batches
+    ]
+    return [int(worker.communicate(timeout=60)[0]) for worker in workers]
 
 
 if __name__ == "__main__":  # python -m tests.whatsapp.limit_rules URL NAMESPACE LIMIT USER...

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from fsm.errors import StoreUnavailable
 from tests import redis_servers
 
 from .fake_graph import FakeGraph
-from .limit_rules import counts_unique_users_in_a_moving_day
+from .limit_rules import admit_in_processes, counts_unique_users_in_a_moving_day
 from .proactive import Bot, served, until
 from .test_messaging_limit import HOUR, PARCEL, TICK, USERS, Parcels, gauges, hello, parcel
 
@@ -65,18 +63,7 @@ def test_the_rules_hold_on_a_cluster(namespace: str) -> None:
 
 def test_processes_admitting_at_once_share_one_count(namespace: str) -> None:
     url = redis_servers.standalone().url
-    batches = [[f"2637{p}{n:04d}" for n in range(10)] for p in range(4)]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.whatsapp.limit_rules", url, namespace, "5", *users],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for users in batches
-    ]
-    admitted = [int(worker.communicate(timeout=60)[0]) for worker in workers]
+    admitted = admit_in_processes(url, namespace, 5, str(ROOT))
     assert sum(admitted) == 5, admitted  # 40 distinct users, 4 processes: exactly 5 slots
 
     async def counted() -> tuple[int, int]:

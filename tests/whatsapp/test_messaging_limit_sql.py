@@ -5,9 +5,6 @@ admitting at once share one count, and a database that cannot be reached admits 
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from fsm.errors import StoreUnavailable
 from fsm.store import AsyncStore
 from tests import postgres_servers
 
-from .limit_rules import counts_unique_users_in_a_moving_day
+from .limit_rules import admit_in_processes, counts_unique_users_in_a_moving_day
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,18 +49,7 @@ def test_the_rules_hold_in_sql(url: str) -> None:
 
 
 def test_processes_admitting_at_once_share_one_count(url: str) -> None:
-    batches = [[f"2637{p}{n:04d}" for n in range(10)] for p in range(4)]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.whatsapp.limit_rules", url, "-", "5", *users],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for users in batches
-    ]
-    admitted = [int(worker.communicate(timeout=60)[0]) for worker in workers]
+    admitted = admit_in_processes(url, "-", 5, str(ROOT))
     assert sum(admitted) == 5, admitted  # 40 distinct users, 4 processes: exactly 5 slots
 
     async def counted(tracker: SQLMessagingLimit) -> tuple[int, int]:
