@@ -514,20 +514,28 @@ def test_awkward_user_keys_are_distinct(store_env: StoreEnv) -> None:
 
 
 # -- lease lock ----------------------------------------------------------------------------
+def _left_of(store: Store, owner: str, ttl: float, since: float) -> None:
+    """The user's lock is ``owner``'s, with what is left of ``ttl`` taken at ``since``
+    (``time.monotonic()``): less the time that passed, never more (not extended)."""
+    info = store.lock_info("u")
+    passed = time.monotonic() - since
+    assert info is not None and info.owner == owner
+    assert ttl - passed - 0.01 <= info.ttl <= ttl + 0.005, (info.ttl, ttl, passed)
+
+
 def test_lock_acquire_release_owner_only(store_env: StoreEnv) -> None:
-    env, store, t = store_env, store_env.store, store_env.tick
+    store, t = store_env.store, store_env.tick
     assert store.lock_info("u") is None
+    taken = time.monotonic()
     assert store.acquire_lock("u", "a", 10 * t)
     assert not store.acquire_lock("u", "b", 10 * t)
     assert not store.acquire_lock("u", "a", 10 * t)  # not re-entrant
-    info = store.lock_info("u")
-    assert info is not None and info.owner == "a" and info.ttl == approx_ticks(env, 10)
+    _left_of(store, "a", 10 * t, taken)
     assert store.acquire_lock("v", "b", 10 * t)  # locks are per user
 
     assert not store.release_lock("u", "b")
     assert not store.extend_lock("u", "b", 50 * t)
-    info = store.lock_info("u")
-    assert info is not None and info.owner == "a" and info.ttl == approx_ticks(env, 10)
+    _left_of(store, "a", 10 * t, taken)  # b's extend did not extend it
 
     assert store.release_lock("u", "a")
     assert store.lock_info("u") is None
