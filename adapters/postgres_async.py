@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Sequence
-from typing import Any, TypeVar, Unpack
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar, Unpack, cast
 
 import psycopg
 import psycopg_pool
@@ -31,14 +31,13 @@ from adapters.postgres import (
     Call,
     PostgresLimits,
     PostgresOperations,
+    Rows,
     StoreOptions,
-    describe,
-    next_step,
     parse_url,
     pool_arguments,
     split_options,
 )
-from adapters.postgres_schema import DEFAULT_SCHEMA, LATEST
+from adapters.postgres_schema import DEFAULT_SCHEMA, LATEST, Step
 from fsm.clock import Clock
 from fsm.errors import StoreUnavailable
 from fsm.records import Due, DueStats, HistoryEntry, Loaded, LockInfo, SaveResult
@@ -136,10 +135,6 @@ class AsyncPostgresStore(AsyncStore):
         with contextlib.suppress(psycopg.Error):
             await self._execute(call, call.params)
 
-    def describe(self, exc: BaseException) -> str:
-        """``exc``'s text for a log or an error, the URL's password scrubbed from it."""
-        return describe(exc, self._password)
-
     async def open(self) -> None:
         """Open the pool and make or migrate the schema now (else the first call does)."""
         await self._ensure_ready()
@@ -161,17 +156,30 @@ class AsyncPostgresStore(AsyncStore):
             self._ready = True
 
     async def _migrate(self) -> None:
+        await self.transaction("schema", self._ops.migration)
+
+    async def transaction(self, operation: str, steps: Callable[[], Generator[Step, Rows, T]]) -> T:
+        """Run the statements ``steps()`` yields in one transaction, each sent the rows of the
+        one before, and return what it returns. A transient failure runs new steps again, up
+        to the store's retries; then :class:`~fsm.errors.StoreUnavailable` naming
+        ``operation`` (the URL's password never in it). For the store's own schema, and for
+        a component that keeps tables beside it (the messaging limit's count)."""
         for attempt in itertools.count():
             try:
                 async with self.pool.connection() as conn, conn.transaction():
-                    steps, rows = self._ops.migration(), None
-                    while (step := next_step(steps, rows)) is not None:
-                        cursor = await conn.execute(*step)
-                        rows = await cursor.fetchall() if cursor.rownumber is not None else []
-                return
+                    running, rows = steps(), None
+                    try:
+                        step = next(running)
+                        while True:
+                            cursor = await conn.execute(*step)
+                            rows = await cursor.fetchall() if cursor.rownumber is not None else []
+                            step = running.send(rows)
+                    except StopIteration as done:
+                        return cast(T, done.value)
             except psycopg.Error as exc:
-                pause = self._ops.pause_after("schema", None, attempt, exc, self._password)
+                pause = self._ops.pause_after(operation, None, attempt, exc, self._password)
                 await asyncio.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- sessions --------------------------------------------------------------------------------
     async def load(self, user_key: str, *, message_id: str | None = None) -> Loaded:

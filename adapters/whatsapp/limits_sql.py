@@ -231,24 +231,15 @@ class PostgresLimitBackend:
         self._lock = f"convo-fsm messaging limit {store.schema}"
 
     async def run(self, steps: Callable[[], Steps]) -> Any:
-        import psycopg
+        await self.store.open()
+        return await self.store.transaction("messaging limit", lambda: self._locked(steps()))
 
+    def _locked(self, steps: Steps) -> Generator[tuple[bytes, dict[str, Any]], Rows, Any]:
+        """``steps`` under the count's lock, their SQL as psycopg takes it."""
+        yield b"SELECT pg_advisory_xact_lock(hashtextextended(%(lock)s, 0))", {"lock": self._lock}
         try:
-            await self.store.open()
-            async with self.store.pool.connection() as conn, conn.transaction():
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (self._lock,)
-                )
-                running, rows = steps(), None
-                try:
-                    step = next(running)
-                    while True:
-                        cursor = await conn.execute(step[0].encode(), step[1])
-                        rows = await cursor.fetchall() if cursor.rownumber is not None else []
-                        step = running.send(rows)
-                except StopIteration as done:
-                    result = done.value
-            return result
-        except psycopg.Error as exc:
-            detail = self.store.describe(exc)
-            raise StoreUnavailable("messaging limit", detail=detail) from exc
+            sql, params = next(steps)
+            while True:
+                sql, params = steps.send((yield sql.encode(), params))
+        except StopIteration as done:
+            return done.value
